@@ -1,0 +1,32 @@
+//! Generated protobuf messages and gRPC stubs for the mesh APIs (see `proto/ambit/`).
+//! The module tree mirrors the protobuf packages, which cross-package references rely on; the
+//! short aliases below are what the rest of the code uses.
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod ambit {
+    pub mod workload {
+        pub mod v1 {
+            tonic::include_proto!("ambit.workload.v1");
+        }
+    }
+    pub mod security {
+        pub mod v1 {
+            tonic::include_proto!("ambit.security.v1");
+        }
+    }
+    pub mod route {
+        pub mod v1 {
+            tonic::include_proto!("ambit.route.v1");
+        }
+    }
+    pub mod discovery {
+        pub mod v1 {
+            tonic::include_proto!("ambit.discovery.v1");
+        }
+    }
+}
+
+pub use ambit::discovery::v1 as discovery;
+pub use ambit::route::v1 as route;
+pub use ambit::security::v1 as security;
+pub use ambit::workload::v1 as workload;
