@@ -2,3 +2,4 @@
 //! workload identity ([`identity`]) and HBONE tunnels ([`hbone`]).
 
 pub mod api;
+pub mod identity;
