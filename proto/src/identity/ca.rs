@@ -5,8 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -61,14 +60,20 @@ impl CertificateAuthority {
         params.not_before = (now - Duration::from_secs(3600)).into();
         params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
         params.serial_number = Some(random_serial()?);
-        let cert = params.self_signed(&key).map_err(|e| IdentityError::CaRoot {
-            reason: e.to_string(),
-        })?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| IdentityError::CaRoot {
+                reason: e.to_string(),
+            })?;
         Self::from_pem(trust_domain, &cert.pem(), &key.serialize_pem())
     }
 
     /// A root given as PEM, e.g. one shared with another mesh so both trust each other.
-    pub fn from_pem(trust_domain: &str, cert_pem: &str, key_pem: &str) -> Result<Self, IdentityError> {
+    pub fn from_pem(
+        trust_domain: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, IdentityError> {
         let root_der = parse_pem_chain(cert_pem, "the CA root certificate")?
             .into_iter()
             .next()
@@ -76,9 +81,10 @@ impl CertificateAuthority {
         let key = KeyPair::from_pem(key_pem).map_err(|e| IdentityError::CaRoot {
             reason: format!("the root key is not a PEM private key: {e}"),
         })?;
-        let issuer = Issuer::from_ca_cert_der(&root_der, key).map_err(|e| IdentityError::CaRoot {
-            reason: format!("the root certificate cannot be used to sign: {e}"),
-        })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&root_der, key).map_err(|e| IdentityError::CaRoot {
+                reason: format!("the root certificate cannot be used to sign: {e}"),
+            })?;
         Ok(CertificateAuthority {
             trust_domain: trust_domain.into(),
             root_pem: cert_pem.into(),

@@ -111,7 +111,10 @@ impl WorkloadCertificate {
     ) -> Result<Self, IdentityError> {
         let mut chain = Vec::new();
         for (i, pem) in chain_pem.iter().enumerate() {
-            chain.extend(parse_pem_chain(pem, &format!("certificate #{i} of the chain"))?);
+            chain.extend(parse_pem_chain(
+                pem,
+                &format!("certificate #{i} of the chain"),
+            )?);
         }
         chain.retain(|c| !bundle.root_ders().contains(c));
         let leaf = chain.first().ok_or_else(|| IdentityError::NoCertificate {
@@ -216,7 +219,15 @@ pub fn leaf_identity(der: &CertificateDer<'_>) -> Result<SpiffeId, IdentityError
     }
 }
 
-fn parse<'a>(der: &'a CertificateDer<'_>, what: &str) -> Result<X509Certificate<'a>, IdentityError> {
+/// A certificate's serial number as colon-separated hex, for logs and config dumps.
+pub fn leaf_serial(der: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    Ok(parse(der, "the peer's leaf certificate")?.raw_serial_as_string())
+}
+
+fn parse<'a>(
+    der: &'a CertificateDer<'_>,
+    what: &str,
+) -> Result<X509Certificate<'a>, IdentityError> {
     X509Certificate::from_der(der)
         .map(|(_, cert)| cert)
         .map_err(|e| IdentityError::CertificateParse {

@@ -111,12 +111,18 @@ impl CertManager {
     }
 
     /// The current certificate for `identity`.
-    pub async fn get(&self, identity: &SpiffeId) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+    pub async fn get(
+        &self,
+        identity: &SpiffeId,
+    ) -> Result<Arc<WorkloadCertificate>, IdentityError> {
         Ok(self.watch(identity).await?.borrow().clone())
     }
 
     /// Fetches a new certificate now (new key too) and publishes it.
-    pub async fn rotate(&self, identity: &SpiffeId) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+    pub async fn rotate(
+        &self,
+        identity: &SpiffeId,
+    ) -> Result<Arc<WorkloadCertificate>, IdentityError> {
         self.watch(identity).await?;
         renew(&self.inner, identity).await
     }
@@ -145,7 +151,10 @@ impl CertManager {
     }
 }
 
-async fn fetch(inner: &Inner, identity: &SpiffeId) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+async fn fetch(
+    inner: &Inner,
+    identity: &SpiffeId,
+) -> Result<Arc<WorkloadCertificate>, IdentityError> {
     let key = WorkloadKey::generate()?;
     let csr = key.csr_pem(identity)?;
     let chain = inner.provider.fetch(identity, csr).await?;
@@ -159,7 +168,10 @@ async fn fetch(inner: &Inner, identity: &SpiffeId) -> Result<Arc<WorkloadCertifi
     Ok(Arc::new(cert))
 }
 
-async fn renew(inner: &Inner, identity: &SpiffeId) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+async fn renew(
+    inner: &Inner,
+    identity: &SpiffeId,
+) -> Result<Arc<WorkloadCertificate>, IdentityError> {
     let cert = fetch(inner, identity).await?;
     let slot = inner.slots.lock().get(identity).cloned();
     if let Some(slot) = slot
@@ -194,7 +206,9 @@ async fn renew_loop(inner: Weak<Inner>, identity: SpiffeId, first: SystemTime) {
         next = match renew(&inner, &identity).await {
             Ok(cert) => {
                 tracing::info!(%identity, serial = cert.serial(), "renewed workload certificate");
-                cert.renew_at()
+                // A CA that hands out certificates already past their renewal time must not
+                // turn this loop into a busy one.
+                cert.renew_at().max(SystemTime::now() + RETRY_AFTER)
             }
             Err(e) => {
                 tracing::warn!(%identity, error = %e, "certificate renewal failed; retrying in {RETRY_AFTER:?} (the current certificate stays in use until it expires)");

@@ -9,10 +9,10 @@ mod spiffe;
 mod tls;
 
 pub use ca::{CertificateAuthority, Validity};
-pub use cert::{TrustBundle, WorkloadCertificate, WorkloadKey, leaf_identity};
-pub use manager::{CertManager, CertificateProvider};
+pub use cert::{TrustBundle, WorkloadCertificate, WorkloadKey, leaf_identity, leaf_serial};
+pub use manager::{BoxFuture, CertManager, CertificateProvider, LocalCa};
 pub use spiffe::{SpiffeId, SpiffeIdError};
-pub use tls::{CertResolver, client_config, peer_identity, server_config};
+pub use tls::{CertResolver, client_config, peer_certificate, peer_identity, server_config};
 
 use std::path::PathBuf;
 
@@ -33,12 +33,16 @@ pub enum IdentityError {
         "the certificate signing request is not a valid PEM/DER PKCS#10 request with a correct signature ({source}); send the PEM produced by the proxy's key"
     )]
     CsrInvalid { source: rcgen::Error },
-    #[error("the certificate signing request asks for {requested:?} but the certificate is for {identity}: a CSR may only name the identity it is signed for")]
+    #[error(
+        "the certificate signing request asks for {requested:?} but the certificate is for {identity}: a CSR may only name the identity it is signed for"
+    )]
     CsrIdentityMismatch {
         identity: SpiffeId,
         requested: Vec<String>,
     },
-    #[error("the CA for trust domain {ca_domain:?} cannot sign {identity}: its trust domain differs")]
+    #[error(
+        "the CA for trust domain {ca_domain:?} cannot sign {identity}: its trust domain differs"
+    )]
     ForeignTrustDomain {
         identity: SpiffeId,
         ca_domain: String,
@@ -64,9 +68,7 @@ pub enum IdentityError {
     NoCertificate { what: String },
     #[error("{what} is not a parsable X.509 certificate: {reason}")]
     CertificateParse { what: String, reason: String },
-    #[error(
-        "certificate has no URI SAN: a mesh certificate carries exactly one spiffe:// URI SAN"
-    )]
+    #[error("certificate has no URI SAN: a mesh certificate carries exactly one spiffe:// URI SAN")]
     NoUriSan,
     #[error(
         "certificate has {count} URI SANs ({uris:?}): a mesh certificate carries exactly one, so which identity it proves would be ambiguous"
@@ -84,7 +86,10 @@ pub enum IdentityError {
     #[error(
         "peer identity {peer} is outside trust domain {trust_domain:?}: the peer's certificate comes from another mesh"
     )]
-    ForeignPeer { peer: SpiffeId, trust_domain: String },
+    ForeignPeer {
+        peer: SpiffeId,
+        trust_domain: String,
+    },
     #[error("the peer presented no certificate: mesh connections are mutual TLS")]
     NoPeerCertificate,
     #[error("the private key does not match certificate for {identity}")]

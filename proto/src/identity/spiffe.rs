@@ -14,7 +14,9 @@ pub enum SpiffeIdError {
         "{id:?} has an invalid trust domain {domain:?}: only lowercase letters, digits, '.', '-' and '_' are allowed"
     )]
     TrustDomain { id: String, domain: String },
-    #[error("{id:?} has path {path:?}: a workload ID's path must be /ns/<namespace>/sa/<service-account>")]
+    #[error(
+        "{id:?} has path {path:?}: a workload ID's path must be /ns/<namespace>/sa/<service-account>"
+    )]
     Path { id: String, path: String },
     #[error(
         "{id:?} has an invalid {what} {value:?}: use letters, digits, '.', '-' and '_' (no '%', query, fragment, control or NUL characters)"
@@ -91,7 +93,10 @@ impl FromStr for SpiffeId {
                 path: format!("/{path}"),
             });
         }
-        for (what, value) in [("namespace", namespace), ("service account", service_account)] {
+        for (what, value) in [
+            ("namespace", namespace),
+            ("service account", service_account),
+        ] {
             if !valid_segment(value) {
                 return Err(SpiffeIdError::Segment {
                     id: id.into(),
@@ -137,7 +142,10 @@ mod tests {
         assert_eq!(id.namespace(), "demo");
         assert_eq!(id.service_account(), "reviews");
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/demo/sa/reviews");
-        assert_eq!(SpiffeId::new("cluster.local", "demo", "reviews").unwrap(), id);
+        assert_eq!(
+            SpiffeId::new("cluster.local", "demo", "reviews").unwrap(),
+            id
+        );
     }
 
     #[test]

@@ -142,11 +142,16 @@ pub fn client_config(
 
 /// The SPIFFE ID proven by the peer of an established connection.
 pub fn peer_identity(conn: &rustls::CommonState) -> Result<SpiffeId, IdentityError> {
-    let leaf = conn
-        .peer_certificates()
+    leaf_identity(peer_certificate(conn)?)
+}
+
+/// The leaf certificate presented by the peer of an established connection.
+pub fn peer_certificate(
+    conn: &rustls::CommonState,
+) -> Result<&CertificateDer<'static>, IdentityError> {
+    conn.peer_certificates()
         .and_then(|c| c.first())
-        .ok_or(IdentityError::NoPeerCertificate)?;
-    leaf_identity(leaf)
+        .ok_or(IdentityError::NoPeerCertificate)
 }
 
 /// Wraps an identity failure so rustls carries it (and its explanation) to the caller.

@@ -1,0 +1,48 @@
+//! HBONE: TCP carried in HTTP/2 `CONNECT` streams over mutual TLS, wire-compatible with Istio's
+//! ztunnel. The client pools HTTP/2 connections and multiplexes tunnels on them; the server
+//! terminates them and hands each tunnel, with the peer's identity, to its caller.
+
+mod client;
+mod error;
+mod keepalive;
+mod server;
+mod stream;
+
+pub use client::{ConnectRequest, Dialer, HboneClient, TcpDialer};
+pub use error::HboneError;
+pub use server::{AuthorityCheck, HboneServer, ServerSettings, TunnelHandler, TunnelRequest};
+pub use stream::Tunnel;
+
+use std::time::Duration;
+
+/// The HBONE port every meshed pod (and waypoint) accepts tunnels on.
+pub const HBONE_PORT: u16 = 15008;
+
+/// Response header carrying why a tunnel was refused, so the client's logs say more than a
+/// status code.
+pub const ERROR_HEADER: &str = "ambit-error";
+
+// HTTP/2 settings in the same range as Istio's ztunnel: windows large enough for a long stream
+// to run at full speed over a fast link, and about a hundred tunnels per pooled connection.
+pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub(crate) const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+pub(crate) const MAX_SEND_BUFFER: usize = 1024 * 1024;
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Keepalive pings: a dead peer is noticed within `interval + timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
