@@ -61,11 +61,28 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
             e.source()
         };
     }
-    err.to_string()
+    // h2 keeps only the text of an I/O error, so a TLS alert that arrives after the handshake
+    // (TLS 1.3 clients learn of a refused certificate only then) is recognised by its text.
+    let text = err.to_string();
+    match text.split_once("received fatal alert: ") {
+        Some((_, alert)) => describe_alert(alert.trim()),
+        None => text,
+    }
+}
+
+fn describe_alert(alert: &str) -> String {
+    match alert {
+        "NoApplicationProtocol" => {
+            "the peer does not speak HTTP/2 (ALPN h2 refused): is this an HBONE port?".into()
+        }
+        _ => format!(
+            "the peer refused our certificate (TLS alert {alert}): it does not trust our root, our certificate expired, or our identity is outside its trust domain"
+        ),
+    }
 }
 
 fn describe_tls(err: &rustls::Error) -> String {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    use rustls::{CertificateError as C, Error as E};
     match err {
         E::InvalidCertificate(C::Other(other)) => {
             let inner: Arc<dyn std::error::Error + Send + Sync> = other.0.clone();
@@ -83,12 +100,10 @@ fn describe_tls(err: &rustls::Error) -> String {
         E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
             "the peer's certificate is not valid yet (clock skew?)".into()
         }
-        E::AlertReceived(A::BadCertificate | A::CertificateExpired | A::UnknownCA | A::CertificateUnknown | A::AccessDenied | A::DecryptError) => format!(
-            "the peer refused our certificate (TLS alert {err:?}): it does not trust our root, our certificate expired, or our identity is outside its trust domain"
-        ),
-        E::AlertReceived(A::NoApplicationProtocol) => {
-            "the peer does not speak HTTP/2 (ALPN h2 refused): is this an HBONE port?".into()
+        E::InvalidCertificate(C::BadSignature) => {
+            "the peer's certificate does not verify against the mesh root (bad signature): it comes from another root with the same name".into()
         }
+        E::AlertReceived(alert) => describe_alert(&format!("{alert:?}")),
         other => other.to_string(),
     }
 }

@@ -130,7 +130,7 @@ impl CertificateAuthority {
                     source,
                 })
         };
-        write(key_path, &ca.issuer.key().serialize_pem(), 0o600)?;
+        write(key_path, &ca.root_key_pem(), 0o600)?;
         write(cert_path, &ca.root_pem, 0o644)?;
         Ok(ca)
     }
@@ -141,6 +141,11 @@ impl CertificateAuthority {
 
     pub fn root_pem(&self) -> &str {
         &self.root_pem
+    }
+
+    /// The root's private key as PKCS#8 PEM, for saving it or sharing it with another mesh.
+    pub fn root_key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     pub fn trust_bundle(&self) -> TrustBundle {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Why a string is not a valid workload SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,12 +32,19 @@ pub enum SpiffeIdError {
 /// A workload identity. Parsing is strict on purpose: the ID is what authorization decides on, so
 /// anything that two parsers could read differently (percent-escapes, dot segments, empty or
 /// extra segments, NUL) is refused rather than normalised.
+///
+/// Held as the whole ID plus the offsets of its parts: it is cloned into pool keys and log
+/// fields on every connection, so a clone is one reference-count increment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
-    trust_domain: String,
-    namespace: String,
-    service_account: String,
+    full: Arc<str>,
+    domain_end: u16,
+    namespace_end: u16,
 }
+
+const PREFIX: &str = "spiffe://";
+const NS: &str = "/ns/";
+const SA: &str = "/sa/";
 
 impl SpiffeId {
     pub fn new(
@@ -48,15 +56,19 @@ impl SpiffeId {
     }
 
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.full[PREFIX.len()..self.domain_end as usize]
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.full[self.domain_end as usize + NS.len()..self.namespace_end as usize]
     }
 
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.full[self.namespace_end as usize + SA.len()..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
     }
 }
 
@@ -105,10 +117,17 @@ impl FromStr for SpiffeId {
                 });
             }
         }
+        if id.len() > usize::from(u16::MAX) {
+            return Err(SpiffeIdError::Path {
+                id: id.chars().take(80).collect(),
+                path: "(longer than 65535 bytes)".into(),
+            });
+        }
+        let domain_end = PREFIX.len() + domain.len();
         Ok(SpiffeId {
-            trust_domain: domain.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
+            full: id.into(),
+            domain_end: domain_end as u16,
+            namespace_end: (domain_end + NS.len() + namespace.len()) as u16,
         })
     }
 }
@@ -123,11 +142,7 @@ fn valid_segment(s: &str) -> bool {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(&self.full)
     }
 }
 
