@@ -1,0 +1,192 @@
+//! Workloads and services as ztunnel holds them: validated once when config arrives, so the
+//! data path never parses an address or an identity.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ambit_proto::api::workload as api;
+use ambit_proto::identity::SpiffeId;
+
+use super::StateError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Meshed: reached over HBONE at <address>:15008.
+    Hbone,
+    /// Outside the mesh: plain TCP.
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Hbone => "HBONE",
+            Protocol::Tcp => "TCP",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Workload {
+    pub uid: Box<str>,
+    pub name: Box<str>,
+    pub namespace: Box<str>,
+    pub node: Box<str>,
+    pub addresses: Box<[IpAddr]>,
+    pub protocol: Protocol,
+    pub identity: SpiffeId,
+    pub healthy: bool,
+    /// "<namespace>/<name>" of the authorization policies that select this workload.
+    pub authorization_policies: Box<[Box<str>]>,
+    pub canonical_name: Box<str>,
+    pub canonical_revision: Box<str>,
+}
+
+impl Workload {
+    pub fn from_api(w: &api::Workload) -> Result<Self, StateError> {
+        let invalid = |reason: String| StateError::InvalidWorkload {
+            uid: w.uid.clone(),
+            reason,
+        };
+        if w.uid.is_empty() {
+            return Err(invalid("it has no uid".into()));
+        }
+        let addresses = w
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| invalid(format!("address {a:?} is not an IP address")))
+            })
+            .collect::<Result<Box<[_]>, _>>()?;
+        let protocol = match api::Protocol::try_from(w.protocol) {
+            Ok(api::Protocol::Hbone) => Protocol::Hbone,
+            Ok(api::Protocol::Tcp) => Protocol::Tcp,
+            _ => {
+                return Err(invalid(format!(
+                    "protocol {} is neither HBONE nor TCP",
+                    w.protocol
+                )));
+            }
+        };
+        let trust_domain = if w.trust_domain.is_empty() {
+            "cluster.local"
+        } else {
+            &w.trust_domain
+        };
+        let identity = SpiffeId::new(trust_domain, &w.namespace, &w.service_account)
+            .map_err(|e| invalid(format!("its identity is invalid: {e}")))?;
+        Ok(Workload {
+            uid: w.uid.as_str().into(),
+            name: w.name.as_str().into(),
+            namespace: w.namespace.as_str().into(),
+            node: w.node.as_str().into(),
+            addresses,
+            protocol,
+            identity,
+            healthy: w.status != api::WorkloadStatus::Unhealthy as i32,
+            authorization_policies: w
+                .authorization_policies
+                .iter()
+                .map(|p| p.as_str().into())
+                .collect(),
+            canonical_name: w.canonical_name.as_str().into(),
+            canonical_revision: w.canonical_revision.as_str().into(),
+        })
+    }
+
+    /// The workload's address in the same family as `like`, so a v6 client reaches a v6 pod.
+    pub fn address_like(&self, like: IpAddr) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == like.is_ipv4())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target_port: u16,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    /// "<namespace>/<name>".
+    pub key: Box<str>,
+    pub name: Box<str>,
+    pub namespace: Box<str>,
+    pub hostname: Box<str>,
+    pub vips: Box<[IpAddr]>,
+    pub ports: Box<[ServicePort]>,
+    pub endpoints: Box<[Box<str>]>,
+    /// Spreads connections over endpoints in turn.
+    next_endpoint: AtomicUsize,
+}
+
+impl Service {
+    pub fn from_api(s: &api::Service) -> Result<Self, StateError> {
+        let key = format!("{}/{}", s.namespace, s.name);
+        let invalid = |reason: String| StateError::InvalidService {
+            key: key.clone(),
+            reason,
+        };
+        let vips = s
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| invalid(format!("VIP {a:?} is not an IP address")))
+            })
+            .collect::<Result<Box<[_]>, _>>()?;
+        let ports = s
+            .ports
+            .iter()
+            .map(|p| {
+                let port = u16::try_from(p.service_port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| invalid(format!("port {} is out of range", p.service_port)))?;
+                let target = if p.target_port == 0 {
+                    p.service_port
+                } else {
+                    p.target_port
+                };
+                let target_port = u16::try_from(target)
+                    .map_err(|_| invalid(format!("target port {target} is out of range")))?;
+                Ok(ServicePort { port, target_port })
+            })
+            .collect::<Result<Box<[_]>, _>>()?;
+        Ok(Service {
+            name: s.name.as_str().into(),
+            namespace: s.namespace.as_str().into(),
+            hostname: s.hostname.as_str().into(),
+            vips,
+            ports,
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|e| e.workload_uid.as_str().into())
+                .collect(),
+            next_endpoint: AtomicUsize::new(0),
+            key: key.into(),
+        })
+    }
+
+    pub fn target_port(&self, port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.target_port)
+    }
+
+    /// The next endpoint in turn among `candidates` (already filtered to healthy ones).
+    pub fn pick<'a>(&self, candidates: &'a [Arc<Workload>]) -> Option<&'a Arc<Workload>> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        candidates.get(i % candidates.len())
+    }
+}
