@@ -3,7 +3,15 @@
 //! authorization against what the controller sent ([`state`], [`xds`]), and reports TCP
 //! metrics ([`metrics`]) and its config ([`admin`]).
 
+pub mod admin;
+pub mod app;
+pub mod ca_client;
 pub mod capture;
+pub mod config;
 pub mod connections;
 pub mod metrics;
+pub mod node_agent;
+pub mod pods;
+pub mod proxy;
 pub mod state;
+pub mod xds;

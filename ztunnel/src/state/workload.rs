@@ -96,6 +96,15 @@ impl Workload {
         })
     }
 
+    /// The name dashboards group by: the canonical service name, else the pod name.
+    pub fn canonical_or_name(&self) -> String {
+        if self.canonical_name.is_empty() {
+            self.name.to_string()
+        } else {
+            self.canonical_name.to_string()
+        }
+    }
+
     /// The workload's address in the same family as `like`, so a v6 client reaches a v6 pod.
     pub fn address_like(&self, like: IpAddr) -> Option<IpAddr> {
         self.addresses

@@ -1,0 +1,260 @@
+//! ztunnel's own HTTP endpoints: the config dump (what `ambit config` reads), readiness and
+//! Prometheus metrics. Each is served on its own port as Istio does (15000, 15021, 15020).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ambit_proto::drain::DrainWatch;
+use ambit_proto::identity::CertManager;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use parking_lot::RwLock;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::connections::{ConnectionInfo, ConnectionTracker};
+use crate::metrics::Metrics;
+use crate::pods::Pods;
+use crate::state::ProxyState;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub node: String,
+    pub state: Arc<RwLock<ProxyState>>,
+    pub certs: CertManager,
+    pub connections: Arc<ConnectionTracker>,
+    pub pods: Arc<Pods>,
+    pub metrics: Arc<Metrics>,
+    /// Config updates applied so far (0: not ready).
+    pub applied: watch::Receiver<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigDump {
+    pub node: String,
+    pub version: String,
+    pub config_version: String,
+    pub synced: bool,
+    pub workloads: Vec<WorkloadView>,
+    pub services: Vec<ServiceView>,
+    pub policies: Vec<PolicyView>,
+    pub certificates: Vec<CertificateView>,
+    pub pods: Vec<PodView>,
+    pub connections: Vec<ConnectionInfo>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadView {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub addresses: Vec<String>,
+    pub protocol: &'static str,
+    pub identity: String,
+    pub healthy: bool,
+    pub authorization_policies: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    pub name: String,
+    pub hostname: String,
+    pub vips: Vec<String>,
+    pub ports: Vec<String>,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyView {
+    pub name: String,
+    pub action: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateView {
+    pub identity: String,
+    pub serial: String,
+    pub not_before: f64,
+    pub not_after: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodView {
+    pub uid: String,
+    pub netns: String,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl AdminState {
+    pub async fn config_dump(&self) -> ConfigDump {
+        let (workloads, services, policies, config_version) = {
+            let s = self.state.read();
+            let mut workloads: Vec<WorkloadView> = s
+                .workloads()
+                .map(|w| WorkloadView {
+                    uid: w.uid.to_string(),
+                    name: w.name.to_string(),
+                    namespace: w.namespace.to_string(),
+                    node: w.node.to_string(),
+                    addresses: w.addresses.iter().map(|a| a.to_string()).collect(),
+                    protocol: w.protocol.as_str(),
+                    identity: w.identity.to_string(),
+                    healthy: w.healthy,
+                    authorization_policies: w
+                        .authorization_policies
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                })
+                .collect();
+            workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            let mut services: Vec<ServiceView> = s
+                .services()
+                .map(|svc| ServiceView {
+                    name: svc.key.to_string(),
+                    hostname: svc.hostname.to_string(),
+                    vips: svc.vips.iter().map(|a| a.to_string()).collect(),
+                    ports: svc
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}->{}", p.port, p.target_port))
+                        .collect(),
+                    endpoints: svc.endpoints.iter().map(|e| e.to_string()).collect(),
+                })
+                .collect();
+            services.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut policies: Vec<PolicyView> = s
+                .policies()
+                .map(|p| PolicyView {
+                    name: p.key.to_string(),
+                    action: format!("{:?}", p.action).to_uppercase(),
+                })
+                .collect();
+            policies.sort_by(|a, b| a.name.cmp(&b.name));
+            (
+                workloads,
+                services,
+                policies,
+                s.system_version().to_string(),
+            )
+        };
+        let mut certificates: Vec<CertificateView> = self
+            .certs
+            .certificates()
+            .iter()
+            .map(|c| CertificateView {
+                identity: c.identity().to_string(),
+                serial: c.serial().to_string(),
+                not_before: unix(c.not_before()),
+                not_after: unix(c.not_after()),
+            })
+            .collect();
+        certificates.sort_by(|a, b| a.identity.cmp(&b.identity));
+        let synced = *self.applied.borrow() > 0;
+        let pods = self.pods.captured().await;
+        ConfigDump {
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_version,
+            synced,
+            workloads,
+            services,
+            policies,
+            certificates,
+            pods: pods
+                .into_iter()
+                .map(|(uid, netns)| PodView { uid, netns })
+                .collect(),
+            connections: self.connections.snapshot(),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, content_type: &str, body: Vec<u8>| {
+            Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response parts")
+        };
+        match req.uri().path() {
+            "/config_dump" => {
+                let dump = self.config_dump().await;
+                let body = serde_json::to_vec_pretty(&dump).expect("config dump serializes");
+                reply(StatusCode::OK, "application/json", body)
+            }
+            "/healthz/ready" => {
+                if *self.applied.borrow() > 0 {
+                    reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+                } else {
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        b"not ready: no config received from the controller yet\n".to_vec(),
+                    )
+                }
+            }
+            "/metrics" => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render().into_bytes(),
+            ),
+            other => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("no such endpoint {other}: try /config_dump, /healthz/ready or /metrics\n")
+                    .into_bytes(),
+            ),
+        }
+    }
+}
+
+/// Binds the admin listener (an error names the address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("could not listen on {addr}: {e}")))
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<AdminState>, drain: DrainWatch) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            () = drain.signaled() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.route(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,121 @@
+//! Starting and stopping a whole ztunnel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_proto::drain::{self, DrainTrigger};
+use ambit_proto::identity::{CertManager, TrustBundle};
+use anyhow::Context;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::ca_client::CaClient;
+use crate::config::Config;
+use crate::connections::ConnectionTracker;
+use crate::metrics::Metrics;
+use crate::node_agent;
+use crate::pods::Pods;
+use crate::proxy::ProxyContext;
+use crate::state::ProxyState;
+use crate::xds::{Applier, XdsClient};
+
+pub struct Ztunnel {
+    pods: Arc<Pods>,
+    trigger: DrainTrigger,
+    drain_timeout: Duration,
+    socket: std::path::PathBuf,
+}
+
+impl Ztunnel {
+    /// Binds every listener and starts every task; errors name what could not be set up.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let root_pem = std::fs::read_to_string(&config.root_cert).with_context(|| {
+            format!(
+                "reading the mesh root certificate {} (--root-cert)",
+                config.root_cert.display()
+            )
+        })?;
+        let bundle = TrustBundle::from_pem(&config.trust_domain, &root_pem).with_context(|| {
+            format!("loading the mesh root from {}", config.root_cert.display())
+        })?;
+        let token = std::fs::read_to_string(&config.token_file)
+            .with_context(|| {
+                format!(
+                    "reading the bootstrap token {} (--token-file)",
+                    config.token_file.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        let ca_address = config.ca_address.as_deref().unwrap_or(&config.controller);
+        let certs = CertManager::new(
+            Arc::new(CaClient::new(ca_address, &config.node, &token)?),
+            bundle,
+        );
+        let state = Arc::new(RwLock::new(ProxyState::default()));
+        let metrics = Arc::new(Metrics::new());
+        let connections = Arc::new(ConnectionTracker::default());
+        let ctx = Arc::new(ProxyContext {
+            state: state.clone(),
+            certs: certs.clone(),
+            metrics: metrics.clone(),
+            connections: connections.clone(),
+        });
+        let pods = Arc::new(Pods::new(ctx));
+        let (applied_tx, applied_rx) = watch::channel(0);
+        let (trigger, watch) = drain::channel();
+
+        let admin_state = Arc::new(AdminState {
+            node: config.node.clone(),
+            state: state.clone(),
+            certs,
+            connections,
+            pods: pods.clone(),
+            metrics,
+            applied: applied_rx,
+        });
+        for addr in [
+            config.admin_addr,
+            config.metrics_addr,
+            config.readiness_addr,
+        ] {
+            let listener = admin::bind(addr).await?;
+            tokio::spawn(admin::serve(listener, admin_state.clone(), watch.clone()));
+        }
+        let socket = config.node_agent_socket();
+        let agent = node_agent::bind(&socket)
+            .with_context(|| format!("binding the node agent socket {}", socket.display()))?;
+        tokio::spawn(node_agent::serve(agent, pods.clone(), watch.clone()));
+        let xds = XdsClient {
+            address: config.controller.clone(),
+            node: config.node.clone(),
+            applier: Arc::new(Applier {
+                state,
+                applied: applied_tx,
+            }),
+        };
+        tokio::spawn(xds.run(watch));
+        tracing::info!(node = %config.node, controller = %config.controller, socket = %socket.display(), "ztunnel started");
+        Ok(Ztunnel {
+            pods,
+            trigger,
+            drain_timeout: config.drain_timeout,
+            socket,
+        })
+    }
+
+    /// Stops accepting, removes every pod's rules and listeners, lets open connections
+    /// finish up to the drain timeout, then returns.
+    pub async fn shutdown(self) {
+        tracing::info!(
+            "draining: no new connections; open ones get {:?}",
+            self.drain_timeout
+        );
+        let pods = self.pods.clone();
+        let _ = tokio::time::timeout(self.drain_timeout, pods.remove_all()).await;
+        let outcome = self.trigger.drain(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!(?outcome, "ztunnel stopped");
+    }
+}

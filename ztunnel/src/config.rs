@@ -1,0 +1,59 @@
+//! ztunnel's configuration: parsed once from flags (or their environment variables), then
+//! passed down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "ztunnel", version, about = "Ambit's per-node L4 proxy")]
+pub struct Config {
+    /// Name of the node this ztunnel serves; the controller sends it this node's scope.
+    #[arg(long, env = "AMBIT_NODE")]
+    pub node: String,
+    /// The controller's discovery (and CA) gRPC address.
+    #[arg(
+        long,
+        env = "AMBIT_CONTROLLER",
+        default_value = "http://127.0.0.1:15010"
+    )]
+    pub controller: String,
+    /// The CA's address, if not the controller's.
+    #[arg(long)]
+    pub ca_address: Option<String>,
+    /// PEM file with the mesh root certificate(s) every peer must chain to.
+    #[arg(long, env = "AMBIT_ROOT_CERT")]
+    pub root_cert: PathBuf,
+    /// The mesh's SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// File holding this node's bootstrap token for the CA.
+    #[arg(long, env = "AMBIT_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Unix socket on which the node agent (CNI, `ambit up`) adds and removes pods.
+    #[arg(long)]
+    pub node_agent_socket: Option<PathBuf>,
+    /// Config dump (admin) address.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Prometheus metrics address.
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Readiness address (/healthz/ready).
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    pub readiness_addr: SocketAddr,
+    /// How long open connections get to finish after SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Worker threads of the data path.
+    #[arg(long, default_value_t = 2)]
+    pub worker_threads: usize,
+}
+
+impl Config {
+    pub fn node_agent_socket(&self) -> PathBuf {
+        self.node_agent_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/run/ambit/{}/ztunnel.sock", self.node)))
+    }
+}

@@ -1,0 +1,109 @@
+//! The node agent's socket: whoever sets up pods on the node (the CNI plugin in Kubernetes,
+//! `ambit up` locally) tells ztunnel which pod lives in which network namespace, as Istio's
+//! CNI agent does. One JSON object per line each way:
+//!   {"add":{"uid":"...","netns":"/var/run/netns/..."}}  →  {"ok":true} | {"error":"..."}
+//!   {"remove":{"uid":"..."}}                             →  {"ok":true} | {"error":"..."}
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ambit_proto::drain::DrainWatch;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::pods::Pods;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Command {
+    Add { uid: String, netns: PathBuf },
+    Remove { uid: String },
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Reply {
+    Ok { ok: bool },
+    Error { error: String },
+}
+
+/// Binds the socket (replacing a stale one from a previous run).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+}
+
+pub async fn serve(listener: UnixListener, pods: Arc<Pods>, drain: DrainWatch) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "node agent accept failed");
+                    continue;
+                }
+            },
+            () = drain.signaled() => return,
+        };
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            if let Err(e) = session(stream, &pods).await {
+                tracing::debug!(error = %e, "node agent session ended");
+            }
+        });
+    }
+}
+
+async fn session(stream: UnixStream, pods: &Pods) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<Command>(&line) {
+            Ok(Command::Add { uid, netns }) => match pods.add(&uid, &netns).await {
+                Ok(()) => Reply::Ok { ok: true },
+                Err(e) => {
+                    tracing::warn!(pod = %uid, error = %e, "could not capture pod");
+                    Reply::Error {
+                        error: e.to_string(),
+                    }
+                }
+            },
+            Ok(Command::Remove { uid }) => {
+                if pods.remove(&uid).await {
+                    Reply::Ok { ok: true }
+                } else {
+                    Reply::Error {
+                        error: format!("pod {uid} is not captured"),
+                    }
+                }
+            }
+            Err(e) => Reply::Error {
+                error: format!(
+                    "not a node agent command ({e}): send {{\"add\":{{\"uid\":..,\"netns\":..}}}} or {{\"remove\":{{\"uid\":..}}}}, one per line"
+                ),
+            },
+        };
+        let mut out = serde_json::to_vec(&reply).expect("replies serialize");
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// The client side, for `ambit up` and tests.
+pub async fn send(socket: &Path, command: &Command) -> std::io::Result<Reply> {
+    let stream = UnixStream::connect(socket).await?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_vec(command).expect("commands serialize");
+    line.push(b'\n');
+    wr.write_all(&line).await?;
+    let mut lines = BufReader::new(rd).lines();
+    let reply = lines.next_line().await?.ok_or_else(|| {
+        std::io::Error::other("ztunnel closed the node agent socket without a reply")
+    })?;
+    serde_json::from_str(&reply).map_err(std::io::Error::other)
+}

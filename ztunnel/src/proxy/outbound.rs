@@ -1,0 +1,207 @@
+//! Outbound: connections the pod's apps open, redirected to 15001. Each goes over HBONE to a
+//! meshed destination (presenting the pod's identity, checking the destination's), or as plain
+//! TCP to anything outside the mesh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ambit_proto::drain::DrainWatch;
+use ambit_proto::hbone::{ConnectRequest, HBONE_PORT};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{PodContext, ProxyContext, labels, splice};
+use crate::capture::original_destination;
+use crate::connections::{ConnectionInfo, Direction};
+use crate::metrics::{FailureReason, Reporter, Security};
+use crate::state::Upstream;
+
+pub async fn serve_outbound(
+    listener: TcpListener,
+    pod: Arc<PodContext>,
+    ctx: Arc<ProxyContext>,
+    drain: DrainWatch,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(pod = %pod.uid, error = %e, "outbound accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = drain.signaled() => return,
+        };
+        let (pod, ctx, drain) = (pod.clone(), ctx.clone(), drain.clone());
+        tokio::spawn(async move {
+            handle(stream, peer, &pod, &ctx).await;
+            drop(drain);
+        });
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
+    let _ = stream.set_nodelay(true);
+    let source = ctx.workload(&pod.uid);
+    let source_principal = source.as_ref().map(|w| w.identity.to_string());
+    let dst = match original_destination(&stream) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(pod = %pod.uid, %peer, error = %e, "dropping outbound connection: its original destination is unknown (was it redirected by ztunnel's rules?)");
+            let l = labels(
+                Reporter::Source,
+                source.as_deref(),
+                source_principal.as_deref(),
+                None,
+                None,
+                Security::None,
+            );
+            ctx.metrics
+                .connection_failed(&l, FailureReason::OriginalDestination);
+            return;
+        }
+    };
+    let Some(source) = source else {
+        tracing::warn!(pod = %pod.uid, %peer, %dst, "refusing outbound connection: pod {} is not in ztunnel's config (removed, or config not yet received)", pod.uid);
+        let l = labels(Reporter::Source, None, None, None, None, Security::None);
+        ctx.metrics
+            .connection_failed(&l, FailureReason::UnknownSource);
+        reset(stream);
+        return;
+    };
+    let upstream = ctx.state.read().resolve(dst);
+    match upstream {
+        Upstream::Hbone {
+            workload,
+            target,
+            service,
+        } => {
+            let l = labels(
+                Reporter::Source,
+                Some(&source),
+                source_principal.as_deref(),
+                Some(&workload),
+                service.as_deref(),
+                Security::MutualTls,
+            );
+            let request = ConnectRequest {
+                source: source.identity.clone(),
+                endpoint: SocketAddr::new(target.ip(), HBONE_PORT),
+                destination_identity: workload.identity.clone(),
+                authority: target,
+                forwarded_for: Some(peer),
+                baggage: None,
+                traceparent: None,
+            };
+            let tracked = ctx.connections.track(ConnectionInfo {
+                direction: Direction::Outbound,
+                pod: pod.uid.to_string(),
+                source: peer,
+                source_identity: source_principal.clone(),
+                destination: target,
+                destination_workload: Some(workload.uid.to_string()),
+                destination_service: service.as_ref().map(|s| s.key.to_string()),
+                protocol: "HBONE",
+                started: SystemTime::now(),
+                sent: None,
+                received: None,
+                error: None,
+            });
+            let tunnel = match pod.hbone.connect(&request).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(pod = %pod.uid, %dst, %target, error = %e, "outbound HBONE connection failed");
+                    ctx.metrics.connection_failed(&l, FailureReason::Hbone);
+                    tracked.finish(0, 0, Some(e.to_string()));
+                    reset(stream);
+                    return;
+                }
+            };
+            let counters = ctx.metrics.connection_opened(&l);
+            let result = splice(stream, tunnel).await;
+            finish(result, counters, tracked);
+        }
+        Upstream::Passthrough {
+            target,
+            workload,
+            service,
+        } => {
+            let l = labels(
+                Reporter::Source,
+                Some(&source),
+                source_principal.as_deref(),
+                workload.as_deref(),
+                service.as_deref(),
+                Security::None,
+            );
+            let tracked = ctx.connections.track(ConnectionInfo {
+                direction: Direction::Outbound,
+                pod: pod.uid.to_string(),
+                source: peer,
+                source_identity: source_principal.clone(),
+                destination: target,
+                destination_workload: workload.as_ref().map(|w| w.uid.to_string()),
+                destination_service: service.as_ref().map(|s| s.key.to_string()),
+                protocol: "TCP",
+                started: SystemTime::now(),
+                sent: None,
+                received: None,
+                error: None,
+            });
+            let upstream = match pod.dialer.connect(target).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::info!(pod = %pod.uid, %target, error = %e, "passthrough connection failed");
+                    ctx.metrics
+                        .connection_failed(&l, FailureReason::UpstreamConnect);
+                    tracked.finish(0, 0, Some(format!("connect to {target}: {e}")));
+                    reset(stream);
+                    return;
+                }
+            };
+            let counters = ctx.metrics.connection_opened(&l);
+            let result = splice(stream, upstream).await;
+            finish(result, counters, tracked);
+        }
+        Upstream::NoHealthyEndpoint { service } => {
+            tracing::warn!(pod = %pod.uid, %dst, service = %service.key, "refusing outbound connection: service has no healthy endpoint reachable over this address family");
+            let l = labels(
+                Reporter::Source,
+                Some(&source),
+                source_principal.as_deref(),
+                None,
+                Some(&service),
+                Security::None,
+            );
+            ctx.metrics
+                .connection_failed(&l, FailureReason::NoHealthyEndpoint);
+            reset(stream);
+        }
+    }
+}
+
+fn finish(
+    result: std::io::Result<(u64, u64)>,
+    counters: crate::metrics::ConnectionCounters,
+    tracked: crate::connections::TrackedConnection,
+) {
+    match result {
+        Ok((sent, received)) => {
+            counters.closed(sent, received);
+            tracked.finish(sent, received, None);
+        }
+        Err(e) => {
+            counters.closed(0, 0);
+            tracked.finish(0, 0, Some(e.to_string()));
+        }
+    }
+}
+
+/// Closes a connection with RST, so the app sees "connection reset" at once instead of a
+/// clean EOF it might mistake for an empty answer.
+pub(super) fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
