@@ -131,22 +131,30 @@ impl HboneClient {
             endpoint: req.endpoint,
             destination_identity: req.destination_identity.clone(),
         };
-        // A pooled connection can die between checkout and use; one retry on a fresh one.
+        // A pooled connection can die between checkout and use: one retry on a new one. A new
+        // connection that fails at once was most likely refused (TLS 1.3 clients learn that
+        // their certificate was refused only after the handshake): no retry, and say so.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (send, slot, dead) = self.checkout(&key).await?;
-            match self.open_stream(send, slot, req).await {
-                Err(OpenError::ConnectionGone(reason)) if attempt == 1 => {
-                    dead.store(true, Ordering::Relaxed);
-                    tracing::debug!(endpoint = %req.endpoint, %reason, "pooled HBONE connection failed; retrying on a new one");
-                }
+            let (send, slot, dead, fresh) = self.checkout(&key).await?;
+            match self.open_stream(send, slot, req, fresh).await {
                 Err(OpenError::ConnectionGone(reason)) => {
                     dead.store(true, Ordering::Relaxed);
-                    return Err(HboneError::Http2 {
-                        addr: req.endpoint,
-                        reason,
-                    });
+                    if fresh {
+                        return Err(HboneError::Tls {
+                            addr: req.endpoint,
+                            expected: req.destination_identity.clone(),
+                            reason: refused_after_handshake(&reason),
+                        });
+                    }
+                    if attempt > 1 {
+                        return Err(HboneError::Http2 {
+                            addr: req.endpoint,
+                            reason,
+                        });
+                    }
+                    tracing::debug!(endpoint = %req.endpoint, %reason, "pooled HBONE connection failed; retrying on a new one");
                 }
                 Err(OpenError::Tunnel(e)) => return Err(e),
                 Ok(tunnel) => return Ok(tunnel),
@@ -157,7 +165,7 @@ impl HboneClient {
     async fn checkout(
         &self,
         key: &PoolKey,
-    ) -> Result<(SendRequest<Bytes>, StreamSlot, Arc<AtomicBool>), HboneError> {
+    ) -> Result<(SendRequest<Bytes>, StreamSlot, Arc<AtomicBool>, bool), HboneError> {
         let entry = self
             .inner
             .pool
@@ -187,7 +195,12 @@ impl HboneClient {
                     .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
-                return Ok((c.send.clone(), StreamSlot(c.active.clone()), c.dead.clone()));
+                return Ok((
+                    c.send.clone(),
+                    StreamSlot(c.active.clone()),
+                    c.dead.clone(),
+                    false,
+                ));
             }
         }
         let conn = self.dial(key).await?;
@@ -196,6 +209,7 @@ impl HboneClient {
             conn.send.clone(),
             StreamSlot(conn.active.clone()),
             conn.dead.clone(),
+            true,
         );
         conns.push(conn);
         Ok(out)
@@ -290,6 +304,7 @@ impl HboneClient {
         send: SendRequest<Bytes>,
         slot: StreamSlot,
         req: &ConnectRequest,
+        fresh: bool,
     ) -> Result<Tunnel, OpenError> {
         let addr = req.endpoint;
         let mut send = send
@@ -331,6 +346,11 @@ impl HboneClient {
                 // request: report it as the TLS failure it is.
                 let reason = describe(&e);
                 if e.is_io() || e.is_go_away() {
+                    let reason = if fresh && !reason.contains("refused our certificate") {
+                        refused_after_handshake(&reason)
+                    } else {
+                        reason
+                    };
                     OpenError::Tunnel(HboneError::Tls {
                         addr,
                         expected: req.destination_identity.clone(),
@@ -358,6 +378,17 @@ impl HboneClient {
         let recv = response.into_body();
         Ok(Tunnel::new(send_stream, recv, Some(Box::new(slot))))
     }
+}
+
+/// A new connection closed before its first tunnel: the peer accepted the handshake but not
+/// us. When its alert was lost in the close, this is the best that can be said.
+fn refused_after_handshake(reason: &str) -> String {
+    if reason.contains("refused our certificate") {
+        return reason.to_string();
+    }
+    format!(
+        "the peer closed the connection right after the TLS handshake: it most likely refused our certificate (untrusted root, expired, or an identity outside its trust domain) [{reason}]"
+    )
 }
 
 enum OpenError {
