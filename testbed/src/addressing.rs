@@ -1,9 +1,10 @@
-//! The address plan (see README.md). Node `i` (0-based, in the order nodes are added) gets:
+//! The address plan (see README.md). Node `i` (0-based, in the order nodes are added) is node
+//! number `i+1` everywhere, as in the mesh files (node-a's pods are 10.244.1.x), and gets:
 //!
 //! | what                 | IPv4                 | IPv6                     |
 //! |----------------------|----------------------|--------------------------|
 //! | underlay (fabric)    | `10.10.0.<i+1>/24`   | `fd00:10:10::<i+1>/64`   |
-//! | pod CIDR             | `10.244.<i>.0/24`    | `fd00:10:244:<i>::/64`   |
+//! | pod CIDR             | `10.244.<i+1>.0/24`  | `fd00:10:244:<i+1>::/64` |
 //! | gateway seen by pods | `169.254.1.1`        | `fe80::1`                |
 //!
 //! Pods get caller-chosen addresses inside their node's pod CIDRs, configured as /32 and /128:
@@ -13,7 +14,8 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// Most nodes one testbed holds; node i's underlay address is `10.10.0.<i+1>`.
+/// Most nodes one testbed holds; node i's underlay address is `10.10.0.<i+1>` and its pod CIDR
+/// `10.244.<i+1>.0/24`, so the last node's number still fits in a byte.
 pub const MAX_NODES: usize = 250;
 
 /// The pods' default gateway. Link-local, so it never collides with a pod address; every
@@ -96,20 +98,29 @@ pub(crate) fn underlay_v6(index: usize) -> Ipv6Addr {
 
 pub(crate) fn pod_cidr_v4(index: usize) -> Ipv4Cidr {
     Ipv4Cidr {
-        addr: Ipv4Addr::new(10, 244, low_byte(index), 0),
+        addr: Ipv4Addr::new(10, 244, low_byte(index + 1), 0),
         len: 24,
     }
 }
 
 pub(crate) fn pod_cidr_v6(index: usize) -> Ipv6Cidr {
     Ipv6Cidr {
-        addr: Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(low_byte(index)), 0, 0, 0, 0),
+        addr: Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            u16::from(low_byte(index + 1)),
+            0,
+            0,
+            0,
+            0,
+        ),
         len: 64,
     }
 }
 
-/// The `n`th pod address pair of a node's CIDRs (`n` in 1..=254): 10.244.<i>.<n> and
-/// fd00:10:244:<i>::<n>.
+/// The `n`th pod address pair of a node's CIDRs (`n` in 1..=254): 10.244.<i+1>.<n> and
+/// fd00:10:244:<i+1>::<n>.
 pub(crate) fn nth_pod_addrs(v4: Ipv4Cidr, v6: Ipv6Cidr, n: u8) -> (Ipv4Addr, Ipv6Addr) {
     let v4 = Ipv4Addr::from(u32::from(v4.addr) | u32::from(n));
     let v6 = Ipv6Addr::from(u128::from(v6.addr) | u128::from(n));
@@ -148,33 +159,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plan_for_node_one() {
+    fn plan_for_the_second_node() {
         assert_eq!(underlay_v4(1), Ipv4Addr::new(10, 10, 0, 2));
         assert_eq!(underlay_v6(1).to_string(), "fd00:10:10::2");
-        assert_eq!(pod_cidr_v4(1).to_string(), "10.244.1.0/24");
-        assert_eq!(pod_cidr_v6(1).to_string(), "fd00:10:244:1::/64");
+        assert_eq!(pod_cidr_v4(1).to_string(), "10.244.2.0/24");
+        assert_eq!(pod_cidr_v6(1).to_string(), "fd00:10:244:2::/64");
         let (v4, v6) = nth_pod_addrs(pod_cidr_v4(1), pod_cidr_v6(1), 7);
-        assert_eq!(v4, Ipv4Addr::new(10, 244, 1, 7));
-        assert_eq!(v6.to_string(), "fd00:10:244:1::7");
+        assert_eq!(v4, Ipv4Addr::new(10, 244, 2, 7));
+        assert_eq!(v6.to_string(), "fd00:10:244:2::7");
+    }
+
+    #[test]
+    fn node_zero_is_node_number_one() {
+        assert_eq!(underlay_v4(0), Ipv4Addr::new(10, 10, 0, 1));
+        assert_eq!(pod_cidr_v4(0).to_string(), "10.244.1.0/24");
+        assert_eq!(pod_cidr_v6(0).to_string(), "fd00:10:244:1::/64");
     }
 
     #[test]
     fn last_node_fits() {
         let last = MAX_NODES - 1;
         assert_eq!(underlay_v4(last), Ipv4Addr::new(10, 10, 0, 250));
-        assert_eq!(pod_cidr_v6(last).to_string(), "fd00:10:244:f9::/64");
+        assert_eq!(pod_cidr_v4(last).to_string(), "10.244.250.0/24");
+        assert_eq!(pod_cidr_v6(last).to_string(), "fd00:10:244:fa::/64");
     }
 
     #[test]
     fn pod_addresses_are_checked() {
         let (c4, c6) = (pod_cidr_v4(0), pod_cidr_v6(0));
-        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 0, 5)).is_none());
-        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 1, 5)).is_some());
-        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 0, 0)).is_some());
-        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 0, 255)).is_some());
-        assert!(check_pod_v6(c6, "fd00:10:244::5".parse().unwrap()).is_none());
-        assert!(check_pod_v6(c6, "fd00:10:244:1::5".parse().unwrap()).is_some());
-        assert!(check_pod_v6(c6, "fd00:10:244::".parse().unwrap()).is_some());
+        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 1, 5)).is_none());
+        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 0, 5)).is_some());
+        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 2, 5)).is_some());
+        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 1, 0)).is_some());
+        assert!(check_pod_v4(c4, Ipv4Addr::new(10, 244, 1, 255)).is_some());
+        assert!(check_pod_v6(c6, "fd00:10:244:1::5".parse().unwrap()).is_none());
+        assert!(check_pod_v6(c6, "fd00:10:244::5".parse().unwrap()).is_some());
+        assert!(check_pod_v6(c6, "fd00:10:244:2::5".parse().unwrap()).is_some());
+        assert!(check_pod_v6(c6, "fd00:10:244:1::".parse().unwrap()).is_some());
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub enum Error {
 
     #[error(
         "a testbed holds at most {max} nodes: node i gets underlay address 10.10.0.<i+1> and pod \
-         CIDR 10.244.<i>.0/24"
+         CIDR 10.244.<i+1>.0/24"
     )]
     TooManyNodes { max: usize },
 

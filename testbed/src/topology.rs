@@ -294,18 +294,18 @@ impl Node {
         NODE_UPLINK
     }
 
-    /// `10.244.<index>.0/24`.
+    /// `10.244.<index+1>.0/24`.
     pub fn pod_cidr_v4(&self) -> Ipv4Cidr {
         self.pod_cidr_v4
     }
 
-    /// `fd00:10:244:<index>::/64`.
+    /// `fd00:10:244:<index+1>::/64`.
     pub fn pod_cidr_v6(&self) -> Ipv6Cidr {
         self.pod_cidr_v6
     }
 
-    /// The `n`th pod address pair (n in 1..=254): `10.244.<index>.<n>` and
-    /// `fd00:10:244:<index>::<n>`.
+    /// The `n`th pod address pair (n in 1..=254): `10.244.<index+1>.<n>` and
+    /// `fd00:10:244:<index+1>::<n>`.
     pub fn pod_addrs(&self, n: u16) -> Result<(Ipv4Addr, Ipv6Addr)> {
         match u8::try_from(n) {
             Ok(n @ 1..=254) => Ok(addressing::nth_pod_addrs(

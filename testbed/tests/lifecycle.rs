@@ -32,11 +32,11 @@ fn the_topology_follows_the_address_plan() -> anyhow::Result<()> {
     let b = tb.node("node-b")?;
     assert_eq!(b.ipv4().to_string(), "10.10.0.2");
     assert_eq!(b.ipv6().to_string(), "fd00:10:10::2");
-    assert_eq!(b.pod_cidr_v4().to_string(), "10.244.1.0/24");
-    assert_eq!(b.pod_cidr_v6().to_string(), "fd00:10:244:1::/64");
+    assert_eq!(b.pod_cidr_v4().to_string(), "10.244.2.0/24");
+    assert_eq!(b.pod_cidr_v6().to_string(), "fd00:10:244:2::/64");
     let server = tb.pod("node-b", "server")?;
-    assert_eq!(server.ipv4().to_string(), "10.244.1.2");
-    assert_eq!(server.ipv6().to_string(), "fd00:10:244:1::2");
+    assert_eq!(server.ipv4().to_string(), "10.244.2.2");
+    assert_eq!(server.ipv6().to_string(), "fd00:10:244:2::2");
     assert_eq!(server.netns().name(), format!("{run}-node-b-server"));
 
     // Forwarding is on in nodes only, and DAD off everywhere: the settings are per namespace.
@@ -54,8 +54,8 @@ fn the_topology_follows_the_address_plan() -> anyhow::Result<()> {
         pod.output(Command::new("ip").args(["-o", "addr", "show", "dev", server.interface()]))?;
     let text = String::from_utf8(out.stdout)?;
     assert!(out.status.success());
-    assert!(text.contains("10.244.1.2/32"), "{text}");
-    assert!(text.contains("fd00:10:244:1::2/128"), "{text}");
+    assert!(text.contains("10.244.2.2/32"), "{text}");
+    assert!(text.contains("fd00:10:244:2::2/128"), "{text}");
     assert!(!text.contains("tentative"), "{text}");
     Ok(())
 }
@@ -169,7 +169,7 @@ fn bad_requests_are_refused_with_errors_that_name_the_culprit() -> anyhow::Resul
 
     let err = tb.add_pod("node-a", "x", other_node_v4, v6).unwrap_err();
     assert!(matches!(err, Error::BadPodAddress { .. }), "{err}");
-    assert!(err.to_string().contains("10.244.0.0/24"), "{err}");
+    assert!(err.to_string().contains("10.244.1.0/24"), "{err}");
 
     let err = tb.add_pod("node-a", "x", taken, v6).unwrap_err();
     assert!(matches!(err, Error::PodAddressInUse { .. }), "{err}");
