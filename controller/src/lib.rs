@@ -1,1 +1,4 @@
 //! Ambit controller: the mesh model, scoped config push, the certificate authority and the CLI.
+
+pub mod model;
+pub mod source;

@@ -1,0 +1,537 @@
+//! Checks a mesh description and derives what follows from it: which pods are meshed, each
+//! service's endpoints, who uses which waypoint.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ambit_proto::identity::SpiffeId;
+
+use super::*;
+
+/// Collects a mesh description; [`MeshBuilder::build`] checks it as a whole and reports every
+/// problem at once, so a human fixing a file sees them all in one go.
+#[derive(Debug, Clone)]
+pub struct MeshBuilder {
+    trust_domain: String,
+    cluster_id: String,
+    nodes: Vec<Node>,
+    namespaces: Vec<Namespace>,
+    pods: Vec<Pod>,
+    services: Vec<Service>,
+    waypoints: Vec<Waypoint>,
+    policies: Vec<AuthorizationPolicy>,
+    routes: Vec<Route>,
+}
+
+impl MeshBuilder {
+    /// `cluster_id` prefixes workload uids (`<cluster>//Pod/<namespace>/<name>`), keeping them
+    /// unique should several sources ever feed one mesh.
+    pub fn new(trust_domain: impl Into<String>, cluster_id: impl Into<String>) -> Self {
+        MeshBuilder {
+            trust_domain: trust_domain.into(),
+            cluster_id: cluster_id.into(),
+            nodes: Vec::new(),
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+            services: Vec::new(),
+            waypoints: Vec::new(),
+            policies: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    pub fn node(&mut self, node: Node) -> &mut Self {
+        self.nodes.push(node);
+        self
+    }
+
+    pub fn namespace(&mut self, namespace: Namespace) -> &mut Self {
+        self.namespaces.push(namespace);
+        self
+    }
+
+    pub fn pod(&mut self, pod: Pod) -> &mut Self {
+        self.pods.push(pod);
+        self
+    }
+
+    pub fn service(&mut self, service: Service) -> &mut Self {
+        self.services.push(service);
+        self
+    }
+
+    pub fn waypoint(&mut self, waypoint: Waypoint) -> &mut Self {
+        self.waypoints.push(waypoint);
+        self
+    }
+
+    pub fn policy(&mut self, policy: AuthorizationPolicy) -> &mut Self {
+        self.policies.push(policy);
+        self
+    }
+
+    pub fn route(&mut self, route: Route) -> &mut Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// The checked model, or every problem found (in declaration order, kind by kind).
+    pub fn build(self) -> Result<MeshModel, Vec<ModelError>> {
+        let mut c = Checker {
+            errors: Vec::new(),
+            addresses: HashMap::new(),
+        };
+        if let Err(source) = SpiffeId::new(&self.trust_domain, "ns", "sa") {
+            return Err(vec![ModelError::InvalidTrustDomain {
+                trust_domain: self.trust_domain,
+                source,
+            }]);
+        }
+        let nodes = c.nodes(self.nodes);
+        let namespaces = c.namespaces(self.namespaces);
+        let waypoints = c.waypoints(self.waypoints, &nodes, &namespaces, &self.trust_domain);
+        let waypoint_names: HashSet<ObjectKey> = waypoints.keys().cloned().collect();
+        let namespace_waypoints = c.namespace_waypoints(&namespaces, &waypoint_names);
+        let workloads = c.workloads(
+            self.pods,
+            &nodes,
+            &namespaces,
+            &waypoint_names,
+            &self.trust_domain,
+            &self.cluster_id,
+        );
+        let services = c.services(
+            self.services,
+            &namespaces,
+            &namespace_waypoints,
+            &waypoint_names,
+        );
+        let policies = c.policies(self.policies, &namespaces);
+        let routes = c.routes(self.routes, &namespaces, &services, &self.trust_domain);
+        if !c.errors.is_empty() {
+            return Err(c.errors);
+        }
+        let services = services
+            .into_iter()
+            .map(|(key, (service, waypoint))| {
+                let endpoints = endpoints_of(&service, &workloads);
+                let entry = ServiceEntry {
+                    service,
+                    endpoints,
+                    waypoint,
+                };
+                (key, entry)
+            })
+            .collect();
+        let mut workloads_by_node: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
+        for (key, workload) in &workloads {
+            workloads_by_node
+                .entry(workload.pod.node.clone())
+                .or_default()
+                .push(key.clone());
+        }
+        Ok(MeshModel {
+            trust_domain: self.trust_domain,
+            cluster_id: self.cluster_id,
+            nodes,
+            namespaces,
+            workloads,
+            services,
+            waypoints,
+            policies,
+            routes,
+            workloads_by_node,
+        })
+    }
+}
+
+fn endpoints_of(service: &Service, workloads: &BTreeMap<ObjectKey, Workload>) -> Vec<ObjectKey> {
+    if service.selector.is_empty() {
+        return Vec::new();
+    }
+    workloads
+        .iter()
+        .filter(|(key, w)| {
+            key.namespace == service.namespace && selects(&service.selector, &w.pod.labels)
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+struct Checker {
+    errors: Vec<ModelError>,
+    /// Which object first claimed each address.
+    addresses: HashMap<IpAddr, ResourceRef>,
+}
+
+impl Checker {
+    fn claim_addresses(&mut self, subject: &ResourceRef, addresses: &[IpAddr]) {
+        for address in addresses {
+            match self.addresses.get(address) {
+                Some(first) if first != subject => self.errors.push(ModelError::DuplicateAddress {
+                    subject: subject.clone(),
+                    address: *address,
+                    first: first.clone(),
+                }),
+                Some(_) => {}
+                None => {
+                    self.addresses.insert(*address, subject.clone());
+                }
+            }
+        }
+    }
+
+    fn identity(
+        &mut self,
+        subject: &ResourceRef,
+        td: &str,
+        ns: &str,
+        sa: &str,
+    ) -> Option<SpiffeId> {
+        SpiffeId::new(td, ns, sa)
+            .map_err(|source| {
+                self.errors.push(ModelError::InvalidIdentity {
+                    subject: subject.clone(),
+                    source,
+                })
+            })
+            .ok()
+    }
+
+    fn nodes(&mut self, nodes: Vec<Node>) -> BTreeMap<String, Node> {
+        let mut out = BTreeMap::new();
+        let mut tokens: HashMap<String, ResourceRef> = HashMap::new();
+        for node in nodes {
+            let subject = ResourceRef::new(Kind::Node, &node.name);
+            if out.contains_key(&node.name) {
+                self.errors.push(ModelError::Duplicate { subject });
+                continue;
+            }
+            if let Some(token) = &node.bootstrap_token {
+                if let Some(first) = tokens.get(token) {
+                    self.errors.push(ModelError::DuplicateToken {
+                        subject: subject.clone(),
+                        first: first.clone(),
+                    });
+                }
+                tokens.insert(token.clone(), subject);
+            }
+            out.insert(node.name.clone(), node);
+        }
+        out
+    }
+
+    fn namespaces(&mut self, namespaces: Vec<Namespace>) -> BTreeMap<String, Namespace> {
+        let mut out = BTreeMap::new();
+        for ns in namespaces {
+            let subject = ResourceRef::new(Kind::Namespace, &ns.name);
+            if out.contains_key(&ns.name) {
+                self.errors.push(ModelError::Duplicate { subject });
+                continue;
+            }
+            if let Some(value) = ns.labels.get(DATAPLANE_MODE_LABEL)
+                && value != DATAPLANE_MODE_AMBIENT
+                && value != DATAPLANE_MODE_NONE
+            {
+                self.errors.push(ModelError::InvalidLabelValue {
+                    subject,
+                    label: DATAPLANE_MODE_LABEL,
+                    value: value.clone(),
+                    allowed: "\"ambient\" (mesh the namespace) or \"none\"",
+                });
+            }
+            out.insert(ns.name.clone(), ns);
+        }
+        out
+    }
+
+    fn namespaced<T>(
+        &mut self,
+        out: &BTreeMap<ObjectKey, T>,
+        subject: &ResourceRef,
+        key: &ObjectKey,
+        namespaces: &BTreeMap<String, Namespace>,
+    ) -> bool {
+        if out.contains_key(key) {
+            self.errors.push(ModelError::Duplicate {
+                subject: subject.clone(),
+            });
+            return false;
+        }
+        if !namespaces.contains_key(&key.namespace) {
+            self.errors.push(ModelError::UnknownNamespace {
+                subject: subject.clone(),
+                namespace: key.namespace.clone(),
+            });
+        }
+        true
+    }
+
+    fn placed(
+        &mut self,
+        subject: &ResourceRef,
+        node: &str,
+        addresses: &[IpAddr],
+        nodes: &BTreeMap<String, Node>,
+    ) {
+        if !nodes.contains_key(node) {
+            self.errors.push(ModelError::UnknownNode {
+                subject: subject.clone(),
+                node: node.into(),
+            });
+        }
+        if addresses.is_empty() {
+            self.errors.push(ModelError::NoAddress {
+                subject: subject.clone(),
+            });
+        }
+        self.claim_addresses(subject, addresses);
+    }
+
+    fn waypoints(
+        &mut self,
+        waypoints: Vec<Waypoint>,
+        nodes: &BTreeMap<String, Node>,
+        namespaces: &BTreeMap<String, Namespace>,
+        td: &str,
+    ) -> BTreeMap<ObjectKey, Waypoint> {
+        let mut out = BTreeMap::new();
+        for wp in waypoints {
+            let key = ObjectKey::new(&wp.namespace, &wp.name);
+            let subject = ResourceRef::new(Kind::Waypoint, key.to_string());
+            if !self.namespaced(&out, &subject, &key, namespaces) {
+                continue;
+            }
+            self.placed(&subject, &wp.node, &wp.addresses, nodes);
+            self.identity(&subject, td, &wp.namespace, &wp.service_account);
+            out.insert(key, wp);
+        }
+        out
+    }
+
+    /// The waypoint each namespace's label names, checked once per namespace rather than once
+    /// per service that inherits it.
+    fn namespace_waypoints(
+        &mut self,
+        namespaces: &BTreeMap<String, Namespace>,
+        waypoints: &HashSet<ObjectKey>,
+    ) -> HashMap<String, ObjectKey> {
+        let mut out = HashMap::new();
+        for ns in namespaces.values() {
+            let subject = ResourceRef::new(Kind::Namespace, &ns.name);
+            if let Some(key) = self.waypoint_label(&subject, &ns.name, &ns.labels, waypoints) {
+                out.insert(ns.name.clone(), key);
+            }
+        }
+        out
+    }
+
+    fn waypoint_label(
+        &mut self,
+        subject: &ResourceRef,
+        namespace: &str,
+        labels: &Labels,
+        waypoints: &HashSet<ObjectKey>,
+    ) -> Option<ObjectKey> {
+        let name = labels.get(USE_WAYPOINT_LABEL)?;
+        if name == WAYPOINT_NONE {
+            return None;
+        }
+        let key = ObjectKey::new(namespace, name);
+        if waypoints.contains(&key) {
+            Some(key)
+        } else {
+            self.errors.push(ModelError::UnknownWaypoint {
+                subject: subject.clone(),
+                label: USE_WAYPOINT_LABEL,
+                namespace: namespace.into(),
+                waypoint: name.clone(),
+            });
+            None
+        }
+    }
+
+    fn workloads(
+        &mut self,
+        pods: Vec<Pod>,
+        nodes: &BTreeMap<String, Node>,
+        namespaces: &BTreeMap<String, Namespace>,
+        waypoints: &HashSet<ObjectKey>,
+        td: &str,
+        cluster_id: &str,
+    ) -> BTreeMap<ObjectKey, Workload> {
+        let mut out = BTreeMap::new();
+        for pod in pods {
+            let key = ObjectKey::new(&pod.namespace, &pod.name);
+            let subject = ResourceRef::new(Kind::Pod, key.to_string());
+            if !self.namespaced(&out, &subject, &key, namespaces) {
+                continue;
+            }
+            self.placed(&subject, &pod.node, &pod.addresses, nodes);
+            if let Some(value) = pod.labels.get(DATAPLANE_MODE_LABEL)
+                && value != DATAPLANE_MODE_NONE
+            {
+                self.errors.push(ModelError::InvalidLabelValue {
+                    subject: subject.clone(),
+                    label: DATAPLANE_MODE_LABEL,
+                    value: value.clone(),
+                    allowed: "\"none\" (a pod can only opt out; label its namespace to opt in)",
+                });
+            }
+            let waypoint = self.waypoint_label(&subject, &pod.namespace, &pod.labels, waypoints);
+            let Some(identity) = self.identity(&subject, td, &pod.namespace, &pod.service_account)
+            else {
+                continue;
+            };
+            let namespace_in = namespaces.get(&pod.namespace).is_some_and(|ns| {
+                ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
+                    == Some(DATAPLANE_MODE_AMBIENT)
+            });
+            let opted_out = pod.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
+                == Some(DATAPLANE_MODE_NONE);
+            let workload = Workload {
+                uid: format!("{cluster_id}//Pod/{}/{}", pod.namespace, pod.name),
+                identity,
+                meshed: namespace_in && !opted_out,
+                waypoint,
+                pod,
+            };
+            out.insert(key, workload);
+        }
+        out
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn services(
+        &mut self,
+        services: Vec<Service>,
+        namespaces: &BTreeMap<String, Namespace>,
+        namespace_waypoints: &HashMap<String, ObjectKey>,
+        waypoints: &HashSet<ObjectKey>,
+    ) -> BTreeMap<ObjectKey, (Service, Option<ObjectKey>)> {
+        let mut out = BTreeMap::new();
+        for svc in services {
+            let key = ObjectKey::new(&svc.namespace, &svc.name);
+            let subject = ResourceRef::new(Kind::Service, key.to_string());
+            if !self.namespaced(&out, &subject, &key, namespaces) {
+                continue;
+            }
+            self.claim_addresses(&subject, &svc.vips);
+            let mut ports = HashSet::new();
+            for port in &svc.ports {
+                if !ports.insert(port.port) {
+                    self.errors.push(ModelError::DuplicatePort {
+                        subject: subject.clone(),
+                        port: port.port,
+                    });
+                }
+            }
+            let waypoint = if svc.labels.contains_key(USE_WAYPOINT_LABEL) {
+                self.waypoint_label(&subject, &svc.namespace, &svc.labels, waypoints)
+            } else {
+                namespace_waypoints.get(&svc.namespace).cloned()
+            };
+            out.insert(key, (svc, waypoint));
+        }
+        out
+    }
+
+    fn policies(
+        &mut self,
+        policies: Vec<AuthorizationPolicy>,
+        namespaces: &BTreeMap<String, Namespace>,
+    ) -> BTreeMap<ObjectKey, AuthorizationPolicy> {
+        let mut out = BTreeMap::new();
+        for policy in policies {
+            let key = ObjectKey::new(&policy.namespace, &policy.name);
+            let subject = ResourceRef::new(Kind::AuthorizationPolicy, key.to_string());
+            if !self.namespaced(&out, &subject, &key, namespaces) {
+                continue;
+            }
+            for source in policy.rules.iter().flat_map(|r| &r.from) {
+                for principal in source.principals.iter().chain(&source.not_principals) {
+                    if let Err(reason) = check_principal(principal) {
+                        self.errors.push(ModelError::InvalidPrincipal {
+                            subject: subject.clone(),
+                            principal: principal.clone(),
+                            reason,
+                        });
+                    }
+                }
+                for block in source.ip_blocks.iter().chain(&source.not_ip_blocks) {
+                    if !valid_ip_block(block) {
+                        self.errors.push(ModelError::InvalidIpBlock {
+                            subject: subject.clone(),
+                            block: block.clone(),
+                        });
+                    }
+                }
+            }
+            out.insert(key, policy);
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        routes: Vec<Route>,
+        namespaces: &BTreeMap<String, Namespace>,
+        services: &BTreeMap<ObjectKey, (Service, Option<ObjectKey>)>,
+        td: &str,
+    ) -> BTreeMap<ObjectKey, Route> {
+        let known: HashSet<String> = services
+            .keys()
+            .map(|k| service_hostname(&k.name, &k.namespace, td))
+            .collect();
+        let mut out = BTreeMap::new();
+        for route in routes {
+            let key = ObjectKey::new(&route.namespace, &route.name);
+            let subject = ResourceRef::new(Kind::Route, key.to_string());
+            if !self.namespaced(&out, &subject, &key, namespaces) {
+                continue;
+            }
+            let backends = route
+                .rules
+                .iter()
+                .flat_map(|r| &r.backends)
+                .map(|b| &b.service);
+            for host in route.hostnames.iter().chain(backends) {
+                if !known.contains(host) {
+                    self.errors.push(ModelError::UnknownBackend {
+                        subject: subject.clone(),
+                        backend: host.clone(),
+                    });
+                }
+            }
+            out.insert(key, route);
+        }
+        out
+    }
+}
+
+/// Principals are what DENY rules match on, so a typo must fail loudly rather than silently
+/// never match.
+fn check_principal(principal: &str) -> Result<(), String> {
+    if let Some(prefix) = principal.strip_suffix('*') {
+        if prefix.starts_with("spiffe://") {
+            return Ok(());
+        }
+        return Err("a prefix must start with spiffe://".into());
+    }
+    principal
+        .parse::<SpiffeId>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn valid_ip_block(block: &str) -> bool {
+    let (addr, len) = match block.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (block, None),
+    };
+    let Ok(addr) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    len.is_none_or(|len| len.parse::<u8>().is_ok_and(|len| len <= max))
+}

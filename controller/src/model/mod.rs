@@ -1,0 +1,298 @@
+//! The one mesh model: what runs where, what is meshed, which services and policies apply. Sources
+//! (the mesh file, later Kubernetes) describe the mesh with the input types here and
+//! [`MeshBuilder`] turns that into a checked [`MeshModel`]; the push and the CA only ever read a
+//! model. A model is immutable: a change is a new model, so readers never see half an update.
+
+mod build;
+mod convert;
+mod error;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ambit_proto::api::{route, security};
+use ambit_proto::identity::SpiffeId;
+
+pub use build::MeshBuilder;
+pub use error::{Kind, ModelError, ResourceRef};
+
+/// Namespace label that puts a namespace's pods in the mesh (value [`DATAPLANE_MODE_AMBIENT`]);
+/// on a pod, [`DATAPLANE_MODE_NONE`] takes that one pod out.
+pub const DATAPLANE_MODE_LABEL: &str = "ambit.io/dataplane-mode";
+pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+pub const DATAPLANE_MODE_NONE: &str = "none";
+/// Namespace, service or pod label naming the waypoint (in the same namespace) that traffic goes
+/// through; on a service, [`WAYPOINT_NONE`] opts it out of its namespace's waypoint.
+pub const USE_WAYPOINT_LABEL: &str = "ambit.io/use-waypoint";
+pub const WAYPOINT_NONE: &str = "none";
+
+pub type Labels = BTreeMap<String, String>;
+
+/// `<namespace>/<name>`: how namespaced objects are named throughout the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// Shared secret a node's proxies present to the CA. `None`: the node gets no certificates.
+    pub bootstrap_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub node: String,
+    pub addresses: Vec<IpAddr>,
+    pub labels: Labels,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Tcp => "tcp",
+            AppProtocol::Http => "http",
+            AppProtocol::Http2 => "http2",
+            AppProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub target_port: u16,
+    pub app_protocol: AppProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// Pods in the service's namespace whose labels include all of these are its endpoints. Empty
+    /// means no computed endpoints (as a Kubernetes service without selector), not every pod of
+    /// the namespace, which nobody means.
+    pub selector: Labels,
+    pub labels: Labels,
+}
+
+/// An L7 proxy deployed for a namespace; it is a process of its own (not a meshed pod), reached
+/// over HBONE on its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waypoint {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub service_account: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthorizationPolicy {
+    pub name: String,
+    pub namespace: String,
+    /// Pods of the namespace whose labels include all of these; empty selects the whole namespace.
+    pub selector: Labels,
+    pub action: security::Action,
+    /// Kept in their wire form: the controller only checks them, the proxies evaluate them.
+    pub rules: Vec<security::Rule>,
+}
+
+/// L7 routes are consumed only by waypoints and carry no derived state, so the model keeps them in
+/// their wire form after checking that their namespace and backends exist.
+pub type Route = route::Route;
+
+/// A pod as the mesh sees it: the pod plus what follows from its namespace and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    pub pod: Pod,
+    pub uid: String,
+    pub identity: SpiffeId,
+    /// Traffic to and from it goes through ztunnel (its namespace opted in, it did not opt out).
+    pub meshed: bool,
+    pub waypoint: Option<ObjectKey>,
+}
+
+impl Workload {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.pod.namespace, &self.pod.name)
+    }
+}
+
+/// A service plus its computed endpoints and waypoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceEntry {
+    pub service: Service,
+    /// Endpoint workloads, sorted.
+    pub endpoints: Vec<ObjectKey>,
+    pub waypoint: Option<ObjectKey>,
+}
+
+impl ServiceEntry {
+    pub fn hostname(&self, trust_domain: &str) -> String {
+        service_hostname(&self.service.name, &self.service.namespace, trust_domain)
+    }
+}
+
+/// `<name>.<namespace>.svc.<trust domain>`, the name routes and telemetry use for a service.
+pub fn service_hostname(name: &str, namespace: &str, trust_domain: &str) -> String {
+    format!("{name}.{namespace}.svc.{trust_domain}")
+}
+
+/// Does a label set contain every pair of a selector?
+pub fn selects(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A checked, indexed mesh. Built only by [`MeshBuilder`], so every reference in it resolves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshModel {
+    trust_domain: String,
+    cluster_id: String,
+    nodes: BTreeMap<String, Node>,
+    namespaces: BTreeMap<String, Namespace>,
+    workloads: BTreeMap<ObjectKey, Workload>,
+    services: BTreeMap<ObjectKey, ServiceEntry>,
+    waypoints: BTreeMap<ObjectKey, Waypoint>,
+    policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
+    routes: BTreeMap<ObjectKey, Route>,
+    workloads_by_node: BTreeMap<String, Vec<ObjectKey>>,
+}
+
+impl MeshModel {
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads.values()
+    }
+
+    pub fn workload(&self, key: &ObjectKey) -> Option<&Workload> {
+        self.workloads.get(key)
+    }
+
+    pub fn workloads_on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.workloads.get(key))
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.services.values()
+    }
+
+    pub fn service(&self, key: &ObjectKey) -> Option<&ServiceEntry> {
+        self.services.get(key)
+    }
+
+    pub fn waypoints(&self) -> impl Iterator<Item = &Waypoint> {
+        self.waypoints.values()
+    }
+
+    pub fn waypoint(&self, key: &ObjectKey) -> Option<&Waypoint> {
+        self.waypoints.get(key)
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
+        self.policies.values()
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.values()
+    }
+
+    /// Does `policy` apply to `workload`? Policies select pods of their own namespace only.
+    pub fn policy_selects(policy: &AuthorizationPolicy, workload: &Workload) -> bool {
+        policy.namespace == workload.pod.namespace
+            && selects(&policy.selector, &workload.pod.labels)
+    }
+
+    /// The service with this hostname (`<name>.<namespace>.svc.<trust domain>`).
+    pub fn service_by_hostname(&self, hostname: &str) -> Option<&ServiceEntry> {
+        let suffix = format!(".svc.{}", self.trust_domain);
+        let (name, namespace) = hostname.strip_suffix(&suffix)?.split_once('.')?;
+        self.services.get(&ObjectKey::new(namespace, name))
+    }
+
+    /// The node whose bootstrap token this is. Compares every token in constant time, so timing
+    /// does not reveal how much of a guess was right.
+    pub fn node_by_token(&self, token: &str) -> Option<&Node> {
+        let mut found = None;
+        for node in self.nodes.values() {
+            if let Some(expected) = &node.bootstrap_token
+                && constant_time_eq(expected.as_bytes(), token.as_bytes())
+            {
+                found = Some(node);
+            }
+        }
+        found
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,393 @@
+//! From the file's shape to the model's input types, remembering where each object was written
+//! so the model's errors can be reported by line.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ambit_proto::api::{route as rpb, security as spb};
+use serde_saphyr::Spanned;
+
+use super::schema::*;
+use super::{LocalTopology, TopologyPod, TopologyWaypoint};
+use crate::model::{self, Kind, MeshBuilder, ModelError, ResourceRef};
+
+/// The trust domain when the file does not name one, as in Istio and Kubernetes.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Prefix of workload uids from a mesh file.
+const CLUSTER_ID: &str = "local";
+
+fn line<T>(s: &Spanned<T>) -> u64 {
+    s.referenced.line()
+}
+
+/// Where the parts of one object were written.
+#[derive(Debug, Default)]
+struct ItemLines {
+    name: u64,
+    namespace: Option<u64>,
+    node: Option<u64>,
+    addresses: Vec<(IpAddr, u64)>,
+}
+
+/// Lines of every object in a file, by the name the model's errors use.
+#[derive(Debug, Default)]
+pub struct LineIndex {
+    trust_domain: Option<u64>,
+    items: HashMap<ResourceRef, ItemLines>,
+}
+
+impl LineIndex {
+    /// The line that best shows what `error` is about: the offending field when the error is
+    /// about one, else the object's name.
+    pub fn line_of(&self, error: &ModelError) -> Option<u64> {
+        let Some(subject) = error.subject() else {
+            return self.trust_domain;
+        };
+        let item = self.items.get(subject)?;
+        let field = match error {
+            ModelError::UnknownNode { .. } => item.node,
+            ModelError::UnknownNamespace { .. } => item.namespace,
+            ModelError::DuplicateAddress { address, .. } => item
+                .addresses
+                .iter()
+                .find(|(a, _)| a == address)
+                .map(|(_, l)| *l),
+            _ => None,
+        };
+        Some(field.unwrap_or(item.name))
+    }
+
+    /// Keeps the first line of a duplicated name: the model reports the second occurrence, and a
+    /// second `insert` would otherwise point at the first.
+    fn record(&mut self, subject: ResourceRef, lines: ItemLines) -> bool {
+        if self.items.contains_key(&subject) {
+            return false;
+        }
+        self.items.insert(subject, lines);
+        true
+    }
+}
+
+fn addresses(
+    ipv4: &Option<Spanned<std::net::Ipv4Addr>>,
+    ipv6: &Option<Spanned<std::net::Ipv6Addr>>,
+) -> Vec<(IpAddr, u64)> {
+    let v4 = ipv4.iter().map(|a| (IpAddr::V4(a.value), line(a)));
+    let v6 = ipv6.iter().map(|a| (IpAddr::V6(a.value), line(a)));
+    v4.chain(v6).collect()
+}
+
+fn namespaced(kind: Kind, ns: &Spanned<String>, name: &Spanned<String>) -> ResourceRef {
+    ResourceRef::new(kind, format!("{}/{}", ns.value, name.value))
+}
+
+/// The model input, the topology and the line index of a parsed file. A duplicated object is
+/// reported here, at its own line (the index knows only the first occurrence's), and left out of
+/// the model input.
+pub fn convert(
+    file: MeshFile,
+) -> (
+    MeshBuilder,
+    LocalTopology,
+    LineIndex,
+    Vec<(ModelError, u64)>,
+) {
+    let mut lines = LineIndex {
+        trust_domain: file.trust_domain.as_ref().map(line),
+        ..Default::default()
+    };
+    // Errors on a duplicated object are located here, where its own lines are still known.
+    let mut located = Vec::new();
+    let mut seen = |lines: &mut LineIndex, subject: ResourceRef, item: ItemLines| {
+        let name_line = item.name;
+        if !lines.record(subject.clone(), item) {
+            located.push((ModelError::Duplicate { subject }, name_line));
+            false
+        } else {
+            true
+        }
+    };
+    let trust_domain = file
+        .trust_domain
+        .map(|t| t.value)
+        .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+    let mut b = MeshBuilder::new(&trust_domain, CLUSTER_ID);
+    let mut topology = LocalTopology::default();
+
+    for n in file.nodes {
+        let subject = ResourceRef::new(Kind::Node, &n.name.value);
+        if !seen(
+            &mut lines,
+            subject,
+            ItemLines {
+                name: line(&n.name),
+                ..Default::default()
+            },
+        ) {
+            continue;
+        }
+        topology.nodes.push(n.name.value.clone());
+        b.node(model::Node {
+            name: n.name.value,
+            bootstrap_token: n.bootstrap_token,
+        });
+    }
+    for ns in file.namespaces {
+        let subject = ResourceRef::new(Kind::Namespace, &ns.name.value);
+        if !seen(
+            &mut lines,
+            subject,
+            ItemLines {
+                name: line(&ns.name),
+                ..Default::default()
+            },
+        ) {
+            continue;
+        }
+        b.namespace(model::Namespace {
+            name: ns.name.value,
+            labels: ns.labels,
+        });
+    }
+    for w in file.waypoints {
+        let subject = namespaced(Kind::Waypoint, &w.namespace, &w.name);
+        let item = ItemLines {
+            name: line(&w.name),
+            namespace: Some(line(&w.namespace)),
+            node: Some(line(&w.node)),
+            addresses: addresses(&w.ipv4, &w.ipv6),
+        };
+        let addrs: Vec<IpAddr> = item.addresses.iter().map(|(a, _)| *a).collect();
+        if !seen(&mut lines, subject, item) {
+            continue;
+        }
+        topology.waypoints.push(TopologyWaypoint {
+            name: w.name.value.clone(),
+            namespace: w.namespace.value.clone(),
+            node: w.node.value.clone(),
+            addresses: addrs.clone(),
+        });
+        b.waypoint(model::Waypoint {
+            service_account: w.service_account.unwrap_or_else(|| w.name.value.clone()),
+            name: w.name.value,
+            namespace: w.namespace.value,
+            node: w.node.value,
+            addresses: addrs,
+        });
+    }
+    for p in file.pods {
+        let subject = namespaced(Kind::Pod, &p.namespace, &p.name);
+        let item = ItemLines {
+            name: line(&p.name),
+            namespace: Some(line(&p.namespace)),
+            node: Some(line(&p.node)),
+            addresses: addresses(&p.ipv4, &p.ipv6),
+        };
+        let addrs: Vec<IpAddr> = item.addresses.iter().map(|(a, _)| *a).collect();
+        if !seen(&mut lines, subject, item) {
+            continue;
+        }
+        topology.pods.push(TopologyPod {
+            name: p.name.value.clone(),
+            namespace: p.namespace.value.clone(),
+            node: p.node.value.clone(),
+            addresses: addrs.clone(),
+            ports: p.ports,
+            app: p.app,
+        });
+        b.pod(model::Pod {
+            name: p.name.value,
+            namespace: p.namespace.value,
+            service_account: p.service_account,
+            node: p.node.value,
+            addresses: addrs,
+            labels: p.labels,
+            // A mesh file describes pods that are running.
+            healthy: true,
+        });
+    }
+    for s in file.services {
+        let subject = namespaced(Kind::Service, &s.namespace, &s.name);
+        let item = ItemLines {
+            name: line(&s.name),
+            namespace: Some(line(&s.namespace)),
+            node: None,
+            addresses: s.vips.iter().map(|v| (v.value, line(v))).collect(),
+        };
+        if !seen(&mut lines, subject, item) {
+            continue;
+        }
+        b.service(model::Service {
+            name: s.name.value,
+            namespace: s.namespace.value,
+            vips: s.vips.into_iter().map(|v| v.value).collect(),
+            ports: s.ports.into_iter().map(service_port).collect(),
+            selector: s.selector,
+            labels: s.labels,
+        });
+    }
+    for p in file.authorization_policies {
+        let subject = namespaced(Kind::AuthorizationPolicy, &p.namespace, &p.name);
+        let item = ItemLines {
+            name: line(&p.name),
+            namespace: Some(line(&p.namespace)),
+            ..Default::default()
+        };
+        if !seen(&mut lines, subject, item) {
+            continue;
+        }
+        b.policy(policy(p));
+    }
+    for r in file.routes {
+        let subject = namespaced(Kind::Route, &r.namespace, &r.name);
+        let item = ItemLines {
+            name: line(&r.name),
+            namespace: Some(line(&r.namespace)),
+            ..Default::default()
+        };
+        if !seen(&mut lines, subject, item) {
+            continue;
+        }
+        b.route(route(r));
+    }
+    (b, topology, lines, located)
+}
+
+fn service_port(p: ServicePortSpec) -> model::ServicePort {
+    model::ServicePort {
+        name: p.name,
+        port: p.port,
+        target_port: p.target_port.unwrap_or(p.port),
+        app_protocol: match p.app_protocol {
+            AppProtocolSpec::Tcp => model::AppProtocol::Tcp,
+            AppProtocolSpec::Http => model::AppProtocol::Http,
+            AppProtocolSpec::Http2 => model::AppProtocol::Http2,
+            AppProtocolSpec::Grpc => model::AppProtocol::Grpc,
+        },
+    }
+}
+
+fn ports(ports: Vec<u16>) -> Vec<u32> {
+    ports.into_iter().map(u32::from).collect()
+}
+
+fn policy(p: PolicySpec) -> model::AuthorizationPolicy {
+    model::AuthorizationPolicy {
+        name: p.name.value,
+        namespace: p.namespace.value,
+        selector: p.selector.match_labels,
+        action: match p.action {
+            ActionSpec::Allow => spb::Action::Allow,
+            ActionSpec::Deny => spb::Action::Deny,
+        },
+        rules: p
+            .rules
+            .into_iter()
+            .map(|r| spb::Rule {
+                from: r
+                    .from
+                    .into_iter()
+                    .map(|s| spb::Source {
+                        principals: s.principals,
+                        not_principals: s.not_principals,
+                        namespaces: s.namespaces,
+                        not_namespaces: s.not_namespaces,
+                        ip_blocks: s.ip_blocks,
+                        not_ip_blocks: s.not_ip_blocks,
+                    })
+                    .collect(),
+                to: r
+                    .to
+                    .into_iter()
+                    .map(|d| spb::Destination {
+                        ports: ports(d.ports),
+                        not_ports: ports(d.not_ports),
+                        methods: d.methods,
+                        not_methods: d.not_methods,
+                        paths: d.paths,
+                        not_paths: d.not_paths,
+                        hosts: d.hosts,
+                        not_hosts: d.not_hosts,
+                        headers: d
+                            .headers
+                            .into_iter()
+                            .map(|h| spb::HeaderMatch {
+                                name: h.name,
+                                values: h.values,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn string_match(m: StringMatchSpec) -> rpb::StringMatch {
+    use rpb::string_match::Kind;
+    rpb::StringMatch {
+        kind: Some(match m {
+            StringMatchSpec::Exact(s) => Kind::Exact(s),
+            StringMatchSpec::Prefix(s) => Kind::Prefix(s),
+            StringMatchSpec::Regex(s) => Kind::Regex(s),
+        }),
+    }
+}
+
+fn route(r: RouteSpec) -> model::Route {
+    rpb::Route {
+        name: r.name.value,
+        namespace: r.namespace.value,
+        hostnames: r.hostnames,
+        rules: r
+            .rules
+            .into_iter()
+            .map(|rule| rpb::RouteRule {
+                matches: rule
+                    .matches
+                    .into_iter()
+                    .map(|m| rpb::RouteMatch {
+                        path: m.path.map(string_match),
+                        method: m.method,
+                        headers: m
+                            .headers
+                            .into_iter()
+                            .map(|h| rpb::HeaderMatch {
+                                name: h.name,
+                                value: Some(string_match(h.value)),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                backends: rule
+                    .backends
+                    .into_iter()
+                    .map(|b| rpb::BackendRef {
+                        service: b.service,
+                        port: b.port.into(),
+                        weight: b.weight,
+                    })
+                    .collect(),
+                retry: rule.retry.map(|r| rpb::RetryPolicy {
+                    attempts: r.attempts,
+                    per_try_timeout_ms: r.per_try_timeout_ms,
+                    retry_on: r.retry_on,
+                    backoff_base_ms: r.backoff_base_ms,
+                }),
+                timeout_ms: rule.timeout_ms,
+            })
+            .collect(),
+        circuit_breaker: r.circuit_breaker.map(|c| rpb::CircuitBreaker {
+            max_connections: c.max_connections,
+            max_pending_requests: c.max_pending_requests,
+            max_requests: c.max_requests,
+            max_retries: c.max_retries,
+        }),
+        outlier_detection: r.outlier_detection.map(|o| rpb::OutlierDetection {
+            consecutive_5xx: o.consecutive_5xx,
+            interval_ms: o.interval_ms,
+            base_ejection_ms: o.base_ejection_ms,
+            max_ejection_percent: o.max_ejection_percent,
+        }),
+    }
+}

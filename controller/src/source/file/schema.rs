@@ -1,0 +1,311 @@
+//! The mesh file as written by a human: Kubernetes-like camelCase, every object of a kind in one
+//! list. Unknown fields are errors (a misspelt field silently ignored is a policy silently not
+//! applied). Names and the fields a reference error can point at keep their line.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshFile {
+    /// Defaults to `cluster.local`.
+    pub trust_domain: Option<Spanned<String>>,
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceSpec>,
+    #[serde(default)]
+    pub waypoints: Vec<WaypointSpec>,
+    #[serde(default)]
+    pub pods: Vec<PodSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub authorization_policies: Vec<PolicySpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    pub name: Spanned<String>,
+    pub bootstrap_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamespaceSpec {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+fn default_service_account() -> String {
+    "default".into()
+}
+
+/// What `ambit up` starts inside a pod's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodApp {
+    /// Answers every HTTP request on each of the pod's ports with the pod's name.
+    HttpEcho,
+    /// Echoes back whatever it receives on each of the pod's ports.
+    TcpEcho,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSpec {
+    pub name: Spanned<String>,
+    pub namespace: Spanned<String>,
+    pub node: Spanned<String>,
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    #[serde(default)]
+    pub labels: Labels,
+    pub ipv4: Option<Spanned<Ipv4Addr>>,
+    pub ipv6: Option<Spanned<Ipv6Addr>>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    pub app: Option<PodApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WaypointSpec {
+    pub name: Spanned<String>,
+    pub namespace: Spanned<String>,
+    pub node: Spanned<String>,
+    /// Defaults to the waypoint's name, as Istio names a waypoint's service account.
+    pub service_account: Option<String>,
+    pub ipv4: Option<Spanned<Ipv4Addr>>,
+    pub ipv6: Option<Spanned<Ipv6Addr>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocolSpec {
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+}
+
+fn default_app_protocol() -> AppProtocolSpec {
+    AppProtocolSpec::Tcp
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePortSpec {
+    #[serde(default)]
+    pub name: String,
+    pub port: u16,
+    /// Defaults to `port`, as in Kubernetes.
+    pub target_port: Option<u16>,
+    #[serde(default = "default_app_protocol")]
+    pub app_protocol: AppProtocolSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    pub name: Spanned<String>,
+    pub namespace: Spanned<String>,
+    #[serde(default)]
+    pub vips: Vec<Spanned<IpAddr>>,
+    #[serde(default)]
+    pub ports: Vec<ServicePortSpec>,
+    #[serde(default)]
+    pub selector: Labels,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SelectorSpec {
+    #[serde(default)]
+    pub match_labels: Labels,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ActionSpec {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySpec {
+    pub name: Spanned<String>,
+    pub namespace: Spanned<String>,
+    #[serde(default)]
+    pub selector: SelectorSpec,
+    pub action: ActionSpec,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub from: Vec<SourceSpec>,
+    #[serde(default)]
+    pub to: Vec<DestinationSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceSpec {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderValuesSpec {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationSpec {
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub not_ports: Vec<u16>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderValuesSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum StringMatchSpec {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderMatchSpec {
+    pub name: String,
+    pub value: StringMatchSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatchSpec {
+    pub path: Option<StringMatchSpec>,
+    #[serde(default)]
+    pub method: String,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatchSpec>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackendSpec {
+    /// Service hostname, `<name>.<namespace>.svc.<trust domain>`.
+    pub service: String,
+    pub port: u16,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySpec {
+    pub attempts: u32,
+    #[serde(default)]
+    pub per_try_timeout_ms: u64,
+    #[serde(default)]
+    pub retry_on: Vec<String>,
+    #[serde(default)]
+    pub backoff_base_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteRuleSpec {
+    #[serde(default)]
+    pub matches: Vec<RouteMatchSpec>,
+    pub backends: Vec<BackendSpec>,
+    pub retry: Option<RetrySpec>,
+    #[serde(default)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CircuitBreakerSpec {
+    #[serde(default)]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub max_pending_requests: u32,
+    #[serde(default)]
+    pub max_requests: u32,
+    #[serde(default)]
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    #[serde(default, rename = "consecutive5xx")]
+    pub consecutive_5xx: u32,
+    #[serde(default)]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub base_ejection_ms: u64,
+    #[serde(default)]
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteSpec {
+    pub name: Spanned<String>,
+    pub namespace: Spanned<String>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<RouteRuleSpec>,
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+}
