@@ -9,7 +9,7 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest chunk handed to HTTP/2 in one DATA write; the connection splits it into frames.
-const MAX_WRITE: usize = 256 * 1024;
+const MAX_WRITE: usize = 64 * 1024;
 
 /// An open HBONE tunnel. Reading yields the peer's bytes; `shutdown` half-closes (END_STREAM);
 /// dropping it without shutdown resets the stream (RST_STREAM CANCEL), as a TCP RST would.
