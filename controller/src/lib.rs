@@ -1,4 +1,5 @@
 //! Ambit controller: the mesh model, scoped config push, the certificate authority and the CLI.
 
 pub mod model;
+pub mod push;
 pub mod source;

@@ -1,0 +1,70 @@
+//! Scoped config push: the `discovery.Discovery/Subscribe` server. Each proxy subscribes naming
+//! itself, receives its scope (see [`scope`]) in full once, and after that only what changed,
+//! each resource with its own version.
+//!
+//! Resource keys, as the proxies echo them in `known_versions`, are `<type>/<name>`: type is
+//! `workload`, `service`, `waypoint`, `authorization_policy` or `route`; name is the workload's
+//! uid, or `<namespace>/<name>` for the others.
+
+mod scope;
+mod server;
+mod session;
+mod snapshot;
+
+use std::fmt;
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::ResourceType;
+
+pub use scope::{Scope, scope_of};
+pub use server::{DiscoveryService, publish_snapshots};
+pub use snapshot::Snapshot;
+
+/// One resource's identity in a subscription: its type and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub kind: ResourceType,
+    pub name: Arc<str>,
+}
+
+impl ResourceKey {
+    pub fn new(kind: ResourceType, name: impl Into<Arc<str>>) -> Self {
+        ResourceKey {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// Reads a `known_versions` key; `None` for a type this controller does not know.
+    pub fn parse(key: &str) -> Option<Self> {
+        let (kind, name) = key.split_once('/')?;
+        let kind = [
+            ResourceType::Workload,
+            ResourceType::Service,
+            ResourceType::WaypointResource,
+            ResourceType::AuthorizationPolicy,
+            ResourceType::Route,
+        ]
+        .into_iter()
+        .find(|t| type_name(*t) == kind)?;
+        (!name.is_empty()).then(|| ResourceKey::new(kind, name))
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", type_name(self.kind), self.name)
+    }
+}
+
+/// The type's name in resource keys.
+pub fn type_name(kind: ResourceType) -> &'static str {
+    match kind {
+        ResourceType::Workload => "workload",
+        ResourceType::Service => "service",
+        ResourceType::WaypointResource => "waypoint",
+        ResourceType::AuthorizationPolicy => "authorization_policy",
+        ResourceType::Route => "route",
+        ResourceType::Unspecified => "unspecified",
+    }
+}

@@ -1,0 +1,139 @@
+//! Which resources each proxy receives.
+//!
+//! **ztunnel on node N** receives:
+//! 1. every workload on N, meshed or not (a non-meshed one tells it which pods to leave alone);
+//! 2. if N runs at least one meshed workload (so ztunnel captures traffic there), everything
+//!    such a pod can address: every service (a pod may connect to any VIP) with every endpoint
+//!    workload of those services (to pick a backend and know whether it speaks HBONE), and every
+//!    meshed workload anywhere (a pod may dial a peer's pod IP directly, and sending that in
+//!    plaintext would bypass mTLS). Non-meshed workloads elsewhere that back no service are left
+//!    out: traffic to them is plain passthrough, which is what an unknown address gets anyway;
+//! 3. the waypoints the services and workloads of 1–2 use;
+//! 4. the authorization policies that select a meshed workload on N: policies are enforced by
+//!    the destination's ztunnel, and a pod ztunnel does not capture cannot be protected.
+//!    No routes: they are L7, for waypoints.
+//!
+//! **waypoint W in namespace S** receives: every service of S with its endpoint workloads, the
+//! routes of S with the services they name (and their endpoints), and the policies of S that
+//! select one of those endpoints (the waypoint enforces L7 rules for its destinations).
+//! A subscriber unknown to the model (a node or waypoint not declared yet) gets an empty scope
+//! until it appears.
+
+use std::collections::BTreeSet;
+
+use ambit_proto::api::discovery::{ProxyKind, ResourceType, Subscriber};
+
+use super::ResourceKey;
+use super::snapshot::{Snapshot, named_key, workload_key};
+use crate::model::{MeshModel, ObjectKey, ServiceEntry};
+
+pub type Scope = BTreeSet<ResourceKey>;
+
+/// The resource keys `subscriber` receives from `snapshot`.
+pub fn scope_of(snapshot: &Snapshot, subscriber: &Subscriber) -> Scope {
+    match ProxyKind::try_from(subscriber.kind) {
+        Ok(ProxyKind::Ztunnel) => ztunnel(snapshot, &subscriber.name),
+        Ok(ProxyKind::Waypoint) => waypoint(
+            snapshot.model(),
+            &ObjectKey::new(&subscriber.namespace, &subscriber.name),
+        ),
+        _ => Scope::new(),
+    }
+}
+
+fn add_service(model: &MeshModel, scope: &mut Scope, s: &ServiceEntry) {
+    let key = ObjectKey::new(&s.service.namespace, &s.service.name);
+    scope.insert(named_key(ResourceType::Service, &key));
+    scope.extend(s.endpoints.iter().filter_map(|e| workload_key(model, e)));
+}
+
+/// Part 2 and 3 of a ztunnel's scope, the same for every node that captures traffic.
+pub(super) fn mesh_wide(model: &MeshModel) -> Vec<ResourceKey> {
+    let mut scope = Scope::new();
+    let mut waypoints = BTreeSet::new();
+    for s in model.services() {
+        add_service(model, &mut scope, s);
+        waypoints.extend(s.waypoint.clone());
+        for e in s.endpoints.iter().filter_map(|e| model.workload(e)) {
+            waypoints.extend(e.waypoint.clone());
+        }
+    }
+    for w in model.workloads().filter(|w| w.meshed) {
+        scope.insert(ResourceKey::new(ResourceType::Workload, w.uid.as_str()));
+        waypoints.extend(w.waypoint.clone());
+    }
+    scope.extend(
+        waypoints
+            .iter()
+            .map(|k| named_key(ResourceType::WaypointResource, k)),
+    );
+    scope.into_iter().collect()
+}
+
+fn ztunnel(snapshot: &Snapshot, node: &str) -> Scope {
+    let model = snapshot.model();
+    let local: Vec<_> = model.workloads_on_node(node).collect();
+    let mut scope: Scope = local
+        .iter()
+        .map(|w| ResourceKey::new(ResourceType::Workload, w.uid.as_str()))
+        .collect();
+    let meshed: Vec<_> = local.iter().filter(|w| w.meshed).collect();
+    if meshed.is_empty() {
+        // Waypoints of local non-meshed pods are not needed: ztunnel does not capture them.
+        return scope;
+    }
+    scope.extend(snapshot.mesh_wide.iter().cloned());
+    for p in model.policies() {
+        if meshed.iter().any(|w| MeshModel::policy_selects(p, w)) {
+            let key = ObjectKey::new(&p.namespace, &p.name);
+            scope.insert(named_key(ResourceType::AuthorizationPolicy, &key));
+        }
+    }
+    scope
+}
+
+fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
+    let mut scope = Scope::new();
+    if model.waypoint(key).is_none() {
+        return scope;
+    }
+    let ns = &key.namespace;
+    let mut endpoints = BTreeSet::new();
+    let mut add = |scope: &mut Scope, s: &ServiceEntry| {
+        add_service(model, scope, s);
+        endpoints.extend(s.endpoints.iter().cloned());
+    };
+    for s in model.services().filter(|s| &s.service.namespace == ns) {
+        add(&mut scope, s);
+    }
+    for r in model.routes().filter(|r| &r.namespace == ns) {
+        scope.insert(named_key(
+            ResourceType::Route,
+            &ObjectKey::new(&r.namespace, &r.name),
+        ));
+        let backends = r
+            .rules
+            .iter()
+            .flat_map(|rule| &rule.backends)
+            .map(|b| &b.service);
+        for host in r.hostnames.iter().chain(backends) {
+            if let Some(s) = model.service_by_hostname(host) {
+                add(&mut scope, s);
+            }
+        }
+    }
+    for p in model.policies().filter(|p| &p.namespace == ns) {
+        let selects = endpoints
+            .iter()
+            .filter_map(|e| model.workload(e))
+            .any(|w| MeshModel::policy_selects(p, w));
+        if selects {
+            let key = ObjectKey::new(&p.namespace, &p.name);
+            scope.insert(named_key(ResourceType::AuthorizationPolicy, &key));
+        }
+    }
+    scope
+}
+
+#[cfg(test)]
+mod tests;

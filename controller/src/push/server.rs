@@ -1,0 +1,231 @@
+//! The gRPC side of the push: turns models into snapshots and runs one task per subscription.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::discovery_server::{Discovery, DiscoveryServer};
+use ambit_proto::api::discovery::{ProxyKind, SubscribeRequest, SubscribeResponse, Subscriber};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::session::{Answer, Session};
+use super::{ResourceKey, Snapshot, scope_of};
+use crate::model::MeshModel;
+
+/// Builds a snapshot of every new model, off the async workers since a large mesh takes a while,
+/// and publishes it to the subscriptions.
+pub fn publish_snapshots(
+    mut models: watch::Receiver<Arc<MeshModel>>,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
+    let first = Snapshot::build(models.borrow_and_update().clone());
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = models.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+            let model = models.borrow_and_update().clone();
+            match tokio::task::spawn_blocking(move || Snapshot::build(model)).await {
+                Ok(snapshot) => {
+                    tx.send_replace(Arc::new(snapshot));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "building the config snapshot failed; proxies keep the previous one")
+                }
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// `discovery.Discovery`. Cheap to clone; every subscription gets its own task.
+#[derive(Clone)]
+pub struct DiscoveryService {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    shutdown: CancellationToken,
+}
+
+/// Responses are small and the proxy answers each before the next, so a short queue suffices.
+const QUEUE: usize = 4;
+
+impl DiscoveryService {
+    /// Ends every subscription (with `UNAVAILABLE`, so proxies reconnect elsewhere or later) when
+    /// `shutdown` fires.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, shutdown: CancellationToken) -> Self {
+        DiscoveryService {
+            snapshots,
+            shutdown,
+        }
+    }
+
+    pub fn into_server(self) -> DiscoveryServer<Self> {
+        DiscoveryServer::new(self)
+    }
+}
+
+fn describe(s: &Subscriber, peer: Option<SocketAddr>) -> String {
+    let peer = peer.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
+    match ProxyKind::try_from(s.kind) {
+        Ok(ProxyKind::Waypoint) => format!("waypoint {}/{} at {peer}", s.namespace, s.name),
+        _ => format!("ztunnel of node {} at {peer}", s.name),
+    }
+}
+
+fn check_subscriber(s: Option<Subscriber>) -> Result<Subscriber, Status> {
+    let s = s.ok_or_else(|| {
+        Status::invalid_argument(
+            "the first SubscribeRequest must name the subscriber (kind, name, and namespace for a waypoint)",
+        )
+    })?;
+    match ProxyKind::try_from(s.kind) {
+        Ok(ProxyKind::Ztunnel) if !s.name.is_empty() => Ok(s),
+        Ok(ProxyKind::Waypoint) if !s.name.is_empty() && !s.namespace.is_empty() => Ok(s),
+        Ok(ProxyKind::Ztunnel) => Err(Status::invalid_argument(
+            "a ztunnel subscriber must give its node name in subscriber.name",
+        )),
+        Ok(ProxyKind::Waypoint) => Err(Status::invalid_argument(
+            "a waypoint subscriber must give its name and namespace",
+        )),
+        _ => Err(Status::invalid_argument(format!(
+            "subscriber.kind {} is not ZTUNNEL or WAYPOINT",
+            s.kind
+        ))),
+    }
+}
+
+fn kind_label(s: &Subscriber) -> &'static str {
+    match ProxyKind::try_from(s.kind) {
+        Ok(ProxyKind::Waypoint) => "waypoint",
+        _ => "ztunnel",
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the stream ended before the first SubscribeRequest")
+        })?;
+        let subscriber = check_subscriber(first.subscriber)?;
+        let who = describe(&subscriber, peer);
+        let mut known = HashMap::new();
+        for (key, version) in first.known_versions {
+            match ResourceKey::parse(&key) {
+                Some(k) => {
+                    known.insert(k, version);
+                }
+                None => {
+                    tracing::warn!(subscriber = %who, %key, "ignoring a known_versions key that is not <type>/<name> of a known type")
+                }
+            }
+        }
+        tracing::info!(subscriber = %who, known = known.len(), proxy_version = %subscriber.version, "proxy subscribed");
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stream = Stream {
+            inbound,
+            tx,
+            snapshots: self.snapshots.clone(),
+            session: Session::new(known),
+            subscriber,
+            who,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(stream.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Stream {
+    inbound: Streaming<SubscribeRequest>,
+    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    session: Session,
+    subscriber: Subscriber,
+    who: String,
+    shutdown: CancellationToken,
+}
+
+impl Stream {
+    async fn run(mut self) {
+        let kind = kind_label(&self.subscriber);
+        metrics::gauge!("ambit_controller_subscribers", "kind" => kind).increment(1.0);
+        let ended = self.serve(kind).await;
+        metrics::gauge!("ambit_controller_subscribers", "kind" => kind).decrement(1.0);
+        tracing::info!(subscriber = %self.who, "subscription ended: {ended}");
+    }
+
+    async fn serve(&mut self, kind: &'static str) -> String {
+        let mut snapshot = self.snapshots.borrow_and_update().clone();
+        let mut desired = snapshot.resolve(&scope_of(&snapshot, &self.subscriber));
+        loop {
+            if let Some(response) = self.session.next_response(&desired) {
+                let delta = if response.full_state { "full" } else { "delta" };
+                metrics::counter!("ambit_controller_pushes_total", "kind" => kind, "type" => delta)
+                    .increment(1);
+                tracing::debug!(
+                    subscriber = %self.who,
+                    nonce = %response.nonce,
+                    version = %response.system_version,
+                    changed = response.resources.len(),
+                    removed = response.removed.len(),
+                    full = response.full_state,
+                    "pushing config"
+                );
+                if self.tx.send(Ok(response)).await.is_err() {
+                    return "the proxy went away".into();
+                }
+            }
+            tokio::select! {
+                request = self.inbound.message() => match request {
+                    Ok(Some(request)) => self.answer(kind, &request),
+                    Ok(None) => return "the proxy closed the stream".into(),
+                    Err(status) => return format!("the stream failed: {status}"),
+                },
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        return "the controller stopped publishing config".into();
+                    }
+                    snapshot = self.snapshots.borrow_and_update().clone();
+                    desired = snapshot.resolve(&scope_of(&snapshot, &self.subscriber));
+                }
+                () = self.shutdown.cancelled() => {
+                    let status = Status::unavailable("the controller is shutting down; keep the current config and reconnect");
+                    let _ = self.tx.send(Err(status)).await;
+                    return "the controller is shutting down".into();
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, kind: &'static str, request: &SubscribeRequest) {
+        let nonce = &request.response_nonce;
+        match self.session.answer(nonce, &request.error_detail) {
+            Answer::Ack => tracing::debug!(subscriber = %self.who, %nonce, "config ACKed"),
+            Answer::Nack { changes } => {
+                metrics::counter!("ambit_controller_nacks_total", "kind" => kind).increment(1);
+                tracing::warn!(
+                    subscriber = %self.who,
+                    %nonce,
+                    changes,
+                    reason = %request.error_detail,
+                    "proxy refused config (NACK) and keeps its previous config; the refused resources are not resent until they change, so fix the source of the bad config"
+                );
+            }
+            Answer::Stale => {
+                tracing::debug!(subscriber = %self.who, %nonce, "ignoring an answer to a response that is not awaited")
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! One subscription's bookkeeping, apart from any I/O: what the proxy holds, what it refused, and
+//! the one response awaiting its ACK. One response at a time: changes that arrive meanwhile are
+//! folded into the next delta, so a slow proxy gets fewer, larger updates instead of a backlog.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::{RemovedResource, Resource, SubscribeResponse};
+
+use super::ResourceKey;
+use super::snapshot::system_version;
+
+/// A resource's version, or `None` for its removal.
+type Change = (ResourceKey, Option<String>);
+
+struct InFlight {
+    nonce: String,
+    full_state: bool,
+    changes: Vec<Change>,
+}
+
+/// What a proxy's answer meant.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    Ack,
+    /// The proxy refused the response and keeps its previous config.
+    Nack {
+        changes: usize,
+    },
+    /// A nonce that is not the one awaited (a late answer after a reconnect, or a plain request).
+    Stale,
+}
+
+pub(super) struct Session {
+    /// Versions the proxy holds: those it ACKed, or claimed in `known_versions`.
+    acked: HashMap<ResourceKey, String>,
+    /// Changes the proxy NACKed. They are not sent again until the resource changes once more,
+    /// so a proxy that cannot take something is not sent it in a loop.
+    rejected: HashMap<ResourceKey, Option<String>>,
+    in_flight: Option<InFlight>,
+    sent: u64,
+}
+
+impl Session {
+    /// A session for a proxy that already holds `known` (from `known_versions`; empty on a first
+    /// connection, which then gets the full state).
+    pub fn new(known: HashMap<ResourceKey, String>) -> Self {
+        Session {
+            acked: known,
+            rejected: HashMap::new(),
+            in_flight: None,
+            sent: 0,
+        }
+    }
+
+    /// The response that brings the proxy to `desired`, if one is due: the first response always
+    /// is (so the proxy learns it is current), later ones only when something differs.
+    pub fn next_response(
+        &mut self,
+        desired: &BTreeMap<ResourceKey, Arc<Resource>>,
+    ) -> Option<SubscribeResponse> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let first = self.sent == 0;
+        let full_state = first && self.acked.is_empty();
+        self.rejected.retain(|key, version| match version {
+            Some(v) => desired.get(key).is_some_and(|r| r.version == *v),
+            None => !desired.contains_key(key),
+        });
+        let mut resources = Vec::new();
+        let mut changes = Vec::new();
+        for (key, resource) in desired {
+            let held = self.acked.get(key) == Some(&resource.version);
+            let refused = self.rejected.get(key) == Some(&Some(resource.version.clone()));
+            if full_state || (!held && !refused) {
+                resources.push((**resource).clone());
+                changes.push((key.clone(), Some(resource.version.clone())));
+            }
+        }
+        let mut removed: Vec<&ResourceKey> = if full_state {
+            Vec::new()
+        } else {
+            self.acked
+                .keys()
+                .filter(|k| !desired.contains_key(*k) && self.rejected.get(*k) != Some(&None))
+                .collect()
+        };
+        removed.sort();
+        let removed: Vec<RemovedResource> = removed
+            .into_iter()
+            .map(|k| {
+                changes.push((k.clone(), None));
+                RemovedResource {
+                    r#type: k.kind.into(),
+                    name: k.name.to_string(),
+                }
+            })
+            .collect();
+        if !first && changes.is_empty() {
+            return None;
+        }
+        self.sent += 1;
+        let nonce = self.sent.to_string();
+        self.in_flight = Some(InFlight {
+            nonce: nonce.clone(),
+            full_state,
+            changes,
+        });
+        Some(SubscribeResponse {
+            system_version: system_version(desired),
+            nonce,
+            resources,
+            removed,
+            full_state,
+        })
+    }
+
+    /// Takes the proxy's ACK (empty `error_detail`) or NACK of the response with `nonce`.
+    pub fn answer(&mut self, nonce: &str, error_detail: &str) -> Answer {
+        if self.in_flight.as_ref().is_none_or(|f| f.nonce != nonce) {
+            return Answer::Stale;
+        }
+        let done = self.in_flight.take().expect("checked above");
+        if !error_detail.is_empty() {
+            let changes = done.changes.len();
+            self.rejected.extend(done.changes);
+            return Answer::Nack { changes };
+        }
+        if done.full_state {
+            self.acked.clear();
+        }
+        for (key, version) in done.changes {
+            self.rejected.remove(&key);
+            match version {
+                Some(v) => self.acked.insert(key, v),
+                None => self.acked.remove(&key),
+            };
+        }
+        Answer::Ack
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ambit_proto::api::discovery::ResourceType;
+
+    use super::*;
+
+    fn desired(items: &[(&str, &str)]) -> BTreeMap<ResourceKey, Arc<Resource>> {
+        items
+            .iter()
+            .map(|(name, version)| {
+                let key = ResourceKey::new(ResourceType::Service, *name);
+                let r = Resource {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    kind: None,
+                };
+                (key, Arc::new(r))
+            })
+            .collect()
+    }
+
+    fn names(r: &SubscribeResponse) -> Vec<(&str, &str)> {
+        r.resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn full_state_first_then_only_deltas_after_an_ack() {
+        let mut s = Session::new(HashMap::new());
+        let first = s
+            .next_response(&desired(&[("a", "1"), ("b", "1")]))
+            .unwrap();
+        assert!(first.full_state);
+        assert_eq!(names(&first), [("a", "1"), ("b", "1")]);
+        assert!(
+            s.next_response(&desired(&[("a", "2")])).is_none(),
+            "one response in flight"
+        );
+        assert_eq!(s.answer(&first.nonce, ""), Answer::Ack);
+        let delta = s.next_response(&desired(&[("a", "2")])).unwrap();
+        assert!(!delta.full_state);
+        assert_eq!(names(&delta), [("a", "2")]);
+        assert_eq!(delta.removed.len(), 1);
+        assert_eq!(delta.removed[0].name, "b");
+        assert_ne!(delta.nonce, first.nonce);
+        assert_eq!(s.answer(&delta.nonce, ""), Answer::Ack);
+        assert!(
+            s.next_response(&desired(&[("a", "2")])).is_none(),
+            "nothing differs"
+        );
+    }
+
+    #[test]
+    fn a_nacked_change_is_not_resent_until_it_changes_again() {
+        let mut s = Session::new(HashMap::new());
+        let first = s.next_response(&desired(&[("a", "1")])).unwrap();
+        s.answer(&first.nonce, "");
+        let bad = s.next_response(&desired(&[("a", "bad")])).unwrap();
+        assert_eq!(
+            s.answer(&bad.nonce, "cannot parse a"),
+            Answer::Nack { changes: 1 }
+        );
+        assert!(s.next_response(&desired(&[("a", "bad")])).is_none());
+        let fixed = s.next_response(&desired(&[("a", "3")])).unwrap();
+        assert_eq!(names(&fixed), [("a", "3")]);
+        s.answer(&fixed.nonce, "");
+        // Back to the rejected version later: a new change, so it is offered again.
+        let again = s.next_response(&desired(&[("a", "bad")])).unwrap();
+        assert_eq!(names(&again), [("a", "bad")]);
+    }
+
+    #[test]
+    fn known_versions_resume_without_a_full_resend() {
+        let known = [("a", "1"), ("gone", "1")]
+            .iter()
+            .map(|(n, v)| (ResourceKey::new(ResourceType::Service, *n), v.to_string()))
+            .collect();
+        let mut s = Session::new(known);
+        let first = s
+            .next_response(&desired(&[("a", "1"), ("b", "1")]))
+            .unwrap();
+        assert!(!first.full_state);
+        assert_eq!(names(&first), [("b", "1")]);
+        assert_eq!(first.removed[0].name, "gone");
+        // Even when nothing differs, the first response tells the proxy it is current.
+        let mut s = Session::new(
+            [(
+                ResourceKey::new(ResourceType::Service, "a"),
+                "1".to_string(),
+            )]
+            .into(),
+        );
+        let first = s.next_response(&desired(&[("a", "1")])).unwrap();
+        assert!(first.resources.is_empty() && first.removed.is_empty() && !first.full_state);
+    }
+
+    #[test]
+    fn a_stale_nonce_is_ignored() {
+        let mut s = Session::new(HashMap::new());
+        let first = s.next_response(&desired(&[("a", "1")])).unwrap();
+        assert_eq!(s.answer("999", ""), Answer::Stale);
+        assert!(s.in_flight.is_some());
+        assert_eq!(s.answer(&first.nonce, ""), Answer::Ack);
+        assert_eq!(s.answer(&first.nonce, ""), Answer::Stale);
+    }
+}
