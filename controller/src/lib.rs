@@ -1,5 +1,7 @@
 //! Ambit controller: the mesh model, scoped config push, the certificate authority and the CLI.
 
+pub mod ca;
+pub mod grpc;
 pub mod model;
 pub mod push;
 pub mod source;

@@ -187,7 +187,15 @@ impl Stream {
                     return "the proxy went away".into();
                 }
             }
+            // Biased towards shutdown: a draining server also ends the request stream, and the
+            // proxy should learn why rather than see a clean end.
             tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    let status = Status::unavailable("the controller is shutting down; keep the current config and reconnect");
+                    let _ = self.tx.send(Err(status)).await;
+                    return "the controller is shutting down".into();
+                }
                 request = self.inbound.message() => match request {
                     Ok(Some(request)) => self.answer(kind, &request),
                     Ok(None) => return "the proxy closed the stream".into(),
@@ -199,11 +207,6 @@ impl Stream {
                     }
                     snapshot = self.snapshots.borrow_and_update().clone();
                     desired = snapshot.resolve(&scope_of(&snapshot, &self.subscriber));
-                }
-                () = self.shutdown.cancelled() => {
-                    let status = Status::unavailable("the controller is shutting down; keep the current config and reconnect");
-                    let _ = self.tx.send(Err(status)).await;
-                    return "the controller is shutting down".into();
                 }
             }
         }
