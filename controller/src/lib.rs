@@ -2,6 +2,8 @@
 
 pub mod ca;
 pub mod grpc;
+pub mod cli;
+pub mod local;
 pub mod model;
 pub mod push;
 pub mod source;

@@ -37,6 +37,12 @@ impl Netns {
         }
     }
 
+    /// Refers to a namespace another process's testbed made (a running local mesh, found from
+    /// its state file), to run commands in it. It is not owned: nothing removes it on drop.
+    pub fn existing(name: &str) -> Self {
+        Self::at(name)
+    }
+
     /// Creates the namespace (`ip netns add`); [`Netns::prepare`] makes it usable.
     pub(crate) fn add(name: &str) -> Result<Self> {
         ip::ip(None, &["netns", "add", name])?;

@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::RwLock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -35,7 +35,7 @@ pub struct AdminState {
     pub applied: watch::Receiver<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigDump {
     pub node: String,
@@ -50,7 +50,7 @@ pub struct ConfigDump {
     pub connections: Vec<ConnectionInfo>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadView {
     pub uid: String,
@@ -58,13 +58,13 @@ pub struct WorkloadView {
     pub namespace: String,
     pub node: String,
     pub addresses: Vec<String>,
-    pub protocol: &'static str,
+    pub protocol: String,
     pub identity: String,
     pub healthy: bool,
     pub authorization_policies: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceView {
     pub name: String,
@@ -74,14 +74,14 @@ pub struct ServiceView {
     pub endpoints: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyView {
     pub name: String,
     pub action: String,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateView {
     pub identity: String,
@@ -90,7 +90,7 @@ pub struct CertificateView {
     pub not_after: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodView {
     pub uid: String,
@@ -115,7 +115,7 @@ impl AdminState {
                     namespace: w.namespace.to_string(),
                     node: w.node.to_string(),
                     addresses: w.addresses.iter().map(|a| a.to_string()).collect(),
-                    protocol: w.protocol.as_str(),
+                    protocol: w.protocol.as_str().into(),
                     identity: w.identity.to_string(),
                     healthy: w.healthy,
                     authorization_policies: w

@@ -8,18 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const RECENT: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Outbound,
     Inbound,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     pub direction: Direction,
     /// The pod ztunnel serves on this side.
@@ -31,7 +31,7 @@ pub struct ConnectionInfo {
     pub destination_workload: Option<String>,
     pub destination_service: Option<String>,
     /// "HBONE" or "TCP".
-    pub protocol: &'static str,
+    pub protocol: String,
     #[serde(with = "unix_seconds")]
     pub started: SystemTime,
     /// Set once closed: bytes to the destination and back, and the error if any.
@@ -106,7 +106,9 @@ impl ConnectionTracker {
 }
 
 mod unix_seconds {
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
+
+    use serde::Deserialize;
 
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         let secs = t
@@ -114,5 +116,10 @@ mod unix_seconds {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         s.serialize_f64(secs)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
     }
 }

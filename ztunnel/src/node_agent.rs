@@ -1,7 +1,8 @@
 //! The node agent's socket: whoever sets up pods on the node (the CNI plugin in Kubernetes,
 //! `ambit up` locally) tells ztunnel which pod lives in which network namespace, as Istio's
 //! CNI agent does. One JSON object per line each way:
-//!   {"add":{"uid":"...","netns":"/var/run/netns/..."}}  →  {"ok":true} | {"error":"..."}
+//!   {"add":{"uid":"...","netns":"/var/run/netns/...","excludePorts":[...]}}
+//!                                                        →  {"ok":true} | {"error":"..."}
 //!   {"remove":{"uid":"..."}}                             →  {"ok":true} | {"error":"..."}
 
 use std::path::{Path, PathBuf};
@@ -17,8 +18,17 @@ use crate::pods::Pods;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Command {
-    Add { uid: String, netns: PathBuf },
-    Remove { uid: String },
+    Add {
+        uid: String,
+        netns: PathBuf,
+        /// Ports whose connections bypass ztunnel, in and out (Istio's excludeInboundPorts
+        /// and excludeOutboundPorts).
+        #[serde(default, rename = "excludePorts")]
+        exclude_ports: Vec<u16>,
+    },
+    Remove {
+        uid: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,7 +73,11 @@ async fn session(stream: UnixStream, pods: &Pods) -> std::io::Result<()> {
     let mut lines = BufReader::new(rd).lines();
     while let Some(line) = lines.next_line().await? {
         let reply = match serde_json::from_str::<Command>(&line) {
-            Ok(Command::Add { uid, netns }) => match pods.add(&uid, &netns).await {
+            Ok(Command::Add {
+                uid,
+                netns,
+                exclude_ports,
+            }) => match pods.add(&uid, &netns, &exclude_ports).await {
                 Ok(()) => Reply::Ok { ok: true },
                 Err(e) => {
                     tracing::warn!(pod = %uid, error = %e, "could not capture pod");

@@ -54,9 +54,15 @@ impl Pods {
         }
     }
 
-    /// Captures the pod whose workload uid is `uid`, living in the namespace at `netns_path`.
-    /// Adding a pod already captured in the same namespace does nothing.
-    pub async fn add(&self, uid: &str, netns_path: &Path) -> Result<(), PodError> {
+    /// Captures the pod whose workload uid is `uid`, living in the namespace at `netns_path`;
+    /// connections to `exclude_ports` bypass ztunnel. Adding a pod already captured in the same
+    /// namespace does nothing.
+    pub async fn add(
+        &self,
+        uid: &str,
+        netns_path: &Path,
+        exclude_ports: &[u16],
+    ) -> Result<(), PodError> {
         let workload = self
             .ctx
             .workload(uid)
@@ -91,7 +97,7 @@ impl Pods {
         let plaintext =
             capture::listen(&netns, rules::INBOUND_PLAINTEXT_PORT).map_err(capture_err)?;
         let hbone = capture::listen(&netns, rules::HBONE_PORT).map_err(capture_err)?;
-        rules::install(&netns).map_err(capture_err)?;
+        rules::install(&netns, exclude_ports).map_err(capture_err)?;
 
         let dialer = PodDialer::new(netns.clone());
         let pod = Arc::new(PodContext {

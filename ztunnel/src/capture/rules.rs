@@ -29,21 +29,38 @@ const CHAINS: [(&str, &str); 2] = [
     ("OUTPUT", "AMBIT_OUTPUT"),
 ];
 
-fn install_script() -> String {
-    format!(
+fn install_script(exclude_ports: &[u16]) -> String {
+    let mut s = String::from(
         "*nat\n\
          :AMBIT_PREROUTING - [0:0]\n\
          :AMBIT_OUTPUT - [0:0]\n\
          -A PREROUTING -j AMBIT_PREROUTING\n\
          -A OUTPUT -j AMBIT_OUTPUT\n\
-         -A AMBIT_PREROUTING -i lo -j RETURN\n\
-         -A AMBIT_PREROUTING -p tcp --dport {HBONE_PORT} -j RETURN\n\
+         -A AMBIT_PREROUTING -i lo -j RETURN\n",
+    );
+    // Excluded ports bypass ztunnel both ways, as Istio's excludeInboundPorts and
+    // excludeOutboundPorts annotations do.
+    for port in exclude_ports {
+        s.push_str(&format!(
+            "-A AMBIT_PREROUTING -p tcp --dport {port} -j RETURN\n"
+        ));
+    }
+    s.push_str(&format!(
+        "-A AMBIT_PREROUTING -p tcp --dport {HBONE_PORT} -j RETURN\n\
          -A AMBIT_PREROUTING -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}\n\
          -A AMBIT_OUTPUT -m mark --mark {MARK:#x}/0xfff -j RETURN\n\
-         -A AMBIT_OUTPUT -o lo -j RETURN\n\
-         -A AMBIT_OUTPUT -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}\n\
+         -A AMBIT_OUTPUT -o lo -j RETURN\n"
+    ));
+    for port in exclude_ports {
+        s.push_str(&format!(
+            "-A AMBIT_OUTPUT -p tcp --dport {port} -j RETURN\n"
+        ));
+    }
+    s.push_str(&format!(
+        "-A AMBIT_OUTPUT -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}\n\
          COMMIT\n"
-    )
+    ));
+    s
 }
 
 fn remove_script() -> String {
@@ -59,12 +76,13 @@ fn remove_script() -> String {
 }
 
 /// Installs the redirect rules in the pod's namespace, replacing any left by an earlier run.
-pub fn install(netns: &PodNetns) -> Result<(), CaptureError> {
+/// Connections to `exclude_ports` (either way) are left alone.
+pub fn install(netns: &PodNetns, exclude_ports: &[u16]) -> Result<(), CaptureError> {
     for tool in ["iptables-restore", "ip6tables-restore"] {
         if has_our_chains(netns, tool)? {
             restore(netns, tool, &remove_script())?;
         }
-        restore(netns, tool, &install_script())?;
+        restore(netns, tool, &install_script(exclude_ports))?;
     }
     Ok(())
 }

@@ -1,0 +1,30 @@
+//! `ambit app …`: the sample workloads, run by a local mesh inside pod namespaces.
+
+use super::{AppCommand, AppKind};
+use crate::local::apps::{self, ServerKind};
+
+pub async fn run(cmd: AppCommand) -> anyhow::Result<()> {
+    match cmd {
+        AppCommand::Serve { kind, ports, name } => {
+            let kind = match kind {
+                AppKind::HttpEcho => ServerKind::HttpEcho,
+                AppKind::TcpEcho => ServerKind::TcpEcho,
+            };
+            apps::serve(kind, ports, name).await?;
+        }
+        AppCommand::Drive {
+            targets,
+            rate,
+            duration,
+        } => apps::drive(targets, rate, duration).await,
+        AppCommand::Load {
+            target,
+            connections,
+            duration,
+        } => {
+            let result = apps::load(target, connections, duration).await;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! `ambit config` and `ambit status`: what the running local mesh's components hold.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ambit_ztunnel::admin::ConfigDump;
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{ConfigArgs, Output, OutputArgs, Section};
+use crate::local::RunState;
+use crate::local::apps::fetch;
+
+async fn dump(admin: SocketAddr) -> anyhow::Result<ConfigDump> {
+    let (status, body) = fetch(&format!("http://{admin}/config_dump"))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "ztunnel admin at {admin} did not answer: {e} (is the mesh running? `ambit up`)"
+            )
+        })?;
+    anyhow::ensure!(status == 200, "ztunnel admin at {admin} answered {status}");
+    serde_json::from_str(&body).with_context(|| format!("reading the config dump from {admin}"))
+}
+
+/// The dumps to show: one ztunnel's, or every node's of the local mesh.
+async fn dumps(args: &ConfigArgs) -> anyhow::Result<Vec<ConfigDump>> {
+    if let Some(admin) = args.admin {
+        return Ok(vec![dump(admin).await?]);
+    }
+    let state = RunState::load_current()?;
+    let mut out = Vec::new();
+    for node in &state.nodes {
+        if args.node.as_ref().is_none_or(|n| *n == node.name) {
+            out.push(dump(node.admin).await?);
+        }
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "no node {} in the running mesh (nodes: {})",
+        args.node.as_deref().unwrap_or(""),
+        state
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(out)
+}
+
+fn print<T: Serialize>(
+    output: Output,
+    rows: &[T],
+    table: impl Fn(&T) -> Vec<String>,
+    header: &[&str],
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&rows)?),
+        Output::Table => {
+            let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+            cells.extend(rows.iter().map(table));
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| cells.iter().map(|r| r[i].len()).max().unwrap_or(0))
+                .collect();
+            for row in cells {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expiry(not_after: f64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(not_after.max(0.0));
+    let left = at
+        .duration_since(SystemTime::now())
+        .map(|d| {
+            format!(
+                "in {}",
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+            )
+        })
+        .unwrap_or_else(|_| "EXPIRED".into());
+    format!("{} ({left})", humantime::format_rfc3339_seconds(at))
+}
+
+pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
+    let dumps = dumps(&args).await?;
+    let output = args.output.output;
+    match args.section {
+        Section::Workloads => {
+            // A workload appears in several nodes' scopes; show it once.
+            let mut by_uid = BTreeMap::new();
+            for w in dumps.into_iter().flat_map(|d| d.workloads) {
+                by_uid
+                    .entry((w.namespace.clone(), w.name.clone()))
+                    .or_insert(w);
+            }
+            let rows: Vec<_> = by_uid.into_values().collect();
+            print(
+                output,
+                &rows,
+                |w| {
+                    vec![
+                        w.namespace.clone(),
+                        w.name.clone(),
+                        w.addresses.join(","),
+                        w.node.clone(),
+                        w.protocol.clone(),
+                        w.identity.clone(),
+                    ]
+                },
+                &[
+                    "NAMESPACE",
+                    "NAME",
+                    "ADDRESSES",
+                    "NODE",
+                    "PROTOCOL",
+                    "IDENTITY",
+                ],
+            )
+        }
+        Section::Services => {
+            let mut by_name = BTreeMap::new();
+            for s in dumps.into_iter().flat_map(|d| d.services) {
+                by_name.entry(s.name.clone()).or_insert(s);
+            }
+            let rows: Vec<_> = by_name.into_values().collect();
+            print(
+                output,
+                &rows,
+                |s| {
+                    vec![
+                        s.name.clone(),
+                        s.vips.join(","),
+                        s.ports.join(","),
+                        s.endpoints.len().to_string(),
+                    ]
+                },
+                &["NAME", "VIPS", "PORTS", "ENDPOINTS"],
+            )
+        }
+        Section::Policies => {
+            let mut by_name = BTreeMap::new();
+            for p in dumps.into_iter().flat_map(|d| d.policies) {
+                by_name.entry(p.name.clone()).or_insert(p);
+            }
+            let rows: Vec<_> = by_name.into_values().collect();
+            print(
+                output,
+                &rows,
+                |p| vec![p.name.clone(), p.action.clone()],
+                &["NAME", "ACTION"],
+            )
+        }
+        Section::Certificates => {
+            let rows: Vec<_> = dumps
+                .into_iter()
+                .flat_map(|d| {
+                    let node = d.node.clone();
+                    d.certificates.into_iter().map(move |c| (node.clone(), c))
+                })
+                .map(|(node, c)| CertRow {
+                    node,
+                    identity: c.identity,
+                    serial: c.serial,
+                    expires: expiry(c.not_after),
+                    not_after: c.not_after,
+                })
+                .collect();
+            print(
+                output,
+                &rows,
+                |c| {
+                    vec![
+                        c.node.clone(),
+                        c.identity.clone(),
+                        c.serial.clone(),
+                        c.expires.clone(),
+                    ]
+                },
+                &["NODE", "IDENTITY", "SERIAL", "EXPIRES"],
+            )
+        }
+        Section::Connections => {
+            let rows: Vec<_> = dumps.into_iter().flat_map(|d| d.connections).collect();
+            print(
+                output,
+                &rows,
+                |c| {
+                    vec![
+                        format!("{:?}", c.direction).to_lowercase(),
+                        c.pod.rsplit('/').next().unwrap_or(&c.pod).to_string(),
+                        c.source.to_string(),
+                        c.source_identity.clone().unwrap_or_else(|| "-".into()),
+                        c.destination.to_string(),
+                        c.protocol.clone(),
+                        match (&c.error, c.sent) {
+                            (Some(e), _) => format!("failed: {e}"),
+                            (None, Some(sent)) => {
+                                format!("closed ({sent}B out, {}B back)", c.received.unwrap_or(0))
+                            }
+                            (None, None) => "open".into(),
+                        },
+                    ]
+                },
+                &[
+                    "DIRECTION",
+                    "POD",
+                    "SOURCE",
+                    "SOURCE IDENTITY",
+                    "DESTINATION",
+                    "PROTOCOL",
+                    "STATE",
+                ],
+            )
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertRow {
+    node: String,
+    identity: String,
+    serial: String,
+    expires: String,
+    not_after: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ComponentStatus {
+    component: String,
+    address: String,
+    version: String,
+    config_version: String,
+    state: String,
+}
+
+pub async fn status(args: OutputArgs) -> anyhow::Result<()> {
+    let state = RunState::load_current()?;
+    let mut rows = Vec::new();
+    let controller = fetch(&format!(
+        "http://{}/healthz/ready",
+        state.controller_metrics
+    ))
+    .await;
+    rows.push(ComponentStatus {
+        component: "controller".into(),
+        address: state.controller_grpc.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        config_version: "-".into(),
+        state: match controller {
+            Ok((200, _)) => "ready".into(),
+            Ok((code, body)) => format!("not ready ({code}): {}", body.trim()),
+            Err(e) => format!("down: {e}"),
+        },
+    });
+    for node in &state.nodes {
+        let row = match dump(node.admin).await {
+            Ok(d) => ComponentStatus {
+                component: format!("ztunnel {}", node.name),
+                address: node.admin.to_string(),
+                version: d.version,
+                config_version: d.config_version,
+                state: if d.synced {
+                    format!("in sync ({} pods captured)", d.pods.len())
+                } else {
+                    "waiting for config from the controller".into()
+                },
+            },
+            Err(e) => ComponentStatus {
+                component: format!("ztunnel {}", node.name),
+                address: node.admin.to_string(),
+                version: "-".into(),
+                config_version: "-".into(),
+                state: format!("down: {e}"),
+            },
+        };
+        rows.push(row);
+    }
+    print(
+        args.output,
+        &rows,
+        |r| {
+            vec![
+                r.component.clone(),
+                r.address.clone(),
+                r.version.clone(),
+                r.config_version.clone(),
+                r.state.clone(),
+            ]
+        },
+        &["COMPONENT", "ADDRESS", "VERSION", "CONFIG VERSION", "STATE"],
+    )
+}

@@ -1,0 +1,165 @@
+//! `ambit`, the command line: run a local mesh (`up`, `down`), look inside it (`config`,
+//! `status`), measure it (`bench`), and the sample apps its pods run (`app`).
+
+mod app;
+mod bench;
+mod inspect;
+mod summary;
+mod up;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ambit",
+    version,
+    about = "Ambit service mesh: run a local mesh and see what it does"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a mesh of network namespaces from a mesh file, run it with traffic, print a live
+    /// summary, and remove everything at the end (needs root).
+    Up(UpArgs),
+    /// Remove what a crashed `ambit up` left: namespaces, links, rules, processes.
+    Down,
+    /// Show what a node's ztunnel holds (like istioctl ztunnel-config).
+    Config(ConfigArgs),
+    /// Each component of the running local mesh, its version and whether it is in sync.
+    Status(OutputArgs),
+    /// Load one server pod directly and through the mesh, interleaved, and print the ratios.
+    Bench(BenchArgs),
+    /// The sample workloads run inside pods.
+    #[command(hide = true, subcommand)]
+    App(AppCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Mesh file; the embedded default (examples/mesh.yaml) when absent.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Stop after this long (e.g. 30s, 2m); runs until Ctrl-C when absent.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Requests per second each client sends to each service.
+    #[arg(long, default_value_t = 10)]
+    pub rate: u32,
+    /// Seconds between live summaries.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Section {
+    Workloads,
+    Services,
+    Policies,
+    Certificates,
+    Connections,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    #[arg(value_enum)]
+    pub section: Section,
+    /// The node whose ztunnel to ask; the first node when absent.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A ztunnel admin address to ask instead of the local mesh's.
+    #[arg(long)]
+    pub admin: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Seconds of load per round and path.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Rounds (each runs direct and mesh, alternating which goes first).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Serve on the given ports until killed.
+    Serve {
+        #[arg(long, value_enum, default_value_t = AppKind::HttpEcho)]
+        kind: AppKind,
+        #[arg(long = "port", required = true)]
+        ports: Vec<u16>,
+        #[arg(long)]
+        name: String,
+    },
+    /// Send requests to targets, printing a JSON report per target per second.
+    Drive {
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        rate: u32,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Keep-alive HTTP load against one target for a while; prints one JSON result.
+    Load {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AppKind {
+    HttpEcho,
+    TcpEcho,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Down => up::down(),
+            Command::Config(args) => inspect::config(args).await,
+            Command::Status(args) => inspect::status(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::App(cmd) => app::run(cmd).await,
+        }
+    })
+}

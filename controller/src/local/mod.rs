@@ -1,0 +1,62 @@
+//! Local meshes: a whole mesh on one host in network namespaces (the testbed), run from a
+//! mesh file, with sample apps. Shared by `ambit up`, the e2e suite and the benchmarks.
+
+pub mod apps;
+mod mesh;
+mod process;
+
+pub use mesh::{
+    BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, CURRENT_RUN, LocalMesh, NodeState, Options,
+    PodState, RunState,
+};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    MeshFile(#[from] crate::source::file::FileError),
+    #[error(transparent)]
+    Testbed(#[from] ambit_testbed::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("could not start {what} ({program}): {source}")]
+    Spawn {
+        what: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("the mesh's programs (controller, ztunnel, ambit) are not next to {}: build them with `cargo build --release`", dir.display())]
+    BinariesMissing { dir: PathBuf },
+    #[error("{what} exited ({status}) while starting; last lines of {}:\n{tail}", log.display())]
+    Exited {
+        what: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{what} was not ready after {waited:?}; last lines of {}:\n{tail}", log.display())]
+    NotReady {
+        what: String,
+        waited: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("pod {pod} needs both an IPv4 and an IPv6 address in a local mesh")]
+    PodAddresses { pod: String },
+    #[error("ztunnel refused pod {pod}: {reason}")]
+    NodeAgent { pod: String, reason: String },
+    #[error("no node {node} in this mesh")]
+    UnknownNode { node: String },
+    #[error("no pod {pod} in this mesh")]
+    UnknownPod { pod: String },
+    #[error(
+        "no local mesh is running (nothing at {}): start one with `ambit up`",
+        mesh::CURRENT_RUN
+    )]
+    NoRun,
+}

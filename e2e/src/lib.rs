@@ -1,0 +1,140 @@
+//! Support for the local e2e suite (tests/): starting a mesh from a mesh file, running
+//! ordinary programs (curl) in its pods, and looking at what crosses its links.
+//! Every test needs root; without it a test says why and passes, except under CI (`CI` set),
+//! where a skipped e2e suite would hide everything it is there to catch.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ambit_controller::local::{Binaries, LocalMesh, Options};
+
+pub mod capture;
+
+/// Whether the suite can run here; panics under CI when it cannot.
+pub fn can_run(test: &str) -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: the e2e suite needs root (network namespaces), and CI must run it: run CI as root"
+    );
+    eprintln!("{test}: skipped, not root (network namespaces need root: sudo)");
+    false
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Starts a mesh from `mesh_yaml` (`None`: the embedded default) with its sample apps.
+pub async fn start(test: &str, mesh_yaml: Option<&str>) -> anyhow::Result<LocalMesh> {
+    let work_dir = std::env::temp_dir().join(format!("ambit-e2e-{test}-{}", std::process::id()));
+    let mesh_file = match mesh_yaml {
+        Some(text) => {
+            std::fs::create_dir_all(&work_dir)?;
+            let path = work_dir.join("input-mesh.yaml");
+            std::fs::write(&path, text)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let mesh = LocalMesh::up(
+        Options {
+            mesh_file,
+            work_dir,
+            binaries: Binaries::locate()?,
+            start_apps: true,
+            record_current: false,
+        },
+        &|step| eprintln!("{test}: {step}"),
+    )
+    .await?;
+    // The sample servers need a moment to bind.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(mesh)
+}
+
+/// The result of running curl in a pod: its exit code and what it printed.
+#[derive(Debug)]
+pub struct Curl {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Curl {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// Runs `curl URL` inside a pod of the mesh, as an unmodified application would.
+pub fn curl(mesh: &LocalMesh, namespace: &str, pod: &str, url: &str) -> anyhow::Result<Curl> {
+    let out = mesh.pod(namespace, pod)?.netns().output(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-g"])
+            .arg(url),
+    )?;
+    Ok(Curl {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs a command in a pod's namespace and returns its stdout.
+pub fn run_in(
+    mesh: &LocalMesh,
+    namespace: &str,
+    pod: &str,
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let out = mesh
+        .pod(namespace, pod)?
+        .netns()
+        .output(Command::new(program).args(args))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?} failed in {namespace}/{pod}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the pod's nat table holds any chain of ztunnel's (v4 or v6).
+pub fn has_capture_rules(mesh: &LocalMesh, namespace: &str, pod: &str) -> anyhow::Result<bool> {
+    let v4 = run_in(mesh, namespace, pod, "iptables-save", &["-t", "nat"])?;
+    let v6 = run_in(mesh, namespace, pod, "ip6tables-save", &["-t", "nat"])?;
+    Ok(v4.contains("AMBIT_") || v6.contains("AMBIT_"))
+}
+
+/// TCP ports listening inside the pod's namespace.
+pub fn listening_ports(mesh: &LocalMesh, namespace: &str, pod: &str) -> anyhow::Result<Vec<u16>> {
+    let out = run_in(mesh, namespace, pod, "ss", &["-Hltn"])?;
+    let mut ports: Vec<u16> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|local| local.rsplit(':').next()?.parse().ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
+/// The uid the controller gives a pod's workload.
+pub fn uid(mesh: &LocalMesh, namespace: &str, pod: &str) -> String {
+    mesh.file()
+        .model
+        .workloads()
+        .find(|w| w.pod.namespace == namespace && w.pod.name == pod)
+        .map(|w| w.uid.clone())
+        .unwrap_or_else(|| panic!("no workload {namespace}/{pod} in the mesh file"))
+}
+
+/// The mesh's work directory (logs, mesh file, state).
+pub fn work_dir(mesh: &LocalMesh) -> PathBuf {
+    mesh.state().work_dir.clone()
+}
