@@ -60,7 +60,8 @@ impl Leftover {
         names::run_of(self.name())
     }
 
-    fn in_use(&self) -> bool {
+    /// Whether its run's owner is still running (so it is not a leftover of a crash yet).
+    pub fn in_use(&self) -> bool {
         matches!(
             self,
             Self::Netns {
