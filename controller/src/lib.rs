@@ -1,9 +1,9 @@
 //! Ambit controller: the mesh model, scoped config push, the certificate authority and the CLI.
 
+pub mod admin;
 pub mod ca;
+pub mod config;
 pub mod grpc;
-pub mod cli;
-pub mod local;
 pub mod model;
 pub mod push;
 pub mod source;

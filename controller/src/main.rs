@@ -1,1 +1,131 @@
-fn main() {}
+//! `controller`: the Ambit control plane process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ambit_controller::admin::Admin;
+use ambit_controller::ca::CaService;
+use ambit_controller::config::{Config, SourceSpec};
+use ambit_controller::model::MeshModel;
+use ambit_controller::push::{DiscoveryService, publish_snapshots};
+use ambit_controller::source::file;
+use ambit_proto::identity::CertificateAuthority;
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log)
+                .with_context(|| format!("--log {:?} is not a valid log filter", config.log))?,
+        )
+        .init();
+    run(config).await
+}
+
+/// Keeps the model channel's sender alive for as long as the source runs.
+enum Source {
+    Fixed {
+        _sender: watch::Sender<Arc<MeshModel>>,
+    },
+    Watched(tokio::task::JoinHandle<()>),
+}
+
+fn open_source(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(watch::Receiver<Arc<MeshModel>>, Source)> {
+    match &config.source {
+        SourceSpec::Embedded => {
+            let mesh = file::parse(file::EMBEDDED_MESH, file::EMBEDDED_ORIGIN)?;
+            let (tx, rx) = watch::channel(Arc::new(mesh.model));
+            Ok((rx, Source::Fixed { _sender: tx }))
+        }
+        SourceSpec::File(path) => {
+            let watching = file::watch(path.clone(), config.reload_interval, shutdown.clone())?;
+            Ok((watching.models, Source::Watched(watching.task)))
+        }
+        SourceSpec::Kubernetes => bail!(
+            "--source kubernetes is not built yet (it is a later issue): use --source file:PATH, or leave --source out to serve the embedded demo mesh"
+        ),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let (models, source) = open_source(&config, &shutdown)?;
+    let model = models.borrow().clone();
+    let ca = CertificateAuthority::load_or_generate(
+        model.trust_domain(),
+        &config.ca_cert,
+        &config.ca_key,
+    )
+    .context("could not set up the CA root (check --ca-cert and --ca-key)")?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("could not install the metrics recorder")?;
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("could not listen on --listen {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.metrics)
+        .await
+        .with_context(|| format!("could not listen on --metrics {}", config.metrics))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Admin {
+        metrics,
+        ready: ready.clone(),
+    };
+    tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
+
+    let (snapshots, _snapshot_task) = publish_snapshots(models.clone(), shutdown.clone());
+    let mut grpc = tokio::spawn(ambit_controller::grpc::serve(
+        grpc_listener,
+        DiscoveryService::new(snapshots, shutdown.clone()),
+        CaService::new(Arc::new(ca), models, config.cert_ttl),
+        shutdown.clone(),
+    ));
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        source = %config.source,
+        listen = %config.listen,
+        metrics = %config.metrics,
+        trust_domain = model.trust_domain(),
+        nodes = model.nodes().count(),
+        workloads = model.workloads().count(),
+        services = model.services().count(),
+        "controller ready"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
+        _ = sigint.recv() => tracing::info!("SIGINT: draining"),
+        ended = &mut grpc => {
+            ended.context("the gRPC server task failed")?.context("the gRPC server failed")?;
+            bail!("the gRPC server stopped on its own");
+        }
+    }
+    ready.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+    match tokio::time::timeout(config.drain_timeout, grpc).await {
+        Ok(ended) => ended
+            .context("the gRPC server task failed")?
+            .context("the gRPC server failed while draining")?,
+        Err(_) => tracing::warn!(
+            deadline = ?config.drain_timeout,
+            "connections still open at the drain deadline; exiting anyway"
+        ),
+    }
+    if let Source::Watched(task) = source {
+        task.await.context("the mesh file watcher failed")?;
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}

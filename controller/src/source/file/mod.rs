@@ -83,7 +83,8 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// Not YAML, or not the mesh file's shape (unknown field, wrong type, malformed address).
-    #[error("{origin}: line {}: {message}", line.map_or("?".to_string(), |l| l.to_string()))]
+    /// `message` is the parser's, which already shows the line and the offending text.
+    #[error("{origin}: {message}")]
     Syntax {
         origin: String,
         line: Option<u64>,
