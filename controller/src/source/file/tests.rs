@@ -237,3 +237,20 @@ async fn the_watcher_reloads_good_edits_and_keeps_the_model_on_bad_ones() {
     task.await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_readme_example_is_a_valid_mesh() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("```yaml\n").expect("README has a yaml example") + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let file = parse(&readme[start..end], "README.md").unwrap();
+    let m = &file.model;
+    let reviews = m.service(&ObjectKey::new("demo", "reviews")).unwrap();
+    assert_eq!(reviews.endpoints, [ObjectKey::new("demo", "reviews-v1")]);
+    assert_eq!(
+        reviews.waypoint, None,
+        "the service opts out of its namespace's waypoint"
+    );
+    assert_eq!(m.routes().count(), 1);
+    assert_eq!(m.waypoints().count(), 1);
+}
