@@ -140,13 +140,13 @@ impl Summary {
         if report.last_error.is_some() {
             flow.last_error = report.last_error.clone();
         }
-        if let Some(answer) = &report.last_answer
-            && let Some(server) = answer.strip_prefix("hello from ")
-        {
-            *flow
-                .answered_by
-                .entry(server.trim().to_string())
-                .or_default() += report.ok;
+        for (answer, count) in &report.answers {
+            if let Some(server) = answer.strip_prefix("hello from ") {
+                *flow
+                    .answered_by
+                    .entry(server.trim().to_string())
+                    .or_default() += count;
+            }
         }
     }
 

@@ -93,8 +93,9 @@ pub struct DriveReport {
     pub p99_ms: f64,
     /// The last failure's text, e.g. "connection reset by peer".
     pub last_error: Option<String>,
-    /// The last successful answer's first line, e.g. "hello from reviews-v2".
-    pub last_answer: Option<String>,
+    /// How often each answer (its first line, e.g. "hello from reviews-v2") came back.
+    #[serde(default)]
+    pub answers: std::collections::BTreeMap<String, u64>,
 }
 
 /// Sends `rate` requests per second to each target, each on a new connection (so every
@@ -128,7 +129,8 @@ async fn drive_one(target: String, interval: Duration, duration: Duration) {
             Ok(Ok(answer)) => {
                 report.ok += 1;
                 latencies.push(start.elapsed());
-                report.last_answer = answer.lines().next().map(str::to_string);
+                let first = answer.lines().next().unwrap_or_default().to_string();
+                *report.answers.entry(first).or_default() += 1;
             }
             Ok(Err(e)) => {
                 report.failed += 1;

@@ -3,7 +3,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
@@ -130,8 +129,6 @@ pub struct Service {
     pub vips: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
     pub endpoints: Box<[Box<str>]>,
-    /// Spreads connections over endpoints in turn.
-    next_endpoint: AtomicUsize,
 }
 
 impl Service {
@@ -178,7 +175,6 @@ impl Service {
                 .iter()
                 .map(|e| e.workload_uid.as_str().into())
                 .collect(),
-            next_endpoint: AtomicUsize::new(0),
             key: key.into(),
         })
     }
@@ -190,12 +186,13 @@ impl Service {
             .map(|p| p.target_port)
     }
 
-    /// The next endpoint in turn among `candidates` (already filtered to healthy ones).
+    /// An endpoint among `candidates` (already filtered to healthy ones), at random: a
+    /// shared round-robin counter lets two clients calling in step each see one endpoint
+    /// only.
     pub fn pick<'a>(&self, candidates: &'a [Arc<Workload>]) -> Option<&'a Arc<Workload>> {
         if candidates.is_empty() {
             return None;
         }
-        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
-        candidates.get(i % candidates.len())
+        candidates.get(fastrand::usize(..candidates.len()))
     }
 }
