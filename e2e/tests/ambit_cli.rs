@@ -22,7 +22,10 @@ fn stale_leftovers() -> Vec<String> {
 }
 
 fn mesh_processes() -> Vec<String> {
-    let out = Command::new("ps").args(["-eo", "pid,args"]).output().expect("ps");
+    let out = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .expect("ps");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("/controller --source") || l.contains("/ztunnel --node"))
@@ -32,8 +35,14 @@ fn mesh_processes() -> Vec<String> {
 
 fn check_summary(out: &str) {
     assert!(out.contains("== final summary"), "no final summary:\n{out}");
-    assert!(out.contains("[ok] traffic crossed nodes over HBONE"), "{out}");
-    assert!(out.contains("[ok] passthrough reached legacy/legacy"), "{out}");
+    assert!(
+        out.contains("[ok] traffic crossed nodes over HBONE"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[ok] passthrough reached legacy/legacy"),
+        "{out}"
+    );
     assert!(
         out.contains("[ok] refused by policy: denied-client -> demo/reviews")
             && out.contains("demo/deny-denied-client"),
@@ -59,8 +68,16 @@ fn ambit_up_runs_the_default_mesh_and_leaves_nothing_behind() {
     assert!(out.status.success(), "ambit up failed:\n{stdout}\n{stderr}");
     check_summary(&stdout);
     assert!(stderr.contains("removed everything it made"), "{stderr}");
-    assert!(stale_leftovers().is_empty(), "left behind: {:?}", stale_leftovers());
-    assert!(mesh_processes().is_empty(), "processes left: {:?}", mesh_processes());
+    assert!(
+        stale_leftovers().is_empty(),
+        "left behind: {:?}",
+        stale_leftovers()
+    );
+    assert!(
+        mesh_processes().is_empty(),
+        "processes left: {:?}",
+        mesh_processes()
+    );
 }
 
 #[test]
@@ -93,7 +110,10 @@ fn ambit_up_cleans_up_after_sigint() {
             }
         }
     }
-    assert!(log.iter().any(|l| l.contains("traffic flowing")), "never got going: {log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("traffic flowing")),
+        "never got going: {log:#?}"
+    );
     std::thread::sleep(Duration::from_secs(8));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -103,10 +123,21 @@ fn ambit_up_cleans_up_after_sigint() {
     let out = child.wait_with_output().expect("ambit up exits");
     log.extend(rx.try_iter());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ambit up failed after SIGINT:\n{stdout}\n{log:#?}");
+    assert!(
+        out.status.success(),
+        "ambit up failed after SIGINT:\n{stdout}\n{log:#?}"
+    );
     check_summary(&stdout);
-    assert!(stale_leftovers().is_empty(), "left behind: {:?}", stale_leftovers());
-    assert!(mesh_processes().is_empty(), "processes left: {:?}", mesh_processes());
+    assert!(
+        stale_leftovers().is_empty(),
+        "left behind: {:?}",
+        stale_leftovers()
+    );
+    assert!(
+        mesh_processes().is_empty(),
+        "processes left: {:?}",
+        mesh_processes()
+    );
     assert!(!std::path::Path::new(CURRENT_RUN).exists());
 }
 
@@ -127,7 +158,11 @@ fn ambit_config_and_bench_on_a_running_mesh() {
     }
     let run = |args: &[&str]| {
         let out = ambit().args(args).output().expect("ambit");
-        assert!(out.status.success(), "ambit {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ambit {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let workloads: serde_json::Value =
@@ -138,7 +173,11 @@ fn ambit_config_and_bench_on_a_running_mesh() {
         .iter()
         .map(|w| {
             (
-                format!("{}/{}", w["namespace"].as_str().unwrap(), w["name"].as_str().unwrap()),
+                format!(
+                    "{}/{}",
+                    w["namespace"].as_str().unwrap(),
+                    w["name"].as_str().unwrap()
+                ),
                 w["protocol"].as_str().unwrap().to_string(),
                 w["node"].as_str().unwrap().to_string(),
                 w["identity"].as_str().unwrap().to_string(),
@@ -148,27 +187,71 @@ fn ambit_config_and_bench_on_a_running_mesh() {
     seen.sort();
     let id = |ns: &str, sa: &str| format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
     let expected = vec![
-        ("demo/client".to_string(), "HBONE".to_string(), "node-a".to_string(), id("demo", "client")),
-        ("demo/denied-client".into(), "HBONE".into(), "node-a".into(), id("demo", "denied-client")),
-        ("demo/reviews-v1".into(), "HBONE".into(), "node-a".into(), id("demo", "reviews")),
-        ("demo/reviews-v2".into(), "HBONE".into(), "node-b".into(), id("demo", "reviews")),
-        ("legacy/legacy".into(), "TCP".into(), "node-b".into(), id("legacy", "legacy")),
+        (
+            "demo/client".to_string(),
+            "HBONE".to_string(),
+            "node-a".to_string(),
+            id("demo", "client"),
+        ),
+        (
+            "demo/denied-client".into(),
+            "HBONE".into(),
+            "node-a".into(),
+            id("demo", "denied-client"),
+        ),
+        (
+            "demo/reviews-v1".into(),
+            "HBONE".into(),
+            "node-a".into(),
+            id("demo", "reviews"),
+        ),
+        (
+            "demo/reviews-v2".into(),
+            "HBONE".into(),
+            "node-b".into(),
+            id("demo", "reviews"),
+        ),
+        (
+            "legacy/legacy".into(),
+            "TCP".into(),
+            "node-b".into(),
+            id("legacy", "legacy"),
+        ),
     ];
     assert_eq!(seen, expected);
     let table = run(&["config", "workloads"]);
-    assert!(table.contains("PROTOCOL") && table.contains("reviews-v2"), "{table}");
+    assert!(
+        table.contains("PROTOCOL") && table.contains("reviews-v2"),
+        "{table}"
+    );
 
     let certs = run(&["config", "certificates"]);
     for sa in ["client", "denied-client", "reviews"] {
-        assert!(certs.contains(&id("demo", sa)), "no certificate for {sa}:\n{certs}");
+        assert!(
+            certs.contains(&id("demo", sa)),
+            "no certificate for {sa}:\n{certs}"
+        );
     }
-    assert!(certs.contains("EXPIRES") && certs.contains(" (in "), "{certs}");
+    assert!(
+        certs.contains("EXPIRES") && certs.contains(" (in "),
+        "{certs}"
+    );
 
     let status = run(&["status"]);
-    assert!(status.contains("controller") && status.contains("in sync"), "{status}");
+    assert!(
+        status.contains("controller") && status.contains("in sync"),
+        "{status}"
+    );
 
-    let bench: serde_json::Value =
-        serde_json::from_str(&run(&["bench", "--json", "--seconds", "2", "--rounds", "1"])).expect("json");
+    let bench: serde_json::Value = serde_json::from_str(&run(&[
+        "bench",
+        "--json",
+        "--seconds",
+        "2",
+        "--rounds",
+        "1",
+    ]))
+    .expect("json");
     for path in ["direct", "mesh"] {
         assert!(bench[path]["rps"].as_f64().unwrap() > 0.0, "{bench}");
         assert!(bench[path]["p99_ms"].as_f64().is_some(), "{bench}");
@@ -193,19 +276,47 @@ fn a_broken_mesh_file_is_refused_before_anything_is_created() {
     std::fs::create_dir_all(&dir).unwrap();
     let good = ambit_controller::source::file::EMBEDDED_MESH;
     for (name, broken, reason) in [
-        ("unknown-field", good.replacen("serviceAccount: client", "serviceAcount: client", 1), "serviceAcount"),
-        ("duplicate-ip", good.replacen("ipv4: 10.244.1.3", "ipv4: 10.244.1.2", 1), "10.244.1.2"),
-        ("unknown-node", good.replacen("node: node-b", "node: node-z", 1), "node-z"),
+        (
+            "unknown-field",
+            good.replacen("serviceAccount: client", "serviceAcount: client", 1),
+            "serviceAcount",
+        ),
+        (
+            "duplicate-ip",
+            good.replacen("ipv4: 10.244.1.3", "ipv4: 10.244.1.2", 1),
+            "10.244.1.2",
+        ),
+        (
+            "unknown-node",
+            good.replacen("node: node-b", "node: node-z", 1),
+            "node-z",
+        ),
     ] {
-        assert_ne!(broken, good, "{name}: the embedded mesh changed shape; update this test");
+        assert_ne!(
+            broken, good,
+            "{name}: the embedded mesh changed shape; update this test"
+        );
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, &broken).unwrap();
-        let out = ambit().args(["up", "--duration", "5s", "--file"]).arg(&path).output().unwrap();
+        let out = ambit()
+            .args(["up", "--duration", "5s", "--file"])
+            .arg(&path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: accepted");
-        assert!(stderr.contains(reason), "{name}: the error does not name the cause:\n{stderr}");
-        assert!(stderr.contains("line"), "{name}: the error gives no line:\n{stderr}");
-        assert!(!stderr.contains("creating network namespaces"), "{name}: started building:\n{stderr}");
+        assert!(
+            stderr.contains(reason),
+            "{name}: the error does not name the cause:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("line"),
+            "{name}: the error gives no line:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("creating network namespaces"),
+            "{name}: started building:\n{stderr}"
+        );
     }
     assert_eq!(ambit_testbed::leftovers().expect("leftovers").len(), before);
     let _ = std::fs::remove_dir_all(dir);
