@@ -2,8 +2,10 @@
 
 pub mod admin;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod grpc;
+pub mod local;
 pub mod model;
 pub mod push;
 pub mod source;
