@@ -175,13 +175,18 @@ impl Summary {
         c
     }
 
-    /// The live table.
-    pub fn render(&self, dumps: &[ConfigDump]) -> String {
+    /// The table: live (the last second's rate) or final (`totals`: requests in all).
+    pub fn render(&self, dumps: &[ConfigDump], totals: bool) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<16} {:<16} {:>6} {:>7} {:>8} {:>8}  HOW",
-            "CLIENT", "SERVICE", "REQ/S", "OK %", "P50 ms", "P99 ms"
+            "{:<16} {:<16} {:>8} {:>7} {:>8} {:>8}  HOW",
+            "CLIENT",
+            "SERVICE",
+            if totals { "REQUESTS" } else { "REQ/S" },
+            "OK %",
+            "P50 ms",
+            "P99 ms"
         );
         for flow in &self.flows {
             let total = flow.ok + flow.failed;
@@ -225,9 +230,18 @@ impl Summary {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<16} {:>6} {:>6.1}% {:>8.2} {:>8.2}  {}",
-                flow.client, flow.service, flow.rate, ok_pct, flow.p50_ms, flow.p99_ms, how
+                "{:<16} {:<16} {:>8} {:>6.1}% {:>8.2} {:>8.2}  {}",
+                flow.client,
+                flow.service,
+                if totals { total } else { flow.rate },
+                ok_pct,
+                flow.p50_ms,
+                flow.p99_ms,
+                how
             );
+        }
+        if totals {
+            let _ = writeln!(out, "(latency: the last second of traffic)");
         }
         let seen = identities_seen(dumps);
         if !seen.is_empty() {

@@ -126,7 +126,7 @@ async fn drive(
             Some((client, report)) = rx.recv() => summary.record(&client, &report),
             _ = ticker.tick() => {
                 let dumps = config_dumps(mesh.state()).await;
-                println!("\n{}", summary.render(&dumps));
+                println!("\n{}", summary.render(&dumps, false));
             }
             _ = &mut end => break,
             _ = interrupt.recv() => { progress("interrupted"); break }
@@ -138,7 +138,7 @@ async fn drive(
     }
     drop(drivers);
     let dumps = config_dumps(mesh.state()).await;
-    println!("\n== final summary\n{}", summary.render(&dumps));
+    println!("\n== final summary\n{}", summary.render(&dumps, true));
     println!("checks:");
     for (ok, line) in summary.checks(&dumps) {
         println!("  [{}] {line}", if ok { "ok" } else { "--" });
