@@ -9,6 +9,7 @@ pub async fn run(cmd: AppCommand) -> anyhow::Result<()> {
             let kind = match kind {
                 AppKind::HttpEcho => ServerKind::HttpEcho,
                 AppKind::TcpEcho => ServerKind::TcpEcho,
+                AppKind::Sink => ServerKind::Sink,
             };
             apps::serve(kind, ports, name).await?;
         }
@@ -17,12 +18,17 @@ pub async fn run(cmd: AppCommand) -> anyhow::Result<()> {
             rate,
             duration,
         } => apps::drive(targets, rate, duration).await,
+        AppCommand::Blast { target, megabytes } => {
+            let result = apps::blast(target, megabytes << 20).await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
         AppCommand::Load {
             target,
             connections,
             duration,
+            rate,
         } => {
-            let result = apps::load(target, connections, duration).await;
+            let result = apps::load(target, connections, duration, rate).await;
             println!("{}", serde_json::to_string(&result)?);
         }
     }

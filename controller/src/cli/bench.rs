@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::BenchArgs;
 use crate::local::apps::LoadResult;
-use crate::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, PodState, RunState};
+use crate::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, PodState, RunState, load};
 
 #[derive(Debug, Serialize)]
 struct BenchReport {
@@ -63,20 +63,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .stderr(Stdio::null()),
     )?;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let client_netns = netns(client);
     let load = |port: u16| -> anyhow::Result<LoadResult> {
-        let out = netns(client).output(
-            Command::new(&binaries.ambit)
-                .args(["app", "load"])
-                .args(["--target", &format!("http://{}:{port}/", server.ipv4)])
-                .args(["--connections", &args.connections.to_string()])
-                .args(["--duration", &format!("{}s", args.seconds)]),
-        )?;
-        anyhow::ensure!(
-            out.status.success(),
-            "the load generator failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        Ok(load::http_load(
+            &binaries.ambit,
+            &client_netns,
+            &format!("http://{}:{port}/", server.ipv4),
+            args.connections,
+            Duration::from_secs(args.seconds),
+            None,
+        )?)
     };
     let mut direct = Vec::new();
     let mut mesh = Vec::new();

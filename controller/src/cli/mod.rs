@@ -130,6 +130,13 @@ pub enum AppCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Send this many megabytes to a sink on one connection; prints one JSON result.
+    Blast {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 512)]
+        megabytes: u64,
+    },
     /// Keep-alive HTTP load against one target for a while; prints one JSON result.
     Load {
         #[arg(long)]
@@ -138,6 +145,9 @@ pub enum AppCommand {
         connections: usize,
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Requests per second in all (paced); as fast as possible when absent.
+        #[arg(long)]
+        rate: Option<u32>,
     },
 }
 
@@ -145,6 +155,7 @@ pub enum AppCommand {
 pub enum AppKind {
     HttpEcho,
     TcpEcho,
+    Sink,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -21,6 +21,9 @@ pub enum ServerKind {
     HttpEcho,
     /// Sends back whatever it receives.
     TcpEcho,
+    /// Reads everything until the client half-closes, then answers with the byte count (8
+    /// bytes, big-endian): the far end of a throughput test.
+    Sink,
 }
 
 /// Serves on all addresses (v4 and v6) of each port until killed.
@@ -77,6 +80,19 @@ async fn accept_loop(listener: TcpListener, kind: ServerKind, name: &'static str
                 ServerKind::TcpEcho => {
                     let (mut rd, mut wr) = stream.into_split();
                     let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                }
+                ServerKind::Sink => {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut stream = stream;
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut total: u64 = 0;
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    let _ = stream.write_all(&total.to_be_bytes()).await;
                 }
             }
         });
@@ -247,13 +263,22 @@ pub struct LoadResult {
     pub p99_ms: f64,
 }
 
-/// `connections` keep-alive connections, each sending requests back to back for `duration`.
-pub async fn load(target: String, connections: usize, duration: Duration) -> LoadResult {
+/// `connections` keep-alive connections, each sending requests back to back for `duration`,
+/// or, with `rate`, spreading that many requests per second over the connections (paced, for
+/// latency at a given load rather than at saturation).
+pub async fn load(
+    target: String,
+    connections: usize,
+    duration: Duration,
+    rate: Option<u32>,
+) -> LoadResult {
     let start = Instant::now();
-    let tasks: Vec<_> = (0..connections.max(1))
+    let connections = connections.max(1);
+    let pace = rate.map(|r| Duration::from_secs_f64(connections as f64 / f64::from(r.max(1))));
+    let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let target = target.clone();
-            tokio::spawn(async move { load_one(&target, start + duration).await })
+            tokio::spawn(async move { load_one(&target, start + duration, pace).await })
         })
         .collect();
     let mut latencies = Vec::new();
@@ -284,9 +309,14 @@ pub async fn load(target: String, connections: usize, duration: Duration) -> Loa
     }
 }
 
-async fn load_one(target: &str, end: Instant) -> (Vec<Duration>, u64) {
+async fn load_one(target: &str, end: Instant, pace: Option<Duration>) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
     let mut errors = 0;
+    let mut ticker = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     while Instant::now() < end {
         // One connection for as long as it lasts; a new one if it breaks.
         let Ok((mut sender, host, path)) = open(target).await else {
@@ -295,6 +325,9 @@ async fn load_one(target: &str, end: Instant) -> (Vec<Duration>, u64) {
             continue;
         };
         while Instant::now() < end {
+            if let Some(t) = ticker.as_mut() {
+                t.tick().await;
+            }
             let request = Request::get(path.as_str())
                 .header("host", host.as_str())
                 .body(Empty::<Bytes>::new())
@@ -338,4 +371,41 @@ async fn open(url: &str) -> Result<(Sender, String, String), String> {
     tokio::spawn(conn);
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     Ok((sender, authority.to_string(), path))
+}
+
+/// What `ambit app blast` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BlastResult {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub gbps: f64,
+}
+
+/// Sends `bytes` to a sink server on one connection and waits for its count.
+pub async fn blast(target: SocketAddr, bytes: u64) -> std::io::Result<BlastResult> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(target).await?;
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n]).await?;
+        sent += n as u64;
+    }
+    stream.shutdown().await?;
+    let mut count = [0u8; 8];
+    stream.read_exact(&mut count).await?;
+    let received = u64::from_be_bytes(count);
+    if received != bytes {
+        return Err(std::io::Error::other(format!(
+            "the sink counted {received} bytes of {bytes}"
+        )));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(BlastResult {
+        bytes,
+        seconds,
+        gbps: bytes as f64 * 8.0 / seconds / 1e9,
+    })
 }

@@ -69,6 +69,9 @@ pub struct NodeState {
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
     pub socket: PathBuf,
+    /// The ztunnel's process id (benchmarks read its CPU time and memory).
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// `ambit bench` serves one pod on both ports: the first is captured like any app port (the
@@ -226,6 +229,7 @@ impl LocalMesh {
                 metrics: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
                 readiness: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
                 socket: options.work_dir.join(format!("{}.sock", node.name)),
+                pid: None,
             };
             let ztunnel = Process::spawn(
                 &format!("ztunnel on {}", node.name),
@@ -250,6 +254,8 @@ impl LocalMesh {
                     .args(["--drain-timeout", "3s"]),
                 &options.work_dir.join(format!("ztunnel-{}.log", node.name)),
             )?;
+            let mut state = state;
+            state.pid = ztunnel.pid();
             nodes.push(state);
             ztunnels.push(ztunnel);
         }

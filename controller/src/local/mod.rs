@@ -2,6 +2,7 @@
 //! mesh file, with sample apps. Shared by `ambit up`, the e2e suite and the benchmarks.
 
 pub mod apps;
+pub mod load;
 mod mesh;
 mod process;
 
@@ -59,4 +60,6 @@ pub enum LocalError {
         mesh::CURRENT_RUN
     )]
     NoRun,
+    #[error("{what} failed: {reason}")]
+    Tool { what: String, reason: String },
 }

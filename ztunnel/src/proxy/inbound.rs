@@ -12,8 +12,8 @@ use ambit_proto::identity::SpiffeId;
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::outbound::reset;
-use super::{PodContext, ProxyContext, labels, splice};
+use super::splice::{carry, reset};
+use super::{PodContext, ProxyContext, accept_loop, labels};
 use crate::capture::original_destination;
 use crate::connections::{ConnectionInfo, Direction};
 use crate::metrics::{ConnectionLabels, FailureReason, Reporter, Security};
@@ -143,17 +143,7 @@ impl TunnelHandler for InboundHandler {
             }
         };
         let counters = ctx.metrics.connection_opened(&l);
-        // Bytes "sent" are those towards the destination app, as Istio counts them.
-        match splice(app, tunnel).await {
-            Ok((to_client, to_app)) => {
-                counters.closed(to_app, to_client);
-                tracked.finish(to_app, to_client, None);
-            }
-            Err(e) => {
-                counters.closed(0, 0);
-                tracked.finish(0, 0, Some(e.to_string()));
-            }
-        }
+        carry(app, tunnel, true, counters, tracked).await;
     }
 }
 
@@ -164,24 +154,15 @@ pub async fn serve_plaintext(
     ctx: Arc<ProxyContext>,
     drain: DrainWatch,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(pod = %pod.uid, error = %e, "inbound accept failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = drain.signaled() => return,
-        };
-        let (pod, ctx, drain) = (pod.clone(), ctx.clone(), drain.clone());
-        tokio::spawn(async move {
-            handle_plaintext(stream, peer, &pod, &ctx).await;
-            drop(drain);
-        });
-    }
+    accept_loop(
+        listener,
+        pod,
+        ctx,
+        drain,
+        "inbound",
+        |stream, peer, pod, ctx| async move { handle_plaintext(stream, peer, &pod, &ctx).await },
+    )
+    .await
 }
 
 async fn handle_plaintext(
@@ -233,14 +214,5 @@ async fn handle_plaintext(
         }
     };
     let counters = ctx.metrics.connection_opened(&l);
-    match splice(stream, app).await {
-        Ok((to_app, to_client)) => {
-            counters.closed(to_app, to_client);
-            tracked.finish(to_app, to_client, None);
-        }
-        Err(e) => {
-            counters.closed(0, 0);
-            tracked.finish(0, 0, Some(e.to_string()));
-        }
-    }
+    carry(app, stream, true, counters, tracked).await;
 }

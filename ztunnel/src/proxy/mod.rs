@@ -9,6 +9,12 @@ pub use inbound::{InboundHandler, serve_plaintext};
 pub use outbound::serve_outbound;
 pub use splice::splice;
 
+use std::future::Future;
+use std::net::SocketAddr;
+
+use ambit_proto::drain::DrainWatch;
+use tokio::net::{TcpListener, TcpStream};
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -80,5 +86,40 @@ pub(crate) fn labels(
             }
         }),
         security,
+    }
+}
+
+/// Accepts on one of a pod's listeners until the pod is drained, handling each connection on a
+/// task of its own that holds the drain watch until the connection is done.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    pod: Arc<PodContext>,
+    ctx: Arc<ProxyContext>,
+    drain: DrainWatch,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Arc<PodContext>, Arc<ProxyContext>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(pod = %pod.uid, error = %e, "{what} accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = drain.signaled() => return,
+        };
+        let work = handle(stream, peer, pod.clone(), ctx.clone());
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            work.await;
+            drop(drain);
+        });
     }
 }

@@ -10,7 +10,8 @@ use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{ConnectRequest, HBONE_PORT};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{PodContext, ProxyContext, labels, splice};
+use super::splice::{carry, reset};
+use super::{PodContext, ProxyContext, accept_loop, labels};
 use crate::capture::original_destination;
 use crate::connections::{ConnectionInfo, Direction};
 use crate::metrics::{FailureReason, Reporter, Security};
@@ -22,24 +23,15 @@ pub async fn serve_outbound(
     ctx: Arc<ProxyContext>,
     drain: DrainWatch,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(pod = %pod.uid, error = %e, "outbound accept failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = drain.signaled() => return,
-        };
-        let (pod, ctx, drain) = (pod.clone(), ctx.clone(), drain.clone());
-        tokio::spawn(async move {
-            handle(stream, peer, &pod, &ctx).await;
-            drop(drain);
-        });
-    }
+    accept_loop(
+        listener,
+        pod,
+        ctx,
+        drain,
+        "outbound",
+        |stream, peer, pod, ctx| async move { handle(stream, peer, &pod, &ctx).await },
+    )
+    .await
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
@@ -120,8 +112,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 }
             };
             let counters = ctx.metrics.connection_opened(&l);
-            let result = splice(stream, tunnel).await;
-            finish(result, counters, tracked);
+            carry(stream, tunnel, false, counters, tracked).await;
         }
         Upstream::Passthrough {
             target,
@@ -162,8 +153,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 }
             };
             let counters = ctx.metrics.connection_opened(&l);
-            let result = splice(stream, upstream).await;
-            finish(result, counters, tracked);
+            carry(stream, upstream, false, counters, tracked).await;
         }
         Upstream::NoHealthyEndpoint { service } => {
             tracing::warn!(pod = %pod.uid, %dst, service = %service.key, "refusing outbound connection: service has no healthy endpoint reachable over this address family");
@@ -180,28 +170,4 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             reset(stream);
         }
     }
-}
-
-fn finish(
-    result: std::io::Result<(u64, u64)>,
-    counters: crate::metrics::ConnectionCounters,
-    tracked: crate::connections::TrackedConnection,
-) {
-    match result {
-        Ok((sent, received)) => {
-            counters.closed(sent, received);
-            tracked.finish(sent, received, None);
-        }
-        Err(e) => {
-            counters.closed(0, 0);
-            tracked.finish(0, 0, Some(e.to_string()));
-        }
-    }
-}
-
-/// Closes a connection with RST, so the app sees "connection reset" at once instead of a
-/// clean EOF it might mistake for an empty answer.
-pub(super) fn reset(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-    drop(stream);
 }
