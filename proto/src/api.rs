@@ -30,3 +30,31 @@ pub use ambit::discovery::v1 as discovery;
 pub use ambit::route::v1 as route;
 pub use ambit::security::v1 as security;
 pub use ambit::workload::v1 as workload;
+
+impl discovery::ResourceType {
+    /// The type's name in resource keys (`<type>/<name>`), which proxies echo back in
+    /// `known_versions`: both ends must spell it alike.
+    pub fn key_name(self) -> &'static str {
+        match self {
+            discovery::ResourceType::Workload => "workload",
+            discovery::ResourceType::Service => "service",
+            discovery::ResourceType::WaypointResource => "waypoint",
+            discovery::ResourceType::AuthorizationPolicy => "authorization_policy",
+            discovery::ResourceType::Route => "route",
+            discovery::ResourceType::Unspecified => "unspecified",
+        }
+    }
+
+    /// The type whose key name is `name`.
+    pub fn from_key_name(name: &str) -> Option<Self> {
+        [
+            discovery::ResourceType::Workload,
+            discovery::ResourceType::Service,
+            discovery::ResourceType::WaypointResource,
+            discovery::ResourceType::AuthorizationPolicy,
+            discovery::ResourceType::Route,
+        ]
+        .into_iter()
+        .find(|t| t.key_name() == name)
+    }
+}

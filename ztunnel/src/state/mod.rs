@@ -218,16 +218,9 @@ impl ProxyState {
     }
 }
 
-/// The resource type's name in version keys, as the controller spells it.
-pub fn type_name(t: i32) -> &'static str {
-    match api::ResourceType::try_from(t) {
-        Ok(api::ResourceType::Workload) => "workload",
-        Ok(api::ResourceType::Service) => "service",
-        Ok(api::ResourceType::WaypointResource) => "waypoint",
-        Ok(api::ResourceType::AuthorizationPolicy) => "authorization_policy",
-        Ok(api::ResourceType::Route) => "route",
-        _ => "unknown",
-    }
+/// The resource type's name in version keys.
+fn type_name(t: i32) -> &'static str {
+    api::ResourceType::try_from(t).map_or("unknown", api::ResourceType::key_name)
 }
 
 #[derive(Default)]
@@ -275,5 +268,168 @@ impl Staged {
             }
         }
         Ok((by_ip, by_vip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ambit_proto::api::discovery::{Resource, SubscribeResponse};
+    use ambit_proto::api::workload as wl;
+
+    use super::*;
+
+    fn workload(name: &str, ips: &[&str], protocol: wl::Protocol) -> Resource {
+        let uid = format!("local//Pod/demo/{name}");
+        Resource {
+            name: uid.clone(),
+            version: "1".into(),
+            kind: Some(Kind::Workload(wl::Workload {
+                uid,
+                name: name.into(),
+                namespace: "demo".into(),
+                service_account: name.into(),
+                node: "node-a".into(),
+                addresses: ips.iter().map(|s| s.to_string()).collect(),
+                protocol: protocol as i32,
+                trust_domain: "cluster.local".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn service() -> Resource {
+        Resource {
+            name: "demo/reviews".into(),
+            version: "1".into(),
+            kind: Some(Kind::Service(wl::Service {
+                name: "reviews".into(),
+                namespace: "demo".into(),
+                hostname: "reviews.demo.svc.cluster.local".into(),
+                addresses: vec!["10.96.0.10".into(), "fd00:10:96::10".into()],
+                ports: vec![wl::Port {
+                    service_port: 9080,
+                    target_port: 8080,
+                    ..Default::default()
+                }],
+                endpoints: vec![wl::Endpoint {
+                    workload_uid: "local//Pod/demo/reviews-v1".into(),
+                }],
+                waypoint: None,
+            })),
+        }
+    }
+
+    fn response(full: bool, resources: Vec<Resource>) -> SubscribeResponse {
+        SubscribeResponse {
+            system_version: "v".into(),
+            nonce: "n".into(),
+            resources,
+            removed: vec![],
+            full_state: full,
+        }
+    }
+
+    fn base() -> ProxyState {
+        let mut s = ProxyState::default();
+        s.apply(&response(
+            true,
+            vec![
+                workload(
+                    "reviews-v1",
+                    &["10.244.1.4", "fd00:10:244:1::4"],
+                    wl::Protocol::Hbone,
+                ),
+                workload("legacy", &["10.244.2.3"], wl::Protocol::Tcp),
+                service(),
+            ],
+        ))
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn resolves_vips_workloads_and_the_outside() {
+        let s = base();
+        match s.resolve("10.96.0.10:9080".parse().unwrap()) {
+            Upstream::Hbone {
+                workload,
+                target,
+                service,
+            } => {
+                assert_eq!(&*workload.name, "reviews-v1");
+                assert_eq!(target, "10.244.1.4:8080".parse().unwrap());
+                assert_eq!(&*service.unwrap().key, "demo/reviews");
+            }
+            other => panic!("{other:?}"),
+        }
+        match s.resolve("[fd00:10:96::10]:9080".parse().unwrap()) {
+            Upstream::Hbone { target, .. } => {
+                assert_eq!(target, "[fd00:10:244:1::4]:8080".parse().unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.resolve("10.244.2.3:8080".parse().unwrap()),
+            Upstream::Passthrough {
+                workload: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            s.resolve("192.0.2.1:443".parse().unwrap()),
+            Upstream::Passthrough { workload: None, .. }
+        ));
+    }
+
+    #[test]
+    fn a_bad_update_is_refused_whole_and_the_old_state_stays() {
+        let mut s = base();
+        let bad = response(
+            false,
+            vec![
+                workload("new-good", &["10.244.1.9"], wl::Protocol::Hbone),
+                workload("new-bad", &["10.244.1.300"], wl::Protocol::Hbone),
+            ],
+        );
+        let err = s.apply(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("new-bad") && err.contains("10.244.1.300"),
+            "{err}"
+        );
+        assert!(
+            s.workload("local//Pod/demo/new-good").is_none(),
+            "half of a refused update was applied"
+        );
+        assert!(s.workload("local//Pod/demo/reviews-v1").is_some());
+
+        let clash = response(
+            false,
+            vec![workload("impostor", &["10.244.1.4"], wl::Protocol::Hbone)],
+        );
+        let err = s.apply(&clash).unwrap_err().to_string();
+        assert!(err.contains("10.244.1.4"), "{err}");
+        assert!(s.workload("local//Pod/demo/impostor").is_none());
+    }
+
+    #[test]
+    fn deltas_add_and_remove_and_versions_follow() {
+        let mut s = base();
+        let mut delta = response(
+            false,
+            vec![workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone)],
+        );
+        delta.removed.push(api::RemovedResource {
+            r#type: api::ResourceType::Workload as i32,
+            name: "local//Pod/demo/legacy".into(),
+        });
+        s.apply(&delta).unwrap();
+        assert!(s.workload("local//Pod/demo/reviews-v2").is_some());
+        assert!(s.workload("local//Pod/demo/legacy").is_none());
+        assert!(
+            s.versions()
+                .contains_key("workload/local//Pod/demo/reviews-v2")
+        );
+        assert!(!s.versions().contains_key("workload/local//Pod/demo/legacy"));
+        assert!(s.versions().contains_key("service/demo/reviews"));
     }
 }
