@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_proto::drain::{self, DrainTrigger};
-use ambit_proto::identity::{CertManager, TrustBundle};
+use ambit_proto::identity::{
+    CertManager, CertificateAuthority, CertificateProvider, LocalCa, TrustBundle,
+};
 use anyhow::Context;
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -14,11 +16,11 @@ use crate::ca_client::CaClient;
 use crate::config::Config;
 use crate::connections::ConnectionTracker;
 use crate::metrics::Metrics;
-use crate::node_agent;
 use crate::pods::Pods;
 use crate::proxy::ProxyContext;
 use crate::state::ProxyState;
 use crate::xds::{Applier, XdsClient};
+use crate::{local_config, node_agent};
 
 pub struct Ztunnel {
     pods: Arc<Pods>,
@@ -39,20 +41,36 @@ impl Ztunnel {
         let bundle = TrustBundle::from_pem(&config.trust_domain, &root_pem).with_context(|| {
             format!("loading the mesh root from {}", config.root_cert.display())
         })?;
-        let token = std::fs::read_to_string(&config.token_file)
-            .with_context(|| {
-                format!(
-                    "reading the bootstrap token {} (--token-file)",
-                    config.token_file.display()
-                )
-            })?
-            .trim()
-            .to_string();
-        let ca_address = config.ca_address.as_deref().unwrap_or(&config.controller);
-        let certs = CertManager::new(
-            Arc::new(CaClient::new(ca_address, &config.node, &token)?),
-            bundle,
-        );
+        let provider: Arc<dyn CertificateProvider> = match (&config.ca_key, &config.token_file) {
+            (Some(key_path), _) => {
+                let key = std::fs::read_to_string(key_path).with_context(|| {
+                    format!("reading the CA root key {} (--ca-key)", key_path.display())
+                })?;
+                let ca = CertificateAuthority::from_pem(&config.trust_domain, &root_pem, &key)
+                    .with_context(|| format!("loading the CA root from {}", key_path.display()))?;
+                Arc::new(LocalCa {
+                    ca,
+                    ttl: Duration::from_secs(24 * 3600),
+                })
+            }
+            (None, Some(token_file)) => {
+                let token = std::fs::read_to_string(token_file)
+                    .with_context(|| {
+                        format!(
+                            "reading the bootstrap token {} (--token-file)",
+                            token_file.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string();
+                let ca_address = config.ca_address.as_deref().unwrap_or(&config.controller);
+                Arc::new(CaClient::new(ca_address, &config.node, &token)?)
+            }
+            (None, None) => anyhow::bail!(
+                "no way to get certificates: give --token-file (the controller's CA) or --ca-key (sign locally)"
+            ),
+        };
+        let certs = CertManager::new(provider, bundle);
         let state = Arc::new(RwLock::new(ProxyState::default()));
         let metrics = Arc::new(Metrics::new());
         let connections = Arc::new(ConnectionTracker::default());
@@ -87,15 +105,23 @@ impl Ztunnel {
         let agent = node_agent::bind(&socket)
             .with_context(|| format!("binding the node agent socket {}", socket.display()))?;
         tokio::spawn(node_agent::serve(agent, pods.clone(), watch.clone()));
-        let xds = XdsClient {
-            address: config.controller.clone(),
-            node: config.node.clone(),
-            applier: Arc::new(Applier {
-                state,
-                applied: applied_tx,
-            }),
-        };
-        tokio::spawn(xds.run(watch));
+        let applier = Arc::new(Applier {
+            state,
+            applied: applied_tx,
+        });
+        match &config.config_file {
+            Some(path) => {
+                tokio::spawn(local_config::watch(path.clone(), applier, watch));
+            }
+            None => {
+                let xds = XdsClient {
+                    address: config.controller.clone(),
+                    node: config.node.clone(),
+                    applier,
+                };
+                tokio::spawn(xds.run(watch));
+            }
+        }
         tracing::info!(node = %config.node, controller = %config.controller, socket = %socket.display(), "ztunnel started");
         Ok(Ztunnel {
             pods,

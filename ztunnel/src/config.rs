@@ -28,8 +28,16 @@ pub struct Config {
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
     /// File holding this node's bootstrap token for the CA.
-    #[arg(long, env = "AMBIT_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    #[arg(long, env = "AMBIT_TOKEN_FILE", required_unless_present = "ca_key")]
+    pub token_file: Option<PathBuf>,
+    /// Standalone: take the mesh config from this YAML file (reloaded on change) instead of
+    /// the controller.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Standalone: sign workload certificates here with this root key (the root certificate
+    /// is --root-cert) instead of asking the controller's CA.
+    #[arg(long)]
+    pub ca_key: Option<PathBuf>,
     /// Unix socket on which the node agent (CNI, `ambit up`) adds and removes pods.
     #[arg(long)]
     pub node_agent_socket: Option<PathBuf>,
