@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ambit_controller::ca::CaService;
 use ambit_controller::model::MeshModel;
-use ambit_controller::push::{DiscoveryService, publish_snapshots, type_name};
+use ambit_controller::push::{DiscoveryService, publish_snapshots};
 use ambit_controller::source::file::{EMBEDDED_MESH, parse};
 use ambit_proto::api::discovery::discovery_client::DiscoveryClient;
 use ambit_proto::api::discovery::resource::Kind;
@@ -120,7 +120,7 @@ fn key_of(r: &Resource) -> String {
         Kind::AuthorizationPolicy(_) => ResourceType::AuthorizationPolicy,
         Kind::Route(_) => ResourceType::Route,
     };
-    format!("{}/{}", type_name(kind), r.name)
+    format!("{}/{}", kind.key_name(), r.name)
 }
 
 fn keys(r: &SubscribeResponse) -> Vec<String> {
@@ -132,7 +132,7 @@ fn keys(r: &SubscribeResponse) -> Vec<String> {
 fn removed(r: &SubscribeResponse) -> Vec<String> {
     r.removed
         .iter()
-        .map(|x| format!("{}/{}", type_name(x.r#type()), x.name))
+        .map(|x| format!("{}/{}", x.r#type().key_name(), x.name))
         .collect()
 }
 
@@ -157,7 +157,7 @@ impl Proxy {
         }
         for x in &r.removed {
             self.held
-                .remove(&format!("{}/{}", type_name(x.r#type()), x.name));
+                .remove(&format!("{}/{}", x.r#type().key_name(), x.name));
         }
         for res in &r.resources {
             self.held.insert(key_of(res), res.version.clone());

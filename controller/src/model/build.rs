@@ -149,12 +149,9 @@ fn endpoints_of(service: &Service, workloads: &BTreeMap<ObjectKey, Workload>) ->
     if service.selector.is_empty() {
         return Vec::new();
     }
-    workloads
-        .iter()
-        .filter(|(key, w)| {
-            key.namespace == service.namespace && selects(&service.selector, &w.pod.labels)
-        })
-        .map(|(key, _)| key.clone())
+    in_namespace(workloads, &service.namespace)
+        .filter(|w| selects(&service.selector, &w.pod.labels))
+        .map(Workload::key)
         .collect()
 }
 

@@ -64,7 +64,7 @@ impl MeshModel {
                 .unwrap_or("latest")
                 .to_string(),
             authorization_policies: self
-                .policies()
+                .policies_in(&pod.namespace)
                 .filter(|p| Self::policy_selects(p, w))
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect(),

@@ -183,6 +183,17 @@ pub fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The entries of a map keyed by [`ObjectKey`] in one namespace: keys sort by namespace first, so
+/// this is a range, not a scan of the whole mesh.
+fn in_namespace<'a, T>(
+    map: &'a BTreeMap<ObjectKey, T>,
+    namespace: &'a str,
+) -> impl Iterator<Item = &'a T> + 'a {
+    map.range(ObjectKey::new(namespace, "")..)
+        .take_while(move |(k, _)| k.namespace == namespace)
+        .map(|(_, v)| v)
+}
+
 /// A checked, indexed mesh. Built only by [`MeshBuilder`], so every reference in it resolves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshModel {
@@ -239,6 +250,13 @@ impl MeshModel {
         self.services.values()
     }
 
+    pub fn services_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a ServiceEntry> + 'a {
+        in_namespace(&self.services, namespace)
+    }
+
     pub fn service(&self, key: &ObjectKey) -> Option<&ServiceEntry> {
         self.services.get(key)
     }
@@ -253,6 +271,17 @@ impl MeshModel {
 
     pub fn policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
         self.policies.values()
+    }
+
+    pub fn policies_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a AuthorizationPolicy> + 'a {
+        in_namespace(&self.policies, namespace)
+    }
+
+    pub fn routes_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        in_namespace(&self.routes, namespace)
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Route> {

@@ -3,9 +3,10 @@
 //! each resource with its own version.
 //!
 //! Resource keys, as the proxies echo them in `known_versions`, are `<type>/<name>`: type is
-//! `workload`, `service`, `waypoint`, `authorization_policy` or `route`; name is the workload's
-//! uid, or `<namespace>/<name>` for the others.
+//! [`ResourceType::key_name`] (`workload`, `service`, `waypoint`, `authorization_policy`,
+//! `route`); name is the workload's uid, or `<namespace>/<name>` for the others.
 
+mod desired;
 mod scope;
 mod server;
 mod session;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 
 use ambit_proto::api::discovery::ResourceType;
 
-pub use scope::{Scope, scope_of};
+pub use desired::Desired;
+pub use scope::{Scope, desired_for, scope_of};
 pub use server::{DiscoveryService, publish_snapshots};
 pub use snapshot::Snapshot;
 
@@ -38,33 +40,13 @@ impl ResourceKey {
     /// Reads a `known_versions` key; `None` for a type this controller does not know.
     pub fn parse(key: &str) -> Option<Self> {
         let (kind, name) = key.split_once('/')?;
-        let kind = [
-            ResourceType::Workload,
-            ResourceType::Service,
-            ResourceType::WaypointResource,
-            ResourceType::AuthorizationPolicy,
-            ResourceType::Route,
-        ]
-        .into_iter()
-        .find(|t| type_name(*t) == kind)?;
+        let kind = ResourceType::from_key_name(kind)?;
         (!name.is_empty()).then(|| ResourceKey::new(kind, name))
     }
 }
 
 impl fmt::Display for ResourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", type_name(self.kind), self.name)
-    }
-}
-
-/// The type's name in resource keys.
-pub fn type_name(kind: ResourceType) -> &'static str {
-    match kind {
-        ResourceType::Workload => "workload",
-        ResourceType::Service => "service",
-        ResourceType::WaypointResource => "waypoint",
-        ResourceType::AuthorizationPolicy => "authorization_policy",
-        ResourceType::Route => "route",
-        ResourceType::Unspecified => "unspecified",
+        write!(f, "{}/{}", self.kind.key_name(), self.name)
     }
 }

@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use ambit_proto::api::discovery::{ProxyKind, ResourceType, Subscriber};
 
 use super::ResourceKey;
+use super::desired::Desired;
 use super::snapshot::{Snapshot, named_key, workload_key};
 use crate::model::{MeshModel, ObjectKey, ServiceEntry};
 
@@ -31,13 +32,18 @@ pub type Scope = BTreeSet<ResourceKey>;
 
 /// The resource keys `subscriber` receives from `snapshot`.
 pub fn scope_of(snapshot: &Snapshot, subscriber: &Subscriber) -> Scope {
+    desired_for(snapshot, subscriber).keys().cloned().collect()
+}
+
+/// The resources `subscriber` receives from `snapshot`.
+pub fn desired_for(snapshot: &Snapshot, subscriber: &Subscriber) -> Desired {
     match ProxyKind::try_from(subscriber.kind) {
         Ok(ProxyKind::Ztunnel) => ztunnel(snapshot, &subscriber.name),
-        Ok(ProxyKind::Waypoint) => waypoint(
-            snapshot.model(),
-            &ObjectKey::new(&subscriber.namespace, &subscriber.name),
-        ),
-        _ => Scope::new(),
+        Ok(ProxyKind::Waypoint) => {
+            let key = ObjectKey::new(&subscriber.namespace, &subscriber.name);
+            Desired::own(snapshot.resolve(&waypoint(snapshot.model(), &key)))
+        }
+        _ => Desired::default(),
     }
 }
 
@@ -70,26 +76,35 @@ pub(super) fn mesh_wide(model: &MeshModel) -> Vec<ResourceKey> {
     scope.into_iter().collect()
 }
 
-fn ztunnel(snapshot: &Snapshot, node: &str) -> Scope {
+fn ztunnel(snapshot: &Snapshot, node: &str) -> Desired {
     let model = snapshot.model();
     let local: Vec<_> = model.workloads_on_node(node).collect();
-    let mut scope: Scope = local
+    let mut own: Scope = local
         .iter()
         .map(|w| ResourceKey::new(ResourceType::Workload, w.uid.as_str()))
         .collect();
     let meshed: Vec<_> = local.iter().filter(|w| w.meshed).collect();
     if meshed.is_empty() {
         // Waypoints of local non-meshed pods are not needed: ztunnel does not capture them.
-        return scope;
+        return Desired::own(snapshot.resolve(&own));
     }
-    scope.extend(snapshot.mesh_wide.iter().cloned());
-    for p in model.policies() {
-        if meshed.iter().any(|w| MeshModel::policy_selects(p, w)) {
-            let key = ObjectKey::new(&p.namespace, &p.name);
-            scope.insert(named_key(ResourceType::AuthorizationPolicy, &key));
+    let mut namespaces: Vec<&str> = meshed.iter().map(|w| w.pod.namespace.as_str()).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    for ns in namespaces {
+        for p in model.policies_in(ns) {
+            if meshed.iter().any(|w| MeshModel::policy_selects(p, w)) {
+                let key = ObjectKey::new(&p.namespace, &p.name);
+                own.insert(named_key(ResourceType::AuthorizationPolicy, &key));
+            }
         }
     }
-    scope
+    Desired::new(
+        snapshot.mesh_wide.clone(),
+        snapshot.mesh_wide_hash,
+        snapshot.mesh_wide_changes.clone(),
+        snapshot.resolve(&own),
+    )
 }
 
 fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
@@ -103,10 +118,10 @@ fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
         add_service(model, scope, s);
         endpoints.extend(s.endpoints.iter().cloned());
     };
-    for s in model.services().filter(|s| &s.service.namespace == ns) {
+    for s in model.services_in(ns) {
         add(&mut scope, s);
     }
-    for r in model.routes().filter(|r| &r.namespace == ns) {
+    for r in model.routes_in(ns) {
         scope.insert(named_key(
             ResourceType::Route,
             &ObjectKey::new(&r.namespace, &r.name),
@@ -122,7 +137,7 @@ fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
             }
         }
     }
-    for p in model.policies().filter(|p| &p.namespace == ns) {
+    for p in model.policies_in(ns) {
         let selects = endpoints
             .iter()
             .filter_map(|e| model.workload(e))

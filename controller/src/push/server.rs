@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::session::{Answer, Session};
-use super::{ResourceKey, Snapshot, scope_of};
+use super::{ResourceKey, Snapshot, desired_for};
 use crate::model::MeshModel;
 
 /// Builds a snapshot of every new model, off the async workers since a large mesh takes a while,
@@ -21,7 +21,7 @@ pub fn publish_snapshots(
     mut models: watch::Receiver<Arc<MeshModel>>,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
-    let first = Snapshot::build(models.borrow_and_update().clone());
+    let first = Snapshot::build(models.borrow_and_update().clone(), None);
     let (tx, rx) = watch::channel(Arc::new(first));
     let task = tokio::spawn(async move {
         loop {
@@ -30,7 +30,9 @@ pub fn publish_snapshots(
                 () = shutdown.cancelled() => return,
             }
             let model = models.borrow_and_update().clone();
-            match tokio::task::spawn_blocking(move || Snapshot::build(model)).await {
+            let previous = tx.borrow().clone();
+            let build = move || Snapshot::build(model, Some(&previous));
+            match tokio::task::spawn_blocking(build).await {
                 Ok(snapshot) => {
                     tx.send_replace(Arc::new(snapshot));
                 }
@@ -168,7 +170,7 @@ impl Stream {
 
     async fn serve(&mut self, kind: &'static str) -> String {
         let mut snapshot = self.snapshots.borrow_and_update().clone();
-        let mut desired = snapshot.resolve(&scope_of(&snapshot, &self.subscriber));
+        let mut desired = desired_for(&snapshot, &self.subscriber);
         loop {
             if let Some(response) = self.session.next_response(&desired) {
                 let delta = if response.full_state { "full" } else { "delta" };
@@ -206,7 +208,7 @@ impl Stream {
                         return "the controller stopped publishing config".into();
                     }
                     snapshot = self.snapshots.borrow_and_update().clone();
-                    desired = snapshot.resolve(&scope_of(&snapshot, &self.subscriber));
+                    desired = desired_for(&snapshot, &self.subscriber);
                 }
             }
         }

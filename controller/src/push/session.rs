@@ -2,13 +2,12 @@
 //! the one response awaiting its ACK. One response at a time: changes that arrive meanwhile are
 //! folded into the next delta, so a slow proxy gets fewer, larger updates instead of a backlog.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use ambit_proto::api::discovery::{RemovedResource, Resource, SubscribeResponse};
+use ambit_proto::api::discovery::{RemovedResource, SubscribeResponse};
 
 use super::ResourceKey;
-use super::snapshot::system_version;
+use super::desired::Desired;
 
 /// A resource's version, or `None` for its removal.
 type Change = (ResourceKey, Option<String>);
@@ -39,6 +38,9 @@ pub(super) struct Session {
     rejected: HashMap<ResourceKey, Option<String>>,
     in_flight: Option<InFlight>,
     sent: u64,
+    /// The desired state of the last response (or of the last check that found nothing to send),
+    /// so the next check can look at what changed since instead of the whole scope.
+    synced: Option<Desired>,
 }
 
 impl Session {
@@ -50,15 +52,13 @@ impl Session {
             rejected: HashMap::new(),
             in_flight: None,
             sent: 0,
+            synced: None,
         }
     }
 
     /// The response that brings the proxy to `desired`, if one is due: the first response always
     /// is (so the proxy learns it is current), later ones only when something differs.
-    pub fn next_response(
-        &mut self,
-        desired: &BTreeMap<ResourceKey, Arc<Resource>>,
-    ) -> Option<SubscribeResponse> {
+    pub fn next_response(&mut self, desired: &Desired) -> Option<SubscribeResponse> {
         if self.in_flight.is_some() {
             return None;
         }
@@ -70,33 +70,51 @@ impl Session {
         });
         let mut resources = Vec::new();
         let mut changes = Vec::new();
-        for (key, resource) in desired {
-            let held = self.acked.get(key) == Some(&resource.version);
-            let refused = self.rejected.get(key) == Some(&Some(resource.version.clone()));
-            if full_state || (!held && !refused) {
+        let mut removed = Vec::new();
+        if full_state {
+            for (key, resource) in desired.iter() {
                 resources.push((**resource).clone());
                 changes.push((key.clone(), Some(resource.version.clone())));
             }
-        }
-        let mut removed: Vec<&ResourceKey> = if full_state {
-            Vec::new()
         } else {
-            self.acked
-                .keys()
-                .filter(|k| !desired.contains_key(*k) && self.rejected.get(*k) != Some(&None))
-                .collect()
-        };
-        removed.sort();
-        let removed: Vec<RemovedResource> = removed
-            .into_iter()
-            .map(|k| {
-                changes.push((k.clone(), None));
-                RemovedResource {
-                    r#type: k.kind.into(),
-                    name: k.name.to_string(),
+            let mut check = |key: &ResourceKey| match desired.get(key) {
+                Some(resource) => {
+                    let held = self.acked.get(key) == Some(&resource.version);
+                    let refused =
+                        matches!(self.rejected.get(key), Some(Some(v)) if *v == resource.version);
+                    if !held && !refused {
+                        resources.push((**resource).clone());
+                        changes.push((key.clone(), Some(resource.version.clone())));
+                    }
                 }
-            })
-            .collect();
+                None => {
+                    if self.acked.contains_key(key) && self.rejected.get(key) != Some(&None) {
+                        removed.push(RemovedResource {
+                            r#type: key.kind.into(),
+                            name: key.name.to_string(),
+                        });
+                        changes.push((key.clone(), None));
+                    }
+                }
+            };
+            match self
+                .synced
+                .as_ref()
+                .and_then(|s| desired.candidates_since(s))
+            {
+                Some(candidates) => candidates.into_iter().for_each(&mut check),
+                None => {
+                    let mut keys: Vec<&ResourceKey> = self.acked.keys().collect();
+                    keys.extend(desired.keys());
+                    keys.sort_unstable();
+                    keys.dedup();
+                    keys.into_iter().for_each(&mut check);
+                }
+            }
+        }
+        // Whether this response is ACKed or NACKed, afterwards every key of `desired` is held
+        // or refused at exactly its version, which is what the next incremental diff relies on.
+        self.synced = Some(desired.clone());
         if !first && changes.is_empty() {
             return None;
         }
@@ -108,7 +126,7 @@ impl Session {
             changes,
         });
         Some(SubscribeResponse {
-            system_version: system_version(desired),
+            system_version: desired.system_version(),
             nonce,
             resources,
             removed,
@@ -143,12 +161,16 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use ambit_proto::api::discovery::ResourceType;
+    use std::sync::Arc;
+
+    use ambit_proto::api::discovery::{Resource, ResourceType};
+
+    use crate::push::desired::SharedChanges;
 
     use super::*;
 
-    fn desired(items: &[(&str, &str)]) -> BTreeMap<ResourceKey, Arc<Resource>> {
-        items
+    fn desired(items: &[(&str, &str)]) -> Desired {
+        let own = items
             .iter()
             .map(|(name, version)| {
                 let key = ResourceKey::new(ResourceType::Service, *name);
@@ -159,7 +181,8 @@ mod tests {
                 };
                 (key, Arc::new(r))
             })
-            .collect()
+            .collect();
+        Desired::own(own)
     }
 
     fn names(r: &SubscribeResponse) -> Vec<(&str, &str)> {
@@ -237,6 +260,38 @@ mod tests {
         );
         let first = s.next_response(&desired(&[("a", "1")])).unwrap();
         assert!(first.resources.is_empty() && first.removed.is_empty() && !first.full_state);
+    }
+
+    fn resolved(items: &[(&str, &str)]) -> crate::push::desired::Resolved {
+        desired(items)
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_part_is_diffed_by_its_changes_with_the_same_result() {
+        let shared1 = Arc::new(resolved(&[("a", "1"), ("b", "1")]));
+        let d1 = Desired::new(shared1.clone(), 1, None, resolved(&[("x", "1")]));
+        let shared2 = resolved(&[("a", "2"), ("c", "1")]);
+        let changes = SharedChanges::between(shared1, &shared2);
+        let d2 = Desired::new(Arc::new(shared2), 2, Some(changes), resolved(&[("b", "1")]));
+        let mut sessions = [Session::new(HashMap::new()), Session::new(HashMap::new())];
+        for s in &mut sessions {
+            let first = s.next_response(&d1).unwrap();
+            assert_eq!(names(&first), [("a", "1"), ("b", "1"), ("x", "1")]);
+            s.answer(&first.nonce, "");
+        }
+        // The second session forgets where it was, so it compares everything.
+        sessions[1].synced = None;
+        let [incremental, full] = sessions.map(|mut s| s.next_response(&d2).unwrap());
+        for delta in [&incremental, &full] {
+            // b moved from the shared to the own part unchanged: not resent.
+            assert_eq!(names(delta), [("a", "2"), ("c", "1")]);
+            let removed: Vec<_> = delta.removed.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(removed, ["x"]);
+        }
+        assert_eq!(incremental.system_version, full.system_version);
     }
 
     #[test]

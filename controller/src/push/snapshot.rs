@@ -8,6 +8,7 @@ use ambit_proto::api::discovery::{Resource, ResourceType, resource::Kind};
 use prost::Message;
 
 use super::ResourceKey;
+use super::desired::{Resolved, SharedChanges, hash_resolved};
 use crate::model::{MeshModel, ObjectKey};
 
 /// The resources of one model, each versioned by a hash of its content: an unchanged resource
@@ -16,9 +17,12 @@ use crate::model::{MeshModel, ObjectKey};
 pub struct Snapshot {
     model: Arc<MeshModel>,
     resources: HashMap<ResourceKey, Arc<Resource>>,
-    /// What every node that captures traffic receives (see [`super::scope`]), computed once per
+    /// What every node that captures traffic receives (see [`super::scope`]), resolved once per
     /// model rather than once per node.
-    pub(super) mesh_wide: Vec<ResourceKey>,
+    pub(super) mesh_wide: Arc<Resolved>,
+    pub(super) mesh_wide_hash: u64,
+    /// How `mesh_wide` differs from the previous snapshot's.
+    pub(super) mesh_wide_changes: Option<SharedChanges>,
 }
 
 pub(super) fn workload_key(model: &MeshModel, key: &ObjectKey) -> Option<ResourceKey> {
@@ -31,7 +35,9 @@ pub(super) fn named_key(kind: ResourceType, key: &ObjectKey) -> ResourceKey {
 }
 
 impl Snapshot {
-    pub fn build(model: Arc<MeshModel>) -> Self {
+    /// `previous` is the snapshot this one replaces, if any: what changed since is computed once
+    /// here rather than by every subscription.
+    pub fn build(model: Arc<MeshModel>, previous: Option<&Snapshot>) -> Self {
         let mut resources = HashMap::new();
         let mut add = |key: ResourceKey, kind: Kind| {
             let version = content_version(&kind);
@@ -74,12 +80,19 @@ impl Snapshot {
             let key = ObjectKey::new(&r.namespace, &r.name);
             add(named_key(ResourceType::Route, &key), Kind::Route(r.clone()));
         }
-        let mesh_wide = super::scope::mesh_wide(m);
-        Snapshot {
-            model,
+        let mut snapshot = Snapshot {
+            model: model.clone(),
             resources,
-            mesh_wide,
-        }
+            mesh_wide: Arc::default(),
+            mesh_wide_hash: 0,
+            mesh_wide_changes: None,
+        };
+        let mesh_wide = snapshot.resolve(&super::scope::mesh_wide(&model));
+        snapshot.mesh_wide_hash = hash_resolved(&mesh_wide);
+        snapshot.mesh_wide_changes =
+            previous.map(|p| SharedChanges::between(p.mesh_wide.clone(), &mesh_wide));
+        snapshot.mesh_wide = Arc::new(mesh_wide);
+        snapshot
     }
 
     pub fn model(&self) -> &Arc<MeshModel> {
@@ -91,10 +104,7 @@ impl Snapshot {
     }
 
     /// The resources behind `keys`, in key order.
-    pub fn resolve<'a>(
-        &self,
-        keys: impl IntoIterator<Item = &'a ResourceKey>,
-    ) -> BTreeMap<ResourceKey, Arc<Resource>> {
+    pub fn resolve<'a>(&self, keys: impl IntoIterator<Item = &'a ResourceKey>) -> Resolved {
         keys.into_iter()
             .filter_map(|k| self.resources.get(k).map(|r| (k.clone(), r.clone())))
             .collect()
@@ -118,16 +128,6 @@ fn content_version(kind: &Kind) -> String {
         Kind::Service(s) => s.encode_to_vec().hash(&mut h),
         Kind::Waypoint(w) => w.encode_to_vec().hash(&mut h),
         Kind::Route(r) => r.encode_to_vec().hash(&mut h),
-    }
-    format!("{:016x}", h.finish())
-}
-
-/// The version of a whole scope: a hash of its keys and their versions.
-pub(super) fn system_version(scope: &BTreeMap<ResourceKey, Arc<Resource>>) -> String {
-    let mut h = DefaultHasher::new();
-    for (key, resource) in scope {
-        key.hash(&mut h);
-        resource.version.hash(&mut h);
     }
     format!("{:016x}", h.finish())
 }

@@ -35,7 +35,7 @@ routes:
 
 fn scope(kind: ProxyKind, namespace: &str, name: &str) -> Vec<String> {
     let model = parse(MESH, "scope test").unwrap().model;
-    let snapshot = Snapshot::build(Arc::new(model));
+    let snapshot = Snapshot::build(Arc::new(model), None);
     let subscriber = Subscriber {
         kind: kind.into(),
         name: name.into(),
