@@ -430,3 +430,37 @@ async fn a_ztunnel_receives_exactly_its_scope_and_one_change_is_one_small_delta(
         first.encoded_len()
     );
 }
+
+#[tokio::test]
+async fn a_waypoint_receives_its_namespace_services_endpoints_and_routes() {
+    let text = EMBEDDED_MESH.replace(
+        "pods:\n",
+        "waypoints:\n  - {name: demo-wp, namespace: demo, node: node-b, ipv4: 10.244.2.100}\npods:\n",
+    ) + "
+routes:
+  - name: reviews
+    namespace: demo
+    hostnames: [reviews.demo.svc.cluster.local]
+    rules: [{backends: [{service: reviews.demo.svc.cluster.local, port: 9080}]}]
+";
+    let c = start(mesh(&text)).await;
+    let subscriber = Subscriber {
+        kind: ProxyKind::Waypoint.into(),
+        name: "demo-wp".into(),
+        namespace: "demo".into(),
+        version: "test".into(),
+    };
+    let mut p = subscribe(&c, subscriber, HashMap::new()).await.unwrap();
+    let first = p.next().await;
+    assert!(first.full_state);
+    assert_eq!(
+        keys(&first),
+        [
+            "authorization_policy/demo/deny-denied-client",
+            "route/demo/reviews",
+            "service/demo/reviews",
+            "workload/local//Pod/demo/reviews-v1",
+            "workload/local//Pod/demo/reviews-v2",
+        ]
+    );
+}

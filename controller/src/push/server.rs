@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::session::{Answer, Session};
 use super::{ResourceKey, Snapshot, desired_for};
-use crate::model::MeshModel;
+use crate::model::{MeshModel, ObjectKey};
 
 /// Builds a snapshot of every new model, off the async workers since a large mesh takes a while,
 /// and publishes it to the subscriptions.
@@ -134,6 +134,16 @@ impl Discovery for DiscoveryService {
             }
         }
         tracing::info!(subscriber = %who, known = known.len(), proxy_version = %subscriber.version, "proxy subscribed");
+        let model = self.snapshots.borrow().model().clone();
+        let known_to_model = match ProxyKind::try_from(subscriber.kind) {
+            Ok(ProxyKind::Waypoint) => model
+                .waypoint(&ObjectKey::new(&subscriber.namespace, &subscriber.name))
+                .is_some(),
+            _ => model.node(&subscriber.name).is_some(),
+        };
+        if !known_to_model {
+            tracing::warn!(subscriber = %who, "the mesh declares no such node or waypoint: it gets an empty scope until the mesh declares it (check the proxy's name against the mesh)");
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let stream = Stream {
             inbound,
