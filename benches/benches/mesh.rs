@@ -4,7 +4,7 @@
 //! each ztunnel's CPU and memory with `--pods` pods on the nodes (100 by default).
 //!
 //! Needs root and release binaries: `cargo build --release --bins && cargo bench -p
-//! ambit-benches --bench mesh [-- --rounds 3 --seconds 5 --pods 100]`.
+//! ambit-benches --bench mesh [-- --rounds 3 --seconds 5 --pods 100 --workers 2]`.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -20,6 +20,7 @@ struct Opts {
     seconds: u64,
     pods: usize,
     megabytes: u64,
+    workers: usize,
 }
 
 fn opts() -> Opts {
@@ -36,6 +37,7 @@ fn opts() -> Opts {
         seconds: value("--seconds", 5).max(1) as u64,
         pods: value("--pods", 100).max(2),
         megabytes: value("--megabytes", 1024) as u64,
+        workers: value("--workers", 2).max(1),
     }
 }
 
@@ -116,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             binaries: binaries.clone(),
             start_apps: true,
             record_current: false,
+            ztunnel_workers: Some(o.workers),
         },
         &|step| eprintln!("mesh bench: {step}"),
     ))?;
@@ -207,8 +210,8 @@ fn main() -> anyhow::Result<()> {
     let peak: Vec<(f64, f64)> = pids.iter().map(|p| memory_mb(*p)).collect();
 
     println!(
-        "mesh bench: client@node-a -> server@node-b through two ztunnels vs direct; {} pods; {} rounds of {}s; medians",
-        o.pods, o.rounds, o.seconds
+        "mesh bench: client@node-a -> server@node-b through two ztunnels ({} worker threads each) vs direct; {} pods; {} rounds of {}s; medians",
+        o.workers, o.pods, o.rounds, o.seconds
     );
     report(
         "HTTP max rate, 1 connection",

@@ -47,6 +47,7 @@ pub async fn start(test: &str, mesh_yaml: Option<&str>) -> anyhow::Result<LocalM
             binaries: Binaries::locate()?,
             start_apps: true,
             record_current: false,
+            ztunnel_workers: None,
         },
         &|step| eprintln!("{test}: {step}"),
     )

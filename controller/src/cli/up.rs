@@ -28,6 +28,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             binaries: binaries.clone(),
             start_apps: true,
             record_current: true,
+            ztunnel_workers: None,
         },
         &progress,
     )

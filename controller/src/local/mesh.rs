@@ -117,6 +117,8 @@ pub struct Options {
     pub start_apps: bool,
     /// Record this run as the current one for the CLI.
     pub record_current: bool,
+    /// Each ztunnel's data-path worker threads (its default when `None`).
+    pub ztunnel_workers: Option<usize>,
 }
 
 pub struct LocalMesh {
@@ -251,7 +253,13 @@ impl LocalMesh {
                     .arg(state.metrics.to_string())
                     .arg("--readiness-addr")
                     .arg(state.readiness.to_string())
-                    .args(["--drain-timeout", "3s"]),
+                    .args(["--drain-timeout", "3s"])
+                    .args(
+                        options
+                            .ztunnel_workers
+                            .map(|n| vec!["--worker-threads".to_string(), n.to_string()])
+                            .unwrap_or_default(),
+                    ),
                 &options.work_dir.join(format!("ztunnel-{}.log", node.name)),
             )?;
             let mut state = state;
