@@ -13,8 +13,8 @@ pub enum SourceSpec {
     Embedded,
     /// A mesh file, reloaded when it changes.
     File(PathBuf),
-    /// The Kubernetes API. Not built yet: accepted so the flag's shape is settled, refused at
-    /// start with a clear message.
+    /// The Kubernetes API (in-cluster service account, else the kubeconfig): namespaces, pods
+    /// and services, watched.
     Kubernetes,
 }
 
@@ -54,7 +54,7 @@ impl fmt::Display for SourceSpec {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "controller", version)]
 pub struct Config {
-    /// Where the mesh comes from: file:PATH (watched for changes), kubernetes (not built yet), or
+    /// Where the mesh comes from: file:PATH (watched for changes), kubernetes (the cluster's API), or
     /// embedded (the demo mesh of examples/mesh.yaml).
     #[arg(long, default_value = "embedded")]
     pub source: SourceSpec,

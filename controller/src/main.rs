@@ -8,7 +8,7 @@ use ambit_controller::ca::CaService;
 use ambit_controller::config::{Config, SourceSpec};
 use ambit_controller::model::MeshModel;
 use ambit_controller::push::{DiscoveryService, publish_snapshots};
-use ambit_controller::source::file;
+use ambit_controller::source::{file, kubernetes};
 use ambit_proto::identity::CertificateAuthority;
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -37,7 +37,7 @@ enum Source {
     Watched(tokio::task::JoinHandle<()>),
 }
 
-fn open_source(
+async fn open_source(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(watch::Receiver<Arc<MeshModel>>, Source)> {
@@ -51,15 +51,18 @@ fn open_source(
             let watching = file::watch(path.clone(), config.reload_interval, shutdown.clone())?;
             Ok((watching.models, Source::Watched(watching.task)))
         }
-        SourceSpec::Kubernetes => bail!(
-            "--source kubernetes is not built yet (it is a later issue): use --source file:PATH, or leave --source out to serve the embedded demo mesh"
-        ),
+        SourceSpec::Kubernetes => {
+            let client = kubernetes::default_client().await?;
+            let options = kubernetes::Options::default();
+            let watching = kubernetes::watch(client, options, shutdown.clone()).await?;
+            Ok((watching.models, Source::Watched(watching.task)))
+        }
     }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let (models, source) = open_source(&config, &shutdown)?;
+    let (models, source) = open_source(&config, &shutdown).await?;
     let model = models.borrow().clone();
     let ca = CertificateAuthority::load_or_generate(
         model.trust_domain(),
@@ -77,16 +80,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on --metrics {}", config.metrics))?;
     let ready = Arc::new(AtomicBool::new(false));
+    let (snapshots, _snapshot_task) = publish_snapshots(models.clone(), shutdown.clone());
+    let discovery = DiscoveryService::new(snapshots, shutdown.clone());
     let admin = Admin {
         metrics,
         ready: ready.clone(),
+        sync: discovery.sync_table(),
     };
     tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 
-    let (snapshots, _snapshot_task) = publish_snapshots(models.clone(), shutdown.clone());
     let mut grpc = tokio::spawn(ambit_controller::grpc::serve(
         grpc_listener,
-        DiscoveryService::new(snapshots, shutdown.clone()),
+        discovery,
         CaService::new(Arc::new(ca), models, config.cert_ttl),
         shutdown.clone(),
     ));
@@ -124,7 +129,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
     }
     if let Source::Watched(task) = source {
-        task.await.context("the mesh file watcher failed")?;
+        task.await.context("the source's watch task failed")?;
     }
     tracing::info!("controller stopped");
     Ok(())

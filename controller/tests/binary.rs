@@ -13,14 +13,20 @@ use tokio_stream::wrappers::ReceiverStream;
 const BIN: &str = env!("CARGO_BIN_EXE_controller");
 
 #[test]
-fn the_kubernetes_source_says_it_is_not_built_yet() {
+fn the_kubernetes_source_without_a_cluster_says_how_to_give_one() {
     let out = Command::new(BIN)
         .args(["--source", "kubernetes", "--log", "error"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not built yet"), "{stderr}");
+    assert!(
+        stderr.contains("could not connect to the Kubernetes API") && stderr.contains("KUBECONFIG"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -2,3 +2,4 @@
 //! `tokio::sync::watch` channel; readers take the latest and never see a partial update.
 
 pub mod file;
+pub mod kubernetes;

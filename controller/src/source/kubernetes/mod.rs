@@ -1,0 +1,94 @@
+//! The Kubernetes source: watches the cluster's namespaces, pods and services through the API
+//! server and publishes a new model, built by the same [`crate::model::MeshBuilder`] as the mesh
+//! file's, shortly after any of them changes.
+//!
+//! - `convert`: Kubernetes objects to the model's input; what cannot be used is skipped with the
+//!   reason (a pod without IP, a named target port that does not resolve…), never fatal.
+//! - `assemble`: the model from that input, leaving out whatever the model rejects.
+//! - `watch`: the reflectors (list + watch caches) and the debounced rebuild.
+//!
+//! Not watched yet: EndpointSlices (endpoints are the pods a service selects), Nodes (a node is
+//! known through its pods and gets no bootstrap token, so no certificates from this source),
+//! and Ambit's CRDs (waypoints, authorization policies, routes): an `ambit.io/use-waypoint` label
+//! therefore names no known waypoint and is ignored with a log line.
+
+mod assemble;
+mod convert;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch as channel;
+use tokio_util::sync::CancellationToken;
+
+pub use assemble::assemble;
+pub use convert::{Input, Skip, convert};
+
+use crate::model::{MeshModel, ModelError};
+
+/// The trust domain when none is configured, as in Istio and Kubernetes.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Prefix of workload uids from this source (Istio's default cluster id).
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub trust_domain: String,
+    pub cluster_id: String,
+    /// How long after a change the model is rebuilt; changes meanwhile join the same rebuild.
+    pub debounce: Duration,
+    /// How long the first list of every kind may take before the start fails.
+    pub sync_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            cluster_id: DEFAULT_CLUSTER_ID.into(),
+            debounce: Duration::from_millis(100),
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    #[error(
+        "could not connect to the Kubernetes API (in a pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Client(#[source] kube::Error),
+    #[error(
+        "the Kubernetes API did not list namespaces, pods and services within {timeout:?}: check that the API server is reachable and that the controller may list and watch them (RBAC); the watch errors above say which failed"
+    )]
+    NotSynced { timeout: Duration },
+    #[error("the cluster does not make a mesh model:{}", errors.iter().map(|e| format!("\n  {e}")).collect::<String>())]
+    Model { errors: Vec<ModelError> },
+}
+
+/// The source once started: the latest model, and the task that keeps it current.
+pub struct Watching {
+    pub models: channel::Receiver<Arc<MeshModel>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Watches the cluster `client` talks to, until `shutdown`. Returns once the first model is
+/// built, that is once every kind has been listed completely.
+pub async fn watch(
+    client: kube::Client,
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<Watching, KubernetesError> {
+    watch::start(client, options, shutdown).await
+}
+
+/// A client from the environment: the in-cluster service account, else the kubeconfig.
+pub async fn default_client() -> Result<kube::Client, KubernetesError> {
+    kube::Client::try_default()
+        .await
+        .map_err(KubernetesError::Client)
+}
+
+#[cfg(test)]
+mod tests;

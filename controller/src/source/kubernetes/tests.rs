@@ -1,0 +1,185 @@
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::model::{AppProtocol, Kind, ObjectKey, ResourceRef};
+
+fn ns(name: &str, labels: Value) -> core::Namespace {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+}
+
+fn pod(ns: &str, name: &str, ip: Option<&str>, labels: Value) -> core::Pod {
+    let ips: Vec<Value> = ip.iter().map(|ip| json!({"ip": ip})).collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "nodeName": "node-a",
+            "serviceAccountName": "sa-".to_string() + name,
+            "containers": [{"name": "app", "ports": [{"name": "web", "containerPort": 8080}]}]
+        },
+        "status": {
+            "phase": "Running",
+            "podIPs": ips,
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }
+    }))
+    .unwrap()
+}
+
+fn service(ns: &str, name: &str, vip: &str, selector: Value, ports: Value) -> core::Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"clusterIP": vip, "clusterIPs": [vip], "selector": selector, "ports": ports}
+    }))
+    .unwrap()
+}
+
+fn build(
+    namespaces: &[core::Namespace],
+    pods: &[core::Pod],
+    services: &[core::Service],
+) -> (MeshModel, Vec<Skip>) {
+    let input = convert(namespaces, pods, services);
+    assemble(&input, DEFAULT_TRUST_DOMAIN, DEFAULT_CLUSTER_ID).unwrap()
+}
+
+fn meshed(model: &MeshModel, ns: &str, name: &str) -> bool {
+    model.workload(&ObjectKey::new(ns, name)).unwrap().meshed
+}
+
+#[test]
+fn namespace_opt_in_and_pod_opt_out() {
+    let (model, skips) = build(
+        &[
+            ns("in", json!({"ambit.io/dataplane-mode": "ambient"})),
+            ns("out", json!({})),
+        ],
+        &[
+            pod("in", "a", Some("10.0.0.1"), json!({})),
+            pod(
+                "in",
+                "b",
+                Some("10.0.0.2"),
+                json!({"ambit.io/dataplane-mode": "none"}),
+            ),
+            pod("out", "c", Some("10.0.0.3"), json!({})),
+        ],
+        &[],
+    );
+    assert!(skips.is_empty(), "{skips:?}");
+    assert!(meshed(&model, "in", "a"));
+    assert!(!meshed(&model, "in", "b"));
+    assert!(!meshed(&model, "out", "c"));
+    let a = model.workload(&ObjectKey::new("in", "a")).unwrap();
+    assert_eq!(a.uid, "Kubernetes//Pod/in/a");
+    assert_eq!(
+        a.identity.to_string(),
+        "spiffe://cluster.local/ns/in/sa/sa-a"
+    );
+    assert!(a.pod.healthy);
+    assert_eq!(a.pod.node, "node-a");
+    assert!(model.node("node-a").is_some());
+}
+
+#[test]
+fn service_selects_its_pods_and_resolves_ports() {
+    let (model, skips) = build(
+        &[ns("demo", json!({}))],
+        &[
+            pod("demo", "r1", Some("10.0.0.1"), json!({"app": "reviews"})),
+            pod("demo", "r2", Some("10.0.0.2"), json!({"app": "reviews"})),
+            pod("demo", "other", Some("10.0.0.3"), json!({"app": "ratings"})),
+        ],
+        &[service(
+            "demo",
+            "reviews",
+            "10.96.0.10",
+            json!({"app": "reviews"}),
+            json!([
+                {"name": "http", "port": 80, "targetPort": 8080},
+                {"name": "named", "port": 81, "targetPort": "web", "appProtocol": "grpc"},
+                {"name": "grpc-x", "port": 82},
+                {"name": "missing", "port": 83, "targetPort": "nope"},
+                {"name": "dns", "port": 53, "protocol": "UDP"}
+            ]),
+        )],
+    );
+    let svc = model.service(&ObjectKey::new("demo", "reviews")).unwrap();
+    assert_eq!(
+        svc.endpoints,
+        vec![ObjectKey::new("demo", "r1"), ObjectKey::new("demo", "r2")]
+    );
+    assert_eq!(
+        svc.service.vips,
+        vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+    );
+    let ports: Vec<(u16, u16, AppProtocol)> = svc
+        .service
+        .ports
+        .iter()
+        .map(|p| (p.port, p.target_port, p.app_protocol))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            (80, 8080, AppProtocol::Http),
+            (81, 8080, AppProtocol::Grpc),
+            (82, 82, AppProtocol::Grpc),
+        ]
+    );
+    let subject = ResourceRef::new(Kind::Service, "demo/reviews");
+    assert_eq!(skips.len(), 2, "{skips:?}");
+    assert!(skips.iter().all(|s| s.subject == subject));
+    assert!(
+        skips.iter().any(|s| s.reason.contains("\"nope\"")),
+        "{skips:?}"
+    );
+    assert!(skips.iter().any(|s| s.reason.contains("UDP")), "{skips:?}");
+}
+
+#[test]
+fn bad_objects_are_skipped_with_a_reason_not_fatal() {
+    let mut pending = pod("demo", "pending", None, json!({}));
+    pending.spec.as_mut().unwrap().node_name = None;
+    let mut host = pod("demo", "host", Some("192.168.0.1"), json!({}));
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    let (model, skips) = build(
+        &[ns("demo", json!({"ambit.io/dataplane-mode": "sideways"}))],
+        &[
+            pod("demo", "no-ip", None, json!({})),
+            pending,
+            host,
+            pod("demo", "first", Some("10.0.0.9"), json!({})),
+            // Same IP as `first`: the model rejects the later one, the rest is served.
+            pod(
+                "demo",
+                "second",
+                Some("10.0.0.9"),
+                json!({"ambit.io/use-waypoint": "wp"}),
+            ),
+        ],
+        &[],
+    );
+    let names: Vec<String> = model.workloads().map(|w| w.pod.name.clone()).collect();
+    assert_eq!(names, vec!["first"]);
+    assert!(!meshed(&model, "demo", "first"));
+    let reason = |name: &str| {
+        skips
+            .iter()
+            .filter(|s| s.subject.name == name)
+            .map(|s| s.reason.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    assert!(reason("demo/no-ip").contains("no IP"), "{skips:?}");
+    assert!(
+        reason("demo/pending").contains("not scheduled"),
+        "{skips:?}"
+    );
+    assert!(reason("demo/host").contains("host network"), "{skips:?}");
+    assert!(reason("demo/second").contains("10.0.0.9"), "{skips:?}");
+    assert!(reason("demo/second").contains("waypoint"), "{skips:?}");
+    assert!(reason("demo").contains("sideways"), "{skips:?}");
+}
