@@ -1,4 +1,5 @@
-//! The controller's HTTP endpoints: `/metrics` (Prometheus text) and `/healthz/ready`.
+//! The controller's HTTP endpoints: `/metrics` (Prometheus text), `/healthz/ready`, and
+//! `/debug/syncz` (each subscribed proxy's desired and ACKed config versions).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,12 +15,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::push::SyncTable;
+
 /// What the endpoints report. `ready` turns true once the model is loaded and the gRPC port
 /// listens, and false again when draining, so a load balancer stops sending new proxies here.
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: PrometheusHandle,
     pub ready: Arc<AtomicBool>,
+    /// Where each subscribed proxy stands, for `/debug/syncz`.
+    pub sync: SyncTable,
 }
 
 impl Admin {
@@ -42,6 +47,13 @@ impl Admin {
         }
         match request.uri().path() {
             "/metrics" => text(StatusCode::OK, self.metrics.render()),
+            "/debug/syncz" => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(
+                    serde_json::to_vec_pretty(&self.sync.snapshot()).expect("statuses serialize"),
+                )))
+                .expect("static response parts are valid"),
             "/healthz/ready" if self.ready.load(Ordering::Relaxed) => {
                 text(StatusCode::OK, "ready\n".into())
             }
@@ -51,7 +63,7 @@ impl Admin {
             ),
             path => text(
                 StatusCode::NOT_FOUND,
-                format!("no {path} here: try /metrics or /healthz/ready\n"),
+                format!("no {path} here: try /metrics, /healthz/ready or /debug/syncz\n"),
             ),
         }
     }
@@ -114,6 +126,7 @@ mod tests {
         let admin = Admin {
             metrics: handle,
             ready: ready.clone(),
+            sync: SyncTable::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

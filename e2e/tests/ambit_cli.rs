@@ -239,7 +239,7 @@ fn ambit_config_and_bench_on_a_running_mesh() {
 
     let status = run(&["status"]);
     assert!(
-        status.contains("controller") && status.contains("in sync"),
+        status.contains("controller") && status.matches("in sync with the controller").count() == 2,
         "{status}"
     );
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{ConfigArgs, Output, OutputArgs, Section};
 use crate::local::RunState;
 use crate::local::apps::fetch;
+use crate::push::SyncStatus;
 
 async fn dump(admin: SocketAddr) -> anyhow::Result<ConfigDump> {
     let (status, body) = fetch(&format!("http://{admin}/config_dump"))
@@ -265,18 +266,38 @@ pub async fn status(args: OutputArgs) -> anyhow::Result<()> {
             Err(e) => format!("down: {e}"),
         },
     });
+    // What the controller wants each proxy to hold, and what each has ACKed.
+    let syncz = format!("http://{}/debug/syncz", state.controller_metrics);
+    let sync: Vec<SyncStatus> = match fetch(&syncz).await {
+        Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+        _ => Vec::new(),
+    };
     for node in &state.nodes {
+        let wanted = sync
+            .iter()
+            .find(|s| s.kind == "ztunnel" && s.name == node.name);
         let row = match dump(node.admin).await {
             Ok(d) => ComponentStatus {
                 component: format!("ztunnel {}", node.name),
                 address: node.admin.to_string(),
                 version: d.version,
-                config_version: d.config_version,
-                state: if d.synced {
-                    format!("in sync ({} pods captured)", d.pods.len())
-                } else {
-                    "waiting for config from the controller".into()
+                state: match wanted {
+                    _ if !d.synced => "waiting for its first config".into(),
+                    None => "not subscribed to the controller (serving its last config)".into(),
+                    Some(w) if w.last_nack.is_some() => format!(
+                        "refused the controller's last config: {}",
+                        w.last_nack.as_deref().unwrap_or_default()
+                    ),
+                    Some(w) if w.in_sync() && w.desired_version == d.config_version => format!(
+                        "in sync with the controller ({} pods captured)",
+                        d.pods.len()
+                    ),
+                    Some(w) => format!(
+                        "behind: holds {}, the controller has {}",
+                        d.config_version, w.desired_version
+                    ),
                 },
+                config_version: d.config_version,
             },
             Err(e) => ComponentStatus {
                 component: format!("ztunnel {}", node.name),

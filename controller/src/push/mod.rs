@@ -11,6 +11,7 @@ mod scope;
 mod server;
 mod session;
 mod snapshot;
+mod sync;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use desired::Desired;
 pub use scope::{Scope, desired_for, scope_of};
 pub use server::{DiscoveryService, publish_snapshots};
 pub use snapshot::Snapshot;
+pub use sync::{SyncStatus, SyncTable};
 
 /// One resource's identity in a subscription: its type and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

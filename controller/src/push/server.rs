@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::session::{Answer, Session};
-use super::{ResourceKey, Snapshot, desired_for};
+use super::{ResourceKey, Snapshot, SyncTable, desired_for};
 use crate::model::{MeshModel, ObjectKey};
 
 /// Builds a snapshot of every new model, off the async workers since a large mesh takes a while,
@@ -50,6 +50,7 @@ pub fn publish_snapshots(
 pub struct DiscoveryService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     shutdown: CancellationToken,
+    sync: SyncTable,
 }
 
 /// Responses are small and the proxy answers each before the next, so a short queue suffices.
@@ -62,7 +63,13 @@ impl DiscoveryService {
         DiscoveryService {
             snapshots,
             shutdown,
+            sync: SyncTable::default(),
         }
+    }
+
+    /// Where each subscribed proxy stands (for the admin endpoint).
+    pub fn sync_table(&self) -> SyncTable {
+        self.sync.clone()
     }
 
     pub fn into_server(self) -> DiscoveryServer<Self> {
@@ -150,9 +157,11 @@ impl Discovery for DiscoveryService {
             tx,
             snapshots: self.snapshots.clone(),
             session: Session::new(known),
+            sync_name: sync_name(&subscriber),
             subscriber,
             who,
             shutdown: self.shutdown.clone(),
+            sync: self.sync.clone(),
         };
         tokio::spawn(stream.run());
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -167,6 +176,15 @@ struct Stream {
     subscriber: Subscriber,
     who: String,
     shutdown: CancellationToken,
+    sync: SyncTable,
+    sync_name: String,
+}
+
+fn sync_name(s: &Subscriber) -> String {
+    match ProxyKind::try_from(s.kind) {
+        Ok(ProxyKind::Waypoint) => format!("{}/{}", s.namespace, s.name),
+        _ => s.name.clone(),
+    }
 }
 
 impl Stream {
@@ -174,6 +192,7 @@ impl Stream {
         let kind = kind_label(&self.subscriber);
         metrics::gauge!("ambit_controller_subscribers", "kind" => kind).increment(1.0);
         let ended = self.serve(kind).await;
+        self.sync.remove(kind, &self.sync_name);
         metrics::gauge!("ambit_controller_subscribers", "kind" => kind).decrement(1.0);
         tracing::info!(subscriber = %self.who, "subscription ended: {ended}");
     }
@@ -182,6 +201,9 @@ impl Stream {
         let mut snapshot = self.snapshots.borrow_and_update().clone();
         let mut desired = desired_for(&snapshot, &self.subscriber);
         loop {
+            let version = desired.system_version();
+            self.sync
+                .update(kind, &self.sync_name, |s| s.desired_version = version);
             if let Some(response) = self.session.next_response(&desired) {
                 let delta = if response.full_state { "full" } else { "delta" };
                 metrics::counter!("ambit_controller_pushes_total", "kind" => kind, "type" => delta)
@@ -226,9 +248,19 @@ impl Stream {
 
     fn answer(&mut self, kind: &'static str, request: &SubscribeRequest) {
         let nonce = &request.response_nonce;
+        let in_flight_version = self.session.in_flight_version();
         match self.session.answer(nonce, &request.error_detail) {
-            Answer::Ack => tracing::debug!(subscriber = %self.who, %nonce, "config ACKed"),
+            Answer::Ack => {
+                tracing::debug!(subscriber = %self.who, %nonce, "config ACKed");
+                self.sync.update(kind, &self.sync_name, |s| {
+                    s.acked_version = in_flight_version;
+                    s.last_nack = None;
+                });
+            }
             Answer::Nack { changes } => {
+                let reason = request.error_detail.clone();
+                self.sync
+                    .update(kind, &self.sync_name, |s| s.last_nack = Some(reason));
                 metrics::counter!("ambit_controller_nacks_total", "kind" => kind).increment(1);
                 tracing::warn!(
                     subscriber = %self.who,

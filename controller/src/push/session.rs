@@ -16,6 +16,8 @@ struct InFlight {
     nonce: String,
     full_state: bool,
     changes: Vec<Change>,
+    /// The scope's version this response brings the proxy to.
+    system_version: String,
 }
 
 /// What a proxy's answer meant.
@@ -124,6 +126,7 @@ impl Session {
             nonce: nonce.clone(),
             full_state,
             changes,
+            system_version: desired.system_version(),
         });
         Some(SubscribeResponse {
             system_version: desired.system_version(),
@@ -132,6 +135,11 @@ impl Session {
             removed,
             full_state,
         })
+    }
+
+    /// The version the response awaiting an answer brings the proxy to.
+    pub fn in_flight_version(&self) -> Option<String> {
+        self.in_flight.as_ref().map(|f| f.system_version.clone())
     }
 
     /// Takes the proxy's ACK (empty `error_detail`) or NACK of the response with `nonce`.
