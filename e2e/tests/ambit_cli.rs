@@ -21,14 +21,17 @@ fn stale_leftovers() -> Vec<String> {
         .collect()
 }
 
-fn mesh_processes() -> Vec<String> {
+/// The controller and ztunnels a given `ambit up` started (they run from its work directory,
+/// /run/ambit/up-<pid>), still alive.
+fn mesh_processes(up_pid: u32) -> Vec<String> {
     let out = Command::new("ps")
         .args(["-eo", "pid,args"])
         .output()
         .expect("ps");
+    let work_dir = format!("/run/ambit/up-{up_pid}/");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("/controller --source") || l.contains("/ztunnel --node"))
+        .filter(|l| l.contains(&work_dir) && !l.contains("ambit up"))
         .map(str::to_string)
         .collect()
 }
@@ -59,10 +62,14 @@ fn ambit_up_runs_the_default_mesh_and_leaves_nothing_behind() {
     if !can_run("ambit_up_runs_the_default_mesh") {
         return;
     }
-    let out = ambit()
+    let child = ambit()
         .args(["up", "--duration", "20s", "--every", "5s"])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("ambit up");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("ambit up exits");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ambit up failed:\n{stdout}\n{stderr}");
@@ -74,9 +81,9 @@ fn ambit_up_runs_the_default_mesh_and_leaves_nothing_behind() {
         stale_leftovers()
     );
     assert!(
-        mesh_processes().is_empty(),
+        mesh_processes(pid).is_empty(),
         "processes left: {:?}",
-        mesh_processes()
+        mesh_processes(pid)
     );
 }
 
@@ -91,6 +98,7 @@ fn ambit_up_cleans_up_after_sigint() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ambit up");
+    let pid = child.id();
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -134,9 +142,9 @@ fn ambit_up_cleans_up_after_sigint() {
         stale_leftovers()
     );
     assert!(
-        mesh_processes().is_empty(),
+        mesh_processes(pid).is_empty(),
         "processes left: {:?}",
-        mesh_processes()
+        mesh_processes(pid)
     );
     assert!(!std::path::Path::new(CURRENT_RUN).exists());
 }
