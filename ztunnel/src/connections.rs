@@ -40,6 +40,32 @@ pub struct ConnectionInfo {
     pub error: Option<String>,
 }
 
+impl ConnectionInfo {
+    /// A connection starting now; the caller fills in what it knows of the two sides.
+    pub fn starting(
+        direction: Direction,
+        pod: &str,
+        source: SocketAddr,
+        destination: SocketAddr,
+        protocol: &str,
+    ) -> Self {
+        ConnectionInfo {
+            direction,
+            pod: pod.into(),
+            source,
+            source_identity: None,
+            destination,
+            destination_workload: None,
+            destination_service: None,
+            protocol: protocol.into(),
+            started: SystemTime::now(),
+            sent: None,
+            received: None,
+            error: None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ConnectionTracker {
     next: AtomicU64,

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
@@ -110,18 +109,15 @@ impl TunnelHandler for InboundHandler {
             }
         };
         let tracked = ctx.connections.track(ConnectionInfo {
-            direction: Direction::Inbound,
-            pod: pod.uid.to_string(),
-            source: request.forwarded_for().unwrap_or(peer),
             source_identity: Some(request.peer.to_string()),
-            destination: target,
             destination_workload: Some(workload.uid.to_string()),
-            destination_service: None,
-            protocol: "HBONE".into(),
-            started: SystemTime::now(),
-            sent: None,
-            received: None,
-            error: None,
+            ..ConnectionInfo::starting(
+                Direction::Inbound,
+                &pod.uid,
+                request.forwarded_for().unwrap_or(peer),
+                target,
+                "HBONE",
+            )
         });
         let app = match pod.dialer.connect(target).await {
             Ok(app) => app,
@@ -190,18 +186,8 @@ async fn handle_plaintext(
         }
     };
     let tracked = ctx.connections.track(ConnectionInfo {
-        direction: Direction::Inbound,
-        pod: pod.uid.to_string(),
-        source: peer,
-        source_identity: None,
-        destination: target,
         destination_workload: Some(workload.uid.to_string()),
-        destination_service: None,
-        protocol: "TCP".into(),
-        started: SystemTime::now(),
-        sent: None,
-        received: None,
-        error: None,
+        ..ConnectionInfo::starting(Direction::Inbound, &pod.uid, peer, target, "TCP")
     });
     let app = match pod.dialer.connect(target).await {
         Ok(app) => app,

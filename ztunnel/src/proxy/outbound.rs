@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{ConnectRequest, HBONE_PORT};
@@ -88,18 +87,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 traceparent: None,
             };
             let tracked = ctx.connections.track(ConnectionInfo {
-                direction: Direction::Outbound,
-                pod: pod.uid.to_string(),
-                source: peer,
                 source_identity: source_principal.clone(),
-                destination: target,
                 destination_workload: Some(workload.uid.to_string()),
                 destination_service: service.as_ref().map(|s| s.key.to_string()),
-                protocol: "HBONE".into(),
-                started: SystemTime::now(),
-                sent: None,
-                received: None,
-                error: None,
+                ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
             });
             let tunnel = match pod.hbone.connect(&request).await {
                 Ok(t) => t,
@@ -128,18 +119,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 Security::None,
             );
             let tracked = ctx.connections.track(ConnectionInfo {
-                direction: Direction::Outbound,
-                pod: pod.uid.to_string(),
-                source: peer,
                 source_identity: source_principal.clone(),
-                destination: target,
                 destination_workload: workload.as_ref().map(|w| w.uid.to_string()),
                 destination_service: service.as_ref().map(|s| s.key.to_string()),
-                protocol: "TCP".into(),
-                started: SystemTime::now(),
-                sent: None,
-                received: None,
-                error: None,
+                ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "TCP")
             });
             let upstream = match pod.dialer.connect(target).await {
                 Ok(u) => u,
