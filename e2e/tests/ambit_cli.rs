@@ -149,21 +149,65 @@ fn ambit_up_cleans_up_after_sigint() {
     assert!(!std::path::Path::new(CURRENT_RUN).exists());
 }
 
+/// An `ambit up` in the background, stopped with SIGINT when dropped, even if the test fails.
+struct RunningUp(Option<std::process::Child>);
+
+impl RunningUp {
+    /// Starts it and waits until its traffic flows (pods captured, certificates issued).
+    fn start() -> Self {
+        let mut child = ambit()
+            .args(["up", "--duration", "10m", "--every", "60s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ambit up");
+        let stderr = child.stderr.take().expect("piped");
+        let up = RunningUp(Some(child));
+        let mut seen = Vec::new();
+        let mut lines = BufReader::new(stderr).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            let flowing = line.contains("traffic flowing");
+            seen.push(line);
+            if flowing {
+                // Keep reading, or its next progress line would hit a closed pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return up;
+            }
+        }
+        panic!("ambit up never got its traffic flowing: {seen:#?}");
+    }
+
+    /// SIGINT, then wait; true if it exited with success.
+    fn stop(mut self) -> bool {
+        let Some(mut child) = self.0.take() else {
+            return false;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for RunningUp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn ambit_config_and_bench_on_a_running_mesh() {
     if !can_run("ambit_config_and_bench") {
         return;
     }
-    let mut up = ambit()
-        .args(["up", "--duration", "10m", "--every", "60s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ambit up");
-    let start = Instant::now();
-    while !std::path::Path::new(CURRENT_RUN).exists() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let up = RunningUp::start();
     let run = |args: &[&str]| {
         let out = ambit().args(args).output().expect("ambit");
         assert!(
@@ -266,12 +310,7 @@ fn ambit_config_and_bench_on_a_running_mesh() {
     }
     assert!(bench["ratio_rps"].as_f64().unwrap() > 0.0, "{bench}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
-    assert!(up.wait().expect("ambit up exits").success());
+    assert!(up.stop(), "ambit up did not exit cleanly after SIGINT");
 }
 
 #[test]

@@ -18,7 +18,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // A broken mesh file is refused before anything is created.
     LocalMesh::check(args.file.as_deref())?;
     let started = Instant::now();
-    let progress = |step: &str| eprintln!("[{:>5.1}s] {step}", started.elapsed().as_secs_f64());
+    // Progress must never abort a run that is tearing down (a closed terminal or pipe).
+    let progress = |step: &str| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "[{:>5.1}s] {step}",
+            started.elapsed().as_secs_f64()
+        );
+    };
     let binaries = Binaries::locate()?;
     let work_dir = PathBuf::from(format!("/run/ambit/up-{}", std::process::id()));
     let mesh = LocalMesh::up(
