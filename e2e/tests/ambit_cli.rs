@@ -36,6 +36,18 @@ fn mesh_processes(up_pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// No namespace, link, record or process of the `ambit up` with this pid is left.
+fn assert_nothing_left(up_pid: u32) {
+    let left = stale_leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let processes = mesh_processes(up_pid);
+    assert!(processes.is_empty(), "processes left: {processes:?}");
+    assert!(
+        !std::path::Path::new(CURRENT_RUN).exists(),
+        "{CURRENT_RUN} left behind"
+    );
+}
+
 fn check_summary(out: &str) {
     assert!(out.contains("== final summary"), "no final summary:\n{out}");
     assert!(
@@ -75,16 +87,7 @@ fn ambit_up_runs_the_default_mesh_and_leaves_nothing_behind() {
     assert!(out.status.success(), "ambit up failed:\n{stdout}\n{stderr}");
     check_summary(&stdout);
     assert!(stderr.contains("removed everything it made"), "{stderr}");
-    assert!(
-        stale_leftovers().is_empty(),
-        "left behind: {:?}",
-        stale_leftovers()
-    );
-    assert!(
-        mesh_processes(pid).is_empty(),
-        "processes left: {:?}",
-        mesh_processes(pid)
-    );
+    assert_nothing_left(pid);
 }
 
 #[test]
@@ -136,17 +139,7 @@ fn ambit_up_cleans_up_after_sigint() {
         "ambit up failed after SIGINT:\n{stdout}\n{log:#?}"
     );
     check_summary(&stdout);
-    assert!(
-        stale_leftovers().is_empty(),
-        "left behind: {:?}",
-        stale_leftovers()
-    );
-    assert!(
-        mesh_processes(pid).is_empty(),
-        "processes left: {:?}",
-        mesh_processes(pid)
-    );
-    assert!(!std::path::Path::new(CURRENT_RUN).exists());
+    assert_nothing_left(pid);
 }
 
 /// An `ambit up` in the background, stopped with SIGINT when dropped, even if the test fails.

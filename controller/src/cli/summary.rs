@@ -12,6 +12,7 @@ use ambit_ztunnel::connections::Direction;
 use crate::local::LocalMesh;
 use crate::local::apps::DriveReport;
 use crate::model::AppProtocol;
+use crate::source::file::TopologyPod;
 
 /// One client calling one service port.
 #[derive(Debug, Clone)]
@@ -49,8 +50,8 @@ struct Carried {
 }
 
 impl Summary {
-    /// Pods without an app are clients; each calls every HTTP port of every service, on the
-    /// service's first IPv4 VIP.
+    /// Each client (see [`clients`]) calls every HTTP port of every service, on the service's
+    /// first IPv4 VIP.
     pub fn plan(mesh: &LocalMesh) -> Self {
         let model = &mesh.file().model;
         let mut flows = Vec::new();
@@ -58,13 +59,7 @@ impl Summary {
         for pod in &mesh.file().topology.pods {
             pod_nodes.insert(pod.name.clone(), pod.node.clone());
         }
-        let clients: Vec<_> = mesh
-            .file()
-            .topology
-            .pods
-            .iter()
-            .filter(|p| p.app.is_none())
-            .collect();
+        let clients: Vec<_> = clients(mesh).collect();
         let mut unmeshed_services = BTreeSet::new();
         for entry in model.services() {
             let svc = &entry.service;
@@ -320,6 +315,11 @@ impl Summary {
         }
         checks
     }
+}
+
+/// The mesh's client pods: those without a sample app, which call every service.
+pub fn clients(mesh: &LocalMesh) -> impl Iterator<Item = &TopologyPod> {
+    mesh.file().topology.pods.iter().filter(|p| p.app.is_none())
 }
 
 /// Server pod -> the SPIFFE IDs its ztunnel accepted tunnels from.

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::UpArgs;
-use super::summary::Summary;
+use super::summary::{self, Summary};
 use crate::local::apps::{DriveReport, fetch};
 use crate::local::{Binaries, LocalMesh, Options, RunState};
 
@@ -73,14 +73,7 @@ async fn drive(
         .duration
         .unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let mut drivers = Vec::new();
-    let clients: Vec<_> = mesh
-        .file()
-        .topology
-        .pods
-        .iter()
-        .filter(|p| p.app.is_none())
-        .cloned()
-        .collect();
+    let clients: Vec<_> = summary::clients(mesh).cloned().collect();
     for client in clients {
         let targets = summary.targets(&client.name);
         if targets.is_empty() {
