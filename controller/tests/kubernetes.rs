@@ -1,140 +1,30 @@
-//! The Kubernetes source against a fake API server on 127.0.0.1: kube's real client lists and
-//! watches over a socket, the server answers recorded JSON and streams watch events on demand.
+//! The Kubernetes source against the fake API server (tests/support/fake_api.rs): kube's real
+//! client lists and watches over a socket; the fake answers recorded JSON and streams events.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_controller::model::{MeshModel, ObjectKey};
 use ambit_controller::source::kubernetes::{self, KubernetesError, Options};
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-type Body = BoxBody<Bytes, Infallible>;
-
-/// One kind's collection: what a list returns, and the events the first watch streams.
-struct Collection {
-    kind: &'static str,
-    items: Vec<Value>,
-    events: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
-}
-
-/// A fake API server. `send` streams a watch event of a kind (by its path).
-struct FakeApi {
-    addr: SocketAddr,
-    senders: HashMap<&'static str, mpsc::UnboundedSender<Value>>,
-}
+mod support;
+use support::fake_api::FakeApi;
 
 const NAMESPACES: &str = "/api/v1/namespaces";
 const PODS: &str = "/api/v1/pods";
 const SERVICES: &str = "/api/v1/services";
 
-impl FakeApi {
-    async fn start(namespaces: Vec<Value>, pods: Vec<Value>, services: Vec<Value>) -> FakeApi {
-        let mut senders = HashMap::new();
-        let mut collections = HashMap::new();
-        for (path, kind, items) in [
-            (NAMESPACES, "NamespaceList", namespaces),
-            (PODS, "PodList", pods),
-            (SERVICES, "ServiceList", services),
-        ] {
-            let (tx, rx) = mpsc::unbounded_channel();
-            senders.insert(path, tx);
-            collections.insert(
-                path,
-                Collection {
-                    kind,
-                    items,
-                    events: Mutex::new(Some(rx)),
-                },
-            );
-        }
-        let collections = Arc::new(collections);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let collections = collections.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let collections = collections.clone();
-                        async move { Ok::<_, Infallible>(answer(&collections, req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        FakeApi { addr, senders }
-    }
-
-    fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
-        kube::Client::try_from(config).unwrap()
-    }
-
-    fn send(&self, path: &str, kind: &str, object: Value) {
-        self.senders[path]
-            .send(json!({"type": kind, "object": object}))
-            .unwrap();
-    }
-}
-
-fn answer(
-    collections: &HashMap<&'static str, Collection>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<Body> {
-    let Some(collection) = collections.get(req.uri().path()) else {
-        return Response::builder()
-            .status(404)
-            .body(Full::new(Bytes::from_static(b"{}")).boxed())
-            .unwrap();
-    };
-    let watching = req.uri().query().is_some_and(|q| q.contains("watch=true"));
-    if !watching {
-        let list = json!({
-            "apiVersion": "v1",
-            "kind": collection.kind,
-            "metadata": {"resourceVersion": "1"},
-            "items": collection.items,
-        });
-        return Response::new(Full::new(Bytes::from(list.to_string())).boxed());
-    }
-    // The first watch streams the test's events; a later one (a reconnect) stays open, silent.
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    let events = collection.events.lock().take();
-    tokio::spawn(async move {
-        match events {
-            Some(mut events) => {
-                while let Some(event) = events.recv().await {
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                }
-            }
-            None => tx.closed().await,
-        }
-    });
-    let frames = UnboundedReceiverStream::new(rx)
-        .map(|event| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{event}\n")))));
-    Response::new(BodyExt::boxed(StreamBody::new(frames)))
+/// The fake with the three kinds the source lists, holding these objects.
+async fn cluster(namespaces: Vec<Value>, pods: Vec<Value>, services: Vec<Value>) -> FakeApi {
+    let api = FakeApi::start().await;
+    api.collection(NAMESPACES, "NamespaceList", namespaces);
+    api.collection(PODS, "PodList", pods);
+    api.collection(SERVICES, "ServiceList", services);
+    api
 }
 
 fn namespace(name: &str, labels: Value) -> Value {
@@ -202,7 +92,7 @@ fn meshed(model: &MeshModel, ns: &str, name: &str) -> Option<bool> {
 
 #[tokio::test]
 async fn the_cluster_becomes_the_model_and_watch_events_update_it() {
-    let api = FakeApi::start(
+    let api = cluster(
         vec![
             namespace("demo", json!({"ambit.io/dataplane-mode": "ambient"})),
             namespace("plain", json!({})),

@@ -1,0 +1,215 @@
+//! A fake Kubernetes API server on 127.0.0.1, for kube's real client over a real socket (no
+//! cluster runs here). Collections answer list and watch (the first watch of each streams the
+//! events a test sends; later ones stay open and silent, as after a reconnect); handlers answer
+//! anything else (a TokenReview POST, a server-side apply PATCH…). Every request is recorded.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    /// The body as JSON; `Value::Null` when empty or not JSON.
+    pub body: Value,
+}
+
+/// Answers a request with a status and a JSON body.
+pub type Handler = Arc<dyn Fn(&Recorded) -> (u16, Value) + Send + Sync>;
+
+struct Collection {
+    list_kind: String,
+    items: Vec<Value>,
+    sender: mpsc::UnboundedSender<Value>,
+    events: Option<mpsc::UnboundedReceiver<Value>>,
+}
+
+#[derive(Default)]
+struct State {
+    collections: Mutex<HashMap<String, Collection>>,
+    handlers: Mutex<Vec<(Method, String, Handler)>>,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl FakeApi {
+    /// Starts serving; register collections and handlers before the code under test asks.
+    pub async fn start() -> FakeApi {
+        let state = Arc::new(State::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeApi { addr, state }
+    }
+
+    /// A client of this fake, as kube would build from a kubeconfig.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Serves GET `path` as a list of `items` (kind `list_kind`, e.g. "PodList") and as a watch.
+    pub fn collection(&self, path: &str, list_kind: &str, items: Vec<Value>) {
+        let (sender, events) = mpsc::unbounded_channel();
+        self.state.collections.lock().insert(
+            path.into(),
+            Collection {
+                list_kind: list_kind.into(),
+                items,
+                sender,
+                events: Some(events),
+            },
+        );
+    }
+
+    /// Streams a watch event (`ADDED`, `MODIFIED`, `DELETED`) on the collection at `path`.
+    pub fn send(&self, path: &str, event: &str, object: Value) {
+        self.state.collections.lock()[path]
+            .sender
+            .send(json!({"type": event, "object": object}))
+            .unwrap();
+    }
+
+    /// Answers `method` on exactly `path` with `handler` (checked before collections).
+    pub fn on(
+        &self,
+        method: Method,
+        path: &str,
+        handler: impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static,
+    ) {
+        self.state
+            .handlers
+            .lock()
+            .push((method, path.into(), Arc::new(handler)));
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().clone()
+    }
+}
+
+/// A Kubernetes `Status` object, as the API server sends with an error.
+pub fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "code": code, "reason": reason, "message": message,
+    })
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+async fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let recorded = Recorded {
+        method: parts.method.clone(),
+        path: parts.uri.path().into(),
+        query: parts.uri.query().unwrap_or_default().into(),
+        content_type: parts
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .into(),
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    };
+    state.requests.lock().push(recorded.clone());
+    let handler = state
+        .handlers
+        .lock()
+        .iter()
+        .find(|(m, p, _)| *m == recorded.method && *p == recorded.path)
+        .map(|(_, _, h)| h.clone());
+    if let Some(handler) = handler {
+        let (code, body) = handler(&recorded);
+        return json_response(code, &body);
+    }
+    if recorded.method != Method::GET {
+        return json_response(405, &status(405, "MethodNotAllowed", "no handler"));
+    }
+    let watching = recorded.query.contains("watch=true");
+    let (list, events) = {
+        let mut collections = state.collections.lock();
+        let Some(collection) = collections.get_mut(&recorded.path) else {
+            return json_response(404, &status(404, "NotFound", "no such collection"));
+        };
+        let list = json!({
+            "apiVersion": "v1",
+            "kind": collection.list_kind,
+            "metadata": {"resourceVersion": "1"},
+            "items": collection.items,
+        });
+        (list, watching.then(|| collection.events.take()))
+    };
+    let Some(events) = events else {
+        return json_response(200, &list);
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        match events {
+            Some(mut events) => {
+                while let Some(event) = events.recv().await {
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+            None => tx.closed().await,
+        }
+    });
+    let frames = UnboundedReceiverStream::new(rx)
+        .map(|event| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{event}\n")))));
+    Response::new(BodyExt::boxed(StreamBody::new(frames)))
+}
