@@ -6,7 +6,7 @@ mod ca;
 mod cert;
 mod manager;
 mod spiffe;
-mod tls;
+pub(crate) mod tls;
 
 pub use ca::{CertificateAuthority, Validity};
 pub use cert::{TrustBundle, WorkloadCertificate, WorkloadKey, leaf_identity, leaf_serial};

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::{IdentityError, SpiffeId, TrustBundle, WorkloadCertificate, leaf_identity};
 
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// The one crypto provider every mesh connection uses: ring, restricted to TLS 1.3 AES-GCM.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -121,23 +121,33 @@ pub fn client_config(
     bundle: &TrustBundle,
     expected: SpiffeId,
 ) -> Result<ClientConfig, IdentityError> {
-    let verifier = Arc::new(MeshServerVerifier {
-        bundle: bundle.clone(),
-        expected,
-    });
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| IdentityError::TlsConfig {
-            what: "the HBONE client".into(),
-            reason: e.to_string(),
-        })?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
+    let mut config = client_builder(bundle, expected, "the HBONE client")?
         .with_client_cert_resolver(Arc::new(CertResolver::new(certs)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
+}
+
+/// A TLS 1.3 client that accepts only a server chaining to `bundle` whose identity is `expected`;
+/// what it presents itself is the caller's choice.
+pub(crate) fn client_builder(
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+    what: &str,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, IdentityError> {
+    let verifier = Arc::new(MeshServerVerifier {
+        bundle: bundle.clone(),
+        expected,
+    });
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| IdentityError::TlsConfig {
+            what: what.into(),
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier))
 }
 
 /// The SPIFFE ID proven by the peer of an established connection.
