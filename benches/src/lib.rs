@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod alloc;
+
 /// Latency samples of one run.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {

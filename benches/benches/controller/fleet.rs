@@ -1,0 +1,142 @@
+//! Ztunnel-like subscribers: one gRPC connection each, subscribed as a node, ACKing every
+//! response as soon as it is decoded, and reporting what arrived when. They do not build a
+//! proxy's state: what is measured is the controller's push, not a ztunnel applying it.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ambit_proto::api::discovery::discovery_client::DiscoveryClient;
+use ambit_proto::api::discovery::resource::Kind;
+use ambit_proto::api::discovery::{
+    ProxyKind, Resource, ResourceType, SubscribeRequest, Subscriber,
+};
+use anyhow::Context;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::mesh::node_name;
+
+/// One response as a subscriber saw it.
+pub struct Event {
+    pub node: usize,
+    pub at: Instant,
+    /// The response's encoded protobuf size.
+    pub bytes: usize,
+    pub full: bool,
+    /// For a delta: `<type>/<name>` of each resource sent, `removed:<type>/<name>` of each
+    /// removal. Empty for a full state (its size says enough, and listing 50k keys per node
+    /// would cost the harness more than the controller).
+    pub keys: Vec<String>,
+}
+
+pub type Events = mpsc::UnboundedSender<Result<Event, String>>;
+
+pub fn ztunnel(node: usize) -> Subscriber {
+    Subscriber {
+        kind: ProxyKind::Ztunnel.into(),
+        name: node_name(node),
+        namespace: String::new(),
+        version: "controller-bench".into(),
+    }
+}
+
+pub fn key_of(r: &Resource) -> String {
+    let kind = match &r.kind {
+        Some(Kind::Workload(_)) => ResourceType::Workload,
+        Some(Kind::Service(_)) => ResourceType::Service,
+        Some(Kind::Waypoint(_)) => ResourceType::WaypointResource,
+        Some(Kind::AuthorizationPolicy(_)) => ResourceType::AuthorizationPolicy,
+        Some(Kind::Route(_)) => ResourceType::Route,
+        None => ResourceType::Unspecified,
+    };
+    format!("{}/{}", kind.key_name(), r.name)
+}
+
+/// Subscribes as `node` and reports every response until the stream ends or fails.
+pub async fn run(addr: SocketAddr, node: usize, events: Events) {
+    if let Err(e) = session(addr, node, &events).await {
+        let _ = events.send(Err(format!("ztunnel of {}: {e:#}", node_name(node))));
+    }
+}
+
+async fn session(addr: SocketAddr, node: usize, events: &Events) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    // No size limit: the bench measures what the controller sends, whatever its size (the
+    // report says separately whether ztunnel's own client, with tonic's 4 MiB default, copes).
+    let mut client = DiscoveryClient::new(channel).max_decoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(SubscribeRequest {
+        subscriber: Some(ztunnel(node)),
+        ..Default::default()
+    })
+    .await?;
+    let mut stream = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .context("subscribing")?
+        .into_inner();
+    while let Some(response) = stream.message().await.context("reading the stream")? {
+        let at = Instant::now();
+        let ack = SubscribeRequest {
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        if tx.send(ack).await.is_err() {
+            return Ok(());
+        }
+        let keys = if response.full_state {
+            Vec::new()
+        } else {
+            let removed = response
+                .removed
+                .iter()
+                .map(|r| format!("removed:{}/{}", r.r#type().key_name(), r.name));
+            response
+                .resources
+                .iter()
+                .map(key_of)
+                .chain(removed)
+                .collect()
+        };
+        let event = Event {
+            node,
+            at,
+            bytes: response.encoded_len(),
+            full: response.full_state,
+            keys,
+        };
+        if events.send(Ok(event)).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes as `node` the way ztunnel's discovery client does (tonic's default limits) and
+/// returns the first response's size, or why it could not be read.
+pub async fn default_limits_probe(addr: SocketAddr, node: usize) -> Result<usize, String> {
+    let mut client = DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(SubscribeRequest {
+        subscriber: Some(ztunnel(node)),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut stream = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    match stream.message().await {
+        Ok(Some(r)) => Ok(r.encoded_len()),
+        Ok(None) => Err("the stream ended before the first response".into()),
+        Err(s) => Err(s.message().to_string()),
+    }
+}
