@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use ambit_proto::identity::SpiffeId;
 
+use super::rules;
 use super::*;
 
 /// Collects a mesh description; [`MeshBuilder::build`] checks it as a whole and reports every
@@ -147,7 +148,15 @@ impl MeshBuilder {
 
 fn endpoints_of(service: &Service, workloads: &BTreeMap<ObjectKey, Workload>) -> Vec<ObjectKey> {
     if service.selector.is_empty() {
-        return Vec::new();
+        let mut listed: Vec<ObjectKey> = service
+            .explicit_endpoints
+            .iter()
+            .filter(|key| workloads.contains_key(key))
+            .cloned()
+            .collect();
+        listed.sort();
+        listed.dedup();
+        return listed;
     }
     in_namespace(workloads, &service.namespace)
         .filter(|w| selects(&service.selector, &w.pod.labels))
@@ -447,7 +456,7 @@ impl Checker {
             }
             for source in policy.rules.iter().flat_map(|r| &r.from) {
                 for principal in source.principals.iter().chain(&source.not_principals) {
-                    if let Err(reason) = check_principal(principal) {
+                    if let Err(reason) = rules::check_principal(principal) {
                         self.errors.push(ModelError::InvalidPrincipal {
                             subject: subject.clone(),
                             principal: principal.clone(),
@@ -456,7 +465,7 @@ impl Checker {
                     }
                 }
                 for block in source.ip_blocks.iter().chain(&source.not_ip_blocks) {
-                    if !valid_ip_block(block) {
+                    if rules::check_ip_block(block).is_err() {
                         self.errors.push(ModelError::InvalidIpBlock {
                             subject: subject.clone(),
                             block: block.clone(),
@@ -504,31 +513,4 @@ impl Checker {
         }
         out
     }
-}
-
-/// Principals are what DENY rules match on, so a typo must fail loudly rather than silently
-/// never match.
-fn check_principal(principal: &str) -> Result<(), String> {
-    if let Some(prefix) = principal.strip_suffix('*') {
-        if prefix.starts_with("spiffe://") {
-            return Ok(());
-        }
-        return Err("a prefix must start with spiffe://".into());
-    }
-    principal
-        .parse::<SpiffeId>()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-fn valid_ip_block(block: &str) -> bool {
-    let (addr, len) = match block.split_once('/') {
-        Some((addr, len)) => (addr, Some(len)),
-        None => (block, None),
-    };
-    let Ok(addr) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    len.is_none_or(|len| len.parse::<u8>().is_ok_and(|len| len <= max))
 }

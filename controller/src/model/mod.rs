@@ -1,11 +1,12 @@
 //! The one mesh model: what runs where, what is meshed, which services and policies apply. Sources
-//! (the mesh file, later Kubernetes) describe the mesh with the input types here and
+//! (the mesh file, Kubernetes) describe the mesh with the input types here and
 //! [`MeshBuilder`] turns that into a checked [`MeshModel`]; the push and the CA only ever read a
 //! model. A model is immutable: a change is a new model, so readers never see half an update.
 
 mod build;
 mod convert;
 mod error;
+mod rules;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +17,7 @@ use ambit_proto::identity::SpiffeId;
 
 pub use build::MeshBuilder;
 pub use error::{Kind, ModelError, ResourceRef};
+pub use rules::{check_ip_block, check_principal};
 
 /// Namespace label that puts a namespace's pods in the mesh (value [`DATAPLANE_MODE_AMBIENT`]);
 /// on a pod, [`DATAPLANE_MODE_NONE`] takes that one pod out.
@@ -112,6 +114,11 @@ pub struct Service {
     /// means no computed endpoints (as a Kubernetes service without selector), not every pod of
     /// the namespace, which nobody means.
     pub selector: Labels,
+    /// The endpoints of a service without selector, given outright (in Kubernetes: from its
+    /// EndpointSlices). Ignored when `selector` is set, so a source cannot give two answers. Pods
+    /// the model does not hold are left out: a source may list an endpoint whose pod the model
+    /// rejected.
+    pub explicit_endpoints: Vec<ObjectKey>,
     pub labels: Labels,
 }
 

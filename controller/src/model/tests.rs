@@ -39,6 +39,7 @@ fn service(ns: &str, name: &str, vip: &str, selector: &[(&str, &str)]) -> Servic
             app_protocol: AppProtocol::Http,
         }],
         selector: labels(selector),
+        explicit_endpoints: Vec::new(),
         labels: Labels::new(),
     }
 }
@@ -184,6 +185,36 @@ fn a_service_without_selector_has_no_endpoints() {
             .endpoints
             .is_empty()
     );
+}
+
+#[test]
+fn explicit_endpoints_serve_a_service_without_selector_only() {
+    let mut b = base();
+    let mut listed = service("demo", "listed", "10.96.0.11", &[]);
+    listed.explicit_endpoints = vec![
+        ObjectKey::new("demo", "q"),
+        ObjectKey::new("demo", "p"),
+        // Not in the model (a source listed a pod the model rejected): left out, not an error.
+        ObjectKey::new("demo", "gone"),
+    ];
+    let mut selected = service("demo", "selected", "10.96.0.12", &[("app", "p")]);
+    selected.explicit_endpoints = vec![ObjectKey::new("demo", "q")];
+    b.pod(pod("demo", "p", "node-a", "10.244.0.1", &[("app", "p")]))
+        .pod(pod("demo", "q", "node-a", "10.244.0.2", &[]))
+        .service(listed)
+        .service(selected);
+    let m = b.build().unwrap();
+    let endpoints = |name: &str| {
+        m.service(&ObjectKey::new("demo", name))
+            .unwrap()
+            .endpoints
+            .clone()
+    };
+    assert_eq!(
+        endpoints("listed"),
+        vec![ObjectKey::new("demo", "p"), ObjectKey::new("demo", "q")]
+    );
+    assert_eq!(endpoints("selected"), vec![ObjectKey::new("demo", "p")]);
 }
 
 fn waypoint(ns: &str, name: &str, addr: &str) -> Waypoint {

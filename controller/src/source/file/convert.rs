@@ -223,6 +223,8 @@ pub fn convert(
             vips: s.vips.into_iter().map(|v| v.value).collect(),
             ports: s.ports.into_iter().map(service_port).collect(),
             selector: s.selector,
+            // A mesh file's services get their endpoints from their selector only.
+            explicit_endpoints: Vec::new(),
             labels: s.labels,
         });
     }
