@@ -17,13 +17,17 @@ use support::fake_api::FakeApi;
 const NAMESPACES: &str = "/api/v1/namespaces";
 const PODS: &str = "/api/v1/pods";
 const SERVICES: &str = "/api/v1/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 
-/// The fake with the three kinds the source lists, holding these objects.
+/// The fake with the built-in kinds the source lists, these objects and no EndpointSlices. The
+/// Gateway API and Ambit CRDs are not installed (404), which the source runs without
+/// (kubernetes_crds.rs covers them).
 async fn cluster(namespaces: Vec<Value>, pods: Vec<Value>, services: Vec<Value>) -> FakeApi {
     let api = FakeApi::start().await;
     api.collection(NAMESPACES, "NamespaceList", namespaces);
     api.collection(PODS, "PodList", pods);
     api.collection(SERVICES, "ServiceList", services);
+    api.collection(SLICES, "EndpointSliceList", Vec::new());
     api
 }
 

@@ -5,20 +5,55 @@
 use std::collections::BTreeSet;
 
 use super::convert::{Input, Skip};
-use crate::model::{self, Kind, MeshBuilder, MeshModel, ModelError, ResourceRef};
+use crate::model::{
+    self, Kind, Labels, MeshBuilder, MeshModel, ModelError, ResourceRef, USE_WAYPOINT_LABEL,
+};
 
-/// Rounds of leaving rejected objects out before giving up. Leaving an object out cannot make
-/// another one invalid (nothing refers to pods or services), except a namespace, which takes its
-/// objects with it; two rounds settle that, the rest is margin.
+/// Rounds of leaving rejected objects out before giving up. Leaving an object out can make
+/// another one invalid only through a reference: a namespace takes its objects with it, a
+/// service the routes to it, a waypoint the labels naming it (which are then dropped, not their
+/// objects). Two rounds settle that, the rest is margin.
 const MAX_ROUNDS: usize = 4;
+
+fn namespaced(kind: Kind, namespace: &str, name: &str) -> ResourceRef {
+    ResourceRef::new(kind, format!("{namespace}/{name}"))
+}
+
+/// The label naming a waypoint that was left out is dropped, so its object stays, without
+/// waypoint, instead of being refused as naming an unknown one.
+fn without_dropped_waypoint(
+    subject: &ResourceRef,
+    namespace: &str,
+    labels: &Labels,
+    out: &BTreeSet<ResourceRef>,
+    skips: &mut Vec<Skip>,
+) -> Labels {
+    let mut labels = labels.clone();
+    if let Some(name) = labels.get(USE_WAYPOINT_LABEL)
+        && out.contains(&namespaced(Kind::Waypoint, namespace, name))
+    {
+        skips.push(Skip {
+            subject: subject.clone(),
+            reason: format!(
+                "label {USE_WAYPOINT_LABEL}={name:?} names a waypoint the model rejected; ignoring the label"
+            ),
+        });
+        labels.remove(USE_WAYPOINT_LABEL);
+    }
+    labels
+}
 
 fn builder(
     input: &Input,
     trust_domain: &str,
     cluster_id: &str,
     out: &BTreeSet<ResourceRef>,
+    skips: &mut Vec<Skip>,
 ) -> MeshBuilder {
     let dropped_ns = |ns: &str| out.contains(&ResourceRef::new(Kind::Namespace, ns));
+    let kept = |kind: Kind, ns: &str, name: &str| {
+        !dropped_ns(ns) && !out.contains(&namespaced(kind, ns, name))
+    };
     let mut b = MeshBuilder::new(trust_domain, cluster_id);
     for node in &input.nodes {
         b.node(model::Node {
@@ -27,18 +62,48 @@ fn builder(
         });
     }
     for ns in input.namespaces.iter().filter(|ns| !dropped_ns(&ns.name)) {
-        b.namespace(ns.clone());
+        let subject = ResourceRef::new(Kind::Namespace, &ns.name);
+        let labels = without_dropped_waypoint(&subject, &ns.name, &ns.labels, out, skips);
+        b.namespace(model::Namespace {
+            labels,
+            ..ns.clone()
+        });
+    }
+    for wp in &input.waypoints {
+        if kept(Kind::Waypoint, &wp.namespace, &wp.name) {
+            b.waypoint(wp.clone());
+        }
     }
     for pod in &input.pods {
-        let subject = ResourceRef::new(Kind::Pod, format!("{}/{}", pod.namespace, pod.name));
-        if !dropped_ns(&pod.namespace) && !out.contains(&subject) {
-            b.pod(pod.clone());
+        if kept(Kind::Pod, &pod.namespace, &pod.name) {
+            let subject = namespaced(Kind::Pod, &pod.namespace, &pod.name);
+            let labels =
+                without_dropped_waypoint(&subject, &pod.namespace, &pod.labels, out, skips);
+            b.pod(model::Pod {
+                labels,
+                ..pod.clone()
+            });
         }
     }
     for svc in &input.services {
-        let subject = ResourceRef::new(Kind::Service, format!("{}/{}", svc.namespace, svc.name));
-        if !dropped_ns(&svc.namespace) && !out.contains(&subject) {
-            b.service(svc.clone());
+        if kept(Kind::Service, &svc.namespace, &svc.name) {
+            let subject = namespaced(Kind::Service, &svc.namespace, &svc.name);
+            let labels =
+                without_dropped_waypoint(&subject, &svc.namespace, &svc.labels, out, skips);
+            b.service(model::Service {
+                labels,
+                ..svc.clone()
+            });
+        }
+    }
+    for policy in &input.policies {
+        if kept(Kind::AuthorizationPolicy, &policy.namespace, &policy.name) {
+            b.policy(policy.clone());
+        }
+    }
+    for route in &input.routes {
+        if kept(Kind::Route, &route.namespace, &route.name) {
+            b.route(route.clone());
         }
     }
     b
@@ -56,8 +121,10 @@ pub fn assemble(
     let mut out = BTreeSet::new();
     let mut last = Vec::new();
     for _ in 0..MAX_ROUNDS {
-        match builder(input, trust_domain, cluster_id, &out).build() {
+        let mut round_skips = Vec::new();
+        match builder(input, trust_domain, cluster_id, &out, &mut round_skips).build() {
             Ok(model) => {
+                skips.extend(round_skips);
                 skips.sort();
                 skips.dedup();
                 return Ok((model, skips));

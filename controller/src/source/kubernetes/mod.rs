@@ -1,19 +1,24 @@
-//! The Kubernetes source: watches the cluster's namespaces, pods and services through the API
-//! server and publishes a new model, built by the same [`crate::model::MeshBuilder`] as the mesh
-//! file's, shortly after any of them changes.
+//! The Kubernetes source: watches the cluster through the API server and publishes a new model,
+//! built by the same [`crate::model::MeshBuilder`] as the mesh file's, shortly after anything it
+//! reads changes. It reads what a mesh file can say, in the objects an Istio ambient user knows:
+//! Namespaces, Pods and Services; EndpointSlices (for services without selector); Gateway API
+//! `Gateway`s of class [`WAYPOINT_CLASS`] (waypoints) and `HTTPRoute`s (L7 routes, attached to
+//! services the GAMMA way); Ambit's own `AuthorizationPolicy` CRD ([`crd`]).
 //!
 //! - `convert`: Kubernetes objects to the model's input; what cannot be used is skipped with the
-//!   reason (a pod without IP, a named target port that does not resolve…), never fatal.
+//!   reason (a pod without IP, a named target port that does not resolve, a policy port that is
+//!   not a number…), never fatal.
 //! - `assemble`: the model from that input, leaving out whatever the model rejects.
-//! - `watch`: the reflectors (list + watch caches) and the debounced rebuild.
+//! - `watch`: the reflectors (list + watch caches) and the debounced rebuild. Gateway API and
+//!   Ambit CRDs that are not installed are run without, as Istio does.
 //!
-//! Not watched yet: EndpointSlices (endpoints are the pods a service selects), Nodes (a node is
-//! known through its pods and gets no bootstrap token, so no certificates from this source),
-//! and Ambit's CRDs (waypoints, authorization policies, routes): an `ambit.io/use-waypoint` label
-//! therefore names no known waypoint and is ignored with a log line.
+//! Not watched: Nodes (a node is known through its pods and gets no bootstrap token, so no
+//! certificates for node proxies from this source), ReferenceGrants (a route may send its own
+//! traffic to a service of another namespace, which any of its clients could anyway).
 
 mod assemble;
 mod convert;
+pub mod crd;
 mod watch;
 
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
 pub use assemble::assemble;
-pub use convert::{Input, Skip, convert};
+pub use convert::{Input, Objects, Skip, convert};
 
 use crate::model::{MeshModel, ModelError};
 
@@ -31,6 +36,11 @@ use crate::model::{MeshModel, ModelError};
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Prefix of workload uids from this source (Istio's default cluster id).
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+/// `spec.gatewayClassName` of the Gateways that are Ambit waypoints.
+pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
+/// Pod label naming the Gateway a pod runs for (set by the waypoint reconciler, as Gateway API
+/// implementations do).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -60,9 +70,9 @@ pub enum KubernetesError {
     )]
     Client(#[source] kube::Error),
     #[error(
-        "the Kubernetes API did not list namespaces, pods and services within {timeout:?}: check that the API server is reachable and that the controller may list and watch them (RBAC); the watch errors above say which failed"
+        "the Kubernetes API did not list {kinds} within {timeout:?}: check that the API server is reachable and that the controller may list and watch them (RBAC); the watch errors above say which failed"
     )]
-    NotSynced { timeout: Duration },
+    NotSynced { timeout: Duration, kinds: String },
     #[error("the cluster does not make a mesh model:{}", errors.iter().map(|e| format!("\n  {e}")).collect::<String>())]
     Model { errors: Vec<ModelError> },
 }

@@ -1,4 +1,5 @@
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{Value, json};
@@ -41,7 +42,17 @@ fn build(
     pods: &[core::Pod],
     services: &[core::Service],
 ) -> (MeshModel, Vec<Skip>) {
-    let input = convert(namespaces, pods, services);
+    let objects = Objects {
+        namespaces: namespaces.iter().cloned().map(Arc::new).collect(),
+        pods: pods.iter().cloned().map(Arc::new).collect(),
+        services: services.iter().cloned().map(Arc::new).collect(),
+        ..Objects::default()
+    };
+    build_objects(&objects)
+}
+
+fn build_objects(objects: &Objects) -> (MeshModel, Vec<Skip>) {
+    let input = convert(objects, DEFAULT_TRUST_DOMAIN);
     assemble(&input, DEFAULT_TRUST_DOMAIN, DEFAULT_CLUSTER_ID).unwrap()
 }
 

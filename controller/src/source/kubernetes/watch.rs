@@ -7,36 +7,104 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch as channel};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::assemble::assemble;
-use super::convert::{Skip, convert};
+use super::convert::{Objects, Skip, convert};
+use super::crd::AuthorizationPolicy;
 use super::{KubernetesError, Options, Watching};
 use crate::model::MeshModel;
+
+/// How far a kind's first list got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    Pending,
+    Complete,
+    /// The API server does not serve the kind (404): its CRD is not installed.
+    NotInstalled,
+}
+
+/// Whether the start waits for a kind's first list. Built-in kinds are always served, so a
+/// failure to list them is a real problem (RBAC, connectivity). CRD-based kinds may simply not
+/// be installed: as Istio does without the Gateway API CRDs, the source then runs without them
+/// (logged), and the watch, which keeps retrying, picks them up once they are installed. Any
+/// other failure on them (403 and the like) still holds the start: policies silently not read
+/// would be policies not enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Required,
+    UnlessNotInstalled,
+}
+
+/// A kind's cache, how its first list went, and the task that feeds it.
+struct Reflector<K: Resource<DynamicType = ()> + 'static> {
+    kind: String,
+    need: Need,
+    store: Store<K>,
+    listed: channel::Receiver<Listed>,
+    task: JoinHandle<()>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Reflector<K> {
+    fn settled(&self) -> bool {
+        match *self.listed.borrow() {
+            Listed::Complete => true,
+            Listed::NotInstalled => self.need == Need::UnlessNotInstalled,
+            Listed::Pending => false,
+        }
+    }
+
+    async fn wait(&self) {
+        let mut listed = self.listed.clone();
+        let need = self.need;
+        let _ = listed
+            .wait_for(|l| match l {
+                Listed::Complete => true,
+                Listed::NotInstalled => need == Need::UnlessNotInstalled,
+                Listed::Pending => false,
+            })
+            .await;
+    }
+}
+
+fn not_installed(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404
+    )
+}
 
 /// Watches every object of kind `K` in all namespaces into a cache, waking `changed` on each
 /// event, until `shutdown`. Errors (API unreachable, forbidden, a watch expired) are logged and
 /// retried with kube's default backoff; the cache keeps its last state meanwhile.
 fn reflect<K>(
     client: Client,
+    need: Need,
     changed: Arc<Notify>,
     shutdown: CancellationToken,
-) -> (Store<K>, tokio::task::JoinHandle<()>)
+) -> Reflector<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let kind = K::kind(&());
+    let kind = format!("{} ({})", K::kind(&()), K::api_version(&()));
+    let (listed_tx, listed) = channel::channel(Listed::Pending);
     let stream = watcher(Api::<K>::all(client), watcher::Config::default())
         .default_backoff()
         .reflect(writer);
+    let task_kind = kind.clone();
     let task = tokio::spawn(async move {
+        let kind = task_kind;
         let mut stream = std::pin::pin!(stream);
         loop {
             let event = tokio::select! {
@@ -44,7 +112,22 @@ where
                 event = stream.next() => event,
             };
             match event {
-                Some(Ok(_)) => changed.notify_one(),
+                Some(Ok(event)) => {
+                    if matches!(event, watcher::Event::InitDone) {
+                        if *listed_tx.borrow() == Listed::NotInstalled {
+                            tracing::info!(%kind, "now served by the API server (its CRD was installed); reading it");
+                        }
+                        listed_tx.send_replace(Listed::Complete);
+                    }
+                    changed.notify_one();
+                }
+                Some(Err(error)) if need == Need::UnlessNotInstalled && not_installed(&error) => {
+                    // Logged once, not on every retry: running without it is a supported state.
+                    if listed_tx.send_replace(Listed::NotInstalled) != Listed::NotInstalled {
+                        tracing::warn!(%kind, "not served by the API server (CRD not installed); running without it until it is installed");
+                        changed.notify_one();
+                    }
+                }
                 Some(Err(error)) => {
                     tracing::warn!(%kind, %error, "watching the Kubernetes API failed; retrying (the last known state stays in force)")
                 }
@@ -52,13 +135,107 @@ where
             }
         }
     });
-    (store, task)
+    Reflector {
+        kind,
+        need,
+        store,
+        listed,
+        task,
+    }
 }
 
 struct Caches {
-    namespaces: Store<core::Namespace>,
-    pods: Store<core::Pod>,
-    services: Store<core::Service>,
+    namespaces: Reflector<core::Namespace>,
+    pods: Reflector<core::Pod>,
+    services: Reflector<core::Service>,
+    endpoint_slices: Reflector<EndpointSlice>,
+    gateways: Reflector<Gateway>,
+    http_routes: Reflector<HttpRoute>,
+    policies: Reflector<AuthorizationPolicy>,
+}
+
+impl Caches {
+    fn start(client: &Client, changed: &Arc<Notify>, stop: &CancellationToken) -> Caches {
+        use Need::*;
+        Caches {
+            namespaces: reflect(client.clone(), Required, changed.clone(), stop.clone()),
+            pods: reflect(client.clone(), Required, changed.clone(), stop.clone()),
+            services: reflect(client.clone(), Required, changed.clone(), stop.clone()),
+            endpoint_slices: reflect(client.clone(), Required, changed.clone(), stop.clone()),
+            gateways: reflect(
+                client.clone(),
+                UnlessNotInstalled,
+                changed.clone(),
+                stop.clone(),
+            ),
+            http_routes: reflect(
+                client.clone(),
+                UnlessNotInstalled,
+                changed.clone(),
+                stop.clone(),
+            ),
+            policies: reflect(
+                client.clone(),
+                UnlessNotInstalled,
+                changed.clone(),
+                stop.clone(),
+            ),
+        }
+    }
+
+    fn objects(&self) -> Objects {
+        Objects {
+            namespaces: self.namespaces.store.state(),
+            pods: self.pods.store.state(),
+            services: self.services.store.state(),
+            endpoint_slices: self.endpoint_slices.store.state(),
+            gateways: self.gateways.store.state(),
+            http_routes: self.http_routes.store.state(),
+            policies: self.policies.store.state(),
+        }
+    }
+
+    /// Until every kind is listed (or, for CRD kinds, known not to be installed).
+    async fn wait(&self) {
+        self.namespaces.wait().await;
+        self.pods.wait().await;
+        self.services.wait().await;
+        self.endpoint_slices.wait().await;
+        self.gateways.wait().await;
+        self.http_routes.wait().await;
+        self.policies.wait().await;
+    }
+
+    /// The kinds not settled yet, for the error when the start times out.
+    fn pending(&self) -> String {
+        let kinds = [
+            (self.namespaces.settled(), &self.namespaces.kind),
+            (self.pods.settled(), &self.pods.kind),
+            (self.services.settled(), &self.services.kind),
+            (self.endpoint_slices.settled(), &self.endpoint_slices.kind),
+            (self.gateways.settled(), &self.gateways.kind),
+            (self.http_routes.settled(), &self.http_routes.kind),
+            (self.policies.settled(), &self.policies.kind),
+        ];
+        let pending: Vec<&str> = kinds
+            .iter()
+            .filter(|(settled, _)| !settled)
+            .map(|(_, kind)| kind.as_str())
+            .collect();
+        pending.join(", ")
+    }
+
+    fn tasks(self) -> [JoinHandle<()>; 7] {
+        [
+            self.namespaces.task,
+            self.pods.task,
+            self.services.task,
+            self.endpoint_slices.task,
+            self.gateways.task,
+            self.http_routes.task,
+            self.policies.task,
+        ]
+    }
 }
 
 /// The source's state between rebuilds.
@@ -71,11 +248,7 @@ struct Rebuilder {
 
 impl Rebuilder {
     fn build(&mut self) -> Result<MeshModel, KubernetesError> {
-        let input = convert(
-            &self.caches.namespaces.state(),
-            &self.caches.pods.state(),
-            &self.caches.services.state(),
-        );
+        let input = convert(&self.caches.objects(), &self.options.trust_domain);
         let (model, skips) = assemble(&input, &self.options.trust_domain, &self.options.cluster_id)
             .map_err(|errors| KubernetesError::Model { errors })?;
         let now: BTreeSet<Skip> = skips.into_iter().collect();
@@ -86,21 +259,23 @@ impl Rebuilder {
         Ok(model)
     }
 
+    /// Rebuilds on every change until `shutdown`; gives itself back so the caller can wait for
+    /// the watch tasks.
     async fn run(
         mut self,
         models: channel::Sender<Arc<MeshModel>>,
         changed: Arc<Notify>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Self {
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self,
                 _ = changed.notified() => {}
             }
             // Debounce: let the rest of a burst arrive; events meanwhile leave a permit in
             // `changed`, which at worst costs one more (unchanged) rebuild.
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self,
                 _ = tokio::time::sleep(self.options.debounce) => {}
             }
             match self.build() {
@@ -111,6 +286,9 @@ impl Rebuilder {
                     tracing::info!(
                         workloads = model.workloads().count(),
                         services = model.services().count(),
+                        waypoints = model.waypoints().count(),
+                        policies = model.policies().count(),
+                        routes = model.routes().count(),
                         "Kubernetes state changed; new model in force"
                     );
                     metrics::counter!("ambit_controller_config_reloads_total", "result" => "ok")
@@ -137,29 +315,19 @@ pub async fn start(
     let changed = Arc::new(Notify::new());
     // The watch tasks end with `stop`: on shutdown, or when the start fails.
     let stop = shutdown.child_token();
-    let (namespaces, ns_task) = reflect(client.clone(), changed.clone(), stop.clone());
-    let (pods, pod_task) = reflect(client.clone(), changed.clone(), stop.clone());
-    let (services, svc_task) = reflect(client, changed.clone(), stop.clone());
-    let synced = async {
-        namespaces.wait_until_ready().await?;
-        pods.wait_until_ready().await?;
-        services.wait_until_ready().await
-    };
-    let first = match tokio::time::timeout(options.sync_timeout, synced).await {
-        Ok(Ok(())) => {
+    let caches = Caches::start(&client, &changed, &stop);
+    let first = match tokio::time::timeout(options.sync_timeout, caches.wait()).await {
+        Ok(()) => {
             let mut rebuilder = Rebuilder {
-                caches: Caches {
-                    namespaces,
-                    pods,
-                    services,
-                },
+                caches,
                 options,
                 logged: BTreeSet::new(),
             };
             rebuilder.build().map(|model| (rebuilder, model))
         }
-        Ok(Err(_)) | Err(_) => Err(KubernetesError::NotSynced {
+        Err(_) => Err(KubernetesError::NotSynced {
             timeout: options.sync_timeout,
+            kinds: caches.pending(),
         }),
     };
     let (rebuilder, model) = match first {
@@ -172,13 +340,16 @@ pub async fn start(
     tracing::info!(
         workloads = model.workloads().count(),
         services = model.services().count(),
+        waypoints = model.waypoints().count(),
+        policies = model.policies().count(),
+        routes = model.routes().count(),
         "first model built from the Kubernetes API"
     );
     let (tx, models) = channel::channel(Arc::new(model));
     let task = tokio::spawn(async move {
-        rebuilder.run(tx, changed, stop.clone()).await;
+        let Rebuilder { caches, .. } = rebuilder.run(tx, changed, stop.clone()).await;
         stop.cancel();
-        for task in [ns_task, pod_task, svc_task] {
+        for task in caches.tasks() {
             let _ = task.await;
         }
     });

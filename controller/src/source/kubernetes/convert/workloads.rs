@@ -1,121 +1,20 @@
-//! From Kubernetes objects to the model's input types. Anything the mesh cannot use (a pod with
-//! no IP yet, a port whose named target cannot be resolved…) is left out and reported as a
-//! [`Skip`] naming the object and why; nothing here fails as a whole.
+//! Namespaces, pods and services: who is meshed, what runs where, what a service's ports are.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::endpoints::Slices;
+use super::{Skip, Waypoints, check_waypoint_label, key, labels};
 use crate::model::{
-    self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, Kind, Labels,
-    ResourceRef, USE_WAYPOINT_LABEL, WAYPOINT_NONE,
+    self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, Kind, ResourceRef,
 };
 
-/// Something from the cluster the model leaves out (or uses only in part), and why.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Skip {
-    pub subject: ResourceRef,
-    pub reason: String,
-}
-
-impl fmt::Display for Skip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.subject, self.reason)
-    }
-}
-
-/// What the cluster holds, in the model's terms, before the model checks it as a whole.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Input {
-    /// Every node that runs a pod of the model (Kubernetes nodes are not watched: a node is known
-    /// through its pods). Nodes get no bootstrap token, so no certificates, from this source.
-    pub nodes: BTreeSet<String>,
-    pub namespaces: Vec<model::Namespace>,
-    pub pods: Vec<model::Pod>,
-    pub services: Vec<model::Service>,
-    pub skips: Vec<Skip>,
-}
-
-fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Labels {
-    meta.labels.clone().unwrap_or_default()
-}
-
-fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
-
-/// Converts everything at once: named target ports are resolved against the pods, and waypoint
-/// labels against the waypoints, that are known.
-pub fn convert(
-    namespaces: &[impl Borrow<core::Namespace>],
-    pods: &[impl Borrow<core::Pod>],
-    services: &[impl Borrow<core::Service>],
-) -> Input {
-    let mut input = Input::default();
-    // No waypoint objects are watched yet, so no waypoint label can resolve.
-    let waypoints: BTreeSet<model::ObjectKey> = BTreeSet::new();
-    for ns in namespaces {
-        if let Some(ns) = namespace(ns.borrow(), &waypoints, &mut input.skips) {
-            input.namespaces.push(ns);
-        }
-    }
-    let mut containers: BTreeMap<(String, String), &core::Pod> = BTreeMap::new();
-    for p in pods {
-        let p = p.borrow();
-        if let Some(pod) = pod(p, &waypoints, &mut input.skips) {
-            input.nodes.insert(pod.node.clone());
-            containers.insert((pod.namespace.clone(), pod.name.clone()), p);
-            input.pods.push(pod);
-        }
-    }
-    for s in services {
-        if let Some(svc) = service(
-            s.borrow(),
-            &input.pods,
-            &containers,
-            &waypoints,
-            &mut input.skips,
-        ) {
-            input.services.push(svc);
-        }
-    }
-    input.skips.sort();
-    input
-}
-
-/// Drops a waypoint label that names no known waypoint: the object stays in the mesh without a
-/// waypoint rather than making the whole model invalid.
-fn check_waypoint_label(
-    subject: &ResourceRef,
-    namespace: &str,
-    labels: &mut Labels,
-    waypoints: &BTreeSet<model::ObjectKey>,
-    skips: &mut Vec<Skip>,
-) {
-    if let Some(name) = labels.get(USE_WAYPOINT_LABEL)
-        && name != WAYPOINT_NONE
-        && !waypoints.contains(&model::ObjectKey::new(namespace, name))
-    {
-        skips.push(Skip {
-            subject: subject.clone(),
-            reason: format!(
-                "label {USE_WAYPOINT_LABEL}={name:?} names no known waypoint (waypoints are not watched yet); ignoring the label"
-            ),
-        });
-        labels.remove(USE_WAYPOINT_LABEL);
-    }
-}
-
-fn namespace(
+pub(super) fn namespace(
     ns: &core::Namespace,
-    waypoints: &BTreeSet<model::ObjectKey>,
+    waypoints: &Waypoints,
     skips: &mut Vec<Skip>,
 ) -> Option<model::Namespace> {
     let name = ns.metadata.name.clone()?;
@@ -149,9 +48,9 @@ fn pod_ips(status: &core::PodStatus) -> Vec<IpAddr> {
     ips
 }
 
-fn pod(
+pub(super) fn pod(
     p: &core::Pod,
-    waypoints: &BTreeSet<model::ObjectKey>,
+    waypoints: &Waypoints,
     skips: &mut Vec<Skip>,
 ) -> Option<model::Pod> {
     let (namespace, name) = key(&p.metadata);
@@ -264,11 +163,17 @@ fn resolve_named(
     }
 }
 
-fn service(
+/// What a service's conversion looks up.
+pub(super) struct ServiceContext<'a> {
+    pub pods: &'a [model::Pod],
+    pub containers: &'a BTreeMap<(String, String), &'a core::Pod>,
+    pub waypoints: &'a Waypoints,
+    pub slices: &'a Slices,
+}
+
+pub(super) fn service(
     s: &core::Service,
-    pods: &[model::Pod],
-    containers: &BTreeMap<(String, String), &core::Pod>,
-    waypoints: &BTreeSet<model::ObjectKey>,
+    context: &ServiceContext<'_>,
     skips: &mut Vec<Skip>,
 ) -> Option<model::Service> {
     let (namespace, name) = key(&s.metadata);
@@ -291,13 +196,23 @@ fn service(
     vips.sort();
     vips.dedup();
     let mut labels = labels(&s.metadata);
-    check_waypoint_label(&subject, &namespace, &mut labels, waypoints, skips);
+    check_waypoint_label(&subject, &namespace, &mut labels, context.waypoints, skips);
+    let selector = spec.selector.unwrap_or_default();
+    // A service with a selector gets its endpoints from the model, which computes them from the
+    // pods: the same answer the EndpointSlice controller writes, without depending on its
+    // slices having caught up (a pod is an endpoint as soon as the pod is seen).
+    let explicit_endpoints = if selector.is_empty() {
+        context.slices.endpoints(&subject, &namespace, &name, skips)
+    } else {
+        Vec::new()
+    };
     let mut svc = model::Service {
         name,
         namespace,
         vips,
         ports: Vec::new(),
-        selector: spec.selector.unwrap_or_default(),
+        selector,
+        explicit_endpoints,
         labels,
     };
     for p in spec.ports.iter().flatten() {
@@ -319,18 +234,28 @@ fn service(
             skip(format!("port number {} is out of range", p.port));
             continue;
         };
-        let target_port = match &p.target_port {
-            None => port,
-            Some(IntOrString::Int(n)) => match u16::try_from(*n) {
+        // Without a selector, kube-proxy takes a port's number from the slices' port of the same
+        // name, whatever targetPort says; so does the mesh.
+        let from_slices = if svc.selector.is_empty() {
+            context
+                .slices
+                .port(&svc.namespace, &svc.name, p.name.as_deref())
+        } else {
+            None
+        };
+        let target_port = match (from_slices, &p.target_port) {
+            (Some(n), _) => n,
+            (None, None) => port,
+            (None, Some(IntOrString::Int(n))) => match u16::try_from(*n) {
                 Ok(n) if n != 0 => n,
                 _ => {
                     skip(format!("targetPort {n} is out of range"));
                     continue;
                 }
             },
-            Some(IntOrString::String(named)) => match named.parse::<u16>() {
+            (None, Some(IntOrString::String(named))) => match named.parse::<u16>() {
                 Ok(n) if n != 0 => n,
-                _ => match resolve_named(named, &svc, pods, containers) {
+                _ => match resolve_named(named, &svc, context.pods, context.containers) {
                     Ok(n) => n,
                     Err(reason) => {
                         skip(reason);
