@@ -202,10 +202,9 @@ impl Policy {
     }
 
     fn matches(&self, source: &Source<'_>, port: u16) -> bool {
-        // No rules: an ALLOW allows nothing, a DENY denies everything (as in Istio).
-        if self.rules.is_empty() {
-            return self.action == Action::Deny;
-        }
+        // No rules match nothing, as in Istio: an ALLOW without rules therefore allows nothing
+        // (it still makes everything else denied), a DENY without rules denies nothing. To deny
+        // everything, a DENY needs one empty rule (`rules: [{}]`), which matches every request.
         self.rules.iter().any(|rule| {
             if rule.has_l7 && self.action == Action::Allow {
                 return false;
@@ -356,6 +355,26 @@ mod tests {
             Decision::Deny { .. }
         ));
         assert_eq!(decide([].iter(), &src(None), 80), Decision::Allow);
+    }
+
+    #[test]
+    fn policies_without_rules_match_nothing_and_an_empty_rule_matches_everything() {
+        let anyone = id("anyone");
+        let allow_nothing = [policy(api::Action::Allow, vec![])];
+        assert!(matches!(
+            decide(allow_nothing.iter(), &src(Some(&anyone)), 80),
+            Decision::Deny { .. }
+        ));
+        let deny_nothing = [policy(api::Action::Deny, vec![])];
+        assert_eq!(
+            decide(deny_nothing.iter(), &src(Some(&anyone)), 80),
+            Decision::Allow
+        );
+        let deny_all = [policy(api::Action::Deny, vec![api::Rule::default()])];
+        assert!(matches!(
+            decide(deny_all.iter(), &src(None), 80),
+            Decision::Deny { .. }
+        ));
     }
 
     #[test]
