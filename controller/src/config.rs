@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ca::NamespacedName;
+
 /// Where the mesh model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
@@ -49,6 +51,15 @@ impl fmt::Display for SourceSpec {
     }
 }
 
+/// How callers of the CA prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaAuth {
+    /// Each node's bootstrap token from the mesh file.
+    BootstrapTokens,
+    /// Kubernetes service-account tokens, checked by the API server (TokenReview).
+    TokenReview,
+}
+
 /// Ambit control plane: serves each ztunnel and waypoint its scope of the mesh config, and
 /// workload certificates.
 #[derive(Debug, Clone, clap::Parser)]
@@ -65,11 +76,28 @@ pub struct Config {
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub metrics: SocketAddr,
     /// CA root certificate (PEM); generated with the key on first start if neither exists.
+    /// Ignored with --ca-secret.
     #[arg(long, default_value = "/var/lib/ambit/ca/root-cert.pem")]
     pub ca_cert: PathBuf,
     /// CA root private key (PEM, written with mode 0600 when generated).
     #[arg(long, default_value = "/var/lib/ambit/ca/root-key.pem")]
     pub ca_key: PathBuf,
+    /// Kubernetes Secret NAMESPACE/NAME holding the CA root (keys ca-cert.pem and ca-key.pem),
+    /// instead of --ca-cert/--ca-key; created with a new root if it does not exist.
+    #[arg(long, conflicts_with_all = ["ca_cert", "ca_key"])]
+    pub ca_secret: Option<NamespacedName>,
+    /// How CA callers authenticate [default: token-review with --source kubernetes, else
+    /// bootstrap-tokens].
+    #[arg(long, value_enum)]
+    pub ca_auth: Option<CaAuth>,
+    /// Audience the CA requires of service-account tokens (token-review): the audience of the
+    /// projected token volume of ztunnels and waypoints.
+    #[arg(long, default_value = "ambit-ca")]
+    pub ca_token_audience: String,
+    /// The ztunnel's service account, NAMESPACE/NAME (token-review): its pod-bound tokens speak for
+    /// their pod's node; any other service account may obtain only its own (waypoint) identity.
+    #[arg(long, default_value = "ambit-system/ztunnel")]
+    pub ztunnel_service_account: NamespacedName,
     /// Lifetime of issued workload certificates (a caller may ask for less).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub cert_ttl: Duration,
@@ -82,6 +110,17 @@ pub struct Config {
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
+}
+
+impl Config {
+    /// The CA's authentication: as given, else what the source provides (bootstrap tokens come
+    /// only from mesh files; a cluster has service-account tokens).
+    pub fn ca_auth(&self) -> CaAuth {
+        self.ca_auth.unwrap_or(match self.source {
+            SourceSpec::Kubernetes => CaAuth::TokenReview,
+            SourceSpec::Embedded | SourceSpec::File(_) => CaAuth::BootstrapTokens,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -120,5 +159,56 @@ mod tests {
             Config::try_parse_from(["controller", "--log", "info", "--cert-ttl", "90m"]).unwrap();
         assert_eq!(c.cert_ttl, Duration::from_secs(90 * 60));
         assert!(Config::try_parse_from(["controller", "--source", "nope"]).is_err());
+    }
+
+    #[test]
+    fn the_ca_authenticates_as_the_source_allows_unless_told() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(["controller", "--log", "info"].iter().chain(args)).unwrap()
+        };
+        let c = parse(&[]);
+        assert_eq!(c.ca_auth(), CaAuth::BootstrapTokens);
+        let c = parse(&["--source", "kubernetes"]);
+        assert_eq!(c.ca_auth(), CaAuth::TokenReview);
+        assert_eq!(c.ca_token_audience, "ambit-ca");
+        assert_eq!(
+            c.ztunnel_service_account,
+            NamespacedName::new("ambit-system", "ztunnel")
+        );
+        assert_eq!(c.ca_secret, None);
+        let c = parse(&["--source", "kubernetes", "--ca-auth", "bootstrap-tokens"]);
+        assert_eq!(c.ca_auth(), CaAuth::BootstrapTokens);
+        let c = parse(&["--ca-auth", "token-review"]);
+        assert_eq!(c.ca_auth(), CaAuth::TokenReview);
+    }
+
+    #[test]
+    fn the_root_comes_from_a_secret_or_from_files_not_both() {
+        let c = Config::try_parse_from([
+            "controller",
+            "--log",
+            "info",
+            "--ca-secret",
+            "ambit-system/ambit-ca",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.ca_secret,
+            Some(NamespacedName::new("ambit-system", "ambit-ca"))
+        );
+        assert!(
+            Config::try_parse_from([
+                "controller",
+                "--ca-secret",
+                "ambit-system/ambit-ca",
+                "--ca-key",
+                "/k.pem"
+            ])
+            .is_err()
+        );
+        let err = Config::try_parse_from(["controller", "--ca-secret", "ambit-ca"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NAMESPACE/NAME"), "{err}");
     }
 }

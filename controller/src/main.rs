@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ambit_controller::admin::Admin;
-use ambit_controller::ca::CaService;
-use ambit_controller::config::{Config, SourceSpec};
+use ambit_controller::ca::{Authenticator, CaService, TokenReviewer, root_secret};
+use ambit_controller::config::{CaAuth, Config, SourceSpec};
 use ambit_controller::model::MeshModel;
 use ambit_controller::push::{DiscoveryService, publish_snapshots};
 use ambit_controller::source::{file, kubernetes};
@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -37,8 +37,21 @@ enum Source {
     Watched(tokio::task::JoinHandle<()>),
 }
 
+/// The one Kubernetes client of the process (source, TokenReview, CA Secret), built when first
+/// needed so that a controller using none of them never looks for a kubeconfig.
+#[derive(Default)]
+struct Kube(OnceCell<kube::Client>);
+
+impl Kube {
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        let client = self.0.get_or_try_init(kubernetes::default_client).await?;
+        Ok(client.clone())
+    }
+}
+
 async fn open_source(
     config: &Config,
+    kube: &Kube,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(watch::Receiver<Arc<MeshModel>>, Source)> {
     match &config.source {
@@ -52,7 +65,7 @@ async fn open_source(
             Ok((watching.models, Source::Watched(watching.task)))
         }
         SourceSpec::Kubernetes => {
-            let client = kubernetes::default_client().await?;
+            let client = kube.client().await?;
             let options = kubernetes::Options::default();
             let watching = kubernetes::watch(client, options, shutdown.clone()).await?;
             Ok((watching.models, Source::Watched(watching.task)))
@@ -60,16 +73,42 @@ async fn open_source(
     }
 }
 
+/// The CA root: from the Secret if one is named, else from (or generated into) the files.
+async fn ca_root(
+    config: &Config,
+    kube: &Kube,
+    trust_domain: &str,
+) -> anyhow::Result<CertificateAuthority> {
+    match &config.ca_secret {
+        Some(secret) => Ok(
+            root_secret::load_or_create(kube.client().await?, secret, trust_domain)
+                .await
+                .context("could not set up the CA root (check --ca-secret)")?,
+        ),
+        None => {
+            CertificateAuthority::load_or_generate(trust_domain, &config.ca_cert, &config.ca_key)
+                .context("could not set up the CA root (check --ca-cert and --ca-key)")
+        }
+    }
+}
+
+async fn ca_authenticator(config: &Config, kube: &Kube) -> anyhow::Result<Authenticator> {
+    Ok(match config.ca_auth() {
+        CaAuth::BootstrapTokens => Authenticator::BootstrapTokens,
+        CaAuth::TokenReview => Authenticator::TokenReview {
+            reviewer: TokenReviewer::new(kube.client().await?, &config.ca_token_audience),
+            ztunnel: config.ztunnel_service_account.clone(),
+        },
+    })
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let (models, source) = open_source(&config, &shutdown).await?;
+    let kube = Kube::default();
+    let (models, source) = open_source(&config, &kube, &shutdown).await?;
     let model = models.borrow().clone();
-    let ca = CertificateAuthority::load_or_generate(
-        model.trust_domain(),
-        &config.ca_cert,
-        &config.ca_key,
-    )
-    .context("could not set up the CA root (check --ca-cert and --ca-key)")?;
+    let ca = ca_root(&config, &kube, model.trust_domain()).await?;
+    let authenticator = ca_authenticator(&config, &kube).await?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("could not install the metrics recorder")?;
@@ -92,7 +131,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut grpc = tokio::spawn(ambit_controller::grpc::serve(
         grpc_listener,
         discovery,
-        CaService::new(Arc::new(ca), models, config.cert_ttl),
+        CaService::new(Arc::new(ca), models, config.cert_ttl).authenticate_with(authenticator),
         shutdown.clone(),
     ));
     ready.store(true, Ordering::Relaxed);
@@ -100,6 +139,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         source = %config.source,
         listen = %config.listen,
         metrics = %config.metrics,
+        ca_auth = ?config.ca_auth(),
         trust_domain = model.trust_domain(),
         nodes = model.nodes().count(),
         workloads = model.workloads().count(),

@@ -59,8 +59,14 @@ pub struct FakeApi {
 impl FakeApi {
     /// Starts serving; register collections and handlers before the code under test asks.
     pub async fn start() -> FakeApi {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts serving on `addr`: e.g. where a client was already pointed while nothing
+    /// listened, to show it recovers once the API is back.
+    pub async fn start_on(addr: SocketAddr) -> FakeApi {
         let state = Arc::new(State::default());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = state.clone();
         tokio::spawn(async move {

@@ -1,0 +1,214 @@
+//! Kubernetes service-account tokens, checked by the API server (TokenReview), as Istio's CA
+//! does: the controller never needs the cluster's token signing keys.
+//!
+//! Successful reviews are kept for a short while (at most [`DEFAULT_CACHE_FOR`], never past the
+//! token's own expiry) keyed by a keyed hash of the token, so a ztunnel asking for the
+//! certificates of every pod on its node at start costs one review, not one per pod. A failed
+//! review is never cached: the next request asks again.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use kube::api::{Api, PostParams};
+use parking_lot::Mutex;
+
+use super::Refusal;
+
+/// How long a successful review is reused.
+pub const DEFAULT_CACHE_FOR: Duration = Duration::from_secs(60);
+/// How long the API server gets to answer a review before the request is refused as unavailable.
+pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where the API server puts the node of a pod-bound service-account token (Kubernetes ≥ 1.30).
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// What the API server said a token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Reviewed {
+    /// `system:serviceaccount:<ns>:<sa>` for a service account.
+    pub user: String,
+    /// The node of the pod the token is bound to, if it is bound to one.
+    pub node: Option<String>,
+}
+
+/// Reviews tokens through one Kubernetes client, requiring one audience.
+pub struct TokenReviewer {
+    client: kube::Client,
+    audience: String,
+    timeout: Duration,
+    cache_for: Duration,
+    cache: Mutex<HashMap<u64, (Reviewed, Instant)>>,
+    // A per-process random key: which tokens share a slot cannot be predicted, let alone chosen.
+    hasher: RandomState,
+}
+
+impl TokenReviewer {
+    pub fn new(client: kube::Client, audience: impl Into<String>) -> Self {
+        TokenReviewer {
+            client,
+            audience: audience.into(),
+            timeout: DEFAULT_REVIEW_TIMEOUT,
+            cache_for: DEFAULT_CACHE_FOR,
+            cache: Mutex::new(HashMap::new()),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Reuse successful reviews for at most `cache_for` (zero: review every request).
+    pub fn cache_for(mut self, cache_for: Duration) -> Self {
+        self.cache_for = cache_for;
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    pub(super) async fn review(&self, token: &str) -> Result<Reviewed, Refusal> {
+        let key = self.hasher.hash_one(token);
+        if let Some(reviewed) = self.cached(key) {
+            return Ok(reviewed);
+        }
+        let request = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.into()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let answer =
+            tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &request))
+                .await
+                .map_err(|_| Refusal::ReviewUnavailable {
+                    reason: format!("no answer within {:?}", self.timeout),
+                })?
+                .map_err(|e| Refusal::ReviewUnavailable {
+                    reason: e.to_string(),
+                })?;
+        let reviewed = self.accept(answer.status.unwrap_or_default())?;
+        self.remember(key, &reviewed, token);
+        Ok(reviewed)
+    }
+
+    /// The review's verdict. An authenticated token must also be confirmed for our audience: an
+    /// API server that ignores audiences answers with none, which means "valid for the API
+    /// server itself" and would let any pod's ordinary API token through.
+    fn accept(&self, status: TokenReviewStatus) -> Result<Reviewed, Refusal> {
+        let refuse = |reason: String| Refusal::NotAuthenticated {
+            audience: self.audience.clone(),
+            reason,
+        };
+        if status.authenticated != Some(true) {
+            return Err(refuse(match status.error {
+                Some(error) if !error.is_empty() => format!("the API server said: {error}"),
+                _ => "the API server gave no reason (expired, wrong audience, or unknown)".into(),
+            }));
+        }
+        let audiences = status.audiences.unwrap_or_default();
+        if !audiences.contains(&self.audience) {
+            return Err(refuse(format!(
+                "the review confirmed the audiences {audiences:?}, not ours"
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let Some(name) = user.username.filter(|u| !u.is_empty()) else {
+            return Err(refuse("the review named no user".into()));
+        };
+        let node = user
+            .extra
+            .unwrap_or_default()
+            .remove(NODE_NAME_EXTRA)
+            .and_then(|nodes| nodes.into_iter().next())
+            .filter(|n| !n.is_empty());
+        Ok(Reviewed { user: name, node })
+    }
+
+    fn cached(&self, key: u64) -> Option<Reviewed> {
+        let cache = self.cache.lock();
+        let (reviewed, until) = cache.get(&key)?;
+        (Instant::now() < *until).then(|| reviewed.clone())
+    }
+
+    fn remember(&self, key: u64, reviewed: &Reviewed, token: &str) {
+        let now = Instant::now();
+        // A token whose expiry cannot be read is not cached: it might expire any moment.
+        let Some(left) =
+            token_expiry(token).and_then(|exp| exp.duration_since(SystemTime::now()).ok())
+        else {
+            return;
+        };
+        let keep = left.min(self.cache_for);
+        if keep.is_zero() {
+            return;
+        }
+        let mut cache = self.cache.lock();
+        // Only tokens that passed a review get here, so the map is bounded by the cluster's live
+        // tokens; dropping the stale ones on each insert keeps it at those of the last minute.
+        cache.retain(|_, (_, until)| *until > now);
+        cache.insert(key, (reviewed.clone(), now + keep));
+    }
+}
+
+/// The `exp` claim of a JWT, read without checking anything (the API server did that).
+fn token_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value = serde_json::from_slice(&base64url_decode(payload)?).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// Unpadded base64url (RFC 4648 §5), as in JWTs.
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut bits, mut count) = (0u32, 0u32);
+    for c in text.trim_end_matches('=').bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_decodes_with_and_without_padding() {
+        assert_eq!(base64url_decode("aGk").unwrap(), b"hi");
+        assert_eq!(base64url_decode("aGk=").unwrap(), b"hi");
+        assert_eq!(base64url_decode("_-8").unwrap(), [0xff, 0xef]);
+        assert_eq!(base64url_decode("a+b"), None);
+    }
+
+    #[test]
+    fn the_expiry_is_read_from_the_payload() {
+        // {"exp":2000000000,"sub":"x"}
+        let token = "e30.eyJleHAiOjIwMDAwMDAwMDAsInN1YiI6IngifQ.sig";
+        assert_eq!(
+            token_expiry(token),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+        assert_eq!(token_expiry("opaque-token"), None);
+        assert_eq!(token_expiry("a.!!!.c"), None);
+    }
+}
