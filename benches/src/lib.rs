@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub mod alloc;
+pub mod cpu;
 
 /// Latency samples of one run.
 #[derive(Debug, Default, Clone)]

@@ -54,14 +54,22 @@ pub fn key_of(r: &Resource) -> String {
 }
 
 /// Subscribes as `node` and reports every response until the stream ends or fails.
-pub async fn run(addr: SocketAddr, node: usize, events: Events) {
-    if let Err(e) = session(addr, node, &events).await {
+/// `window`: HTTP/2 stream and connection windows (else h2's defaults, as ztunnel's client has).
+pub async fn run(addr: SocketAddr, node: usize, window: Option<u32>, events: Events) {
+    if let Err(e) = session(addr, node, window, &events).await {
         let _ = events.send(Err(format!("ztunnel of {}: {e:#}", node_name(node))));
     }
 }
 
-async fn session(addr: SocketAddr, node: usize, events: &Events) -> anyhow::Result<()> {
+async fn session(
+    addr: SocketAddr,
+    node: usize,
+    window: Option<u32>,
+    events: &Events,
+) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;

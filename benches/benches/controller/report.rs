@@ -24,6 +24,8 @@ pub struct Figures {
     pub scopes: Duration,
     pub initial_push: Duration,
     pub initial_push_p50: Duration,
+    /// CPU seconds the controller's threads spent on the initial push.
+    pub initial_push_cpu: f64,
     pub bytes_mean: f64,
     pub bytes_max: usize,
     /// The smallest initial config: a node without meshed pods.
@@ -53,6 +55,8 @@ pub struct ChangeFigures {
     pub affected: usize,
     /// Publish of the model to the last affected ztunnel holding its delta.
     pub propagation: Duration,
+    /// CPU seconds the controller's threads spent from the publish to the last affected delta.
+    pub push_cpu: f64,
     pub delta_bytes_mean: f64,
     pub delta_bytes_max: usize,
     /// Affected ztunnels whose delta was not exactly what their scope changed by.
@@ -114,9 +118,10 @@ impl Figures {
         line(
             "initial push: subscribe -> all 100 hold config",
             format!(
-                "{:.0} ms (p50 {:.0} ms)",
+                "{:.0} ms (p50 {:.0} ms), controller CPU {:.2} s",
                 ms(self.initial_push),
-                ms(self.initial_push_p50)
+                ms(self.initial_push_p50),
+                self.initial_push_cpu
             ),
         );
         line(
@@ -183,12 +188,13 @@ impl Figures {
             kib(self.vm_hwm as f64),
         );
         println!(
-            "  {:<28} {:>8} {:>9} {:>9} {:>11} {:>11} {:>19} {:>8}  check",
+            "  {:<28} {:>8} {:>9} {:>9} {:>11} {:>9} {:>11} {:>19} {:>8}  check",
             "change",
             "affected",
             "rebuild",
             "snapshot",
             "push",
+            "push CPU",
             "end-to-end",
             "delta mean / max",
             "vs 1 s"
@@ -205,12 +211,13 @@ impl Figures {
                 )
             };
             println!(
-                "  {:<28} {:>8} {:>7.1}ms {:>7.1}ms {:>9.1}ms {:>9.1}ms {:>19} {:>8.2}  {check}",
+                "  {:<28} {:>8} {:>7.1}ms {:>7.1}ms {:>9.1}ms {:>8.2}s {:>9.1}ms {:>19} {:>8.2}  {check}",
                 c.describe,
                 c.affected,
                 ms(c.rebuild),
                 ms(c.snapshot),
                 ms(c.propagation),
+                c.push_cpu,
                 ms(c.end_to_end()),
                 format!(
                     "{} / {}",
@@ -233,6 +240,7 @@ impl Figures {
                     "rebuild_ms": ms(c.rebuild),
                     "snapshot_ms": ms(c.snapshot),
                     "propagation_ms": ms(c.propagation),
+                    "push_cpu_seconds": c.push_cpu,
                     "end_to_end_ms": ms(c.end_to_end()),
                     "end_to_end_vs_target": c.end_to_end().as_secs_f64() / TARGET.as_secs_f64(),
                     "delta_bytes_mean": c.delta_bytes_mean,
@@ -254,6 +262,7 @@ impl Figures {
             "scopes_ms": ms(self.scopes),
             "initial_push_ms": ms(self.initial_push),
             "initial_push_p50_ms": ms(self.initial_push_p50),
+            "initial_push_cpu_seconds": self.initial_push_cpu,
             "bytes_per_ztunnel_mean": self.bytes_mean,
             "bytes_per_ztunnel_max": self.bytes_max,
             "bytes_per_ztunnel_min": self.bytes_min,

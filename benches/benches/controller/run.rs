@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_benches::alloc::{self, Class};
+use ambit_benches::cpu::threads_cpu_seconds;
 use ambit_controller::model::{MeshBuilder, MeshModel};
 use ambit_controller::push::{
     Desired, DiscoveryService, ResourceKey, Snapshot, desired_for, publish_snapshots,
@@ -19,6 +20,7 @@ use anyhow::Context;
 use prost::Message;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +32,9 @@ use super::report::{ChangeFigures, Figures};
 /// got its delta.
 const QUIET: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The controller runtime's threads (workers and blocking pool, where snapshots are built).
+const CONTROLLER_THREADS: &str = "controller";
 
 type EventRx = mpsc::UnboundedReceiver<Result<Event, String>>;
 
@@ -99,7 +104,16 @@ struct Controller {
     shutdown: CancellationToken,
 }
 
-fn start(rt: &Runtime, model: Arc<MeshModel>) -> anyhow::Result<Controller> {
+/// Variations on how the controller's gRPC port is set up, to see what its defaults cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// TCP_NODELAY on accepted connections (the controller's `grpc::serve` leaves Nagle on).
+    pub nodelay: bool,
+    /// HTTP/2 stream and connection windows, both ends (else h2's 64 KiB defaults).
+    pub window: Option<u32>,
+}
+
+fn start(rt: &Runtime, model: Arc<MeshModel>, tuning: Tuning) -> anyhow::Result<Controller> {
     let (models, models_rx) = watch::channel(model);
     let shutdown = CancellationToken::new();
     rt.block_on(async {
@@ -107,13 +121,18 @@ fn start(rt: &Runtime, model: Arc<MeshModel>) -> anyhow::Result<Controller> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let discovery = DiscoveryService::new(snapshots.clone(), shutdown.clone());
+        let incoming = TcpListenerStream::new(listener).map(move |s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(tuning.nodelay);
+            }
+            s
+        });
         tokio::spawn(
             tonic::transport::Server::builder()
+                .initial_stream_window_size(tuning.window)
+                .initial_connection_window_size(tuning.window)
                 .add_service(discovery.into_server())
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    shutdown.clone().cancelled_owned(),
-                ),
+                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
         );
         Ok(Controller {
             addr,
@@ -143,7 +162,7 @@ async fn collect(
     Ok(got)
 }
 
-pub fn size(workloads: usize) -> anyhow::Result<Figures> {
+pub fn size(workloads: usize, tuning: Tuning) -> anyhow::Result<Figures> {
     let mut spec = Spec::generate(workloads);
     let mut f = Figures {
         workloads: spec.workloads(),
@@ -193,10 +212,10 @@ pub fn size(workloads: usize) -> anyhow::Result<Figures> {
     f.resume_request_bytes = resume.encoded_len();
     drop((resume, desired, snapshot));
 
-    let server_rt = runtime("controller", Class::Measured)?;
+    let server_rt = runtime(CONTROLLER_THREADS, Class::Measured)?;
     let clients_rt = runtime("ztunnels", Class::Harness)?;
-    let controller = start(&server_rt, model)?;
-    let mut events = initial_push(&mut f, &controller, &clients_rt)?;
+    let controller = start(&server_rt, model, tuning)?;
+    let mut events = initial_push(&mut f, &controller, &clients_rt, tuning)?;
     f.default_client = Some(clients_rt.block_on(fleet::default_limits_probe(controller.addr, 0)));
     for change in Change::ALL {
         spec.apply(change);
@@ -212,15 +231,21 @@ pub fn size(workloads: usize) -> anyhow::Result<Figures> {
 
 /// All 100 subscribe at once, as after a controller restart. Returns the subscribers' event
 /// stream, on which they go on to report deltas.
-fn initial_push(f: &mut Figures, c: &Controller, clients_rt: &Runtime) -> anyhow::Result<EventRx> {
+fn initial_push(
+    f: &mut Figures,
+    c: &Controller,
+    clients_rt: &Runtime,
+    tuning: Tuning,
+) -> anyhow::Result<EventRx> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Let the publisher's first snapshot and the server settle before the baseline.
     std::thread::sleep(Duration::from_millis(200));
     let baseline = alloc::live(Class::Measured);
     alloc::reset_peak(Class::Measured);
+    let cpu = threads_cpu_seconds(CONTROLLER_THREADS);
     let start = Instant::now();
     for node in 0..NODES {
-        clients_rt.spawn(fleet::run(c.addr, node, tx.clone()));
+        clients_rt.spawn(fleet::run(c.addr, node, tuning.window, tx.clone()));
     }
     let events =
         clients_rt.block_on(collect(&mut rx, start + DEADLINE, |got| got.len() >= NODES))?;
@@ -232,6 +257,7 @@ fn initial_push(f: &mut Figures, c: &Controller, clients_rt: &Runtime) -> anyhow
     let mut times: Vec<Duration> = events.iter().map(|e| e.at - start).collect();
     times.sort();
     f.initial_push = times[NODES - 1];
+    f.initial_push_cpu = threads_cpu_seconds(CONTROLLER_THREADS) - cpu;
     f.initial_push_p50 = times[NODES / 2];
     let bytes: Vec<usize> = events.iter().map(|e| e.bytes).collect();
     f.bytes_mean = bytes.iter().sum::<usize>() as f64 / NODES as f64;
@@ -269,6 +295,7 @@ async fn one_change(
         .collect();
     drop((old, new));
     while rx.try_recv().is_ok() {}
+    let cpu = threads_cpu_seconds(CONTROLLER_THREADS);
     let start = Instant::now();
     c.models.send_replace(model);
     let mut events = collect(rx, start + DEADLINE, |got| {
@@ -282,6 +309,7 @@ async fn one_change(
         .map(|e| e.at - start)
         .max()
         .unwrap_or_default();
+    let push_cpu = threads_cpu_seconds(CONTROLLER_THREADS) - cpu;
     // Anything else that arrives soon after is a push nobody needed.
     events.extend(collect(rx, Instant::now() + QUIET, |_| false).await?);
     let mut wrong = Vec::new();
@@ -307,6 +335,7 @@ async fn one_change(
         snapshot,
         affected: expected.len(),
         propagation,
+        push_cpu,
         delta_bytes_mean: deltas.iter().sum::<usize>() as f64 / deltas.len().max(1) as f64,
         delta_bytes_max: deltas.iter().copied().max().unwrap_or(0),
         wrong,
