@@ -9,3 +9,4 @@ pub mod local;
 pub mod model;
 pub mod push;
 pub mod source;
+pub mod waypoints;

@@ -48,6 +48,7 @@ struct Collection {
 struct State {
     collections: Mutex<HashMap<String, Collection>>,
     handlers: Mutex<Vec<(Method, String, Handler)>>,
+    prefix_handlers: Mutex<Vec<(Method, String, Handler)>>,
     requests: Mutex<Vec<Recorded>>,
 }
 
@@ -130,6 +131,21 @@ impl FakeApi {
             .push((method, path.into(), Arc::new(handler)));
     }
 
+    /// Answers `method` on every path starting with `prefix` (checked after the exact handlers
+    /// of [`FakeApi::on`], the first registered prefix that matches wins): for a family of
+    /// objects, such as every server-side apply in a namespace.
+    pub fn on_prefix(
+        &self,
+        method: Method,
+        prefix: &str,
+        handler: impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static,
+    ) {
+        self.state
+            .prefix_handlers
+            .lock()
+            .push((method, prefix.into(), Arc::new(handler)));
+    }
+
     /// Every request so far, oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().clone()
@@ -177,7 +193,15 @@ async fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         .lock()
         .iter()
         .find(|(m, p, _)| *m == recorded.method && *p == recorded.path)
-        .map(|(_, _, h)| h.clone());
+        .map(|(_, _, h)| h.clone())
+        .or_else(|| {
+            state
+                .prefix_handlers
+                .lock()
+                .iter()
+                .find(|(m, p, _)| *m == recorded.method && recorded.path.starts_with(p.as_str()))
+                .map(|(_, _, h)| h.clone())
+        });
     if let Some(handler) = handler {
         let (code, body) = handler(&recorded);
         return json_response(code, &body);

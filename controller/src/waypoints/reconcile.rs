@@ -1,0 +1,339 @@
+//! One Gateway, one pass: a waypoint Gateway gets its objects applied and its status written;
+//! any other Gateway loses the objects and status we gave it while it was one (after a class
+//! change). Every pass is idempotent: server-side apply of the same desired objects is a no-op,
+//! and status is written only when it would change.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use gateway_api::apis::standard::gateways::Gateway;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::status::{self, ObservedState};
+use super::{DesiredObjects, WaypointOptions, desired_objects};
+
+/// What each reconcile needs, shared by all of them.
+pub(super) struct Context {
+    pub client: Client,
+    pub options: WaypointOptions,
+    pub service_accounts: Store<ServiceAccount>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    /// Consecutive failures per Gateway, for its retry backoff; cleared on success.
+    pub failures: Mutex<HashMap<ObjectRef<Gateway>, u32>>,
+}
+
+/// A reconcile that failed; it is retried with backoff. Each names the Gateway, the object,
+/// the API server's answer and what would fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("waypoint Gateway {gateway}: could not apply {kind} {object}: {source}; {fix}")]
+    Apply {
+        gateway: String,
+        kind: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+        fix: String,
+    },
+    #[error(
+        "Gateway {gateway} is no longer of the waypoint class: could not delete the {kind} {object} it owned: {source}; {fix}"
+    )]
+    Delete {
+        gateway: String,
+        kind: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+        fix: String,
+    },
+    #[error("Gateway {gateway}: could not write its status: {source}; {fix}")]
+    Status {
+        gateway: String,
+        #[source]
+        source: kube::Error,
+        fix: String,
+    },
+}
+
+/// What would fix a failed call of `verb` on `resource`, judged from the API server's answer.
+fn fix(error: &kube::Error, verb: &str, resource: &str) -> String {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            401 | 403 => format!(
+                "the controller's service account may not {verb} {resource}: grant it in the ambit-controller ClusterRole (manifests/controller.yaml)"
+            ),
+            409 => "another writer changed it at the same moment: retrying".into(),
+            400 | 422 => format!(
+                "the API server refused the object ({}): check the Gateway's annotations and spec.infrastructure labels/annotations, and the controller's waypoint image option",
+                status.message
+            ),
+            404 => format!(
+                "{resource} are not served (for gateways: install the Gateway API CRDs, see manifests/README.md): retrying"
+            ),
+            _ => "the API server failed: retrying".into(),
+        },
+        _ => "the API server could not be reached: retrying".into(),
+    }
+}
+
+fn gateway_name(gateway: &Gateway) -> String {
+    format!(
+        "{}/{}",
+        gateway.namespace().unwrap_or_default(),
+        gateway.name_any()
+    )
+}
+
+/// Reconciles one Gateway (called by the runtime on every change of it or of what it owns).
+pub(super) async fn reconcile(
+    gateway: Arc<Gateway>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let result = if gateway.spec.gateway_class_name == ctx.options.gateway_class {
+        deploy(&gateway, &ctx).await
+    } else {
+        clean_up(&gateway, &ctx).await
+    };
+    if result.is_ok() {
+        ctx.failures.lock().remove(&ObjectRef::from_obj(&*gateway));
+    }
+    result.map(|()| Action::requeue(ctx.options.resync))
+}
+
+/// After a failure: log it with everything needed to fix it, and retry with exponential
+/// backoff per Gateway, so one broken Gateway neither spins nor delays the others.
+pub(super) fn error_policy(
+    gateway: Arc<Gateway>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let failures = {
+        let mut failures = ctx.failures.lock();
+        let count = failures.entry(ObjectRef::from_obj(&*gateway)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = ctx
+        .options
+        .retry_base
+        .saturating_mul(1u32 << (failures - 1).min(16))
+        .min(ctx.options.retry_max);
+    tracing::warn!(%error, failures, retry_in = ?delay, "waypoint reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn deploy(gateway: &Gateway, ctx: &Context) -> Result<(), ReconcileError> {
+    let observed = match desired_objects(gateway, &ctx.options) {
+        Err(invalid) => {
+            tracing::warn!(gateway = %gateway_name(gateway), reason = %invalid, "waypoint Gateway not deployed");
+            ObservedState::Invalid(invalid)
+        }
+        Ok(desired) => match apply_all(gateway, ctx, desired).await {
+            Ok(observed) => observed,
+            Err(error) => {
+                // Tell the user on the Gateway too; if the API is down this fails as well,
+                // and the apply error is the one that matters.
+                let failed = ObservedState::Failed {
+                    message: error.to_string(),
+                };
+                if let Err(status_error) = write_status(gateway, ctx, &failed).await {
+                    tracing::debug!(%status_error, "could not report the failure on the Gateway");
+                }
+                return Err(error);
+            }
+        },
+    };
+    write_status(gateway, ctx, &observed).await
+}
+
+async fn apply_all(
+    gateway: &Gateway,
+    ctx: &Context,
+    desired: DesiredObjects,
+) -> Result<ObservedState, ReconcileError> {
+    apply(gateway, ctx, &desired.service_account).await?;
+    let deployment = apply(gateway, ctx, &desired.deployment).await?;
+    let service = apply(gateway, ctx, &desired.service).await?;
+    let status = deployment.status.unwrap_or_default();
+    let spec = service.spec.unwrap_or_default();
+    let cluster_ips = spec
+        .cluster_ips
+        .or_else(|| spec.cluster_ip.map(|ip| vec![ip]))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .collect();
+    Ok(ObservedState::Applied {
+        replicas: desired
+            .deployment
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(1),
+        available: status.available_replicas.unwrap_or(0),
+        cluster_ips,
+    })
+}
+
+/// Server-side apply, forced: we own the fields we set, whoever set them before, and leave
+/// fields only other managers set (an HPA's, a user's extra annotation) alone.
+async fn apply<K>(gateway: &Gateway, ctx: &Context, object: &K) -> Result<K, ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let ns = object.namespace().unwrap_or_default();
+    let name = object.name_any();
+    let params = PatchParams::apply(&ctx.options.field_manager).force();
+    Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map_err(|source| ReconcileError::Apply {
+            gateway: gateway_name(gateway),
+            kind: kind_of::<K>(),
+            object: format!("{ns}/{name}"),
+            fix: fix(&source, "patch (server-side apply)", &K::plural(&())),
+            source,
+        })
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "ServiceAccount" => "ServiceAccount",
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        _ => "object",
+    }
+}
+
+async fn write_status(
+    gateway: &Gateway,
+    ctx: &Context,
+    observed: &ObservedState,
+) -> Result<(), ReconcileError> {
+    let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
+    let desired = status::gateway_status(gateway, observed, &now);
+    if !status::status_differs(gateway, &desired) {
+        return Ok(());
+    }
+    patch_status(gateway, ctx, json!(desired)).await
+}
+
+/// Applies `status` as ours on the Gateway's status subresource. Conditions are a map keyed by
+/// type there, so other writers' condition types are kept.
+async fn patch_status(
+    gateway: &Gateway,
+    ctx: &Context,
+    status: serde_json::Value,
+) -> Result<(), ReconcileError> {
+    let ns = gateway.namespace().unwrap_or_default();
+    let body = json!({
+        "apiVersion": Gateway::api_version(&()),
+        "kind": Gateway::kind(&()),
+        "metadata": {"name": gateway.name_any(), "namespace": ns},
+        "status": status,
+    });
+    let params = PatchParams::apply(&ctx.options.field_manager).force();
+    Api::<Gateway>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&gateway.name_any(), &params, &Patch::Apply(&body))
+        .await
+        .map(|_| ())
+        .map_err(|source| ReconcileError::Status {
+            gateway: gateway_name(gateway),
+            fix: fix(&source, "patch", "gateways/status"),
+            source,
+        })
+}
+
+/// Whether a Gateway's status has fields written by our field manager.
+fn holds_our_status(gateway: &Gateway, manager: &str) -> bool {
+    gateway.managed_fields().iter().any(|f| {
+        f.manager.as_deref() == Some(manager) && f.subresource.as_deref() == Some("status")
+    })
+}
+
+/// A Gateway not (or no longer) of our class: delete what it owns through us, found in the
+/// watch caches (so a Gateway that never was a waypoint costs no API call), and give up our
+/// status fields, leaving the new class's controller a clean Gateway.
+async fn clean_up(gateway: &Gateway, ctx: &Context) -> Result<(), ReconcileError> {
+    let Some(uid) = gateway.uid() else {
+        return Ok(());
+    };
+    if holds_our_status(gateway, &ctx.options.field_manager) {
+        // An empty apply releases every status field only we own.
+        patch_status(gateway, ctx, json!({})).await?;
+    }
+    // Deployment first: its pods are what serves traffic.
+    delete_owned(gateway, ctx, &ctx.deployments, &uid).await?;
+    delete_owned(gateway, ctx, &ctx.services, &uid).await?;
+    delete_owned(gateway, ctx, &ctx.service_accounts, &uid).await
+}
+
+async fn delete_owned<K>(
+    gateway: &Gateway,
+    ctx: &Context,
+    store: &Store<K>,
+    gateway_uid: &str,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let ns = gateway.namespace().unwrap_or_default();
+    let key = ObjectRef::<K>::new(&gateway.name_any()).within(&ns);
+    let Some(object) = store.get(&key) else {
+        return Ok(());
+    };
+    let ours = object
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == gateway_uid && o.controller == Some(true));
+    // Already going (a watch event behind our own delete): nothing more to do.
+    if !ours || object.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    // The uid precondition: never delete a same-named object created since we looked.
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: object.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    let name = object.name_any();
+    match Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .delete(&name, &params)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(gateway = %gateway_name(gateway), kind = kind_of::<K>(), object = %format!("{ns}/{name}"),
+                "Gateway is no longer of the waypoint class; deleted what it owned");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(ReconcileError::Delete {
+            gateway: gateway_name(gateway),
+            kind: kind_of::<K>(),
+            object: format!("{ns}/{name}"),
+            fix: fix(&source, "delete", &K::plural(&())),
+            source,
+        }),
+    }
+}

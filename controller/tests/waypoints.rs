@@ -1,0 +1,386 @@
+//! The waypoint reconciler against the fake API server (tests/support/fake_api.rs): kube's real
+//! client watches Gateways and our objects over a socket and sends server-side applies, deletes
+//! and status patches, which the fake records and answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ambit_controller::waypoints::{self, WaypointOptions};
+use hyper::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::fake_api::{FakeApi, Recorded, status};
+
+const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+const SERVICE_ACCOUNTS: &str = "/api/v1/serviceaccounts";
+const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+const SERVICES: &str = "/api/v1/services";
+const CLUSTER_IP: &str = "10.96.0.50";
+
+fn gateway(name: &str, class: &str, uid: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": name, "namespace": "demo", "uid": uid,
+            "generation": 1, "resourceVersion": "1",
+        },
+        "spec": {
+            "gatewayClassName": class,
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+        },
+    })
+}
+
+/// What the API server answers to a server-side apply: the object, with what the cluster adds
+/// (a uid; a Service's cluster IP; a Deployment whose pods are all available; a Gateway's spec
+/// around its status).
+fn applied(req: &Recorded) -> (u16, Value) {
+    let mut object = req.body.clone();
+    object["metadata"]["uid"] = json!(format!("uid-of-{}", req.path));
+    object["metadata"]["resourceVersion"] = json!("2");
+    if req.path.contains("/services/") {
+        object["spec"]["clusterIP"] = json!(CLUSTER_IP);
+        object["spec"]["clusterIPs"] = json!([CLUSTER_IP]);
+    }
+    if req.path.ends_with("/status") {
+        // A status write answers with the whole Gateway.
+        object["spec"] = json!({"gatewayClassName": "ambit-waypoint", "listeners": []});
+    }
+    if req.path.contains("/deployments/") {
+        let replicas = object["spec"]["replicas"].clone();
+        object["status"] = json!({"replicas": replicas, "availableReplicas": replicas});
+    }
+    (200, object)
+}
+
+/// The fake with the four kinds the reconciler watches, answering applies, deletes and status.
+async fn cluster(gateways: Vec<Value>) -> FakeApi {
+    let api = FakeApi::start().await;
+    api.collection(GATEWAYS, "GatewayList", gateways);
+    api.collection(SERVICE_ACCOUNTS, "ServiceAccountList", vec![]);
+    api.collection(DEPLOYMENTS, "DeploymentList", vec![]);
+    api.collection(SERVICES, "ServiceList", vec![]);
+    for prefix in [
+        "/api/v1/namespaces/",
+        "/apis/apps/v1/namespaces/",
+        "/apis/gateway.networking.k8s.io/v1/namespaces/",
+    ] {
+        api.on_prefix(Method::PATCH, prefix, applied);
+        api.on_prefix(Method::DELETE, prefix, |_| {
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
+            )
+        });
+    }
+    api
+}
+
+fn options() -> WaypointOptions {
+    WaypointOptions {
+        image: "example.test/waypoint:test".into(),
+        retry_base: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        ..WaypointOptions::default()
+    }
+}
+
+/// Runs the reconciler against `api` until the returned token is cancelled.
+fn start(api: &FakeApi, options: WaypointOptions) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(waypoints::run(api.client(), options, shutdown.clone()));
+    shutdown
+}
+
+/// Waits until the requests so far pass `check`.
+async fn until(api: &FakeApi, what: &str, check: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let requests = api.requests();
+            if check(&requests) {
+                return requests;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let seen: Vec<String> = api
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect();
+        panic!("not within 10s: {what}; requests: {seen:#?}")
+    })
+}
+
+fn object_path(group_path: &str, resource: &str, name: &str) -> String {
+    format!("{group_path}/namespaces/demo/{resource}/{name}")
+}
+
+fn sa_path(name: &str) -> String {
+    object_path("/api/v1", "serviceaccounts", name)
+}
+fn deployment_path(name: &str) -> String {
+    object_path("/apis/apps/v1", "deployments", name)
+}
+fn service_path(name: &str) -> String {
+    object_path("/api/v1", "services", name)
+}
+fn status_path(name: &str) -> String {
+    format!(
+        "{}/status",
+        object_path("/apis/gateway.networking.k8s.io/v1", "gateways", name)
+    )
+}
+
+fn patches<'a>(requests: &'a [Recorded], path: &str) -> Vec<&'a Recorded> {
+    requests
+        .iter()
+        .filter(|r| r.method == Method::PATCH && r.path == path)
+        .collect()
+}
+
+fn condition<'a>(status_patch: &'a Recorded, type_: &str) -> Option<&'a Value> {
+    status_patch.body["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// Whether some status patch of `name` set Programmed to `want`.
+fn programmed(requests: &[Recorded], name: &str, want: &str) -> bool {
+    patches(requests, &status_path(name))
+        .iter()
+        .any(|r| condition(r, "Programmed").is_some_and(|c| c["status"] == want))
+}
+
+#[tokio::test]
+async fn a_waypoint_gateway_gets_its_objects_applied_owned_and_programmed() {
+    let api = cluster(vec![gateway("wp", "ambit-waypoint", "gw-uid-1")]).await;
+    let shutdown = start(&api, options());
+    let requests = until(&api, "Programmed=True on wp", |r| {
+        programmed(r, "wp", "True")
+    })
+    .await;
+
+    for (path, kind) in [
+        (sa_path("wp"), "ServiceAccount"),
+        (deployment_path("wp"), "Deployment"),
+        (service_path("wp"), "Service"),
+    ] {
+        let apply = patches(&requests, &path);
+        let apply = apply
+            .first()
+            .unwrap_or_else(|| panic!("no apply of {path}"));
+        assert_eq!(apply.content_type, "application/apply-patch+yaml", "{path}");
+        assert!(
+            apply.query.contains("fieldManager=ambit-controller"),
+            "{}",
+            apply.query
+        );
+        assert!(apply.query.contains("force=true"), "{}", apply.query);
+        assert_eq!(apply.body["kind"], kind);
+        let owner = &apply.body["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["uid"], "gw-uid-1", "{path}");
+        assert_eq!(owner["kind"], "Gateway");
+        assert_eq!(owner["name"], "wp");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(owner["blockOwnerDeletion"], true);
+    }
+    let deployment = &patches(&requests, &deployment_path("wp"))[0].body;
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["ambit.io/dataplane-mode"], "none");
+    assert_eq!(pod["spec"]["serviceAccountName"], "wp");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "example.test/waypoint:test"
+    );
+
+    let status = patches(&requests, &status_path("wp"));
+    let status = status.last().unwrap();
+    assert_eq!(status.content_type, "application/apply-patch+yaml");
+    assert_eq!(condition(status, "Accepted").unwrap()["status"], "True");
+    assert_eq!(
+        condition(status, "Programmed").unwrap()["reason"],
+        "Programmed"
+    );
+    assert_eq!(status.body["status"]["addresses"][0]["value"], CLUSTER_IP);
+
+    // The status write comes back as a Gateway event, as from a real API server; with nothing
+    // changed, it is not written again (no write-event-write loop).
+    let mut written = gateway("wp", "ambit-waypoint", "gw-uid-1");
+    written["metadata"]["resourceVersion"] = json!("3");
+    written["status"] = status.body["status"].clone();
+    api.send(GATEWAYS, "MODIFIED", written);
+    let applies = |r: &[Recorded]| patches(r, &deployment_path("wp")).len();
+    let requests = until(&api, "the re-apply after the event", |r| applies(r) >= 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(patches(&api.requests(), &status_path("wp")).len(), 1);
+    assert_eq!(
+        patches(&requests, &deployment_path("wp"))[1].body,
+        patches(&requests, &deployment_path("wp"))[0].body,
+        "a re-apply sends the same object"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_gateway_of_another_class_gets_nothing() {
+    let api = cluster(vec![
+        gateway("ingress", "some-other-class", "gw-uid-2"),
+        gateway("wp", "ambit-waypoint", "gw-uid-1"),
+    ])
+    .await;
+    let shutdown = start(&api, options());
+    // Both were listed together; by the time wp is done, ingress has had its turn too.
+    until(&api, "Programmed=True on wp", |r| {
+        programmed(r, "wp", "True")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let touched: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.method != Method::GET && r.path.contains("/ingress"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(touched.is_empty(), "{touched:?}");
+    shutdown.cancel();
+}
+
+/// What the API's watch shows once our apply of `path` took effect.
+fn as_listed(api: &FakeApi, path: &str) -> Value {
+    let apply = patches(&api.requests(), path)[0].clone();
+    let mut object = applied(&apply).1;
+    object["metadata"]["uid"] = json!(format!("uid-of-{path}"));
+    object
+}
+
+#[tokio::test]
+async fn a_class_change_deletes_what_the_gateway_owned_and_releases_its_status() {
+    let api = cluster(vec![gateway("wp", "ambit-waypoint", "gw-uid-1")]).await;
+    let shutdown = start(&api, options());
+    until(&api, "Programmed=True on wp", |r| {
+        programmed(r, "wp", "True")
+    })
+    .await;
+    // The watches show what was applied, as a real API server's would.
+    api.send(SERVICE_ACCOUNTS, "ADDED", as_listed(&api, &sa_path("wp")));
+    api.send(
+        DEPLOYMENTS,
+        "ADDED",
+        as_listed(&api, &deployment_path("wp")),
+    );
+    api.send(SERVICES, "ADDED", as_listed(&api, &service_path("wp")));
+
+    let mut changed = gateway("wp", "some-other-class", "gw-uid-1");
+    changed["metadata"]["resourceVersion"] = json!("5");
+    changed["metadata"]["generation"] = json!(2);
+    changed["metadata"]["managedFields"] = json!([{
+        "manager": "ambit-controller", "operation": "Apply", "apiVersion": "gateway.networking.k8s.io/v1",
+        "subresource": "status", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}},
+    }]);
+    api.send(GATEWAYS, "MODIFIED", changed);
+
+    let deletes = |r: &[Recorded]| -> Vec<String> {
+        r.iter()
+            .filter(|r| r.method == Method::DELETE)
+            .map(|r| r.path.clone())
+            .collect()
+    };
+    let requests = until(&api, "three DELETEs", |r| deletes(r).len() >= 3).await;
+    let mut deleted = deletes(&requests);
+    deleted.sort();
+    let mut want = vec![sa_path("wp"), deployment_path("wp"), service_path("wp")];
+    want.sort();
+    assert_eq!(deleted, want);
+    for delete in requests.iter().filter(|r| r.method == Method::DELETE) {
+        // Only the object we saw: a same-named one created since is not ours to delete.
+        assert_eq!(
+            delete.body["preconditions"]["uid"],
+            format!("uid-of-{}", delete.path)
+        );
+    }
+    let released = patches(&requests, &status_path("wp"));
+    assert_eq!(released.last().unwrap().body["status"], json!({}));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_api_error_on_one_gateway_is_retried_and_does_not_block_another() {
+    let api = cluster(vec![
+        gateway("broken", "ambit-waypoint", "gw-uid-3"),
+        gateway("good", "ambit-waypoint", "gw-uid-4"),
+    ])
+    .await;
+    // The broken one's ServiceAccount is refused twice (as with RBAC missing), then accepted.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    api.on(Method::PATCH, &sa_path("broken"), move |req| {
+        if counted.fetch_add(1, Ordering::SeqCst) < 2 {
+            (
+                403,
+                status(403, "Forbidden", "serviceaccounts \"broken\" is forbidden"),
+            )
+        } else {
+            applied(req)
+        }
+    });
+    let shutdown = start(&api, options());
+    let requests = until(&api, "both Programmed=True", |r| {
+        programmed(r, "good", "True") && programmed(r, "broken", "True")
+    })
+    .await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "two refusals, then success"
+    );
+    // The refusal was reported on the Gateway, with the fix.
+    let reported = patches(&requests, &status_path("broken"))
+        .into_iter()
+        .filter_map(|r| condition(r, "Programmed"))
+        .find(|c| c["status"] == "False")
+        .expect("the failure was not reported on the Gateway")
+        .clone();
+    let message = reported["message"].as_str().unwrap();
+    assert!(message.contains("ServiceAccount demo/broken"), "{message}");
+    assert!(message.contains("ClusterRole"), "{message}");
+    // The good one did not wait for the broken one's retries.
+    let good_done = requests
+        .iter()
+        .position(|r| r.path == status_path("good"))
+        .unwrap();
+    let last_broken_try = requests
+        .iter()
+        .rposition(|r| r.path == sa_path("broken"))
+        .unwrap();
+    assert!(
+        good_done < last_broken_try,
+        "good waited for broken's retries"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_invalid_waypoint_gateway_is_reported_and_not_deployed() {
+    let mut bad = gateway("wp", "ambit-waypoint", "gw-uid-5");
+    bad["spec"]["listeners"][0]["protocol"] = json!("HTTP");
+    let api = cluster(vec![bad]).await;
+    let shutdown = start(&api, options());
+    let requests = until(&api, "a status patch", |r| {
+        !patches(r, &status_path("wp")).is_empty()
+    })
+    .await;
+    let status = patches(&requests, &status_path("wp"))[0];
+    let accepted = condition(status, "Accepted").unwrap();
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "ListenersNotValid");
+    assert!(patches(&requests, &deployment_path("wp")).is_empty());
+    shutdown.cancel();
+}
