@@ -1,0 +1,458 @@
+//! Every document of every file in manifests/ read into its Kubernetes (k8s_openapi), Gateway
+//! API or CRD type, strictly: a field the type does not know (a typo) fails, though serde alone
+//! would drop it. Also: the controller's RBAC grants what the code calls, the controller's and
+//! ztunnel's args are flags their binaries accept, and the kustomization lists every file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ambit_controller::waypoints::{self, REQUIRED_PERMISSIONS};
+use clap::Parser;
+use gateway_api::apis::experimental::httproutes::HttpRoute;
+use gateway_api::apis::standard::gatewayclasses::GatewayClass;
+use gateway_api::apis::standard::gateways::Gateway;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// One YAML document: where it is, and its content.
+struct Doc {
+    origin: String,
+    value: Value,
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+fn documents() -> Vec<Doc> {
+    let mut files = Vec::new();
+    yaml_files(&manifests_dir(), &mut files);
+    files.sort();
+    assert!(files.len() >= 7, "manifests/ has too few files: {files:?}");
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file
+            .strip_prefix(manifests_dir())
+            .unwrap()
+            .display()
+            .to_string();
+        let values: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{name} is not YAML: {e}"));
+        for (i, value) in values.into_iter().enumerate() {
+            if value.is_null() {
+                continue;
+            }
+            docs.push(Doc {
+                origin: format!("{name} document {}", i + 1),
+                value,
+            });
+        }
+    }
+    docs
+}
+
+/// Paths present in `original` that `typed` (the same document after a trip through its
+/// type) lost: fields the type does not know.
+fn lost_fields(original: &Value, typed: &Value, path: &str, lost: &mut Vec<String>) {
+    match (original, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let here = format!("{path}.{key}");
+                match b.get(key) {
+                    Some(back) => lost_fields(value, back, &here, lost),
+                    None if value.is_null() => {}
+                    None => lost.push(here),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, value) in a.iter().enumerate() {
+                match b.get(i) {
+                    Some(back) => lost_fields(value, back, &format!("{path}[{i}]"), lost),
+                    None => lost.push(format!("{path}[{i}]")),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `doc` as a `T`, failing on any field `T` does not have.
+fn strict<T: DeserializeOwned + Serialize>(doc: &Doc) -> T {
+    let typed: T =
+        serde_json::from_value(doc.value.clone()).unwrap_or_else(|e| panic!("{}: {e}", doc.origin));
+    let back = serde_json::to_value(&typed).unwrap();
+    let mut lost = Vec::new();
+    lost_fields(&doc.value, &back, "", &mut lost);
+    assert!(
+        lost.is_empty(),
+        "{}: unknown fields (typos?): {lost:?}",
+        doc.origin
+    );
+    typed
+}
+
+/// Checks `value` against a CRD's structural schema (what the API server would prune or
+/// refuse): unknown properties, types, enums, required fields.
+fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    if value.is_null() {
+        if schema["nullable"] != true {
+            errors.push(format!("{path}: null is not allowed"));
+        }
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        errors.push(format!("{path}: {value} is not one of {allowed:?}"));
+    }
+    let type_ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !type_ok {
+        errors.push(format!("{path}: {value} is not of type {}", schema["type"]));
+        return;
+    }
+    if let Some(object) = value.as_object() {
+        for key in schema["required"].as_array().into_iter().flatten() {
+            if !object.contains_key(key.as_str().unwrap()) {
+                errors.push(format!("{path}: required field {key} is missing"));
+            }
+        }
+        for (key, field) in object {
+            let here = format!("{path}.{key}");
+            if let Some(sub) = schema["properties"].get(key) {
+                check_schema(sub, field, &here, errors);
+            } else if schema["additionalProperties"].is_object() {
+                check_schema(&schema["additionalProperties"], field, &here, errors);
+            } else if schema["x-kubernetes-preserve-unknown-fields"] != true {
+                errors.push(format!("{here}: unknown field"));
+            }
+        }
+    }
+    if let Some(items) = value.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            check_schema(&schema["items"], item, &format!("{path}[{i}]"), errors);
+        }
+    }
+}
+
+/// A custom resource of one of our CRDs, checked against that CRD's schema.
+fn check_custom_resource(doc: &Doc, crds: &[CustomResourceDefinition]) {
+    let api_version = doc.value["apiVersion"].as_str().unwrap();
+    let kind = doc.value["kind"].as_str().unwrap();
+    let (group, version) = api_version.split_once('/').unwrap();
+    let crd = crds
+        .iter()
+        .find(|c| c.spec.group == group && c.spec.names.kind == kind)
+        .unwrap_or_else(|| panic!("{}: no CRD in manifests/ for {kind}", doc.origin));
+    let served = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == version && v.served)
+        .unwrap_or_else(|| panic!("{}: {api_version} is not a served version", doc.origin));
+    let schema = served
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap();
+    let schema = serde_json::to_value(schema).unwrap();
+    let mut body = doc.value.clone();
+    let metadata = body.as_object_mut().unwrap().remove("metadata");
+    strict::<ObjectMeta>(&Doc {
+        origin: format!("{} metadata", doc.origin),
+        value: metadata.unwrap_or_default(),
+    });
+    for key in ["apiVersion", "kind"] {
+        body.as_object_mut().unwrap().remove(key);
+    }
+    let mut errors = Vec::new();
+    check_schema(&schema, &body, "", &mut errors);
+    assert!(errors.is_empty(), "{}: {errors:#?}", doc.origin);
+}
+
+fn kind_of(doc: &Doc) -> (&str, &str) {
+    (
+        doc.value["apiVersion"].as_str().unwrap_or_default(),
+        doc.value["kind"].as_str().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn every_manifest_document_is_its_type_without_unknown_fields() {
+    let docs = documents();
+    let crds: Vec<CustomResourceDefinition> = docs
+        .iter()
+        .filter(|d| kind_of(d) == ("apiextensions.k8s.io/v1", "CustomResourceDefinition"))
+        .map(strict)
+        .collect();
+    assert!(!crds.is_empty(), "no CRDs found under manifests/crds");
+    let mut kinds = BTreeSet::new();
+    for doc in &docs {
+        let (api_version, kind) = kind_of(doc);
+        kinds.insert(kind.to_string());
+        match (api_version, kind) {
+            ("v1", "Namespace") => drop(strict::<Namespace>(doc)),
+            ("v1", "ServiceAccount") => drop(strict::<ServiceAccount>(doc)),
+            ("v1", "Service") => drop(strict::<Service>(doc)),
+            ("apps/v1", "Deployment") => drop(strict::<Deployment>(doc)),
+            ("apps/v1", "DaemonSet") => drop(strict::<DaemonSet>(doc)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => drop(strict::<ClusterRole>(doc)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                drop(strict::<ClusterRoleBinding>(doc))
+            }
+            ("rbac.authorization.k8s.io/v1", "Role") => drop(strict::<Role>(doc)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => drop(strict::<RoleBinding>(doc)),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {}
+            ("gateway.networking.k8s.io/v1", "GatewayClass") => drop(strict::<GatewayClass>(doc)),
+            ("gateway.networking.k8s.io/v1", "Gateway") => drop(strict::<Gateway>(doc)),
+            // The experimental type: a superset (retry), as the README's install allows.
+            ("gateway.networking.k8s.io/v1", "HTTPRoute") => drop(strict::<HttpRoute>(doc)),
+            ("kustomize.config.k8s.io/v1beta1", "Kustomization") => {}
+            (group, _) if group.starts_with("ambit.io/") => check_custom_resource(doc, &crds),
+            _ => panic!("{}: no type known for {api_version} {kind}", doc.origin),
+        }
+    }
+    for expected in [
+        "DaemonSet",
+        "Deployment",
+        "ClusterRole",
+        "Gateway",
+        "HTTPRoute",
+        "AuthorizationPolicy",
+    ] {
+        assert!(kinds.contains(expected), "no {expected} in manifests/");
+    }
+}
+
+#[test]
+fn the_strict_reading_catches_a_typo() {
+    let doc = Doc {
+        origin: "typo".into(),
+        value: serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "x"},
+            "spec": {"ports": [{"port": 80, "targtPort": 8080}]},
+        }),
+    };
+    let caught = std::panic::catch_unwind(|| drop(strict::<Service>(&doc)));
+    let message = *caught.unwrap_err().downcast::<String>().unwrap();
+    assert!(message.contains(".spec.ports[0].targtPort"), "{message}");
+    let schema = serde_json::json!({"type": "object", "properties": {"a": {"type": "string"}}});
+    let mut errors = Vec::new();
+    check_schema(
+        &schema,
+        &serde_json::json!({"a": "x", "b": 1}),
+        "",
+        &mut errors,
+    );
+    assert_eq!(errors, [".b: unknown field"]);
+}
+
+fn find<T: DeserializeOwned + Serialize>(docs: &[Doc], kind: &str, name: &str) -> T {
+    let doc = docs
+        .iter()
+        .find(|d| d.value["kind"] == kind && d.value["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in manifests/"));
+    strict(doc)
+}
+
+fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
+    let has = |list: &Option<Vec<String>>, want: &str| {
+        list.iter().flatten().any(|x| x == want || x == "*")
+    };
+    rules.iter().any(|rule| {
+        has(&rule.api_groups, group)
+            && has(&rule.resources, resource)
+            && rule.verbs.iter().any(|v| v == verb || v == "*")
+    })
+}
+
+#[test]
+fn the_controller_may_do_what_it_does() {
+    let docs = documents();
+    let cluster_role: ClusterRole = find(&docs, "ClusterRole", "ambit-controller");
+    let rules = cluster_role.rules.unwrap_or_default();
+    // The waypoint reconciler's own list, and what the mesh source and the CA call.
+    let others: &[(&str, &str, &str)] = &[
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+        ("gateway.networking.k8s.io", "httproutes", "list"),
+        ("gateway.networking.k8s.io", "httproutes", "watch"),
+        ("ambit.io", "authorizationpolicies", "list"),
+        ("ambit.io", "authorizationpolicies", "watch"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+    ];
+    let missing: Vec<_> = REQUIRED_PERMISSIONS
+        .iter()
+        .chain(others)
+        .filter(|(g, r, v)| !grants(&rules, g, r, v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "manifests/controller.yaml ClusterRole lacks {missing:?}"
+    );
+    // Secrets only in ambit-system, for the CA root.
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+    );
+    let role: Role = find(&docs, "Role", "ambit-controller");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("ambit-system"));
+    let role_rules = role.rules.unwrap_or_default();
+    for verb in ["get", "create"] {
+        assert!(grants(&role_rules, "", "secrets", verb), "secrets {verb}");
+    }
+    let binding: ClusterRoleBinding = find(&docs, "ClusterRoleBinding", "ambit-controller");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        ("ambit-controller", Some("ambit-system"))
+    );
+}
+
+/// The container's args with `$(VAR)` references resolved as the kubelet would, with a
+/// stand-in for downward-API values.
+fn args_of(container: &Container, program: &str) -> Vec<String> {
+    let mut args = vec![program.to_string()];
+    for arg in container.args.iter().flatten() {
+        let mut arg = arg.clone();
+        for env in container.env.iter().flatten() {
+            arg = arg.replace(&format!("$({})", env.name), "stand-in");
+        }
+        args.push(arg);
+    }
+    args
+}
+
+#[test]
+fn the_controller_and_ztunnel_args_are_flags_they_accept() {
+    let docs = documents();
+    let controller: Deployment = find(&docs, "Deployment", "ambit-controller");
+    let pod = controller.spec.unwrap().template.spec.unwrap();
+    let args = args_of(&pod.containers[0], "controller");
+    let config = ambit_controller::config::Config::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("manifests/controller.yaml args {args:?}: {e}"));
+    assert_eq!(
+        config.source,
+        ambit_controller::config::SourceSpec::Kubernetes
+    );
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("ambit-controller")
+    );
+
+    let ztunnel: DaemonSet = find(&docs, "DaemonSet", "ztunnel");
+    let pod = ztunnel.spec.unwrap().template.spec.unwrap();
+    let args = args_of(&pod.containers[0], "ztunnel");
+    let config = ambit_ztunnel::config::Config::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("manifests/ztunnel.yaml args {args:?}: {e}"));
+    assert_eq!(config.node, "stand-in");
+    let node_env = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .unwrap();
+    let field = node_env
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    // The token ztunnel shows the CA: projected, for the CA's audience, where --token-file says.
+    let token_file = config.token_file.unwrap();
+    let token = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .next()
+        .expect("no projected service-account token in the ztunnel DaemonSet");
+    assert_eq!(
+        token.audience.as_deref(),
+        Some(waypoints::WaypointOptions::default().ca_audience.as_str())
+    );
+    assert_eq!(
+        token_file.file_name().unwrap().to_str(),
+        Some(token.path.as_str())
+    );
+}
+
+#[test]
+fn the_kustomization_lists_every_manifest_but_the_sample() {
+    let text = std::fs::read_to_string(manifests_dir().join("kustomization.yaml")).unwrap();
+    let kustomization: Value = serde_saphyr::from_str(&text).unwrap();
+    let keys: BTreeSet<&str> = kustomization
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(keys, BTreeSet::from(["apiVersion", "kind", "resources"]));
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let mut files = Vec::new();
+    yaml_files(&manifests_dir(), &mut files);
+    let present: BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(manifests_dir())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .filter(|f| f != "kustomization.yaml" && f != "sample-app.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    // Install order: the namespace before what lives in it, CRDs before their objects.
+    let order: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(order.first(), Some(&"namespace.yaml"));
+}
