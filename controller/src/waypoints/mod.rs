@@ -110,7 +110,7 @@ impl Default for WaypointOptions {
         WaypointOptions {
             gateway_class: GATEWAY_CLASS.into(),
             image: default_image(),
-            controller_address: "http://ambit-controller.ambit-system.svc:15010".into(),
+            controller_address: "https://ambit-controller.ambit-system.svc:15010".into(),
             trust_domain: "cluster.local".into(),
             ca_audience: "ambit-ca".into(),
             field_manager: FIELD_MANAGER.into(),

@@ -31,8 +31,9 @@ pub(super) struct Context {
     pub service_accounts: Store<ServiceAccount>,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
-    /// Consecutive failures per Gateway, for its retry backoff; cleared on success.
-    pub failures: Mutex<HashMap<ObjectRef<Gateway>, u32>>,
+    /// Consecutive failures per Gateway (`namespace/name`), for its retry backoff; cleared on
+    /// success and when the Gateway is gone.
+    pub failures: Mutex<HashMap<String, u32>>,
 }
 
 /// A reconcile that failed; it is retried with backoff. Each names the Gateway, the object,
@@ -42,7 +43,7 @@ pub enum ReconcileError {
     #[error("waypoint Gateway {gateway}: could not apply {kind} {object}: {source}; {fix}")]
     Apply {
         gateway: String,
-        kind: &'static str,
+        kind: String,
         object: String,
         #[source]
         source: kube::Error,
@@ -53,7 +54,7 @@ pub enum ReconcileError {
     )]
     Delete {
         gateway: String,
-        kind: &'static str,
+        kind: String,
         object: String,
         #[source]
         source: kube::Error,
@@ -89,7 +90,8 @@ fn fix(error: &kube::Error, verb: &str, resource: &str) -> String {
     }
 }
 
-fn gateway_name(gateway: &Gateway) -> String {
+/// `namespace/name`: how Gateways are named in logs, errors and the failure counts.
+pub(super) fn gateway_name(gateway: &Gateway) -> String {
     format!(
         "{}/{}",
         gateway.namespace().unwrap_or_default(),
@@ -108,7 +110,7 @@ pub(super) async fn reconcile(
         clean_up(&gateway, &ctx).await
     };
     if result.is_ok() {
-        ctx.failures.lock().remove(&ObjectRef::from_obj(&*gateway));
+        ctx.failures.lock().remove(&gateway_name(&gateway));
     }
     result.map(|()| Action::requeue(ctx.options.resync))
 }
@@ -122,7 +124,7 @@ pub(super) fn error_policy(
 ) -> Action {
     let failures = {
         let mut failures = ctx.failures.lock();
-        let count = failures.entry(ObjectRef::from_obj(&*gateway)).or_insert(0);
+        let count = failures.entry(gateway_name(&gateway)).or_insert(0);
         *count = count.saturating_add(1);
         *count
     };
@@ -212,13 +214,8 @@ where
         })
 }
 
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "ServiceAccount" => "ServiceAccount",
-        "Deployment" => "Deployment",
-        "Service" => "Service",
-        _ => "object",
-    }
+fn kind_of<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).into_owned()
 }
 
 async fn write_status(
@@ -323,7 +320,7 @@ where
         .await
     {
         Ok(_) => {
-            tracing::info!(gateway = %gateway_name(gateway), kind = kind_of::<K>(), object = %format!("{ns}/{name}"),
+            tracing::info!(gateway = %gateway_name(gateway), kind = %kind_of::<K>(), object = %format!("{ns}/{name}"),
                 "Gateway is no longer of the waypoint class; deleted what it owned");
             Ok(())
         }

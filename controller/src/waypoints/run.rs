@@ -14,8 +14,10 @@ use futures::stream::{BoxStream, StreamExt};
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use kube::runtime::controller::{self, ReconcileRequest, applier, trigger_owners, trigger_self};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::controller::{
+    self, Action, ReconcileRequest, applier, trigger_owners, trigger_self,
+};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use parking_lot::Mutex;
@@ -79,6 +81,7 @@ pub async fn run(client: Client, options: WaypointOptions, shutdown: Cancellatio
         image = %ctx.options.image,
         "waypoint reconciler watching Gateways"
     );
+    let forget = ctx.clone();
     applier(
         |gateway, ctx| Box::pin(reconcile(gateway, ctx)),
         error_policy,
@@ -87,22 +90,37 @@ pub async fn run(client: Client, options: WaypointOptions, shutdown: Cancellatio
         requests,
         controller::Config::default().concurrency(concurrency),
     )
-    .for_each(|result| async move {
-        match result {
-            Ok((gateway, _)) => tracing::debug!(%gateway, "waypoint Gateway reconciled"),
-            // Logged with its fix by error_policy.
-            Err(controller::Error::ReconcilerFailed(..)) => {}
-            // A Gateway deleted before its turn came: Kubernetes collects what it owned.
-            Err(controller::Error::ObjectNotFound(gateway)) => {
-                tracing::debug!(%gateway, "Gateway gone before its reconcile")
-            }
-            Err(controller::Error::QueueError(error)) => tracing::warn!(
-                %error,
-                "watching Gateways or waypoint objects failed; retrying (if gateways are not found, install the Gateway API CRDs: see manifests/README.md)"
-            ),
-            Err(error) => tracing::warn!(%error, "waypoint reconciler"),
+    .for_each(|result| {
+        if let Err(controller::Error::ObjectNotFound(gateway)) = &result {
+            // Its retry count too: a new Gateway of the same name starts afresh.
+            let name = format!(
+                "{}/{}",
+                gateway.namespace.as_deref().unwrap_or_default(),
+                gateway.name
+            );
+            forget.failures.lock().remove(&name);
         }
+        async move { log(result) }
     })
     .await;
     tracing::info!("waypoint reconciler stopped");
+}
+
+fn log<E: std::error::Error, Q: std::error::Error>(
+    result: Result<(ObjectRef<Gateway>, Action), controller::Error<E, Q>>,
+) {
+    match result {
+        Ok((gateway, _)) => tracing::debug!(%gateway, "waypoint Gateway reconciled"),
+        // Logged with its fix by error_policy.
+        Err(controller::Error::ReconcilerFailed(..)) => {}
+        // A Gateway deleted before its turn came: Kubernetes collects what it owned.
+        Err(controller::Error::ObjectNotFound(gateway)) => {
+            tracing::debug!(%gateway, "Gateway gone before its reconcile")
+        }
+        Err(controller::Error::QueueError(error)) => tracing::warn!(
+            %error,
+            "watching Gateways or waypoint objects failed; retrying (if gateways are not found, install the Gateway API CRDs: see manifests/README.md)"
+        ),
+        Err(error) => tracing::warn!(%error, "waypoint reconciler"),
+    }
 }
