@@ -69,9 +69,14 @@ pub struct Config {
     /// embedded (the demo mesh of examples/mesh.yaml).
     #[arg(long, default_value = "embedded")]
     pub source: SourceSpec,
-    /// gRPC address for discovery and the CA (plain TCP for now).
+    /// gRPC address for discovery and the CA, both over TLS; callers authenticate with tokens
+    /// (--ca-auth), for subscriptions as for certificates.
     #[arg(long, default_value = "0.0.0.0:15010")]
     pub listen: SocketAddr,
+    /// The controller's own identity, NAMESPACE/SERVICE-ACCOUNT in the mesh's trust domain: the
+    /// certificate it presents on --listen, which proxies pin (their --controller-identity).
+    #[arg(long, default_value = "ambit-system/ambit-controller")]
+    pub identity: NamespacedName,
     /// HTTP address for /metrics (Prometheus) and /healthz/ready.
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub metrics: SocketAddr,

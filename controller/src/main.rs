@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ambit_controller::admin::Admin;
 use ambit_controller::ca::{Authenticator, CaService, TokenReviewer, root_secret};
 use ambit_controller::config::{CaAuth, Config, SourceSpec};
+use ambit_controller::grpc::ServingIdentity;
 use ambit_controller::model::MeshModel;
-use ambit_controller::push::{DiscoveryService, publish_snapshots};
+use ambit_controller::push::{DiscoveryService, SubscriberAccess, publish_snapshots};
 use ambit_controller::source::{file, kubernetes};
-use ambit_proto::identity::CertificateAuthority;
+use ambit_proto::identity::{CertificateAuthority, SpiffeId};
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -107,8 +108,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let kube = Kube::default();
     let (models, source) = open_source(&config, &kube, &shutdown).await?;
     let model = models.borrow().clone();
-    let ca = ca_root(&config, &kube, model.trust_domain()).await?;
-    let authenticator = ca_authenticator(&config, &kube).await?;
+    let ca = Arc::new(ca_root(&config, &kube, model.trust_domain()).await?);
+    let authenticator = Arc::new(ca_authenticator(&config, &kube).await?);
+    let identity = SpiffeId::new(
+        model.trust_domain(),
+        &config.identity.namespace,
+        &config.identity.name,
+    )
+    .context("--identity makes no SPIFFE ID in this trust domain")?;
+    let serving = ServingIdentity::issue(ca.clone(), identity, config.cert_ttl)
+        .await
+        .context("could not issue the controller's own certificate")?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("could not install the metrics recorder")?;
@@ -120,7 +130,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("could not listen on --metrics {}", config.metrics))?;
     let ready = Arc::new(AtomicBool::new(false));
     let (snapshots, _snapshot_task) = publish_snapshots(models.clone(), shutdown.clone());
-    let discovery = DiscoveryService::new(snapshots, shutdown.clone());
+    let discovery = DiscoveryService::new(snapshots, shutdown.clone())
+        .authenticate_with(SubscriberAccess::new(authenticator.clone(), models.clone()));
     let admin = Admin {
         metrics,
         ready: ready.clone(),
@@ -130,14 +141,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut grpc = tokio::spawn(ambit_controller::grpc::serve(
         grpc_listener,
+        serving.tls(),
         discovery,
-        CaService::new(Arc::new(ca), models, config.cert_ttl).authenticate_with(authenticator),
+        CaService::new(ca, models, config.cert_ttl).authenticate_with(authenticator),
         shutdown.clone(),
     ));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
         source = %config.source,
         listen = %config.listen,
+        identity = %serving.identity(),
         metrics = %config.metrics,
         ca_auth = ?config.ca_auth(),
         trust_domain = model.trust_domain(),

@@ -3,10 +3,13 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_proto::api::discovery::discovery_client::DiscoveryClient;
 use ambit_proto::api::discovery::{ProxyKind, SubscribeRequest, Subscriber};
+use ambit_proto::control;
+use ambit_proto::identity::TrustBundle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -73,6 +76,30 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
     Some(response)
 }
 
+type Subscription = tonic::Request<ReceiverStream<SubscribeRequest>>;
+
+/// A subscription for `node`'s ztunnel, and the sender that keeps its request stream open.
+fn subscription(node: &str) -> (Subscription, tokio::sync::mpsc::Sender<SubscribeRequest>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.try_send(SubscribeRequest {
+        subscriber: Some(Subscriber {
+            kind: ProxyKind::Ztunnel.into(),
+            name: node.into(),
+            ..Default::default()
+        }),
+        known_versions: HashMap::new(),
+        ..Default::default()
+    })
+    .unwrap();
+    (tonic::Request::new(ReceiverStream::new(rx)), tx)
+}
+
+fn bearer(request: &mut Subscription, token: &str) {
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+}
+
 #[tokio::test]
 async fn serves_the_embedded_mesh_and_drains_on_sigterm() {
     let dir = tempdir("run");
@@ -109,26 +136,35 @@ async fn serves_the_embedded_mesh_and_drains_on_sigterm() {
         .mode();
     assert_eq!(key_mode & 0o777, 0o600, "the generated root key is private");
 
-    let mut client = DiscoveryClient::connect(format!("http://127.0.0.1:{grpc}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(SubscribeRequest {
-        subscriber: Some(Subscriber {
-            kind: ProxyKind::Ztunnel.into(),
-            name: "node-b".into(),
-            ..Default::default()
-        }),
-        known_versions: HashMap::new(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .subscribe(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    // A plain-TCP gRPC client gets nowhere: the port speaks TLS only.
+    let plain = DiscoveryClient::connect(format!("http://127.0.0.1:{grpc}")).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut client) => client.subscribe(subscription("node-b").0).await.is_err(),
+    };
+    assert!(refused, "plaintext gRPC must not reach the controller");
+
+    // Over TLS, pinned to the controller's identity and chained to the generated root.
+    let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
+    let bundle = TrustBundle::from_pem("cluster.local", &root).unwrap();
+    let identity = control::default_controller_identity("cluster.local").unwrap();
+    let tls = Arc::new(control::client_config(&bundle, identity).unwrap());
+    let channel = control::channel(&format!("https://127.0.0.1:{grpc}"), tls).unwrap();
+    let mut client = DiscoveryClient::new(channel);
+
+    // Without a token, or with node-a's token for node-b, the subscription is refused.
+    let (request, _tx) = subscription("node-b");
+    let err = client.subscribe(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let (mut request, _tx) = subscription("node-b");
+    bearer(&mut request, "node-a-local-bootstrap-token");
+    let err = client.subscribe(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("its own node only"), "{err}");
+
+    let (mut request, _tx) = subscription("node-b");
+    bearer(&mut request, "node-b-local-bootstrap-token");
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.full_state && !first.resources.is_empty());
     let metrics_text = http_get(metrics, "/metrics").await.unwrap();

@@ -16,7 +16,10 @@ use tonic::transport::Channel;
 
 const TTL: Duration = Duration::from_secs(2 * 3600);
 
+mod support;
+
 struct Ca {
+    _server: support::grpc::GrpcServer,
     client: CertificateServiceClient<Channel>,
     root_pem: String,
     _models: watch::Sender<Arc<ambit_controller::model::MeshModel>>,
@@ -30,18 +33,16 @@ async fn start() -> Ca {
     let root_pem = ca.root_pem().to_string();
     let shutdown = CancellationToken::new();
     let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(ambit_controller::grpc::serve(
-        listener,
+    let server = support::grpc::serve(
+        ca.clone(),
         DiscoveryService::new(snapshots, shutdown.clone()),
         CaService::new(ca, models, TTL),
         shutdown.clone(),
-    ));
-    let client = CertificateServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    )
+    .await;
+    let client = CertificateServiceClient::new(server.channel.clone());
     Ca {
+        _server: server,
         client,
         root_pem,
         _models: models_tx,

@@ -42,6 +42,7 @@ pods:
 "#;
 
 struct Ca {
+    _server: support::grpc::GrpcServer,
     client: CertificateServiceClient<Channel>,
     root_pem: String,
     _models: watch::Sender<Arc<ambit_controller::model::MeshModel>>,
@@ -56,24 +57,22 @@ async fn start(api: kube::Client, cache_for: Duration) -> Ca {
     let root_pem = ca.root_pem().to_string();
     let shutdown = CancellationToken::new();
     let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let authenticator = Authenticator::TokenReview {
         reviewer: TokenReviewer::new(api, AUDIENCE)
             .cache_for(cache_for)
             .timeout(Duration::from_secs(2)),
         ztunnel: NamespacedName::new("ambit-system", "ztunnel"),
     };
-    tokio::spawn(ambit_controller::grpc::serve(
-        listener,
+    let server = support::grpc::serve(
+        ca.clone(),
         DiscoveryService::new(snapshots, shutdown.clone()),
         CaService::new(ca, models, Duration::from_secs(3600)).authenticate_with(authenticator),
         shutdown.clone(),
-    ));
-    let client = CertificateServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    )
+    .await;
+    let client = CertificateServiceClient::new(server.channel.clone());
     Ca {
+        _server: server,
         client,
         root_pem,
         _models: models_tx,

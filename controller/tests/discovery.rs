@@ -19,8 +19,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
+mod support;
+
 struct Controller {
-    addr: std::net::SocketAddr,
+    server: support::grpc::GrpcServer,
     models: watch::Sender<Arc<MeshModel>>,
     snapshots: watch::Receiver<Arc<ambit_controller::push::Snapshot>>,
     shutdown: CancellationToken,
@@ -48,17 +50,16 @@ async fn start(model: MeshModel) -> Controller {
     let (models_tx, models) = watch::channel(Arc::new(model));
     let shutdown = CancellationToken::new();
     let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
-    tokio::spawn(ambit_controller::grpc::serve(
-        listener,
+    let server = support::grpc::serve(
+        ca.clone(),
         DiscoveryService::new(snapshots.clone(), shutdown.clone()),
         CaService::new(ca, models, Duration::from_secs(3600)),
         shutdown.clone(),
-    ));
+    )
+    .await;
     Controller {
-        addr,
+        server,
         models: models_tx,
         snapshots,
         shutdown,
@@ -90,9 +91,7 @@ async fn subscribe(
     subscriber: Subscriber,
     known_versions: HashMap<String, String>,
 ) -> Result<Proxy, tonic::Status> {
-    let mut client = DiscoveryClient::connect(format!("http://{}", c.addr))
-        .await
-        .unwrap();
+    let mut client = DiscoveryClient::new(c.server.channel.clone());
     let (tx, rx) = mpsc::channel(8);
     tx.send(SubscribeRequest {
         subscriber: Some(subscriber),

@@ -120,6 +120,10 @@ pub fn channel(address: &str, tls: Arc<ClientConfig>) -> Result<Channel, Control
     });
     Ok(Endpoint::from(uri)
         .connect_timeout(Duration::from_secs(3))
+        // Proxies hold one long-lived config stream; pings find a vanished controller without
+        // waiting for TCP to give up.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
         .connect_with_connector_lazy(connect))
 }
 

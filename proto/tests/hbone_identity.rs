@@ -99,7 +99,7 @@ async fn server_refuses_a_client_from_another_root() {
     // The client trusts the server's root but holds a certificate from a root of its own.
     let client_certs = CertManager::new(
         Arc::new(ambit_proto::identity::LocalCa {
-            ca: CertificateAuthority::generate(TD).unwrap(),
+            ca: Arc::new(CertificateAuthority::generate(TD).unwrap()),
             ttl: Duration::from_secs(3600),
         }),
         ours.trust_bundle(),
@@ -125,7 +125,7 @@ async fn server_refuses_a_client_identity_outside_its_trust_domain() {
     // The foreign client trusts our root (same key) and presents spiffe://other.mesh/...
     let foreign_certs = CertManager::new(
         Arc::new(ambit_proto::identity::LocalCa {
-            ca: foreign,
+            ca: Arc::new(foreign),
             ttl: Duration::from_secs(3600),
         }),
         ca.trust_bundle(),

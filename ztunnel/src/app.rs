@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_proto::control;
 use ambit_proto::drain::{self, DrainTrigger};
 use ambit_proto::identity::{
     CertManager, CertificateAuthority, CertificateProvider, LocalCa, TrustBundle,
@@ -15,6 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::ca_client::CaClient;
 use crate::config::Config;
 use crate::connections::ConnectionTracker;
+use crate::controller_link::ControllerLink;
 use crate::metrics::Metrics;
 use crate::pods::Pods;
 use crate::proxy::ProxyContext;
@@ -41,32 +43,33 @@ impl Ztunnel {
         let bundle = TrustBundle::from_pem(&config.trust_domain, &root_pem).with_context(|| {
             format!("loading the mesh root from {}", config.root_cert.display())
         })?;
-        let provider: Arc<dyn CertificateProvider> = match (&config.ca_key, &config.token_file) {
-            (Some(key_path), _) => {
+        let controller_identity = match &config.controller_identity {
+            Some(id) => id.clone(),
+            None => control::default_controller_identity(&config.trust_domain)
+                .context("the trust domain makes no controller identity (--trust-domain)")?,
+        };
+        let link = ControllerLink::new(
+            &config.controller,
+            controller_identity,
+            &bundle,
+            &config.node,
+            config.token_file.clone(),
+        )
+        .context("setting up the link to the controller (--controller)")?;
+        let provider: Arc<dyn CertificateProvider> = match &config.ca_key {
+            Some(key_path) => {
                 let key = std::fs::read_to_string(key_path).with_context(|| {
                     format!("reading the CA root key {} (--ca-key)", key_path.display())
                 })?;
                 let ca = CertificateAuthority::from_pem(&config.trust_domain, &root_pem, &key)
                     .with_context(|| format!("loading the CA root from {}", key_path.display()))?;
                 Arc::new(LocalCa {
-                    ca,
+                    ca: Arc::new(ca),
                     ttl: Duration::from_secs(24 * 3600),
                 })
             }
-            (None, Some(token_file)) => {
-                let token = std::fs::read_to_string(token_file)
-                    .with_context(|| {
-                        format!(
-                            "reading the bootstrap token {} (--token-file)",
-                            token_file.display()
-                        )
-                    })?
-                    .trim()
-                    .to_string();
-                let ca_address = config.ca_address.as_deref().unwrap_or(&config.controller);
-                Arc::new(CaClient::new(ca_address, &config.node, &token)?)
-            }
-            (None, None) => anyhow::bail!(
+            None if config.token_file.is_some() => Arc::new(CaClient::new(link.clone())),
+            None => anyhow::bail!(
                 "no way to get certificates: give --token-file (the controller's CA) or --ca-key (sign locally)"
             ),
         };
@@ -115,7 +118,7 @@ impl Ztunnel {
             }
             None => {
                 let xds = XdsClient {
-                    address: config.controller.clone(),
+                    link,
                     node: config.node.clone(),
                     applier,
                 };

@@ -1,39 +1,22 @@
 //! Certificates from the controller's CA: ztunnel asks, on behalf of each local pod's service
-//! account, proving itself with its node's bootstrap token.
-
-use std::time::Duration;
+//! account, proving which node it is with its token (see [`crate::controller_link`]).
 
 use ambit_proto::api::security::{
     CreateCertificateRequest, certificate_service_client::CertificateServiceClient,
 };
 use ambit_proto::identity::{BoxFuture, CertificateProvider, IdentityError, SpiffeId};
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+
+use crate::controller_link::ControllerLink;
 
 pub struct CaClient {
-    channel: Channel,
-    address: String,
-    node: String,
-    token: String,
+    link: ControllerLink,
 }
 
 impl CaClient {
-    /// Connects lazily: certificates are fetched on first use and retried on renewal, so a CA
-    /// that is not up yet is no reason to fail at start.
-    pub fn new(address: &str, node: &str, token: &str) -> Result<Self, IdentityError> {
-        let channel = Endpoint::from_shared(address.to_string())
-            .map_err(|e| IdentityError::TlsConfig {
-                what: format!("the CA address {address:?}"),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy();
-        Ok(CaClient {
-            channel,
-            address: address.into(),
-            node: node.into(),
-            token: token.into(),
-        })
+    /// Certificates are fetched on first use and retried on renewal, so a CA that is not up yet
+    /// is no reason to fail at start.
+    pub fn new(link: ControllerLink) -> Self {
+        CaClient { link }
     }
 }
 
@@ -53,28 +36,34 @@ impl CertificateProvider for CaClient {
                 validity_seconds: 0,
                 identity: identity.to_string(),
             });
-            let bearer: MetadataValue<_> =
-                format!("Bearer {}", self.token).parse().map_err(|_| {
-                    fail("the bootstrap token has characters not allowed in a header".into())
-                })?;
-            request.metadata_mut().insert("authorization", bearer);
-            let node: MetadataValue<_> = self
-                .node
-                .parse()
-                .map_err(|_| fail("the node name is not a valid header value".into()))?;
-            request.metadata_mut().insert("ambit-node", node);
-            let response = CertificateServiceClient::new(self.channel.clone())
+            self.link
+                .authorize(&mut request)
+                .map_err(|e| fail(e.to_string()))?;
+            let response = CertificateServiceClient::new(self.link.channel())
                 .create_certificate(request)
                 .await
                 .map_err(|status| {
                     fail(format!(
                         "the CA at {} answered {:?}: {}",
-                        self.address,
+                        self.link.address(),
                         status.code(),
-                        status.message()
+                        status_detail(&status)
                     ))
                 })?;
             Ok(response.into_inner().cert_chain)
         })
     }
+}
+
+/// A status's message and, for a transport failure (TLS refused, nobody listening), its causes:
+/// tonic's own message for those is just "transport error".
+pub fn status_detail(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

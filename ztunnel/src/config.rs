@@ -5,30 +5,39 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ambit_proto::identity::SpiffeId;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "ztunnel", version, about = "Ambit's per-node L4 proxy")]
 pub struct Config {
     /// Name of the node this ztunnel serves; the controller sends it this node's scope.
     #[arg(long, env = "AMBIT_NODE")]
     pub node: String,
-    /// The controller's discovery (and CA) gRPC address.
+    /// The controller's discovery (and CA) gRPC address; always TLS.
     #[arg(
         long,
         env = "AMBIT_CONTROLLER",
-        default_value = "http://127.0.0.1:15010"
+        default_value = "https://127.0.0.1:15010"
     )]
     pub controller: String,
-    /// The CA's address, if not the controller's.
+    /// The SPIFFE identity the controller must present [default:
+    /// spiffe://<trust domain>/ns/ambit-system/sa/ambit-controller].
     #[arg(long)]
-    pub ca_address: Option<String>,
+    pub controller_identity: Option<SpiffeId>,
     /// PEM file with the mesh root certificate(s) every peer must chain to.
     #[arg(long, env = "AMBIT_ROOT_CERT")]
     pub root_cert: PathBuf,
     /// The mesh's SPIFFE trust domain.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
-    /// File holding this node's bootstrap token for the CA.
-    #[arg(long, env = "AMBIT_TOKEN_FILE", required_unless_present = "ca_key")]
+    /// File holding the token that proves which node this is to the controller: the node's
+    /// bootstrap token (mesh file), or a projected service-account token (Kubernetes). Re-read
+    /// on every call, so a rotated token is picked up.
+    #[arg(
+        long,
+        env = "AMBIT_TOKEN_FILE",
+        required_unless_present = "config_file"
+    )]
     pub token_file: Option<PathBuf>,
     /// Standalone: take the mesh config from this YAML file (reloaded on change) instead of
     /// the controller.

@@ -9,6 +9,7 @@ pub mod ca_client;
 pub mod capture;
 pub mod config;
 pub mod connections;
+pub mod controller_link;
 pub mod local_config;
 pub mod metrics;
 pub mod node_agent;

@@ -14,23 +14,20 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::ca_client::status_detail;
+use crate::controller_link::{ControllerLink, LinkError};
 use crate::state::{ProxyState, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
-    #[error("controller address {address:?} is not a valid URI: {reason}")]
-    Address { address: String, reason: String },
-    #[error("could not connect to the controller at {address}: {source}")]
-    Connect {
-        address: String,
-        source: tonic::transport::Error,
-    },
-    #[error("the controller at {address} refused the subscription: {status}")]
+    #[error("could not authenticate to the controller at {address}: {source}")]
+    Credentials { address: String, source: LinkError },
+    #[error("the controller at {address} refused the subscription ({:?}): {}", status.code(), status_detail(status))]
     Subscribe {
         address: String,
         status: tonic::Status,
     },
-    #[error("the stream from the controller at {address} broke: {status}")]
+    #[error("the stream from the controller at {address} broke ({:?}): {}", status.code(), status_detail(status))]
     Stream {
         address: String,
         status: tonic::Status,
@@ -79,12 +76,17 @@ impl Applier {
 }
 
 pub struct XdsClient {
-    pub address: String,
+    pub link: ControllerLink,
     pub node: String,
     pub applier: Arc<Applier>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A full state is one message: ~280 bytes per workload in scope, so tonic's 4 MiB default
+/// would refuse the first config of a mesh of ~15k workloads. The controller is authenticated
+/// (its identity is pinned), so this bounds mistakes, not attacks.
+pub const MAX_CONFIG_MESSAGE: usize = 256 << 20;
 
 impl XdsClient {
     /// Keeps a subscription up until `drain` fires.
@@ -97,7 +99,7 @@ impl XdsClient {
             };
             match session {
                 Ok(()) => {
-                    tracing::warn!(controller = %self.address, "the controller closed the config stream; reconnecting (serving the last good config meanwhile)")
+                    tracing::warn!(controller = %self.link.address(), "the controller closed the config stream; reconnecting (serving the last good config meanwhile)")
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "no config stream; serving the last good config and retrying in {backoff:?}")
@@ -112,22 +114,9 @@ impl XdsClient {
     }
 
     async fn session(&self) -> Result<(), XdsError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.address.clone())
-            .map_err(|e| XdsError::Address {
-                address: self.address.clone(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| XdsError::Connect {
-                address: self.address.clone(),
-                source,
-            })?;
-        let mut client = DiscoveryClient::new(channel);
+        let address = || self.link.address().to_string();
+        let mut client =
+            DiscoveryClient::new(self.link.channel()).max_decoding_message_size(MAX_CONFIG_MESSAGE);
         let (tx, rx) = mpsc::channel(8);
         let known_versions = self.applier.state.read().versions().clone();
         let first = SubscribeRequest {
@@ -142,18 +131,25 @@ impl XdsClient {
             error_detail: String::new(),
         };
         tx.send(first).await.expect("the receiver is alive");
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        self.link
+            .authorize(&mut request)
+            .map_err(|source| XdsError::Credentials {
+                address: address(),
+                source,
+            })?;
         let mut stream = client
-            .subscribe(ReceiverStream::new(rx))
+            .subscribe(request)
             .await
             .map_err(|status| XdsError::Subscribe {
-                address: self.address.clone(),
+                address: address(),
                 status,
             })?
             .into_inner();
-        tracing::info!(controller = %self.address, node = %self.node, "subscribed for config");
+        tracing::info!(controller = %self.link.address(), node = %self.node, "subscribed for config");
         loop {
             let response = stream.message().await.map_err(|status| XdsError::Stream {
-                address: self.address.clone(),
+                address: address(),
                 status,
             })?;
             let Some(response) = response else {

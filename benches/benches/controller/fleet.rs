@@ -74,7 +74,7 @@ async fn session(
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     // No size limit: the bench measures what the controller sends, whatever its size (the
-    // report says separately whether ztunnel's own client, with tonic's 4 MiB default, copes).
+    // report says separately whether ztunnel's own client, with its own limit, copes).
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel(8);
     tx.send(SubscribeRequest {
@@ -124,12 +124,13 @@ async fn session(
     Ok(())
 }
 
-/// Subscribes as `node` the way ztunnel's discovery client does (tonic's default limits) and
-/// returns the first response's size, or why it could not be read.
+/// Subscribes as `node` with ztunnel's discovery client limits and returns the first response's
+/// size, or why it could not be read.
 pub async fn default_limits_probe(addr: SocketAddr, node: usize) -> Result<usize, String> {
     let mut client = DiscoveryClient::connect(format!("http://{addr}"))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .max_decoding_message_size(ambit_ztunnel::xds::MAX_CONFIG_MESSAGE);
     let (tx, rx) = mpsc::channel(1);
     tx.send(SubscribeRequest {
         subscriber: Some(ztunnel(node)),

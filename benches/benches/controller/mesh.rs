@@ -208,6 +208,7 @@ impl Spec {
             vips: vec![IpAddr::V4(Ipv4Addr::from(0x0AC8_0000 + index as u32))],
             ports,
             selector: labels(&[("app", &app)]),
+            explicit_endpoints: Vec::new(),
             labels: labels(&[("app", &app)]),
         });
     }

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 pub const TARGET: Duration = Duration::from_secs(1);
 /// tonic's default decoding limit, which ztunnel's discovery client and the controller's
 /// discovery server both keep.
-pub const DEFAULT_DECODE_LIMIT: usize = 4 * 1024 * 1024;
+/// What the discovery server accepts in one request (`DiscoveryService::into_server`).
+pub const SERVER_DECODE_LIMIT: usize = 64 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct Figures {
@@ -150,14 +151,14 @@ impl Figures {
             Some(Err(e)) => format!("REFUSED: {e}"),
             None => "not tried".into(),
         };
-        line("ztunnel's client (tonic default 4 MiB limit)", probe);
+        line("ztunnel's client (its 256 MiB decode limit)", probe);
         let resume = self.resume_request_bytes;
         line(
             "resume request (known_versions, largest scope)",
             format!(
-                "{} ({} the server's 4 MiB limit)",
+                "{} ({} the server's 64 MiB limit)",
                 kib(resume as f64),
-                if resume > DEFAULT_DECODE_LIMIT {
+                if resume > SERVER_DECODE_LIMIT {
                     "OVER"
                 } else {
                     "under"

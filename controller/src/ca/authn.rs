@@ -50,7 +50,7 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
-    pub(super) async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         metadata: &MetadataMap,
         models: &watch::Receiver<Arc<MeshModel>>,

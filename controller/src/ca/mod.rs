@@ -43,7 +43,8 @@ pub struct CaService {
     ca: Arc<CertificateAuthority>,
     models: watch::Receiver<Arc<MeshModel>>,
     ttl: Duration,
-    authenticator: Authenticator,
+    /// Shared with discovery, which authenticates subscriptions the same way.
+    authenticator: Arc<Authenticator>,
 }
 
 impl CaService {
@@ -58,12 +59,12 @@ impl CaService {
             ca,
             models,
             ttl,
-            authenticator: Authenticator::BootstrapTokens,
+            authenticator: Arc::new(Authenticator::BootstrapTokens),
         }
     }
 
-    pub fn authenticate_with(mut self, authenticator: Authenticator) -> Self {
-        self.authenticator = authenticator;
+    pub fn authenticate_with(mut self, authenticator: impl Into<Arc<Authenticator>>) -> Self {
+        self.authenticator = authenticator.into();
         self
     }
 
@@ -121,10 +122,10 @@ struct Issued {
     chain: Vec<String>,
 }
 
-struct Refused {
+pub(crate) struct Refused {
     /// Who the caller proved to be, if it got that far.
-    caller: Option<Caller>,
-    refusal: Refusal,
+    pub(crate) caller: Option<Caller>,
+    pub(crate) refusal: Refusal,
 }
 
 impl Refused {

@@ -238,7 +238,7 @@ impl LocalMesh {
                 Command::new(&options.binaries.ztunnel)
                     .args(["--node", &node.name])
                     .arg("--controller")
-                    .arg(format!("http://{controller_grpc}"))
+                    .arg(format!("https://{controller_grpc}"))
                     .arg("--root-cert")
                     .arg(&root_cert)
                     .arg("--trust-domain")

@@ -6,6 +6,7 @@
 //! [`ResourceType::key_name`] (`workload`, `service`, `waypoint`, `authorization_policy`,
 //! `route`); name is the workload's uid, or `<namespace>/<name>` for the others.
 
+mod access;
 mod desired;
 mod scope;
 mod server;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use ambit_proto::api::discovery::ResourceType;
 
+pub use access::SubscriberAccess;
 pub use desired::Desired;
 pub use scope::{Scope, desired_for, scope_of};
 pub use server::{DiscoveryService, publish_snapshots};

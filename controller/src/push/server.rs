@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::SubscriberAccess;
 use super::session::{Answer, Session};
 use super::{ResourceKey, Snapshot, SyncTable, desired_for};
 use crate::model::{MeshModel, ObjectKey};
@@ -51,6 +52,7 @@ pub struct DiscoveryService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     shutdown: CancellationToken,
     sync: SyncTable,
+    access: Option<Arc<SubscriberAccess>>,
 }
 
 /// Responses are small and the proxy answers each before the next, so a short queue suffices.
@@ -58,13 +60,21 @@ const QUEUE: usize = 4;
 
 impl DiscoveryService {
     /// Ends every subscription (with `UNAVAILABLE`, so proxies reconnect elsewhere or later) when
-    /// `shutdown` fires.
+    /// `shutdown` fires. Anyone may subscribe for anything until [`Self::authenticate_with`]
+    /// says who may: the controller binary always does; tests and benches that exercise only
+    /// the push need not.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, shutdown: CancellationToken) -> Self {
         DiscoveryService {
             snapshots,
             shutdown,
             sync: SyncTable::default(),
+            access: None,
         }
+    }
+
+    pub fn authenticate_with(mut self, access: SubscriberAccess) -> Self {
+        self.access = Some(Arc::new(access));
+        self
     }
 
     /// Where each subscribed proxy stands (for the admin endpoint).
@@ -73,7 +83,9 @@ impl DiscoveryService {
     }
 
     pub fn into_server(self) -> DiscoveryServer<Self> {
-        DiscoveryServer::new(self)
+        // A reconnecting proxy lists every resource version it holds in one request: ~80 bytes
+        // per resource, past tonic's 4 MiB default at ~50k resources.
+        DiscoveryServer::new(self).max_decoding_message_size(64 << 20)
     }
 }
 
@@ -123,12 +135,20 @@ impl Discovery for DiscoveryService {
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
+        let (metadata, _, mut inbound) = request.into_parts();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the stream ended before the first SubscribeRequest")
         })?;
         let subscriber = check_subscriber(first.subscriber)?;
         let who = describe(&subscriber, peer);
+        if let Some(access) = &self.access
+            && let Err(refused) = access.check(&metadata, &subscriber).await
+        {
+            metrics::counter!("ambit_controller_subscription_refusals_total", "kind" => kind_label(&subscriber))
+                .increment(1);
+            tracing::warn!(subscriber = %who, code = ?refused.code(), error = %refused.message(), "refused a subscription");
+            return Err(refused);
+        }
         let mut known = HashMap::new();
         for (key, version) in first.known_versions {
             match ResourceKey::parse(&key) {

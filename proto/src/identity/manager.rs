@@ -31,7 +31,8 @@ pub trait CertificateProvider: Send + Sync + 'static {
 
 /// An in-process CA issuing certificates of a fixed lifetime.
 pub struct LocalCa {
-    pub ca: CertificateAuthority,
+    /// Shared, so a process that serves the CA can also issue its own certificates with it.
+    pub ca: Arc<CertificateAuthority>,
     pub ttl: Duration,
 }
 
@@ -78,7 +79,8 @@ impl CertManager {
     }
 
     /// A manager backed by a CA in this process.
-    pub fn with_local_ca(ca: CertificateAuthority, ttl: Duration) -> Self {
+    pub fn with_local_ca(ca: impl Into<Arc<CertificateAuthority>>, ttl: Duration) -> Self {
+        let ca = ca.into();
         let bundle = ca.trust_bundle();
         Self::new(Arc::new(LocalCa { ca, ttl }), bundle)
     }

@@ -1,0 +1,50 @@
+//! The controller's gRPC port as the binary serves it (TLS, presenting the controller's own
+//! identity) on 127.0.0.1, and a channel to it as a proxy would dial.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_controller::ca::CaService;
+use ambit_controller::grpc::{self, ServingIdentity};
+use ambit_controller::push::DiscoveryService;
+use ambit_proto::control;
+use ambit_proto::identity::CertificateAuthority;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct GrpcServer {
+    pub addr: SocketAddr,
+    /// A lazily connecting TLS channel that pins the controller's identity.
+    pub channel: Channel,
+    _serving: ServingIdentity,
+}
+
+/// Serves `discovery` and `ca_service` until `shutdown`.
+pub async fn serve(
+    ca: Arc<CertificateAuthority>,
+    discovery: DiscoveryService,
+    ca_service: CaService,
+    shutdown: CancellationToken,
+) -> GrpcServer {
+    let identity = control::default_controller_identity(ca.trust_domain()).unwrap();
+    let serving = ServingIdentity::issue(ca.clone(), identity.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(grpc::serve(
+        listener,
+        serving.tls(),
+        discovery,
+        ca_service,
+        shutdown,
+    ));
+    let tls = control::client_config(&ca.trust_bundle(), identity).unwrap();
+    let channel = control::channel(&format!("https://{addr}"), Arc::new(tls)).unwrap();
+    GrpcServer {
+        addr,
+        channel,
+        _serving: serving,
+    }
+}
