@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ca::NamespacedName;
+use crate::ca::root_configmap;
+use crate::waypoints;
 
 /// Where the mesh model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +105,25 @@ pub struct Config {
     /// their pod's node; any other service account may obtain only its own (waypoint) identity.
     #[arg(long, default_value = "ambit-system/ztunnel")]
     pub ztunnel_service_account: NamespacedName,
+    /// Namespace of the ConfigMap ambit-ca-root-cert (key root-cert.pem) in which the controller
+    /// publishes the mesh root certificate for ztunnel, with --source kubernetes [default: the
+    /// namespace of --ca-secret, else ambit-system].
+    #[arg(long)]
+    pub root_cert_namespace: Option<String>,
+    /// Deploy waypoints: each Gateway of class ambit-waypoint gets a ServiceAccount, Deployment,
+    /// Service and root certificate ConfigMap (only with --source kubernetes; --waypoints=false
+    /// to leave waypoints to someone else).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub waypoints: bool,
+    /// Container image of the waypoints the controller deploys.
+    #[arg(long, default_value_t = waypoints::default_image())]
+    pub waypoint_image: String,
+    /// The controller's address as waypoint pods dial it (discovery and CA, over TLS).
+    #[arg(
+        long,
+        default_value = "https://ambit-controller.ambit-system.svc:15010"
+    )]
+    pub waypoint_controller_address: String,
     /// Lifetime of issued workload certificates (a caller may ask for less).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub cert_ttl: Duration,
@@ -125,6 +146,16 @@ impl Config {
             SourceSpec::Kubernetes => CaAuth::TokenReview,
             SourceSpec::Embedded | SourceSpec::File(_) => CaAuth::BootstrapTokens,
         })
+    }
+
+    /// Where the root certificate ConfigMap is published: as given, else beside the CA Secret
+    /// (the controller's namespace), else the default.
+    pub fn root_cert_namespace(&self) -> &str {
+        match (&self.root_cert_namespace, &self.ca_secret) {
+            (Some(namespace), _) => namespace,
+            (None, Some(secret)) => &secret.namespace,
+            (None, None) => root_configmap::DEFAULT_NAMESPACE,
+        }
     }
 }
 
@@ -185,6 +216,38 @@ mod tests {
         assert_eq!(c.ca_auth(), CaAuth::BootstrapTokens);
         let c = parse(&["--ca-auth", "token-review"]);
         assert_eq!(c.ca_auth(), CaAuth::TokenReview);
+    }
+
+    #[test]
+    fn waypoints_and_the_root_certificate_configmap_have_cluster_defaults() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(["controller", "--log", "info"].iter().chain(args)).unwrap()
+        };
+        let c = parse(&[]);
+        assert!(c.waypoints);
+        assert_eq!(c.waypoint_image, waypoints::default_image());
+        assert_eq!(
+            c.waypoint_controller_address,
+            "https://ambit-controller.ambit-system.svc:15010"
+        );
+        assert_eq!(c.root_cert_namespace(), "ambit-system");
+        let c = parse(&["--ca-secret", "mesh/ambit-ca"]);
+        assert_eq!(c.root_cert_namespace(), "mesh");
+        let c = parse(&[
+            "--ca-secret",
+            "mesh/ambit-ca",
+            "--root-cert-namespace",
+            "other",
+        ]);
+        assert_eq!(c.root_cert_namespace(), "other");
+        let c = parse(&[
+            "--waypoints=false",
+            "--waypoint-image",
+            "registry.test/waypoint:dev",
+        ]);
+        assert!(!c.waypoints);
+        assert_eq!(c.waypoint_image, "registry.test/waypoint:dev");
+        assert!(Config::try_parse_from(["controller", "--waypoints=maybe"]).is_err());
     }
 
     #[test]

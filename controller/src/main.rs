@@ -4,18 +4,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ambit_controller::admin::Admin;
-use ambit_controller::ca::{Authenticator, CaService, TokenReviewer, root_secret};
+use ambit_controller::ca::{Authenticator, CaService, TokenReviewer, root_configmap, root_secret};
 use ambit_controller::config::{CaAuth, Config, SourceSpec};
 use ambit_controller::grpc::ServingIdentity;
 use ambit_controller::model::MeshModel;
 use ambit_controller::push::{DiscoveryService, SubscriberAccess, publish_snapshots};
 use ambit_controller::source::{file, kubernetes};
+use ambit_controller::waypoints::{self, WaypointOptions};
 use ambit_proto::identity::{CertificateAuthority, SpiffeId};
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{OnceCell, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -103,6 +106,70 @@ async fn ca_authenticator(config: &Config, kube: &Kube) -> anyhow::Result<Authen
     })
 }
 
+/// What acts on the cluster beside the source, only with `--source kubernetes`: the root
+/// certificate ConfigMap ztunnel mounts, and (unless `--waypoints=false`) the waypoint
+/// reconciler. Each runs until `shutdown`; they share the process's one client.
+async fn start_cluster_tasks(
+    config: &Config,
+    kube: &Kube,
+    ca: &CertificateAuthority,
+    trust_domain: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<(&'static str, JoinHandle<()>)>> {
+    if config.source != SourceSpec::Kubernetes {
+        return Ok(Vec::new());
+    }
+    let client = kube.client().await?;
+    let mut tasks = vec![(
+        "root certificate ConfigMap publisher",
+        tokio::spawn(root_configmap::publish(
+            client.clone(),
+            config.root_cert_namespace().into(),
+            ca.root_pem().into(),
+            shutdown.clone(),
+        )),
+    )];
+    if config.waypoints {
+        tasks.push((
+            "waypoint reconciler",
+            tokio::spawn(waypoints::run(
+                client,
+                waypoint_options(config, ca, trust_domain),
+                shutdown.clone(),
+            )),
+        ));
+    }
+    Ok(tasks)
+}
+
+fn waypoint_options(
+    config: &Config,
+    ca: &CertificateAuthority,
+    trust_domain: &str,
+) -> WaypointOptions {
+    WaypointOptions {
+        image: config.waypoint_image.clone(),
+        controller_address: config.waypoint_controller_address.clone(),
+        trust_domain: trust_domain.into(),
+        // The waypoint's token is checked by the same CA as ztunnel's.
+        ca_audience: config.ca_token_audience.clone(),
+        root_cert_pem: ca.root_pem().into(),
+        root_cert_namespace: config.root_cert_namespace().into(),
+        ..WaypointOptions::default()
+    }
+}
+
+/// Waits for `tasks` to stop, until `deadline`; any still running then ends with the process.
+async fn drain_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>, deadline: Instant) {
+    for (task, handle) in tasks {
+        match tokio::time::timeout_at(deadline, handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(task, %error, "task failed while stopping"),
+            Err(_) => tracing::warn!(task, "still running at the drain deadline; exiting anyway"),
+        }
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let kube = Kube::default();
@@ -143,9 +210,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         grpc_listener,
         serving.tls(),
         discovery,
-        CaService::new(ca, models, config.cert_ttl).authenticate_with(authenticator),
+        CaService::new(ca.clone(), models, config.cert_ttl).authenticate_with(authenticator),
         shutdown.clone(),
     ));
+    let cluster_tasks =
+        start_cluster_tasks(&config, &kube, &ca, model.trust_domain(), &shutdown).await?;
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
         source = %config.source,
@@ -153,6 +222,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         identity = %serving.identity(),
         metrics = %config.metrics,
         ca_auth = ?config.ca_auth(),
+        cluster_tasks = ?cluster_tasks.iter().map(|(task, _)| *task).collect::<Vec<_>>(),
         trust_domain = model.trust_domain(),
         nodes = model.nodes().count(),
         workloads = model.workloads().count(),
@@ -172,7 +242,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     ready.store(false, Ordering::Relaxed);
     shutdown.cancel();
-    match tokio::time::timeout(config.drain_timeout, grpc).await {
+    let deadline = Instant::now() + config.drain_timeout;
+    match tokio::time::timeout_at(deadline, grpc).await {
         Ok(ended) => ended
             .context("the gRPC server task failed")?
             .context("the gRPC server failed while draining")?,
@@ -181,6 +252,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "connections still open at the drain deadline; exiting anyway"
         ),
     }
+    drain_tasks(cluster_tasks, deadline).await;
     if let Source::Watched(task) = source {
         task.await.context("the source's watch task failed")?;
     }

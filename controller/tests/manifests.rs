@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use ambit_controller::ca::root_configmap;
 use ambit_controller::waypoints::{self, REQUIRED_PERMISSIONS};
 use clap::Parser;
 use gateway_api::apis::experimental::httproutes::HttpRoute;
@@ -337,6 +338,21 @@ fn the_controller_may_do_what_it_does() {
     for verb in ["get", "create"] {
         assert!(grants(&role_rules, "", "secrets", verb), "secrets {verb}");
     }
+    // The root certificate ConfigMap's publisher needs no more than its own namespace.
+    let missing: Vec<_> = root_configmap::REQUIRED_PERMISSIONS
+        .iter()
+        .filter(|(g, r, v)| !grants(&role_rules, g, r, v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "manifests/controller.yaml Role in ambit-system lacks {missing:?}"
+    );
+    assert!(
+        REQUIRED_PERMISSIONS
+            .iter()
+            .any(|(_, resource, _)| *resource == "configmaps"),
+        "waypoints get their namespace's root certificate ConfigMap"
+    );
     let binding: ClusterRoleBinding = find(&docs, "ClusterRoleBinding", "ambit-controller");
     let subject = &binding.subjects.unwrap()[0];
     assert_eq!(
@@ -371,6 +387,9 @@ fn the_controller_and_ztunnel_args_are_flags_they_accept() {
         config.source,
         ambit_controller::config::SourceSpec::Kubernetes
     );
+    assert!(config.waypoints);
+    // ztunnel mounts the ConfigMap from the namespace the controller publishes it in.
+    assert_eq!(config.root_cert_namespace(), "ambit-system");
     assert_eq!(
         pod.service_account_name.as_deref(),
         Some("ambit-controller")
@@ -455,4 +474,65 @@ fn the_kustomization_lists_every_manifest_but_the_sample() {
         .map(|r| r.as_str().unwrap())
         .collect();
     assert_eq!(order.first(), Some(&"namespace.yaml"));
+}
+
+/// The pod templates of every Deployment and DaemonSet in manifests/, by name.
+fn pod_specs(docs: &[Doc]) -> Vec<(String, k8s_openapi::api::core::v1::PodSpec)> {
+    docs.iter()
+        .filter_map(|doc| {
+            let name = doc.value["metadata"]["name"].as_str()?.to_string();
+            let spec = match kind_of(doc) {
+                ("apps/v1", "Deployment") => strict::<Deployment>(doc).spec?.template.spec,
+                ("apps/v1", "DaemonSet") => strict::<DaemonSet>(doc).spec?.template.spec,
+                _ => None,
+            }?;
+            Some((name, spec))
+        })
+        .collect()
+}
+
+#[test]
+fn ztunnel_mounts_the_root_certificate_configmap_and_no_pod_mounts_a_secret() {
+    let docs = documents();
+    for (name, pod) in pod_specs(&docs) {
+        let secrets: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| {
+                v.secret.is_some()
+                    || v.projected
+                        .iter()
+                        .any(|p| p.sources.iter().flatten().any(|s| s.secret.is_some()))
+            })
+            .map(|v| v.name.as_str())
+            .collect();
+        // The kubelet of a node running such a pod could read the CA key.
+        assert!(secrets.is_empty(), "{name} mounts secrets {secrets:?}");
+    }
+    let ztunnel: DaemonSet = find(&docs, "DaemonSet", "ztunnel");
+    let pod = ztunnel.spec.unwrap().template.spec.unwrap();
+    let args = args_of(&pod.containers[0], "ztunnel");
+    let config = ambit_ztunnel::config::Config::try_parse_from(&args).unwrap();
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.config_map.is_some())
+        .expect("no ConfigMap volume in the ztunnel DaemonSet");
+    let source = volume.config_map.as_ref().unwrap();
+    assert_eq!(source.name, root_configmap::CONFIGMAP_NAME);
+    let item = &source.items.as_ref().unwrap()[0];
+    assert_eq!(item.key, root_configmap::ROOT_CERT_KEY);
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .expect("the root certificate volume is not mounted");
+    assert_eq!(
+        config.root_cert,
+        Path::new(&mount.mount_path).join(&item.path),
+        "--root-cert is not the mounted ConfigMap key"
+    );
 }

@@ -18,6 +18,8 @@ const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 const SERVICE_ACCOUNTS: &str = "/api/v1/serviceaccounts";
 const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 const SERVICES: &str = "/api/v1/services";
+const CONFIGMAPS: &str = "/api/v1/configmaps";
+const ROOT_PEM: &str = "-----BEGIN CERTIFICATE-----\nthe mesh root\n-----END CERTIFICATE-----\n";
 const CLUSTER_IP: &str = "10.96.0.50";
 
 fn gateway(name: &str, class: &str, uid: &str) -> Value {
@@ -64,6 +66,7 @@ async fn cluster(gateways: Vec<Value>) -> FakeApi {
     api.collection(SERVICE_ACCOUNTS, "ServiceAccountList", vec![]);
     api.collection(DEPLOYMENTS, "DeploymentList", vec![]);
     api.collection(SERVICES, "ServiceList", vec![]);
+    api.collection(CONFIGMAPS, "ConfigMapList", vec![]);
     for prefix in [
         "/api/v1/namespaces/",
         "/apis/apps/v1/namespaces/",
@@ -83,6 +86,7 @@ async fn cluster(gateways: Vec<Value>) -> FakeApi {
 fn options() -> WaypointOptions {
     WaypointOptions {
         image: "example.test/waypoint:test".into(),
+        root_cert_pem: ROOT_PEM.into(),
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_millis(200),
         ..WaypointOptions::default()
@@ -130,6 +134,9 @@ fn deployment_path(name: &str) -> String {
 }
 fn service_path(name: &str) -> String {
     object_path("/api/v1", "services", name)
+}
+fn root_cert_path() -> String {
+    object_path("/api/v1", "configmaps", "ambit-ca-root-cert")
 }
 fn status_path(name: &str) -> String {
     format!(
@@ -199,6 +206,52 @@ async fn a_waypoint_gateway_gets_its_objects_applied_owned_and_programmed() {
     assert_eq!(
         pod["spec"]["containers"][0]["image"],
         "example.test/waypoint:test"
+    );
+
+    // The root certificate: the namespace's ConfigMap, owned by the Gateway, applied before the
+    // Deployment whose pods mount it as their --root-cert.
+    let root_cert = patches(&requests, &root_cert_path());
+    let root_cert = root_cert
+        .first()
+        .expect("no apply of the root certificate ConfigMap");
+    assert_eq!(root_cert.content_type, "application/apply-patch+yaml");
+    assert!(root_cert.query.contains("fieldManager=ambit-controller"));
+    assert_eq!(root_cert.body["kind"], "ConfigMap");
+    assert_eq!(root_cert.body["data"], json!({"root-cert.pem": ROOT_PEM}));
+    let owners = root_cert.body["metadata"]["ownerReferences"]
+        .as_array()
+        .unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0]["uid"], "gw-uid-1");
+    assert_eq!(owners[0]["kind"], "Gateway");
+    assert_eq!(
+        root_cert.body["metadata"]["labels"]["ambit.io/managed-by"],
+        "waypoint-controller"
+    );
+    let position = |path: &str| requests.iter().position(|r| r.path == path).unwrap();
+    assert!(position(&root_cert_path()) < position(&deployment_path("wp")));
+    let container = &pod["spec"]["containers"][0];
+    assert!(
+        container["args"].as_array().unwrap().contains(&json!(
+            "--root-cert=/var/run/secrets/ambit/root/root-cert.pem"
+        )),
+        "{}",
+        container["args"]
+    );
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "root-cert")
+        .expect("no root-cert volume");
+    assert_eq!(volume["configMap"]["name"], "ambit-ca-root-cert");
+    assert!(volume.get("secret").is_none());
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "root-cert" && m["mountPath"] == "/var/run/secrets/ambit/root")
     );
 
     let status = patches(&requests, &status_path("wp"));
@@ -277,6 +330,7 @@ async fn a_class_change_deletes_what_the_gateway_owned_and_releases_its_status()
         as_listed(&api, &deployment_path("wp")),
     );
     api.send(SERVICES, "ADDED", as_listed(&api, &service_path("wp")));
+    api.send(CONFIGMAPS, "ADDED", as_listed(&api, &root_cert_path()));
 
     let mut changed = gateway("wp", "some-other-class", "gw-uid-1");
     changed["metadata"]["resourceVersion"] = json!("5");
@@ -293,10 +347,16 @@ async fn a_class_change_deletes_what_the_gateway_owned_and_releases_its_status()
             .map(|r| r.path.clone())
             .collect()
     };
-    let requests = until(&api, "three DELETEs", |r| deletes(r).len() >= 3).await;
+    // The root certificate ConfigMap too: wp was the namespace's only waypoint.
+    let requests = until(&api, "four DELETEs", |r| deletes(r).len() >= 4).await;
     let mut deleted = deletes(&requests);
     deleted.sort();
-    let mut want = vec![sa_path("wp"), deployment_path("wp"), service_path("wp")];
+    let mut want = vec![
+        sa_path("wp"),
+        deployment_path("wp"),
+        service_path("wp"),
+        root_cert_path(),
+    ];
     want.sort();
     assert_eq!(deleted, want);
     for delete in requests.iter().filter(|r| r.method == Method::DELETE) {
@@ -382,5 +442,83 @@ async fn an_invalid_waypoint_gateway_is_reported_and_not_deployed() {
     assert_eq!(accepted["status"], "False");
     assert_eq!(accepted["reason"], "ListenersNotValid");
     assert!(patches(&requests, &deployment_path("wp")).is_empty());
+    shutdown.cancel();
+}
+
+/// The owner uids of a root certificate ConfigMap apply.
+fn owner_uids(apply: &Recorded) -> Vec<String> {
+    apply.body["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| o["uid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_waypoints_of_a_namespace_share_its_root_certificate_configmap() {
+    let api = cluster(vec![
+        gateway("wp-a", "ambit-waypoint", "gw-uid-a"),
+        gateway("wp-b", "ambit-waypoint", "gw-uid-b"),
+    ])
+    .await;
+    let shutdown = start(&api, options());
+    let requests = until(&api, "both Programmed=True", |r| {
+        programmed(r, "wp-a", "True") && programmed(r, "wp-b", "True")
+    })
+    .await;
+    // Each Gateway's reconcile applies the same object, owned by both: they never take the
+    // ConfigMap from each other.
+    let applies = patches(&requests, &root_cert_path());
+    assert!(applies.len() >= 2, "{}", applies.len());
+    for apply in &applies {
+        assert_eq!(owner_uids(apply), ["gw-uid-a", "gw-uid-b"]);
+        assert_eq!(apply.body, applies[0].body);
+        let refs = apply.body["metadata"]["ownerReferences"]
+            .as_array()
+            .unwrap();
+        assert!(refs.iter().all(|o| o["controller"] == false), "{refs:?}");
+    }
+    api.send(CONFIGMAPS, "ADDED", as_listed(&api, &root_cert_path()));
+
+    // wp-a leaves the class: the ConfigMap stays, owned by wp-b alone.
+    let mut changed = gateway("wp-a", "some-other-class", "gw-uid-a");
+    changed["metadata"]["resourceVersion"] = json!("5");
+    api.send(GATEWAYS, "MODIFIED", changed);
+    let before = applies.len();
+    let requests = until(&api, "the ConfigMap re-applied without wp-a", |r| {
+        patches(r, &root_cert_path())
+            .iter()
+            .skip(before)
+            .any(|a| owner_uids(a) == ["gw-uid-b"])
+    })
+    .await;
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.method == Method::DELETE && r.path == root_cert_path()),
+        "the ConfigMap was deleted though wp-b still needs it"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_waypoint_in_the_controllers_namespace_leaves_the_controllers_configmap_alone() {
+    let mut wp = gateway("wp", "ambit-waypoint", "gw-uid-1");
+    wp["metadata"]["namespace"] = json!("ambit-system");
+    let api = cluster(vec![wp]).await;
+    let shutdown = start(&api, options());
+    let requests = until(&api, "the Deployment applied", |r| {
+        r.iter()
+            .any(|r| r.path == "/apis/apps/v1/namespaces/ambit-system/deployments/wp")
+    })
+    .await;
+    // The publisher keeps that one, unowned: the reconciler neither applies nor owns it.
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.path.ends_with("/configmaps/ambit-ca-root-cert")),
+        "the reconciler touched the controller's own ConfigMap"
+    );
     shutdown.cancel();
 }

@@ -15,6 +15,7 @@ mod authn;
 mod authz;
 mod names;
 mod refusal;
+pub mod root_configmap;
 pub mod root_secret;
 mod token_review;
 

@@ -7,15 +7,17 @@ use std::collections::BTreeMap;
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+
+use crate::ca::root_configmap::{CONFIGMAP_NAME, ROOT_CERT_KEY};
 
 use super::{
     GATEWAY_NAME_LABEL, HBONE_PORT, HBONE_PROTOCOL, MANAGED_LABEL, MANAGED_VALUE, MAX_REPLICAS,
@@ -25,6 +27,8 @@ use super::{
 /// Where the projected CA token is mounted in the waypoint container.
 pub const TOKEN_DIR: &str = "/var/run/secrets/ambit/tokens";
 pub const TOKEN_FILE: &str = "ambit-ca-token";
+/// Where the namespace's root certificate ConfigMap is mounted (as in ztunnel's DaemonSet).
+pub const ROOT_CERT_DIR: &str = "/var/run/secrets/ambit/root";
 /// The uid the waypoint runs as (non-root; the image need not declare a numeric USER).
 const WAYPOINT_UID: i64 = 1337;
 /// Token lifetime: the kubelet refreshes it at 80%, the CA only needs it at certificate time.
@@ -238,21 +242,38 @@ fn pod_spec(name: &str, namespace: &str, options: &WaypointOptions) -> PodSpec {
             ..PodSecurityContext::default()
         }),
         containers: vec![container(name, namespace, options)],
-        volumes: Some(vec![Volume {
-            name: "ambit-ca-token".into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(options.ca_audience.clone()),
-                        expiration_seconds: Some(TOKEN_SECONDS),
-                        path: TOKEN_FILE.into(),
-                    }),
-                    ..VolumeProjection::default()
-                }]),
-                ..ProjectedVolumeSource::default()
-            }),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![
+            Volume {
+                name: "ambit-ca-token".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(options.ca_audience.clone()),
+                            expiration_seconds: Some(TOKEN_SECONDS),
+                            path: TOKEN_FILE.into(),
+                        }),
+                        ..VolumeProjection::default()
+                    }]),
+                    ..ProjectedVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            // The public root only, from the namespace's ConfigMap (see `root_cert`): never
+            // the CA Secret, which the kubelet would fetch whole, key included.
+            Volume {
+                name: "root-cert".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: CONFIGMAP_NAME.into(),
+                    items: Some(vec![KeyToPath {
+                        key: ROOT_CERT_KEY.into(),
+                        path: ROOT_CERT_KEY.into(),
+                        ..KeyToPath::default()
+                    }]),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
         ..PodSpec::default()
     }
 }
@@ -273,6 +294,7 @@ fn container(name: &str, namespace: &str, options: &WaypointOptions) -> Containe
             format!("--namespace={namespace}"),
             format!("--trust-domain={}", options.trust_domain),
             format!("--token-file={TOKEN_DIR}/{TOKEN_FILE}"),
+            format!("--root-cert={ROOT_CERT_DIR}/{ROOT_CERT_KEY}"),
         ]),
         ports: Some(vec![
             port("hbone", HBONE_PORT),
@@ -307,12 +329,20 @@ fn container(name: &str, namespace: &str, options: &WaypointOptions) -> Containe
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "ambit-ca-token".into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "ambit-ca-token".into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "root-cert".into(),
+                mount_path: ROOT_CERT_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         ..Container::default()
     }
 }

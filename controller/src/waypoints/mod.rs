@@ -5,6 +5,8 @@
 //! waypoint is up and at which address.
 //!
 //! - `desired`: the objects a Gateway asks for (pure, unit-tested).
+//! - `root_cert`: the namespace's root certificate ConfigMap the waypoints mount, shared by
+//!   the namespace's waypoint Gateways (pure, unit-tested).
 //! - `status`: the Gateway's conditions and addresses (pure, unit-tested).
 //! - `reconcile`: one Gateway: apply, clean up after a class change, write status.
 //! - `run`: the watches (Gateways, and the objects we created) and the retry policy.
@@ -17,6 +19,7 @@
 
 mod desired;
 mod reconcile;
+mod root_cert;
 mod run;
 mod status;
 
@@ -72,6 +75,11 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
     ("", "services", "create"),
     ("", "services", "patch"),
     ("", "services", "delete"),
+    ("", "configmaps", "list"),
+    ("", "configmaps", "watch"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "patch"),
+    ("", "configmaps", "delete"),
 ];
 
 /// How the reconciler runs and what it deploys.
@@ -88,6 +96,12 @@ pub struct WaypointOptions {
     pub trust_domain: String,
     /// Audience of the projected service-account token the waypoint shows the CA.
     pub ca_audience: String,
+    /// The mesh root certificate(s), PEM: the `ambit-ca-root-cert` ConfigMap put in each
+    /// waypoint namespace holds it, and the waypoint mounts that as its `--root-cert`.
+    pub root_cert_pem: String,
+    /// Where the controller publishes that ConfigMap itself (`--root-cert-namespace`): a
+    /// waypoint there mounts the controller's copy, and the reconciler leaves it alone.
+    pub root_cert_namespace: String,
     /// Server-side apply field manager.
     pub field_manager: String,
     /// First retry delay after a failed reconcile of a Gateway; doubled per further failure.
@@ -113,6 +127,8 @@ impl Default for WaypointOptions {
             controller_address: "https://ambit-controller.ambit-system.svc:15010".into(),
             trust_domain: "cluster.local".into(),
             ca_audience: "ambit-ca".into(),
+            root_cert_pem: String::new(),
+            root_cert_namespace: crate::ca::root_configmap::DEFAULT_NAMESPACE.into(),
             field_manager: FIELD_MANAGER.into(),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -22,12 +22,16 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::status::{self, ObservedState};
-use super::{DesiredObjects, WaypointOptions, desired_objects};
+use super::{DesiredObjects, WaypointOptions, desired_objects, root_cert};
+use crate::ca::root_configmap::CONFIGMAP_NAME;
 
 /// What each reconcile needs, shared by all of them.
 pub(super) struct Context {
     pub client: Client,
     pub options: WaypointOptions,
+    /// Every Gateway: a namespace's root certificate ConfigMap is owned by all its waypoints.
+    pub gateways: Store<Gateway>,
+    pub root_certs: Store<ConfigMap>,
     pub service_accounts: Store<ServiceAccount>,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
@@ -166,6 +170,8 @@ async fn apply_all(
     ctx: &Context,
     desired: DesiredObjects,
 ) -> Result<ObservedState, ReconcileError> {
+    // First: the pods cannot start without the root certificate they mount.
+    apply_root_cert(gateway, ctx).await?;
     apply(gateway, ctx, &desired.service_account).await?;
     let deployment = apply(gateway, ctx, &desired.deployment).await?;
     let service = apply(gateway, ctx, &desired.service).await?;
@@ -212,6 +218,57 @@ where
             fix: fix(&source, "patch (server-side apply)", &K::plural(&())),
             source,
         })
+}
+
+/// The Gateway's namespace's root certificate ConfigMap, owned by every waypoint there.
+async fn apply_root_cert(gateway: &Gateway, ctx: &Context) -> Result<(), ReconcileError> {
+    let ns = gateway.namespace().unwrap_or_default();
+    let cache = ctx.gateways.state();
+    let owners = root_cert::owners(
+        &ns,
+        cache.iter().map(|g| g.as_ref()),
+        Some(gateway),
+        None,
+        &ctx.options,
+    );
+    match root_cert::desired_root_cert(&ns, &owners, &ctx.options) {
+        Some(configmap) => apply(gateway, ctx, &configmap).await.map(drop),
+        // The controller's namespace: its publisher keeps the ConfigMap there.
+        None => Ok(()),
+    }
+}
+
+/// A Gateway leaving our class gives up its share of its namespace's root certificate
+/// ConfigMap: re-applied with the other waypoints as owners, or deleted with the last one.
+async fn release_root_cert(
+    gateway: &Gateway,
+    ctx: &Context,
+    gateway_uid: &str,
+) -> Result<(), ReconcileError> {
+    let ns = gateway.namespace().unwrap_or_default();
+    let key = ObjectRef::<ConfigMap>::new(CONFIGMAP_NAME).within(&ns);
+    let Some(configmap) = ctx.root_certs.get(&key) else {
+        return Ok(());
+    };
+    let owned = configmap
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == gateway_uid);
+    if !owned || ns == ctx.options.root_cert_namespace {
+        return Ok(());
+    }
+    let cache = ctx.gateways.state();
+    let others = root_cert::owners(
+        &ns,
+        cache.iter().map(|g| g.as_ref()),
+        None,
+        Some(gateway_uid),
+        &ctx.options,
+    );
+    match root_cert::desired_root_cert(&ns, &others, &ctx.options) {
+        Some(configmap) => apply(gateway, ctx, &configmap).await.map(drop),
+        None => delete_object(gateway, ctx, configmap.as_ref()).await,
+    }
 }
 
 fn kind_of<K: Resource<DynamicType = ()>>() -> String {
@@ -278,7 +335,8 @@ async fn clean_up(gateway: &Gateway, ctx: &Context) -> Result<(), ReconcileError
     // Deployment first: its pods are what serves traffic.
     delete_owned(gateway, ctx, &ctx.deployments, &uid).await?;
     delete_owned(gateway, ctx, &ctx.services, &uid).await?;
-    delete_owned(gateway, ctx, &ctx.service_accounts, &uid).await
+    delete_owned(gateway, ctx, &ctx.service_accounts, &uid).await?;
+    release_root_cert(gateway, ctx, &uid).await
 }
 
 async fn delete_owned<K>(
@@ -302,10 +360,29 @@ where
         .owner_references()
         .iter()
         .any(|o| o.uid == gateway_uid && o.controller == Some(true));
-    // Already going (a watch event behind our own delete): nothing more to do.
-    if !ours || object.meta().deletion_timestamp.is_some() {
+    if !ours {
         return Ok(());
     }
+    delete_object(gateway, ctx, object.as_ref()).await
+}
+
+/// Deletes `object`, which `gateway` owned, unless it is already going.
+async fn delete_object<K>(
+    gateway: &Gateway,
+    ctx: &Context,
+    object: &K,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    // Already going (a watch event behind our own delete): nothing more to do.
+    if object.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let ns = object.namespace().unwrap_or_default();
     // The uid precondition: never delete a same-named object created since we looked.
     let params = DeleteParams {
         preconditions: Some(Preconditions {

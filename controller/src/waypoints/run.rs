@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::stream::{BoxStream, StreamExt};
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::runtime::controller::{
     self, Action, ReconcileRequest, applier, trigger_owners, trigger_self,
 };
@@ -59,8 +59,10 @@ pub async fn run(client: Client, options: WaypointOptions, shutdown: Cancellatio
     let (service_accounts, sa_requests) = owned::<ServiceAccount>(&client);
     let (deployments, deployment_requests) = owned::<Deployment>(&client);
     let (services, service_requests) = owned::<Service>(&client);
+    let (root_certs, root_cert_requests) = owned::<ConfigMap>(&client);
     let requests = futures::stream::select_all([
         trigger_self(gateway_events, ()).boxed(),
+        root_cert_requests,
         sa_requests,
         deployment_requests,
         service_requests,
@@ -71,6 +73,8 @@ pub async fn run(client: Client, options: WaypointOptions, shutdown: Cancellatio
     let ctx = Arc::new(Context {
         client,
         options,
+        gateways: gateways.clone(),
+        root_certs,
         service_accounts,
         deployments,
         services,

@@ -107,6 +107,7 @@ fn the_deployment_runs_the_waypoint_as_its_own_identity_outside_the_mesh() {
         "--namespace=demo",
         "--trust-domain=cluster.local",
         "--token-file=/var/run/secrets/ambit/tokens/ambit-ca-token",
+        "--root-cert=/var/run/secrets/ambit/root/root-cert.pem",
     ] {
         assert!(
             args.iter().any(|a| a == want),
