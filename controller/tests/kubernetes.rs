@@ -1,38 +1,33 @@
 //! The Kubernetes source against the fake API server (tests/support/fake_api.rs): kube's real
 //! client lists and watches over a socket; the fake answers recorded JSON and streams events.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_controller::model::{MeshModel, ObjectKey};
 use ambit_controller::source::kubernetes::{self, KubernetesError, Options};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::fake_api::FakeApi;
+use support::cluster::{Cluster, NAMESPACES, PODS, model_where, namespace, options};
 
-const NAMESPACES: &str = "/api/v1/namespaces";
-const PODS: &str = "/api/v1/pods";
-const SERVICES: &str = "/api/v1/services";
-const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
-
-/// The fake with the built-in kinds the source lists, these objects and no EndpointSlices. The
+/// The built-in kinds the source lists, holding these objects, and no EndpointSlices. The
 /// Gateway API and Ambit CRDs are not installed (404), which the source runs without
-/// (kubernetes_crds.rs covers them).
-async fn cluster(namespaces: Vec<Value>, pods: Vec<Value>, services: Vec<Value>) -> FakeApi {
-    let api = FakeApi::start().await;
-    api.collection(NAMESPACES, "NamespaceList", namespaces);
-    api.collection(PODS, "PodList", pods);
-    api.collection(SERVICES, "ServiceList", services);
-    api.collection(SLICES, "EndpointSliceList", Vec::new());
-    api
-}
-
-fn namespace(name: &str, labels: Value) -> Value {
-    json!({"metadata": {"name": name, "labels": labels, "resourceVersion": "1"}})
+/// (kubernetes_waypoints.rs covers them).
+async fn cluster(
+    namespaces: Vec<Value>,
+    pods: Vec<Value>,
+    services: Vec<Value>,
+) -> support::fake_api::FakeApi {
+    Cluster {
+        namespaces,
+        pods,
+        services,
+        ..Cluster::default()
+    }
+    .serve()
+    .await
 }
 
 fn pod(ns: &str, name: &str, ip: Option<&str>, labels: Value) -> Value {
@@ -62,32 +57,6 @@ fn service(ns: &str, name: &str, vip: &str, selector: Value) -> Value {
             ]
         }
     })
-}
-
-fn options() -> Options {
-    Options {
-        debounce: Duration::from_millis(50),
-        sync_timeout: Duration::from_secs(10),
-        ..Options::default()
-    }
-}
-
-/// Waits for a published model that passes `check`.
-async fn model_where(
-    models: &mut watch::Receiver<Arc<MeshModel>>,
-    check: impl Fn(&MeshModel) -> bool,
-) -> Arc<MeshModel> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let model = models.borrow_and_update().clone();
-            if check(&model) {
-                return model;
-            }
-            models.changed().await.expect("the source stopped");
-        }
-    })
-    .await
-    .expect("no published model passed the check within 10s")
 }
 
 fn meshed(model: &MeshModel, ns: &str, name: &str) -> Option<bool> {
