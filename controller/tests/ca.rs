@@ -1,53 +1,21 @@
 //! The CA over real gRPC on loopback: who may get which certificate.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ambit_controller::ca::CaService;
-use ambit_controller::push::{DiscoveryService, publish_snapshots};
+use ambit_controller::ca::Authenticator;
 use ambit_controller::source::file::{EMBEDDED_MESH, EMBEDDED_ORIGIN, parse};
 use ambit_proto::api::security::CreateCertificateRequest;
-use ambit_proto::api::security::certificate_service_client::CertificateServiceClient;
-use ambit_proto::identity::{CertificateAuthority, SpiffeId, WorkloadKey};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use ambit_proto::identity::{SpiffeId, WorkloadKey};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const TTL: Duration = Duration::from_secs(2 * 3600);
 
 mod support;
-
-struct Ca {
-    _server: support::grpc::GrpcServer,
-    client: CertificateServiceClient<Channel>,
-    root_pem: String,
-    _models: watch::Sender<Arc<ambit_controller::model::MeshModel>>,
-    _shutdown: tokio_util::sync::DropGuard,
-}
+use support::grpc::{Ca, start_ca};
 
 async fn start() -> Ca {
-    let model = Arc::new(parse(EMBEDDED_MESH, EMBEDDED_ORIGIN).unwrap().model);
-    let (models_tx, models) = watch::channel(model);
-    let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
-    let root_pem = ca.root_pem().to_string();
-    let shutdown = CancellationToken::new();
-    let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
-    let server = support::grpc::serve(
-        ca.clone(),
-        DiscoveryService::new(snapshots, shutdown.clone()),
-        CaService::new(ca, models, TTL),
-        shutdown.clone(),
-    )
-    .await;
-    let client = CertificateServiceClient::new(server.channel.clone());
-    Ca {
-        _server: server,
-        client,
-        root_pem,
-        _models: models_tx,
-        _shutdown: shutdown.drop_guard(),
-    }
+    let model = parse(EMBEDDED_MESH, EMBEDDED_ORIGIN).unwrap().model;
+    start_ca(model, TTL, Authenticator::BootstrapTokens).await
 }
 
 fn request(

@@ -1,26 +1,21 @@
 //! The CA in Kubernetes, over real sockets: callers authenticate with service-account tokens
 //! that the (fake) API server reviews, and the root lives in a Secret of that API server.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ambit_controller::ca::root_secret::{self, RootSecretError};
-use ambit_controller::ca::{Authenticator, CaService, NamespacedName, TokenReviewer};
-use ambit_controller::push::{DiscoveryService, publish_snapshots};
+use ambit_controller::ca::{Authenticator, NamespacedName, TokenReviewer};
 use ambit_controller::source::file::parse;
 use ambit_proto::api::security::CreateCertificateRequest;
-use ambit_proto::api::security::certificate_service_client::CertificateServiceClient;
 use ambit_proto::identity::{CertificateAuthority, SpiffeId, Validity, WorkloadKey};
 use hyper::Method;
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
 mod support;
 use support::fake_api::{FakeApi, status};
+use support::grpc::{Ca, start_ca};
 
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const AUDIENCE: &str = "mesh-ca";
@@ -41,43 +36,16 @@ pods:
   - {name: reviews, namespace: demo, node: node-b, serviceAccount: reviews, ipv4: 10.244.2.2}
 "#;
 
-struct Ca {
-    _server: support::grpc::GrpcServer,
-    client: CertificateServiceClient<Channel>,
-    root_pem: String,
-    _models: watch::Sender<Arc<ambit_controller::model::MeshModel>>,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
 /// The CA, reviewing tokens through `api` (no caching unless `cache_for` says so).
 async fn start(api: kube::Client, cache_for: Duration) -> Ca {
-    let model = Arc::new(parse(MESH, "test mesh").unwrap().model);
-    let (models_tx, models) = watch::channel(model);
-    let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
-    let root_pem = ca.root_pem().to_string();
-    let shutdown = CancellationToken::new();
-    let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
     let authenticator = Authenticator::TokenReview {
         reviewer: TokenReviewer::new(api, AUDIENCE)
             .cache_for(cache_for)
             .timeout(Duration::from_secs(2)),
         ztunnel: NamespacedName::new("ambit-system", "ztunnel"),
     };
-    let server = support::grpc::serve(
-        ca.clone(),
-        DiscoveryService::new(snapshots, shutdown.clone()),
-        CaService::new(ca, models, Duration::from_secs(3600)).authenticate_with(authenticator),
-        shutdown.clone(),
-    )
-    .await;
-    let client = CertificateServiceClient::new(server.channel.clone());
-    Ca {
-        _server: server,
-        client,
-        root_pem,
-        _models: models_tx,
-        _shutdown: shutdown.drop_guard(),
-    }
+    let model = parse(MESH, "test mesh").unwrap().model;
+    start_ca(model, Duration::from_secs(3600), authenticator).await
 }
 
 /// A review that authenticates `user` for our audience, bound to a pod on `node` if given.

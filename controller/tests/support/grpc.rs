@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_controller::ca::CaService;
+use ambit_controller::ca::{Authenticator, CaService};
 use ambit_controller::grpc::{self, ServingIdentity};
-use ambit_controller::push::DiscoveryService;
+use ambit_controller::model::MeshModel;
+use ambit_controller::push::{DiscoveryService, publish_snapshots};
+use ambit_proto::api::security::certificate_service_client::CertificateServiceClient;
 use ambit_proto::control;
 use ambit_proto::identity::CertificateAuthority;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::Channel;
 
 pub struct GrpcServer {
@@ -46,5 +49,36 @@ pub async fn serve(
         addr,
         channel,
         _serving: serving,
+    }
+}
+
+/// A CA on the controller's port, serving `model` with `authenticator`, and a client of it.
+pub struct Ca {
+    pub client: CertificateServiceClient<Channel>,
+    pub root_pem: String,
+    _server: GrpcServer,
+    _models: watch::Sender<Arc<MeshModel>>,
+    _shutdown: DropGuard,
+}
+
+pub async fn start_ca(model: MeshModel, ttl: Duration, authenticator: Authenticator) -> Ca {
+    let (models_tx, models) = watch::channel(Arc::new(model));
+    let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+    let root_pem = ca.root_pem().to_string();
+    let shutdown = CancellationToken::new();
+    let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
+    let server = serve(
+        ca.clone(),
+        DiscoveryService::new(snapshots, shutdown.clone()),
+        CaService::new(ca, models, ttl).authenticate_with(authenticator),
+        shutdown.clone(),
+    )
+    .await;
+    Ca {
+        client: CertificateServiceClient::new(server.channel.clone()),
+        root_pem,
+        _server: server,
+        _models: models_tx,
+        _shutdown: shutdown.drop_guard(),
     }
 }
