@@ -159,6 +159,22 @@ fn waypoint_options(
     }
 }
 
+/// Resolves when one of `tasks` ends, which none should before shutdown: a source, publisher or
+/// reconciler that died would leave the controller ready but serving a frozen cluster.
+async fn first_to_end(tasks: &mut [(&'static str, JoinHandle<()>)]) -> (&'static str, String) {
+    if tasks.is_empty() {
+        return std::future::pending().await;
+    }
+    let (ended, index, rest) =
+        futures::future::select_all(tasks.iter_mut().map(|(_, handle)| handle)).await;
+    drop(rest);
+    let how = match ended {
+        Ok(()) => "returned".to_string(),
+        Err(error) => format!("failed: {error}"),
+    };
+    (tasks[index].0, how)
+}
+
 /// Waits for `tasks` to stop, until `deadline`; any still running then ends with the process.
 async fn drain_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>, deadline: Instant) {
     for (task, handle) in tasks {
@@ -210,11 +226,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         grpc_listener,
         serving.tls(),
         discovery,
-        CaService::new(ca.clone(), models, config.cert_ttl).authenticate_with(authenticator),
+        CaService::new(ca.clone(), models, config.cert_ttl)
+            .authenticate_with(authenticator)
+            .serving_as(serving.identity().clone()),
         shutdown.clone(),
     ));
-    let cluster_tasks =
+    let mut background =
         start_cluster_tasks(&config, &kube, &ca, model.trust_domain(), &shutdown).await?;
+    // A fixed model's sender must live as long as the process; a watched one's task is
+    // supervised with the others.
+    let _fixed_model = match source {
+        Source::Fixed { _sender } => Some(_sender),
+        Source::Watched(task) => {
+            background.push(("the model source", task));
+            None
+        }
+    };
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
         source = %config.source,
@@ -222,7 +249,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         identity = %serving.identity(),
         metrics = %config.metrics,
         ca_auth = ?config.ca_auth(),
-        cluster_tasks = ?cluster_tasks.iter().map(|(task, _)| *task).collect::<Vec<_>>(),
+        background = ?background.iter().map(|(task, _)| *task).collect::<Vec<_>>(),
         trust_domain = model.trust_domain(),
         nodes = model.nodes().count(),
         workloads = model.workloads().count(),
@@ -239,6 +266,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             ended.context("the gRPC server task failed")?.context("the gRPC server failed")?;
             bail!("the gRPC server stopped on its own");
         }
+        (task, how) = first_to_end(&mut background) => {
+            shutdown.cancel();
+            bail!("{task} {how} while the controller was serving; exiting so that it is restarted rather than left serving a stale mesh");
+        }
     }
     ready.store(false, Ordering::Relaxed);
     shutdown.cancel();
@@ -252,10 +283,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "connections still open at the drain deadline; exiting anyway"
         ),
     }
-    drain_tasks(cluster_tasks, deadline).await;
-    if let Source::Watched(task) = source {
-        task.await.context("the source's watch task failed")?;
-    }
+    drain_tasks(background, deadline).await;
     tracing::info!("controller stopped");
     Ok(())
 }

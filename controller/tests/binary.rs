@@ -136,13 +136,20 @@ async fn serves_the_embedded_mesh_and_drains_on_sigterm() {
         .mode();
     assert_eq!(key_mode & 0o777, 0o600, "the generated root key is private");
 
-    // A plain-TCP gRPC client gets nowhere: the port speaks TLS only.
-    let plain = DiscoveryClient::connect(format!("http://127.0.0.1:{grpc}")).await;
-    let refused = match plain {
-        Err(_) => true,
-        Ok(mut client) => client.subscribe(subscription("node-b").0).await.is_err(),
-    };
-    assert!(refused, "plaintext gRPC must not reach the controller");
+    // A plain-TCP gRPC client with a valid token gets nowhere: the port speaks TLS only, so the
+    // call fails in transport, before any token is looked at.
+    if let Ok(mut client) = DiscoveryClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+        let (mut request, _tx) = subscription("node-b");
+        bearer(&mut request, "node-b-local-bootstrap-token");
+        let err = client.subscribe(request).await.unwrap_err();
+        assert!(
+            !matches!(
+                err.code(),
+                tonic::Code::Ok | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ),
+            "plaintext gRPC must fail in transport, not reach the services: {err}"
+        );
+    }
 
     // Over TLS, pinned to the controller's identity and chained to the generated root.
     let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();

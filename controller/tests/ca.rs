@@ -87,6 +87,25 @@ async fn a_node_gets_a_certificate_for_a_pod_it_runs() {
     );
 }
 
+#[tokio::test]
+async fn nobody_obtains_the_controllers_own_identity() {
+    let mut ca = start().await;
+    let controller = "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller";
+    let err = ca
+        .client
+        .create_certificate(request(
+            Some(NODE_A),
+            Some("node-a"),
+            controller,
+            csr_for(controller),
+            0,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("controller's own identity"), "{err}");
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

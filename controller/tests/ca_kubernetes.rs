@@ -374,6 +374,25 @@ async fn a_successful_review_is_reused_until_the_token_would_expire() {
     );
 }
 
+#[tokio::test]
+async fn a_refused_token_is_refused_again_without_another_review() {
+    let api = FakeApi::start().await;
+    review_tokens(&api, vec![]);
+    let mut ca = start(api.client(), Duration::from_secs(60)).await;
+    for _ in 0..3 {
+        let status = ca
+            .refused(Some("garbage"), None, CLIENT, Code::Unauthenticated)
+            .await;
+        assert!(status.contains("token has expired"), "{status}");
+    }
+    let reviews = api
+        .requests()
+        .iter()
+        .filter(|r| r.path == TOKEN_REVIEWS)
+        .count();
+    assert_eq!(reviews, 1, "the API server is asked once per refused token");
+}
+
 // The root in a Secret.
 
 const SECRET_PATH: &str = "/api/v1/namespaces/ambit-system/secrets/ambit-ca";

@@ -46,6 +46,9 @@ pub struct CaService {
     ttl: Duration,
     /// Shared with discovery, which authenticates subscriptions the same way.
     authenticator: Arc<Authenticator>,
+    /// The identity the controller presents to proxies: whoever held it would receive every
+    /// proxy's token, so it is never issued.
+    controller: Option<SpiffeId>,
 }
 
 impl CaService {
@@ -61,11 +64,18 @@ impl CaService {
             models,
             ttl,
             authenticator: Arc::new(Authenticator::BootstrapTokens),
+            controller: None,
         }
     }
 
     pub fn authenticate_with(mut self, authenticator: impl Into<Arc<Authenticator>>) -> Self {
         self.authenticator = authenticator.into();
+        self
+    }
+
+    /// Never issue `identity`, the one the controller serves as.
+    pub fn serving_as(mut self, identity: SpiffeId) -> Self {
+        self.controller = Some(identity);
         self
     }
 
@@ -89,6 +99,9 @@ impl CaService {
                 source,
             })
         })?;
+        if self.controller.as_ref() == Some(&identity) {
+            return Err(fail(Refusal::ControllerIdentity { identity }));
+        }
         // Read after authenticating: a review may have taken a while, and the pod may have moved.
         let model = self.models.borrow().clone();
         authz::authorize(&model, &caller, &identity).map_err(fail)?;

@@ -70,6 +70,10 @@ pub enum Refusal {
         name = service_account.name
     )]
     NotAWaypoint { service_account: NamespacedName },
+    #[error(
+        "{identity} is the controller's own identity, which proxies trust with their tokens: no caller may obtain it (rename the pod's service account, or give the controller another --identity)"
+    )]
+    ControllerIdentity { identity: SpiffeId },
     #[error("the CSR for {identity} was refused: {source}")]
     BadCsr {
         identity: SpiffeId,
@@ -96,7 +100,8 @@ impl Refusal {
             | Refusal::ForeignTrustDomain { .. }
             | Refusal::NotOnNode { .. }
             | Refusal::NotOwnIdentity { .. }
-            | Refusal::NotAWaypoint { .. } => Code::PermissionDenied,
+            | Refusal::NotAWaypoint { .. }
+            | Refusal::ControllerIdentity { .. } => Code::PermissionDenied,
             Refusal::BadIdentity { .. } | Refusal::BadCsr { .. } => Code::InvalidArgument,
             Refusal::ReviewUnavailable { .. } => Code::Unavailable,
             Refusal::Signing { .. } => Code::Internal,
@@ -118,6 +123,7 @@ impl Refusal {
             Refusal::NotOnNode { .. } => "not_on_node",
             Refusal::NotOwnIdentity { .. } => "not_own_identity",
             Refusal::NotAWaypoint { .. } => "not_a_waypoint",
+            Refusal::ControllerIdentity { .. } => "controller_identity",
             Refusal::BadCsr { .. } => "bad_csr",
             Refusal::Signing { .. } => "signing",
         }

@@ -2,12 +2,14 @@
 //! does: the controller never needs the cluster's token signing keys.
 //!
 //! Successful reviews are kept for a short while (at most [`DEFAULT_CACHE_FOR`], never past the
-//! token's own expiry) keyed by a keyed hash of the token, so a ztunnel asking for the
-//! certificates of every pod on its node at start costs one review, not one per pod. A failed
-//! review is never cached: the next request asks again.
+//! token's own expiry) keyed by the token itself, so a ztunnel asking for the certificates of
+//! every pod on its node at start costs one review, not one per pod. A token the API server
+//! refused is refused again without asking for [`REFUSED_FOR`], and at most
+//! [`MAX_REVIEWS_IN_FLIGHT`] reviews run at once: anyone who can reach the controller's port can
+//! send tokens, and must not be able to turn that into unbounded load on the API server. An API
+//! server that could not answer is not remembered: the next request asks again.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
@@ -20,6 +22,14 @@ use super::Refusal;
 pub const DEFAULT_CACHE_FOR: Duration = Duration::from_secs(60);
 /// How long the API server gets to answer a review before the request is refused as unavailable.
 pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a token the API server refused is refused without asking again.
+pub const REFUSED_FOR: Duration = Duration::from_secs(10);
+/// Reviews waiting for the API server at once; more callers wait their turn.
+pub const MAX_REVIEWS_IN_FLIGHT: usize = 16;
+/// Refused tokens remembered at most (garbage tokens are all different; beyond this they are
+/// only rate-limited by [`MAX_REVIEWS_IN_FLIGHT`]).
+const MAX_REFUSED: usize = 4096;
+
 /// Where the API server puts the node of a pod-bound service-account token (Kubernetes ≥ 1.30).
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
@@ -38,9 +48,12 @@ pub struct TokenReviewer {
     audience: String,
     timeout: Duration,
     cache_for: Duration,
-    cache: Mutex<HashMap<u64, (Reviewed, Instant)>>,
-    // A per-process random key: which tokens share a slot cannot be predicted, let alone chosen.
-    hasher: RandomState,
+    /// Keyed by the token itself, not a hash of it: a collision must never hand one caller
+    /// another's identity.
+    cache: Mutex<HashMap<String, (Reviewed, Instant)>>,
+    /// Why the API server refused a token (the reason of a `NotAuthenticated`).
+    refused: Mutex<HashMap<String, (String, Instant)>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl TokenReviewer {
@@ -51,7 +64,8 @@ impl TokenReviewer {
             timeout: DEFAULT_REVIEW_TIMEOUT,
             cache_for: DEFAULT_CACHE_FOR,
             cache: Mutex::new(HashMap::new()),
-            hasher: RandomState::new(),
+            refused: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
         }
     }
 
@@ -71,9 +85,19 @@ impl TokenReviewer {
     }
 
     pub(super) async fn review(&self, token: &str) -> Result<Reviewed, Refusal> {
-        let key = self.hasher.hash_one(token);
-        if let Some(reviewed) = self.cached(key) {
-            return Ok(reviewed);
+        if let Some(known) = self.known(token) {
+            return known;
+        }
+        let _turn = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| Refusal::ReviewUnavailable {
+                reason: "the controller is shutting down".into(),
+            })?;
+        // Another caller with the same token may have been answered while this one waited.
+        if let Some(known) = self.known(token) {
+            return known;
         }
         let request = TokenReview {
             spec: TokenReviewSpec {
@@ -92,9 +116,16 @@ impl TokenReviewer {
                 .map_err(|e| Refusal::ReviewUnavailable {
                     reason: e.to_string(),
                 })?;
-        let reviewed = self.accept(answer.status.unwrap_or_default())?;
-        self.remember(key, &reviewed, token);
-        Ok(reviewed)
+        match self.accept(answer.status.unwrap_or_default()) {
+            Ok(reviewed) => {
+                self.remember(token, &reviewed);
+                Ok(reviewed)
+            }
+            Err(refusal) => {
+                self.remember_refusal(token, &refusal);
+                Err(refusal)
+            }
+        }
     }
 
     /// The review's verdict. An authenticated token must also be confirmed for our audience: an
@@ -130,13 +161,39 @@ impl TokenReviewer {
         Ok(Reviewed { user: name, node })
     }
 
-    fn cached(&self, key: u64) -> Option<Reviewed> {
-        let cache = self.cache.lock();
-        let (reviewed, until) = cache.get(&key)?;
-        (Instant::now() < *until).then(|| reviewed.clone())
+    /// A verdict still in force for `token`, if any.
+    fn known(&self, token: &str) -> Option<Result<Reviewed, Refusal>> {
+        let now = Instant::now();
+        if let Some((reviewed, until)) = self.cache.lock().get(token)
+            && now < *until
+        {
+            return Some(Ok(reviewed.clone()));
+        }
+        let refused = self.refused.lock();
+        let (reason, until) = refused.get(token)?;
+        (now < *until).then(|| {
+            Err(Refusal::NotAuthenticated {
+                audience: self.audience.clone(),
+                reason: reason.clone(),
+            })
+        })
     }
 
-    fn remember(&self, key: u64, reviewed: &Reviewed, token: &str) {
+    fn remember_refusal(&self, token: &str, refusal: &Refusal) {
+        let Refusal::NotAuthenticated { reason, .. } = refusal else {
+            return;
+        };
+        let now = Instant::now();
+        let mut refused = self.refused.lock();
+        if refused.len() >= MAX_REFUSED {
+            refused.retain(|_, (_, until)| *until > now);
+        }
+        if refused.len() < MAX_REFUSED {
+            refused.insert(token.into(), (reason.clone(), now + REFUSED_FOR));
+        }
+    }
+
+    fn remember(&self, token: &str, reviewed: &Reviewed) {
         let now = Instant::now();
         // A token whose expiry cannot be read is not cached: it might expire any moment.
         let Some(left) =
@@ -152,7 +209,7 @@ impl TokenReviewer {
         // Only tokens that passed a review get here, so the map is bounded by the cluster's live
         // tokens; dropping the stale ones on each insert keeps it at those of the last minute.
         cache.retain(|_, (_, until)| *until > now);
-        cache.insert(key, (reviewed.clone(), now + keep));
+        cache.insert(token.into(), (reviewed.clone(), now + keep));
     }
 }
 

@@ -22,6 +22,14 @@ pub struct SubscriberAccess {
     models: watch::Receiver<Arc<MeshModel>>,
 }
 
+/// Why a subscription was refused or ended.
+pub struct Denied {
+    pub status: Status,
+    /// The credential may be fine, but could not be checked (the API server is unreachable): an
+    /// open subscription keeps going on what was proven when it opened.
+    pub undecided: bool,
+}
+
 impl SubscriberAccess {
     pub fn new(authenticator: Arc<Authenticator>, models: watch::Receiver<Arc<MeshModel>>) -> Self {
         SubscriberAccess {
@@ -30,24 +38,43 @@ impl SubscriberAccess {
         }
     }
 
-    /// Who the caller is, if it may receive `subscriber`'s scope; else the status to end the
-    /// subscription with, saying what would fix it.
-    pub async fn check(
+    /// Who the caller is. Done from the request's metadata alone, before the first message is
+    /// read, so an anonymous caller cannot make the controller buffer a large request.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Denied> {
+        self.authenticator
+            .authenticate(metadata, &self.models)
+            .await
+            .map_err(|refused| {
+                let status = Status::from(refused.refusal);
+                Denied {
+                    undecided: status.code() == tonic::Code::Unavailable,
+                    status,
+                }
+            })
+    }
+
+    /// May `caller` receive `subscriber`'s scope, in the current model?
+    pub fn authorize(&self, caller: &Caller, subscriber: &Subscriber) -> Result<(), Denied> {
+        let model = self.models.borrow().clone();
+        if speaks_for(&model, caller, subscriber) {
+            Ok(())
+        } else {
+            Err(Denied {
+                status: Status::permission_denied(refusal(caller, subscriber)),
+                undecided: false,
+            })
+        }
+    }
+
+    /// Both, again, for an open subscription when the mesh changes: a token removed from the
+    /// mesh file, an expired service-account token or a waypoint that moved ends it.
+    pub async fn recheck(
         &self,
         metadata: &MetadataMap,
         subscriber: &Subscriber,
-    ) -> Result<Caller, Status> {
-        let caller = self
-            .authenticator
-            .authenticate(metadata, &self.models)
-            .await
-            .map_err(|refused| Status::from(refused.refusal))?;
-        let model = self.models.borrow().clone();
-        if speaks_for(&model, &caller, subscriber) {
-            Ok(caller)
-        } else {
-            Err(Status::permission_denied(refusal(&caller, subscriber)))
-        }
+    ) -> Result<(), Denied> {
+        let caller = self.authenticate(metadata).await?;
+        self.authorize(&caller, subscriber)
     }
 }
 

@@ -9,9 +9,10 @@ use ambit_proto::api::discovery::{ProxyKind, SubscribeRequest, SubscribeResponse
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::access::SubscriberAccess;
+use super::access::{Denied, SubscriberAccess};
 use super::session::{Answer, Session};
 use super::{ResourceKey, Snapshot, SyncTable, desired_for};
 use crate::model::{MeshModel, ObjectKey};
@@ -136,18 +137,32 @@ impl Discovery for DiscoveryService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = request.remote_addr();
         let (metadata, _, mut inbound) = request.into_parts();
+        let refused = |who: &str, kind: &'static str, denied: Denied| {
+            metrics::counter!("ambit_controller_subscription_refusals_total", "kind" => kind)
+                .increment(1);
+            tracing::warn!(subscriber = %who, code = ?denied.status.code(), error = %denied.status.message(), "refused a subscription");
+            denied.status
+        };
+        // Authenticated before the first message is read: see SubscriberAccess::authenticate.
+        let caller = match &self.access {
+            Some(access) => match access.authenticate(&metadata).await {
+                Ok(caller) => Some(caller),
+                Err(denied) => {
+                    let peer = peer.map_or_else(|| "unknown peer".into(), |p| p.to_string());
+                    return Err(refused(&format!("caller at {peer}"), "unknown", denied));
+                }
+            },
+            None => None,
+        };
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the stream ended before the first SubscribeRequest")
         })?;
         let subscriber = check_subscriber(first.subscriber)?;
         let who = describe(&subscriber, peer);
-        if let Some(access) = &self.access
-            && let Err(refused) = access.check(&metadata, &subscriber).await
+        if let (Some(access), Some(caller)) = (&self.access, &caller)
+            && let Err(denied) = access.authorize(caller, &subscriber)
         {
-            metrics::counter!("ambit_controller_subscription_refusals_total", "kind" => kind_label(&subscriber))
-                .increment(1);
-            tracing::warn!(subscriber = %who, code = ?refused.code(), error = %refused.message(), "refused a subscription");
-            return Err(refused);
+            return Err(refused(&who, kind_label(&subscriber), denied));
         }
         let mut known = HashMap::new();
         for (key, version) in first.known_versions {
@@ -173,6 +188,7 @@ impl Discovery for DiscoveryService {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let stream = Stream {
+            access: self.access.clone().map(|a| (a, metadata)),
             inbound,
             tx,
             snapshots: self.snapshots.clone(),
@@ -189,6 +205,8 @@ impl Discovery for DiscoveryService {
 }
 
 struct Stream {
+    /// Who may subscribe, and this subscription's credentials, re-checked on every new model.
+    access: Option<(Arc<SubscriberAccess>, MetadataMap)>,
     inbound: Streaming<SubscribeRequest>,
     tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -260,8 +278,37 @@ impl Stream {
                         return "the controller stopped publishing config".into();
                     }
                     snapshot = self.snapshots.borrow_and_update().clone();
+                    if let Err(ended) = self.recheck().await {
+                        return ended;
+                    }
                     desired = desired_for(&snapshot, &self.subscriber);
                 }
+            }
+        }
+    }
+
+    /// Ends the subscription (with the refusal sent to the proxy) when its credentials no longer
+    /// hold; one that cannot be checked just now goes on.
+    async fn recheck(&mut self) -> Result<(), String> {
+        let Some((access, metadata)) = &self.access else {
+            return Ok(());
+        };
+        match access.recheck(metadata, &self.subscriber).await {
+            Ok(()) => Ok(()),
+            Err(denied) if denied.undecided => {
+                tracing::debug!(subscriber = %self.who, error = %denied.status.message(), "could not re-check a subscription's credentials; it goes on");
+                Ok(())
+            }
+            Err(denied) => {
+                metrics::counter!("ambit_controller_subscription_refusals_total", "kind" => kind_label(&self.subscriber))
+                    .increment(1);
+                tracing::warn!(subscriber = %self.who, error = %denied.status.message(), "ending a subscription whose credentials no longer hold");
+                let reason = format!(
+                    "its credentials no longer hold: {}",
+                    denied.status.message()
+                );
+                let _ = self.tx.send(Err(denied.status)).await;
+                Err(reason)
             }
         }
     }

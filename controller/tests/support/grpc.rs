@@ -70,7 +70,9 @@ pub async fn start_ca(model: MeshModel, ttl: Duration, authenticator: Authentica
     let server = serve(
         ca.clone(),
         DiscoveryService::new(snapshots, shutdown.clone()),
-        CaService::new(ca, models, ttl).authenticate_with(authenticator),
+        CaService::new(ca.clone(), models, ttl)
+            .authenticate_with(authenticator)
+            .serving_as(control::default_controller_identity(ca.trust_domain()).unwrap()),
         shutdown.clone(),
     )
     .await;
