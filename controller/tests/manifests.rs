@@ -1,12 +1,12 @@
 //! Every document of every file in manifests/ read into its Kubernetes (k8s_openapi), Gateway
 //! API or CRD type, strictly: a field the type does not know (a typo) fails, though serde alone
-//! would drop it. Also: the controller's RBAC grants what the code calls, the controller's and
+//! would drop it. Also: the controller's RBAC grants exactly what the code calls, the controller's and
 //! ztunnel's args are flags their binaries accept, and the kustomization lists every file.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ambit_controller::ca::root_configmap;
+use ambit_controller::ca::{root_configmap, root_secret};
 use ambit_controller::waypoints::{self, REQUIRED_PERMISSIONS};
 use clap::Parser;
 use gateway_api::apis::experimental::httproutes::HttpRoute;
@@ -285,80 +285,155 @@ fn find<T: DeserializeOwned + Serialize>(docs: &[Doc], kind: &str, name: &str) -
     strict(doc)
 }
 
-fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
-    let has = |list: &Option<Vec<String>>, want: &str| {
-        list.iter().flatten().any(|x| x == want || x == "*")
-    };
-    rules.iter().any(|rule| {
-        has(&rule.api_groups, group)
-            && has(&rule.resources, resource)
-            && rule.verbs.iter().any(|v| v == verb || v == "*")
-    })
+/// What the Kubernetes source lists and watches (controller/src/source/kubernetes/watch.rs,
+/// which declares no list of its own), and what the CA calls to check tokens
+/// (controller/src/ca/token_review.rs: a TokenReview create).
+const SOURCE_AND_CA_PERMISSIONS: &[(&str, &str, &str)] = &[
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
+    ("discovery.k8s.io", "endpointslices", "list"),
+    ("discovery.k8s.io", "endpointslices", "watch"),
+    ("gateway.networking.k8s.io", "gateways", "list"),
+    ("gateway.networking.k8s.io", "gateways", "watch"),
+    ("gateway.networking.k8s.io", "httproutes", "list"),
+    ("gateway.networking.k8s.io", "httproutes", "watch"),
+    ("ambit.io", "authorizationpolicies", "list"),
+    ("ambit.io", "authorizationpolicies", "watch"),
+    ("authentication.k8s.io", "tokenreviews", "create"),
+];
+
+type Grant = (String, String, String);
+
+/// Every (group, resource, verb) `rules` grant, each with the names it is restricted to (empty:
+/// any). Wildcards and non-resource URLs are refused outright: they grant what no list says.
+fn granted(rules: &[PolicyRule], origin: &str) -> Vec<(Grant, Vec<String>)> {
+    let mut out = Vec::new();
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{origin}: non-resource URLs {rule:?}"
+        );
+        let groups = rule.api_groups.clone().unwrap_or_default();
+        let resources = rule.resources.clone().unwrap_or_default();
+        for list in [&groups, &resources, &rule.verbs] {
+            assert!(
+                !list.iter().any(|x| x == "*"),
+                "{origin}: wildcard in {rule:?}"
+            );
+        }
+        for group in &groups {
+            for resource in &resources {
+                for verb in &rule.verbs {
+                    out.push((
+                        (group.clone(), resource.clone(), verb.clone()),
+                        rule.resource_names.clone().unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Fails unless `grants` are exactly `needed`, naming what is missing and what is extra.
+fn assert_exactly<'a>(
+    grants: &[(Grant, Vec<String>)],
+    needed: impl IntoIterator<Item = &'a (&'a str, &'a str, &'a str)>,
+    origin: &str,
+) {
+    let have: BTreeSet<Grant> = grants.iter().map(|(g, _)| g.clone()).collect();
+    let want: BTreeSet<Grant> = needed
+        .into_iter()
+        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect();
+    let missing: Vec<_> = want.difference(&have).collect();
+    let extra: Vec<_> = have.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "manifests/controller.yaml {origin}: missing {missing:?}, granted but never used {extra:?}"
+    );
 }
 
 #[test]
-fn the_controller_may_do_what_it_does() {
+fn the_controller_may_do_exactly_what_it_does() {
     let docs = documents();
     let cluster_role: ClusterRole = find(&docs, "ClusterRole", "ambit-controller");
-    let rules = cluster_role.rules.unwrap_or_default();
-    // The waypoint reconciler's own list, and what the mesh source and the CA call.
-    let others: &[(&str, &str, &str)] = &[
-        ("", "namespaces", "list"),
-        ("", "namespaces", "watch"),
-        ("", "pods", "list"),
-        ("", "pods", "watch"),
-        ("", "services", "list"),
-        ("", "services", "watch"),
-        ("discovery.k8s.io", "endpointslices", "list"),
-        ("discovery.k8s.io", "endpointslices", "watch"),
-        ("gateway.networking.k8s.io", "httproutes", "list"),
-        ("gateway.networking.k8s.io", "httproutes", "watch"),
-        ("ambit.io", "authorizationpolicies", "list"),
-        ("ambit.io", "authorizationpolicies", "watch"),
-        ("authentication.k8s.io", "tokenreviews", "create"),
-    ];
-    let missing: Vec<_> = REQUIRED_PERMISSIONS
-        .iter()
-        .chain(others)
-        .filter(|(g, r, v)| !grants(&rules, g, r, v))
-        .collect();
+    let grants = granted(&cluster_role.rules.unwrap_or_default(), "ClusterRole");
+    assert_exactly(
+        &grants,
+        REQUIRED_PERMISSIONS.iter().chain(SOURCE_AND_CA_PERMISSIONS),
+        "ClusterRole ambit-controller",
+    );
     assert!(
-        missing.is_empty(),
-        "manifests/controller.yaml ClusterRole lacks {missing:?}"
+        grants.iter().all(|(_, names)| names.is_empty()),
+        "the ClusterRole restricts by name; {grants:?}"
     );
     // Secrets only in ambit-system, for the CA root.
-    assert!(
-        !rules
-            .iter()
-            .any(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
-    );
-    let role: Role = find(&docs, "Role", "ambit-controller");
-    assert_eq!(role.metadata.namespace.as_deref(), Some("ambit-system"));
-    let role_rules = role.rules.unwrap_or_default();
-    for verb in ["get", "create"] {
-        assert!(grants(&role_rules, "", "secrets", verb), "secrets {verb}");
-    }
-    // The root certificate ConfigMap's publisher needs no more than its own namespace.
-    let missing: Vec<_> = root_configmap::REQUIRED_PERMISSIONS
-        .iter()
-        .filter(|(g, r, v)| !grants(&role_rules, g, r, v))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "manifests/controller.yaml Role in ambit-system lacks {missing:?}"
-    );
+    assert!(!grants.iter().any(|((_, r, _), _)| r == "secrets"));
     assert!(
         REQUIRED_PERMISSIONS
             .iter()
             .any(|(_, resource, _)| *resource == "configmaps"),
         "waypoints get their namespace's root certificate ConfigMap"
     );
+
+    let role: Role = find(&docs, "Role", "ambit-controller");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("ambit-system"));
+    let grants = granted(&role.rules.unwrap_or_default(), "Role");
+    // The CA root's Secret and the root certificate ConfigMap's publisher: their namespace only.
+    assert_exactly(
+        &grants,
+        root_secret::REQUIRED_PERMISSIONS
+            .iter()
+            .chain(root_configmap::REQUIRED_PERMISSIONS),
+        "Role ambit-system/ambit-controller",
+    );
+    // Reading secrets: the CA's one Secret, the one the controller's --ca-secret names.
+    let controller: Deployment = find(&docs, "Deployment", "ambit-controller");
+    let pod = controller.spec.unwrap().template.spec.unwrap();
+    let args = args_of(&pod.containers[0], "controller");
+    let config = ambit_controller::config::Config::try_parse_from(&args).unwrap();
+    let ca_secret = config
+        .ca_secret
+        .expect("the controller keeps its CA in a Secret");
+    assert_eq!(ca_secret.namespace, "ambit-system");
+    for ((_, resource, verb), names) in &grants {
+        match (resource.as_str(), verb.as_str()) {
+            ("secrets", "get") => {
+                assert_eq!(names, std::slice::from_ref(&ca_secret.name), "secrets get")
+            }
+            // A create cannot be restricted by name (a rule with names would not allow it).
+            (_, "create") => assert!(names.is_empty(), "{resource} create restricted by name"),
+            _ => {}
+        }
+    }
+
     let binding: ClusterRoleBinding = find(&docs, "ClusterRoleBinding", "ambit-controller");
     let subject = &binding.subjects.unwrap()[0];
     assert_eq!(
         (subject.name.as_str(), subject.namespace.as_deref()),
         ("ambit-controller", Some("ambit-system"))
     );
+}
+
+#[test]
+fn the_exact_check_names_an_extra_verb() {
+    let rule = PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["services".into()]),
+        verbs: vec!["get".into(), "update".into()],
+        ..PolicyRule::default()
+    };
+    let grants = granted(&[rule], "test");
+    let caught = std::panic::catch_unwind(|| {
+        assert_exactly(&grants, &[("", "services", "get")], "test");
+    });
+    let message = *caught.unwrap_err().downcast::<String>().unwrap();
+    assert!(message.contains("\"update\""), "{message}");
 }
 
 /// The container's args with `$(VAR)` references resolved as the kubelet would, with a

@@ -1,13 +1,16 @@
 //! The waypoint reconciler against the fake API server (tests/support/fake_api.rs): kube's real
-//! client watches Gateways and our objects over a socket and sends server-side applies, deletes
-//! and status patches, which the fake records and answers.
+//! client watches Gateways and our objects over a socket and sends reads, server-side applies,
+//! deletes and status patches, which the fake records and answers (keeping what was applied, so
+//! a read after an apply finds it, as on a real API server).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ambit_controller::waypoints::{self, WaypointOptions};
 use hyper::Method;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -61,19 +64,42 @@ fn applied(req: &Recorded) -> (u16, Value) {
 
 /// The fake with the four kinds the reconciler watches, answering applies, deletes and status.
 async fn cluster(gateways: Vec<Value>) -> FakeApi {
+    cluster_with(gateways, vec![]).await
+}
+
+/// The same, with objects that exist already (by path: a user's Service…). An object read
+/// (GET) is what was last applied there, or one of these, or 404.
+async fn cluster_with(gateways: Vec<Value>, existing: Vec<(String, Value)>) -> FakeApi {
     let api = FakeApi::start().await;
     api.collection(GATEWAYS, "GatewayList", gateways);
     api.collection(SERVICE_ACCOUNTS, "ServiceAccountList", vec![]);
     api.collection(DEPLOYMENTS, "DeploymentList", vec![]);
     api.collection(SERVICES, "ServiceList", vec![]);
     api.collection(CONFIGMAPS, "ConfigMapList", vec![]);
+    let objects = Arc::new(Mutex::new(existing.into_iter().collect::<HashMap<_, _>>()));
     for prefix in [
         "/api/v1/namespaces/",
         "/apis/apps/v1/namespaces/",
         "/apis/gateway.networking.k8s.io/v1/namespaces/",
     ] {
-        api.on_prefix(Method::PATCH, prefix, applied);
-        api.on_prefix(Method::DELETE, prefix, |_| {
+        let stored = objects.clone();
+        api.on_prefix(Method::PATCH, prefix, move |req| {
+            let (code, object) = applied(req);
+            if !req.path.ends_with("/status") {
+                stored.lock().insert(req.path.clone(), object.clone());
+            }
+            (code, object)
+        });
+        let stored = objects.clone();
+        api.on_prefix(Method::GET, prefix, move |req| {
+            match stored.lock().get(&req.path) {
+                Some(object) => (200, object.clone()),
+                None => (404, status(404, "NotFound", "not found")),
+            }
+        });
+        let stored = objects.clone();
+        api.on_prefix(Method::DELETE, prefix, move |req| {
+            stored.lock().remove(&req.path);
             (
                 200,
                 json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
@@ -81,6 +107,15 @@ async fn cluster(gateways: Vec<Value>) -> FakeApi {
         });
     }
     api
+}
+
+/// An apply's body less `metadata.uid`, which a re-apply adds (the uid it read).
+fn without_uid(apply: &Recorded) -> Value {
+    let mut body = apply.body.clone();
+    if let Some(metadata) = body["metadata"].as_object_mut() {
+        metadata.remove("uid");
+    }
+    body
 }
 
 fn options() -> WaypointOptions {
@@ -228,7 +263,12 @@ async fn a_waypoint_gateway_gets_its_objects_applied_owned_and_programmed() {
         root_cert.body["metadata"]["labels"]["ambit.io/managed-by"],
         "waypoint-controller"
     );
-    let position = |path: &str| requests.iter().position(|r| r.path == path).unwrap();
+    let position = |path: &str| {
+        requests
+            .iter()
+            .position(|r| r.method == Method::PATCH && r.path == path)
+            .unwrap()
+    };
     assert!(position(&root_cert_path()) < position(&deployment_path("wp")));
     let container = &pod["spec"]["containers"][0];
     assert!(
@@ -274,10 +314,28 @@ async fn a_waypoint_gateway_gets_its_objects_applied_owned_and_programmed() {
     let requests = until(&api, "the re-apply after the event", |r| applies(r) >= 2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(patches(&api.requests(), &status_path("wp")).len(), 1);
+    let deployment_applies = patches(&requests, &deployment_path("wp"));
     assert_eq!(
-        patches(&requests, &deployment_path("wp"))[1].body,
-        patches(&requests, &deployment_path("wp"))[0].body,
+        without_uid(deployment_applies[1]),
+        without_uid(deployment_applies[0]),
         "a re-apply sends the same object"
+    );
+    // Each apply was preceded by a read; a re-apply names the uid it read, so it cannot land
+    // on a same-named object created in between.
+    assert!(deployment_applies[0].body["metadata"].get("uid").is_none());
+    assert_eq!(
+        deployment_applies[1].body["metadata"]["uid"],
+        format!("uid-of-{}", deployment_path("wp"))
+    );
+    let first_apply = requests
+        .iter()
+        .position(|r| r.method == Method::PATCH && r.path == deployment_path("wp"))
+        .unwrap();
+    assert!(
+        requests[..first_apply]
+            .iter()
+            .any(|r| r.method == Method::GET && r.path == deployment_path("wp")),
+        "the Deployment was applied without being read first"
     );
     shutdown.cancel();
 }
@@ -473,7 +531,7 @@ async fn the_waypoints_of_a_namespace_share_its_root_certificate_configmap() {
     assert!(applies.len() >= 2, "{}", applies.len());
     for apply in &applies {
         assert_eq!(owner_uids(apply), ["gw-uid-a", "gw-uid-b"]);
-        assert_eq!(apply.body, applies[0].body);
+        assert_eq!(without_uid(apply), without_uid(applies[0]));
         let refs = apply.body["metadata"]["ownerReferences"]
             .as_array()
             .unwrap();
@@ -520,5 +578,125 @@ async fn a_waypoint_in_the_controllers_namespace_leaves_the_controllers_configma
             .any(|r| r.path.ends_with("/configmaps/ambit-ca-root-cert")),
         "the reconciler touched the controller's own ConfigMap"
     );
+    shutdown.cancel();
+}
+
+/// A user's object of `kind` at `path`, owned by no Gateway.
+fn users(kind: &str, api_version: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {
+            "name": name, "namespace": "demo", "uid": format!("user-uid-{kind}"),
+            "resourceVersion": "7", "labels": {"app": name},
+        },
+    })
+}
+
+#[tokio::test]
+async fn objects_named_like_the_gateway_that_are_not_its_own_are_left_alone_and_the_status_says_why()
+ {
+    let mut service = users("Service", "v1", "reviews");
+    service["spec"] = json!({"selector": {"app": "reviews"}, "ports": [{"port": 9080}]});
+    let mut configmap = users("ConfigMap", "v1", "ambit-ca-root-cert");
+    configmap["data"] = json!({"root-cert.pem": "the user's own"});
+    let api = cluster_with(
+        vec![gateway("reviews", "ambit-waypoint", "gw-uid-r")],
+        vec![
+            (service_path("reviews"), service.clone()),
+            (sa_path("reviews"), users("ServiceAccount", "v1", "reviews")),
+            (root_cert_path(), configmap),
+        ],
+    )
+    .await;
+    let shutdown = start(&api, options());
+    let accepted = |r: &[Recorded]| -> Option<Value> {
+        patches(r, &status_path("reviews"))
+            .iter()
+            .find_map(|p| condition(p, "Accepted").cloned())
+    };
+    let requests = until(&api, "a status on reviews", |r| accepted(r).is_some()).await;
+    let accepted = accepted(&requests).unwrap();
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "NameConflict");
+    let message = accepted["message"].as_str().unwrap();
+    for part in [
+        "Service demo/reviews",
+        "ServiceAccount demo/reviews",
+        "ConfigMap demo/ambit-ca-root-cert",
+        "nothing was deployed",
+        "rename the Gateway",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+    // Nothing applied for this Gateway: not the conflicting objects, nor the free Deployment
+    // (all or nothing), nor the root certificate.
+    let writes = |requests: &[Recorded]| -> Vec<String> {
+        requests
+            .iter()
+            .filter(|r| r.method != Method::GET && !r.path.ends_with("/status"))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    };
+    assert!(writes(&requests).is_empty(), "{:?}", writes(&requests));
+
+    // A class change must not delete them either, even with a stale cache claiming the
+    // Service is the Gateway's: the API server's copy says it is not.
+    let mut claimed = service.clone();
+    claimed["metadata"]["labels"]["ambit.io/managed-by"] = json!("waypoint-controller");
+    claimed["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "reviews",
+        "uid": "gw-uid-r", "controller": true,
+    }]);
+    api.send(SERVICES, "ADDED", claimed);
+    let mut changed = gateway("reviews", "some-other-class", "gw-uid-r");
+    changed["metadata"]["resourceVersion"] = json!("5");
+    api.send(GATEWAYS, "MODIFIED", changed);
+    let reads_before = requests
+        .iter()
+        .filter(|r| r.method == Method::GET && r.path == service_path("reviews"))
+        .count();
+    until(&api, "the Service read again after the class change", |r| {
+        r.iter()
+            .filter(|r| r.method == Method::GET && r.path == service_path("reviews"))
+            .count()
+            > reads_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = api.requests();
+    assert!(writes(&requests).is_empty(), "{:?}", writes(&requests));
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_waypoints_of_a_namespace_write_their_shared_configmap_one_at_a_time() {
+    let api = cluster(vec![
+        gateway("wp-a", "ambit-waypoint", "gw-uid-a"),
+        gateway("wp-b", "ambit-waypoint", "gw-uid-b"),
+    ])
+    .await;
+    // A slow API server: two writes of the ConfigMap at once would overlap here.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now, peak) = (in_flight.clone(), most.clone());
+    api.on(Method::PATCH, &root_cert_path(), move |req| {
+        peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(150));
+        now.fetch_sub(1, Ordering::SeqCst);
+        applied(req)
+    });
+    let shutdown = start(&api, options());
+    let requests = until(&api, "both Programmed=True", |r| {
+        programmed(r, "wp-a", "True") && programmed(r, "wp-b", "True")
+    })
+    .await;
+    assert!(patches(&requests, &root_cert_path()).len() >= 2);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two reconciles wrote the namespace's ConfigMap at the same time"
+    );
+    let last = *patches(&requests, &root_cert_path()).last().unwrap();
+    assert_eq!(owner_uids(last), ["gw-uid-a", "gw-uid-b"]);
     shutdown.cancel();
 }

@@ -16,6 +16,13 @@ pub const CERT_KEY: &str = "ca-cert.pem";
 /// The Secret's key holding the root's private key (PEM).
 pub const KEY_KEY: &str = "ca-key.pem";
 
+/// Every (group, resource, verb) loading or creating the root calls the API with, in the
+/// Secret's namespace only. The Role in manifests/controller.yaml grants `get` on that one
+/// Secret by name, and `create` unrestricted: the API server cannot restrict a create by name.
+/// The manifests test checks that the Role grants exactly these and the publisher's.
+pub const REQUIRED_PERMISSIONS: &[(&str, &str, &str)] =
+    &[("", "secrets", "get"), ("", "secrets", "create")];
+
 const FIX: &str = "put the root certificate in ca-cert.pem and its private key in ca-key.pem (both PEM), or delete the Secret to have a new root generated (every proxy must then trust the new root)";
 
 #[derive(Debug, thiserror::Error)]

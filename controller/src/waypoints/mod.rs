@@ -8,6 +8,9 @@
 //! - `root_cert`: the namespace's root certificate ConfigMap the waypoints mount, shared by
 //!   the namespace's waypoint Gateways (pure, unit-tested).
 //! - `status`: the Gateway's conditions and addresses (pure, unit-tested).
+//! - `ownership`: whether an object of a waypoint's name is this Gateway's; nothing else is
+//!   ever applied onto or deleted (a user's Service named like the Gateway stays theirs).
+//! - `namespace_lock`: serialises the writes of a namespace's shared root certificate ConfigMap.
 //! - `reconcile`: one Gateway: apply, clean up after a class change, write status.
 //! - `run`: the watches (Gateways, and the objects we created) and the retry policy.
 //!
@@ -18,6 +21,8 @@
 //! the class with controllerName [`CONTROLLER_NAME`] for tooling that lists classes.
 
 mod desired;
+mod namespace_lock;
+mod ownership;
 mod reconcile;
 mod root_cert;
 mod run;
@@ -26,6 +31,7 @@ mod status;
 use std::time::Duration;
 
 pub use desired::{DesiredObjects, InvalidGateway, desired_objects, replicas};
+pub use ownership::{ConflictingObject, NameConflict};
 pub use reconcile::ReconcileError;
 pub use run::run;
 pub use status::{ObservedState, gateway_status};
@@ -52,29 +58,36 @@ pub const METRICS_PORT: i32 = 15020;
 pub const READINESS_PORT: i32 = 15021;
 
 /// One permission the reconciler uses: API group ("" for core), resource, verb. The manifests
-/// test checks manifests/controller.yaml grants each.
+/// test checks manifests/controller.yaml grants each, and nothing more.
 pub type Permission = (&'static str, &'static str, &'static str);
 
-/// Every (group, resource, verb) the reconciler calls the API with.
+/// Every (group, resource, verb) the reconciler calls the API with: the watches (list, watch),
+/// the read before each write (get: is the object absent or this Gateway's?), server-side apply
+/// (patch, and create when the object is new), the deletes after a class change, and the
+/// Gateway's status (a server-side apply on the subresource: patch, never update).
 pub const REQUIRED_PERMISSIONS: &[Permission] = &[
     ("gateway.networking.k8s.io", "gateways", "list"),
     ("gateway.networking.k8s.io", "gateways", "watch"),
     ("gateway.networking.k8s.io", "gateways/status", "patch"),
+    ("", "serviceaccounts", "get"),
     ("", "serviceaccounts", "list"),
     ("", "serviceaccounts", "watch"),
     ("", "serviceaccounts", "create"),
     ("", "serviceaccounts", "patch"),
     ("", "serviceaccounts", "delete"),
+    ("apps", "deployments", "get"),
     ("apps", "deployments", "list"),
     ("apps", "deployments", "watch"),
     ("apps", "deployments", "create"),
     ("apps", "deployments", "patch"),
     ("apps", "deployments", "delete"),
+    ("", "services", "get"),
     ("", "services", "list"),
     ("", "services", "watch"),
     ("", "services", "create"),
     ("", "services", "patch"),
     ("", "services", "delete"),
+    ("", "configmaps", "get"),
     ("", "configmaps", "list"),
     ("", "configmaps", "watch"),
     ("", "configmaps", "create"),

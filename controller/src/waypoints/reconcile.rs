@@ -1,7 +1,8 @@
 //! One Gateway, one pass: a waypoint Gateway gets its objects applied and its status written;
 //! any other Gateway loses the objects and status we gave it while it was one (after a class
 //! change). Every pass is idempotent: server-side apply of the same desired objects is a no-op,
-//! and status is written only when it would change.
+//! and status is written only when it would change. Nothing is applied onto, or deleted from,
+//! an object that is not this Gateway's (see `ownership`).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -12,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -21,6 +22,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::namespace_lock::NamespaceLocks;
+use super::ownership::{
+    self, ConflictingObject, NameConflict, controlled_by, delete_if_ours, delete_object,
+    is_waypoint_root_cert,
+};
 use super::status::{self, ObservedState};
 use super::{DesiredObjects, WaypointOptions, desired_objects, root_cert};
 use crate::ca::root_configmap::CONFIGMAP_NAME;
@@ -38,12 +44,25 @@ pub(super) struct Context {
     /// Consecutive failures per Gateway (`namespace/name`), for its retry backoff; cleared on
     /// success and when the Gateway is gone.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Serialises the writes of each namespace's shared root certificate ConfigMap.
+    pub namespace_locks: NamespaceLocks,
 }
 
 /// A reconcile that failed; it is retried with backoff. Each names the Gateway, the object,
 /// the API server's answer and what would fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    #[error(
+        "waypoint Gateway {gateway}: could not read {kind} {object} (to make sure it is not someone else's before writing it): {source}; {fix}"
+    )]
+    Read {
+        gateway: String,
+        kind: String,
+        object: String,
+        #[source]
+        source: kube::Error,
+        fix: String,
+    },
     #[error("waypoint Gateway {gateway}: could not apply {kind} {object}: {source}; {fix}")]
     Apply {
         gateway: String,
@@ -74,13 +93,17 @@ pub enum ReconcileError {
 }
 
 /// What would fix a failed call of `verb` on `resource`, judged from the API server's answer.
-fn fix(error: &kube::Error, verb: &str, resource: &str) -> String {
+pub(super) fn fix(error: &kube::Error, verb: &str, resource: &str) -> String {
     match error {
         kube::Error::Api(status) => match status.code {
             401 | 403 => format!(
                 "the controller's service account may not {verb} {resource}: grant it in the ambit-controller ClusterRole (manifests/controller.yaml)"
             ),
             409 => "another writer changed it at the same moment: retrying".into(),
+            // The apply named the uid read just before; the object was replaced in between.
+            422 if status.message.contains("metadata.uid") => {
+                "it was replaced since it was read: retrying (if the new one is not this Gateway's, the Gateway's status will say so)".into()
+            }
             400 | 422 => format!(
                 "the API server refused the object ({}): check the Gateway's annotations and spec.infrastructure labels/annotations, and the controller's waypoint image option",
                 status.message
@@ -111,12 +134,24 @@ pub(super) async fn reconcile(
     let result = if gateway.spec.gateway_class_name == ctx.options.gateway_class {
         deploy(&gateway, &ctx).await
     } else {
-        clean_up(&gateway, &ctx).await
+        clean_up(&gateway, &ctx).await.map(|()| Outcome::Done)
     };
     if result.is_ok() {
         ctx.failures.lock().remove(&gateway_name(&gateway));
     }
-    result.map(|()| Action::requeue(ctx.options.resync))
+    result.map(|outcome| match outcome {
+        Outcome::Done => Action::requeue(ctx.options.resync),
+        // Our watches do not see the user's object go (it lacks our label), so look again
+        // sooner than the resync; renaming the Gateway is a new Gateway, reconciled at once.
+        Outcome::Blocked => Action::requeue(ctx.options.retry_max.min(ctx.options.resync)),
+    })
+}
+
+/// How a reconcile that did not fail ended.
+enum Outcome {
+    Done,
+    /// Not deployed because objects of its names are someone else's (reported on the Gateway).
+    Blocked,
 }
 
 /// After a failure: log it with everything needed to fix it, and retry with exponential
@@ -141,7 +176,7 @@ pub(super) fn error_policy(
     Action::requeue(delay)
 }
 
-async fn deploy(gateway: &Gateway, ctx: &Context) -> Result<(), ReconcileError> {
+async fn deploy(gateway: &Gateway, ctx: &Context) -> Result<Outcome, ReconcileError> {
     let observed = match desired_objects(gateway, &ctx.options) {
         Err(invalid) => {
             tracing::warn!(gateway = %gateway_name(gateway), reason = %invalid, "waypoint Gateway not deployed");
@@ -162,7 +197,15 @@ async fn deploy(gateway: &Gateway, ctx: &Context) -> Result<(), ReconcileError> 
             }
         },
     };
-    write_status(gateway, ctx, &observed).await
+    let outcome = match &observed {
+        ObservedState::Conflict(conflict) => {
+            tracing::warn!(gateway = %gateway_name(gateway), %conflict, "waypoint Gateway not deployed");
+            Outcome::Blocked
+        }
+        _ => Outcome::Done,
+    };
+    write_status(gateway, ctx, &observed).await?;
+    Ok(outcome)
 }
 
 async fn apply_all(
@@ -170,11 +213,28 @@ async fn apply_all(
     ctx: &Context,
     desired: DesiredObjects,
 ) -> Result<ObservedState, ReconcileError> {
+    // Every object read and judged before any is written: all of them or nothing.
+    let uid = gateway.uid().unwrap_or_default();
+    let mut conflicts = Vec::new();
+    let sa_uid = existing_uid(gateway, ctx, &desired.service_account, &uid, &mut conflicts).await?;
+    let deployment_uid =
+        existing_uid(gateway, ctx, &desired.deployment, &uid, &mut conflicts).await?;
+    let service_uid = existing_uid(gateway, ctx, &desired.service, &uid, &mut conflicts).await?;
+    let ns = gateway.namespace().unwrap_or_default();
+    // Held from computing the shared ConfigMap's owners to writing them (see namespace_lock).
+    let guard = ctx.namespace_locks.lock(&ns).await;
+    let root_cert = root_cert_to_apply(gateway, ctx, &mut conflicts).await?;
+    if !conflicts.is_empty() {
+        return Ok(ObservedState::Conflict(NameConflict { objects: conflicts }));
+    }
     // First: the pods cannot start without the root certificate they mount.
-    apply_root_cert(gateway, ctx).await?;
-    apply(gateway, ctx, &desired.service_account).await?;
-    let deployment = apply(gateway, ctx, &desired.deployment).await?;
-    let service = apply(gateway, ctx, &desired.service).await?;
+    if let Some((configmap, existing)) = root_cert {
+        apply(gateway, ctx, &configmap, existing).await?;
+    }
+    drop(guard);
+    apply(gateway, ctx, &desired.service_account, sa_uid).await?;
+    let deployment = apply(gateway, ctx, &desired.deployment, deployment_uid).await?;
+    let service = apply(gateway, ctx, &desired.service, service_uid).await?;
     let status = deployment.status.unwrap_or_default();
     let spec = service.spec.unwrap_or_default();
     let cluster_ips = spec
@@ -195,9 +255,42 @@ async fn apply_all(
     })
 }
 
+/// The uid of the object named like `desired` if it exists and is this Gateway's (`uid`);
+/// `None` if there is none, or if it is someone else's, which then goes into `conflicts`.
+async fn existing_uid<K>(
+    gateway: &Gateway,
+    ctx: &Context,
+    desired: &K,
+    uid: &str,
+    conflicts: &mut Vec<ConflictingObject>,
+) -> Result<Option<String>, ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let ns = desired.namespace().unwrap_or_default();
+    match ownership::read::<K>(gateway, ctx, &ns, &desired.name_any()).await? {
+        None => Ok(None),
+        Some(existing) if controlled_by(&existing, uid) => Ok(existing.uid()),
+        Some(existing) => {
+            conflicts.push(ConflictingObject::of(&existing));
+            Ok(None)
+        }
+    }
+}
+
 /// Server-side apply, forced: we own the fields we set, whoever set them before, and leave
-/// fields only other managers set (an HPA's, a user's extra annotation) alone.
-async fn apply<K>(gateway: &Gateway, ctx: &Context, object: &K) -> Result<K, ReconcileError>
+/// fields only other managers set (an HPA's, a user's extra annotation) alone. Only ever on an
+/// object found absent or ours: `existing_uid` is the uid it was read with, sent along so the
+/// API server refuses the apply (422, uid immutable) should it have been replaced since.
+async fn apply<K>(
+    gateway: &Gateway,
+    ctx: &Context,
+    object: &K,
+    existing_uid: Option<String>,
+) -> Result<K, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
@@ -207,9 +300,11 @@ where
 {
     let ns = object.namespace().unwrap_or_default();
     let name = object.name_any();
+    let mut object = object.clone();
+    object.meta_mut().uid = existing_uid;
     let params = PatchParams::apply(&ctx.options.field_manager).force();
     Api::<K>::namespaced(ctx.client.clone(), &ns)
-        .patch(&name, &params, &Patch::Apply(object))
+        .patch(&name, &params, &Patch::Apply(&object))
         .await
         .map_err(|source| ReconcileError::Apply {
             gateway: gateway_name(gateway),
@@ -220,8 +315,15 @@ where
         })
 }
 
-/// The Gateway's namespace's root certificate ConfigMap, owned by every waypoint there.
-async fn apply_root_cert(gateway: &Gateway, ctx: &Context) -> Result<(), ReconcileError> {
+/// The Gateway's namespace's root certificate ConfigMap, owned by every deployable waypoint
+/// there (computed now, under the namespace's lock), with the uid it was read with; `None` in
+/// the controller's namespace (its publisher keeps that one), or when the ConfigMap there is
+/// not ours, which then goes into `conflicts`.
+async fn root_cert_to_apply(
+    gateway: &Gateway,
+    ctx: &Context,
+    conflicts: &mut Vec<ConflictingObject>,
+) -> Result<Option<(ConfigMap, Option<String>)>, ReconcileError> {
     let ns = gateway.namespace().unwrap_or_default();
     let cache = ctx.gateways.state();
     let owners = root_cert::owners(
@@ -231,10 +333,16 @@ async fn apply_root_cert(gateway: &Gateway, ctx: &Context) -> Result<(), Reconci
         None,
         &ctx.options,
     );
-    match root_cert::desired_root_cert(&ns, &owners, &ctx.options) {
-        Some(configmap) => apply(gateway, ctx, &configmap).await.map(drop),
-        // The controller's namespace: its publisher keeps the ConfigMap there.
-        None => Ok(()),
+    let Some(desired) = root_cert::desired_root_cert(&ns, &owners, &ctx.options) else {
+        return Ok(None);
+    };
+    match ownership::read::<ConfigMap>(gateway, ctx, &ns, CONFIGMAP_NAME).await? {
+        None => Ok(Some((desired, None))),
+        Some(existing) if is_waypoint_root_cert(&existing) => Ok(Some((desired, existing.uid()))),
+        Some(existing) => {
+            conflicts.push(ConflictingObject::of(&existing));
+            Ok(None)
+        }
     }
 }
 
@@ -246,15 +354,25 @@ async fn release_root_cert(
     gateway_uid: &str,
 ) -> Result<(), ReconcileError> {
     let ns = gateway.namespace().unwrap_or_default();
+    let owns = |configmap: &ConfigMap| {
+        is_waypoint_root_cert(configmap)
+            && configmap
+                .owner_references()
+                .iter()
+                .any(|o| o.uid == gateway_uid)
+    };
+    // The watch cache first, so a Gateway that never was a waypoint costs no API call.
     let key = ObjectRef::<ConfigMap>::new(CONFIGMAP_NAME).within(&ns);
-    let Some(configmap) = ctx.root_certs.get(&key) else {
+    let cached = ctx.root_certs.get(&key);
+    if ns == ctx.options.root_cert_namespace || !cached.is_some_and(|c| owns(&c)) {
+        return Ok(());
+    }
+    let _guard = ctx.namespace_locks.lock(&ns).await;
+    let Some(configmap) = ownership::read::<ConfigMap>(gateway, ctx, &ns, CONFIGMAP_NAME).await?
+    else {
         return Ok(());
     };
-    let owned = configmap
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == gateway_uid);
-    if !owned || ns == ctx.options.root_cert_namespace {
+    if !owns(&configmap) {
         return Ok(());
     }
     let cache = ctx.gateways.state();
@@ -266,12 +384,14 @@ async fn release_root_cert(
         &ctx.options,
     );
     match root_cert::desired_root_cert(&ns, &others, &ctx.options) {
-        Some(configmap) => apply(gateway, ctx, &configmap).await.map(drop),
-        None => delete_object(gateway, ctx, configmap.as_ref()).await,
+        Some(desired) => apply(gateway, ctx, &desired, configmap.uid())
+            .await
+            .map(drop),
+        None => delete_object(gateway, ctx, &configmap).await,
     }
 }
 
-fn kind_of<K: Resource<DynamicType = ()>>() -> String {
+pub(super) fn kind_of<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).into_owned()
 }
 
@@ -352,62 +472,18 @@ where
         + DeserializeOwned,
 {
     let ns = gateway.namespace().unwrap_or_default();
-    let key = ObjectRef::<K>::new(&gateway.name_any()).within(&ns);
-    let Some(object) = store.get(&key) else {
-        return Ok(());
-    };
-    let ours = object
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == gateway_uid && o.controller == Some(true));
-    if !ours {
-        return Ok(());
-    }
-    delete_object(gateway, ctx, object.as_ref()).await
-}
-
-/// Deletes `object`, which `gateway` owned, unless it is already going.
-async fn delete_object<K>(
-    gateway: &Gateway,
-    ctx: &Context,
-    object: &K,
-) -> Result<(), ReconcileError>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned,
-{
-    // Already going (a watch event behind our own delete): nothing more to do.
-    if object.meta().deletion_timestamp.is_some() {
-        return Ok(());
-    }
-    let ns = object.namespace().unwrap_or_default();
-    // The uid precondition: never delete a same-named object created since we looked.
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: object.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    let name = object.name_any();
-    match Api::<K>::namespaced(ctx.client.clone(), &ns)
-        .delete(&name, &params)
-        .await
+    let name = gateway.name_any();
+    let key = ObjectRef::<K>::new(&name).within(&ns);
+    // The watch cache says whether there is anything to look at; the API server's current
+    // copy says whether it is still ours to delete.
+    if !store
+        .get(&key)
+        .is_some_and(|object| controlled_by(object.as_ref(), gateway_uid))
     {
-        Ok(_) => {
-            tracing::info!(gateway = %gateway_name(gateway), kind = %kind_of::<K>(), object = %format!("{ns}/{name}"),
-                "Gateway is no longer of the waypoint class; deleted what it owned");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(ReconcileError::Delete {
-            gateway: gateway_name(gateway),
-            kind: kind_of::<K>(),
-            object: format!("{ns}/{name}"),
-            fix: fix(&source, "delete", &K::plural(&())),
-            source,
-        }),
+        return Ok(());
     }
+    delete_if_ours::<K>(gateway, ctx, &ns, &name, |object| {
+        controlled_by(object, gateway_uid)
+    })
+    .await
 }

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use super::namespace_lock::NamespaceLocks;
 use super::reconcile::{Context, error_policy, reconcile};
 use super::{MANAGED_LABEL, MANAGED_VALUE, WaypointOptions};
 
@@ -79,6 +80,7 @@ pub async fn run(client: Client, options: WaypointOptions, shutdown: Cancellatio
         deployments,
         services,
         failures: Mutex::new(HashMap::new()),
+        namespace_locks: NamespaceLocks::default(),
     });
     tracing::info!(
         class = %ctx.options.gateway_class,

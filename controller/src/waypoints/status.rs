@@ -7,16 +7,21 @@ use gateway_api::apis::standard::gateways::{Gateway, GatewayStatus, GatewayStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use super::{CONTROLLER_NAME, InvalidGateway};
+use super::{CONTROLLER_NAME, InvalidGateway, NameConflict};
 
 pub const ACCEPTED: &str = "Accepted";
 pub const PROGRAMMED: &str = "Programmed";
+/// Accepted=False: an object of a name the waypoint needs is someone else's.
+pub const NAME_CONFLICT: &str = "NameConflict";
 
 /// What the reconciler found out about a Gateway of our class.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ObservedState {
     /// The Gateway cannot be deployed as it is; nothing was applied.
     Invalid(InvalidGateway),
+    /// Objects of the names the waypoint needs exist and are not this Gateway's; nothing was
+    /// applied.
+    Conflict(NameConflict),
     /// The objects were applied; this is what the API server answered.
     Applied {
         /// Replicas the Deployment asks for.
@@ -36,15 +41,22 @@ pub fn gateway_status(gateway: &Gateway, observed: &ObservedState, now: &Time) -
     let ns = gateway.namespace().unwrap_or_default();
     let name = gateway.name_any();
     let current = gateway.status.as_ref();
+    let not_deployed = || {
+        (
+            false,
+            "Invalid",
+            "not deployed until the Gateway is accepted (see the Accepted condition); a waypoint deployed earlier keeps running".to_string(),
+        )
+    };
     let (accepted, programmed) = match observed {
         ObservedState::Invalid(invalid) => (
             (false, invalid_reason(invalid), invalid.to_string()),
-            (
-                false,
-                "Invalid",
-                "not deployed until the Gateway is accepted (see the Accepted condition); a waypoint deployed earlier keeps running".to_string(),
-            ),
+            not_deployed(),
         ),
+        // Not a Gateway API reason: none says "the names are taken".
+        ObservedState::Conflict(conflict) => {
+            ((false, NAME_CONFLICT, conflict.to_string()), not_deployed())
+        }
         ObservedState::Failed { message } => (
             accepted_ok(),
             (false, "Pending", format!("{message}; retrying")),
@@ -90,9 +102,11 @@ pub fn gateway_status(gateway: &Gateway, observed: &ObservedState, now: &Time) -
             })
             .collect(),
         // Nothing new is known: keep what was reported.
-        ObservedState::Invalid(_) | ObservedState::Failed { .. } => current
-            .and_then(|s| s.addresses.clone())
-            .unwrap_or_default(),
+        ObservedState::Invalid(_) | ObservedState::Conflict(_) | ObservedState::Failed { .. } => {
+            current
+                .and_then(|s| s.addresses.clone())
+                .unwrap_or_default()
+        }
     };
     let conditions = [(ACCEPTED, accepted), (PROGRAMMED, programmed)]
         .into_iter()
@@ -267,6 +281,34 @@ mod tests {
         assert_eq!(accepted.last_transition_time, at(2));
         assert_eq!(condition_of(&status, PROGRAMMED).reason, "Invalid");
         assert_eq!(status.addresses.unwrap()[0].value, "10.96.0.20");
+    }
+
+    #[test]
+    fn a_name_conflict_is_not_accepted_and_says_which_object_and_the_fix() {
+        let conflict = ObservedState::Conflict(NameConflict {
+            objects: vec![crate::waypoints::ConflictingObject {
+                kind: "Service".into(),
+                object: "demo/wp".into(),
+                controller: None,
+            }],
+        });
+        let status = gateway_status(&gateway(), &conflict, &at(1));
+        let accepted = condition_of(&status, ACCEPTED);
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", NAME_CONFLICT)
+        );
+        assert!(
+            accepted.message.contains("Service demo/wp"),
+            "{}",
+            accepted.message
+        );
+        assert!(
+            accepted.message.contains("rename the Gateway"),
+            "{}",
+            accepted.message
+        );
+        assert_eq!(condition_of(&status, PROGRAMMED).status, "False");
     }
 
     #[test]
