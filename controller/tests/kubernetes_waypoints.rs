@@ -2,6 +2,7 @@
 //! EndpointSlices, and a cluster without the Gateway API or Ambit CRDs, against the fake API
 //! server over a socket.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ambit_controller::source::kubernetes::{self, KubernetesError, Options};
@@ -28,7 +29,7 @@ async fn an_ambit_waypoint_gateway_with_its_pods_is_a_waypoint_and_labels_resolv
         ],
         pods: vec![
             pod("demo", "reviews-1", "10.244.0.1", json!({"app": "reviews"})),
-            // Listed out of name order: the waypoint's node is the first ready pod by name.
+            // Listed out of name order: the waypoint's node is its first pod by name.
             waypoint_pod("demo", "demo-wp", "demo-wp-b", "10.244.1.11", "node-b"),
             waypoint_pod("demo", "demo-wp", "demo-wp-a", "10.244.1.10", "node-c"),
             // A pod of a Gateway of another class is an ordinary pod.
@@ -105,9 +106,14 @@ async fn an_ambit_waypoint_gateway_with_its_pods_is_a_waypoint_and_labels_resolv
 }
 
 #[tokio::test]
-async fn a_waypoint_gateway_without_a_ready_pod_is_left_out_until_one_is_ready() {
-    let mut not_ready = waypoint_pod("demo", "demo-wp", "demo-wp-a", "10.244.1.10", "node-a");
-    not_ready["status"]["conditions"][0]["status"] = json!("False");
+async fn a_waypoint_gateway_is_a_waypoint_before_its_pods_are_ready_and_its_traffic_waits() {
+    let not_ready = not_ready_pod(waypoint_pod(
+        "demo",
+        "demo-wp",
+        "demo-wp-a",
+        "10.244.1.10",
+        "node-a",
+    ));
     let api = Cluster {
         namespaces: vec![namespace(
             "demo",
@@ -130,10 +136,20 @@ async fn a_waypoint_gateway_without_a_ready_pod_is_left_out_until_one_is_ready()
     .await;
     let (mut watching, shutdown) = start(&api).await;
     let model = watching.models.borrow_and_update().clone();
-    assert_eq!(model.waypoints().count(), 0);
+    // In the model already, so its pod can get its certificate (the CA asks for a waypoint of
+    // this namespace and service account) and its config, and then become Ready.
+    let wp = model
+        .waypoint(&key("demo", "demo-wp"))
+        .expect("a waypoint before any ready pod");
+    assert_eq!(
+        (wp.service_account.as_str(), wp.node.as_str()),
+        ("demo-wp", "node-a")
+    );
+    assert!(wp.addresses.is_empty(), "{:?}", wp.addresses);
+    // The label still resolves: the traffic fails closed rather than going direct.
     assert_eq!(
         model.service(&key("demo", "reviews")).unwrap().waypoint,
-        None
+        Some(key("demo", "demo-wp"))
     );
     assert!(model.workload(&key("demo", "demo-wp-a")).is_none());
 
@@ -142,11 +158,61 @@ async fn a_waypoint_gateway_without_a_ready_pod_is_left_out_until_one_is_ready()
         "MODIFIED",
         waypoint_pod("demo", "demo-wp", "demo-wp-a", "10.244.1.10", "node-a"),
     );
-    let model = model_where(&mut watching.models, |m| m.waypoints().count() == 1).await;
-    assert_eq!(
-        model.service(&key("demo", "reviews")).unwrap().waypoint,
-        Some(key("demo", "demo-wp"))
+    let model = model_where(&mut watching.models, |m| {
+        m.waypoint(&key("demo", "demo-wp"))
+            .is_some_and(|wp| !wp.addresses.is_empty())
+    })
+    .await;
+    let wp = model.waypoint(&key("demo", "demo-wp")).unwrap();
+    assert_eq!(wp.addresses, vec!["10.244.1.10".parse::<IpAddr>().unwrap()]);
+    shutdown.cancel();
+    watching.task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_waypoint_gateway_without_pods_has_no_node_and_a_labelled_impostor_does_not_join() {
+    // Labelled like a waypoint pod, ready, and first by name, but runs as another account.
+    let impostor = pod_with(
+        "demo",
+        "demo-wp-0",
+        "10.244.1.9",
+        json!({"gateway.networking.k8s.io/gateway-name": "demo-wp", "app": "reviews"}),
+        "reviews",
+        "node-b",
     );
+    let api = Cluster {
+        namespaces: vec![namespace(
+            "demo",
+            json!({"ambit.io/dataplane-mode": "ambient", "ambit.io/use-waypoint": "demo-wp"}),
+        )],
+        pods: vec![impostor],
+        services: vec![service(
+            "demo",
+            "reviews",
+            "10.96.0.10",
+            Some(json!({"app": "reviews"})),
+        )],
+        gateways: Some(vec![gateway("demo", "demo-wp", "ambit-waypoint")]),
+        ..Cluster::default()
+    }
+    .serve()
+    .await;
+    let (mut watching, shutdown) = start(&api).await;
+    let model = watching.models.borrow_and_update().clone();
+    let wp = model.waypoint(&key("demo", "demo-wp")).unwrap();
+    assert_eq!(wp.service_account, "demo-wp");
+    assert_eq!(
+        wp.node, "",
+        "no pod of the waypoint, so no node speaks for it"
+    );
+    assert!(wp.addresses.is_empty(), "{:?}", wp.addresses);
+    // An ordinary workload: its own identity, an endpoint of the service its labels select.
+    let impostor = model.workload(&key("demo", "demo-wp-0")).unwrap();
+    assert_eq!(impostor.pod.service_account, "reviews");
+    assert!(impostor.meshed);
+    let reviews = model.service(&key("demo", "reviews")).unwrap();
+    assert_eq!(reviews.endpoints, vec![key("demo", "demo-wp-0")]);
+    assert_eq!(reviews.waypoint, Some(key("demo", "demo-wp")));
     shutdown.cancel();
     watching.task.await.unwrap();
 }

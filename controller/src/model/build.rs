@@ -22,6 +22,7 @@ pub struct MeshBuilder {
     waypoints: Vec<Waypoint>,
     policies: Vec<AuthorizationPolicy>,
     routes: Vec<Route>,
+    pending_waypoints: bool,
 }
 
 impl MeshBuilder {
@@ -38,7 +39,18 @@ impl MeshBuilder {
             waypoints: Vec::new(),
             policies: Vec::new(),
             routes: Vec::new(),
+            pending_waypoints: false,
         }
+    }
+
+    /// Accepts waypoints that are declared but not (all) running: no address (nothing ready to
+    /// serve) and an empty node (no pod anywhere yet). A Kubernetes waypoint must be in the model
+    /// before its pods are Ready, since they become Ready only once the CA and discovery, which
+    /// both require the model's waypoint, have served them. A mesh file does not call this: a
+    /// human wrote its waypoints, and one without address or node there is a mistake.
+    pub fn allow_pending_waypoints(&mut self) -> &mut Self {
+        self.pending_waypoints = true;
+        self
     }
 
     pub fn node(&mut self, node: Node) -> &mut Self {
@@ -81,6 +93,7 @@ impl MeshBuilder {
         let mut c = Checker {
             errors: Vec::new(),
             addresses: HashMap::new(),
+            pending_waypoints: self.pending_waypoints,
         };
         if let Err(source) = SpiffeId::new(&self.trust_domain, "ns", "sa") {
             return Err(vec![ModelError::InvalidTrustDomain {
@@ -168,6 +181,8 @@ struct Checker {
     errors: Vec<ModelError>,
     /// Which object first claimed each address.
     addresses: HashMap<IpAddr, ResourceRef>,
+    /// See [`MeshBuilder::allow_pending_waypoints`].
+    pending_waypoints: bool,
 }
 
 impl Checker {
@@ -273,19 +288,16 @@ impl Checker {
         true
     }
 
-    fn placed(
-        &mut self,
-        subject: &ResourceRef,
-        node: &str,
-        addresses: &[IpAddr],
-        nodes: &BTreeMap<String, Node>,
-    ) {
+    fn on_node(&mut self, subject: &ResourceRef, node: &str, nodes: &BTreeMap<String, Node>) {
         if !nodes.contains_key(node) {
             self.errors.push(ModelError::UnknownNode {
                 subject: subject.clone(),
                 node: node.into(),
             });
         }
+    }
+
+    fn addressed(&mut self, subject: &ResourceRef, addresses: &[IpAddr]) {
         if addresses.is_empty() {
             self.errors.push(ModelError::NoAddress {
                 subject: subject.clone(),
@@ -308,7 +320,12 @@ impl Checker {
             if !self.namespaced(&out, &subject, &key, namespaces) {
                 continue;
             }
-            self.placed(&subject, &wp.node, &wp.addresses, nodes);
+            if !(self.pending_waypoints && wp.node.is_empty()) {
+                self.on_node(&subject, &wp.node, nodes);
+            }
+            if !(self.pending_waypoints && wp.addresses.is_empty()) {
+                self.addressed(&subject, &wp.addresses);
+            }
             self.identity(&subject, td, &wp.namespace, &wp.service_account);
             out.insert(key, wp);
         }
@@ -373,7 +390,8 @@ impl Checker {
             if !self.namespaced(&out, &subject, &key, namespaces) {
                 continue;
             }
-            self.placed(&subject, &pod.node, &pod.addresses, nodes);
+            self.on_node(&subject, &pod.node, nodes);
+            self.addressed(&subject, &pod.addresses);
             if let Some(value) = pod.labels.get(DATAPLANE_MODE_LABEL)
                 && value != DATAPLANE_MODE_NONE
             {

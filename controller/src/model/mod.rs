@@ -128,8 +128,13 @@ pub struct Service {
 pub struct Waypoint {
     pub name: String,
     pub namespace: String,
+    /// The node whose token speaks for the waypoint (its certificate and subscription, for a
+    /// mesh file's waypoints). Empty: no node does, as for a Kubernetes waypoint with no pod yet
+    /// (see [`MeshBuilder::allow_pending_waypoints`]).
     pub node: String,
     pub service_account: String,
+    /// Where it serves. Empty only for a pending waypoint: nothing is ready to serve, and the
+    /// traffic of whatever uses it fails rather than going around its policies.
     pub addresses: Vec<IpAddr>,
 }
 

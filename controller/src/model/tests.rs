@@ -282,6 +282,52 @@ fn waypoints_come_from_the_namespace_label_unless_the_service_overrides_it() {
 }
 
 #[test]
+fn a_pending_waypoint_has_no_address_or_node_and_still_takes_its_traffic() {
+    let pending = || {
+        let mut b = base();
+        b.namespace(Namespace {
+            name: "shop".into(),
+            labels: labels(&[(USE_WAYPOINT_LABEL, "wp")]),
+        })
+        .waypoint(Waypoint {
+            node: String::new(),
+            addresses: Vec::new(),
+            ..waypoint("shop", "wp", "10.244.0.100")
+        })
+        .service(service("shop", "cart", "10.96.0.1", &[]));
+        b
+    };
+    // A mesh file's waypoint needs both: there, leaving them out is a mistake.
+    let errors = pending().build().unwrap_err();
+    assert!(
+        matches!(
+            errors[..],
+            [ModelError::UnknownNode { .. }, ModelError::NoAddress { .. }]
+        ),
+        "{errors:?}"
+    );
+    let mut b = pending();
+    b.allow_pending_waypoints();
+    let m = b.build().unwrap();
+    let wp = m.waypoint(&ObjectKey::new("shop", "wp")).unwrap();
+    assert!(m.waypoint_proto(wp).addresses.is_empty());
+    let cart = m.service(&ObjectKey::new("shop", "cart")).unwrap();
+    assert_eq!(cart.waypoint, Some(ObjectKey::new("shop", "wp")));
+    // A node it does name must still be declared.
+    let mut b = pending();
+    b.allow_pending_waypoints().waypoint(Waypoint {
+        node: "node-z".into(),
+        addresses: Vec::new(),
+        ..waypoint("shop", "other", "10.244.0.101")
+    });
+    let errors = b.build().unwrap_err();
+    assert!(
+        matches!(errors[..], [ModelError::UnknownNode { .. }]),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn an_unknown_waypoint_is_reported_against_who_asked_for_it() {
     let mut b = base();
     b.namespace(Namespace {

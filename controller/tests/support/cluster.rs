@@ -104,6 +104,12 @@ pub fn waypoint_pod(ns: &str, gateway: &str, name: &str, ip: &str, node: &str) -
     pod_with(ns, name, ip, labels, gateway, node)
 }
 
+/// `pod` with its Ready condition false (running, with an IP, but its readiness probe failing).
+pub fn not_ready_pod(mut pod: Value) -> Value {
+    pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    pod
+}
+
 pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": "ambit.io/v1alpha1", "kind": "AuthorizationPolicy",

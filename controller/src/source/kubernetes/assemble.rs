@@ -55,6 +55,8 @@ fn builder(
         !dropped_ns(ns) && !out.contains(&namespaced(kind, ns, name))
     };
     let mut b = MeshBuilder::new(trust_domain, cluster_id);
+    // A waypoint is in the model from its Gateway on, before any pod of it is ready.
+    b.allow_pending_waypoints();
     for node in &input.nodes {
         b.node(model::Node {
             name: node.clone(),

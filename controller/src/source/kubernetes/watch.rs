@@ -253,7 +253,7 @@ impl Rebuilder {
             .map_err(|errors| KubernetesError::Model { errors })?;
         let now: BTreeSet<Skip> = skips.into_iter().collect();
         for skip in now.difference(&self.logged) {
-            tracing::info!(object = %skip.subject, reason = %skip.reason, "left out of the mesh model");
+            tracing::info!(object = %skip.subject, reason = %skip.reason, "left out of the mesh model, or used in part");
         }
         self.logged = now;
         Ok(model)

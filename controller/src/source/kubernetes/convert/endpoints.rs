@@ -3,6 +3,7 @@
 //! to, since the model's endpoints are workloads.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -20,8 +21,10 @@ struct ServiceSlices {
     pods: Vec<ObjectKey>,
     /// Ready addresses that are no known pod, with the slice that lists them.
     unknown: Vec<(String, IpAddr)>,
-    /// Port numbers by port name ("" for an unnamed port).
-    ports: BTreeMap<String, u16>,
+    /// By port name ("" for an unnamed port): each number the slices give it, with how many
+    /// ready endpoints the slices giving it list. Several numbers happen mid-rollout, when the
+    /// old and new slices disagree.
+    ports: BTreeMap<String, BTreeMap<u16, usize>>,
 }
 
 /// Every slice's endpoints, by service.
@@ -51,24 +54,26 @@ impl Slices {
                 .by_service
                 .entry((namespace.clone(), service.clone()))
                 .or_default();
+            // Kubernetes: an unset `ready` is to be read as ready. Not ready is not healthy: left
+            // out, since the wire protocol has one health per workload and this one is about the
+            // workload as this service's endpoint only.
+            let ready: Vec<_> = slice
+                .endpoints
+                .iter()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+                .collect();
             for port in slice.ports.iter().flatten() {
                 if let Some(number) = port.port.and_then(|p| u16::try_from(p).ok()) {
                     let name = port.name.clone().unwrap_or_default();
-                    entry.ports.entry(name).or_insert(number);
+                    *entry
+                        .ports
+                        .entry(name)
+                        .or_default()
+                        .entry(number)
+                        .or_default() += ready.len();
                 }
             }
-            for endpoint in &slice.endpoints {
-                // Kubernetes: an unset `ready` is to be read as ready.
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
-                // Not ready is not healthy: left out, since the wire protocol has one health per
-                // workload and this one is about the workload as this service's endpoint only.
-                if !ready {
-                    continue;
-                }
+            for endpoint in ready {
                 let target = endpoint
                     .target_ref
                     .as_ref()
@@ -97,8 +102,9 @@ impl Slices {
         out
     }
 
-    /// The ready endpoints of a service from its slices; addresses that are no pod are
-    /// reported against the service.
+    /// The ready endpoints of a service from its slices. What the slices say that the mesh
+    /// cannot use is reported against the service: addresses that are no pod, and port names
+    /// the slices give different numbers.
     pub(super) fn endpoints(
         &self,
         subject: &ResourceRef,
@@ -120,13 +126,29 @@ impl Slices {
                 ),
             });
         }
+        for (name, numbers) in entry.ports.iter().filter(|(_, n)| n.len() > 1) {
+            let chosen = chosen_number(numbers);
+            let mut given = String::new();
+            for (number, count) in numbers {
+                let _ = write!(given, " {number} ({count} ready endpoints)");
+            }
+            let name = if name.is_empty() { "(unnamed)" } else { name };
+            skips.push(Skip {
+                subject: subject.clone(),
+                reason: format!(
+                    "its EndpointSlices give port {name} different numbers:{given}, as mid-rollout; a service port has one target port, so the mesh uses {chosen} (most ready endpoints) and the endpoints on the other numbers cannot be reached through it until the slices agree"
+                ),
+            });
+        }
         let mut pods = entry.pods.clone();
         pods.sort();
         pods.dedup();
         pods
     }
 
-    /// The number the slices give the service port named `port_name`.
+    /// The number the slices give the service port named `port_name`: when they disagree, the
+    /// one with the most ready endpoints (the lower on a tie), so that the answer does not
+    /// depend on the order slices are listed in.
     pub(super) fn port(
         &self,
         namespace: &str,
@@ -137,8 +159,18 @@ impl Slices {
             .get(&(namespace.to_string(), service.to_string()))?
             .ports
             .get(port_name.unwrap_or_default())
-            .copied()
+            .map(chosen_number)
     }
+}
+
+fn chosen_number(numbers: &BTreeMap<u16, usize>) -> u16 {
+    // max_by_key keeps the last maximum: iterating from the highest number makes that the lowest.
+    numbers
+        .iter()
+        .rev()
+        .max_by_key(|(_, count)| **count)
+        .map(|(number, _)| *number)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -198,5 +230,54 @@ mod tests {
                 .endpoints(&subject, "demo", "other", &mut skips)
                 .is_empty()
         );
+    }
+
+    fn slice(name: &str, port: u16, ips: &[&str]) -> Arc<EndpointSlice> {
+        let endpoints: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "demo",
+                             "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "sql", "port": port}],
+                "endpoints": endpoints
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn slices_that_disagree_on_a_port_are_reported_and_the_most_endpoints_win() {
+        let pods = [
+            pod("a", "10.0.0.1"),
+            pod("b", "10.0.0.2"),
+            pod("c", "10.0.0.3"),
+        ];
+        let subject = ResourceRef::new(Kind::Service, "demo/db");
+        let old = slice("db-old", 5432, &["10.0.0.1"]);
+        let new = slice("db-new", 6432, &["10.0.0.2", "10.0.0.3"]);
+        // Either listing order gives the same answer.
+        for listed in [[old.clone(), new.clone()], [new.clone(), old.clone()]] {
+            let slices = Slices::new(&listed, &pods);
+            assert_eq!(slices.port("demo", "db", Some("sql")), Some(6432));
+            let mut skips = Vec::new();
+            assert_eq!(
+                slices.endpoints(&subject, "demo", "db", &mut skips).len(),
+                3
+            );
+            assert_eq!(skips.len(), 1, "{skips:?}");
+            let reason = &skips[0].reason;
+            assert!(reason.contains("port sql"), "{reason}");
+            assert!(
+                reason.contains("5432 (1 ready endpoints) 6432 (2"),
+                "{reason}"
+            );
+        }
+        // A tie goes to the lower number.
+        let tie = Slices::new(
+            &[new, slice("db-odd", 5432, &["10.0.0.1", "10.9.9.9"])],
+            &pods,
+        );
+        assert_eq!(tie.port("demo", "db", Some("sql")), Some(5432));
     }
 }

@@ -90,30 +90,28 @@ pub fn convert(objects: &Objects, trust_domain: &str) -> Input {
     let gateways = waypoints::waypoint_gateways(&objects.gateways);
     // Waypoint pods are the waypoint, not workloads: their addresses are the waypoint's, and a
     // workload with the same address would be refused by the model as a duplicate.
-    let (waypoint_pods, pods): (Vec<_>, Vec<_>) = objects
-        .pods
-        .iter()
-        .partition(|p| waypoints::gateway_of(p, &gateways).is_some());
-    for wp in waypoints::waypoints(&gateways, &waypoint_pods, skips) {
-        input.nodes.insert(wp.node.clone());
+    let mut members = Vec::new();
+    let mut pods = Vec::new();
+    for p in &objects.pods {
+        match waypoints::gateway_of(p, &gateways, skips) {
+            Some(gateway) => members.push((gateway, p)),
+            None => pods.push(p),
+        }
+    }
+    for wp in waypoints::waypoints(&gateways, &members, skips) {
+        if !wp.node.is_empty() {
+            input.nodes.insert(wp.node.clone());
+        }
         input.waypoints.push(wp);
     }
-    let known: Waypoints = Waypoints {
-        ready: input
-            .waypoints
-            .iter()
-            .map(|w| ObjectKey::new(&w.namespace, &w.name))
-            .collect(),
-        pending: gateways.clone(),
-    };
     for ns in &objects.namespaces {
-        if let Some(ns) = workloads::namespace(ns, &known, skips) {
+        if let Some(ns) = workloads::namespace(ns, &gateways, skips) {
             input.namespaces.push(ns);
         }
     }
     let mut containers: BTreeMap<(String, String), &core::Pod> = BTreeMap::new();
     for p in pods {
-        if let Some(pod) = workloads::pod(p, &known, skips) {
+        if let Some(pod) = workloads::pod(p, &gateways, skips) {
             input.nodes.insert(pod.node.clone());
             containers.insert((pod.namespace.clone(), pod.name.clone()), p);
             input.pods.push(pod);
@@ -124,7 +122,7 @@ pub fn convert(objects: &Objects, trust_domain: &str) -> Input {
         let context = workloads::ServiceContext {
             pods: &input.pods,
             containers: &containers,
-            waypoints: &known,
+            waypoints: &gateways,
             slices: &slices,
         };
         if let Some(svc) = workloads::service(s, &context, skips) {
@@ -147,16 +145,13 @@ pub fn convert(objects: &Objects, trust_domain: &str) -> Input {
     input
 }
 
-/// The waypoints a `use-waypoint` label may name.
-struct Waypoints {
-    /// Built from a Gateway with a ready pod.
-    ready: BTreeSet<ObjectKey>,
-    /// Every `ambit-waypoint` Gateway, ready or not.
-    pending: BTreeSet<ObjectKey>,
-}
+/// The waypoints a `use-waypoint` label may name: every `ambit-waypoint` Gateway.
+type Waypoints = BTreeSet<ObjectKey>;
 
-/// Drops a waypoint label that names no usable waypoint: the object stays in the mesh without a
-/// waypoint rather than making the whole model invalid.
+/// Drops a waypoint label that names no waypoint Gateway: the object stays in the mesh without a
+/// waypoint rather than making the whole model invalid. A label naming a waypoint with no ready
+/// pod is kept: the waypoint exists without address, and the traffic fails closed (as Istio)
+/// rather than bypassing the waypoint's L7 policy.
 fn check_waypoint_label(
     subject: &ResourceRef,
     namespace: &str,
@@ -167,23 +162,15 @@ fn check_waypoint_label(
     let Some(name) = labels.get(USE_WAYPOINT_LABEL) else {
         return;
     };
-    let key = ObjectKey::new(namespace, name);
-    if name == WAYPOINT_NONE || waypoints.ready.contains(&key) {
+    if name == WAYPOINT_NONE || waypoints.contains(&ObjectKey::new(namespace, name)) {
         return;
     }
-    let reason = if waypoints.pending.contains(&key) {
-        format!(
-            "label {USE_WAYPOINT_LABEL}={name:?} names a waypoint that has no ready pod yet; its traffic goes direct until one is ready"
-        )
-    } else {
-        format!(
-            "label {USE_WAYPOINT_LABEL}={name:?} names no Gateway of class {} in namespace {namespace}; create it or fix the label (the label is ignored meanwhile)",
-            super::WAYPOINT_CLASS
-        )
-    };
     skips.push(Skip {
         subject: subject.clone(),
-        reason,
+        reason: format!(
+            "label {USE_WAYPOINT_LABEL}={name:?} names no Gateway of class {} in namespace {namespace}; create it or fix the label (the label is ignored meanwhile)",
+            super::WAYPOINT_CLASS
+        ),
     });
     labels.remove(USE_WAYPOINT_LABEL);
 }

@@ -48,6 +48,15 @@ fn pod_ips(status: &core::PodStatus) -> Vec<IpAddr> {
     ips
 }
 
+/// The service account a pod runs as (Kubernetes fills in "default" when none is given).
+pub(super) fn service_account(p: &core::Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
 pub(super) fn pod(
     p: &core::Pod,
     waypoints: &Waypoints,
@@ -72,7 +81,10 @@ pub(super) fn pod(
         skip("has finished (its IP may already belong to another pod)");
         return None;
     }
-    let Some(node) = spec.and_then(|s| s.node_name.clone()) else {
+    let Some(node) = spec
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty())
+    else {
         skip("is not scheduled on a node yet");
         return None;
     };
@@ -97,10 +109,7 @@ pub(super) fn pod(
     }
     check_waypoint_label(&subject, &namespace, &mut labels, waypoints, skips);
     Some(model::Pod {
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .filter(|sa| !sa.is_empty())
-            .unwrap_or_else(|| "default".into()),
+        service_account: service_account(p),
         name,
         namespace,
         node,
