@@ -7,8 +7,10 @@
 //! There is no "direct" path to divide by: times are absolute (from whatever machine runs it),
 //! sizes are compared with sending every proxy everything.
 //!
-//! `cargo bench -p ambit-benches --bench controller [-- --sizes 1000,10000 --json]`; `--nodelay`
-//! and `--window BYTES` change the gRPC port's TCP and HTTP/2 settings from the controller's.
+//! The port is the controller's own (`grpc::serve`: TLS, the controller's identity, bootstrap
+//! tokens checked on every subscription), so the figures include what a real push costs.
+//!
+//! `cargo bench -p ambit-benches --bench controller [-- --sizes 1000,10000 --json]`
 
 // A bench's root file finds modules beside it, not in a directory named after it.
 #[path = "controller/fleet.rs"]
@@ -28,7 +30,6 @@ static ALLOC: Counting = Counting;
 struct Options {
     sizes: Vec<usize>,
     json: bool,
-    tuning: run::Tuning,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -48,21 +49,9 @@ fn options() -> anyhow::Result<Options> {
     if let Some(small) = sizes.iter().find(|&&s| s < 500) {
         anyhow::bail!("--sizes: {small} is too small; the mesh needs 500 workloads or more");
     }
-    let window = match args.iter().position(|a| a == "--window") {
-        Some(i) => Some(
-            args.get(i + 1)
-                .and_then(|v| v.parse::<u32>().ok())
-                .ok_or_else(|| anyhow::anyhow!("--window needs a size in bytes"))?,
-        ),
-        None => None,
-    };
     Ok(Options {
         sizes,
         json: args.iter().any(|a| a == "--json"),
-        tuning: run::Tuning {
-            nodelay: args.iter().any(|a| a == "--nodelay"),
-            window,
-        },
     })
 }
 
@@ -70,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     let options = options()?;
     let mut results = Vec::new();
     for &size in &options.sizes {
-        let figures = run::size(size, options.tuning)?;
+        let figures = run::size(size)?;
         figures.print();
         results.push(figures.json());
     }

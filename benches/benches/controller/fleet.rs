@@ -2,7 +2,7 @@
 //! response as soon as it is decoded, and reporting what arrived when. They do not build a
 //! proxy's state: what is measured is the controller's push, not a ztunnel applying it.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ambit_proto::api::discovery::discovery_client::DiscoveryClient;
@@ -10,12 +10,14 @@ use ambit_proto::api::discovery::resource::Kind;
 use ambit_proto::api::discovery::{
     ProxyKind, Resource, ResourceType, SubscribeRequest, Subscriber,
 };
+use ambit_proto::control;
 use anyhow::Context;
 use prost::Message;
+use rustls::ClientConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::mesh::node_name;
+use super::mesh::{node_name, node_token};
 
 /// One response as a subscriber saw it.
 pub struct Event {
@@ -54,25 +56,19 @@ pub fn key_of(r: &Resource) -> String {
 }
 
 /// Subscribes as `node` and reports every response until the stream ends or fails.
-/// `window`: HTTP/2 stream and connection windows (else h2's defaults, as ztunnel's client has).
-pub async fn run(addr: SocketAddr, node: usize, window: Option<u32>, events: Events) {
-    if let Err(e) = session(addr, node, window, &events).await {
+pub async fn run(address: String, tls: Arc<ClientConfig>, node: usize, events: Events) {
+    if let Err(e) = session(&address, tls, node, &events).await {
         let _ = events.send(Err(format!("ztunnel of {}: {e:#}", node_name(node))));
     }
 }
 
 async fn session(
-    addr: SocketAddr,
+    address: &str,
+    tls: Arc<ClientConfig>,
     node: usize,
-    window: Option<u32>,
     events: &Events,
 ) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .initial_stream_window_size(window)
-        .initial_connection_window_size(window)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    let channel = control::channel(address, tls)?;
     // No size limit: the bench measures what the controller sends, whatever its size (the
     // report says separately whether ztunnel's own client, with its own limit, copes).
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(usize::MAX);
@@ -83,7 +79,7 @@ async fn session(
     })
     .await?;
     let mut stream = client
-        .subscribe(ReceiverStream::new(rx))
+        .subscribe(authorized(rx, node))
         .await
         .context("subscribing")?
         .into_inner();
@@ -126,10 +122,13 @@ async fn session(
 
 /// Subscribes as `node` with ztunnel's discovery client limits and returns the first response's
 /// size, or why it could not be read.
-pub async fn default_limits_probe(addr: SocketAddr, node: usize) -> Result<usize, String> {
-    let mut client = DiscoveryClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| e.to_string())?
+pub async fn default_limits_probe(
+    address: &str,
+    tls: Arc<ClientConfig>,
+    node: usize,
+) -> Result<usize, String> {
+    let channel = control::channel(address, tls).map_err(|e| e.to_string())?;
+    let mut client = DiscoveryClient::new(channel)
         .max_decoding_message_size(ambit_ztunnel::xds::MAX_CONFIG_MESSAGE);
     let (tx, rx) = mpsc::channel(1);
     tx.send(SubscribeRequest {
@@ -139,7 +138,7 @@ pub async fn default_limits_probe(addr: SocketAddr, node: usize) -> Result<usize
     .await
     .map_err(|e| e.to_string())?;
     let mut stream = client
-        .subscribe(ReceiverStream::new(rx))
+        .subscribe(authorized(rx, node))
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
@@ -148,4 +147,17 @@ pub async fn default_limits_probe(addr: SocketAddr, node: usize) -> Result<usize
         Ok(None) => Err("the stream ended before the first response".into()),
         Err(s) => Err(s.message().to_string()),
     }
+}
+
+/// A subscription carrying `node`'s bootstrap token, as ztunnel's does.
+fn authorized(
+    rx: mpsc::Receiver<SubscribeRequest>,
+    node: usize,
+) -> tonic::Request<ReceiverStream<SubscribeRequest>> {
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {}", node_token(node));
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().expect("a token is ASCII"));
+    request
 }

@@ -78,6 +78,11 @@ pub fn node_name(i: usize) -> String {
     format!("node-{i:03}")
 }
 
+/// Node `i`'s bootstrap token, which its ztunnel presents.
+pub fn node_token(i: usize) -> String {
+    format!("token-{i}")
+}
+
 fn namespace_name(i: usize) -> String {
     format!("team-{i:04}")
 }
@@ -266,7 +271,7 @@ impl Spec {
         for i in 0..NODES {
             b.node(Node {
                 name: node_name(i),
-                bootstrap_token: Some(format!("token-{i}")),
+                bootstrap_token: Some(node_token(i)),
             });
         }
         for ns in &self.namespaces {

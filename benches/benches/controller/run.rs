@@ -5,27 +5,33 @@
 //! controller's heap figures leave out what the subscribers hold.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_benches::alloc::{self, Class};
 use ambit_benches::cpu::threads_cpu_seconds;
+use ambit_controller::ca::{Authenticator, CaService};
+use ambit_controller::grpc::{self, ServingIdentity};
 use ambit_controller::model::{MeshBuilder, MeshModel};
 use ambit_controller::push::{
-    Desired, DiscoveryService, ResourceKey, Snapshot, desired_for, publish_snapshots,
+    Desired, DiscoveryService, ResourceKey, Snapshot, SubscriberAccess, desired_for,
+    publish_snapshots,
 };
 use ambit_proto::api::discovery::{Resource, ResourceType, SubscribeRequest, SubscribeResponse};
+use ambit_proto::control;
+use ambit_proto::identity::CertificateAuthority;
 use anyhow::Context;
 use prost::Message;
+use rustls::ClientConfig;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::fleet::{self, Event, ztunnel};
 use super::mesh::{Change, NODES, Spec};
+
+/// Lifetime of the controller's own certificate: longer than any run.
+const CERT_TTL: Duration = Duration::from_secs(3600);
 use super::report::{ChangeFigures, Figures};
 
 /// How long a ztunnel outside a change is watched for a stray push after the last affected one
@@ -98,44 +104,44 @@ fn expected_delta(old: &Desired, new: &Desired) -> BTreeSet<String> {
 }
 
 struct Controller {
-    addr: SocketAddr,
+    address: String,
+    /// How a proxy's TLS client is set up for this controller (its root, its identity pinned).
+    tls: Arc<ClientConfig>,
+    _serving: ServingIdentity,
     models: watch::Sender<Arc<MeshModel>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     shutdown: CancellationToken,
 }
 
-/// Variations on how the controller's gRPC port is set up, to see what its defaults cost.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Tuning {
-    /// TCP_NODELAY on accepted connections (the controller's `grpc::serve` leaves Nagle on).
-    pub nodelay: bool,
-    /// HTTP/2 stream and connection windows, both ends (else h2's 64 KiB defaults).
-    pub window: Option<u32>,
-}
-
-fn start(rt: &Runtime, model: Arc<MeshModel>, tuning: Tuning) -> anyhow::Result<Controller> {
+fn start(rt: &Runtime, model: Arc<MeshModel>) -> anyhow::Result<Controller> {
     let (models, models_rx) = watch::channel(model);
     let shutdown = CancellationToken::new();
     rt.block_on(async {
-        let (snapshots, _publisher) = publish_snapshots(models_rx, shutdown.clone());
+        let trust_domain = models_rx.borrow().trust_domain().to_string();
+        let ca = Arc::new(CertificateAuthority::generate(&trust_domain)?);
+        let identity = control::default_controller_identity(&trust_domain)?;
+        let serving = ServingIdentity::issue(ca.clone(), identity.clone(), CERT_TTL).await?;
+        let tls = control::client_config(&ca.trust_bundle(), identity)?;
+        let (snapshots, _publisher) = publish_snapshots(models_rx.clone(), shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let discovery = DiscoveryService::new(snapshots.clone(), shutdown.clone());
-        let incoming = TcpListenerStream::new(listener).map(move |s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(tuning.nodelay);
-            }
-            s
-        });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .initial_stream_window_size(tuning.window)
-                .initial_connection_window_size(tuning.window)
-                .add_service(discovery.into_server())
-                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
-        );
+        let authenticator = Arc::new(Authenticator::BootstrapTokens);
+        let discovery =
+            DiscoveryService::new(snapshots.clone(), shutdown.clone()).authenticate_with(
+                SubscriberAccess::new(authenticator.clone(), models_rx.clone()),
+            );
+        let ca_service = CaService::new(ca, models_rx, CERT_TTL).authenticate_with(authenticator);
+        tokio::spawn(grpc::serve(
+            listener,
+            serving.tls(),
+            discovery,
+            ca_service,
+            shutdown.clone(),
+        ));
         Ok(Controller {
-            addr,
+            address: format!("https://{addr}"),
+            tls: Arc::new(tls),
+            _serving: serving,
             models,
             snapshots,
             shutdown,
@@ -162,7 +168,7 @@ async fn collect(
     Ok(got)
 }
 
-pub fn size(workloads: usize, tuning: Tuning) -> anyhow::Result<Figures> {
+pub fn size(workloads: usize) -> anyhow::Result<Figures> {
     let mut spec = Spec::generate(workloads);
     let mut f = Figures {
         workloads: spec.workloads(),
@@ -214,9 +220,13 @@ pub fn size(workloads: usize, tuning: Tuning) -> anyhow::Result<Figures> {
 
     let server_rt = runtime(CONTROLLER_THREADS, Class::Measured)?;
     let clients_rt = runtime("ztunnels", Class::Harness)?;
-    let controller = start(&server_rt, model, tuning)?;
-    let mut events = initial_push(&mut f, &controller, &clients_rt, tuning)?;
-    f.default_client = Some(clients_rt.block_on(fleet::default_limits_probe(controller.addr, 0)));
+    let controller = start(&server_rt, model)?;
+    let mut events = initial_push(&mut f, &controller, &clients_rt)?;
+    f.default_client = Some(clients_rt.block_on(fleet::default_limits_probe(
+        &controller.address,
+        controller.tls.clone(),
+        0,
+    )));
     for change in Change::ALL {
         spec.apply(change);
         let figures = clients_rt.block_on(one_change(&spec, change, &controller, &mut events))?;
@@ -231,12 +241,7 @@ pub fn size(workloads: usize, tuning: Tuning) -> anyhow::Result<Figures> {
 
 /// All 100 subscribe at once, as after a controller restart. Returns the subscribers' event
 /// stream, on which they go on to report deltas.
-fn initial_push(
-    f: &mut Figures,
-    c: &Controller,
-    clients_rt: &Runtime,
-    tuning: Tuning,
-) -> anyhow::Result<EventRx> {
+fn initial_push(f: &mut Figures, c: &Controller, clients_rt: &Runtime) -> anyhow::Result<EventRx> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Let the publisher's first snapshot and the server settle before the baseline.
     std::thread::sleep(Duration::from_millis(200));
@@ -245,7 +250,12 @@ fn initial_push(
     let cpu = threads_cpu_seconds(CONTROLLER_THREADS);
     let start = Instant::now();
     for node in 0..NODES {
-        clients_rt.spawn(fleet::run(c.addr, node, tuning.window, tx.clone()));
+        clients_rt.spawn(fleet::run(
+            c.address.clone(),
+            c.tls.clone(),
+            node,
+            tx.clone(),
+        ));
     }
     let events =
         clients_rt.block_on(collect(&mut rx, start + DEADLINE, |got| got.len() >= NODES))?;
