@@ -148,11 +148,17 @@ fn parents(
             continue;
         }
         if service_parent {
-            if !context.services.contains_key(&target) {
+            let Some(waypoint) = context.services.get(&target) else {
                 notes.push(format!(
                     "{field} names service {target}, which does not exist (or was left out); this parent is ignored until it does"
                 ));
                 continue;
+            };
+            if waypoint.is_none() {
+                // Kept, since a label may come later; but said, as nothing applies it today.
+                notes.push(format!(
+                    "{field}: service {target} uses no waypoint, so no proxy applies this route to its traffic yet; label the service (or its namespace) {USE_WAYPOINT_LABEL}=<waypoint>"
+                ));
             }
             if parent.port.is_some() {
                 notes.push(format!(
@@ -372,6 +378,14 @@ fn backend(
         ));
     }
     let service = ObjectKey::new(b.namespace.as_deref().unwrap_or(namespace), &b.name);
+    if service.namespace != namespace {
+        // Gateway API lets a route send traffic to another namespace only when a ReferenceGrant
+        // there allows it; Ambit does not read ReferenceGrants yet, so it allows none, rather
+        // than let any namespace's route pull another's service.
+        return Err(format!(
+            "{field} names service {service} in another namespace, which needs a ReferenceGrant there; Ambit does not read ReferenceGrants yet, so route only to services of namespace {namespace}"
+        ));
+    }
     if !context.services.contains_key(&service) {
         return Err(format!(
             "{field} names service {service}, which does not exist (or was left out); create it or fix the name"

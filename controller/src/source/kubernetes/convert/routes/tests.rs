@@ -234,25 +234,49 @@ fn what_cannot_be_honoured_skips_the_route_naming_the_field() {
 }
 
 #[test]
-fn a_cross_namespace_parent_is_ignored_with_a_note_and_backends_may_cross() {
+fn a_cross_namespace_parent_is_ignored_with_a_note() {
     let (route, skips) = World::new().convert(json!({
         "parentRefs": [
             {"group": "", "kind": "Service", "name": "far", "namespace": "other"},
             {"group": "", "kind": "Service", "name": "reviews", "port": 9080}
         ],
-        "rules": [{"backendRefs": [{"name": "far", "namespace": "other", "port": 80}]}]
+        "rules": [{"backendRefs": [{"name": "reviews-v1", "port": 80}]}]
     }));
     let route = route.unwrap();
     assert_eq!(route.hostnames, vec![host("reviews")]);
-    assert_eq!(
-        route.rules[0].backends[0].service,
-        "far.other.svc.cluster.local"
-    );
     assert_eq!(skips.len(), 2, "{skips:?}");
     assert!(skips.iter().any(|s| s.reason.contains("consumer routes")));
     assert!(
         skips
             .iter()
             .any(|s| s.reason.contains("parentRefs[1].port"))
+    );
+}
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant_so_the_route_is_skipped() {
+    let (route, skips) = World::new().convert(json!({
+        "parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+        "rules": [{"backendRefs": [{"name": "far", "namespace": "other", "port": 80}]}]
+    }));
+    assert!(route.is_none());
+    assert!(
+        skips
+            .iter()
+            .any(|s| s.reason.contains("ReferenceGrant") && s.reason.contains("backendRefs[0]")),
+        "{skips:?}"
+    );
+}
+
+#[test]
+fn a_route_on_a_service_without_waypoint_is_kept_with_a_note() {
+    let (route, skips) = World::new().convert(json!({
+        "parentRefs": [{"group": "", "kind": "Service", "name": "direct"}],
+        "rules": [{"backendRefs": [{"name": "direct", "port": 80}]}]
+    }));
+    assert!(route.is_some());
+    assert!(
+        skips.iter().any(|s| s.reason.contains("uses no waypoint")),
+        "{skips:?}"
     );
 }
