@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ambit_proto::api::discovery::discovery_server::{Discovery, DiscoveryServer};
 use ambit_proto::api::discovery::{ProxyKind, SubscribeRequest, SubscribeResponse, Subscriber};
@@ -55,6 +56,9 @@ pub struct DiscoveryService {
     sync: SyncTable,
     access: Option<Arc<SubscriberAccess>>,
 }
+
+/// How often an open subscription's credentials are checked again when the mesh is quiet.
+const RECHECK_EVERY: Duration = Duration::from_secs(300);
 
 /// Responses are small and the proxy answers each before the next, so a short queue suffices.
 const QUEUE: usize = 4;
@@ -238,6 +242,10 @@ impl Stream {
     async fn serve(&mut self, kind: &'static str) -> String {
         let mut snapshot = self.snapshots.borrow_and_update().clone();
         let mut desired = desired_for(&snapshot, &self.subscriber);
+        // Credentials are re-checked on every new model and, for a quiet mesh, on this tick: a
+        // service-account token expires whether or not the mesh changes.
+        let mut recheck =
+            tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
         loop {
             let version = desired.system_version();
             self.sync
@@ -273,6 +281,11 @@ impl Stream {
                     Ok(None) => return "the proxy closed the stream".into(),
                     Err(status) => return format!("the stream failed: {status}"),
                 },
+                _ = recheck.tick() => {
+                    if let Err(ended) = self.recheck().await {
+                        return ended;
+                    }
+                }
                 changed = self.snapshots.changed() => {
                     if changed.is_err() {
                         return "the controller stopped publishing config".into();
