@@ -20,6 +20,25 @@ use serde::de::DeserializeOwned;
 use super::reconcile::{Context, ReconcileError, fix, gateway_name, kind_of};
 use super::{MANAGED_LABEL, MANAGED_VALUE};
 
+/// The objects a Gateway owns (ServiceAccount, Deployment, Service, ConfigMap): namespaced,
+/// readable and deletable through one typed API. Named once so each function says what it
+/// handles instead of repeating the bounds.
+pub(super) trait NamespacedObject:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + fmt::Debug
+    + DeserializeOwned
+{
+}
+
+impl<K> NamespacedObject for K where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + fmt::Debug
+        + DeserializeOwned
+{
+}
+
 /// Whether `object` is controlled by the Gateway with `uid` (as every object we make for a
 /// Gateway is: one controller owner reference, its uid).
 pub(super) fn controlled_by<K: Resource>(object: &K, uid: &str) -> bool {
@@ -143,10 +162,7 @@ pub(super) async fn read<K>(
     name: &str,
 ) -> Result<Option<K>, ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + fmt::Debug
-        + DeserializeOwned,
+    K: NamespacedObject,
 {
     Api::<K>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
@@ -171,10 +187,7 @@ pub(super) async fn delete_if_ours<K>(
     still_ours: impl Fn(&K) -> bool,
 ) -> Result<(), ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + fmt::Debug
-        + DeserializeOwned,
+    K: NamespacedObject,
 {
     let Some(object) = read::<K>(gateway, ctx, namespace, name).await? else {
         return Ok(());
@@ -194,10 +207,7 @@ pub(super) async fn delete_object<K>(
     object: &K,
 ) -> Result<(), ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + fmt::Debug
-        + DeserializeOwned,
+    K: NamespacedObject,
 {
     // Already going (a watch event behind our own delete): nothing more to do.
     if object.meta().deletion_timestamp.is_some() {

@@ -19,13 +19,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::namespace_lock::NamespaceLocks;
 use super::ownership::{
-    self, ConflictingObject, NameConflict, controlled_by, delete_if_ours, delete_object,
-    is_waypoint_root_cert,
+    self, ConflictingObject, NameConflict, NamespacedObject, controlled_by, delete_if_ours,
+    delete_object, is_waypoint_root_cert,
 };
 use super::status::{self, ObservedState};
 use super::{DesiredObjects, WaypointOptions, desired_objects, root_cert};
@@ -265,10 +264,7 @@ async fn existing_uid<K>(
     conflicts: &mut Vec<ConflictingObject>,
 ) -> Result<Option<String>, ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned,
+    K: NamespacedObject,
 {
     let ns = desired.namespace().unwrap_or_default();
     match ownership::read::<K>(gateway, ctx, &ns, &desired.name_any()).await? {
@@ -292,11 +288,7 @@ async fn apply<K>(
     existing_uid: Option<String>,
 ) -> Result<K, ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
+    K: NamespacedObject + Serialize,
 {
     let ns = object.namespace().unwrap_or_default();
     let name = object.name_any();
@@ -466,10 +458,7 @@ async fn delete_owned<K>(
     gateway_uid: &str,
 ) -> Result<(), ReconcileError>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned,
+    K: NamespacedObject,
 {
     let ns = gateway.namespace().unwrap_or_default();
     let name = gateway.name_any();

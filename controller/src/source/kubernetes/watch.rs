@@ -283,14 +283,7 @@ impl Rebuilder {
                     if **models.borrow() == model {
                         continue;
                     }
-                    tracing::info!(
-                        workloads = model.workloads().count(),
-                        services = model.services().count(),
-                        waypoints = model.waypoints().count(),
-                        policies = model.policies().count(),
-                        routes = model.routes().count(),
-                        "Kubernetes state changed; new model in force"
-                    );
+                    log_model(&model, "Kubernetes state changed; new model in force");
                     metrics::counter!("ambit_controller_config_reloads_total", "result" => "ok")
                         .increment(1);
                     models.send_replace(Arc::new(model));
@@ -337,14 +330,7 @@ pub async fn start(
             return Err(error);
         }
     };
-    tracing::info!(
-        workloads = model.workloads().count(),
-        services = model.services().count(),
-        waypoints = model.waypoints().count(),
-        policies = model.policies().count(),
-        routes = model.routes().count(),
-        "first model built from the Kubernetes API"
-    );
+    log_model(&model, "first model built from the Kubernetes API");
     let (tx, models) = channel::channel(Arc::new(model));
     let task = tokio::spawn(async move {
         let Rebuilder { caches, .. } = rebuilder.run(tx, changed, stop.clone()).await;
@@ -354,4 +340,16 @@ pub async fn start(
         }
     });
     Ok(Watching { models, task })
+}
+
+/// One line saying what a model holds.
+fn log_model(model: &MeshModel, what: &str) {
+    tracing::info!(
+        workloads = model.workloads().count(),
+        services = model.services().count(),
+        waypoints = model.waypoints().count(),
+        policies = model.policies().count(),
+        routes = model.routes().count(),
+        "{what}"
+    );
 }
