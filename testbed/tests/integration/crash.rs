@@ -3,7 +3,7 @@
 //! One test on purpose: it is the only one calling `cleanup_leftovers`, which acts on every run
 //! on the host, so its assertions cannot race with another test's cleanup.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! What a testbed builds, running things inside it, refusing bad requests, and removing
 //! everything when it is dropped.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;

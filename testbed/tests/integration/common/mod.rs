@@ -1,5 +1,4 @@
-//! Shared by the namespace tests. Each test binary uses only some of these helpers.
-#![allow(dead_code)]
+//! Shared by the namespace tests.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

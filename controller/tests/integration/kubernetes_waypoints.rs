@@ -10,9 +10,8 @@ use hyper::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-mod support;
-use support::cluster::*;
-use support::fake_api::status;
+use crate::support::cluster::*;
+use crate::support::fake_api::status;
 
 #[tokio::test]
 async fn an_ambit_waypoint_gateway_with_its_pods_is_a_waypoint_and_labels_resolve_to_it() {

@@ -7,14 +7,12 @@
 //! Needs `python3` with `h2` (`pip install h2`). Without it the tests are skipped with a note,
 //! except under CI (`CI` set), where they fail.
 
-mod support;
-
 use std::net::SocketAddr;
 
+use crate::support::interop::*;
+use crate::support::*;
 use ambit_proto::hbone::{ConnectRequest, HboneClient, HboneError, Tunnel};
 use ambit_proto::identity::{CertificateAuthority, SpiffeId};
-use support::interop::*;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Which root `hbone_server.py` checks our client's certificate against.

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-mod support;
+use crate::support;
 
 struct Controller {
     server: support::grpc::GrpcServer,

@@ -1,13 +1,11 @@
 //! Who may talk to whom: bad certificates on either side are refused with the reason named,
 //! junk on the HBONE port harms no one else, and certificate rotation keeps tunnels alive.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use ambit_proto::identity::{CertManager, CertificateAuthority};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

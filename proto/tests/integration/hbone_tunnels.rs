@@ -1,14 +1,12 @@
 //! HBONE tunnels over real sockets on loopback: throughput, pooling, half-close and reset.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
 use ambit_proto::identity::CertificateAuthority;
 use http::StatusCode;
-use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const BIG: usize = 64 * 1024 * 1024;

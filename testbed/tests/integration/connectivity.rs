@@ -1,6 +1,6 @@
 //! Pods and nodes reach each other over TCP, IPv4 and IPv6, same-node and cross-node.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::net::{IpAddr, TcpStream};

@@ -16,8 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Code;
 
-mod support;
-use support::grpc::GrpcServer;
+use crate::support;
+use crate::support::grpc::GrpcServer;
 
 const NODE_A_TOKEN: &str = "node-a-local-bootstrap-token";
 

@@ -1,4 +1,4 @@
-//! The root certificate ConfigMap against the fake API server (tests/support/fake_api.rs):
+//! The root certificate ConfigMap against the fake API server (support/fake_api.rs):
 //! published with the root certificate and never the key, put back when deleted or edited,
 //! retried after a refusal whose error names the ConfigMap and the RBAC fix.
 
@@ -12,8 +12,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-mod support;
-use support::fake_api::{FakeApi, Recorded, status};
+use crate::support::fake_api::{FakeApi, Recorded, status};
 
 const NAMESPACE: &str = "mesh-system";
 const CONFIGMAPS: &str = "/api/v1/namespaces/mesh-system/configmaps";

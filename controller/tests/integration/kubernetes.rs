@@ -1,4 +1,4 @@
-//! The Kubernetes source against the fake API server (tests/support/fake_api.rs): kube's real
+//! The Kubernetes source against the fake API server (support/fake_api.rs): kube's real
 //! client lists and watches over a socket; the fake answers recorded JSON and streams events.
 
 use std::time::Duration;
@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-mod support;
-use support::cluster::{Cluster, NAMESPACES, PODS, model_where, namespace, options};
+use crate::support;
+use crate::support::cluster::{Cluster, NAMESPACES, PODS, model_where, namespace, options};
 
 /// The built-in kinds the source lists, holding these objects, and no EndpointSlices. The
 /// Gateway API and Ambit CRDs are not installed (404), which the source runs without

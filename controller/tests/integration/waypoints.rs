@@ -1,4 +1,4 @@
-//! The waypoint reconciler against the fake API server (tests/support/fake_api.rs): kube's real
+//! The waypoint reconciler against the fake API server (support/fake_api.rs): kube's real
 //! client watches Gateways and our objects over a socket and sends reads, server-side applies,
 //! deletes and status patches, which the fake records and answers (keeping what was applied, so
 //! a read after an apply finds it, as on a real API server).
@@ -14,8 +14,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-mod support;
-use support::fake_api::{FakeApi, Recorded, status};
+use crate::support::fake_api::{FakeApi, Recorded, status};
 
 const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 const SERVICE_ACCOUNTS: &str = "/api/v1/serviceaccounts";

@@ -1,7 +1,6 @@
 //! The controller's gRPC port as the binary serves it (TLS, presenting the controller's own
 //! identity) on 127.0.0.1, and a channel to it as a proxy would dial.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::Channel;
 
 pub struct GrpcServer {
-    pub addr: SocketAddr,
     /// A lazily connecting TLS channel that pins the controller's identity.
     pub channel: Channel,
     _serving: ServingIdentity,
@@ -46,7 +44,6 @@ pub async fn serve(
     let tls = control::client_config(&ca.trust_bundle(), identity).unwrap();
     let channel = control::channel(&format!("https://{addr}"), Arc::new(tls)).unwrap();
     GrpcServer {
-        addr,
         channel,
         _serving: serving,
     }

@@ -5,8 +5,7 @@ use ambit_proto::api::route as rpb;
 use ambit_proto::api::security as spb;
 use serde_json::json;
 
-mod support;
-use support::cluster::*;
+use crate::support::cluster::*;
 
 #[tokio::test]
 async fn authorization_policies_select_workloads_and_a_malformed_one_fails_closed() {

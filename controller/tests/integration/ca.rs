@@ -10,8 +10,7 @@ use tonic::Code;
 
 const TTL: Duration = Duration::from_secs(2 * 3600);
 
-mod support;
-use support::grpc::{Ca, start_ca};
+use crate::support::grpc::{Ca, start_ca};
 
 async fn start() -> Ca {
     let model = parse(EMBEDDED_MESH, EMBEDDED_ORIGIN).unwrap().model;

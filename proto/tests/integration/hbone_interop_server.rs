@@ -7,17 +7,15 @@
 //! Needs `python3` with `h2` (`pip install h2`). Without it the tests are skipped with a note,
 //! except under CI (`CI` set), where they fail.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::support::interop::*;
+use crate::support::*;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
 use ambit_proto::identity::{CertManager, CertificateAuthority, SpiffeId};
 use http::HeaderMap;
 use parking_lot::Mutex;
-use support::interop::*;
-use support::*;
 use tokio::io::AsyncWriteExt;
 
 /// Echoes each tunnel, recording what the server saw of the request.

@@ -1,5 +1,4 @@
 //! A small mesh for HBONE tests: a CA, certificate managers, servers on loopback.
-#![allow(dead_code)]
 pub mod interop;
 
 use std::net::SocketAddr;

@@ -263,7 +263,6 @@ pub fn args(list: &[&str]) -> Vec<String> {
 // Skipping without python3 and h2
 
 /// Returns from the test unless `python3` with `h2` is here (see `python_h2_available`).
-#[allow(unused_macros)] // in the test binaries that are not interop tests
 macro_rules! require_python_h2 {
     () => {
         if !$crate::support::interop::python_h2_available() {
@@ -271,7 +270,6 @@ macro_rules! require_python_h2 {
         }
     };
 }
-#[allow(unused_imports)] // likewise
 pub(crate) use require_python_h2;
 
 /// Whether `python3` with `h2` is here. Under CI its absence fails the test; elsewhere the test

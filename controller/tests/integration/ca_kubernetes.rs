@@ -13,9 +13,8 @@ use hyper::Method;
 use serde_json::{Value, json};
 use tonic::Code;
 
-mod support;
-use support::fake_api::{FakeApi, status};
-use support::grpc::{Ca, start_ca};
+use crate::support::fake_api::{FakeApi, status};
+use crate::support::grpc::{Ca, start_ca};
 
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const AUDIENCE: &str = "mesh-ca";
