@@ -15,6 +15,14 @@ use anyhow::Context;
 const CRASH_CHILD: &str = "AMBIT_TESTBED_CRASH_CHILD";
 const THIS_TEST: &str = "cleanup_leftovers_removes_a_crashed_run_and_leaves_live_ones_alone";
 
+/// libtest's name for this test (what `--exact` matches): its path below the test crate's root.
+fn this_test() -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{THIS_TEST}"),
+        None => THIS_TEST.to_string(),
+    }
+}
+
 #[test]
 fn cleanup_leftovers_removes_a_crashed_run_and_leaves_live_ones_alone() -> anyhow::Result<()> {
     if std::env::var_os(CRASH_CHILD).is_some() {
@@ -28,7 +36,7 @@ fn cleanup_leftovers_removes_a_crashed_run_and_leaves_live_ones_alone() -> anyho
     // The crash happens in a child process: a run whose owner is alive is in use, not left
     // over, even if that owner forgot its testbed.
     let out = Command::new(std::env::current_exe()?)
-        .args(["--exact", THIS_TEST, "--nocapture", "--test-threads=1"])
+        .args(["--exact", &this_test(), "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD, "1")
         .stdin(Stdio::null())
         .output()?;
