@@ -206,6 +206,17 @@ fn in_namespace<'a, T>(
         .map(|(_, v)| v)
 }
 
+pub type KeyedIter<'a, T> = std::collections::btree_map::Iter<'a, ObjectKey, T>;
+
+/// See [`MeshModel::keyed`].
+pub struct Keyed<'a> {
+    pub workloads: KeyedIter<'a, Workload>,
+    pub services: KeyedIter<'a, ServiceEntry>,
+    pub waypoints: KeyedIter<'a, Waypoint>,
+    pub policies: KeyedIter<'a, AuthorizationPolicy>,
+    pub routes: KeyedIter<'a, Route>,
+}
+
 /// A checked, indexed mesh. Built only by [`MeshBuilder`], so every reference in it resolves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshModel {
@@ -298,6 +309,17 @@ impl MeshModel {
 
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.values()
+    }
+
+    /// Every object of each kind with its key, in key order: for walking two models side by side.
+    pub fn keyed(&self) -> Keyed<'_> {
+        Keyed {
+            workloads: self.workloads.iter(),
+            services: self.services.iter(),
+            waypoints: self.waypoints.iter(),
+            policies: self.policies.iter(),
+            routes: self.routes.iter(),
+        }
     }
 
     /// Does `policy` apply to `workload`? Policies select pods of their own namespace only.

@@ -1,6 +1,6 @@
 //! One model in wire form: every resource built and versioned once, shared by all subscriptions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::ResourceKey;
 use super::desired::{Resolved, SharedChanges, hash_resolved};
-use crate::model::{MeshModel, ObjectKey};
+use crate::model::{KeyedIter, MeshModel, ObjectKey};
 
 /// The resources of one model, each versioned by a hash of its content: an unchanged resource
 /// keeps its version across models and across controller restarts, so a reconnecting proxy's
@@ -36,53 +36,55 @@ pub(super) fn named_key(kind: ResourceType, key: &ObjectKey) -> ResourceKey {
 
 impl Snapshot {
     /// `previous` is the snapshot this one replaces, if any: what changed since is computed once
-    /// here rather than by every subscription.
+    /// here rather than by every subscription, and every resource whose wire form cannot have
+    /// changed is taken over from it rather than built, encoded and hashed again (at 50k
+    /// workloads that was most of a change's cost, and a change touches a handful of objects).
     pub fn build(model: Arc<MeshModel>, previous: Option<&Snapshot>) -> Self {
-        let mut resources = HashMap::new();
-        let mut add = |key: ResourceKey, kind: Kind| {
-            let version = content_version(&kind);
-            let resource = Resource {
-                name: key.name.to_string(),
-                version,
-                kind: Some(kind),
-            };
-            resources.insert(key, Arc::new(resource));
+        let reusable = previous.filter(|p| {
+            // Every wire form carries the trust domain, and workload uids the cluster id.
+            p.model.trust_domain() == model.trust_domain()
+                && p.model.cluster_id() == model.cluster_id()
+        });
+        let mut b = Resources {
+            previous: reusable.map(|p| &p.resources),
+            resources: HashMap::with_capacity(previous.map_or(0, |p| p.resources.len())),
         };
         let m = &model;
-        for w in m.workloads() {
-            add(
-                ResourceKey::new(ResourceType::Workload, w.uid.as_str()),
-                Kind::Workload(m.workload_proto(w)),
-            );
+        let old = reusable.map(|p| p.model.keyed());
+        let new = m.keyed();
+        // A workload's wire form lists the policies that select it.
+        let policy_namespaces =
+            changed_namespaces(old.as_ref().map(|o| &o.policies), &new.policies);
+        for (_, w, was) in paired(old.as_ref().map(|o| &o.workloads), &new.workloads) {
+            let unchanged = was == Some(w) && !policy_namespaces.contains(w.pod.namespace.as_str());
+            let key = ResourceKey::new(ResourceType::Workload, w.uid.as_str());
+            b.add(key, unchanged, || Kind::Workload(m.workload_proto(w)));
         }
-        for s in m.services() {
-            let key = ObjectKey::new(&s.service.namespace, &s.service.name);
-            add(
-                named_key(ResourceType::Service, &key),
-                Kind::Service(m.service_proto(s)),
-            );
+        // A service's wire form names its endpoints by uid, which follows from the cluster id
+        // and the endpoint's key, both compared already.
+        for (key, s, was) in paired(old.as_ref().map(|o| &o.services), &new.services) {
+            let key = named_key(ResourceType::Service, key);
+            b.add(key, was == Some(s), || Kind::Service(m.service_proto(s)));
         }
-        for wp in m.waypoints() {
-            let key = ObjectKey::new(&wp.namespace, &wp.name);
-            add(
-                named_key(ResourceType::WaypointResource, &key),
-                Kind::Waypoint(m.waypoint_proto(wp)),
-            );
+        for (key, wp, was) in paired(old.as_ref().map(|o| &o.waypoints), &new.waypoints) {
+            let key = named_key(ResourceType::WaypointResource, key);
+            b.add(key, was == Some(wp), || {
+                Kind::Waypoint(m.waypoint_proto(wp))
+            });
         }
-        for p in m.policies() {
-            let key = ObjectKey::new(&p.namespace, &p.name);
-            add(
-                named_key(ResourceType::AuthorizationPolicy, &key),
-                Kind::AuthorizationPolicy(m.policy_proto(p)),
-            );
+        for (key, p, was) in paired(old.as_ref().map(|o| &o.policies), &new.policies) {
+            let key = named_key(ResourceType::AuthorizationPolicy, key);
+            b.add(key, was == Some(p), || {
+                Kind::AuthorizationPolicy(m.policy_proto(p))
+            });
         }
-        for r in m.routes() {
-            let key = ObjectKey::new(&r.namespace, &r.name);
-            add(named_key(ResourceType::Route, &key), Kind::Route(r.clone()));
+        for (key, r, was) in paired(old.as_ref().map(|o| &o.routes), &new.routes) {
+            let key = named_key(ResourceType::Route, key);
+            b.add(key, was == Some(r), || Kind::Route(r.clone()));
         }
         let mut snapshot = Snapshot {
             model: model.clone(),
-            resources,
+            resources: b.resources,
             mesh_wide: Arc::default(),
             mesh_wide_hash: 0,
             mesh_wide_changes: None,
@@ -111,6 +113,62 @@ impl Snapshot {
     }
 }
 
+/// The resources of a snapshot being built.
+struct Resources<'p> {
+    /// The previous snapshot's, when its model is comparable with this one.
+    previous: Option<&'p HashMap<ResourceKey, Arc<Resource>>>,
+    resources: HashMap<ResourceKey, Arc<Resource>>,
+}
+
+impl Resources<'_> {
+    /// `unchanged`: the object, and everything else its wire form reads, is the same in the
+    /// previous model, so the previous resource is this one.
+    fn add(&mut self, key: ResourceKey, unchanged: bool, wire_form: impl FnOnce() -> Kind) {
+        if unchanged && let Some(same) = self.previous.and_then(|p| p.get(&key)) {
+            self.resources.insert(key, same.clone());
+            return;
+        }
+        let kind = wire_form();
+        let resource = Resource {
+            name: key.name.to_string(),
+            version: content_version(&kind),
+            kind: Some(kind),
+        };
+        self.resources.insert(key, Arc::new(resource));
+    }
+}
+
+/// Each object of `new` with the object under the same key in `old`, if any; both iterate in
+/// key order, so this is one walk of each rather than a lookup per object.
+fn paired<'a, T>(
+    old: Option<&KeyedIter<'a, T>>,
+    new: &KeyedIter<'a, T>,
+) -> impl Iterator<Item = (&'a ObjectKey, &'a T, Option<&'a T>)> {
+    let mut old = old.cloned().into_iter().flatten().peekable();
+    new.clone().map(move |(key, object)| {
+        while old.next_if(|(k, _)| *k < key).is_some() {}
+        let was = old.next_if(|(k, _)| *k == key).map(|(_, o)| o);
+        (key, object, was)
+    })
+}
+
+/// The namespaces in which an object was added, changed or removed between `old` and `new`
+/// (all of them when there is no `old`).
+fn changed_namespaces<'a, T: PartialEq>(
+    old: Option<&KeyedIter<'a, T>>,
+    new: &KeyedIter<'a, T>,
+) -> HashSet<&'a str> {
+    let mut changed: HashSet<&str> = paired(old, new)
+        .filter(|(_, object, was)| *was != Some(*object))
+        .map(|(key, _, _)| key.namespace.as_str())
+        .collect();
+    if let Some(old) = old {
+        let removed = paired(Some(new), old).filter(|(_, _, now)| now.is_none());
+        changed.extend(removed.map(|(key, _, _)| key.namespace.as_str()));
+    }
+    changed
+}
+
 /// A version that changes exactly when the resource's content does. Protobuf encoding is
 /// deterministic except for maps, whose order follows the generated `HashMap`; the one map (a
 /// policy's selector) is therefore hashed sorted, apart from the rest of the message.
@@ -131,3 +189,6 @@ fn content_version(kind: &Kind) -> String {
     }
     format!("{:016x}", h.finish())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::source::file::parse;
+
+const MESH: &str = "
+trustDomain: TD
+nodes: [{name: a}, {name: b}]
+namespaces:
+  - {name: shop, labels: {ambit.io/dataplane-mode: ambient, ambit.io/use-waypoint: shop-wp}}
+  - {name: bank, labels: {ambit.io/dataplane-mode: ambient}}
+waypoints:
+  - {name: shop-wp, namespace: shop, node: b, ipv4: 10.244.2.100}
+pods:
+  - {name: cart-1, namespace: shop, node: a, labels: {app: cart}, ipv4: 10.244.1.2}
+  - {name: cart-2, namespace: shop, node: b, labels: {app: CART2}, ipv4: 10.244.2.2}
+  - {name: pay-1, namespace: shop, node: b, labels: {app: pay}, ipv4: 10.244.2.3}
+  - {name: vault-1, namespace: bank, node: a, labels: {app: vault}, ipv4: 10.244.1.3}
+services:
+  - {name: cart, namespace: shop, vips: [10.96.0.1], ports: [{port: 80}], selector: {app: cart}}
+  - {name: pay, namespace: shop, vips: [10.96.0.2], ports: [{port: 80}], selector: {app: pay}}
+  - {name: vault, namespace: bank, vips: [10.96.0.3], ports: [{port: 80}], selector: {app: vault}}
+authorizationPolicies:
+  - {name: cart-policy, namespace: shop, selector: {matchLabels: {app: SELECTED}}, action: ALLOW}
+routes:
+  - name: pay-route
+    namespace: shop
+    hostnames: [pay.shop.svc.TD]
+    rules: [{backends: [{service: pay.shop.svc.TD, port: 80}]}]
+";
+
+/// The mesh above with `edits` made, `TD` being `trust_domain`.
+fn snapshot_in(
+    trust_domain: &str,
+    edits: &[(&str, &str)],
+    previous: Option<&Snapshot>,
+) -> Snapshot {
+    let mut text = MESH.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the test's mesh has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let text = text
+        .replace("TD", trust_domain)
+        .replace("CART2", "cart")
+        .replace("SELECTED", "cart");
+    let model = parse(&text, "snapshot test").unwrap().model;
+    Snapshot::build(Arc::new(model), previous)
+}
+
+fn snapshot(edits: &[Edit], previous: Option<&Snapshot>) -> Snapshot {
+    snapshot_in("cluster.local", edits, previous)
+}
+
+/// Keys whose resource the new snapshot took over from `old` (the same allocation).
+fn reused(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut keys: Vec<String> = new
+        .resources
+        .iter()
+        .filter(|(k, r)| old.resources.get(*k).is_some_and(|o| Arc::ptr_eq(o, r)))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Every key with its version and content, to compare snapshots built either way.
+fn contents(s: &Snapshot) -> BTreeMap<String, Resource> {
+    s.resources
+        .iter()
+        .map(|(k, r)| (k.to_string(), (**r).clone()))
+        .collect()
+}
+
+/// What an edit does, the edits to the mesh above, and the keys it must rebuild.
+type Case = (&'static str, &'static [Edit], &'static [&'static str]);
+type Edit = (&'static str, &'static str);
+
+#[test]
+fn an_edit_rebuilds_exactly_the_resources_whose_wire_form_it_changes() {
+    let base = snapshot(&[], None);
+    let cases: [Case; 5] = [
+        (
+            "a pod leaves a service: it and the service change, nothing in bank",
+            &[("labels: {app: CART2}", "labels: {app: other}")],
+            &["service/shop/cart", "workload/local//Pod/shop/cart-2"],
+        ),
+        (
+            "a policy selects other pods: every workload of its namespace is rechecked",
+            &[("matchLabels: {app: SELECTED}", "matchLabels: {app: pay}")],
+            &[
+                "authorization_policy/shop/cart-policy",
+                "workload/local//Pod/shop/cart-1",
+                "workload/local//Pod/shop/cart-2",
+                "workload/local//Pod/shop/pay-1",
+            ],
+        ),
+        (
+            "a waypoint moves",
+            &[("ipv4: 10.244.2.100", "ipv4: 10.244.2.101")],
+            &["waypoint/shop/shop-wp"],
+        ),
+        (
+            "a service gains a port",
+            &[(
+                "10.96.0.3], ports: [{port: 80}]",
+                "10.96.0.3], ports: [{port: 81}]",
+            )],
+            &["service/bank/vault"],
+        ),
+        (
+            "a route sends its traffic elsewhere",
+            &[("{service: pay.shop.svc.TD", "{service: cart.shop.svc.TD")],
+            &["route/shop/pay-route"],
+        ),
+    ];
+    for (what, edits, rebuilt) in cases {
+        let fresh = snapshot(edits, None);
+        let incremental = snapshot(edits, Some(&base));
+        assert_eq!(contents(&incremental), contents(&fresh), "{what}");
+        let mut expected: Vec<String> = fresh
+            .resources
+            .keys()
+            .map(ToString::to_string)
+            .filter(|k| !rebuilt.contains(&k.as_str()))
+            .collect();
+        expected.sort();
+        assert_eq!(reused(&base, &incremental), expected, "{what}");
+    }
+}
+
+#[test]
+fn a_new_trust_domain_rebuilds_everything() {
+    let base = snapshot(&[], None);
+    let moved = snapshot_in("moved.example", &[], Some(&base));
+    let fresh = snapshot_in("moved.example", &[], None);
+    assert_eq!(contents(&moved), contents(&fresh));
+    assert!(reused(&base, &moved).is_empty());
+}
