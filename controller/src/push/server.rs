@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ambit_proto::api::discovery::discovery_server::{Discovery, DiscoveryServer};
 use ambit_proto::api::discovery::{ProxyKind, SubscribeRequest, SubscribeResponse, Subscriber};
+use ambit_proto::response_parts::{self, PART_BYTES};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -27,17 +28,23 @@ pub fn publish_snapshots(
     let first = Snapshot::build(models.borrow_and_update().clone(), None);
     let (tx, rx) = watch::channel(Arc::new(first));
     let task = tokio::spawn(async move {
+        let mut retired = Retired::default();
+        let mut release = tokio::time::interval(RELEASE_EVERY);
         loop {
             tokio::select! {
                 changed = models.changed() => if changed.is_err() { return },
                 () = shutdown.cancelled() => return,
+                _ = release.tick() => {
+                    retired.release();
+                    continue;
+                }
             }
             let model = models.borrow_and_update().clone();
             let previous = tx.borrow().clone();
             let build = move || Snapshot::build(model, Some(&previous));
             match tokio::task::spawn_blocking(build).await {
                 Ok(snapshot) => {
-                    tx.send_replace(Arc::new(snapshot));
+                    retired.retire(tx.send_replace(Arc::new(snapshot)));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "building the config snapshot failed; proxies keep the previous one")
@@ -48,6 +55,33 @@ pub fn publish_snapshots(
     (rx, task)
 }
 
+/// How often snapshots that no subscription holds any more are released.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
+
+/// Replaced snapshots, held until no subscription uses them and then dropped on a blocking
+/// thread. Otherwise the last subscription to move on to a new snapshot frees the old one, a
+/// million allocations at 50k workloads, on an async worker just before sending its own delta.
+#[derive(Default)]
+struct Retired(Vec<Arc<Snapshot>>);
+
+impl Retired {
+    fn retire(&mut self, snapshot: Arc<Snapshot>) {
+        self.0.push(snapshot);
+    }
+
+    fn release(&mut self) {
+        // Only the watch channel hands out snapshots, and it holds the current one, so a
+        // retired snapshot held only here can never be taken again.
+        let (unused, held) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition::<Vec<_>, _>(|s| Arc::strong_count(s) == 1);
+        self.0 = held;
+        if !unused.is_empty() {
+            tokio::task::spawn_blocking(move || drop(unused));
+        }
+    }
+}
+
 /// `discovery.Discovery`. Cheap to clone; every subscription gets its own task.
 #[derive(Clone)]
 pub struct DiscoveryService {
@@ -55,12 +89,14 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     sync: SyncTable,
     access: Option<Arc<SubscriberAccess>>,
+    part_bytes: usize,
 }
 
 /// How often an open subscription's credentials are checked again when the mesh is quiet.
 const RECHECK_EVERY: Duration = Duration::from_secs(300);
 
-/// Responses are small and the proxy answers each before the next, so a short queue suffices.
+/// Parts of at most about a megabyte (see `response_parts`), and the proxy answers each
+/// response before the next, so a short queue suffices.
 const QUEUE: usize = 4;
 
 impl DiscoveryService {
@@ -74,7 +110,15 @@ impl DiscoveryService {
             shutdown,
             sync: SyncTable::default(),
             access: None,
+            part_bytes: PART_BYTES,
         }
+    }
+
+    /// Sends responses in parts of about `bytes` of resources (default [`PART_BYTES`]); tests
+    /// make parts small to see a small mesh split.
+    pub fn with_part_bytes(mut self, bytes: usize) -> Self {
+        self.part_bytes = bytes;
+        self
     }
 
     pub fn authenticate_with(mut self, access: SubscriberAccess) -> Self {
@@ -197,6 +241,7 @@ impl Discovery for DiscoveryService {
             tx,
             snapshots: self.snapshots.clone(),
             session: Session::new(known),
+            part_bytes: self.part_bytes,
             sync_name: sync_name(&subscriber),
             subscriber,
             who,
@@ -215,6 +260,7 @@ struct Stream {
     tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     session: Session,
+    part_bytes: usize,
     subscriber: Subscriber,
     who: String,
     shutdown: CancellationToken,
@@ -263,8 +309,10 @@ impl Stream {
                     full = response.full_state,
                     "pushing config"
                 );
-                if self.tx.send(Ok(response)).await.is_err() {
-                    return "the proxy went away".into();
+                for part in response_parts::split(response, self.part_bytes) {
+                    if self.tx.send(Ok(part)).await.is_err() {
+                        return "the proxy went away".into();
+                    }
                 }
             }
             // Biased towards shutdown: a draining server also ends the request stream, and the
