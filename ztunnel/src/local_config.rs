@@ -266,6 +266,7 @@ fn parse(text: &str, path: &Path) -> Result<SubscribeResponse, LocalConfigError>
         resources,
         removed: Vec::new(),
         full_state: true,
+        more: false,
     })
 }
 

@@ -10,6 +10,7 @@ use ambit_proto::api::discovery::{
     ProxyKind, SubscribeRequest, SubscribeResponse, Subscriber, discovery_client::DiscoveryClient,
 };
 use ambit_proto::drain::DrainWatch;
+use ambit_proto::response_parts::{PartError, Reassembly};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +28,8 @@ pub enum XdsError {
         address: String,
         status: tonic::Status,
     },
+    #[error("the config stream from the controller at {address} is broken: {source}")]
+    Parts { address: String, source: PartError },
     #[error("the stream from the controller at {address} broke ({:?}): {}", status.code(), status_detail(status))]
     Stream {
         address: String,
@@ -83,10 +86,14 @@ pub struct XdsClient {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A full state is one message: ~280 bytes per workload in scope, so tonic's 4 MiB default
-/// would refuse the first config of a mesh of ~15k workloads. The controller is authenticated
-/// (its identity is pinned), so this bounds mistakes, not attacks.
+/// The controller sends responses in parts of about a megabyte (see `response_parts`), but one
+/// resource may be larger than that, and tonic's 4 MiB default is not a limit worth having here.
+/// The controller is authenticated (its identity is pinned), so these bound mistakes, not
+/// attacks.
 pub const MAX_CONFIG_MESSAGE: usize = 256 << 20;
+/// The most one response may hold across its parts: the full state of a 50k-workload mesh is
+/// ~14 MiB.
+pub const MAX_CONFIG_RESPONSE: usize = 1 << 30;
 
 impl XdsClient {
     /// Keeps a subscription up until `drain` fires.
@@ -147,13 +154,24 @@ impl XdsClient {
             })?
             .into_inner();
         tracing::info!(controller = %self.link.address(), node = %self.node, "subscribed for config");
+        let mut parts = Reassembly::new(MAX_CONFIG_RESPONSE);
         loop {
-            let response = stream.message().await.map_err(|status| XdsError::Stream {
+            let part = stream.message().await.map_err(|status| XdsError::Stream {
                 address: address(),
                 status,
             })?;
-            let Some(response) = response else {
+            let Some(part) = part else {
                 return Ok(());
+            };
+            let response = match parts.push(part) {
+                Ok(Some(whole)) => whole,
+                Ok(None) => continue,
+                Err(source) => {
+                    return Err(XdsError::Parts {
+                        address: address(),
+                        source,
+                    });
+                }
             };
             let answer = self.applier.answer(&response);
             if tx.send(answer).await.is_err() {

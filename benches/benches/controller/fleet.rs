@@ -11,6 +11,7 @@ use ambit_proto::api::discovery::{
     ProxyKind, Resource, ResourceType, SubscribeRequest, Subscriber,
 };
 use ambit_proto::control;
+use ambit_proto::response_parts::Reassembly;
 use anyhow::Context;
 use prost::Message;
 use rustls::ClientConfig;
@@ -83,7 +84,14 @@ async fn session(
         .await
         .context("subscribing")?
         .into_inner();
-    while let Some(response) = stream.message().await.context("reading the stream")? {
+    // Parts are put back together as ztunnel does; a response's size is that of all its parts.
+    let mut parts = Reassembly::new(usize::MAX);
+    let mut bytes = 0;
+    while let Some(part) = stream.message().await.context("reading the stream")? {
+        bytes += part.encoded_len();
+        let Some(response) = parts.push(part)? else {
+            continue;
+        };
         let at = Instant::now();
         let ack = SubscribeRequest {
             response_nonce: response.nonce.clone(),
@@ -109,7 +117,7 @@ async fn session(
         let event = Event {
             node,
             at,
-            bytes: response.encoded_len(),
+            bytes: std::mem::take(&mut bytes),
             full: response.full_state,
             keys,
         };
@@ -120,8 +128,8 @@ async fn session(
     Ok(())
 }
 
-/// Subscribes as `node` with ztunnel's discovery client limits and returns the first response's
-/// size, or why it could not be read.
+/// Subscribes as `node` with ztunnel's discovery client limits (per message and per response)
+/// and returns the first response's size, or why it could not be read.
 pub async fn default_limits_probe(
     address: &str,
     tls: Arc<ClientConfig>,
@@ -142,10 +150,18 @@ pub async fn default_limits_probe(
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
-    match stream.message().await {
-        Ok(Some(r)) => Ok(r.encoded_len()),
-        Ok(None) => Err("the stream ended before the first response".into()),
-        Err(s) => Err(s.message().to_string()),
+    let mut parts = Reassembly::new(ambit_ztunnel::xds::MAX_CONFIG_RESPONSE);
+    let mut bytes = 0;
+    loop {
+        let part = match stream.message().await {
+            Ok(Some(part)) => part,
+            Ok(None) => return Err("the stream ended before the first response".into()),
+            Err(s) => return Err(s.message().to_string()),
+        };
+        bytes += part.encoded_len();
+        if parts.push(part).map_err(|e| e.to_string())?.is_some() {
+            return Ok(bytes);
+        }
     }
 }
 

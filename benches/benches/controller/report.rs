@@ -151,7 +151,7 @@ impl Figures {
             Some(Err(e)) => format!("REFUSED: {e}"),
             None => "not tried".into(),
         };
-        line("ztunnel's client (its 256 MiB decode limit)", probe);
+        line("ztunnel's client (its message and response limits)", probe);
         let resume = self.resume_request_bytes;
         line(
             "resume request (known_versions, largest scope)",

@@ -134,6 +134,7 @@ impl Session {
             resources,
             removed,
             full_state,
+            more: false,
         })
     }
 

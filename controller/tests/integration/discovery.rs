@@ -14,6 +14,7 @@ use ambit_proto::api::discovery::{
     ProxyKind, Resource, ResourceType, SubscribeRequest, SubscribeResponse, Subscriber,
 };
 use ambit_proto::identity::CertificateAuthority;
+use ambit_proto::response_parts::PART_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +22,9 @@ use tonic::Streaming;
 
 use crate::support;
 
-struct Controller {
-    server: support::grpc::GrpcServer,
+pub(crate) struct Controller {
+    pub(crate) server: support::grpc::GrpcServer,
+    pub(crate) ca: Arc<CertificateAuthority>,
     models: watch::Sender<Arc<MeshModel>>,
     snapshots: watch::Receiver<Arc<ambit_controller::push::Snapshot>>,
     shutdown: CancellationToken,
@@ -30,7 +32,7 @@ struct Controller {
 
 impl Controller {
     /// Publishes a model and waits until its snapshot is what subscriptions see.
-    async fn publish(&mut self, model: MeshModel) {
+    pub(crate) async fn publish(&mut self, model: MeshModel) {
         self.snapshots.borrow_and_update();
         self.models.send_replace(Arc::new(model));
         tokio::time::timeout(Duration::from_secs(10), self.snapshots.changed())
@@ -47,19 +49,25 @@ impl Drop for Controller {
 }
 
 async fn start(model: MeshModel) -> Controller {
+    start_with_parts(model, PART_BYTES).await
+}
+
+/// A controller that sends responses in parts of about `part_bytes`.
+pub(crate) async fn start_with_parts(model: MeshModel, part_bytes: usize) -> Controller {
     let (models_tx, models) = watch::channel(Arc::new(model));
     let shutdown = CancellationToken::new();
     let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
     let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
     let server = support::grpc::serve(
         ca.clone(),
-        DiscoveryService::new(snapshots.clone(), shutdown.clone()),
-        CaService::new(ca, models, Duration::from_secs(3600)),
+        DiscoveryService::new(snapshots.clone(), shutdown.clone()).with_part_bytes(part_bytes),
+        CaService::new(ca.clone(), models, Duration::from_secs(3600)),
         shutdown.clone(),
     )
     .await;
     Controller {
         server,
+        ca,
         models: models_tx,
         snapshots,
         shutdown,
@@ -70,14 +78,14 @@ fn mesh(text: &str) -> MeshModel {
     parse(text, "test mesh").unwrap().model
 }
 
-struct Proxy {
+pub(crate) struct Proxy {
     requests: mpsc::Sender<SubscribeRequest>,
     responses: Streaming<SubscribeResponse>,
     /// What the proxy holds, as `known_versions` would carry it.
     held: HashMap<String, String>,
 }
 
-fn ztunnel(node: &str) -> Subscriber {
+pub(crate) fn ztunnel(node: &str) -> Subscriber {
     Subscriber {
         kind: ProxyKind::Ztunnel.into(),
         name: node.into(),
@@ -86,7 +94,7 @@ fn ztunnel(node: &str) -> Subscriber {
     }
 }
 
-async fn subscribe(
+pub(crate) async fn subscribe(
     c: &Controller,
     subscriber: Subscriber,
     known_versions: HashMap<String, String>,
@@ -122,7 +130,7 @@ fn key_of(r: &Resource) -> String {
     format!("{}/{}", kind.key_name(), r.name)
 }
 
-fn keys(r: &SubscribeResponse) -> Vec<String> {
+pub(crate) fn keys(r: &SubscribeResponse) -> Vec<String> {
     let mut keys: Vec<String> = r.resources.iter().map(key_of).collect();
     keys.sort();
     keys
@@ -136,7 +144,7 @@ fn removed(r: &SubscribeResponse) -> Vec<String> {
 }
 
 impl Proxy {
-    async fn next(&mut self) -> SubscribeResponse {
+    pub(crate) async fn next(&mut self) -> SubscribeResponse {
         tokio::time::timeout(Duration::from_secs(10), self.responses.message())
             .await
             .expect("no response from the controller")
@@ -150,7 +158,7 @@ impl Proxy {
         }
     }
 
-    async fn ack(&mut self, r: &SubscribeResponse) {
+    pub(crate) async fn ack(&mut self, r: &SubscribeResponse) {
         if r.full_state {
             self.held.clear();
         }
@@ -349,7 +357,7 @@ async fn shutdown_ends_subscriptions_with_unavailable() {
 
 /// 3 nodes, 200 services in 4 namespaces (ns-3 not meshed), one pod per service on node i%3,
 /// one service-less pod per node in ns-3, and 10 policies selecting pod i for i < 10.
-fn big_mesh(svc5_port: u16) -> MeshModel {
+pub(crate) fn big_mesh(svc5_port: u16) -> MeshModel {
     let mut y =
         String::from("nodes: [{name: node-0}, {name: node-1}, {name: node-2}]\nnamespaces:\n");
     for ns in 0..4 {
@@ -392,14 +400,8 @@ fn big_mesh(svc5_port: u16) -> MeshModel {
     mesh(&y)
 }
 
-#[tokio::test]
-async fn a_ztunnel_receives_exactly_its_scope_and_one_change_is_one_small_delta() {
-    let mut c = start(big_mesh(80)).await;
-    let mut p = subscribe(&c, ztunnel("node-0"), HashMap::new())
-        .await
-        .unwrap();
-    let first = p.next().await;
-    assert!(first.full_state);
+/// What node-0 of [`big_mesh`] receives, sorted.
+pub(crate) fn node0_scope() -> Vec<String> {
     let mut expected: Vec<String> = Vec::new();
     for i in 0..200 {
         // Every service and its endpoint: node-0 runs meshed pods, which may call any of them.
@@ -413,7 +415,18 @@ async fn a_ztunnel_receives_exactly_its_scope_and_one_change_is_one_small_delta(
         expected.push(format!("authorization_policy/ns-{ns}/pol-{i}"));
     }
     expected.sort();
-    assert_eq!(keys(&first), expected);
+    expected
+}
+
+#[tokio::test]
+async fn a_ztunnel_receives_exactly_its_scope_and_one_change_is_one_small_delta() {
+    let mut c = start(big_mesh(80)).await;
+    let mut p = subscribe(&c, ztunnel("node-0"), HashMap::new())
+        .await
+        .unwrap();
+    let first = p.next().await;
+    assert!(first.full_state);
+    assert_eq!(keys(&first), node0_scope());
     p.ack(&first).await;
 
     c.publish(big_mesh(81)).await;

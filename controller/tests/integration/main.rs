@@ -1,4 +1,5 @@
-//! The controller's integration tests, in one binary: each file once linked kube, rustls and tonic into a test binary of its own, which cost CI minutes of linking and gigabytes of disk.
+//! The controller's integration tests, in one binary: each file once linked kube, rustls and
+//! tonic into a test binary of its own, which cost CI minutes of linking and gigabytes of disk.
 
 mod support;
 
@@ -7,6 +8,7 @@ mod ca;
 mod ca_kubernetes;
 mod discovery;
 mod discovery_access;
+mod discovery_parts;
 mod kubernetes;
 mod kubernetes_crds;
 mod kubernetes_waypoints;

@@ -1,4 +1,5 @@
-//! The shared wire code's integration tests (HBONE, identity, the control channel), in one binary so the dependencies are linked once.
+//! The shared wire code's integration tests (HBONE, identity, the control channel), in one binary
+//! so the dependencies are linked once.
 
 mod support;
 

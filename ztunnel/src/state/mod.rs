@@ -326,6 +326,7 @@ mod tests {
             resources,
             removed: vec![],
             full_state: full,
+            more: false,
         }
     }
 

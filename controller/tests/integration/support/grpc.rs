@@ -16,6 +16,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::Channel;
 
 pub struct GrpcServer {
+    /// `https://<address>`, for clients that make their own channel.
+    pub url: String,
     /// A lazily connecting TLS channel that pins the controller's identity.
     pub channel: Channel,
     _serving: ServingIdentity,
@@ -44,6 +46,7 @@ pub async fn serve(
     let tls = control::client_config(&ca.trust_bundle(), identity).unwrap();
     let channel = control::channel(&format!("https://{addr}"), Arc::new(tls)).unwrap();
     GrpcServer {
+        url: format!("https://{addr}"),
         channel,
         _serving: serving,
     }
