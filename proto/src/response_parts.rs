@@ -3,44 +3,51 @@
 //! tonic's encoder keep a buffer the size of the largest message for the life of the stream:
 //! ~16 MiB for each ztunnel of a 50k-workload mesh, 2 GiB for 100 of them.
 
-use crate::api::discovery::{Resource, SubscribeResponse};
+use std::sync::Arc;
+
+use crate::api::discovery::{RemovedResource, Resource, SubscribeResponse};
 use prost::Message;
 
 /// Resources per part, in encoded bytes (a single larger resource goes alone).
 pub const PART_BYTES: usize = 1 << 20;
 
-/// The parts of `response`, each with resources of about `part_bytes` at most, made one at a
-/// time as they are taken so that sent parts can be freed while later ones wait. A response
-/// that fits is one part; every response is at least one part.
-pub fn split(response: SubscribeResponse, part_bytes: usize) -> Parts {
-    let SubscribeResponse {
-        system_version,
-        nonce,
-        resources,
-        removed,
-        full_state,
-        more: _,
-    } = response;
-    Parts {
-        header: SubscribeResponse {
-            system_version,
-            nonce,
-            full_state,
-            ..Default::default()
-        },
-        resources: resources.into_iter().peekable(),
-        removed: Some(removed),
-        part_bytes,
+/// A response whose resources are shared with the sender's snapshot. Resources are copied into
+/// wire messages one part at a time, as the parts are taken: a full state of a 50k-workload
+/// mesh copied whole is ~40 MiB per subscriber until its last part is sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedResponse {
+    pub system_version: String,
+    pub nonce: String,
+    pub resources: Vec<Arc<Resource>>,
+    pub removed: Vec<RemovedResource>,
+    pub full_state: bool,
+}
+
+impl SharedResponse {
+    /// The parts, each with resources of about `part_bytes` at most. A response that fits is
+    /// one part; every response is at least one part.
+    pub fn into_parts(self, part_bytes: usize) -> Parts {
+        Parts {
+            header: SubscribeResponse {
+                system_version: self.system_version,
+                nonce: self.nonce,
+                full_state: self.full_state,
+                ..Default::default()
+            },
+            resources: self.resources.into_iter().peekable(),
+            removed: Some(self.removed),
+            part_bytes,
+        }
     }
 }
 
-/// See [`split`].
+/// See [`SharedResponse::into_parts`].
 pub struct Parts {
     /// Everything but resources, removals and `more`, which each part gets a copy of.
     header: SubscribeResponse,
-    resources: std::iter::Peekable<std::vec::IntoIter<Resource>>,
+    resources: std::iter::Peekable<std::vec::IntoIter<Arc<Resource>>>,
     /// Taken by the last part.
-    removed: Option<Vec<crate::api::discovery::RemovedResource>>,
+    removed: Option<Vec<RemovedResource>>,
     part_bytes: usize,
 }
 
@@ -57,7 +64,8 @@ impl Iterator for Parts {
                 break;
             }
             bytes += size;
-            part.resources.extend(self.resources.next());
+            part.resources
+                .extend(self.resources.next().map(|r| (*r).clone()));
         }
         part.more = self.resources.peek().is_some();
         if !part.more {
@@ -156,16 +164,29 @@ mod tests {
         }
     }
 
-    fn response(n: usize) -> SubscribeResponse {
-        SubscribeResponse {
+    fn response(n: usize) -> SharedResponse {
+        SharedResponse {
             system_version: "v7".into(),
             nonce: "3".into(),
-            resources: (0..n).map(|i| resource(&format!("r{i}"), 100)).collect(),
+            resources: (0..n)
+                .map(|i| Arc::new(resource(&format!("r{i}"), 100)))
+                .collect(),
             removed: vec![RemovedResource {
                 r#type: ResourceType::Service.into(),
                 name: "gone".into(),
             }],
             full_state: true,
+        }
+    }
+
+    /// What the receiver should end up with.
+    fn wire(r: &SharedResponse) -> SubscribeResponse {
+        SubscribeResponse {
+            system_version: r.system_version.clone(),
+            nonce: r.nonce.clone(),
+            resources: r.resources.iter().map(|r| (**r).clone()).collect(),
+            removed: r.removed.clone(),
+            full_state: r.full_state,
             more: false,
         }
     }
@@ -173,7 +194,7 @@ mod tests {
     #[test]
     fn parts_carry_the_header_and_put_back_together_are_the_response() {
         let whole = response(50);
-        let parts: Vec<_> = split(whole.clone(), 1000).collect();
+        let parts: Vec<_> = whole.clone().into_parts(1000).collect();
         // ~105 bytes per resource: 9 per part of 1000 bytes.
         assert_eq!(parts.len(), 6);
         for (i, part) in parts.iter().enumerate() {
@@ -197,23 +218,25 @@ mod tests {
         for part in parts {
             out.extend(reassembly.push(part).unwrap());
         }
-        assert_eq!(out, [whole]);
+        assert_eq!(out, [wire(&whole)]);
     }
 
     #[test]
     fn a_small_or_empty_response_is_one_part_and_a_big_resource_goes_alone() {
-        assert_eq!(split(response(3), PART_BYTES).count(), 1);
-        let empty: Vec<_> = split(SubscribeResponse::default(), 10).collect();
+        assert_eq!(response(3).into_parts(PART_BYTES).count(), 1);
+        let empty: Vec<_> = SharedResponse::default().into_parts(10).collect();
         assert_eq!(empty, [SubscribeResponse::default()]);
         let mut big = response(0);
-        big.resources = vec![resource("a", 10), resource("huge", 5000), resource("b", 10)];
-        let sizes: Vec<usize> = split(big, 1000).map(|p| p.resources.len()).collect();
+        big.resources = [resource("a", 10), resource("huge", 5000), resource("b", 10)]
+            .map(Arc::new)
+            .into();
+        let sizes: Vec<usize> = big.into_parts(1000).map(|p| p.resources.len()).collect();
         assert_eq!(sizes, [1, 1, 1]);
     }
 
     #[test]
     fn interleaved_or_oversized_parts_are_refused_and_the_next_response_starts_clean() {
-        let mut parts: Vec<_> = split(response(50), 1000).collect();
+        let mut parts: Vec<_> = response(50).into_parts(1000).collect();
         let mut reassembly = Reassembly::new(1 << 20);
         assert!(reassembly.push(parts.remove(0)).unwrap().is_none());
         let mut other = parts[0].clone();
@@ -224,11 +247,11 @@ mod tests {
                 .contains("part of response 4 while response 3"),
             "{err}"
         );
-        let whole = response(1);
+        let whole = wire(&response(1));
         assert_eq!(reassembly.push(whole.clone()).unwrap(), Some(whole));
 
         let mut small = Reassembly::new(1500);
-        let mut results = split(response(50), 1000).map(|p| small.push(p));
+        let mut results = response(50).into_parts(1000).map(|p| small.push(p));
         assert!(results.next().unwrap().unwrap().is_none());
         let err = results.next().unwrap().unwrap_err();
         assert!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ambit_proto::api::discovery::discovery_server::{Discovery, DiscoveryServer};
 use ambit_proto::api::discovery::{ProxyKind, SubscribeRequest, SubscribeResponse, Subscriber};
-use ambit_proto::response_parts::{self, PART_BYTES};
+use ambit_proto::response_parts::PART_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -309,7 +309,7 @@ impl Stream {
                     full = response.full_state,
                     "pushing config"
                 );
-                for part in response_parts::split(response, self.part_bytes) {
+                for part in response.into_parts(self.part_bytes) {
                     if self.tx.send(Ok(part)).await.is_err() {
                         return "the proxy went away".into();
                     }

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use ambit_proto::api::discovery::{RemovedResource, SubscribeResponse};
+use ambit_proto::api::discovery::RemovedResource;
+use ambit_proto::response_parts::SharedResponse;
 
 use super::ResourceKey;
 use super::desired::Desired;
@@ -60,7 +61,7 @@ impl Session {
 
     /// The response that brings the proxy to `desired`, if one is due: the first response always
     /// is (so the proxy learns it is current), later ones only when something differs.
-    pub fn next_response(&mut self, desired: &Desired) -> Option<SubscribeResponse> {
+    pub fn next_response(&mut self, desired: &Desired) -> Option<SharedResponse> {
         if self.in_flight.is_some() {
             return None;
         }
@@ -75,7 +76,7 @@ impl Session {
         let mut removed = Vec::new();
         if full_state {
             for (key, resource) in desired.iter() {
-                resources.push((**resource).clone());
+                resources.push(resource.clone());
                 changes.push((key.clone(), Some(resource.version.clone())));
             }
         } else {
@@ -85,7 +86,7 @@ impl Session {
                     let refused =
                         matches!(self.rejected.get(key), Some(Some(v)) if *v == resource.version);
                     if !held && !refused {
-                        resources.push((**resource).clone());
+                        resources.push(resource.clone());
                         changes.push((key.clone(), Some(resource.version.clone())));
                     }
                 }
@@ -128,13 +129,12 @@ impl Session {
             changes,
             system_version: desired.system_version(),
         });
-        Some(SubscribeResponse {
+        Some(SharedResponse {
             system_version: desired.system_version(),
             nonce,
             resources,
             removed,
             full_state,
-            more: false,
         })
     }
 
@@ -194,7 +194,7 @@ mod tests {
         Desired::own(own)
     }
 
-    fn names(r: &SubscribeResponse) -> Vec<(&str, &str)> {
+    fn names(r: &SharedResponse) -> Vec<(&str, &str)> {
         r.resources
             .iter()
             .map(|r| (r.name.as_str(), r.version.as_str()))
