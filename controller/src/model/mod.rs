@@ -261,6 +261,13 @@ impl MeshModel {
         self.workloads.get(key)
     }
 
+    pub fn workloads_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        in_namespace(&self.workloads, namespace)
+    }
+
     pub fn workloads_on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Workload> + 'a {
         self.workloads_by_node
             .get(node)

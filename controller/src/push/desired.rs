@@ -74,6 +74,18 @@ pub struct Desired {
     shared_hash: u64,
     shared_changes: Option<SharedChanges>,
     own: Resolved,
+    /// The snapshot this was resolved from, and for a ztunnel the node's part as resolved there,
+    /// which the next snapshot may reuse (see [`super::scope::desired_since`]).
+    pub(super) generation: u64,
+    pub(super) node_part: Option<Arc<NodePart>>,
+}
+
+/// What a ztunnel's scope holds because of its node (its workloads and the policies selecting
+/// them), before the keys also in the shared part are dropped; and whether it gets the shared
+/// part at all (only a node with a meshed pod captures traffic).
+pub struct NodePart {
+    pub(super) own: Resolved,
+    pub(super) captures: bool,
 }
 
 /// A hash of keys and versions, in key order.
@@ -100,6 +112,8 @@ impl Desired {
             shared_hash,
             shared_changes,
             own,
+            generation: 0,
+            node_part: None,
         }
     }
 

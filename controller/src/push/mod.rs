@@ -21,7 +21,7 @@ use ambit_proto::api::discovery::ResourceType;
 
 pub use access::SubscriberAccess;
 pub use desired::Desired;
-pub use scope::{Scope, desired_for, scope_of};
+pub use scope::{Scope, desired_for, desired_since, scope_of};
 pub use server::{DiscoveryService, publish_snapshots};
 pub use snapshot::Snapshot;
 pub use sync::{SyncStatus, SyncTable};

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{Denied, SubscriberAccess};
 use super::session::{Answer, Session};
-use super::{ResourceKey, Snapshot, SyncTable, desired_for};
+use super::{ResourceKey, Snapshot, SyncTable, desired_for, desired_since};
 use crate::model::{MeshModel, ObjectKey};
 
 /// Builds a snapshot of every new model, off the async workers since a large mesh takes a while,
@@ -342,7 +342,7 @@ impl Stream {
                     if let Err(ended) = self.recheck().await {
                         return ended;
                     }
-                    desired = desired_for(&snapshot, &self.subscriber);
+                    desired = desired_since(&snapshot, &self.subscriber, &desired);
                 }
             }
         }

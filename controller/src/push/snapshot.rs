@@ -23,6 +23,14 @@ pub struct Snapshot {
     pub(super) mesh_wide_hash: u64,
     /// How `mesh_wide` differs from the previous snapshot's.
     pub(super) mesh_wide_changes: Option<SharedChanges>,
+    /// One more than the previous snapshot's: tells a subscription whether `touched_nodes` is
+    /// relative to the snapshot it last saw.
+    pub(super) generation: u64,
+    /// The nodes whose part of a ztunnel scope (see [`super::scope`]) may differ from the
+    /// previous snapshot's: a workload on them was added, removed or changed, or a policy
+    /// changed in a namespace with a workload on them. `None`: any may (no previous snapshot,
+    /// or a new trust domain or cluster id).
+    pub(super) touched_nodes: Option<HashSet<String>>,
 }
 
 pub(super) fn workload_key(model: &MeshModel, key: &ObjectKey) -> Option<ResourceKey> {
@@ -55,11 +63,25 @@ impl Snapshot {
         // A workload's wire form lists the policies that select it.
         let policy_namespaces =
             changed_namespaces(old.as_ref().map(|o| &o.policies), &new.policies);
+        let mut touched_nodes = HashSet::new();
         for (_, w, was) in paired(old.as_ref().map(|o| &o.workloads), &new.workloads) {
+            if was != Some(w) {
+                touched_nodes.extend([Some(w), was].into_iter().flatten().map(|w| &w.pod.node));
+            }
             let unchanged = was == Some(w) && !policy_namespaces.contains(w.pod.namespace.as_str());
             let key = ResourceKey::new(ResourceType::Workload, w.uid.as_str());
             b.add(key, unchanged, || Kind::Workload(m.workload_proto(w)));
         }
+        if let (Some(previous), Some(old)) = (reusable, &old) {
+            let removed =
+                paired(Some(&new.workloads), &old.workloads).filter(|(_, _, now)| now.is_none());
+            touched_nodes.extend(removed.map(|(_, w, _)| &w.pod.node));
+            for ns in &policy_namespaces {
+                let nodes = m.workloads_in(ns).chain(previous.model.workloads_in(ns));
+                touched_nodes.extend(nodes.map(|w| &w.pod.node));
+            }
+        }
+        let touched_nodes = reusable.map(|_| touched_nodes.into_iter().cloned().collect());
         // A service's wire form names its endpoints by uid, which follows from the cluster id
         // and the endpoint's key, both compared already.
         for (key, s, was) in paired(old.as_ref().map(|o| &o.services), &new.services) {
@@ -88,6 +110,8 @@ impl Snapshot {
             mesh_wide: Arc::default(),
             mesh_wide_hash: 0,
             mesh_wide_changes: None,
+            generation: previous.map_or(0, |p| p.generation + 1),
+            touched_nodes,
         };
         let mesh_wide = snapshot.resolve(&super::scope::mesh_wide(&model));
         snapshot.mesh_wide_hash = hash_resolved(&mesh_wide);

@@ -125,3 +125,68 @@ fn resource_keys_read_back_what_they_print() {
     assert_eq!(ResourceKey::parse("gadget/shop/all"), None);
     assert_eq!(ResourceKey::parse("service/"), None);
 }
+
+fn ztunnel_of(node: &str) -> Subscriber {
+    Subscriber {
+        kind: ProxyKind::Ztunnel.into(),
+        name: node.into(),
+        namespace: String::new(),
+        version: String::new(),
+    }
+}
+
+fn snapshot_of(text: &str, previous: Option<&Snapshot>) -> Snapshot {
+    Snapshot::build(Arc::new(parse(text, "scope test").unwrap().model), previous)
+}
+
+fn versions(d: &Desired) -> Vec<(String, String)> {
+    d.iter()
+        .map(|(k, r)| (k.to_string(), r.version.clone()))
+        .collect()
+}
+
+#[test]
+fn a_change_elsewhere_reuses_a_nodes_part_and_a_change_on_it_does_not() {
+    let before = snapshot_of(MESH, None);
+    // cart-1 (node a) gets a new label; node c runs nothing of shop.
+    let edited = MESH.replace(
+        "labels: {app: cart}, ipv4",
+        "labels: {app: cart, v: 2}, ipv4",
+    );
+    let after = snapshot_of(&edited, Some(&before));
+    for node in ["a", "b", "c"] {
+        let sub = ztunnel_of(node);
+        let previous = desired_for(&before, &sub);
+        let since = desired_since(&after, &sub, &previous);
+        let fresh = desired_for(&after, &sub);
+        assert_eq!(versions(&since), versions(&fresh), "node {node}");
+        assert_eq!(
+            since.system_version(),
+            fresh.system_version(),
+            "node {node}"
+        );
+        let reused = Arc::ptr_eq(
+            since.node_part.as_ref().unwrap(),
+            previous.node_part.as_ref().unwrap(),
+        );
+        assert_eq!(reused, node != "a", "node {node}");
+    }
+    // A policy edit touches the nodes with a workload in its namespace (a and b run shop).
+    let edited = MESH.replace(
+        "{name: all, namespace: shop, action: DENY}",
+        "{name: all, namespace: shop, action: ALLOW}",
+    );
+    let after = snapshot_of(&edited, Some(&before));
+    let mut touched: Vec<_> = after.touched_nodes.clone().unwrap().into_iter().collect();
+    touched.sort();
+    assert_eq!(touched, ["a", "b"]);
+    // A subscription that missed a snapshot cannot rely on what the last one touched.
+    let later = snapshot_of(MESH, Some(&after));
+    let sub = ztunnel_of("c");
+    let stale = desired_for(&before, &sub);
+    let since = desired_since(&later, &sub, &stale);
+    assert!(!Arc::ptr_eq(
+        since.node_part.as_ref().unwrap(),
+        stale.node_part.as_ref().unwrap()
+    ));
+}
