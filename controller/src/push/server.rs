@@ -95,9 +95,10 @@ pub struct DiscoveryService {
 /// How often an open subscription's credentials are checked again when the mesh is quiet.
 const RECHECK_EVERY: Duration = Duration::from_secs(300);
 
-/// Parts of at most about a megabyte (see `response_parts`), and the proxy answers each
-/// response before the next, so a short queue suffices.
-const QUEUE: usize = 4;
+/// One part waits while tonic encodes the one before: parts are about a megabyte encoded (see
+/// `response_parts`) and larger as messages, and every subscriber holds its queue in an initial
+/// push (at 50k workloads a queue of four raised that push's peak heap by 1 GiB).
+const QUEUE: usize = 1;
 
 impl DiscoveryService {
     /// Ends every subscription (with `UNAVAILABLE`, so proxies reconnect elsewhere or later) when
