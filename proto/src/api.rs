@@ -26,6 +26,13 @@ pub mod ambit {
     }
 }
 
+/// The controller's side of `Discovery/Subscribe`, answering with
+/// [`EncodedPart`](crate::response_parts::EncodedPart)s (see `build.rs`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod discovery_encoded {
+    tonic::include_proto!("ambit.discovery.v1.Discovery");
+}
+
 pub use ambit::discovery::v1 as discovery;
 pub use ambit::route::v1 as route;
 pub use ambit::security::v1 as security;

@@ -3,22 +3,23 @@
 //! tonic's encoder keep a buffer the size of the largest message for the life of the stream:
 //! ~16 MiB for each ztunnel of a 50k-workload mesh, 2 GiB for 100 of them.
 
-use std::sync::Arc;
+use bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType};
+use prost::{DecodeError, Message};
 
-use crate::api::discovery::{RemovedResource, Resource, SubscribeResponse};
-use prost::Message;
+use crate::api::discovery::{RemovedResource, SubscribeResponse};
 
 /// Resources per part, in encoded bytes (a single larger resource goes alone).
 pub const PART_BYTES: usize = 1 << 20;
 
-/// A response whose resources are shared with the sender's snapshot. Resources are copied into
-/// wire messages one part at a time, as the parts are taken: a full state of a 50k-workload
-/// mesh copied whole is ~40 MiB per subscriber until its last part is sent.
+/// A response whose resources are encoded already (each an encoded `Resource`, shared with the
+/// sender's snapshot): the controller encodes a resource once per snapshot, not once for every
+/// subscriber it is sent to.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SharedResponse {
     pub system_version: String,
     pub nonce: String,
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: Vec<Bytes>,
     pub removed: Vec<RemovedResource>,
     pub full_state: bool,
 }
@@ -28,7 +29,7 @@ impl SharedResponse {
     /// one part; every response is at least one part.
     pub fn into_parts(self, part_bytes: usize) -> Parts {
         Parts {
-            header: SubscribeResponse {
+            header: EncodedPart {
                 system_version: self.system_version,
                 nonce: self.nonce,
                 full_state: self.full_state,
@@ -44,34 +45,115 @@ impl SharedResponse {
 /// See [`SharedResponse::into_parts`].
 pub struct Parts {
     /// Everything but resources, removals and `more`, which each part gets a copy of.
-    header: SubscribeResponse,
-    resources: std::iter::Peekable<std::vec::IntoIter<Arc<Resource>>>,
+    header: EncodedPart,
+    resources: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
     /// Taken by the last part.
     removed: Option<Vec<RemovedResource>>,
     part_bytes: usize,
 }
 
 impl Iterator for Parts {
-    type Item = SubscribeResponse;
+    type Item = EncodedPart;
 
-    fn next(&mut self) -> Option<SubscribeResponse> {
+    fn next(&mut self) -> Option<EncodedPart> {
         self.removed.as_ref()?;
         let mut part = self.header.clone();
         let mut bytes = 0;
         while let Some(next) = self.resources.peek() {
-            let size = next.encoded_len();
-            if !part.resources.is_empty() && bytes + size > self.part_bytes {
+            if !part.resources.is_empty() && bytes + next.len() > self.part_bytes {
                 break;
             }
-            bytes += size;
-            part.resources
-                .extend(self.resources.next().map(|r| (*r).clone()));
+            bytes += next.len();
+            part.resources.extend(self.resources.next());
         }
         part.more = self.resources.peek().is_some();
         if !part.more {
             part.removed = self.removed.take().unwrap_or_default();
         }
         Some(part)
+    }
+}
+
+/// A `SubscribeResponse` as the controller sends it, its resources written out as the bytes
+/// they were encoded to: on the wire it is exactly the `SubscribeResponse` with those resources.
+/// Only ever encoded; decoding one skips every field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedPart {
+    pub system_version: String,
+    pub nonce: String,
+    pub resources: Vec<Bytes>,
+    pub removed: Vec<RemovedResource>,
+    pub full_state: bool,
+    pub more: bool,
+}
+
+// Field numbers of `SubscribeResponse` (discovery.proto).
+const SYSTEM_VERSION: u32 = 1;
+const NONCE: u32 = 2;
+const RESOURCES: u32 = 3;
+const REMOVED: u32 = 4;
+const FULL_STATE: u32 = 5;
+const MORE: u32 = 6;
+
+impl Message for EncodedPart {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        use prost::encoding::{bool, bytes, message, string};
+        if !self.system_version.is_empty() {
+            string::encode(SYSTEM_VERSION, &self.system_version, buf);
+        }
+        if !self.nonce.is_empty() {
+            string::encode(NONCE, &self.nonce, buf);
+        }
+        for resource in &self.resources {
+            bytes::encode(RESOURCES, resource, buf);
+        }
+        for removed in &self.removed {
+            message::encode(REMOVED, removed, buf);
+        }
+        if self.full_state {
+            bool::encode(FULL_STATE, &self.full_state, buf);
+        }
+        if self.more {
+            bool::encode(MORE, &self.more, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{bool, bytes, message, string};
+        let text = |tag, value: &String| {
+            if value.is_empty() {
+                0
+            } else {
+                string::encoded_len(tag, value)
+            }
+        };
+        let flag = |tag, value: bool| {
+            if value {
+                bool::encoded_len(tag, &value)
+            } else {
+                0
+            }
+        };
+        text(SYSTEM_VERSION, &self.system_version)
+            + text(NONCE, &self.nonce)
+            + bytes::encoded_len_repeated(RESOURCES, &self.resources)
+            + message::encoded_len_repeated(REMOVED, &self.removed)
+            + flag(FULL_STATE, self.full_state)
+            + flag(MORE, self.more)
+    }
+
+    fn clear(&mut self) {
+        *self = EncodedPart::default();
     }
 }
 
@@ -154,7 +236,7 @@ impl Reassembly {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::discovery::{RemovedResource, ResourceType};
+    use crate::api::discovery::{Resource, ResourceType};
 
     fn resource(name: &str, padding: usize) -> Resource {
         Resource {
@@ -164,13 +246,11 @@ mod tests {
         }
     }
 
-    fn response(n: usize) -> SharedResponse {
+    fn response(resources: &[Resource]) -> SharedResponse {
         SharedResponse {
             system_version: "v7".into(),
             nonce: "3".into(),
-            resources: (0..n)
-                .map(|i| Arc::new(resource(&format!("r{i}"), 100)))
-                .collect(),
+            resources: resources.iter().map(|r| r.encode_to_vec().into()).collect(),
             removed: vec![RemovedResource {
                 r#type: ResourceType::Service.into(),
                 name: "gone".into(),
@@ -179,26 +259,52 @@ mod tests {
         }
     }
 
-    /// What the receiver should end up with.
-    fn wire(r: &SharedResponse) -> SubscribeResponse {
-        SubscribeResponse {
-            system_version: r.system_version.clone(),
-            nonce: r.nonce.clone(),
-            resources: r.resources.iter().map(|r| (**r).clone()).collect(),
-            removed: r.removed.clone(),
-            full_state: r.full_state,
+    fn numbered(n: usize) -> Vec<Resource> {
+        (0..n).map(|i| resource(&format!("r{i}"), 100)).collect()
+    }
+
+    /// A part as the proxy's generated client reads it.
+    fn received(part: &EncodedPart) -> SubscribeResponse {
+        let wire = part.encode_to_vec();
+        assert_eq!(wire.len(), part.encoded_len());
+        SubscribeResponse::decode(&wire[..]).unwrap()
+    }
+
+    #[test]
+    fn an_encoded_part_is_on_the_wire_the_response_it_stands_for() {
+        let resources = numbered(3);
+        let [part] = &response(&resources)
+            .into_parts(PART_BYTES)
+            .collect::<Vec<_>>()[..]
+        else {
+            panic!("one part expected")
+        };
+        let expected = SubscribeResponse {
+            system_version: "v7".into(),
+            nonce: "3".into(),
+            resources: resources.clone(),
+            removed: part.removed.clone(),
+            full_state: true,
             more: false,
-        }
+        };
+        assert_eq!(part.encode_to_vec(), expected.encode_to_vec());
+        assert_eq!(
+            received(&EncodedPart::default()),
+            SubscribeResponse::default()
+        );
     }
 
     #[test]
     fn parts_carry_the_header_and_put_back_together_are_the_response() {
-        let whole = response(50);
-        let parts: Vec<_> = whole.clone().into_parts(1000).collect();
-        // ~105 bytes per resource: 9 per part of 1000 bytes.
+        let resources = numbered(50);
+        let parts: Vec<_> = response(&resources).into_parts(1000).collect();
+        // ~107 bytes per resource: 9 per part of 1000 bytes.
         assert_eq!(parts.len(), 6);
+        let mut reassembly = Reassembly::new(1 << 20);
+        let mut out = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             let last = i == parts.len() - 1;
+            let part = received(part);
             assert_eq!(part.more, !last);
             assert_eq!(
                 (part.nonce.as_str(), part.system_version.as_str()),
@@ -212,31 +318,31 @@ mod tests {
             );
             let bytes: usize = part.resources.iter().map(Message::encoded_len).sum();
             assert!(bytes <= 1000 && !part.resources.is_empty());
-        }
-        let mut reassembly = Reassembly::new(1 << 20);
-        let mut out = Vec::new();
-        for part in parts {
             out.extend(reassembly.push(part).unwrap());
         }
-        assert_eq!(out, [wire(&whole)]);
+        let [whole] = &out[..] else {
+            panic!("{} responses", out.len())
+        };
+        assert_eq!(whole.resources, resources);
+        assert!(whole.full_state && !whole.more && whole.removed.len() == 1);
     }
 
     #[test]
     fn a_small_or_empty_response_is_one_part_and_a_big_resource_goes_alone() {
-        assert_eq!(response(3).into_parts(PART_BYTES).count(), 1);
+        assert_eq!(response(&numbered(3)).into_parts(PART_BYTES).count(), 1);
         let empty: Vec<_> = SharedResponse::default().into_parts(10).collect();
-        assert_eq!(empty, [SubscribeResponse::default()]);
-        let mut big = response(0);
-        big.resources = [resource("a", 10), resource("huge", 5000), resource("b", 10)]
-            .map(Arc::new)
-            .into();
+        assert_eq!(empty, [EncodedPart::default()]);
+        let big = response(&[resource("a", 10), resource("huge", 5000), resource("b", 10)]);
         let sizes: Vec<usize> = big.into_parts(1000).map(|p| p.resources.len()).collect();
         assert_eq!(sizes, [1, 1, 1]);
     }
 
     #[test]
     fn interleaved_or_oversized_parts_are_refused_and_the_next_response_starts_clean() {
-        let mut parts: Vec<_> = response(50).into_parts(1000).collect();
+        let mut parts: Vec<_> = response(&numbered(50))
+            .into_parts(1000)
+            .map(|p| received(&p))
+            .collect();
         let mut reassembly = Reassembly::new(1 << 20);
         assert!(reassembly.push(parts.remove(0)).unwrap().is_none());
         let mut other = parts[0].clone();
@@ -247,11 +353,18 @@ mod tests {
                 .contains("part of response 4 while response 3"),
             "{err}"
         );
-        let whole = wire(&response(1));
+        let whole = received(
+            &response(&numbered(1))
+                .into_parts(PART_BYTES)
+                .next()
+                .unwrap(),
+        );
         assert_eq!(reassembly.push(whole.clone()).unwrap(), Some(whole));
 
         let mut small = Reassembly::new(1500);
-        let mut results = response(50).into_parts(1000).map(|p| small.push(p));
+        let mut results = response(&numbered(50))
+            .into_parts(1000)
+            .map(|p| small.push(received(&p)));
         assert!(results.next().unwrap().unwrap().is_none());
         let err = results.next().unwrap().unwrap_err();
         assert!(

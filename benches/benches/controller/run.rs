@@ -84,7 +84,7 @@ fn full_set(snapshot: &Snapshot) -> Vec<Resource> {
             m.routes()
                 .map(|r| named(ResourceType::Route, &r.namespace, &r.name)),
         );
-    keys.filter_map(|k| snapshot.resource(&k).map(|r| (**r).clone()))
+    keys.filter_map(|k| snapshot.resource(&k).map(|r| r.resource.clone()))
         .collect()
 }
 

@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use ambit_proto::api::discovery::Resource;
-
 use super::ResourceKey;
+use super::snapshot::WireResource;
 
-pub type Resolved = BTreeMap<ResourceKey, Arc<Resource>>;
+pub type Resolved = BTreeMap<ResourceKey, Arc<WireResource>>;
 
 /// How a snapshot's shared part differs from the previous snapshot's: computed once per snapshot
 /// so that each subscription diffs only these keys, not its whole scope.
@@ -142,7 +141,7 @@ impl Desired {
         Some(keys)
     }
 
-    pub fn get(&self, key: &ResourceKey) -> Option<&Arc<Resource>> {
+    pub fn get(&self, key: &ResourceKey) -> Option<&Arc<WireResource>> {
         self.shared.get(key).or_else(|| self.own.get(key))
     }
 
@@ -150,7 +149,7 @@ impl Desired {
         self.shared.contains_key(key) || self.own.contains_key(key)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&ResourceKey, &Arc<Resource>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&ResourceKey, &Arc<WireResource>)> {
         self.shared.iter().chain(self.own.iter())
     }
 

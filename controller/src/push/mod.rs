@@ -23,7 +23,7 @@ pub use access::SubscriberAccess;
 pub use desired::Desired;
 pub use scope::{Scope, desired_for, desired_since, scope_of};
 pub use server::{DiscoveryService, publish_snapshots};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, WireResource};
 pub use sync::{SyncStatus, SyncTable};
 
 /// One resource's identity in a subscription: its type and name.

@@ -102,7 +102,7 @@ impl Session {
         let mut removed = Vec::new();
         if full_state {
             for (key, resource) in desired.iter() {
-                resources.push(resource.clone());
+                resources.push(resource.encoded.clone());
                 changes.push((key.clone(), Some(Version::of(&resource.version))));
             }
         } else {
@@ -112,7 +112,7 @@ impl Session {
                     let held = self.acked.get(key) == Some(&version);
                     let refused = matches!(self.rejected.get(key), Some(Some(v)) if *v == version);
                     if !held && !refused {
-                        resources.push(resource.clone());
+                        resources.push(resource.encoded.clone());
                         changes.push((key.clone(), Some(version)));
                     }
                 }
@@ -200,7 +200,9 @@ mod tests {
 
     use ambit_proto::api::discovery::{Resource, ResourceType};
 
+    use crate::push::WireResource;
     use crate::push::desired::SharedChanges;
+    use prost::Message;
 
     use super::*;
 
@@ -214,21 +216,26 @@ mod tests {
             .iter()
             .map(|(name, short)| {
                 let key = ResourceKey::new(ResourceType::Service, *name);
-                let r = Resource {
+                let resource = Resource {
                     name: name.to_string(),
                     version: version(short),
                     kind: None,
                 };
-                (key, Arc::new(r))
+                let encoded = resource.encode_to_vec().into();
+                (key, Arc::new(WireResource { resource, encoded }))
             })
             .collect();
         Desired::own(own)
     }
 
-    fn names(r: &SharedResponse) -> Vec<(&str, &str)> {
+    /// Each resource sent as `name@version`, the version short again.
+    fn names(r: &SharedResponse) -> Vec<String> {
         r.resources
             .iter()
-            .map(|r| (r.name.as_str(), r.version.trim_start_matches('0')))
+            .map(|bytes| {
+                let r = Resource::decode(bytes.clone()).unwrap();
+                format!("{}@{}", r.name, r.version.trim_start_matches('0'))
+            })
             .collect()
     }
 
@@ -239,7 +246,7 @@ mod tests {
             .next_response(&desired(&[("a", "1"), ("b", "1")]))
             .unwrap();
         assert!(first.full_state);
-        assert_eq!(names(&first), [("a", "1"), ("b", "1")]);
+        assert_eq!(names(&first), ["a@1", "b@1"]);
         assert!(
             s.next_response(&desired(&[("a", "2")])).is_none(),
             "one response in flight"
@@ -247,7 +254,7 @@ mod tests {
         assert_eq!(s.answer(&first.nonce, ""), Answer::Ack);
         let delta = s.next_response(&desired(&[("a", "2")])).unwrap();
         assert!(!delta.full_state);
-        assert_eq!(names(&delta), [("a", "2")]);
+        assert_eq!(names(&delta), ["a@2"]);
         assert_eq!(delta.removed.len(), 1);
         assert_eq!(delta.removed[0].name, "b");
         assert_ne!(delta.nonce, first.nonce);
@@ -270,11 +277,11 @@ mod tests {
         );
         assert!(s.next_response(&desired(&[("a", "bad")])).is_none());
         let fixed = s.next_response(&desired(&[("a", "3")])).unwrap();
-        assert_eq!(names(&fixed), [("a", "3")]);
+        assert_eq!(names(&fixed), ["a@3"]);
         s.answer(&fixed.nonce, "");
         // Back to the rejected version later: a new change, so it is offered again.
         let again = s.next_response(&desired(&[("a", "bad")])).unwrap();
-        assert_eq!(names(&again), [("a", "bad")]);
+        assert_eq!(names(&again), ["a@bad"]);
     }
 
     fn known(items: &[(&str, &str)]) -> HashMap<ResourceKey, String> {
@@ -291,7 +298,7 @@ mod tests {
             .next_response(&desired(&[("a", "1"), ("b", "1")]))
             .unwrap();
         assert!(!first.full_state);
-        assert_eq!(names(&first), [("b", "1")]);
+        assert_eq!(names(&first), ["b@1"]);
         assert_eq!(first.removed[0].name, "gone");
         // Even when nothing differs, the first response tells the proxy it is current.
         let mut s = Session::new(known(&[("a", &version("1"))]));
@@ -307,10 +314,7 @@ mod tests {
         let first = s
             .next_response(&desired(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]))
             .unwrap();
-        assert_eq!(
-            names(&first),
-            [("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]
-        );
+        assert_eq!(names(&first), ["a@1", "b@1", "c@1", "d@1"]);
     }
 
     fn resolved(items: &[(&str, &str)]) -> crate::push::desired::Resolved {
@@ -330,7 +334,7 @@ mod tests {
         let mut sessions = [Session::new(HashMap::new()), Session::new(HashMap::new())];
         for s in &mut sessions {
             let first = s.next_response(&d1).unwrap();
-            assert_eq!(names(&first), [("a", "1"), ("b", "1"), ("x", "1")]);
+            assert_eq!(names(&first), ["a@1", "b@1", "x@1"]);
             s.answer(&first.nonce, "");
         }
         // The second session forgets where it was, so it compares everything.
@@ -338,7 +342,7 @@ mod tests {
         let [incremental, full] = sessions.map(|mut s| s.next_response(&d2).unwrap());
         for delta in [&incremental, &full] {
             // b moved from the shared to the own part unchanged: not resent.
-            assert_eq!(names(delta), [("a", "2"), ("c", "1")]);
+            assert_eq!(names(delta), ["a@2", "c@1"]);
             let removed: Vec<_> = delta.removed.iter().map(|r| r.name.as_str()).collect();
             assert_eq!(removed, ["x"]);
         }

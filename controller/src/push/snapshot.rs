@@ -2,9 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{Resource, ResourceType, resource::Kind};
+use bytes::Bytes;
 use prost::Message;
 
 use super::ResourceKey;
@@ -16,7 +18,7 @@ use crate::model::{KeyedIter, MeshModel, ObjectKey};
 /// `known_versions` match without any shared history.
 pub struct Snapshot {
     model: Arc<MeshModel>,
-    resources: HashMap<ResourceKey, Arc<Resource>>,
+    resources: HashMap<ResourceKey, Arc<WireResource>>,
     /// What every node that captures traffic receives (see [`super::scope`]), resolved once per
     /// model rather than once per node.
     pub(super) mesh_wide: Arc<Resolved>,
@@ -125,7 +127,7 @@ impl Snapshot {
         &self.model
     }
 
-    pub fn resource(&self, key: &ResourceKey) -> Option<&Arc<Resource>> {
+    pub fn resource(&self, key: &ResourceKey) -> Option<&Arc<WireResource>> {
         self.resources.get(key)
     }
 
@@ -137,11 +139,27 @@ impl Snapshot {
     }
 }
 
+/// A resource in wire form and encoded: encoded once per snapshot, then sent as these bytes to
+/// every subscriber that needs it.
+#[derive(Debug)]
+pub struct WireResource {
+    pub resource: Resource,
+    pub encoded: Bytes,
+}
+
+impl Deref for WireResource {
+    type Target = Resource;
+
+    fn deref(&self) -> &Resource {
+        &self.resource
+    }
+}
+
 /// The resources of a snapshot being built.
 struct Resources<'p> {
     /// The previous snapshot's, when its model is comparable with this one.
-    previous: Option<&'p HashMap<ResourceKey, Arc<Resource>>>,
-    resources: HashMap<ResourceKey, Arc<Resource>>,
+    previous: Option<&'p HashMap<ResourceKey, Arc<WireResource>>>,
+    resources: HashMap<ResourceKey, Arc<WireResource>>,
 }
 
 impl Resources<'_> {
@@ -158,7 +176,9 @@ impl Resources<'_> {
             version: content_version(&kind),
             kind: Some(kind),
         };
-        self.resources.insert(key, Arc::new(resource));
+        let encoded = resource.encode_to_vec().into();
+        self.resources
+            .insert(key, Arc::new(WireResource { resource, encoded }));
     }
 }
 
