@@ -48,6 +48,7 @@ fn a_bad_mesh_file_stops_the_start_with_its_line() {
         stderr.contains("line 3") && stderr.contains("colour"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
