@@ -1,7 +1,7 @@
 //! Ambit's shared wire code, used by every component: the gRPC APIs between them ([`api`]), the
-//! TLS they travel in ([`control`]) and how a large discovery response is split and put back
-//! together ([`response_parts`]), workload identity ([`identity`]), HBONE tunnels ([`hbone`])
-//! and graceful shutdown ([`drain`]).
+//! TLS they travel in ([`control`]) and how discovery responses go out (resources encoded once,
+//! large responses in parts) and are put back together ([`response_parts`]), workload identity
+//! ([`identity`]), HBONE tunnels ([`hbone`]) and graceful shutdown ([`drain`]).
 
 pub mod api;
 pub mod control;
