@@ -10,13 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     // The controller's side of Discovery/Subscribe, sending parts whose resources were encoded
-    // once per snapshot (`response_parts::EncodedPart`) rather than copied and encoded again
+    // once per snapshot (`response_parts::EncodedResponse`) rather than copied and encoded again
     // for every subscriber. Same route and bytes on the wire as the generated service.
     let subscribe = tonic_build::manual::Method::builder()
         .name("subscribe")
         .route_name("Subscribe")
         .input_type("crate::api::discovery::SubscribeRequest")
-        .output_type("crate::response_parts::EncodedPart")
+        .output_type("crate::response_parts::EncodedResponse")
         .codec_path("tonic_prost::ProstCodec")
         .client_streaming()
         .server_streaming()

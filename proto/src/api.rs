@@ -27,7 +27,7 @@ pub mod ambit {
 }
 
 /// The controller's side of `Discovery/Subscribe`, answering with
-/// [`EncodedPart`](crate::response_parts::EncodedPart)s (see `build.rs`).
+/// [`EncodedResponse`](crate::response_parts::EncodedResponse)s (see `build.rs`).
 #[allow(clippy::all, clippy::pedantic)]
 pub mod discovery_encoded {
     tonic::include_proto!("ambit.discovery.v1.Discovery");

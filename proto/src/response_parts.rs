@@ -1,7 +1,8 @@
-//! A discovery response in parts (`SubscribeResponse.more`): the controller splits a large one,
-//! the proxy puts it back together before applying it. One message per response would make
-//! tonic's encoder keep a buffer the size of the largest message for the life of the stream:
-//! ~16 MiB for each ztunnel of a 50k-workload mesh, 2 GiB for 100 of them.
+//! How the controller sends discovery responses and a proxy reads them: resources encoded once
+//! per snapshot ([`EncodedResponse`]), a large response in parts (`SubscribeResponse.more`) that
+//! the proxy puts back together before applying it ([`Reassembly`]). One message per response
+//! would make tonic's encoder keep a buffer the size of the largest message for the life of the
+//! stream: ~16 MiB for each ztunnel of a 50k-workload mesh, 2 GiB for 100 of them.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
@@ -12,40 +13,40 @@ use crate::api::discovery::{RemovedResource, SubscribeResponse};
 /// Resources per part, in encoded bytes (a single larger resource goes alone).
 pub const PART_BYTES: usize = 1 << 20;
 
-/// A response whose resources are encoded already (each an encoded `Resource`, shared with the
-/// sender's snapshot): the controller encodes a resource once per snapshot, not once for every
-/// subscriber it is sent to.
+/// A `SubscribeResponse` as the controller sends it: its resources are the bytes they were
+/// encoded to once per snapshot (shared, not copied, by every subscriber sent them), and on the
+/// wire it is exactly the `SubscribeResponse` with those resources. Only ever encoded; decoding
+/// one skips every field.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SharedResponse {
+pub struct EncodedResponse {
     pub system_version: String,
     pub nonce: String,
+    /// Each an encoded `Resource`.
     pub resources: Vec<Bytes>,
     pub removed: Vec<RemovedResource>,
     pub full_state: bool,
+    pub more: bool,
 }
 
-impl SharedResponse {
-    /// The parts, each with resources of about `part_bytes` at most. A response that fits is
-    /// one part; every response is at least one part.
-    pub fn into_parts(self, part_bytes: usize) -> Parts {
+impl EncodedResponse {
+    /// The parts of this (whole) response, each with resources of about `part_bytes` at most.
+    /// A response that fits is one part; every response is at least one part.
+    pub fn into_parts(mut self, part_bytes: usize) -> Parts {
+        let resources = std::mem::take(&mut self.resources).into_iter().peekable();
+        let removed = Some(std::mem::take(&mut self.removed));
         Parts {
-            header: EncodedPart {
-                system_version: self.system_version,
-                nonce: self.nonce,
-                full_state: self.full_state,
-                ..Default::default()
-            },
-            resources: self.resources.into_iter().peekable(),
-            removed: Some(self.removed),
+            header: self,
+            resources,
+            removed,
             part_bytes,
         }
     }
 }
 
-/// See [`SharedResponse::into_parts`].
+/// See [`EncodedResponse::into_parts`].
 pub struct Parts {
     /// Everything but resources, removals and `more`, which each part gets a copy of.
-    header: EncodedPart,
+    header: EncodedResponse,
     resources: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
     /// Taken by the last part.
     removed: Option<Vec<RemovedResource>>,
@@ -53,9 +54,9 @@ pub struct Parts {
 }
 
 impl Iterator for Parts {
-    type Item = EncodedPart;
+    type Item = EncodedResponse;
 
-    fn next(&mut self) -> Option<EncodedPart> {
+    fn next(&mut self) -> Option<EncodedResponse> {
         self.removed.as_ref()?;
         let mut part = self.header.clone();
         let mut bytes = 0;
@@ -74,19 +75,6 @@ impl Iterator for Parts {
     }
 }
 
-/// A `SubscribeResponse` as the controller sends it, its resources written out as the bytes
-/// they were encoded to: on the wire it is exactly the `SubscribeResponse` with those resources.
-/// Only ever encoded; decoding one skips every field.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EncodedPart {
-    pub system_version: String,
-    pub nonce: String,
-    pub resources: Vec<Bytes>,
-    pub removed: Vec<RemovedResource>,
-    pub full_state: bool,
-    pub more: bool,
-}
-
 // Field numbers of `SubscribeResponse` (discovery.proto).
 const SYSTEM_VERSION: u32 = 1;
 const NONCE: u32 = 2;
@@ -95,7 +83,7 @@ const REMOVED: u32 = 4;
 const FULL_STATE: u32 = 5;
 const MORE: u32 = 6;
 
-impl Message for EncodedPart {
+impl Message for EncodedResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         use prost::encoding::{bool, bytes, message, string};
         if !self.system_version.is_empty() {
@@ -153,7 +141,7 @@ impl Message for EncodedPart {
     }
 
     fn clear(&mut self) {
-        *self = EncodedPart::default();
+        *self = EncodedResponse::default();
     }
 }
 
@@ -246,8 +234,8 @@ mod tests {
         }
     }
 
-    fn response(resources: &[Resource]) -> SharedResponse {
-        SharedResponse {
+    fn response(resources: &[Resource]) -> EncodedResponse {
+        EncodedResponse {
             system_version: "v7".into(),
             nonce: "3".into(),
             resources: resources.iter().map(|r| r.encode_to_vec().into()).collect(),
@@ -256,6 +244,7 @@ mod tests {
                 name: "gone".into(),
             }],
             full_state: true,
+            more: false,
         }
     }
 
@@ -264,7 +253,7 @@ mod tests {
     }
 
     /// A part as the proxy's generated client reads it.
-    fn received(part: &EncodedPart) -> SubscribeResponse {
+    fn received(part: &EncodedResponse) -> SubscribeResponse {
         let wire = part.encode_to_vec();
         assert_eq!(wire.len(), part.encoded_len());
         SubscribeResponse::decode(&wire[..]).unwrap()
@@ -289,7 +278,7 @@ mod tests {
         };
         assert_eq!(part.encode_to_vec(), expected.encode_to_vec());
         assert_eq!(
-            received(&EncodedPart::default()),
+            received(&EncodedResponse::default()),
             SubscribeResponse::default()
         );
     }
@@ -330,8 +319,8 @@ mod tests {
     #[test]
     fn a_small_or_empty_response_is_one_part_and_a_big_resource_goes_alone() {
         assert_eq!(response(&numbered(3)).into_parts(PART_BYTES).count(), 1);
-        let empty: Vec<_> = SharedResponse::default().into_parts(10).collect();
-        assert_eq!(empty, [EncodedPart::default()]);
+        let empty: Vec<_> = EncodedResponse::default().into_parts(10).collect();
+        assert_eq!(empty, [EncodedResponse::default()]);
         let big = response(&[resource("a", 10), resource("huge", 5000), resource("b", 10)]);
         let sizes: Vec<usize> = big.into_parts(1000).map(|p| p.resources.len()).collect();
         assert_eq!(sizes, [1, 1, 1]);

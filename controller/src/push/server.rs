@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ambit_proto::api::discovery::{ProxyKind, SubscribeRequest, Subscriber};
 use ambit_proto::api::discovery_encoded::discovery_server::{Discovery, DiscoveryServer};
-use ambit_proto::response_parts::{EncodedPart, PART_BYTES};
+use ambit_proto::response_parts::{EncodedResponse, PART_BYTES};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -178,7 +178,7 @@ fn kind_label(s: &Subscriber) -> &'static str {
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
-    type SubscribeStream = ReceiverStream<Result<EncodedPart, Status>>;
+    type SubscribeStream = ReceiverStream<Result<EncodedResponse, Status>>;
 
     async fn subscribe(
         &self,
@@ -258,7 +258,7 @@ struct Stream {
     /// Who may subscribe, and this subscription's credentials, re-checked on every new model.
     access: Option<(Arc<SubscriberAccess>, MetadataMap)>,
     inbound: Streaming<SubscribeRequest>,
-    tx: mpsc::Sender<Result<EncodedPart, Status>>,
+    tx: mpsc::Sender<Result<EncodedResponse, Status>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     session: Session,
     part_bytes: usize,

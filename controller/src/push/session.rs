@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use ambit_proto::api::discovery::RemovedResource;
-use ambit_proto::response_parts::SharedResponse;
+use ambit_proto::response_parts::EncodedResponse;
 
 use super::ResourceKey;
 use super::desired::Desired;
@@ -85,7 +85,7 @@ impl Session {
 
     /// The response that brings the proxy to `desired`, if one is due: the first response always
     /// is (so the proxy learns it is current), later ones only when something differs.
-    pub fn next_response(&mut self, desired: &Desired) -> Option<SharedResponse> {
+    pub fn next_response(&mut self, desired: &Desired) -> Option<EncodedResponse> {
         if self.in_flight.is_some() {
             return None;
         }
@@ -155,12 +155,13 @@ impl Session {
             changes,
             system_version: desired.system_version(),
         });
-        Some(SharedResponse {
+        Some(EncodedResponse {
             system_version: desired.system_version(),
             nonce,
             resources,
             removed,
             full_state,
+            more: false,
         })
     }
 
@@ -229,7 +230,7 @@ mod tests {
     }
 
     /// Each resource sent as `name@version`, the version short again.
-    fn names(r: &SharedResponse) -> Vec<String> {
+    fn names(r: &EncodedResponse) -> Vec<String> {
         r.resources
             .iter()
             .map(|bytes| {
