@@ -1,5 +1,7 @@
 //! ztunnel's own HTTP endpoints: the config dump (what `ambit config` reads), readiness and
-//! Prometheus metrics. Each is served on its own port as Istio does (15000, 15021, 15020).
+//! Prometheus metrics, each on its own port as Istio does (15000, 15021, 15020). Each port
+//! answers only its own routes: metrics and readiness are bound where Prometheus and the
+//! kubelet reach them, while the config dump (the whole mesh's config) stays on loopback.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +24,9 @@ use crate::connections::{ConnectionInfo, ConnectionTracker};
 use crate::metrics::Metrics;
 use crate::pods::Pods;
 use crate::state::ProxyState;
+
+/// Longest a client of these ports may hold a connection (metrics scrapes take milliseconds).
+const ADMIN_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -187,7 +192,7 @@ impl AdminState {
         }
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(&self, port: AdminPort, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let reply = |status: StatusCode, content_type: &str, body: Vec<u8>| {
             Response::builder()
                 .status(status)
@@ -195,7 +200,20 @@ impl AdminState {
                 .body(Full::new(Bytes::from(body)))
                 .expect("static response parts")
         };
-        match req.uri().path() {
+        let path = req.uri().path();
+        if !port.serves(path) {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!(
+                    "no such endpoint {path} on the {} port: it serves {}\n",
+                    port.name(),
+                    port.routes().join(", ")
+                )
+                .into_bytes(),
+            );
+        }
+        match path {
             "/config_dump" => {
                 let dump = self.config_dump().await;
                 let body = serde_json::to_vec_pretty(&dump).expect("config dump serializes");
@@ -217,30 +235,86 @@ impl AdminState {
                 "text/plain; version=0.0.4",
                 self.metrics.render().into_bytes(),
             ),
-            other => reply(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                format!("no such endpoint {other}: try /config_dump, /healthz/ready or /metrics\n")
-                    .into_bytes(),
-            ),
+            _ => unreachable!("AdminPort::serves admits only the routes above"),
         }
     }
 }
 
-/// Binds the admin listener (an error names the address).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("could not listen on {addr}: {e}")))
+/// Which of ztunnel's own ports a listener is, and so which routes it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminPort {
+    /// 15000, loopback only: the config dump, and the others for convenience.
+    Admin,
+    /// 15020: Prometheus metrics.
+    Metrics,
+    /// 15021: readiness for the kubelet.
+    Readiness,
 }
 
-pub async fn serve(listener: TcpListener, admin: Arc<AdminState>, drain: DrainWatch) {
+impl AdminPort {
+    fn name(self) -> &'static str {
+        match self {
+            AdminPort::Admin => "admin",
+            AdminPort::Metrics => "metrics",
+            AdminPort::Readiness => "readiness",
+        }
+    }
+
+    fn routes(self) -> &'static [&'static str] {
+        match self {
+            AdminPort::Admin => &["/config_dump", "/healthz/ready", "/metrics"],
+            AdminPort::Metrics => &["/metrics"],
+            AdminPort::Readiness => &["/healthz/ready"],
+        }
+    }
+
+    fn serves(self, path: &str) -> bool {
+        self.routes().contains(&path)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "the admin address {addr} is not a loopback address: the config dump holds the whole mesh's config and is served on loopback only (--admin-addr 127.0.0.1:15000)"
+    )]
+    AdminNotLoopback { addr: SocketAddr },
+    #[error("could not listen on {addr} ({port} port): {source}")]
+    Bind {
+        addr: SocketAddr,
+        port: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Binds one of ztunnel's own ports; the admin port only on loopback.
+pub async fn bind(port: AdminPort, addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    if port == AdminPort::Admin && !addr.ip().is_loopback() {
+        return Err(AdminError::AdminNotLoopback { addr });
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind {
+            addr,
+            port: port.name(),
+            source,
+        })
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    port: AdminPort,
+    admin: Arc<AdminState>,
+    drain: DrainWatch,
+) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, port = port.name(), "accept failed; retrying in 100ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -250,11 +324,17 @@ pub async fn serve(listener: TcpListener, admin: Arc<AdminState>, drain: DrainWa
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(req).await) }
+                async move { Ok::<_, Infallible>(admin.route(port, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // A scraper that stalls mid-request holds a socket no longer than this.
+            let _ = tokio::time::timeout(
+                ADMIN_CONNECTION_TIMEOUT,
+                hyper::server::conn::http1::Builder::new()
+                    .header_read_timeout(Some(ADMIN_CONNECTION_TIMEOUT))
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            )
+            .await;
         });
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminPort, AdminState};
 use crate::ca_client::CaClient;
 use crate::config::Config;
 use crate::connections::ConnectionTracker;
@@ -77,12 +77,12 @@ impl Ztunnel {
         let state = Arc::new(RwLock::new(ProxyState::default()));
         let metrics = Arc::new(Metrics::new());
         let connections = Arc::new(ConnectionTracker::default());
-        let ctx = Arc::new(ProxyContext {
-            state: state.clone(),
-            certs: certs.clone(),
-            metrics: metrics.clone(),
-            connections: connections.clone(),
-        });
+        let ctx = Arc::new(ProxyContext::new(
+            state.clone(),
+            certs.clone(),
+            metrics.clone(),
+            connections.clone(),
+        ));
         let pods = Arc::new(Pods::new(ctx));
         let (applied_tx, applied_rx) = watch::channel(0);
         let (trigger, watch) = drain::channel();
@@ -96,13 +96,18 @@ impl Ztunnel {
             metrics,
             applied: applied_rx,
         });
-        for addr in [
-            config.admin_addr,
-            config.metrics_addr,
-            config.readiness_addr,
+        for (port, addr) in [
+            (AdminPort::Admin, config.admin_addr),
+            (AdminPort::Metrics, config.metrics_addr),
+            (AdminPort::Readiness, config.readiness_addr),
         ] {
-            let listener = admin::bind(addr).await?;
-            tokio::spawn(admin::serve(listener, admin_state.clone(), watch.clone()));
+            let listener = admin::bind(port, addr).await?;
+            tokio::spawn(admin::serve(
+                listener,
+                port,
+                admin_state.clone(),
+                watch.clone(),
+            ));
         }
         let socket = config.node_agent_socket();
         let agent = node_agent::bind(&socket)

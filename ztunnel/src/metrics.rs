@@ -43,6 +43,10 @@ impl Security {
 pub enum FailureReason {
     /// An authorization policy refused it.
     PolicyDenied,
+    /// Plaintext to a workload whose namespace (or the mesh) requires mTLS.
+    StrictMtls,
+    /// A connection aimed at one of ztunnel's own ports (a loop, or a probe from outside).
+    ProxyPort,
     /// The HBONE tunnel could not be opened (TLS, identity, refusal by the peer).
     Hbone,
     /// The destination (app, or passthrough target) refused or did not answer.
@@ -59,11 +63,27 @@ impl FailureReason {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::PolicyDenied => "policy_denied",
+            FailureReason::StrictMtls => "strict_mtls",
+            FailureReason::ProxyPort => "proxy_port",
             FailureReason::Hbone => "hbone",
             FailureReason::UpstreamConnect => "upstream_connect",
             FailureReason::NoHealthyEndpoint => "no_healthy_endpoint",
             FailureReason::OriginalDestination => "original_destination",
             FailureReason::UnknownSource => "unknown_source",
+        }
+    }
+
+    /// Envoy's response flag for this failure, as Istio's dashboards read `response_flags`:
+    /// RBAC refused by access policy, UF upstream connection failure, UH no healthy upstream,
+    /// NR no route (nowhere it may go).
+    pub fn response_flag(self) -> &'static str {
+        match self {
+            FailureReason::PolicyDenied | FailureReason::StrictMtls => "RBAC",
+            FailureReason::Hbone | FailureReason::UpstreamConnect => "UF",
+            FailureReason::NoHealthyEndpoint => "UH",
+            FailureReason::ProxyPort
+            | FailureReason::OriginalDestination
+            | FailureReason::UnknownSource => "NR",
         }
     }
 }
@@ -74,38 +94,94 @@ impl fmt::Display for FailureReason {
     }
 }
 
-/// The labels of one connection, as Istio names them. Unknown values are "unknown".
+/// What is known of one side of a connection, in Istio's label values ("unknown" if not).
+#[derive(Debug, Clone)]
+pub struct PeerLabels {
+    pub workload: String,
+    pub namespace: String,
+    pub principal: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub cluster: String,
+}
+
+impl PeerLabels {
+    pub fn unknown() -> Self {
+        PeerLabels {
+            workload: UNKNOWN.into(),
+            namespace: UNKNOWN.into(),
+            principal: UNKNOWN.into(),
+            canonical_service: UNKNOWN.into(),
+            canonical_revision: UNKNOWN.into(),
+            cluster: UNKNOWN.into(),
+        }
+    }
+}
+
+/// The service a connection was addressed to.
+#[derive(Debug, Clone)]
+pub struct ServiceLabels {
+    /// Its host name (`reviews.demo.svc.cluster.local`).
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl ServiceLabels {
+    pub fn unknown() -> Self {
+        ServiceLabels {
+            host: UNKNOWN.into(),
+            name: UNKNOWN.into(),
+            namespace: UNKNOWN.into(),
+        }
+    }
+}
+
+pub const UNKNOWN: &str = "unknown";
+
+/// The labels of one connection, as Istio names them.
 #[derive(Debug, Clone)]
 pub struct ConnectionLabels {
     pub reporter: Reporter,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_service: String,
+    pub source: PeerLabels,
+    pub destination: PeerLabels,
+    pub service: ServiceLabels,
     pub security: Security,
 }
 
 impl ConnectionLabels {
-    fn labels(&self) -> Vec<Label> {
+    fn labels(&self, response_flags: &'static str) -> Vec<Label> {
+        let (s, d) = (&self.source, &self.destination);
         vec![
             Label::new("reporter", self.reporter.as_str()),
-            Label::new("source_workload", self.source_workload.clone()),
+            Label::new("source_workload", s.workload.clone()),
+            Label::new("source_workload_namespace", s.namespace.clone()),
+            Label::new("source_principal", s.principal.clone()),
+            Label::new("source_canonical_service", s.canonical_service.clone()),
+            Label::new("source_canonical_revision", s.canonical_revision.clone()),
+            // Istio fills app/version from the canonical service labels, as do we.
+            Label::new("source_app", s.canonical_service.clone()),
+            Label::new("source_version", s.canonical_revision.clone()),
+            Label::new("source_cluster", s.cluster.clone()),
+            Label::new("destination_workload", d.workload.clone()),
+            Label::new("destination_workload_namespace", d.namespace.clone()),
+            Label::new("destination_principal", d.principal.clone()),
+            Label::new("destination_canonical_service", d.canonical_service.clone()),
             Label::new(
-                "source_workload_namespace",
-                self.source_workload_namespace.clone(),
+                "destination_canonical_revision",
+                d.canonical_revision.clone(),
             ),
-            Label::new("source_principal", self.source_principal.clone()),
-            Label::new("destination_workload", self.destination_workload.clone()),
+            Label::new("destination_app", d.canonical_service.clone()),
+            Label::new("destination_version", d.canonical_revision.clone()),
+            Label::new("destination_cluster", d.cluster.clone()),
+            Label::new("destination_service", self.service.host.clone()),
+            Label::new("destination_service_name", self.service.name.clone()),
             Label::new(
-                "destination_workload_namespace",
-                self.destination_workload_namespace.clone(),
+                "destination_service_namespace",
+                self.service.namespace.clone(),
             ),
-            Label::new("destination_principal", self.destination_principal.clone()),
-            Label::new("destination_service", self.destination_service.clone()),
             Label::new("request_protocol", "tcp"),
+            Label::new("response_flags", response_flags),
             Label::new("connection_security_policy", self.security.as_str()),
         ]
     }
@@ -135,6 +211,30 @@ impl ConnectionCounters {
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
+/// Every counter ztunnel records, with its HELP text.
+const DESCRIPTIONS: [(&str, &str); 5] = [
+    (
+        "istio_tcp_connections_opened_total",
+        "TCP connections opened (response_flags says how a refused one ended)",
+    ),
+    (
+        "istio_tcp_connections_closed_total",
+        "TCP connections closed (response_flags says how a refused one ended)",
+    ),
+    (
+        "istio_tcp_sent_bytes_total",
+        "Bytes sent towards the destination, counted when the connection closes",
+    ),
+    (
+        "istio_tcp_received_bytes_total",
+        "Bytes received from the destination, counted when the connection closes",
+    ),
+    (
+        "ambit_connection_failures_total",
+        "Connections ztunnel refused or could not carry, by reason",
+    ),
+];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -144,6 +244,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
+        for (name, help) in DESCRIPTIONS {
+            recorder.describe_counter(name.into(), None, help.into());
+        }
         let handle = recorder.handle();
         Metrics { recorder, handle }
     }
@@ -154,7 +257,7 @@ impl Metrics {
     }
 
     pub fn connection_opened(&self, labels: &ConnectionLabels) -> ConnectionCounters {
-        let l = labels.labels();
+        let l = labels.labels("-");
         self.counter("istio_tcp_connections_opened_total", l.clone())
             .increment(1);
         ConnectionCounters {
@@ -164,8 +267,23 @@ impl Metrics {
         }
     }
 
+    /// A connection refused or not carried: opened and closed at once with the failure's
+    /// response flag (as Istio records it), and counted by reason.
     pub fn connection_failed(&self, labels: &ConnectionLabels, reason: FailureReason) {
-        let mut l = labels.labels();
+        let mut l = labels.labels(reason.response_flag());
+        self.counter("istio_tcp_connections_opened_total", l.clone())
+            .increment(1);
+        self.counter("istio_tcp_connections_closed_total", l.clone())
+            .increment(1);
+        l.push(Label::new("reason", reason.as_str()));
+        self.counter("ambit_connection_failures_total", l)
+            .increment(1);
+    }
+
+    /// One attempt of a connection failed and another is being tried: counted by reason
+    /// only, since the connection itself is yet to succeed or fail.
+    pub fn attempt_failed(&self, labels: &ConnectionLabels, reason: FailureReason) {
+        let mut l = labels.labels(reason.response_flag());
         l.push(Label::new("reason", reason.as_str()));
         self.counter("ambit_connection_failures_total", l)
             .increment(1);
@@ -181,16 +299,27 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn peer(workload: &str, sa: &str) -> PeerLabels {
+        PeerLabels {
+            workload: workload.into(),
+            namespace: "demo".into(),
+            principal: format!("spiffe://cluster.local/ns/demo/sa/{sa}"),
+            canonical_service: sa.into(),
+            canonical_revision: "v1".into(),
+            cluster: "Kubernetes".into(),
+        }
+    }
+
     fn labels() -> ConnectionLabels {
         ConnectionLabels {
             reporter: Reporter::Destination,
-            source_workload: "client".into(),
-            source_workload_namespace: "demo".into(),
-            source_principal: "spiffe://cluster.local/ns/demo/sa/client".into(),
-            destination_workload: "reviews-v1".into(),
-            destination_workload_namespace: "demo".into(),
-            destination_principal: "spiffe://cluster.local/ns/demo/sa/reviews".into(),
-            destination_service: "reviews.demo.svc.cluster.local".into(),
+            source: peer("client", "client"),
+            destination: peer("reviews-v1", "reviews"),
+            service: ServiceLabels {
+                host: "reviews.demo.svc.cluster.local".into(),
+                name: "reviews".into(),
+                namespace: "demo".into(),
+            },
             security: Security::MutualTls,
         }
     }
@@ -209,6 +338,11 @@ mod tests {
             "source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"",
             "connection_security_policy=\"mutual_tls\"",
             "reason=\"policy_denied\"",
+            "destination_service_name=\"reviews\"",
+            "source_canonical_revision=\"v1\"",
+            "destination_cluster=\"Kubernetes\"",
+            "# HELP istio_tcp_connections_opened_total",
+            "# HELP ambit_connection_failures_total",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
@@ -217,5 +351,16 @@ mod tests {
             .find(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
             .unwrap();
         assert!(sent.ends_with(" 100"), "{sent}");
+        // The refusal is an opened-and-closed connection flagged RBAC; the carried one "-".
+        let closed = |flag: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_tcp_connections_closed_total{")
+                        && l.contains(&format!("response_flags=\"{flag}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        };
+        assert_eq!(closed("-").as_deref(), Some("1"), "{text}");
+        assert_eq!(closed("RBAC").as_deref(), Some("1"), "{text}");
     }
 }

@@ -180,3 +180,77 @@ impl XdsClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ambit_proto::api::discovery::{Resource, resource::Kind};
+    use ambit_proto::api::workload as wl;
+
+    use super::*;
+
+    fn response(nonce: &str, address: &str) -> SubscribeResponse {
+        SubscribeResponse {
+            system_version: format!("v-{nonce}"),
+            nonce: nonce.into(),
+            resources: vec![Resource {
+                name: "Kubernetes//Pod/demo/client".into(),
+                version: "1".into(),
+                kind: Some(Kind::Workload(wl::Workload {
+                    uid: "Kubernetes//Pod/demo/client".into(),
+                    name: "client".into(),
+                    namespace: "demo".into(),
+                    service_account: "client".into(),
+                    addresses: vec![address.into()],
+                    protocol: wl::Protocol::Hbone as i32,
+                    ..Default::default()
+                })),
+            }],
+            removed: vec![],
+            full_state: true,
+            more: false,
+        }
+    }
+
+    #[test]
+    fn acks_what_it_applies_and_nacks_the_rest_keeping_the_last_good() {
+        let (applied, applied_rx) = watch::channel(0);
+        let applier = Applier {
+            state: Arc::new(RwLock::new(ProxyState::default())),
+            applied,
+        };
+        // (response, NACK expected, applied count after, address held after)
+        let table = [
+            (response("1", "10.244.1.2"), false, 1, "10.244.1.2"),
+            (response("2", "not-an-ip"), true, 1, "10.244.1.2"),
+            (response("3", "10.244.1.7"), false, 2, "10.244.1.7"),
+        ];
+        for (r, nack, count, held) in table {
+            let answer = applier.answer(&r);
+            assert_eq!(
+                answer.response_nonce, r.nonce,
+                "the answer names the response"
+            );
+            assert_eq!(
+                !answer.error_detail.is_empty(),
+                nack,
+                "{}",
+                answer.error_detail
+            );
+            if nack {
+                assert!(
+                    answer.error_detail.contains("not-an-ip"),
+                    "{}",
+                    answer.error_detail
+                );
+            }
+            assert_eq!(
+                *applied_rx.borrow(),
+                count,
+                "readiness counts applied updates only"
+            );
+            let state = applier.state.read();
+            let w = state.workload("Kubernetes//Pod/demo/client").expect("kept");
+            assert_eq!(w.addresses[0].to_string(), held);
+        }
+    }
+}

@@ -68,6 +68,7 @@ impl MeshModel {
                 .filter(|p| Self::policy_selects(p, w))
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect(),
+            mtls_mode: pb::MtlsMode::Permissive.into(),
         }
     }
 

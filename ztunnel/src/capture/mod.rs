@@ -11,6 +11,14 @@ pub use sockets::{PodDialer, listen, original_destination};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// ztunnel's listeners inside each pod. Never a destination: a connection aimed at one of
+/// them would be dialled straight back into ztunnel.
+pub const PROXY_PORTS: [u16; 3] = [
+    rules::OUTBOUND_PORT,
+    rules::INBOUND_PLAINTEXT_PORT,
+    rules::HBONE_PORT,
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("could not open network namespace {}: {source} (does the pod still exist?)", path.display())]

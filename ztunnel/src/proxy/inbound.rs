@@ -12,10 +12,10 @@ use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::splice::{carry, reset};
-use super::{PodContext, ProxyContext, accept_loop, labels};
-use crate::capture::original_destination;
+use super::{PodContext, ProxyContext, accept_loop, labels, peer_labels};
+use crate::capture::{PROXY_PORTS, original_destination};
 use crate::connections::{ConnectionInfo, Direction};
-use crate::metrics::{ConnectionLabels, FailureReason, Reporter, Security};
+use crate::metrics::{ConnectionLabels, FailureReason, PeerLabels, Reporter, Security};
 use crate::state::{Decision, PolicySource, Workload};
 
 pub struct InboundHandler {
@@ -35,6 +35,20 @@ struct Refusal {
     why: FailureReason,
 }
 
+/// The source as the destination side may name it: the workload at the peer's address only
+/// if it is the identity the peer proved (an address says nothing a certificate does not
+/// confirm); for plaintext, the workload at that address.
+fn source_labels(ctx: &ProxyContext, identity: Option<&SpiffeId>, peer: SocketAddr) -> PeerLabels {
+    let at_address = ctx.workload_by_ip(peer.ip());
+    match identity {
+        Some(id) => {
+            let proven = at_address.filter(|w| &w.identity == id);
+            peer_labels(proven.as_deref(), Some(id))
+        }
+        None => peer_labels(at_address.as_deref(), None),
+    }
+}
+
 fn admit(
     ctx: &ProxyContext,
     pod: &PodContext,
@@ -47,15 +61,14 @@ fn admit(
     } else {
         Security::None
     };
-    let source = ctx.workload_by_ip(peer.ip());
-    let principal = identity.map(SpiffeId::as_str);
-    let Some(workload) = ctx.workload(&pod.uid) else {
+    let source = source_labels(ctx, identity, peer);
+    let state = ctx.state.read();
+    let Some(workload) = state.workload(&pod.uid).cloned() else {
         return Admission {
             labels: labels(
                 Reporter::Destination,
-                source.as_deref(),
-                principal,
-                None,
+                source,
+                PeerLabels::unknown(),
                 None,
                 security,
             ),
@@ -68,29 +81,56 @@ fn admit(
     };
     let labels = labels(
         Reporter::Destination,
-        source.as_deref(),
-        principal,
-        Some(&workload),
-        None,
+        source,
+        peer_labels(Some(&workload), Some(&workload.identity)),
+        state.service_of(&workload.uid, target.port()).map(|s| &**s),
         security,
     );
-    let decision = ctx.state.read().authorize(
-        &workload,
-        &PolicySource {
-            identity,
-            ip: peer.ip(),
-        },
-        target.port(),
-    );
-    let outcome = match decision {
-        Decision::Allow => Ok(workload),
-        Decision::Deny { reason, .. } => Err(Refusal {
+    // Port checks first: a connection aimed at ztunnel's own listeners would be dialled
+    // straight back into them, each dial making another (a loop any outsider could start).
+    let refusal = if PROXY_PORTS.contains(&target.port()) {
+        Some(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            reason: format!(
+                "port {} is ztunnel's own and never a destination",
+                target.port()
+            ),
+            why: FailureReason::ProxyPort,
+        })
+    } else if identity.is_none() && workload.strict_mtls {
+        Some(Refusal {
             status: StatusCode::UNAUTHORIZED,
-            reason,
-            why: FailureReason::PolicyDenied,
-        }),
+            reason: format!(
+                "{}/{} requires mTLS (ambit.io/mtls-mode: strict) and this connection is plaintext from outside the mesh: mesh the client, or set the namespace's mode to permissive",
+                workload.namespace, workload.name
+            ),
+            why: FailureReason::StrictMtls,
+        })
+    } else {
+        match state.authorize(
+            &workload,
+            &PolicySource {
+                identity,
+                ip: peer.ip(),
+            },
+            target.port(),
+        ) {
+            Decision::Allow => None,
+            Decision::Deny { reason, .. } => Some(Refusal {
+                status: StatusCode::UNAUTHORIZED,
+                reason: format!("{reason} (change the authorization policy to allow it)"),
+                why: FailureReason::PolicyDenied,
+            }),
+        }
     };
-    Admission { labels, outcome }
+    drop(state);
+    Admission {
+        labels,
+        outcome: match refusal {
+            Some(r) => Err(r),
+            None => Ok(workload),
+        },
+    }
 }
 
 impl TunnelHandler for InboundHandler {
@@ -102,7 +142,9 @@ impl TunnelHandler for InboundHandler {
         let workload = match outcome {
             Ok(w) => w,
             Err(refusal) => {
-                tracing::warn!(pod = %pod.uid, %peer, identity = %request.peer, %target, reason = %refusal.reason, "refused inbound tunnel (change the authorization policy to allow it)");
+                if let Some(suppressed) = ctx.refusal_log.check() {
+                    tracing::warn!(pod = %pod.uid, %peer, identity = %request.peer, %target, reason = %refusal.reason, suppressed, "refused inbound tunnel");
+                }
                 ctx.metrics.connection_failed(&l, refusal.why);
                 request.refuse(refusal.status, &refusal.reason);
                 return;
@@ -123,7 +165,9 @@ impl TunnelHandler for InboundHandler {
             Ok(app) => app,
             Err(e) => {
                 let reason = format!("could not reach the app at {target}: {e}");
-                tracing::info!(pod = %pod.uid, %peer, %reason, "refused inbound tunnel");
+                if let Some(suppressed) = ctx.failure_log.check() {
+                    tracing::info!(pod = %pod.uid, %peer, %reason, suppressed, "refused inbound tunnel");
+                }
                 ctx.metrics
                     .connection_failed(&l, FailureReason::UpstreamConnect);
                 tracked.finish(0, 0, Some(reason.clone()));
@@ -171,7 +215,19 @@ async fn handle_plaintext(
     let target = match original_destination(&stream) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(pod = %pod.uid, %peer, error = %e, "dropping inbound connection: original destination unknown");
+            if let Some(suppressed) = ctx.refusal_log.check() {
+                tracing::warn!(pod = %pod.uid, %peer, error = %e, suppressed, "refused inbound connection: its original destination is unknown (was it redirected by ztunnel's rules?)");
+            }
+            let l = labels(
+                Reporter::Destination,
+                source_labels(ctx, None, peer),
+                PeerLabels::unknown(),
+                None,
+                Security::None,
+            );
+            ctx.metrics
+                .connection_failed(&l, FailureReason::OriginalDestination);
+            reset(stream);
             return;
         }
     };
@@ -179,7 +235,9 @@ async fn handle_plaintext(
     let workload = match outcome {
         Ok(w) => w,
         Err(refusal) => {
-            tracing::warn!(pod = %pod.uid, %peer, %target, reason = %refusal.reason, "refused inbound plaintext connection");
+            if let Some(suppressed) = ctx.refusal_log.check() {
+                tracing::warn!(pod = %pod.uid, %peer, %target, reason = %refusal.reason, suppressed, "refused inbound plaintext connection");
+            }
             ctx.metrics.connection_failed(&l, refusal.why);
             reset(stream);
             return;

@@ -1,31 +1,37 @@
 //! The data path for one pod: outbound (15001), inbound HBONE (15008) and inbound plaintext
 //! (15006), each on listeners inside the pod's namespace.
 
+mod health;
 mod inbound;
 mod outbound;
 mod splice;
 
+pub use health::EndpointHealth;
 pub use inbound::{InboundHandler, serve_plaintext};
 pub use outbound::serve_outbound;
 pub use splice::splice;
 
 use std::future::Future;
-use std::net::SocketAddr;
-
-use ambit_proto::drain::DrainWatch;
-use tokio::net::{TcpListener, TcpStream};
-
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::HboneClient;
-use ambit_proto::identity::CertManager;
+use ambit_proto::identity::{CertManager, SpiffeId};
+use ambit_proto::log_limit::LogLimiter;
 use parking_lot::RwLock;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::capture::{PodDialer, PodNetns};
 use crate::connections::ConnectionTracker;
-use crate::metrics::{ConnectionLabels, Metrics, Reporter, Security};
+use crate::metrics::{
+    ConnectionLabels, Metrics, PeerLabels, Reporter, Security, ServiceLabels, UNKNOWN,
+};
 use crate::state::{ProxyState, Service, Workload};
+
+/// Log lines a peer can cause (each refused connection) are limited to this many a second
+/// per kind; the metrics count every one.
+const REFUSAL_LOG_LINES_PER_SECOND: u32 = 5;
 
 /// What every pod's proxy shares.
 pub struct ProxyContext {
@@ -33,6 +39,12 @@ pub struct ProxyContext {
     pub certs: CertManager,
     pub metrics: Arc<Metrics>,
     pub connections: Arc<ConnectionTracker>,
+    /// Endpoints whose connects failed recently, left out of services' choice for a while.
+    pub health: EndpointHealth,
+    /// Refusals a client can cause at will (policy, strict mTLS, proxy ports).
+    pub refusal_log: LogLimiter,
+    /// Connections that could not be carried (upstream down, no healthy endpoint).
+    pub failure_log: LogLimiter,
 }
 
 /// One captured pod.
@@ -46,6 +58,23 @@ pub struct PodContext {
 }
 
 impl ProxyContext {
+    pub fn new(
+        state: Arc<RwLock<ProxyState>>,
+        certs: CertManager,
+        metrics: Arc<Metrics>,
+        connections: Arc<ConnectionTracker>,
+    ) -> Self {
+        ProxyContext {
+            state,
+            certs,
+            metrics,
+            connections,
+            health: EndpointHealth::default(),
+            refusal_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
+            failure_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
+        }
+    }
+
     /// This pod's workload as the config says now.
     pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
         self.state.read().workload(uid).cloned()
@@ -56,35 +85,64 @@ impl ProxyContext {
     }
 }
 
-fn unknown() -> String {
-    "unknown".into()
+/// The cluster a workload runs in: its uid is `<cluster>//<kind>/<namespace>/<name>`.
+fn cluster_of(w: &Workload) -> &str {
+    w.uid
+        .split_once("//")
+        .map_or(UNKNOWN, |(cluster, _)| cluster)
 }
 
-/// Istio's labels for a connection between what is known of each side.
+/// Istio's labels for one side of a connection. `principal` is what that side proved (or,
+/// for the destination of a tunnel, what it was required to prove): none on plaintext.
+pub(crate) fn peer_labels(workload: Option<&Workload>, principal: Option<&SpiffeId>) -> PeerLabels {
+    let Some(w) = workload else {
+        // Nothing in the config at that address; a proven identity still names its namespace.
+        let mut labels = PeerLabels::unknown();
+        if let Some(id) = principal {
+            labels.namespace = id.namespace().to_string();
+            labels.principal = id.to_string();
+        }
+        return labels;
+    };
+    let canonical = w.canonical_or_name();
+    PeerLabels {
+        workload: w.name.to_string(),
+        namespace: w.namespace.to_string(),
+        principal: principal.map_or_else(|| UNKNOWN.into(), SpiffeId::to_string),
+        canonical_revision: if w.canonical_revision.is_empty() {
+            "latest".into()
+        } else {
+            w.canonical_revision.to_string()
+        },
+        canonical_service: canonical,
+        cluster: cluster_of(w).to_string(),
+    }
+}
+
+pub(crate) fn service_labels(service: Option<&Service>) -> ServiceLabels {
+    service.map_or_else(ServiceLabels::unknown, |s| ServiceLabels {
+        host: if s.hostname.is_empty() {
+            s.key.to_string()
+        } else {
+            s.hostname.to_string()
+        },
+        name: s.name.to_string(),
+        namespace: s.namespace.to_string(),
+    })
+}
+
 pub(crate) fn labels(
     reporter: Reporter,
-    source: Option<&Workload>,
-    source_principal: Option<&str>,
-    destination: Option<&Workload>,
+    source: PeerLabels,
+    destination: PeerLabels,
     service: Option<&Service>,
     security: Security,
 ) -> ConnectionLabels {
     ConnectionLabels {
         reporter,
-        source_workload: source.map_or_else(unknown, |w| w.canonical_or_name()),
-        source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.to_string()),
-        source_principal: source_principal.map_or_else(unknown, str::to_string),
-        destination_workload: destination.map_or_else(unknown, |w| w.canonical_or_name()),
-        destination_workload_namespace: destination
-            .map_or_else(unknown, |w| w.namespace.to_string()),
-        destination_principal: destination.map_or_else(unknown, |w| w.identity.to_string()),
-        destination_service: service.map_or_else(unknown, |s| {
-            if s.hostname.is_empty() {
-                s.key.to_string()
-            } else {
-                s.hostname.to_string()
-            }
-        }),
+        source,
+        destination,
+        service: service_labels(service),
         security,
     }
 }

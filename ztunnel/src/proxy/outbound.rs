@@ -1,20 +1,25 @@
 //! Outbound: connections the pod's apps open, redirected to 15001. Each goes over HBONE to a
 //! meshed destination (presenting the pod's identity, checking the destination's), or as plain
-//! TCP to anything outside the mesh.
+//! TCP to anything outside the mesh. A service endpoint that cannot be reached is left out of
+//! the choice for a while (`EndpointHealth`) and the connection tries one other endpoint: no
+//! byte of it was sent yet, so the app never sees the failed attempt.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_proto::drain::DrainWatch;
-use ambit_proto::hbone::{ConnectRequest, HBONE_PORT};
+use ambit_proto::hbone::{ConnectRequest, HBONE_PORT, HboneError};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::splice::{carry, reset};
-use super::{PodContext, ProxyContext, accept_loop, labels};
-use crate::capture::original_destination;
-use crate::connections::{ConnectionInfo, Direction};
-use crate::metrics::{FailureReason, Reporter, Security};
-use crate::state::Upstream;
+use super::{PodContext, ProxyContext, accept_loop, labels, peer_labels};
+use crate::capture::{PROXY_PORTS, original_destination};
+use crate::connections::{ConnectionInfo, Direction, TrackedConnection};
+use crate::metrics::{ConnectionLabels, FailureReason, PeerLabels, Reporter, Security};
+use crate::state::{Upstream, Workload};
+
+/// Attempts per connection: the first endpoint, and one other if the first is unreachable.
+const ATTEMPTS: usize = 2;
 
 pub async fn serve_outbound(
     listener: TcpListener,
@@ -33,124 +38,269 @@ pub async fn serve_outbound(
     .await
 }
 
+/// Refuses a connection before anything was carried: counted, logged (rate-limited), reset.
+fn refuse(
+    ctx: &ProxyContext,
+    stream: TcpStream,
+    labels: &ConnectionLabels,
+    why: FailureReason,
+    log: impl FnOnce(u64),
+) {
+    let limiter = match why {
+        FailureReason::PolicyDenied | FailureReason::ProxyPort | FailureReason::StrictMtls => {
+            &ctx.refusal_log
+        }
+        _ => &ctx.failure_log,
+    };
+    if let Some(suppressed) = limiter.check() {
+        log(suppressed);
+    }
+    ctx.metrics.connection_failed(labels, why);
+    reset(stream);
+}
+
+/// A connection to one of ztunnel's own listeners in this pod (made straight to it, not
+/// redirected): carrying it would dial ztunnel again.
+fn aims_at_proxy(dst: SocketAddr, source: &Workload) -> bool {
+    PROXY_PORTS.contains(&dst.port())
+        && (dst.ip().is_loopback()
+            || dst.ip().is_unspecified()
+            || source.addresses.contains(&dst.ip()))
+}
+
 async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
     let _ = stream.set_nodelay(true);
     let source = ctx.workload(&pod.uid);
-    let source_principal = source.as_ref().map(|w| w.identity.to_string());
+    let source_labels = || {
+        source.as_deref().map_or_else(PeerLabels::unknown, |w| {
+            peer_labels(Some(w), Some(&w.identity))
+        })
+    };
+    let unknown_destination = |security| {
+        labels(
+            Reporter::Source,
+            source_labels(),
+            PeerLabels::unknown(),
+            None,
+            security,
+        )
+    };
     let dst = match original_destination(&stream) {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(pod = %pod.uid, %peer, error = %e, "dropping outbound connection: its original destination is unknown (was it redirected by ztunnel's rules?)");
-            let l = labels(
-                Reporter::Source,
-                source.as_deref(),
-                source_principal.as_deref(),
-                None,
-                None,
-                Security::None,
+            let l = unknown_destination(Security::None);
+            refuse(
+                ctx,
+                stream,
+                &l,
+                FailureReason::OriginalDestination,
+                |suppressed| {
+                    tracing::warn!(pod = %pod.uid, %peer, error = %e, suppressed, "refused outbound connection: its original destination is unknown (was it redirected by ztunnel's rules?)");
+                },
             );
-            ctx.metrics
-                .connection_failed(&l, FailureReason::OriginalDestination);
             return;
         }
     };
-    let Some(source) = source else {
-        tracing::warn!(pod = %pod.uid, %peer, %dst, "refusing outbound connection: pod {} is not in ztunnel's config (removed, or config not yet received)", pod.uid);
-        let l = labels(Reporter::Source, None, None, None, None, Security::None);
-        ctx.metrics
-            .connection_failed(&l, FailureReason::UnknownSource);
-        reset(stream);
+    let Some(source) = source.clone() else {
+        let l = unknown_destination(Security::None);
+        refuse(
+            ctx,
+            stream,
+            &l,
+            FailureReason::UnknownSource,
+            |suppressed| {
+                tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: pod {} is not in ztunnel's config (removed, or config not yet received)", pod.uid);
+            },
+        );
         return;
     };
-    let upstream = ctx.state.read().resolve(dst);
-    match upstream {
-        Upstream::Hbone {
-            workload,
-            target,
-            service,
-        } => {
-            let l = labels(
-                Reporter::Source,
-                Some(&source),
-                source_principal.as_deref(),
-                Some(&workload),
-                service.as_deref(),
-                Security::MutualTls,
-            );
-            let request = ConnectRequest {
-                source: source.identity.clone(),
-                endpoint: SocketAddr::new(target.ip(), HBONE_PORT),
-                destination_identity: workload.identity.clone(),
-                authority: target,
-                forwarded_for: Some(peer),
-                baggage: None,
-                traceparent: None,
-            };
-            let tracked = ctx.connections.track(ConnectionInfo {
-                source_identity: source_principal.clone(),
-                destination_workload: Some(workload.uid.to_string()),
-                destination_service: service.as_ref().map(|s| s.key.to_string()),
-                ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
-            });
-            let tunnel = match pod.hbone.connect(&request).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(pod = %pod.uid, %dst, %target, error = %e, "outbound HBONE connection failed");
-                    ctx.metrics.connection_failed(&l, FailureReason::Hbone);
-                    tracked.finish(0, 0, Some(e.to_string()));
-                    reset(stream);
-                    return;
+    if aims_at_proxy(dst, &source) {
+        let l = unknown_destination(Security::None);
+        refuse(ctx, stream, &l, FailureReason::ProxyPort, |suppressed| {
+            tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: port {} is ztunnel's own and never a destination", dst.port());
+        });
+        return;
+    }
+    let src = peer_labels(Some(&source), Some(&source.identity));
+    for attempt in 1..=ATTEMPTS {
+        let upstream = ctx
+            .state
+            .read()
+            .resolve(dst, |ip| ctx.health.is_ejected(ip));
+        let last = attempt == ATTEMPTS;
+        let outcome = match upstream {
+            Upstream::Hbone {
+                workload,
+                target,
+                service,
+            } => {
+                let l = labels(
+                    Reporter::Source,
+                    src.clone(),
+                    peer_labels(Some(&workload), Some(&workload.identity)),
+                    service.as_deref(),
+                    Security::MutualTls,
+                );
+                let tracked = ctx.connections.track(ConnectionInfo {
+                    source_identity: Some(source.identity.to_string()),
+                    destination_workload: Some(workload.uid.to_string()),
+                    destination_service: service.as_ref().map(|s| s.key.to_string()),
+                    ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
+                });
+                let request = ConnectRequest {
+                    source: source.identity.clone(),
+                    endpoint: SocketAddr::new(target.ip(), HBONE_PORT),
+                    destination_identity: workload.identity.clone(),
+                    authority: target,
+                    forwarded_for: Some(peer),
+                    baggage: None,
+                    traceparent: None,
+                };
+                match pod.hbone.connect(&request).await {
+                    Ok(tunnel) => {
+                        ctx.health.succeeded(target.ip());
+                        let counters = ctx.metrics.connection_opened(&l);
+                        carry(stream, tunnel, false, counters, tracked).await;
+                        return;
+                    }
+                    Err(e) => Failed {
+                        retry: endpoint_unreachable(&e) && service.is_some(),
+                        eject: endpoint_unreachable(&e),
+                        target,
+                        labels: l,
+                        tracked,
+                        reason: FailureReason::Hbone,
+                        error: e.to_string(),
+                    },
                 }
-            };
-            let counters = ctx.metrics.connection_opened(&l);
-            carry(stream, tunnel, false, counters, tracked).await;
-        }
-        Upstream::Passthrough {
-            target,
-            workload,
-            service,
-        } => {
-            let l = labels(
-                Reporter::Source,
-                Some(&source),
-                source_principal.as_deref(),
-                workload.as_deref(),
-                service.as_deref(),
-                Security::None,
-            );
-            let tracked = ctx.connections.track(ConnectionInfo {
-                source_identity: source_principal.clone(),
-                destination_workload: workload.as_ref().map(|w| w.uid.to_string()),
-                destination_service: service.as_ref().map(|s| s.key.to_string()),
-                ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "TCP")
-            });
-            let upstream = match pod.dialer.connect(target).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::info!(pod = %pod.uid, %target, error = %e, "passthrough connection failed");
-                    ctx.metrics
-                        .connection_failed(&l, FailureReason::UpstreamConnect);
-                    tracked.finish(0, 0, Some(format!("connect to {target}: {e}")));
-                    reset(stream);
-                    return;
+            }
+            Upstream::Passthrough {
+                target,
+                workload,
+                service,
+            } => {
+                // Outside the mesh: no identity was asked of the destination, so none is named.
+                let l = labels(
+                    Reporter::Source,
+                    src.clone(),
+                    peer_labels(workload.as_deref(), None),
+                    service.as_deref(),
+                    Security::None,
+                );
+                let tracked = ctx.connections.track(ConnectionInfo {
+                    source_identity: Some(source.identity.to_string()),
+                    destination_workload: workload.as_ref().map(|w| w.uid.to_string()),
+                    destination_service: service.as_ref().map(|s| s.key.to_string()),
+                    ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "TCP")
+                });
+                match pod.dialer.connect(target).await {
+                    Ok(upstream) => {
+                        ctx.health.succeeded(target.ip());
+                        let counters = ctx.metrics.connection_opened(&l);
+                        carry(stream, upstream, false, counters, tracked).await;
+                        return;
+                    }
+                    Err(e) => Failed {
+                        // Only a service's endpoint has an alternative worth trying.
+                        retry: service.is_some(),
+                        eject: service.is_some(),
+                        target,
+                        labels: l,
+                        tracked,
+                        reason: FailureReason::UpstreamConnect,
+                        error: format!("connect to {target}: {e}"),
+                    },
                 }
-            };
-            let counters = ctx.metrics.connection_opened(&l);
-            carry(stream, upstream, false, counters, tracked).await;
+            }
+            Upstream::NoHealthyEndpoint { service } => {
+                let l = labels(
+                    Reporter::Source,
+                    src,
+                    PeerLabels::unknown(),
+                    Some(&service),
+                    Security::None,
+                );
+                refuse(
+                    ctx,
+                    stream,
+                    &l,
+                    FailureReason::NoHealthyEndpoint,
+                    |suppressed| {
+                        tracing::warn!(pod = %pod.uid, %dst, service = %service.key, suppressed, "refused outbound connection: the service has no healthy endpoint reachable over this address family");
+                    },
+                );
+                return;
+            }
+        };
+        let Failed {
+            retry,
+            eject,
+            target,
+            labels: l,
+            tracked,
+            reason,
+            error,
+        } = outcome;
+        if eject {
+            let out_for = ctx.health.failed(target.ip());
+            tracing::debug!(pod = %pod.uid, endpoint = %target.ip(), ?out_for, "endpoint unreachable: left out of its services' choice");
         }
-        Upstream::NoHealthyEndpoint { service } => {
-            tracing::warn!(pod = %pod.uid, %dst, service = %service.key, "refusing outbound connection: service has no healthy endpoint reachable over this address family");
-            let l = labels(
-                Reporter::Source,
-                Some(&source),
-                source_principal.as_deref(),
-                None,
-                Some(&service),
-                Security::None,
-            );
-            ctx.metrics
-                .connection_failed(&l, FailureReason::NoHealthyEndpoint);
-            reset(stream);
+        tracked.finish(0, 0, Some(error.clone()));
+        if retry && !last {
+            tracing::debug!(pod = %pod.uid, %dst, %target, %error, "endpoint unreachable; trying another");
+            ctx.metrics.attempt_failed(&l, reason);
+            continue;
+        }
+        refuse(ctx, stream, &l, reason, |suppressed| {
+            tracing::warn!(pod = %pod.uid, %dst, %target, %error, suppressed, "outbound connection failed");
+        });
+        return;
+    }
+}
+
+/// One attempt that did not connect.
+struct Failed {
+    /// Another endpoint may serve (the destination is a service and this one is down).
+    retry: bool,
+    /// The endpoint is left out for a while.
+    eject: bool,
+    target: SocketAddr,
+    labels: ConnectionLabels,
+    tracked: TrackedConnection,
+    reason: FailureReason,
+    error: String,
+}
+
+/// Whether the failure says the endpoint is down (nothing listens, its node's ztunnel is
+/// gone, it does not answer, its app is not reachable) rather than that it refused us.
+fn endpoint_unreachable(e: &HboneError) -> bool {
+    match e {
+        HboneError::Refused { status, .. } => *status == http::StatusCode::SERVICE_UNAVAILABLE,
+        HboneError::SourceCertificate { .. } => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pods_own_proxy_ports_are_loops() {
+        let w = Workload::for_tests("client", &["10.244.1.2", "fd00:10:244:1::2"]);
+        let table = [
+            ("10.244.1.2:15001", true),
+            ("10.244.1.2:15006", true),
+            ("[fd00:10:244:1::2]:15008", true),
+            ("127.0.0.1:15006", true),
+            ("0.0.0.0:15001", true),
+            ("10.244.1.2:8080", false),
+            // Another pod's 15008 is HBONE there (its server refuses a tunnel to it).
+            ("10.244.2.2:15008", false),
+            ("192.0.2.1:15001", false),
+        ];
+        for (dst, expected) in table {
+            assert_eq!(aims_at_proxy(dst.parse().unwrap(), &w), expected, "{dst}");
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct ProxyState {
     policies: HashMap<Box<str>, Arc<Policy>>,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// The services each workload (by uid) is an endpoint of.
+    by_endpoint: HashMap<Box<str>, Vec<Arc<Service>>>,
     /// Version of each resource ("<type>/<name>"), sent back on reconnect so the controller
     /// resends only what changed.
     versions: HashMap<String, String>,
@@ -94,23 +96,31 @@ impl ProxyState {
         &self.system_version
     }
 
-    /// Where a connection to `dst` should go.
-    pub fn resolve(&self, dst: SocketAddr) -> Upstream {
+    /// Where a connection to `dst` should go. A service's endpoint is chosen among its
+    /// healthy ones of the same address family, leaving out those `ejected` says failed
+    /// recently unless no other is left (a guess at a recovering endpoint beats a sure
+    /// refusal).
+    pub fn resolve(&self, dst: SocketAddr, ejected: impl Fn(IpAddr) -> bool) -> Upstream {
         if let Some(service) = self.by_vip.get(&dst.ip()) {
             let target_port = service.target_port(dst.port()).unwrap_or(dst.port());
-            let healthy: Vec<Arc<Workload>> = service
+            let healthy: Vec<(&Arc<Workload>, IpAddr)> = service
                 .endpoints
                 .iter()
                 .filter_map(|uid| self.workloads.get(uid))
-                .filter(|w| w.healthy && w.address_like(dst.ip()).is_some())
-                .cloned()
+                .filter(|w| w.healthy)
+                .filter_map(|w| Some((w, w.address_like(dst.ip())?)))
                 .collect();
-            let Some(workload) = service.pick(&healthy) else {
+            let live: Vec<(&Arc<Workload>, IpAddr)> = healthy
+                .iter()
+                .copied()
+                .filter(|(_, ip)| !ejected(*ip))
+                .collect();
+            let candidates = if live.is_empty() { &healthy } else { &live };
+            let Some(&(workload, ip)) = service.pick(candidates) else {
                 return Upstream::NoHealthyEndpoint {
                     service: service.clone(),
                 };
             };
-            let ip = workload.address_like(dst.ip()).expect("filtered above");
             let target = SocketAddr::new(ip, target_port);
             return match workload.protocol {
                 Protocol::Hbone => Upstream::Hbone {
@@ -137,6 +147,17 @@ impl ProxyState {
                 service: None,
             },
         }
+    }
+
+    /// The service a connection to `workload`'s `port` most likely came through, for the
+    /// destination side's telemetry (the tunnel names the pod, not the service): one of the
+    /// services `workload` backs with that target port, else any of them.
+    pub fn service_of(&self, workload: &str, port: u16) -> Option<&Arc<Service>> {
+        let services = self.by_endpoint.get(workload)?;
+        services
+            .iter()
+            .find(|s| s.ports.iter().any(|p| p.target_port == port))
+            .or_else(|| services.first())
     }
 
     /// The authorization decision for a connection to `workload` on `port`.
@@ -206,13 +227,18 @@ impl ProxyState {
                 resource.version.clone(),
             );
         }
-        let (by_ip, by_vip) = next.index()?;
+        let Indexes {
+            by_ip,
+            by_vip,
+            by_endpoint,
+        } = next.index()?;
         self.workloads = next.workloads;
         self.services = next.services;
         self.policies = next.policies;
         self.versions = next.versions;
         self.by_ip = by_ip;
         self.by_vip = by_vip;
+        self.by_endpoint = by_endpoint;
         self.system_version = response.system_version.clone();
         Ok(())
     }
@@ -242,10 +268,11 @@ impl From<&ProxyState> for Staged {
     }
 }
 
-type Indexes = (
-    HashMap<IpAddr, Arc<Workload>>,
-    HashMap<IpAddr, Arc<Service>>,
-);
+struct Indexes {
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
+    by_endpoint: HashMap<Box<str>, Vec<Arc<Service>>>,
+}
 
 impl Staged {
     fn index(&self) -> Result<Indexes, StateError> {
@@ -262,12 +289,20 @@ impl Staged {
             }
         }
         let mut by_vip = HashMap::new();
+        let mut by_endpoint: HashMap<Box<str>, Vec<Arc<Service>>> = HashMap::new();
         for s in self.services.values() {
             for vip in s.vips.iter() {
                 by_vip.insert(*vip, s.clone());
             }
+            for uid in s.endpoints.iter() {
+                by_endpoint.entry(uid.clone()).or_default().push(s.clone());
+            }
         }
-        Ok((by_ip, by_vip))
+        Ok(Indexes {
+            by_ip,
+            by_vip,
+            by_endpoint,
+        })
     }
 }
 
@@ -330,6 +365,12 @@ mod tests {
         }
     }
 
+    impl ProxyState {
+        fn resolve_any(&self, dst: SocketAddr) -> Upstream {
+            self.resolve(dst, |_| false)
+        }
+    }
+
     fn base() -> ProxyState {
         let mut s = ProxyState::default();
         s.apply(&response(
@@ -351,7 +392,7 @@ mod tests {
     #[test]
     fn resolves_vips_workloads_and_the_outside() {
         let s = base();
-        match s.resolve("10.96.0.10:9080".parse().unwrap()) {
+        match s.resolve_any("10.96.0.10:9080".parse().unwrap()) {
             Upstream::Hbone {
                 workload,
                 target,
@@ -363,23 +404,112 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match s.resolve("[fd00:10:96::10]:9080".parse().unwrap()) {
+        match s.resolve_any("[fd00:10:96::10]:9080".parse().unwrap()) {
             Upstream::Hbone { target, .. } => {
                 assert_eq!(target, "[fd00:10:244:1::4]:8080".parse().unwrap())
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            s.resolve("10.244.2.3:8080".parse().unwrap()),
+            s.resolve_any("10.244.2.3:8080".parse().unwrap()),
             Upstream::Passthrough {
                 workload: Some(_),
                 ..
             }
         ));
         assert!(matches!(
-            s.resolve("192.0.2.1:443".parse().unwrap()),
+            s.resolve_any("192.0.2.1:443".parse().unwrap()),
             Upstream::Passthrough { workload: None, .. }
         ));
+    }
+
+    /// reviews with two endpoints, v1 healthy or not, v2 healthy.
+    fn two_endpoints(v1_healthy: bool) -> ProxyState {
+        let mut v1 = workload(
+            "reviews-v1",
+            &["10.244.1.4", "fd00:10:244:1::4"],
+            wl::Protocol::Hbone,
+        );
+        if let Some(Kind::Workload(w)) = &mut v1.kind {
+            if !v1_healthy {
+                w.status = wl::WorkloadStatus::Unhealthy as i32;
+            }
+        }
+        let mut svc = service();
+        if let Some(Kind::Service(s)) = &mut svc.kind {
+            s.endpoints.push(wl::Endpoint {
+                workload_uid: "local//Pod/demo/reviews-v2".into(),
+            });
+        }
+        let mut s = ProxyState::default();
+        s.apply(&response(
+            true,
+            vec![
+                v1,
+                workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone),
+                svc,
+            ],
+        ))
+        .unwrap();
+        s
+    }
+
+    /// Which endpoints 200 picks of `dst` land on.
+    fn picks(s: &ProxyState, dst: &str, ejected: &[&str]) -> std::collections::BTreeSet<String> {
+        let ejected: Vec<IpAddr> = ejected.iter().map(|a| a.parse().unwrap()).collect();
+        (0..200)
+            .map(
+                |_| match s.resolve(dst.parse().unwrap(), |ip| ejected.contains(&ip)) {
+                    Upstream::Hbone { target, .. } => target.to_string(),
+                    Upstream::NoHealthyEndpoint { .. } => "none".into(),
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_choice() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let vip4 = "10.96.0.10:9080";
+        let vip6 = "[fd00:10:96::10]:9080";
+        let (v1, v2) = ("10.244.1.4:8080", "10.244.2.2:8080");
+        // (v1 healthy in config, ejected by this ztunnel, destination, expected picks)
+        let table: [(bool, &[&str], &str, &[&str]); 7] = [
+            (true, &[], vip4, &[v1, v2]),
+            (false, &[], vip4, &[v2]),
+            (true, &["10.244.1.4"], vip4, &[v2]),
+            (true, &["10.244.2.2"], vip4, &[v1]),
+            // Everything ejected: still try one rather than refuse.
+            (true, &["10.244.1.4", "10.244.2.2"], vip4, &[v1, v2]),
+            // Only v1 has an IPv6 address.
+            (true, &[], vip6, &["[fd00:10:244:1::4]:8080"]),
+            (false, &[], vip6, &["none"]),
+        ];
+        for (healthy, ejected, dst, expected) in table {
+            let s = two_endpoints(healthy);
+            assert_eq!(
+                picks(&s, dst, ejected),
+                set(expected),
+                "v1 healthy {healthy}, ejected {ejected:?}, to {dst}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_destination_side_finds_the_service_of_a_workload() {
+        let s = two_endpoints(true);
+        let found = |uid: &str, port| s.service_of(uid, port).map(|s| s.key.to_string());
+        assert_eq!(
+            found("local//Pod/demo/reviews-v2", 8080).as_deref(),
+            Some("demo/reviews")
+        );
+        // Another port of a workload that backs one service: still that service.
+        assert_eq!(
+            found("local//Pod/demo/reviews-v2", 9999).as_deref(),
+            Some("demo/reviews")
+        );
+        assert_eq!(found("local//Pod/demo/legacy", 8080), None);
     }
 
     #[test]

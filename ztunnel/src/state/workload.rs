@@ -2,7 +2,6 @@
 //! data path never parses an address or an identity.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
@@ -40,6 +39,8 @@ pub struct Workload {
     pub authorization_policies: Box<[Box<str>]>,
     pub canonical_name: Box<str>,
     pub canonical_revision: Box<str>,
+    /// Plaintext from outside the mesh is refused (`ambit.io/mtls-mode: strict`).
+    pub strict_mtls: bool,
 }
 
 impl Workload {
@@ -92,7 +93,28 @@ impl Workload {
                 .collect(),
             canonical_name: w.canonical_name.as_str().into(),
             canonical_revision: w.canonical_revision.as_str().into(),
+            strict_mtls: match api::MtlsMode::try_from(w.mtls_mode) {
+                Ok(api::MtlsMode::Permissive) => false,
+                Ok(api::MtlsMode::Strict) => true,
+                // A mode this ztunnel does not know is stricter than it can tell: fail closed.
+                Err(_) => true,
+            },
         })
+    }
+
+    /// A meshed workload in `demo` with these addresses, for tests of the data path.
+    #[cfg(test)]
+    pub fn for_tests(name: &str, addresses: &[&str]) -> Self {
+        Workload::from_api(&api::Workload {
+            uid: format!("Kubernetes//Pod/demo/{name}"),
+            name: name.into(),
+            namespace: "demo".into(),
+            service_account: name.into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            protocol: api::Protocol::Hbone as i32,
+            ..Default::default()
+        })
+        .expect("a valid test workload")
     }
 
     /// The name dashboards group by: the canonical service name, else the pod name.
@@ -189,7 +211,7 @@ impl Service {
     /// An endpoint among `candidates` (already filtered to healthy ones), at random: a
     /// shared round-robin counter lets two clients calling in step each see one endpoint
     /// only.
-    pub fn pick<'a>(&self, candidates: &'a [Arc<Workload>]) -> Option<&'a Arc<Workload>> {
+    pub fn pick<'a, T>(&self, candidates: &'a [T]) -> Option<&'a T> {
         if candidates.is_empty() {
             return None;
         }
