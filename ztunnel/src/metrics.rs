@@ -53,6 +53,8 @@ pub enum FailureReason {
     UpstreamConnect,
     /// A service VIP had no healthy endpoint.
     NoHealthyEndpoint,
+    /// The destination uses a waypoint that is unknown, has no address or cannot be reached.
+    WaypointUnavailable,
     /// The redirected connection's original destination could not be read.
     OriginalDestination,
     /// The source pod is not (or no longer) in ztunnel's config.
@@ -68,6 +70,7 @@ impl FailureReason {
             FailureReason::Hbone => "hbone",
             FailureReason::UpstreamConnect => "upstream_connect",
             FailureReason::NoHealthyEndpoint => "no_healthy_endpoint",
+            FailureReason::WaypointUnavailable => "waypoint_unavailable",
             FailureReason::OriginalDestination => "original_destination",
             FailureReason::UnknownSource => "unknown_source",
         }
@@ -80,7 +83,7 @@ impl FailureReason {
         match self {
             FailureReason::PolicyDenied | FailureReason::StrictMtls => "RBAC",
             FailureReason::Hbone | FailureReason::UpstreamConnect => "UF",
-            FailureReason::NoHealthyEndpoint => "UH",
+            FailureReason::NoHealthyEndpoint | FailureReason::WaypointUnavailable => "UH",
             FailureReason::ProxyPort
             | FailureReason::OriginalDestination
             | FailureReason::UnknownSource => "NR",

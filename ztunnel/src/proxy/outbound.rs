@@ -126,7 +126,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         let upstream = ctx
             .state
             .read()
-            .resolve(dst, |ip| ctx.health.is_ejected(ip));
+            .resolve(dst, &source.identity, |ip| ctx.health.is_ejected(ip));
         let last = attempt == ATTEMPTS;
         let outcome = match upstream {
             Upstream::Hbone {
@@ -209,6 +209,78 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                         tracked,
                         reason: FailureReason::UpstreamConnect,
                         error: format!("connect to {target}: {e}"),
+                    },
+                }
+            }
+            Upstream::Waypoint {
+                key,
+                waypoint,
+                target,
+                service,
+                workload,
+            } => {
+                let l = labels(
+                    Reporter::Source,
+                    src.clone(),
+                    peer_labels(workload.as_deref(), None),
+                    service.as_deref(),
+                    Security::MutualTls,
+                );
+                let what = service.as_ref().map_or_else(
+                    || format!("workload {dst}"),
+                    |s| format!("service {}", s.key),
+                );
+                let Some((waypoint, address)) = waypoint
+                    .as_ref()
+                    .and_then(|w| Some((w, w.address_like(dst.ip())?)))
+                else {
+                    // Fail closed: never around the waypoint, whose policy would be skipped.
+                    let why = if waypoint.is_none() {
+                        "which is not in ztunnel's config (is it deployed, in the same namespace, with that name?)"
+                    } else {
+                        "which has no ready address in this address family (are its pods ready?)"
+                    };
+                    refuse(
+                        ctx,
+                        stream,
+                        &l,
+                        FailureReason::WaypointUnavailable,
+                        |suppressed| {
+                            tracing::warn!(pod = %pod.uid, %dst, waypoint = %key, suppressed, "refused outbound connection: {what} uses waypoint {key}, {why}");
+                        },
+                    );
+                    return;
+                };
+                let tracked = ctx.connections.track(ConnectionInfo {
+                    source_identity: Some(source.identity.to_string()),
+                    destination_workload: workload.as_ref().map(|w| w.uid.to_string()),
+                    destination_service: service.as_ref().map(|s| s.key.to_string()),
+                    ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
+                });
+                let request = ConnectRequest {
+                    source: source.identity.clone(),
+                    endpoint: SocketAddr::new(address, HBONE_PORT),
+                    destination_identity: waypoint.identity.clone(),
+                    authority: target,
+                    forwarded_for: Some(peer),
+                    baggage: None,
+                    traceparent: None,
+                };
+                match pod.hbone.connect(&request).await {
+                    Ok(tunnel) => {
+                        let counters = ctx.metrics.connection_opened(&l);
+                        carry(stream, tunnel, false, counters, tracked).await;
+                        return;
+                    }
+                    // The only way there: no other endpoint to try.
+                    Err(e) => Failed {
+                        retry: false,
+                        eject: false,
+                        target: request.endpoint,
+                        labels: l,
+                        tracked,
+                        reason: FailureReason::WaypointUnavailable,
+                        error: format!("waypoint {key} for {what}: {e}"),
                     },
                 }
             }

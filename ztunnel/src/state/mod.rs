@@ -3,9 +3,11 @@
 //! (or a local file) all-or-nothing: a bad update is refused whole and the old state stays.
 
 mod policy;
+mod waypoint;
 mod workload;
 
 pub use policy::{Decision, Policy, Source as PolicySource};
+pub use waypoint::Waypoint;
 pub use workload::{Protocol, Service, ServicePort, Workload};
 
 use std::collections::HashMap;
@@ -13,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{self as api, resource::Kind};
+use ambit_proto::identity::SpiffeId;
 
 /// Why an update was refused (it is NACKed with this text, and the old state kept).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +26,8 @@ pub enum StateError {
     InvalidService { key: String, reason: String },
     #[error("authorization policy {key:?} is invalid: {reason}")]
     InvalidPolicy { key: String, reason: String },
+    #[error("waypoint {key:?} is invalid: {reason}")]
+    InvalidWaypoint { key: String, reason: String },
     #[error("resource {name:?} has no content")]
     EmptyResource { name: String },
     #[error("address {address} is claimed by both workload {first:?} and workload {second:?}")]
@@ -50,6 +55,17 @@ pub enum Upstream {
     },
     /// A service VIP with no healthy endpoint.
     NoHealthyEndpoint { service: Arc<Service> },
+    /// The service (or workload) uses a waypoint: HBONE to the waypoint, tunnel target the
+    /// original destination (the VIP or pod address and port), as Istio does. `waypoint` is
+    /// `None` when it is not in the config: the connection must be refused, never sent
+    /// around it.
+    Waypoint {
+        key: Box<str>,
+        waypoint: Option<Arc<Waypoint>>,
+        target: SocketAddr,
+        service: Option<Arc<Service>>,
+        workload: Option<Arc<Workload>>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +73,7 @@ pub struct ProxyState {
     workloads: HashMap<Box<str>, Arc<Workload>>,
     services: HashMap<Box<str>, Arc<Service>>,
     policies: HashMap<Box<str>, Arc<Policy>>,
+    waypoints: HashMap<Box<str>, Arc<Waypoint>>,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
     /// The services each workload (by uid) is an endpoint of.
@@ -96,12 +113,35 @@ impl ProxyState {
         &self.system_version
     }
 
-    /// Where a connection to `dst` should go. A service's endpoint is chosen among its
-    /// healthy ones of the same address family, leaving out those `ejected` says failed
-    /// recently unless no other is left (a guess at a recovering endpoint beats a sure
-    /// refusal).
-    pub fn resolve(&self, dst: SocketAddr, ejected: impl Fn(IpAddr) -> bool) -> Upstream {
+    /// Where a connection from `from` to `dst` should go. A service or workload that uses a
+    /// waypoint is reached through it (except by the waypoint itself). A service's endpoint is
+    /// chosen among its healthy ones of the same address family, leaving out those `ejected`
+    /// says failed recently unless no other is left (a guess at a recovering endpoint beats a
+    /// sure refusal).
+    pub fn resolve(
+        &self,
+        dst: SocketAddr,
+        from: &SpiffeId,
+        ejected: impl Fn(IpAddr) -> bool,
+    ) -> Upstream {
+        let through = |key: &Option<Box<str>>| -> Option<(Box<str>, Option<Arc<Waypoint>>)> {
+            let key = key.as_ref()?;
+            let waypoint = self.waypoints.get(key).cloned();
+            if waypoint.as_ref().is_some_and(|w| &w.identity == from) {
+                return None;
+            }
+            Some((key.clone(), waypoint))
+        };
         if let Some(service) = self.by_vip.get(&dst.ip()) {
+            if let Some((key, waypoint)) = through(&service.waypoint) {
+                return Upstream::Waypoint {
+                    key,
+                    waypoint,
+                    target: dst,
+                    service: Some(service.clone()),
+                    workload: None,
+                };
+            }
             let target_port = service.target_port(dst.port()).unwrap_or(dst.port());
             let healthy: Vec<(&Arc<Workload>, IpAddr)> = service
                 .endpoints
@@ -135,7 +175,17 @@ impl ProxyState {
                 },
             };
         }
-        match self.by_ip.get(&dst.ip()) {
+        let workload = self.by_ip.get(&dst.ip());
+        if let Some((key, waypoint)) = workload.and_then(|w| through(&w.waypoint)) {
+            return Upstream::Waypoint {
+                key,
+                waypoint,
+                target: dst,
+                service: None,
+                workload: workload.cloned(),
+            };
+        }
+        match workload {
             Some(w) if w.protocol == Protocol::Hbone => Upstream::Hbone {
                 workload: w.clone(),
                 target: dst,
@@ -191,7 +241,10 @@ impl ProxyState {
                 Ok(api::ResourceType::AuthorizationPolicy) => {
                     next.policies.remove(name);
                 }
-                // Waypoints and routes are for waypoints; ztunnel keeps no copy.
+                Ok(api::ResourceType::WaypointResource) => {
+                    next.waypoints.remove(name);
+                }
+                // Routes are for waypoints; ztunnel keeps no copy.
                 _ => {}
             }
             next.versions
@@ -219,7 +272,11 @@ impl ProxyState {
                     next.policies.insert(p.key.clone(), Arc::new(p));
                     api::ResourceType::AuthorizationPolicy
                 }
-                Kind::Waypoint(_) => api::ResourceType::WaypointResource,
+                Kind::Waypoint(w) => {
+                    let w = Waypoint::from_api(w)?;
+                    next.waypoints.insert(w.key.clone(), Arc::new(w));
+                    api::ResourceType::WaypointResource
+                }
                 Kind::Route(_) => api::ResourceType::Route,
             };
             next.versions.insert(
@@ -235,6 +292,7 @@ impl ProxyState {
         self.workloads = next.workloads;
         self.services = next.services;
         self.policies = next.policies;
+        self.waypoints = next.waypoints;
         self.versions = next.versions;
         self.by_ip = by_ip;
         self.by_vip = by_vip;
@@ -254,6 +312,7 @@ struct Staged {
     workloads: HashMap<Box<str>, Arc<Workload>>,
     services: HashMap<Box<str>, Arc<Service>>,
     policies: HashMap<Box<str>, Arc<Policy>>,
+    waypoints: HashMap<Box<str>, Arc<Waypoint>>,
     versions: HashMap<String, String>,
 }
 
@@ -263,6 +322,7 @@ impl From<&ProxyState> for Staged {
             workloads: s.workloads.clone(),
             services: s.services.clone(),
             policies: s.policies.clone(),
+            waypoints: s.waypoints.clone(),
             versions: s.versions.clone(),
         }
     }
@@ -307,260 +367,4 @@ impl Staged {
 }
 
 #[cfg(test)]
-mod tests {
-    use ambit_proto::api::discovery::{Resource, SubscribeResponse};
-    use ambit_proto::api::workload as wl;
-
-    use super::*;
-
-    fn workload(name: &str, ips: &[&str], protocol: wl::Protocol) -> Resource {
-        let uid = format!("local//Pod/demo/{name}");
-        Resource {
-            name: uid.clone(),
-            version: "1".into(),
-            kind: Some(Kind::Workload(wl::Workload {
-                uid,
-                name: name.into(),
-                namespace: "demo".into(),
-                service_account: name.into(),
-                node: "node-a".into(),
-                addresses: ips.iter().map(|s| s.to_string()).collect(),
-                protocol: protocol as i32,
-                trust_domain: "cluster.local".into(),
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn service() -> Resource {
-        Resource {
-            name: "demo/reviews".into(),
-            version: "1".into(),
-            kind: Some(Kind::Service(wl::Service {
-                name: "reviews".into(),
-                namespace: "demo".into(),
-                hostname: "reviews.demo.svc.cluster.local".into(),
-                addresses: vec!["10.96.0.10".into(), "fd00:10:96::10".into()],
-                ports: vec![wl::Port {
-                    service_port: 9080,
-                    target_port: 8080,
-                    ..Default::default()
-                }],
-                endpoints: vec![wl::Endpoint {
-                    workload_uid: "local//Pod/demo/reviews-v1".into(),
-                }],
-                waypoint: None,
-            })),
-        }
-    }
-
-    fn response(full: bool, resources: Vec<Resource>) -> SubscribeResponse {
-        SubscribeResponse {
-            system_version: "v".into(),
-            nonce: "n".into(),
-            resources,
-            removed: vec![],
-            full_state: full,
-            more: false,
-        }
-    }
-
-    impl ProxyState {
-        fn resolve_any(&self, dst: SocketAddr) -> Upstream {
-            self.resolve(dst, |_| false)
-        }
-    }
-
-    fn base() -> ProxyState {
-        let mut s = ProxyState::default();
-        s.apply(&response(
-            true,
-            vec![
-                workload(
-                    "reviews-v1",
-                    &["10.244.1.4", "fd00:10:244:1::4"],
-                    wl::Protocol::Hbone,
-                ),
-                workload("legacy", &["10.244.2.3"], wl::Protocol::Tcp),
-                service(),
-            ],
-        ))
-        .unwrap();
-        s
-    }
-
-    #[test]
-    fn resolves_vips_workloads_and_the_outside() {
-        let s = base();
-        match s.resolve_any("10.96.0.10:9080".parse().unwrap()) {
-            Upstream::Hbone {
-                workload,
-                target,
-                service,
-            } => {
-                assert_eq!(&*workload.name, "reviews-v1");
-                assert_eq!(target, "10.244.1.4:8080".parse().unwrap());
-                assert_eq!(&*service.unwrap().key, "demo/reviews");
-            }
-            other => panic!("{other:?}"),
-        }
-        match s.resolve_any("[fd00:10:96::10]:9080".parse().unwrap()) {
-            Upstream::Hbone { target, .. } => {
-                assert_eq!(target, "[fd00:10:244:1::4]:8080".parse().unwrap())
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            s.resolve_any("10.244.2.3:8080".parse().unwrap()),
-            Upstream::Passthrough {
-                workload: Some(_),
-                ..
-            }
-        ));
-        assert!(matches!(
-            s.resolve_any("192.0.2.1:443".parse().unwrap()),
-            Upstream::Passthrough { workload: None, .. }
-        ));
-    }
-
-    /// reviews with two endpoints, v1 healthy or not, v2 healthy.
-    fn two_endpoints(v1_healthy: bool) -> ProxyState {
-        let mut v1 = workload(
-            "reviews-v1",
-            &["10.244.1.4", "fd00:10:244:1::4"],
-            wl::Protocol::Hbone,
-        );
-        if let Some(Kind::Workload(w)) = &mut v1.kind {
-            if !v1_healthy {
-                w.status = wl::WorkloadStatus::Unhealthy as i32;
-            }
-        }
-        let mut svc = service();
-        if let Some(Kind::Service(s)) = &mut svc.kind {
-            s.endpoints.push(wl::Endpoint {
-                workload_uid: "local//Pod/demo/reviews-v2".into(),
-            });
-        }
-        let mut s = ProxyState::default();
-        s.apply(&response(
-            true,
-            vec![
-                v1,
-                workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone),
-                svc,
-            ],
-        ))
-        .unwrap();
-        s
-    }
-
-    /// Which endpoints 200 picks of `dst` land on.
-    fn picks(s: &ProxyState, dst: &str, ejected: &[&str]) -> std::collections::BTreeSet<String> {
-        let ejected: Vec<IpAddr> = ejected.iter().map(|a| a.parse().unwrap()).collect();
-        (0..200)
-            .map(
-                |_| match s.resolve(dst.parse().unwrap(), |ip| ejected.contains(&ip)) {
-                    Upstream::Hbone { target, .. } => target.to_string(),
-                    Upstream::NoHealthyEndpoint { .. } => "none".into(),
-                    other => panic!("{other:?}"),
-                },
-            )
-            .collect()
-    }
-
-    #[test]
-    fn endpoint_choice() {
-        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-        let vip4 = "10.96.0.10:9080";
-        let vip6 = "[fd00:10:96::10]:9080";
-        let (v1, v2) = ("10.244.1.4:8080", "10.244.2.2:8080");
-        // (v1 healthy in config, ejected by this ztunnel, destination, expected picks)
-        let table: [(bool, &[&str], &str, &[&str]); 7] = [
-            (true, &[], vip4, &[v1, v2]),
-            (false, &[], vip4, &[v2]),
-            (true, &["10.244.1.4"], vip4, &[v2]),
-            (true, &["10.244.2.2"], vip4, &[v1]),
-            // Everything ejected: still try one rather than refuse.
-            (true, &["10.244.1.4", "10.244.2.2"], vip4, &[v1, v2]),
-            // Only v1 has an IPv6 address.
-            (true, &[], vip6, &["[fd00:10:244:1::4]:8080"]),
-            (false, &[], vip6, &["none"]),
-        ];
-        for (healthy, ejected, dst, expected) in table {
-            let s = two_endpoints(healthy);
-            assert_eq!(
-                picks(&s, dst, ejected),
-                set(expected),
-                "v1 healthy {healthy}, ejected {ejected:?}, to {dst}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_destination_side_finds_the_service_of_a_workload() {
-        let s = two_endpoints(true);
-        let found = |uid: &str, port| s.service_of(uid, port).map(|s| s.key.to_string());
-        assert_eq!(
-            found("local//Pod/demo/reviews-v2", 8080).as_deref(),
-            Some("demo/reviews")
-        );
-        // Another port of a workload that backs one service: still that service.
-        assert_eq!(
-            found("local//Pod/demo/reviews-v2", 9999).as_deref(),
-            Some("demo/reviews")
-        );
-        assert_eq!(found("local//Pod/demo/legacy", 8080), None);
-    }
-
-    #[test]
-    fn a_bad_update_is_refused_whole_and_the_old_state_stays() {
-        let mut s = base();
-        let bad = response(
-            false,
-            vec![
-                workload("new-good", &["10.244.1.9"], wl::Protocol::Hbone),
-                workload("new-bad", &["10.244.1.300"], wl::Protocol::Hbone),
-            ],
-        );
-        let err = s.apply(&bad).unwrap_err().to_string();
-        assert!(
-            err.contains("new-bad") && err.contains("10.244.1.300"),
-            "{err}"
-        );
-        assert!(
-            s.workload("local//Pod/demo/new-good").is_none(),
-            "half of a refused update was applied"
-        );
-        assert!(s.workload("local//Pod/demo/reviews-v1").is_some());
-
-        let clash = response(
-            false,
-            vec![workload("impostor", &["10.244.1.4"], wl::Protocol::Hbone)],
-        );
-        let err = s.apply(&clash).unwrap_err().to_string();
-        assert!(err.contains("10.244.1.4"), "{err}");
-        assert!(s.workload("local//Pod/demo/impostor").is_none());
-    }
-
-    #[test]
-    fn deltas_add_and_remove_and_versions_follow() {
-        let mut s = base();
-        let mut delta = response(
-            false,
-            vec![workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone)],
-        );
-        delta.removed.push(api::RemovedResource {
-            r#type: api::ResourceType::Workload as i32,
-            name: "local//Pod/demo/legacy".into(),
-        });
-        s.apply(&delta).unwrap();
-        assert!(s.workload("local//Pod/demo/reviews-v2").is_some());
-        assert!(s.workload("local//Pod/demo/legacy").is_none());
-        assert!(
-            s.versions()
-                .contains_key("workload/local//Pod/demo/reviews-v2")
-        );
-        assert!(!s.versions().contains_key("workload/local//Pod/demo/legacy"));
-        assert!(s.versions().contains_key("service/demo/reviews"));
-    }
-}
+mod tests;

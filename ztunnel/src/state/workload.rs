@@ -7,6 +7,7 @@ use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
 
 use super::StateError;
+use super::waypoint::waypoint_key;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -41,6 +42,8 @@ pub struct Workload {
     pub canonical_revision: Box<str>,
     /// Plaintext from outside the mesh is refused (`ambit.io/mtls-mode: strict`).
     pub strict_mtls: bool,
+    /// "<namespace>/<name>" of the waypoint traffic addressed to this workload goes through.
+    pub waypoint: Option<Box<str>>,
 }
 
 impl Workload {
@@ -99,6 +102,7 @@ impl Workload {
                 // A mode this ztunnel does not know is stricter than it can tell: fail closed.
                 Err(_) => true,
             },
+            waypoint: waypoint_key(w.waypoint.as_ref()),
         })
     }
 
@@ -151,6 +155,8 @@ pub struct Service {
     pub vips: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
     pub endpoints: Box<[Box<str>]>,
+    /// "<namespace>/<name>" of the waypoint this service's traffic goes through.
+    pub waypoint: Option<Box<str>>,
 }
 
 impl Service {
@@ -197,6 +203,7 @@ impl Service {
                 .iter()
                 .map(|e| e.workload_uid.as_str().into())
                 .collect(),
+            waypoint: waypoint_key(s.waypoint.as_ref()),
             key: key.into(),
         })
     }

@@ -1,0 +1,62 @@
+//! Waypoints as ztunnel holds them: where a service's (or workload's) traffic must go instead
+//! of straight to its pods, and the identity the waypoint must prove.
+
+use std::net::IpAddr;
+
+use ambit_proto::api::workload as api;
+use ambit_proto::identity::SpiffeId;
+
+use super::StateError;
+
+#[derive(Debug)]
+pub struct Waypoint {
+    /// "<namespace>/<name>", as services and workloads name it.
+    pub key: Box<str>,
+    /// Where it accepts HBONE (port 15008); empty while none of its pods is ready.
+    pub addresses: Box<[IpAddr]>,
+    pub identity: SpiffeId,
+}
+
+impl Waypoint {
+    pub fn from_api(w: &api::Waypoint) -> Result<Self, StateError> {
+        let key = format!("{}/{}", w.namespace, w.name);
+        let invalid = |reason: String| StateError::InvalidWaypoint {
+            key: key.clone(),
+            reason,
+        };
+        let addresses = w
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| invalid(format!("address {a:?} is not an IP address")))
+            })
+            .collect::<Result<Box<[_]>, _>>()?;
+        let trust_domain = if w.trust_domain.is_empty() {
+            "cluster.local"
+        } else {
+            &w.trust_domain
+        };
+        let identity = SpiffeId::new(trust_domain, &w.namespace, &w.service_account)
+            .map_err(|e| invalid(format!("its identity is invalid: {e}")))?;
+        Ok(Waypoint {
+            key: key.into(),
+            addresses,
+            identity,
+        })
+    }
+
+    /// Its address in the same family as `like` (a v6 client's traffic goes over v6).
+    pub fn address_like(&self, like: IpAddr) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == like.is_ipv4())
+    }
+}
+
+/// The key of the waypoint a reference names, if it names one.
+pub fn waypoint_key(r: Option<&api::WaypointRef>) -> Option<Box<str>> {
+    r.filter(|r| !r.name.is_empty())
+        .map(|r| format!("{}/{}", r.namespace, r.name).into())
+}
