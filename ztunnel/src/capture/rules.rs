@@ -164,3 +164,89 @@ fn run_in(
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rules of one chain, in order.
+    fn chain<'a>(script: &'a str, name: &str) -> Vec<&'a str> {
+        let prefix = format!("-A {name} ");
+        script
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn install_rules() {
+        // (excluded ports, expected AMBIT_PREROUTING, expected AMBIT_OUTPUT)
+        let table: [(&[u16], &[&str], &[&str]); 2] = [
+            (
+                &[],
+                &[
+                    "-i lo -j RETURN",
+                    "-p tcp --dport 15008 -j RETURN",
+                    "-p tcp -j REDIRECT --to-ports 15006",
+                ],
+                &[
+                    "-m mark --mark 0x539/0xfff -j RETURN",
+                    "-o lo -j RETURN",
+                    "-p tcp -j REDIRECT --to-ports 15001",
+                ],
+            ),
+            (
+                &[15099, 22],
+                &[
+                    "-i lo -j RETURN",
+                    "-p tcp --dport 15099 -j RETURN",
+                    "-p tcp --dport 22 -j RETURN",
+                    "-p tcp --dport 15008 -j RETURN",
+                    "-p tcp -j REDIRECT --to-ports 15006",
+                ],
+                &[
+                    "-m mark --mark 0x539/0xfff -j RETURN",
+                    "-o lo -j RETURN",
+                    "-p tcp --dport 15099 -j RETURN",
+                    "-p tcp --dport 22 -j RETURN",
+                    "-p tcp -j REDIRECT --to-ports 15001",
+                ],
+            ),
+        ];
+        for (exclude, prerouting, output) in table {
+            let script = install_script(exclude);
+            assert_eq!(
+                chain(&script, "AMBIT_PREROUTING"),
+                prerouting,
+                "{exclude:?}"
+            );
+            assert_eq!(chain(&script, "AMBIT_OUTPUT"), output, "{exclude:?}");
+            // Hooked into the built-in chains once each, and committed as one transaction.
+            assert_eq!(chain(&script, "PREROUTING"), ["-j AMBIT_PREROUTING"]);
+            assert_eq!(chain(&script, "OUTPUT"), ["-j AMBIT_OUTPUT"]);
+            assert!(script.starts_with("*nat\n") && script.ends_with("COMMIT\n"));
+        }
+    }
+
+    #[test]
+    fn removal_unhooks_flushes_and_deletes_both_chains() {
+        let script = remove_script();
+        for line in [
+            "-D PREROUTING -j AMBIT_PREROUTING",
+            "-D OUTPUT -j AMBIT_OUTPUT",
+            "-F AMBIT_PREROUTING",
+            "-X AMBIT_PREROUTING",
+            "-F AMBIT_OUTPUT",
+            "-X AMBIT_OUTPUT",
+        ] {
+            assert!(
+                script.lines().any(|l| l == line),
+                "missing {line}:\n{script}"
+            );
+        }
+        // Unhooked before deleted: iptables refuses to delete a chain still referenced.
+        let unhook = script.find("-D OUTPUT").unwrap();
+        let delete = script.find("-X AMBIT_OUTPUT").unwrap();
+        assert!(unhook < delete);
+    }
+}

@@ -4,11 +4,12 @@
 //! the choice for a while (`EndpointHealth`) and the connection tries one other endpoint: no
 //! byte of it was sent yet, so the app never sees the failed attempt.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{ConnectRequest, HBONE_PORT, HboneError};
+use ambit_proto::identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::splice::{carry, reset};
@@ -147,15 +148,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     destination_service: service.as_ref().map(|s| s.key.to_string()),
                     ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
                 });
-                let request = ConnectRequest {
-                    source: source.identity.clone(),
-                    endpoint: SocketAddr::new(target.ip(), HBONE_PORT),
-                    destination_identity: workload.identity.clone(),
-                    authority: target,
-                    forwarded_for: Some(peer),
-                    baggage: None,
-                    traceparent: None,
-                };
+                let request =
+                    connect_request(&source, peer, target.ip(), &workload.identity, target);
                 match pod.hbone.connect(&request).await {
                     Ok(tunnel) => {
                         ctx.health.succeeded(target.ip());
@@ -257,15 +251,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     destination_service: service.as_ref().map(|s| s.key.to_string()),
                     ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
                 });
-                let request = ConnectRequest {
-                    source: source.identity.clone(),
-                    endpoint: SocketAddr::new(address, HBONE_PORT),
-                    destination_identity: waypoint.identity.clone(),
-                    authority: target,
-                    forwarded_for: Some(peer),
-                    baggage: None,
-                    traceparent: None,
-                };
+                let request = connect_request(&source, peer, address, &waypoint.identity, target);
                 match pod.hbone.connect(&request).await {
                     Ok(tunnel) => {
                         let counters = ctx.metrics.connection_opened(&l);
@@ -330,6 +316,27 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     }
 }
 
+/// The tunnel for a connection from `peer` in `source`: dialled to `via` (the destination pod
+/// or the waypoint) on 15008, which must prove `via_identity`, and aimed at `target` (the pod
+/// address and port, or through a waypoint the original destination).
+fn connect_request(
+    source: &Workload,
+    peer: SocketAddr,
+    via: IpAddr,
+    via_identity: &SpiffeId,
+    target: SocketAddr,
+) -> ConnectRequest {
+    ConnectRequest {
+        source: source.identity.clone(),
+        endpoint: SocketAddr::new(via, HBONE_PORT),
+        destination_identity: via_identity.clone(),
+        authority: target,
+        forwarded_for: Some(peer),
+        baggage: None,
+        traceparent: None,
+    }
+}
+
 /// One attempt that did not connect.
 struct Failed {
     /// Another endpoint may serve (the destination is a service and this one is down).
@@ -356,6 +363,57 @@ fn endpoint_unreachable(e: &HboneError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnel_requests() {
+        let client = Workload::for_tests("client", &["10.244.1.2"]);
+        let id = |sa: &str| SpiffeId::new("cluster.local", "demo", sa).unwrap();
+        let peer: SocketAddr = "10.244.1.2:40000".parse().unwrap();
+        // (via, its identity, target, expected endpoint)
+        let table = [
+            // Straight to a pod: dialled to the pod, aimed at the app's port there.
+            (
+                "10.244.2.2",
+                "reviews",
+                "10.244.2.2:8080",
+                "10.244.2.2:15008",
+            ),
+            (
+                "fd00:10:244:2::2",
+                "reviews",
+                "[fd00:10:244:2::2]:8080",
+                "[fd00:10:244:2::2]:15008",
+            ),
+            // Through a waypoint: dialled to the waypoint, aimed at the service VIP and port.
+            (
+                "10.244.3.9",
+                "waypoint",
+                "10.96.0.10:9080",
+                "10.244.3.9:15008",
+            ),
+        ];
+        for (via, sa, target, endpoint) in table {
+            let r = connect_request(
+                &client,
+                peer,
+                via.parse().unwrap(),
+                &id(sa),
+                target.parse().unwrap(),
+            );
+            assert_eq!(r.endpoint, endpoint.parse().unwrap(), "{target}");
+            assert_eq!(r.authority, target.parse().unwrap());
+            assert_eq!(
+                r.destination_identity,
+                id(sa),
+                "the hop dialled must prove its identity"
+            );
+            assert_eq!(
+                r.source, client.identity,
+                "the pod's own certificate is presented"
+            );
+            assert_eq!(r.forwarded_for, Some(peer));
+        }
+    }
 
     #[test]
     fn only_the_pods_own_proxy_ports_are_loops() {
