@@ -163,7 +163,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                         target,
                         labels: l,
                         tracked,
-                        reason: FailureReason::Hbone,
+                        reason: hbone_failure(&e),
                         error: e.to_string(),
                     },
                 }
@@ -348,6 +348,17 @@ struct Failed {
     tracked: TrackedConnection,
     reason: FailureReason,
     error: String,
+}
+
+/// A refusal by the destination's authorization policy is a policy denial here too, so both
+/// sides' metrics say RBAC; anything else kept the tunnel from opening.
+fn hbone_failure(e: &HboneError) -> FailureReason {
+    match e {
+        HboneError::Refused { status, .. } if *status == http::StatusCode::UNAUTHORIZED => {
+            FailureReason::PolicyDenied
+        }
+        _ => FailureReason::Hbone,
+    }
 }
 
 /// Whether the failure says the endpoint is down (nothing listens, its node's ztunnel is
