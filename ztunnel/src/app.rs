@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ambit_proto::control;
 use ambit_proto::drain::{self, DrainTrigger};
+use ambit_proto::hbone::ConnectionLimits;
 use ambit_proto::identity::{
     CertManager, CertificateAuthority, CertificateProvider, LocalCa, TrustBundle,
 };
@@ -18,11 +19,14 @@ use crate::config::Config;
 use crate::connections::ConnectionTracker;
 use crate::controller_link::ControllerLink;
 use crate::metrics::Metrics;
-use crate::pods::Pods;
+use crate::pods::{PodSettings, Pods};
 use crate::proxy::ProxyContext;
 use crate::state::ProxyState;
 use crate::xds::{Applier, XdsClient};
 use crate::{local_config, node_agent};
+
+/// How long past the drain timeout shutdown waits for pods' forced closes.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 pub struct Ztunnel {
     pods: Arc<Pods>,
@@ -83,7 +87,16 @@ impl Ztunnel {
             metrics.clone(),
             connections.clone(),
         ));
-        let pods = Arc::new(Pods::new(ctx));
+        // One set of bounds for every pod's HBONE server: a node-wide budget of connections.
+        let hbone_limits = Arc::new(ConnectionLimits::new(config.hbone_limits()));
+        let pods = Arc::new(Pods::new(
+            ctx,
+            PodSettings {
+                server: config.hbone_server(hbone_limits),
+                client: config.hbone_client(),
+                drain_timeout: config.drain_timeout,
+            },
+        ));
         let (applied_tx, applied_rx) = watch::channel(0);
         let (trigger, watch) = drain::channel();
 
@@ -147,7 +160,9 @@ impl Ztunnel {
             self.drain_timeout
         );
         let pods = self.pods.clone();
-        let _ = tokio::time::timeout(self.drain_timeout, pods.remove_all()).await;
+        // Each pod closes what is still open at the drain timeout; the margin lets those
+        // closes land before the process exits.
+        let _ = tokio::time::timeout(self.drain_timeout + SHUTDOWN_MARGIN, pods.remove_all()).await;
         let outcome = self.trigger.drain(Duration::from_secs(1)).await;
         let _ = std::fs::remove_file(&self.socket);
         tracing::info!(?outcome, "ztunnel stopped");

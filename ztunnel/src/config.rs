@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_proto::hbone::{self, ClientSettings, ConnectionLimits, LimitSettings, ServerSettings};
 use ambit_proto::identity::SpiffeId;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -59,9 +61,32 @@ pub struct Config {
     /// Readiness address (/healthz/ready).
     #[arg(long, default_value = "127.0.0.1:15021")]
     pub readiness_addr: SocketAddr,
-    /// How long open connections get to finish after SIGTERM.
+    /// How long open connections get to finish after SIGTERM, and a removed pod's connections
+    /// after its removal; connections still open then are closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// HBONE connections still in their TLS or HTTP/2 handshake, node-wide; more are closed at
+    /// once (counted and logged).
+    #[arg(long, default_value_t = hbone::DEFAULT_MAX_HANDSHAKES)]
+    pub hbone_max_handshakes: usize,
+    /// Inbound HBONE connections, handshaking or established, node-wide; more are closed at
+    /// once. Keep it well below the process's fd limit: each tunnel needs an fd of its own too.
+    #[arg(long, default_value_t = hbone::DEFAULT_MAX_CONNECTIONS)]
+    pub hbone_max_connections: usize,
+    /// Inbound HBONE connections from one source identity, node-wide; more are refused with
+    /// GOAWAY ENHANCE_YOUR_CALM.
+    #[arg(long, default_value_t = hbone::DEFAULT_MAX_CONNECTIONS_PER_IDENTITY)]
+    pub hbone_max_connections_per_identity: usize,
+    /// An inbound HBONE connection that has not finished TLS and the HTTP/2 preface by then is
+    /// closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub hbone_handshake_timeout: Duration,
+    /// An inbound HBONE connection with no tunnel open for this long is closed with GOAWAY.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub hbone_idle_timeout: Duration,
+    /// An outbound pooled HBONE connection with no tunnel open for this long is closed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub hbone_pool_idle_timeout: Duration,
     /// Worker threads of the data path.
     #[arg(long, default_value_t = 2)]
     pub worker_threads: usize,
@@ -72,5 +97,63 @@ impl Config {
         self.node_agent_socket
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/run/ambit/{}/ztunnel.sock", self.node)))
+    }
+
+    /// The node-wide bounds on inbound HBONE connections.
+    pub fn hbone_limits(&self) -> LimitSettings {
+        LimitSettings {
+            max_handshakes: self.hbone_max_handshakes,
+            max_connections: self.hbone_max_connections,
+            max_connections_per_identity: self.hbone_max_connections_per_identity,
+        }
+    }
+
+    /// Settings for every pod's HBONE server, all sharing `limits` so the bounds are per node.
+    pub fn hbone_server(&self, limits: Arc<ConnectionLimits>) -> ServerSettings {
+        ServerSettings {
+            limits,
+            handshake_timeout: self.hbone_handshake_timeout,
+            idle_timeout: self.hbone_idle_timeout,
+            drain_grace: self.drain_timeout,
+            ..ServerSettings::default()
+        }
+    }
+
+    /// Settings for every pod's HBONE client.
+    pub fn hbone_client(&self) -> ClientSettings {
+        ClientSettings {
+            idle_timeout: self.hbone_pool_idle_timeout,
+            ..ClientSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn hbone_defaults_are_the_documented_ones() {
+        let config = Config::try_parse_from([
+            "ztunnel",
+            "--node",
+            "n1",
+            "--root-cert",
+            "/dev/null",
+            "--config-file",
+            "/dev/null",
+        ])
+        .unwrap();
+        assert_eq!(config.hbone_limits(), LimitSettings::default());
+        let server = config.hbone_server(Arc::new(ConnectionLimits::default()));
+        assert_eq!(server.handshake_timeout, hbone::DEFAULT_HANDSHAKE_TIMEOUT);
+        assert_eq!(server.idle_timeout, hbone::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(server.drain_grace, config.drain_timeout);
+        assert_eq!(
+            config.hbone_client().idle_timeout,
+            hbone::DEFAULT_POOL_IDLE_TIMEOUT
+        );
     }
 }

@@ -1,18 +1,25 @@
 //! The pods ztunnel captures on its node: adding one installs its redirect rules and starts its
 //! listeners inside its namespace; removing one drains them and removes the rules.
+//!
+//! Pods are added and removed concurrently: the CA call and the iptables runs of one pod never
+//! hold up another. Operations on one uid are serialized, so a remove that races an add of the
+//! same pod waits for it and then undoes it.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_proto::drain::{self, DrainTrigger};
-use ambit_proto::hbone::{AuthorityCheck, HboneClient, HboneServer, Keepalive, ServerSettings};
-use tokio::sync::Mutex;
+use ambit_proto::drain::{self, DrainOutcome, DrainTrigger};
+use ambit_proto::hbone::{
+    ClientSettings, ConnectionLimits, HboneClient, HboneServer, ServerSettings,
+};
+use ambit_proto::identity::SpiffeId;
+use parking_lot::Mutex;
 
 use crate::capture::{self, CaptureError, PodDialer, PodNetns, rules};
 use crate::proxy::{InboundHandler, PodContext, ProxyContext, serve_outbound, serve_plaintext};
-use crate::state::Protocol;
+use crate::state::{Protocol, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -31,26 +38,93 @@ pub enum PodError {
         uid: String,
         source: ambit_proto::identity::IdentityError,
     },
+    #[error("pod {uid} was not captured: ztunnel is shutting down (the next ztunnel captures it)")]
+    ShuttingDown { uid: String },
 }
+
+/// What every captured pod's proxies share, from the config.
+#[derive(Debug, Clone)]
+pub struct PodSettings {
+    /// For each pod's HBONE server; its `limits` are shared by all pods, so they are per node,
+    /// and its `drain_grace` is when a removed pod's open tunnels are closed.
+    pub server: ServerSettings,
+    /// For each pod's HBONE client.
+    pub client: ClientSettings,
+    /// How long a removed pod's connections get to finish (`--drain-timeout`).
+    pub drain_timeout: Duration,
+}
+
+/// How long after the drain timeout a teardown waits for the connections closed at the
+/// deadline to be gone, before it reports them as still open.
+const FORCED_CLOSE_MARGIN: Duration = Duration::from_secs(1);
 
 struct CapturedPod {
     netns: Arc<PodNetns>,
+    identity: SpiffeId,
     trigger: DrainTrigger,
 }
 
-/// How long a removed pod's open connections get to finish.
-const POD_DRAIN: Duration = Duration::from_secs(5);
+#[derive(Default)]
+struct State {
+    captured: HashMap<String, CapturedPod>,
+    /// One lock per uid being added or removed: serializes operations on one pod.
+    ops: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Pods (captured, or being added) per identity: its certificate is renewed while any
+    /// pod on the node uses it, and forgotten with the last.
+    identities: HashMap<SpiffeId, usize>,
+    /// Set by `remove_all`: a pod whose add finishes later is released at once.
+    closed: bool,
+}
 
 pub struct Pods {
     ctx: Arc<ProxyContext>,
-    captured: Mutex<HashMap<String, CapturedPod>>,
+    settings: PodSettings,
+    /// Never held across an await.
+    state: Mutex<State>,
+}
+
+/// Holds the per-uid lock; the lock leaves the map with its last user.
+struct UidOp<'a> {
+    pods: &'a Pods,
+    uid: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for UidOp<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pods.state.lock();
+        // The map's reference and our guard's: nobody else waits for this uid.
+        if state
+            .ops
+            .get(&self.uid)
+            .is_some_and(|l| Arc::strong_count(l) == 2)
+        {
+            state.ops.remove(&self.uid);
+        }
+    }
 }
 
 impl Pods {
-    pub fn new(ctx: Arc<ProxyContext>) -> Self {
+    pub fn new(ctx: Arc<ProxyContext>, settings: PodSettings) -> Self {
         Pods {
             ctx,
-            captured: Mutex::new(HashMap::new()),
+            settings,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The node-wide bounds of the pods' HBONE servers, with their gauges and counters
+    /// (connections and handshakes held, refusals per limit, handshake timeouts) for metrics.
+    pub fn server_limits(&self) -> &Arc<ConnectionLimits> {
+        &self.settings.server.limits
+    }
+
+    async fn serialize(&self, uid: &str) -> UidOp<'_> {
+        let lock = self.state.lock().ops.entry(uid.into()).or_default().clone();
+        UidOp {
+            pods: self,
+            uid: uid.into(),
+            _guard: lock.lock_owned().await,
         }
     }
 
@@ -63,6 +137,7 @@ impl Pods {
         netns_path: &Path,
         exclude_ports: &[u16],
     ) -> Result<(), PodError> {
+        let _op = self.serialize(uid).await;
         let workload = self
             .ctx
             .workload(uid)
@@ -70,33 +145,101 @@ impl Pods {
         if workload.protocol != Protocol::Hbone {
             return Err(PodError::NotMeshed { uid: uid.into() });
         }
+        let netns = Arc::new(
+            PodNetns::open(netns_path).map_err(|source| PodError::Capture {
+                uid: uid.into(),
+                source,
+            })?,
+        );
+        let replaced = {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(PodError::ShuttingDown { uid: uid.into() });
+            }
+            let replaced = match state.captured.get(uid) {
+                Some(existing) if existing.netns.inode() == netns.inode() => return Ok(()),
+                // The pod was recreated in a new namespace: start over.
+                Some(_) => state.captured.remove(uid),
+                None => None,
+            };
+            // Reserved before the CA call, so a concurrent removal of another pod with this
+            // identity does not forget the certificate this pod is about to use.
+            *state
+                .identities
+                .entry(workload.identity.clone())
+                .or_insert(0) += 1;
+            replaced
+        };
+        if let Some(old) = replaced {
+            self.release(uid, old).await;
+        }
+        let started = self.start(uid, &workload, netns, exclude_ports).await;
+        let pod = match started {
+            Ok(pod) => pod,
+            Err(e) => {
+                self.unreserve(&workload.identity);
+                return Err(e);
+            }
+        };
+        tracing::info!(pod = uid, netns = %netns_path.display(), identity = %workload.identity, "captured pod");
+        let refused = {
+            let mut state = self.state.lock();
+            if state.closed {
+                Some(pod)
+            } else {
+                state.captured.insert(uid.into(), pod);
+                None
+            }
+        };
+        match refused {
+            Some(pod) => {
+                self.release(uid, pod).await;
+                Err(PodError::ShuttingDown { uid: uid.into() })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The slow part of an add, done without holding any lock other pods need: the
+    /// certificate, the listeners, the rules, the tasks.
+    async fn start(
+        &self,
+        uid: &str,
+        workload: &Workload,
+        netns: Arc<PodNetns>,
+        exclude_ports: &[u16],
+    ) -> Result<CapturedPod, PodError> {
         let capture_err = |source| PodError::Capture {
             uid: uid.into(),
             source,
         };
-        let netns = Arc::new(PodNetns::open(netns_path).map_err(capture_err)?);
-        let mut captured = self.captured.lock().await;
-        if let Some(existing) = captured.get(uid) {
-            if existing.netns.inode() == netns.inode() {
-                return Ok(());
-            }
-            // The pod was recreated in a new namespace: start over.
-            let old = captured.remove(uid).expect("present");
-            Self::teardown(uid, old).await;
-        }
+        let cert_err = |source| PodError::Certificate {
+            uid: uid.into(),
+            source,
+        };
         let certs = self
             .ctx
             .certs
             .watch(&workload.identity)
             .await
-            .map_err(|source| PodError::Certificate {
-                uid: uid.into(),
-                source,
-            })?;
+            .map_err(cert_err)?;
         let outbound = capture::listen(&netns, rules::OUTBOUND_PORT).map_err(capture_err)?;
         let plaintext =
             capture::listen(&netns, rules::INBOUND_PLAINTEXT_PORT).map_err(capture_err)?;
         let hbone = capture::listen(&netns, rules::HBONE_PORT).map_err(capture_err)?;
+        // Everything that can fail comes before the rules: a pod is never redirected to
+        // listeners that will not serve it.
+        let servers = hbone
+            .into_iter()
+            .map(|l| {
+                let server = HboneServer::new(
+                    certs.clone(),
+                    self.ctx.certs.trust_bundle(),
+                    self.settings.server.clone(),
+                );
+                server.map(|s| (s, l)).map_err(cert_err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         rules::install(&netns, exclude_ports).map_err(capture_err)?;
 
         let dialer = PodDialer::new(netns.clone());
@@ -104,10 +247,10 @@ impl Pods {
             uid: uid.into(),
             netns: netns.clone(),
             dialer: dialer.clone(),
-            hbone: HboneClient::new(
+            hbone: HboneClient::with_settings(
                 self.ctx.certs.clone(),
                 Arc::new(dialer),
-                Keepalive::default(),
+                self.settings.client,
             ),
         });
         let (trigger, watch) = drain::channel();
@@ -131,55 +274,50 @@ impl Pods {
             pod: pod.clone(),
             ctx: self.ctx.clone(),
         });
-        for l in hbone {
-            let server = HboneServer::new(
-                certs.clone(),
-                self.ctx.certs.trust_bundle(),
-                ServerSettings {
-                    authority_check: AuthorityCheck::LocalAddress,
-                    drain_grace: POD_DRAIN,
-                    ..ServerSettings::default()
-                },
-            )
-            .map_err(|source| PodError::Certificate {
-                uid: uid.into(),
-                source,
-            })?;
+        for (server, l) in servers {
             tokio::spawn(server.serve(l, handler.clone(), watch.clone()));
         }
-        drop(watch);
-        tracing::info!(pod = uid, netns = %netns_path.display(), identity = %workload.identity, "captured pod");
-        captured.insert(uid.into(), CapturedPod { netns, trigger });
-        Ok(())
+        Ok(CapturedPod {
+            netns,
+            identity: workload.identity.clone(),
+            trigger,
+        })
     }
 
-    /// Stops capturing `uid`: closes its listeners, lets its connections finish (bounded) and
-    /// removes its rules. Returns false if it was not captured.
+    /// Stops capturing `uid`: closes its listeners, lets its connections finish (up to the
+    /// drain timeout, then closes them) and removes its rules. Returns false if it was not
+    /// captured.
     pub async fn remove(&self, uid: &str) -> bool {
-        let pod = self.captured.lock().await.remove(uid);
+        let _op = self.serialize(uid).await;
+        let pod = self.state.lock().captured.remove(uid);
         match pod {
             Some(pod) => {
-                Self::teardown(uid, pod).await;
+                self.release(uid, pod).await;
                 true
             }
             None => false,
         }
     }
 
-    /// Removes every pod (ztunnel is shutting down).
+    /// Removes every pod (ztunnel is shutting down); pods being added meanwhile are released
+    /// when their add finishes.
     pub async fn remove_all(&self) {
-        let all: Vec<(String, CapturedPod)> = self.captured.lock().await.drain().collect();
-        let teardowns = all.into_iter().map(|(uid, pod)| async move {
-            Self::teardown(&uid, pod).await;
-        });
+        let all: Vec<(String, CapturedPod)> = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.captured.drain().collect()
+        };
+        let teardowns = all
+            .into_iter()
+            .map(|(uid, pod)| async move { self.release(&uid, pod).await });
         futures::future::join_all(teardowns).await;
     }
 
     pub async fn captured(&self) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = self
-            .captured
+            .state
             .lock()
-            .await
+            .captured
             .iter()
             .map(|(uid, p)| (uid.clone(), p.netns.path().display().to_string()))
             .collect();
@@ -187,12 +325,38 @@ impl Pods {
         v
     }
 
-    async fn teardown(uid: &str, pod: CapturedPod) {
+    /// Tears the pod down, then gives up its hold on its identity's certificate.
+    async fn release(&self, uid: &str, pod: CapturedPod) {
+        let identity = pod.identity.clone();
+        self.teardown(uid, pod).await;
+        self.unreserve(&identity);
+    }
+
+    fn unreserve(&self, identity: &SpiffeId) {
+        let mut state = self.state.lock();
+        if let Some(count) = state.identities.get_mut(identity) {
+            *count -= 1;
+            if *count == 0 {
+                state.identities.remove(identity);
+                // Under the lock: a pod reserving this identity now comes after, and fetches
+                // a fresh certificate.
+                self.ctx.certs.forget(identity);
+                tracing::info!(%identity, "no pod on this node uses the identity any more; its certificate is no longer renewed");
+            }
+        }
+    }
+
+    async fn teardown(&self, uid: &str, pod: CapturedPod) {
         // Rules first, so no new connection is redirected to listeners about to close.
         if let Err(e) = rules::remove(&pod.netns) {
             tracing::warn!(pod = uid, error = %e, "could not remove the pod's redirect rules");
         }
-        let outcome = pod.trigger.drain(POD_DRAIN).await;
-        tracing::info!(pod = uid, ?outcome, "released pod");
+        let deadline = self.settings.drain_timeout;
+        match pod.trigger.drain(deadline + FORCED_CLOSE_MARGIN).await {
+            DrainOutcome::Complete => tracing::info!(pod = uid, "released pod"),
+            DrainOutcome::DeadlineExceeded => {
+                tracing::warn!(pod = uid, drain_timeout = ?deadline, "released pod with connections still open after the drain timeout (--drain-timeout)")
+            }
+        }
     }
 }

@@ -1,32 +1,67 @@
-//! The HBONE client: a pool of mTLS HTTP/2 connections, one per (source identity, destination
-//! endpoint, expected destination identity), each carrying up to ~100 tunnels.
+//! The HBONE client: opens tunnels on pooled mTLS HTTP/2 connections (see `pool`). Every
+//! step of a new connection has a timeout, so a peer that stalls delays tunnels to itself by
+//! at most that long, and tunnels to other peers not at all.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use super::error::describe;
+use super::error::{Cause, HandshakeStage, Http2Failure, TlsFailure, classify, classify_handshake};
+use super::pool::{Checkout, Dialed, DriveSettings, Pool, PoolKey, StreamSlot};
 use super::{
     CONNECTION_WINDOW, ERROR_HEADER, HboneError, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
-    MAX_SEND_BUFFER, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW, Tunnel, keepalive,
+    MAX_SEND_BUFFER, STREAM_WINDOW, Tunnel,
 };
-use crate::identity::{CertManager, SpiffeId, client_config};
+use crate::identity::{CertManager, SpiffeId, WorkloadCertificate, client_config};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP connect to an endpoint.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TLS and HTTP/2 handshakes together, once TCP is up: a healthy peer needs milliseconds, so
+/// this only bounds how long a stalled one delays the tunnels waiting for it.
+pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The answer to a CONNECT.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled connection that carried no tunnel for this long is closed (Istio's ztunnel
+/// releases unused pooled connections after 5 minutes too); shorter than the server's idle
+/// timeout, so the client normally closes first.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings {
+    pub keepalive: Keepalive,
+    /// [`DEFAULT_CONNECT_TIMEOUT`]
+    pub connect_timeout: Duration,
+    /// [`DEFAULT_CLIENT_HANDSHAKE_TIMEOUT`]
+    pub handshake_timeout: Duration,
+    /// [`DEFAULT_RESPONSE_TIMEOUT`]
+    pub response_timeout: Duration,
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            keepalive: Keepalive::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// Opens the TCP connection under an HBONE connection. ztunnel dials from inside the source
 /// pod's network namespace, so the dialer is the caller's to choose.
@@ -65,24 +100,6 @@ pub struct ConnectRequest {
     pub traceparent: Option<String>,
 }
 
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-struct PoolKey {
-    source: SpiffeId,
-    endpoint: SocketAddr,
-    destination_identity: SpiffeId,
-}
-
-struct PooledConnection {
-    send: SendRequest<Bytes>,
-    active: Arc<AtomicU32>,
-    dead: Arc<AtomicBool>,
-    /// Serial of the certificate the connection was made with: after a rotation, new tunnels
-    /// go on new connections with the new certificate while old ones finish on the old.
-    cert_serial: String,
-}
-
-type PoolEntry = Arc<tokio::sync::Mutex<Vec<PooledConnection>>>;
-
 /// Pools HBONE connections and opens tunnels on them.
 #[derive(Clone)]
 pub struct HboneClient {
@@ -92,28 +109,38 @@ pub struct HboneClient {
 struct Inner {
     certs: CertManager,
     dialer: Arc<dyn Dialer>,
-    keepalive: Keepalive,
-    pool: Mutex<HashMap<PoolKey, PoolEntry>>,
+    settings: ClientSettings,
+    pool: Pool,
     connections_opened: AtomicU64,
 }
 
-/// Returns a stream slot to its connection when the tunnel is dropped.
-struct StreamSlot(Arc<AtomicU32>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl HboneClient {
+    /// A client with the default timeouts and `keepalive`.
     pub fn new(certs: CertManager, dialer: Arc<dyn Dialer>, keepalive: Keepalive) -> Self {
+        Self::with_settings(
+            certs,
+            dialer,
+            ClientSettings {
+                keepalive,
+                ..ClientSettings::default()
+            },
+        )
+    }
+
+    pub fn with_settings(
+        certs: CertManager,
+        dialer: Arc<dyn Dialer>,
+        settings: ClientSettings,
+    ) -> Self {
         HboneClient {
             inner: Arc::new(Inner {
                 certs,
                 dialer,
-                keepalive,
-                pool: Mutex::new(HashMap::new()),
+                settings,
+                pool: Pool::new(DriveSettings {
+                    keepalive: settings.keepalive,
+                    idle_timeout: settings.idle_timeout,
+                }),
                 connections_opened: AtomicU64::new(0),
             }),
         }
@@ -124,6 +151,16 @@ impl HboneClient {
         self.inner.connections_opened.load(Ordering::Relaxed)
     }
 
+    /// How many of them are open now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.pool.open_connections()
+    }
+
+    /// Destinations (source, endpoint, identity) the pool holds connections for now.
+    pub fn pooled_destinations(&self) -> usize {
+        self.inner.pool.keys()
+    }
+
     /// Opens a tunnel to `req.authority` through `req.endpoint`.
     pub async fn connect(&self, req: &ConnectRequest) -> Result<Tunnel, HboneError> {
         let key = PoolKey {
@@ -131,30 +168,43 @@ impl HboneClient {
             endpoint: req.endpoint,
             destination_identity: req.destination_identity.clone(),
         };
-        // A pooled connection can die between checkout and use: one retry on a new one. A new
-        // connection that fails at once was most likely refused (TLS 1.3 clients learn that
-        // their certificate was refused only after the handshake): no retry, and say so.
+        // A pooled connection can die between checkout and use (or be closed by the server as
+        // idle): one retry on a new one. A new connection that fails at once was most likely
+        // refused (TLS 1.3 clients learn that their certificate was refused only after the
+        // handshake, and the server's GOAWAY says when we are over its limits): no retry.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (send, slot, dead, fresh) = self.checkout(&key).await?;
-            match self.open_stream(send, slot, req, fresh).await {
-                Err(OpenError::ConnectionGone(reason)) => {
-                    dead.store(true, Ordering::Relaxed);
+            let certs = self
+                .inner
+                .certs
+                .watch(&key.source)
+                .await
+                .map_err(|source| HboneError::SourceCertificate {
+                    identity: key.source.clone(),
+                    source,
+                })?;
+            let serial = certs.borrow().serial().to_string();
+            let Checkout {
+                send,
+                slot,
+                state,
+                fresh,
+            } = self
+                .inner
+                .pool
+                .checkout(&key, &serial, self.dial(&key, certs))
+                .await?;
+            match self.open_stream(send, slot, req).await {
+                Err(OpenError::ConnectionGone(cause)) => {
+                    state.mark_dead();
                     if fresh {
-                        return Err(HboneError::Tls {
-                            addr: req.endpoint,
-                            expected: req.destination_identity.clone(),
-                            reason: refused_after_handshake(&reason),
-                        });
+                        return Err(fresh_failure(req, cause));
                     }
                     if attempt > 1 {
-                        return Err(HboneError::Http2 {
-                            addr: req.endpoint,
-                            reason,
-                        });
+                        return Err(gone_failure(req, cause));
                     }
-                    tracing::debug!(endpoint = %req.endpoint, %reason, "pooled HBONE connection failed; retrying on a new one");
+                    tracing::debug!(endpoint = %req.endpoint, %cause, "pooled HBONE connection failed; retrying on a new one");
                 }
                 Err(OpenError::Tunnel(e)) => return Err(e),
                 Ok(tunnel) => return Ok(tunnel),
@@ -162,139 +212,68 @@ impl HboneClient {
         }
     }
 
-    async fn checkout(
+    /// TCP, then TLS and HTTP/2 within one handshake timeout.
+    async fn dial(
         &self,
         key: &PoolKey,
-    ) -> Result<(SendRequest<Bytes>, StreamSlot, Arc<AtomicBool>, bool), HboneError> {
-        let entry = self
-            .inner
-            .pool
-            .lock()
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let current_serial = self
-            .inner
-            .certs
-            .get(&key.source)
-            .await
-            .map_err(|source| HboneError::SourceCertificate {
-                identity: key.source.clone(),
-                source,
-            })?
-            .serial()
-            .to_string();
-        // Holding the entry's lock while dialling means a burst of first tunnels to one
-        // destination shares one new connection instead of opening one each.
-        let mut conns = entry.lock().await;
-        conns.retain(|c| !c.dead.load(Ordering::Relaxed) && c.cert_serial == current_serial);
-        for c in conns.iter() {
-            let active = c.active.load(Ordering::Relaxed);
-            if active < MAX_STREAMS_PER_CONNECTION
-                && c.active
-                    .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Ok((
-                    c.send.clone(),
-                    StreamSlot(c.active.clone()),
-                    c.dead.clone(),
-                    false,
-                ));
-            }
-        }
-        let conn = self.dial(key).await?;
-        conn.active.fetch_add(1, Ordering::AcqRel);
-        let out = (
-            conn.send.clone(),
-            StreamSlot(conn.active.clone()),
-            conn.dead.clone(),
-            true,
-        );
-        conns.push(conn);
-        Ok(out)
-    }
-
-    async fn dial(&self, key: &PoolKey) -> Result<PooledConnection, HboneError> {
+        certs: watch::Receiver<Arc<WorkloadCertificate>>,
+    ) -> Result<Dialed, HboneError> {
         let addr = key.endpoint;
-        let certs = self
-            .inner
-            .certs
-            .watch(&key.source)
-            .await
-            .map_err(|source| HboneError::SourceCertificate {
-                identity: key.source.clone(),
-                source,
-            })?;
+        let settings = &self.inner.settings;
+        let tls_error = |cause| HboneError::Tls {
+            addr,
+            expected: key.destination_identity.clone(),
+            cause,
+        };
         let cert_serial = certs.borrow().serial().to_string();
         let tls_config = client_config(
             certs,
             self.inner.certs.trust_bundle(),
             key.destination_identity.clone(),
         )
-        .map_err(|e| HboneError::Tls {
-            addr,
-            expected: key.destination_identity.clone(),
-            reason: e.to_string(),
-        })?;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.inner.dialer.dial(addr))
+        .map_err(|e| tls_error(TlsFailure::LocalConfig(e.to_string())))?;
+        let tcp = tokio::time::timeout(settings.connect_timeout, self.inner.dialer.dial(addr))
             .await
             .map_err(|_| HboneError::ConnectTimeout { addr })?
             .map_err(|source| HboneError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
+        let deadline = Instant::now() + settings.handshake_timeout;
+        let timed_out = |stage| HboneError::HandshakeTimeout {
+            addr,
+            stage,
+            timeout: settings.handshake_timeout,
+        };
         let tls = TlsConnector::from(Arc::new(tls_config))
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp);
+        let tls = tokio::time::timeout(settings.handshake_timeout, tls)
             .await
-            .map_err(|e| HboneError::Tls {
-                addr,
-                expected: key.destination_identity.clone(),
-                reason: describe(&e),
-            })?;
-        let (send, mut connection) = h2::client::Builder::new()
+            .map_err(|_| timed_out(HandshakeStage::Tls))?
+            .map_err(|e| tls_error(classify_handshake(&e)))?;
+        let h2 = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .enable_push(false)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Bytes>(tls);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (send, connection) = tokio::time::timeout(left, h2)
             .await
-            .map_err(|e| HboneError::Http2 {
-                addr,
-                reason: describe(&e),
+            .map_err(|_| timed_out(HandshakeStage::Http2))?
+            .map_err(|e| match classify(&e) {
+                Cause::Tls(t) => tls_error(t),
+                other => HboneError::Http2 {
+                    addr,
+                    cause: Http2Failure::Handshake(other.to_string()),
+                },
             })?;
         self.inner
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
-        let dead = Arc::new(AtomicBool::new(false));
-        let ping_pong = connection.ping_pong();
-        let keepalive_settings = self.inner.keepalive;
-        tokio::spawn({
-            let dead = dead.clone();
-            async move {
-                let keepalive = async {
-                    match ping_pong {
-                        Some(p) => keepalive::run(p, keepalive_settings).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    result = &mut connection => {
-                        if let Err(e) = result {
-                            tracing::debug!(endpoint = %addr, error = %describe(&e), "HBONE connection closed with an error");
-                        }
-                    }
-                    reason = keepalive => {
-                        tracing::warn!(endpoint = %addr, %reason, "closing HBONE connection");
-                    }
-                }
-                dead.store(true, Ordering::Relaxed);
-            }
-        });
-        Ok(PooledConnection {
+        Ok(Dialed {
             send,
-            active: Arc::new(AtomicU32::new(0)),
-            dead,
+            connection,
             cert_serial,
         })
     }
@@ -304,13 +283,12 @@ impl HboneClient {
         send: SendRequest<Bytes>,
         slot: StreamSlot,
         req: &ConnectRequest,
-        fresh: bool,
     ) -> Result<Tunnel, OpenError> {
         let addr = req.endpoint;
         let mut send = send
             .ready()
             .await
-            .map_err(|e| OpenError::ConnectionGone(describe(&e)))?;
+            .map_err(|e| OpenError::ConnectionGone(classify(&e)))?;
         let mut builder = Request::builder()
             .method(Method::CONNECT)
             .uri(req.authority.to_string())
@@ -327,13 +305,13 @@ impl HboneClient {
         let request = builder.body(()).map_err(|e| {
             OpenError::Tunnel(HboneError::Http2 {
                 addr,
-                reason: format!("could not build the CONNECT request: {e}"),
+                cause: Http2Failure::Request(e.to_string()),
             })
         })?;
         let (response, send_stream) = send
             .send_request(request, false)
-            .map_err(|e| OpenError::ConnectionGone(describe(&e)))?;
-        let response = tokio::time::timeout(RESPONSE_TIMEOUT, response)
+            .map_err(|e| OpenError::ConnectionGone(classify(&e)))?;
+        let response = tokio::time::timeout(self.inner.settings.response_timeout, response)
             .await
             .map_err(|_| {
                 OpenError::Tunnel(HboneError::ResponseTimeout {
@@ -342,22 +320,16 @@ impl HboneClient {
                 })
             })?
             .map_err(|e| {
-                // A refusal of our certificate only shows once the server reads our first
-                // request: report it as the TLS failure it is.
-                let reason = describe(&e);
+                // The connection failing under our first request (a refusal of our certificate
+                // shows only once the server reads it; a GOAWAY) is about the connection, not
+                // this tunnel; a reset of our stream alone is about the tunnel.
                 if e.is_io() || e.is_go_away() {
-                    let reason = if fresh && !reason.contains("refused our certificate") {
-                        refused_after_handshake(&reason)
-                    } else {
-                        reason
-                    };
-                    OpenError::Tunnel(HboneError::Tls {
-                        addr,
-                        expected: req.destination_identity.clone(),
-                        reason,
-                    })
+                    OpenError::ConnectionGone(classify(&e))
                 } else {
-                    OpenError::Tunnel(HboneError::Http2 { addr, reason })
+                    OpenError::Tunnel(HboneError::Http2 {
+                        addr,
+                        cause: Http2Failure::Connection(classify(&e).to_string()),
+                    })
                 }
             })?;
         let status = response.status();
@@ -380,19 +352,45 @@ impl HboneClient {
     }
 }
 
-/// A new connection closed before its first tunnel: the peer accepted the handshake but not
-/// us. When its alert was lost in the close, this is the best that can be said.
-fn refused_after_handshake(reason: &str) -> String {
-    if reason.contains("refused our certificate") {
-        return reason.to_string();
+/// A new connection failed before its first tunnel: the peer accepted the handshake but not
+/// us (its alert, or a bare close when the alert was lost), or sent GOAWAY (over its limits).
+fn fresh_failure(req: &ConnectRequest, cause: Cause) -> HboneError {
+    let addr = req.endpoint;
+    match cause {
+        Cause::GoAway(code) => HboneError::Http2 {
+            addr,
+            cause: Http2Failure::GoAway { code },
+        },
+        cause => HboneError::Tls {
+            addr,
+            expected: req.destination_identity.clone(),
+            cause: cause.tls_or(|detail| TlsFailure::ClosedAfterHandshake { detail }),
+        },
     }
-    format!(
-        "the peer closed the connection right after the TLS handshake: it most likely refused our certificate (untrusted root, expired, or an identity outside its trust domain) [{reason}]"
-    )
+}
+
+/// The retry on a new connection failed too.
+fn gone_failure(req: &ConnectRequest, cause: Cause) -> HboneError {
+    let addr = req.endpoint;
+    match cause {
+        Cause::Tls(cause) => HboneError::Tls {
+            addr,
+            expected: req.destination_identity.clone(),
+            cause,
+        },
+        Cause::GoAway(code) => HboneError::Http2 {
+            addr,
+            cause: Http2Failure::GoAway { code },
+        },
+        Cause::Other(detail) => HboneError::Http2 {
+            addr,
+            cause: Http2Failure::Connection(detail),
+        },
+    }
 }
 
 enum OpenError {
-    /// The pooled connection is unusable; a new one may work.
-    ConnectionGone(String),
+    /// The connection is unusable; a new one may work.
+    ConnectionGone(Cause),
     Tunnel(HboneError),
 }

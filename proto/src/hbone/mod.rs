@@ -5,12 +5,23 @@
 mod client;
 mod error;
 mod keepalive;
+mod limits;
+mod pool;
+mod request;
 mod server;
 mod stream;
 
-pub use client::{ConnectRequest, Dialer, HboneClient, TcpDialer};
-pub use error::HboneError;
-pub use server::{AuthorityCheck, HboneServer, ServerSettings, TunnelHandler, TunnelRequest};
+pub use client::{
+    ClientSettings, ConnectRequest, DEFAULT_CLIENT_HANDSHAKE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, Dialer, HboneClient, TcpDialer,
+};
+pub use error::{HandshakeStage, HboneError, Http2Failure, TlsFailure};
+pub use limits::{
+    ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, DEFAULT_MAX_HANDSHAKES, Limit, LimitSettings,
+};
+pub use request::{TunnelHandler, TunnelRequest};
+pub use server::{AuthorityCheck, HboneServer, ServerSettings};
 pub use stream::Tunnel;
 
 use std::time::Duration;

@@ -1,29 +1,39 @@
 //! The HBONE server: terminates mTLS and HTTP/2, checks each CONNECT, and hands accepted
-//! tunnels to the caller with the peer's verified identity.
+//! tunnels to the caller with the peer's verified identity. What one peer can make it hold is
+//! bounded: the handshake (TLS and the HTTP/2 preface) by a timeout, connections by the shared
+//! [`ConnectionLimits`], idle connections by the idle timeout.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::RecvStream;
-use h2::server::SendResponse;
-use http::{HeaderMap, Method, Response, StatusCode};
+use h2::Reason;
+use h2::server::Connection;
+use http::{Method, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
-use super::error::describe;
+use super::error::{HandshakeStage, classify, classify_handshake};
+use super::limits::{
+    ConnectionLimits, ConnectionPermit, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    HandshakePermit, IdentityPermit, Limit,
+};
+use super::request::{Activity, send_refusal};
 use super::{
-    CONNECTION_WINDOW, ERROR_HEADER, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
-    MAX_SEND_BUFFER, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW, Tunnel, keepalive,
+    CONNECTION_WINDOW, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
+    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW, TunnelHandler, TunnelRequest, keepalive,
 };
 use crate::drain::DrainWatch;
 use crate::identity::{
     IdentityError, SpiffeId, TrustBundle, WorkloadCertificate, leaf_identity, leaf_serial,
     peer_certificate, server_config,
 };
+
+/// How long a connection refused after TLS gets to read our GOAWAY before it is closed.
+const GOAWAY_FLUSH: Duration = Duration::from_secs(1);
 
 /// Which `:authority` addresses a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +52,16 @@ pub struct ServerSettings {
     /// cannot loop back into the proxy.
     pub reserved_ports: Vec<u16>,
     pub keepalive: Keepalive,
-    /// A client that has not finished TLS by then is dropped (slowloris).
+    /// A client that has not finished TLS and the HTTP/2 preface by then is dropped
+    /// (slowloris); [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
-    /// How long open tunnels get to finish once a drain starts.
+    /// A connection with no tunnel open for this long is closed with GOAWAY;
+    /// [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// How long open tunnels get to finish once a drain starts; then they are closed.
     pub drain_grace: Duration,
+    /// Bounds on connections, shared by every server given the same `Arc` (a node's pods).
+    pub limits: Arc<ConnectionLimits>,
 }
 
 impl Default for ServerSettings {
@@ -54,86 +70,29 @@ impl Default for ServerSettings {
             authority_check: AuthorityCheck::LocalAddress,
             reserved_ports: vec![15001, 15006, super::HBONE_PORT],
             keepalive: Keepalive::default(),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_grace: Duration::from_secs(30),
+            limits: Arc::new(ConnectionLimits::default()),
         }
     }
-}
-
-/// A CONNECT that passed the server's checks, waiting for the caller's decision.
-pub struct TunnelRequest {
-    /// The client's identity, proven by its certificate.
-    pub peer: SpiffeId,
-    /// Serial number of the client's certificate.
-    pub peer_serial: Arc<str>,
-    /// The TCP address of the client (its pod IP, or its node's).
-    pub peer_addr: SocketAddr,
-    /// The address the connection arrived on.
-    pub local_addr: SocketAddr,
-    /// The target: `:authority`.
-    pub authority: SocketAddr,
-    pub headers: HeaderMap,
-    respond: Option<SendResponse<Bytes>>,
-    body: Option<RecvStream>,
-}
-
-impl TunnelRequest {
-    /// Answers 200 and returns the tunnel.
-    pub fn accept(mut self) -> Result<Tunnel, h2::Error> {
-        let mut respond = self.respond.take().expect("a request is answered once");
-        let body = self.body.take().expect("a request is answered once");
-        let send = respond.send_response(Response::new(()), false)?;
-        Ok(Tunnel::new(send, body, None))
-    }
-
-    /// Refuses the tunnel; `reason` reaches the client in the `ambit-error` header.
-    pub fn refuse(mut self, status: StatusCode, reason: &str) {
-        if let Some(respond) = self.respond.take() {
-            send_refusal(respond, status, reason);
-        }
-    }
-
-    /// The original client address from `forwarded: for="ip:port"`, if sent.
-    pub fn forwarded_for(&self) -> Option<SocketAddr> {
-        let value = self.headers.get("forwarded")?.to_str().ok()?;
-        value.split(';').find_map(|part| {
-            let v = part.trim().strip_prefix("for=")?;
-            v.trim_matches('"').parse().ok()
-        })
-    }
-}
-
-impl Drop for TunnelRequest {
-    fn drop(&mut self) {
-        // No request goes unanswered: a handler that returns without deciding refuses.
-        if let Some(respond) = self.respond.take() {
-            send_refusal(
-                respond,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the tunnel was not handled",
-            );
-        }
-    }
-}
-
-fn send_refusal(mut respond: SendResponse<Bytes>, status: StatusCode, reason: &str) {
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    if let Ok(value) = http::HeaderValue::from_str(reason) {
-        response.headers_mut().insert(ERROR_HEADER, value);
-    }
-    let _ = respond.send_response(response, true);
-}
-
-/// What the server does with each accepted tunnel request.
-pub trait TunnelHandler: Send + Sync + 'static {
-    fn handle(&self, request: TunnelRequest) -> impl Future<Output = ()> + Send;
 }
 
 pub struct HboneServer {
     acceptor: TlsAcceptor,
     settings: ServerSettings,
 }
+
+/// An authenticated connection, ready for tunnels.
+struct Established {
+    connection: Connection<TlsStream<TcpStream>, Bytes>,
+    peer: SpiffeId,
+    peer_serial: Arc<str>,
+    _identity: IdentityPermit,
+}
+
+/// Why a handshake ended without a connection; each is logged and counted where it happens.
+struct HandshakeEnded;
 
 impl HboneServer {
     /// A server presenting `certs` (renewals are picked up for new connections).
@@ -150,7 +109,7 @@ impl HboneServer {
     }
 
     /// Accepts connections until `drain` fires, then lets open connections finish their
-    /// tunnels (GOAWAY, then up to `drain_grace`).
+    /// tunnels (GOAWAY, then up to `drain_grace`, then closes them).
     pub async fn serve<H: TunnelHandler>(
         self,
         listener: TcpListener,
@@ -158,22 +117,28 @@ impl HboneServer {
         drain: DrainWatch,
     ) {
         let server = Arc::new(self);
+        let limits = server.settings.limits.clone();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = drain.signaled() => return,
             };
             match accepted {
-                Ok((tcp, peer_addr)) => {
-                    let server = server.clone();
-                    let handler = handler.clone();
-                    let drain = drain.clone();
-                    tokio::spawn(async move {
-                        server
-                            .serve_connection(tcp, peer_addr, handler, drain)
-                            .await;
-                    });
-                }
+                Ok((tcp, peer_addr)) => match limits.admit() {
+                    Ok(permits) => {
+                        let server = server.clone();
+                        let handler = handler.clone();
+                        let drain = drain.clone();
+                        tokio::spawn(async move {
+                            server
+                                .serve_connection(tcp, peer_addr, handler, drain, permits)
+                                .await;
+                        });
+                    }
+                    // Dropping the socket closes it now: a flood costs the peer its
+                    // connections, never the node its file descriptors.
+                    Err(limit) => server.log_refusal(limit, peer_addr, None),
+                },
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "HBONE accept failed; retrying in 100ms");
@@ -183,35 +148,68 @@ impl HboneServer {
         }
     }
 
+    fn log_refusal(&self, limit: Limit, peer_addr: SocketAddr, identity: Option<&SpiffeId>) {
+        let limits = &self.settings.limits;
+        if let Some(suppressed) = limits.refusal_log[limit as usize].check() {
+            let max = limits.max(limit);
+            let flag = limit.flag();
+            tracing::warn!(peer = %peer_addr, identity = identity.map(tracing::field::display), %limit, max, suppressed, "refused HBONE connection: the node holds {max} {limit} already; raise {flag} if this load is legitimate, else find the peer flooding it");
+        }
+    }
+
     async fn serve_connection<H: TunnelHandler>(
         &self,
         tcp: TcpStream,
         peer_addr: SocketAddr,
         handler: Arc<H>,
         drain: DrainWatch,
+        (_connection_permit, handshake_permit): (ConnectionPermit, HandshakePermit),
     ) {
         let local_addr = match tcp.local_addr() {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(peer = %peer_addr, error = %e, "HBONE connection lost before it started");
+                tracing::debug!(peer = %peer_addr, error = %e, "HBONE connection lost before it started");
                 return;
             }
         };
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(
-            self.settings.handshake_timeout,
-            self.acceptor.accept(tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::warn!(peer = %peer_addr, reason = %describe(&e), "refused HBONE connection: TLS handshake failed (only mesh workloads with a certificate from the mesh root may connect to port {}; plain HTTP or another protocol is not accepted)", super::HBONE_PORT);
+        let timeout = self.settings.handshake_timeout;
+        let mut stage = HandshakeStage::Tls;
+        let established =
+            tokio::time::timeout(timeout, self.handshake(tcp, peer_addr, &mut stage)).await;
+        drop(handshake_permit);
+        let established = match established {
+            Ok(Ok(e)) => e,
+            Ok(Err(HandshakeEnded)) => return,
+            Err(_) => {
+                let limits = &self.settings.limits;
+                limits.count_handshake_timeout();
+                if let Some(suppressed) = limits.timeout_log.check() {
+                    tracing::warn!(peer = %peer_addr, ?timeout, %stage, suppressed, "closed HBONE connection: the {stage} handshake did not complete within the handshake timeout (a stalled or overloaded client, or a slowloris)");
+                }
                 return;
             }
-            Err(_) => {
-                tracing::warn!(peer = %peer_addr, timeout = ?self.settings.handshake_timeout, "refused HBONE connection: TLS handshake not completed in time");
-                return;
+        };
+        self.carry(established, peer_addr, local_addr, handler, drain)
+            .await;
+    }
+
+    /// TLS, the peer's identity and its per-identity slot, then the HTTP/2 preface.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+        stage: &mut HandshakeStage,
+    ) -> Result<Established, HandshakeEnded> {
+        let limits = &self.settings.limits;
+        let tls = match self.acceptor.accept(tcp).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                limits.count_handshake_failure();
+                if let Some(suppressed) = limits.failure_log.check() {
+                    tracing::warn!(peer = %peer_addr, reason = %classify_handshake(&e), suppressed, "refused HBONE connection: TLS handshake failed (only mesh workloads with a certificate from the mesh root may connect to port {}; plain HTTP or another protocol is not accepted)", super::HBONE_PORT);
+                }
+                return Err(HandshakeEnded);
             }
         };
         let identity = peer_certificate(tls.get_ref().1)
@@ -219,10 +217,15 @@ impl HboneServer {
         let (peer, peer_serial): (SpiffeId, Arc<str>) = match identity {
             Ok((id, serial)) => (id, serial.into()),
             Err(e) => {
-                tracing::warn!(peer = %peer_addr, reason = %e, "refused HBONE connection: no usable peer identity");
-                return;
+                limits.count_handshake_failure();
+                if let Some(suppressed) = limits.failure_log.check() {
+                    tracing::warn!(peer = %peer_addr, reason = %e, suppressed, "refused HBONE connection: no usable peer identity");
+                }
+                return Err(HandshakeEnded);
             }
         };
+        let identity_permit = limits.admit_identity(&peer);
+        *stage = HandshakeStage::Http2;
         let mut connection = match h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -238,10 +241,46 @@ impl HboneServer {
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(peer = %peer_addr, identity = %peer, reason = %describe(&e), "refused HBONE connection: HTTP/2 handshake failed");
-                return;
+                limits.count_handshake_failure();
+                if let Some(suppressed) = limits.failure_log.check() {
+                    tracing::warn!(peer = %peer_addr, identity = %peer, reason = %classify(&e), suppressed, "refused HBONE connection: HTTP/2 handshake failed");
+                }
+                return Err(HandshakeEnded);
             }
         };
+        match identity_permit {
+            Ok(permit) => Ok(Established {
+                connection,
+                peer,
+                peer_serial,
+                _identity: permit,
+            }),
+            Err(limit) => {
+                // The client learns why from the GOAWAY code instead of guessing that its
+                // certificate was refused.
+                self.log_refusal(limit, peer_addr, Some(&peer));
+                connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                let closed = std::future::poll_fn(|cx| connection.poll_closed(cx));
+                let _ = tokio::time::timeout(GOAWAY_FLUSH, closed).await;
+                Err(HandshakeEnded)
+            }
+        }
+    }
+
+    async fn carry<H: TunnelHandler>(
+        &self,
+        established: Established,
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+        handler: Arc<H>,
+        drain: DrainWatch,
+    ) {
+        let Established {
+            mut connection,
+            peer,
+            peer_serial,
+            _identity,
+        } = established;
         let keepalive = {
             let ping_pong = connection.ping_pong();
             let settings = self.settings.keepalive;
@@ -253,6 +292,10 @@ impl HboneServer {
             }
         };
         tokio::pin!(keepalive);
+        let activity = Activity::new();
+        let idle_timeout = self.settings.idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
         let mut draining = false;
         let grace = tokio::time::sleep(Duration::MAX);
         tokio::pin!(grace);
@@ -272,6 +315,7 @@ impl HboneServer {
                                     headers: parts.headers,
                                     respond: Some(respond),
                                     body: Some(body),
+                                    activity: Some(activity.enter()),
                                 };
                                 let handler = handler.clone();
                                 tokio::spawn(async move { handler.handle(request).await });
@@ -283,7 +327,7 @@ impl HboneServer {
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(peer = %peer_addr, identity = %peer, reason = %describe(&e), "HBONE connection ended with an error");
+                        tracing::debug!(peer = %peer_addr, identity = %peer, reason = %classify(&e), "HBONE connection ended with an error");
                         return;
                     }
                     None => return,
@@ -291,6 +335,20 @@ impl HboneServer {
                 reason = &mut keepalive => {
                     tracing::warn!(peer = %peer_addr, identity = %peer, %reason, "closing HBONE connection");
                     return;
+                }
+                () = &mut idle, if !draining => {
+                    let now = tokio::time::Instant::now();
+                    match activity.idle_for() {
+                        Some(quiet) if quiet >= idle_timeout => {
+                            self.settings.limits.count_idle_closed();
+                            tracing::debug!(peer = %peer_addr, identity = %peer, ?idle_timeout, "closing idle HBONE connection with GOAWAY");
+                            draining = true;
+                            connection.graceful_shutdown();
+                            grace.as_mut().reset(now + self.settings.drain_grace);
+                        }
+                        Some(quiet) => idle.as_mut().reset(now + (idle_timeout - quiet)),
+                        None => idle.as_mut().reset(now + idle_timeout),
+                    }
                 }
                 () = drain.signaled(), if !draining => {
                     draining = true;

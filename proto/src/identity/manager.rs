@@ -49,7 +49,8 @@ impl CertificateProvider for LocalCa {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<watch::Sender<Arc<WorkloadCertificate>>>>>;
+type SlotInner = tokio::sync::Mutex<Option<watch::Sender<Arc<WorkloadCertificate>>>>;
+type Slot = Arc<SlotInner>;
 
 struct Inner {
     provider: Arc<dyn CertificateProvider>,
@@ -106,6 +107,7 @@ impl CertManager {
         *guard = Some(tx);
         tokio::spawn(renew_loop(
             Arc::downgrade(&self.inner),
+            Arc::downgrade(&slot),
             identity.clone(),
             renew_at,
         ));
@@ -185,8 +187,14 @@ async fn renew(
 }
 
 /// Renews `identity` whenever its certificate reaches its renewal time; ends when the manager
-/// is dropped or the identity forgotten.
-async fn renew_loop(inner: Weak<Inner>, identity: SpiffeId, first: SystemTime) {
+/// is dropped or the identity forgotten. An identity forgotten and then used again has a new
+/// slot with a loop of its own, so this one ends rather than renew it a second time.
+async fn renew_loop(
+    inner: Weak<Inner>,
+    own: Weak<SlotInner>,
+    identity: SpiffeId,
+    first: SystemTime,
+) {
     let mut next = first;
     loop {
         let wait = next
@@ -197,6 +205,9 @@ async fn renew_loop(inner: Weak<Inner>, identity: SpiffeId, first: SystemTime) {
         let Some(slot) = inner.slots.lock().get(&identity).cloned() else {
             return;
         };
+        if !std::ptr::eq(Arc::as_ptr(&slot), own.as_ptr()) {
+            return;
+        }
         // A manual rotation may have moved the renewal time on.
         let current = slot.lock().await.as_ref().map(|tx| tx.borrow().renew_at());
         if let Some(at) = current
@@ -217,5 +228,58 @@ async fn renew_loop(inner: Weak<Inner>, identity: SpiffeId, first: SystemTime) {
                 SystemTime::now() + RETRY_AFTER
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts the certificates it signs.
+    struct Counting {
+        ca: CertificateAuthority,
+        ttl: Duration,
+        fetched: AtomicUsize,
+    }
+
+    impl CertificateProvider for Counting {
+        fn fetch<'a>(
+            &'a self,
+            identity: &'a SpiffeId,
+            csr_pem: String,
+        ) -> BoxFuture<'a, Result<Vec<String>, IdentityError>> {
+            self.fetched.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async move {
+                // Slow, as a remote CA is: two renewals started together both get this far.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.ca
+                    .sign_csr(&csr_pem, identity, Validity::for_ttl(self.ttl))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_identity_forgotten_and_used_again_is_renewed_by_one_loop() {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let bundle = ca.trust_bundle();
+        // Valid from a minute ago: a 64 s TTL puts the renewal 2 s from now, and every 2 s.
+        let provider = Arc::new(Counting {
+            ca,
+            ttl: Duration::from_secs(64),
+            fetched: AtomicUsize::new(0),
+        });
+        let certs = CertManager::new(provider.clone(), bundle);
+        let id = SpiffeId::new("cluster.local", "demo", "app").unwrap();
+        certs.watch(&id).await.unwrap();
+        certs.forget(&id);
+        certs.watch(&id).await.unwrap();
+        assert_eq!(provider.fetched.load(Ordering::Relaxed), 2);
+        // The first loop defers to the second certificate's renewal time, so both loops would
+        // wake together and both renew. Between the first renewal (~2.3 s from here) and the
+        // second (~4.6 s): one renewal, not one per loop ever started.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(provider.fetched.load(Ordering::Relaxed), 3);
     }
 }

@@ -4,7 +4,10 @@
 mod support;
 
 mod control_tls;
+mod hbone_client_pool;
+mod hbone_errors;
 mod hbone_identity;
 mod hbone_interop_client;
 mod hbone_interop_server;
+mod hbone_limits;
 mod hbone_tunnels;

@@ -88,10 +88,21 @@ pub async fn serve<H: TunnelHandler>(
     handler: Arc<H>,
     bind: &str,
 ) -> RunningServer {
+    serve_with(certs, identity, handler, bind, ServerSettings::default()).await
+}
+
+/// `serve` with other settings (timeouts, limits).
+pub async fn serve_with<H: TunnelHandler>(
+    certs: &CertManager,
+    identity: &SpiffeId,
+    handler: Arc<H>,
+    bind: &str,
+    settings: ServerSettings,
+) -> RunningServer {
     let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let watch = certs.watch(identity).await.unwrap();
-    let server = HboneServer::new(watch, certs.trust_bundle(), ServerSettings::default()).unwrap();
+    let server = HboneServer::new(watch, certs.trust_bundle(), settings).unwrap();
     let (trigger, drain) = drain::channel();
     tokio::spawn(server.serve(listener, handler, drain));
     RunningServer {
@@ -145,4 +156,25 @@ pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
     (offset..offset + len as u64)
         .map(|i| (i ^ (i >> 8) ^ (i >> 16)).wrapping_mul(31) as u8)
         .collect()
+}
+
+/// File descriptors this process has open now.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd lists this process's open files (Linux)")
+        .count()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
