@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::ca::NamespacedName;
 use crate::ca::root_configmap;
+use crate::model::MtlsMode;
 use crate::waypoints;
 
 /// Where the mesh model comes from.
@@ -51,6 +52,14 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Kubernetes => f.write_str("kubernetes"),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--mtls-mode {mode} applies to --source kubernetes only; with --source {given} set it in the mesh file instead (top-level 'mtlsMode: {mode}')"
+    )]
+    MtlsModeWithFile { given: String, mode: MtlsMode },
 }
 
 /// How callers of the CA prove who they are.
@@ -124,6 +133,16 @@ pub struct Config {
         default_value = "https://ambit-controller.ambit-system.svc:15010"
     )]
     pub waypoint_controller_address: String,
+    /// mTLS mode of meshed pods whose namespace has no ambit.io/mtls-mode label, with --source
+    /// kubernetes (a mesh file says it in its own mtlsMode field) [default: permissive, as
+    /// Istio's; strict is a mesh-wide PeerAuthentication with mode STRICT].
+    #[arg(long, value_enum)]
+    pub mtls_mode: Option<MtlsMode>,
+    /// How long a node's ztunnel may be without a config subscription, after having had one,
+    /// before the node's meshed pods are marked unhealthy for the rest of the mesh (until it
+    /// subscribes again); 0s never marks them.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub node_down_after: Duration,
     /// Lifetime of issued workload certificates (a caller may ask for less).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub cert_ttl: Duration,
@@ -146,6 +165,19 @@ impl Config {
             SourceSpec::Kubernetes => CaAuth::TokenReview,
             SourceSpec::Embedded | SourceSpec::File(_) => CaAuth::BootstrapTokens,
         })
+    }
+
+    /// `--mtls-mode` where it applies: only a cluster takes the mesh-wide mode from a flag, so
+    /// that a mesh file is never overridden behind its back.
+    pub fn kubernetes_mtls_mode(&self) -> Result<MtlsMode, ConfigError> {
+        match (&self.source, self.mtls_mode) {
+            (SourceSpec::Kubernetes, mode) => Ok(mode.unwrap_or_default()),
+            (_, None) => Ok(MtlsMode::default()),
+            (source, Some(mode)) => Err(ConfigError::MtlsModeWithFile {
+                given: source.to_string(),
+                mode,
+            }),
+        }
     }
 
     /// Where the root certificate ConfigMap is published: as given, else beside the CA Secret
@@ -248,6 +280,23 @@ mod tests {
         assert!(!c.waypoints);
         assert_eq!(c.waypoint_image, "registry.test/waypoint:dev");
         assert!(Config::try_parse_from(["controller", "--waypoints=maybe"]).is_err());
+    }
+
+    #[test]
+    fn the_mtls_mode_flag_is_for_clusters_and_liveness_has_a_grace() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(["controller", "--log", "info"].iter().chain(args)).unwrap()
+        };
+        let c = parse(&[]);
+        assert_eq!(c.kubernetes_mtls_mode(), Ok(MtlsMode::Permissive));
+        assert_eq!(c.node_down_after, Duration::from_secs(15));
+        let c = parse(&["--source", "kubernetes", "--mtls-mode", "strict"]);
+        assert_eq!(c.kubernetes_mtls_mode(), Ok(MtlsMode::Strict));
+        let c = parse(&["--mtls-mode", "strict", "--node-down-after", "0s"]);
+        let err = c.kubernetes_mtls_mode().unwrap_err().to_string();
+        assert!(err.contains("mtlsMode: strict"), "{err}");
+        assert_eq!(c.node_down_after, Duration::ZERO);
+        assert!(Config::try_parse_from(["controller", "--mtls-mode", "STRICT"]).is_err());
     }
 
     #[test]

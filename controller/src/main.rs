@@ -8,7 +8,9 @@ use ambit_controller::ca::{Authenticator, CaService, TokenReviewer, root_configm
 use ambit_controller::config::{CaAuth, Config, SourceSpec};
 use ambit_controller::grpc::ServingIdentity;
 use ambit_controller::model::MeshModel;
-use ambit_controller::push::{DiscoveryService, SubscriberAccess, publish_snapshots};
+use ambit_controller::push::{
+    DiscoveryService, NodeLiveness, SubscriberAccess, publish_snapshots_with,
+};
 use ambit_controller::source::{file, kubernetes};
 use ambit_controller::waypoints::{self, WaypointOptions};
 use ambit_proto::identity::{CertificateAuthority, SpiffeId};
@@ -70,7 +72,10 @@ async fn open_source(
         }
         SourceSpec::Kubernetes => {
             let client = kube.client().await?;
-            let options = kubernetes::Options::default();
+            let options = kubernetes::Options {
+                mtls_mode: config.kubernetes_mtls_mode()?,
+                ..kubernetes::Options::default()
+            };
             let watching = kubernetes::watch(client, options, shutdown.clone()).await?;
             Ok((watching.models, Source::Watched(watching.task)))
         }
@@ -187,6 +192,7 @@ async fn drain_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>, deadline: Insta
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    config.kubernetes_mtls_mode()?;
     let shutdown = CancellationToken::new();
     let kube = Kube::default();
     let (models, source) = open_source(&config, &kube, &shutdown).await?;
@@ -212,9 +218,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on --metrics {}", config.metrics))?;
     let ready = Arc::new(AtomicBool::new(false));
-    let (snapshots, _snapshot_task) = publish_snapshots(models.clone(), shutdown.clone());
+    let (liveness, _liveness_task) = NodeLiveness::start(config.node_down_after, shutdown.clone());
+    let (snapshots, _snapshot_task) =
+        publish_snapshots_with(models.clone(), Some(&liveness), shutdown.clone());
     let discovery = DiscoveryService::new(snapshots, shutdown.clone())
-        .authenticate_with(SubscriberAccess::new(authenticator.clone(), models.clone()));
+        .authenticate_with(SubscriberAccess::new(authenticator.clone(), models.clone()))
+        .track_liveness(liveness);
     let admin = Admin {
         metrics,
         ready: ready.clone(),

@@ -9,6 +9,8 @@ use ambit_proto::identity::SpiffeId;
 use super::rules;
 use super::*;
 
+mod namespaces;
+
 /// Collects a mesh description; [`MeshBuilder::build`] checks it as a whole and reports every
 /// problem at once, so a human fixing a file sees them all in one go.
 #[derive(Debug, Clone)]
@@ -23,6 +25,7 @@ pub struct MeshBuilder {
     policies: Vec<AuthorizationPolicy>,
     routes: Vec<Route>,
     pending_waypoints: bool,
+    mtls_mode: MtlsMode,
 }
 
 impl MeshBuilder {
@@ -40,6 +43,7 @@ impl MeshBuilder {
             policies: Vec::new(),
             routes: Vec::new(),
             pending_waypoints: false,
+            mtls_mode: MtlsMode::default(),
         }
     }
 
@@ -50,6 +54,13 @@ impl MeshBuilder {
     /// human wrote its waypoints, and one without address or node there is a mistake.
     pub fn allow_pending_waypoints(&mut self) -> &mut Self {
         self.pending_waypoints = true;
+        self
+    }
+
+    /// The mode of meshed workloads whose namespace has no [`MTLS_MODE_LABEL`] (default
+    /// permissive, as Istio's).
+    pub fn mtls_mode(&mut self, mode: MtlsMode) -> &mut Self {
+        self.mtls_mode = mode;
         self
     }
 
@@ -103,10 +114,11 @@ impl MeshBuilder {
         }
         let nodes = c.nodes(self.nodes);
         let namespaces = c.namespaces(self.namespaces);
+        let mtls_modes = c.mtls_modes(&namespaces, self.mtls_mode);
         let waypoints = c.waypoints(self.waypoints, &nodes, &namespaces, &self.trust_domain);
         let waypoint_names: HashSet<ObjectKey> = waypoints.keys().cloned().collect();
         let namespace_waypoints = c.namespace_waypoints(&namespaces, &waypoint_names);
-        let workloads = c.workloads(
+        let mut workloads = c.workloads(
             self.pods,
             &nodes,
             &namespaces,
@@ -124,6 +136,12 @@ impl MeshBuilder {
         let routes = c.routes(self.routes, &namespaces, &services, &self.trust_domain);
         if !c.errors.is_empty() {
             return Err(c.errors);
+        }
+        for w in workloads.values_mut().filter(|w| w.meshed) {
+            w.mtls_mode = mtls_modes
+                .get(&w.pod.namespace)
+                .copied()
+                .unwrap_or(self.mtls_mode);
         }
         let services = services
             .into_iter()
@@ -219,53 +237,6 @@ impl Checker {
             .ok()
     }
 
-    fn nodes(&mut self, nodes: Vec<Node>) -> BTreeMap<String, Node> {
-        let mut out = BTreeMap::new();
-        let mut tokens: HashMap<String, ResourceRef> = HashMap::new();
-        for node in nodes {
-            let subject = ResourceRef::new(Kind::Node, &node.name);
-            if out.contains_key(&node.name) {
-                self.errors.push(ModelError::Duplicate { subject });
-                continue;
-            }
-            if let Some(token) = &node.bootstrap_token {
-                if let Some(first) = tokens.get(token) {
-                    self.errors.push(ModelError::DuplicateToken {
-                        subject: subject.clone(),
-                        first: first.clone(),
-                    });
-                }
-                tokens.insert(token.clone(), subject);
-            }
-            out.insert(node.name.clone(), node);
-        }
-        out
-    }
-
-    fn namespaces(&mut self, namespaces: Vec<Namespace>) -> BTreeMap<String, Namespace> {
-        let mut out = BTreeMap::new();
-        for ns in namespaces {
-            let subject = ResourceRef::new(Kind::Namespace, &ns.name);
-            if out.contains_key(&ns.name) {
-                self.errors.push(ModelError::Duplicate { subject });
-                continue;
-            }
-            if let Some(value) = ns.labels.get(DATAPLANE_MODE_LABEL)
-                && value != DATAPLANE_MODE_AMBIENT
-                && value != DATAPLANE_MODE_NONE
-            {
-                self.errors.push(ModelError::InvalidLabelValue {
-                    subject,
-                    label: DATAPLANE_MODE_LABEL,
-                    value: value.clone(),
-                    allowed: "\"ambient\" (mesh the namespace) or \"none\"",
-                });
-            }
-            out.insert(ns.name.clone(), ns);
-        }
-        out
-    }
-
     fn namespaced<T>(
         &mut self,
         out: &BTreeMap<ObjectKey, T>,
@@ -328,23 +299,6 @@ impl Checker {
             }
             self.identity(&subject, td, &wp.namespace, &wp.service_account);
             out.insert(key, wp);
-        }
-        out
-    }
-
-    /// The waypoint each namespace's label names, checked once per namespace rather than once
-    /// per service that inherits it.
-    fn namespace_waypoints(
-        &mut self,
-        namespaces: &BTreeMap<String, Namespace>,
-        waypoints: &HashSet<ObjectKey>,
-    ) -> HashMap<String, ObjectKey> {
-        let mut out = HashMap::new();
-        for ns in namespaces.values() {
-            let subject = ResourceRef::new(Kind::Namespace, &ns.name);
-            if let Some(key) = self.waypoint_label(&subject, &ns.name, &ns.labels, waypoints) {
-                out.insert(ns.name.clone(), key);
-            }
         }
         out
     }
@@ -419,6 +373,7 @@ impl Checker {
                 meshed: namespace_in && !opted_out,
                 waypoint,
                 pod,
+                mtls_mode: MtlsMode::Permissive,
             };
             out.insert(key, workload);
         }

@@ -68,7 +68,7 @@ impl MeshModel {
                 .filter(|p| Self::policy_selects(p, w))
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect(),
-            mtls_mode: pb::MtlsMode::Permissive.into(),
+            mtls_mode: w.mtls_mode.to_proto().into(),
         }
     }
 

@@ -6,6 +6,7 @@
 mod build;
 mod convert;
 mod error;
+mod mtls;
 mod rules;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use ambit_proto::identity::SpiffeId;
 
 pub use build::MeshBuilder;
 pub use error::{Kind, ModelError, ResourceRef};
+pub use mtls::{MTLS_MODE_LABEL, MtlsMode, MtlsModeError};
 pub use rules::{check_ip_block, check_principal};
 
 /// Namespace label that puts a namespace's pods in the mesh (value [`DATAPLANE_MODE_AMBIENT`]);
@@ -162,6 +164,9 @@ pub struct Workload {
     /// Traffic to and from it goes through ztunnel (its namespace opted in, it did not opt out).
     pub meshed: bool,
     pub waypoint: Option<ObjectKey>,
+    /// Its namespace's mode, else the mesh-wide one; always permissive outside the mesh, where
+    /// no ztunnel receives its traffic to refuse anything.
+    pub mtls_mode: MtlsMode,
 }
 
 impl Workload {

@@ -8,6 +8,7 @@
 
 mod access;
 mod desired;
+mod liveness;
 mod scope;
 mod server;
 mod session;
@@ -21,10 +22,11 @@ use ambit_proto::api::discovery::ResourceType;
 
 pub use access::SubscriberAccess;
 pub use desired::Desired;
+pub use liveness::{DownNodes, NodeLiveness};
 pub use scope::{Scope, desired_for, desired_since, scope_of};
-pub use server::{DiscoveryService, publish_snapshots};
+pub use server::{DiscoveryService, publish_snapshots, publish_snapshots_with};
 pub use snapshot::{Snapshot, WireResource};
-pub use sync::{SyncStatus, SyncTable};
+pub use sync::{SyncEntry, SyncStatus, SyncTable};
 
 /// One resource's identity in a subscription: its type and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

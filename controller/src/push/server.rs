@@ -15,24 +15,52 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{Denied, SubscriberAccess};
+use super::liveness::{DownNodes, NodeLiveness, Subscribed};
 use super::session::{Answer, Session};
+use super::sync::SyncEntry;
 use super::{ResourceKey, Snapshot, SyncTable, desired_for, desired_since};
 use crate::model::{MeshModel, ObjectKey};
 
 /// Builds a snapshot of every new model, off the async workers since a large mesh takes a while,
 /// and publishes it to the subscriptions.
 pub fn publish_snapshots(
-    mut models: watch::Receiver<Arc<MeshModel>>,
+    models: watch::Receiver<Arc<MeshModel>>,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
-    let first = Snapshot::build(models.borrow_and_update().clone(), None);
+    publish_snapshots_with(models, None, shutdown)
+}
+
+/// [`publish_snapshots`], also rebuilding when the set of down nodes changes (see
+/// [`NodeLiveness`]); pass the same liveness to [`DiscoveryService::track_liveness`].
+pub fn publish_snapshots_with(
+    mut models: watch::Receiver<Arc<MeshModel>>,
+    liveness: Option<&NodeLiveness>,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
+    let mut down = liveness.map(NodeLiveness::down_nodes);
+    let mut down_now: DownNodes = match down.as_mut() {
+        Some(d) => d.borrow_and_update().clone(),
+        None => DownNodes::default(),
+    };
+    let first = Snapshot::build_with(models.borrow_and_update().clone(), down_now.clone(), None);
     let (tx, rx) = watch::channel(Arc::new(first));
     let task = tokio::spawn(async move {
         let mut retired = Retired::default();
         let mut release = tokio::time::interval(RELEASE_EVERY);
         loop {
+            let down_changed = async {
+                match down.as_mut() {
+                    Some(d) => d.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = models.changed() => if changed.is_err() { return },
+                // Liveness gone (only at shutdown): the last down set stands.
+                live = down_changed => if !live {
+                    down = None;
+                    continue;
+                },
                 () = shutdown.cancelled() => return,
                 _ = release.tick() => {
                     retired.release();
@@ -40,8 +68,12 @@ pub fn publish_snapshots(
                 }
             }
             let model = models.borrow_and_update().clone();
+            if let Some(d) = down.as_mut() {
+                down_now = d.borrow_and_update().clone();
+            }
+            let down_nodes = down_now.clone();
             let previous = tx.borrow().clone();
-            let build = move || Snapshot::build(model, Some(&previous));
+            let build = move || Snapshot::build_with(model, down_nodes, Some(&previous));
             match tokio::task::spawn_blocking(build).await {
                 Ok(snapshot) => {
                     retired.retire(tx.send_replace(Arc::new(snapshot)));
@@ -89,11 +121,17 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     sync: SyncTable,
     access: Option<Arc<SubscriberAccess>>,
+    liveness: Option<NodeLiveness>,
     part_bytes: usize,
 }
 
 /// How often an open subscription's credentials are checked again when the mesh is quiet.
 const RECHECK_EVERY: Duration = Duration::from_secs(300);
+
+/// How long a returning ztunnel's first response waits for the snapshot that has its node up
+/// again (a rebuild: well under a second at 50k workloads); past it, it gets the current one
+/// and the change follows as a delta.
+const UP_AGAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// One part waits while tonic encodes the one before: parts are about a megabyte encoded (see
 /// `response_parts`) and larger as messages, and every subscriber holds its queue in an initial
@@ -111,6 +149,7 @@ impl DiscoveryService {
             shutdown,
             sync: SyncTable::default(),
             access: None,
+            liveness: None,
             part_bytes: PART_BYTES,
         }
     }
@@ -124,6 +163,13 @@ impl DiscoveryService {
 
     pub fn authenticate_with(mut self, access: SubscriberAccess) -> Self {
         self.access = Some(Arc::new(access));
+        self
+    }
+
+    /// Reports each ztunnel subscription's opening and end to `liveness`, which marks nodes
+    /// without one down (give the same one to [`publish_snapshots_with`]).
+    pub fn track_liveness(mut self, liveness: NodeLiveness) -> Self {
+        self.liveness = Some(liveness);
         self
     }
 
@@ -236,18 +282,25 @@ impl Discovery for DiscoveryService {
             tracing::warn!(subscriber = %who, "the mesh declares no such node or waypoint: it gets an empty scope until the mesh declares it (check the proxy's name against the mesh)");
         }
         let (tx, rx) = mpsc::channel(QUEUE);
+        // Only an authorized ztunnel speaks for its node, and waypoints are no node.
+        let alive = match (&self.liveness, ProxyKind::try_from(subscriber.kind)) {
+            (Some(liveness), Ok(ProxyKind::Ztunnel)) => Some(liveness.subscribed(&subscriber.name)),
+            _ => None,
+        };
         let stream = Stream {
+            _alive: alive,
             access: self.access.clone().map(|a| (a, metadata)),
             inbound,
             tx,
             snapshots: self.snapshots.clone(),
             session: Session::new(known),
             part_bytes: self.part_bytes,
-            sync_name: sync_name(&subscriber),
+            sync: self
+                .sync
+                .open(kind_label(&subscriber), &sync_name(&subscriber)),
             subscriber,
             who,
             shutdown: self.shutdown.clone(),
-            sync: self.sync.clone(),
         };
         tokio::spawn(stream.run());
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -255,6 +308,8 @@ impl Discovery for DiscoveryService {
 }
 
 struct Stream {
+    /// Keeps the node up (see [`NodeLiveness`]) while the subscription is open.
+    _alive: Option<Subscribed>,
     /// Who may subscribe, and this subscription's credentials, re-checked on every new model.
     access: Option<(Arc<SubscriberAccess>, MetadataMap)>,
     inbound: Streaming<SubscribeRequest>,
@@ -265,8 +320,8 @@ struct Stream {
     subscriber: Subscriber,
     who: String,
     shutdown: CancellationToken,
-    sync: SyncTable,
-    sync_name: String,
+    /// This subscription's row of the sync table, gone with it.
+    sync: SyncEntry,
 }
 
 fn sync_name(s: &Subscriber) -> String {
@@ -281,13 +336,12 @@ impl Stream {
         let kind = kind_label(&self.subscriber);
         metrics::gauge!("ambit_controller_subscribers", "kind" => kind).increment(1.0);
         let ended = self.serve(kind).await;
-        self.sync.remove(kind, &self.sync_name);
         metrics::gauge!("ambit_controller_subscribers", "kind" => kind).decrement(1.0);
         tracing::info!(subscriber = %self.who, "subscription ended: {ended}");
     }
 
     async fn serve(&mut self, kind: &'static str) -> String {
-        let mut snapshot = self.snapshots.borrow_and_update().clone();
+        let mut snapshot = self.first_snapshot().await;
         let mut desired = desired_for(&snapshot, &self.subscriber);
         // Credentials are re-checked on every new model and, for a quiet mesh, on this tick: a
         // service-account token expires whether or not the mesh changes.
@@ -295,9 +349,14 @@ impl Stream {
             tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
         loop {
             let version = desired.system_version();
-            self.sync
-                .update(kind, &self.sync_name, |s| s.desired_version = version);
+            self.sync.update(|s| s.desired_version = version);
             if let Some(response) = self.session.next_response(&desired) {
+                if self.session.resumed_current(&response) {
+                    // The proxy's known_versions already are the desired state: it holds
+                    // this version whether or not it ever answers this empty response.
+                    self.sync
+                        .update(|s| s.acked_version = Some(response.system_version.clone()));
+                }
                 let delta = if response.full_state { "full" } else { "delta" };
                 metrics::counter!("ambit_controller_pushes_total", "kind" => kind, "type" => delta)
                     .increment(1);
@@ -349,6 +408,18 @@ impl Stream {
         }
     }
 
+    /// The snapshot to start from. A returning ztunnel's node is marked up by its very
+    /// subscription, and the snapshot saying so is moments away: waiting for it spares the
+    /// proxy a first config with its own pods down, followed at once by a delta undoing that.
+    async fn first_snapshot(&mut self) -> Arc<Snapshot> {
+        if self.subscriber.kind == ProxyKind::Ztunnel as i32 {
+            let node = &self.subscriber.name;
+            let up = self.snapshots.wait_for(|s| !s.down_nodes().contains(node));
+            let _ = tokio::time::timeout(UP_AGAIN_WAIT, up).await;
+        }
+        self.snapshots.borrow_and_update().clone()
+    }
+
     /// Ends the subscription (with the refusal sent to the proxy) when its credentials no longer
     /// hold; one that cannot be checked just now goes on.
     async fn recheck(&mut self) -> Result<(), String> {
@@ -381,15 +452,14 @@ impl Stream {
         match self.session.answer(nonce, &request.error_detail) {
             Answer::Ack => {
                 tracing::debug!(subscriber = %self.who, %nonce, "config ACKed");
-                self.sync.update(kind, &self.sync_name, |s| {
+                self.sync.update(|s| {
                     s.acked_version = in_flight_version;
                     s.last_nack = None;
                 });
             }
             Answer::Nack { changes } => {
                 let reason = request.error_detail.clone();
-                self.sync
-                    .update(kind, &self.sync_name, |s| s.last_nack = Some(reason));
+                self.sync.update(|s| s.last_nack = Some(reason));
                 metrics::counter!("ambit_controller_nacks_total", "kind" => kind).increment(1);
                 tracing::warn!(
                     subscriber = %self.who,

@@ -165,6 +165,15 @@ impl Session {
         })
     }
 
+    /// Whether `response`, just made, is the first of a resumed subscription and finds the
+    /// proxy already holding everything it should (nothing sent, nothing removed).
+    pub fn resumed_current(&self, response: &EncodedResponse) -> bool {
+        self.sent == 1
+            && !response.full_state
+            && response.resources.is_empty()
+            && response.removed.is_empty()
+    }
+
     /// The version the response awaiting an answer brings the proxy to.
     pub fn in_flight_version(&self) -> Option<String> {
         self.in_flight.as_ref().map(|f| f.system_version.clone())

@@ -6,11 +6,13 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{Resource, ResourceType, resource::Kind};
+use ambit_proto::api::workload::WorkloadStatus;
 use bytes::Bytes;
 use prost::Message;
 
 use super::ResourceKey;
 use super::desired::{Resolved, SharedChanges, hash_resolved};
+use super::liveness::DownNodes;
 use crate::model::{KeyedIter, MeshModel, ObjectKey};
 
 /// The resources of one model, each versioned by a hash of its content: an unchanged resource
@@ -18,6 +20,9 @@ use crate::model::{KeyedIter, MeshModel, ObjectKey};
 /// `known_versions` match without any shared history.
 pub struct Snapshot {
     model: Arc<MeshModel>,
+    /// Nodes whose ztunnel is gone (see [`super::liveness`]): their meshed workloads go out
+    /// unhealthy whatever the model says.
+    down_nodes: DownNodes,
     resources: HashMap<ResourceKey, Arc<WireResource>>,
     /// What every node that captures traffic receives (see [`super::scope`]), resolved once per
     /// model rather than once per node.
@@ -29,9 +34,9 @@ pub struct Snapshot {
     /// relative to the snapshot it last saw.
     pub(super) generation: u64,
     /// The nodes whose part of a ztunnel scope (see [`super::scope`]) may differ from the
-    /// previous snapshot's: a workload on them was added, removed or changed, or a policy
-    /// changed in a namespace with a workload on them. `None`: any may (no previous snapshot,
-    /// or a new trust domain or cluster id).
+    /// previous snapshot's: a workload on them was added, removed or changed, a policy
+    /// changed in a namespace with a workload on them, or the node went down or came back.
+    /// `None`: any may (no previous snapshot, or a new trust domain or cluster id).
     pub(super) touched_nodes: Option<HashSet<String>>,
 }
 
@@ -50,6 +55,16 @@ impl Snapshot {
     /// changed is taken over from it rather than built, encoded and hashed again (at 50k
     /// workloads that was most of a change's cost, and a change touches a handful of objects).
     pub fn build(model: Arc<MeshModel>, previous: Option<&Snapshot>) -> Self {
+        Self::build_with(model, DownNodes::default(), previous)
+    }
+
+    /// [`Self::build`], with the meshed workloads on `down_nodes` unhealthy. A node going down
+    /// or coming back re-versions only its own workloads.
+    pub fn build_with(
+        model: Arc<MeshModel>,
+        down_nodes: DownNodes,
+        previous: Option<&Snapshot>,
+    ) -> Self {
         let reusable = previous.filter(|p| {
             // Every wire form carries the trust domain, and workload uids the cluster id.
             p.model.trust_domain() == model.trust_domain()
@@ -65,14 +80,27 @@ impl Snapshot {
         // A workload's wire form lists the policies that select it.
         let policy_namespaces =
             changed_namespaces(old.as_ref().map(|o| &o.policies), &new.policies);
-        let mut touched_nodes = HashSet::new();
+        let flipped: HashSet<&String> = match reusable {
+            Some(p) => p.down_nodes.symmetric_difference(&down_nodes).collect(),
+            None => HashSet::new(),
+        };
+        let mut touched_nodes: HashSet<&String> = flipped.clone();
         for (_, w, was) in paired(old.as_ref().map(|o| &o.workloads), &new.workloads) {
-            if was != Some(w) {
+            let kept = same(was, w);
+            if !kept {
                 touched_nodes.extend([Some(w), was].into_iter().flatten().map(|w| &w.pod.node));
             }
-            let unchanged = was == Some(w) && !policy_namespaces.contains(w.pod.namespace.as_str());
+            let unchanged = kept
+                && !policy_namespaces.contains(w.pod.namespace.as_str())
+                && (flipped.is_empty() || !flipped.contains(&w.pod.node));
             let key = ResourceKey::new(ResourceType::Workload, w.uid.as_str());
-            b.add(key, unchanged, || Kind::Workload(m.workload_proto(w)));
+            b.add(key, unchanged, || {
+                let mut proto = m.workload_proto(w);
+                if w.meshed && !down_nodes.is_empty() && down_nodes.contains(&w.pod.node) {
+                    proto.status = WorkloadStatus::Unhealthy.into();
+                }
+                Kind::Workload(proto)
+            });
         }
         if let (Some(previous), Some(old)) = (reusable, &old) {
             let removed =
@@ -88,26 +116,25 @@ impl Snapshot {
         // and the endpoint's key, both compared already.
         for (key, s, was) in paired(old.as_ref().map(|o| &o.services), &new.services) {
             let key = named_key(ResourceType::Service, key);
-            b.add(key, was == Some(s), || Kind::Service(m.service_proto(s)));
+            b.add(key, same(was, s), || Kind::Service(m.service_proto(s)));
         }
         for (key, wp, was) in paired(old.as_ref().map(|o| &o.waypoints), &new.waypoints) {
             let key = named_key(ResourceType::WaypointResource, key);
-            b.add(key, was == Some(wp), || {
-                Kind::Waypoint(m.waypoint_proto(wp))
-            });
+            b.add(key, same(was, wp), || Kind::Waypoint(m.waypoint_proto(wp)));
         }
         for (key, p, was) in paired(old.as_ref().map(|o| &o.policies), &new.policies) {
             let key = named_key(ResourceType::AuthorizationPolicy, key);
-            b.add(key, was == Some(p), || {
+            b.add(key, same(was, p), || {
                 Kind::AuthorizationPolicy(m.policy_proto(p))
             });
         }
         for (key, r, was) in paired(old.as_ref().map(|o| &o.routes), &new.routes) {
             let key = named_key(ResourceType::Route, key);
-            b.add(key, was == Some(r), || Kind::Route(r.clone()));
+            b.add(key, same(was, r), || Kind::Route(r.clone()));
         }
         let mut snapshot = Snapshot {
             model: model.clone(),
+            down_nodes,
             resources: b.resources,
             mesh_wide: Arc::default(),
             mesh_wide_hash: 0,
@@ -125,6 +152,10 @@ impl Snapshot {
 
     pub fn model(&self) -> &Arc<MeshModel> {
         &self.model
+    }
+
+    pub fn down_nodes(&self) -> &DownNodes {
+        &self.down_nodes
     }
 
     pub fn resource(&self, key: &ResourceKey) -> Option<&Arc<WireResource>> {
@@ -182,6 +213,13 @@ impl Resources<'_> {
     }
 }
 
+/// Whether an object is the same as before: the same reference when the model itself is the
+/// previous one (a rebuild for a node going down), which spares comparing 50k workloads field
+/// by field.
+fn same<T: PartialEq>(was: Option<&T>, now: &T) -> bool {
+    was.is_some_and(|was| std::ptr::eq(was, now) || was == now)
+}
+
 /// Each object of `new` with the object under the same key in `old`, if any; both iterate in
 /// key order, so this is one walk of each rather than a lookup per object.
 fn paired<'a, T>(
@@ -203,7 +241,7 @@ fn changed_namespaces<'a, T: PartialEq>(
     new: &KeyedIter<'a, T>,
 ) -> HashSet<&'a str> {
     let mut changed: HashSet<&str> = paired(old, new)
-        .filter(|(_, object, was)| *was != Some(*object))
+        .filter(|(_, object, was)| !same(*was, *object))
         .map(|(key, _, _)| key.namespace.as_str())
         .collect();
     if let Some(old) = old {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ambit_controller::ca::CaService;
 use ambit_controller::model::MeshModel;
-use ambit_controller::push::{DiscoveryService, publish_snapshots};
+use ambit_controller::push::{DiscoveryService, NodeLiveness, SyncTable, publish_snapshots_with};
 use ambit_controller::source::file::{EMBEDDED_MESH, parse};
 use ambit_proto::api::discovery::discovery_client::DiscoveryClient;
 use ambit_proto::api::discovery::resource::Kind;
@@ -27,6 +27,7 @@ pub(crate) struct Controller {
     pub(crate) ca: Arc<CertificateAuthority>,
     models: watch::Sender<Arc<MeshModel>>,
     snapshots: watch::Receiver<Arc<ambit_controller::push::Snapshot>>,
+    pub(crate) sync: SyncTable,
     shutdown: CancellationToken,
 }
 
@@ -48,19 +49,36 @@ impl Drop for Controller {
     }
 }
 
-async fn start(model: MeshModel) -> Controller {
+pub(crate) async fn start(model: MeshModel) -> Controller {
     start_with_parts(model, PART_BYTES).await
 }
 
 /// A controller that sends responses in parts of about `part_bytes`.
 pub(crate) async fn start_with_parts(model: MeshModel, part_bytes: usize) -> Controller {
+    start_with(model, part_bytes, None).await
+}
+
+/// A controller that marks a node down `grace` after its ztunnel's last subscription ended.
+pub(crate) async fn start_with_liveness(model: MeshModel, grace: Duration) -> Controller {
+    start_with(model, PART_BYTES, Some(grace)).await
+}
+
+async fn start_with(model: MeshModel, part_bytes: usize, grace: Option<Duration>) -> Controller {
     let (models_tx, models) = watch::channel(Arc::new(model));
     let shutdown = CancellationToken::new();
-    let (snapshots, _) = publish_snapshots(models.clone(), shutdown.clone());
+    let liveness = grace.map(|grace| NodeLiveness::start(grace, shutdown.clone()).0);
+    let (snapshots, _) =
+        publish_snapshots_with(models.clone(), liveness.as_ref(), shutdown.clone());
     let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+    let mut discovery =
+        DiscoveryService::new(snapshots.clone(), shutdown.clone()).with_part_bytes(part_bytes);
+    if let Some(liveness) = liveness {
+        discovery = discovery.track_liveness(liveness);
+    }
+    let sync = discovery.sync_table();
     let server = support::grpc::serve(
         ca.clone(),
-        DiscoveryService::new(snapshots.clone(), shutdown.clone()).with_part_bytes(part_bytes),
+        discovery,
         CaService::new(ca.clone(), models, Duration::from_secs(3600)),
         shutdown.clone(),
     )
@@ -70,11 +88,12 @@ pub(crate) async fn start_with_parts(model: MeshModel, part_bytes: usize) -> Con
         ca,
         models: models_tx,
         snapshots,
+        sync,
         shutdown,
     }
 }
 
-fn mesh(text: &str) -> MeshModel {
+pub(crate) fn mesh(text: &str) -> MeshModel {
     parse(text, "test mesh").unwrap().model
 }
 
@@ -82,7 +101,7 @@ pub(crate) struct Proxy {
     requests: mpsc::Sender<SubscribeRequest>,
     responses: Streaming<SubscribeResponse>,
     /// What the proxy holds, as `known_versions` would carry it.
-    held: HashMap<String, String>,
+    pub(crate) held: HashMap<String, String>,
 }
 
 pub(crate) fn ztunnel(node: &str) -> Subscriber {
@@ -152,7 +171,7 @@ impl Proxy {
             .expect("the stream ended")
     }
 
-    async fn quiet_for(&mut self, how_long: Duration) {
+    pub(crate) async fn quiet_for(&mut self, how_long: Duration) {
         if let Ok(r) = tokio::time::timeout(how_long, self.responses.message()).await {
             panic!("expected no response, got {r:?}");
         }

@@ -8,6 +8,8 @@ mod ca;
 mod ca_kubernetes;
 mod discovery;
 mod discovery_access;
+mod discovery_liveness;
+mod discovery_mtls;
 mod discovery_parts;
 mod kubernetes;
 mod kubernetes_crds;

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::push::DownNodes;
 use crate::source::file::parse;
 
 const MESH: &str = "
@@ -79,7 +80,7 @@ type Edit = (&'static str, &'static str);
 #[test]
 fn an_edit_rebuilds_exactly_the_resources_whose_wire_form_it_changes() {
     let base = snapshot(&[], None);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             "a pod leaves a service: it and the service change, nothing in bank",
             &[("labels: {app: CART2}", "labels: {app: other}")],
@@ -94,6 +95,14 @@ fn an_edit_rebuilds_exactly_the_resources_whose_wire_form_it_changes() {
                 "workload/local//Pod/shop/cart-2",
                 "workload/local//Pod/shop/pay-1",
             ],
+        ),
+        (
+            "a namespace turns strict: its workloads change, though no workload object did",
+            &[(
+                "{name: bank, labels: {ambit.io/dataplane-mode: ambient}}",
+                "{name: bank, labels: {ambit.io/dataplane-mode: ambient, ambit.io/mtls-mode: strict}}",
+            )],
+            &["workload/local//Pod/bank/vault-1"],
         ),
         (
             "a waypoint moves",
@@ -136,4 +145,43 @@ fn a_new_trust_domain_rebuilds_everything() {
     let fresh = snapshot_in("moved.example", &[], None);
     assert_eq!(contents(&moved), contents(&fresh));
     assert!(reused(&base, &moved).is_empty());
+}
+
+#[test]
+fn a_node_going_down_rebuilds_only_its_meshed_workloads_and_touches_only_it() {
+    use ambit_proto::api::workload::WorkloadStatus;
+    let base = snapshot(&[], None);
+    let model = base.model().clone();
+    let down: DownNodes = Arc::new(["b".to_string()].into());
+    let gone = Snapshot::build_with(model.clone(), down.clone(), Some(&base));
+    let on_b = [
+        "workload/local//Pod/shop/cart-2",
+        "workload/local//Pod/shop/pay-1",
+    ];
+    let mut expected: Vec<String> = base
+        .resources
+        .keys()
+        .map(ToString::to_string)
+        .filter(|k| !on_b.contains(&k.as_str()))
+        .collect();
+    expected.sort();
+    assert_eq!(reused(&base, &gone), expected);
+    let status = |s: &Snapshot, key: &str| match &contents(s)[key].kind {
+        Some(Kind::Workload(w)) => w.status(),
+        other => panic!("{key} is {other:?}"),
+    };
+    for key in on_b {
+        assert_eq!(status(&gone, key), WorkloadStatus::Unhealthy, "{key}");
+        assert_eq!(status(&base, key), WorkloadStatus::Healthy, "{key}");
+    }
+    assert_eq!(gone.touched_nodes, Some(["b".to_string()].into()));
+    let fresh = Snapshot::build_with(model.clone(), down, None);
+    assert_eq!(contents(&gone), contents(&fresh));
+    let back = Snapshot::build_with(model, DownNodes::default(), Some(&gone));
+    assert_eq!(
+        contents(&back),
+        contents(&base),
+        "the same versions as before"
+    );
+    assert_eq!(back.touched_nodes, Some(["b".to_string()].into()));
 }

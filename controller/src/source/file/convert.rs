@@ -112,6 +112,10 @@ pub fn convert(
         .map(|t| t.value)
         .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
     let mut b = MeshBuilder::new(&trust_domain, CLUSTER_ID);
+    b.mtls_mode(match file.mtls_mode {
+        MtlsModeSpec::Permissive => model::MtlsMode::Permissive,
+        MtlsModeSpec::Strict => model::MtlsMode::Strict,
+    });
     let mut topology = LocalTopology::default();
 
     for n in file.nodes {

@@ -15,6 +15,9 @@ pub type Labels = BTreeMap<String, String>;
 pub struct MeshFile {
     /// Defaults to `cluster.local`.
     pub trust_domain: Option<Spanned<String>>,
+    /// The mTLS mode of meshed workloads whose namespace has no `ambit.io/mtls-mode` label.
+    #[serde(default)]
+    pub mtls_mode: MtlsModeSpec,
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
@@ -29,6 +32,16 @@ pub struct MeshFile {
     pub authorization_policies: Vec<PolicySpec>,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+}
+
+/// Spelt as the `ambit.io/mtls-mode` label's values.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsModeSpec {
+    /// As Istio: plaintext from outside the mesh is accepted too.
+    #[default]
+    Permissive,
+    Strict,
 }
 
 #[derive(Debug, Deserialize)]

@@ -181,6 +181,52 @@ fn every_problem_is_reported_in_line_order() {
     assert_eq!(lines, [Some(12), Some(13), Some(14)], "{found:?}");
 }
 
+#[test]
+fn the_mtls_mode_is_mesh_wide_unless_a_namespace_label_says_otherwise() {
+    use crate::model::MtlsMode;
+    let mode = |text: &str, ns: &str, name: &str| {
+        let m = parse(text, "test.yaml").unwrap().model;
+        let w = m.workload(&ObjectKey::new(ns, name)).unwrap();
+        (w.mtls_mode, m.workload_proto(w).mtls_mode())
+    };
+    let strict = (MtlsMode::Strict, pb::MtlsMode::Strict);
+    let permissive = (MtlsMode::Permissive, pb::MtlsMode::Permissive);
+    assert_eq!(mode(BASE, "demo", "a"), permissive, "Istio's default");
+    let mesh_strict = format!("mtlsMode: strict\n{BASE}");
+    assert_eq!(mode(&mesh_strict, "demo", "a"), strict);
+    let ns_permissive = mesh_strict.replace(
+        "{ambit.io/dataplane-mode: ambient}",
+        "{ambit.io/dataplane-mode: ambient, ambit.io/mtls-mode: permissive}",
+    );
+    assert_eq!(mode(&ns_permissive, "demo", "a"), permissive);
+    let ns_strict = BASE.replace(
+        "{ambit.io/dataplane-mode: ambient}",
+        "{ambit.io/dataplane-mode: ambient, ambit.io/mtls-mode: strict}",
+    );
+    assert_eq!(mode(&ns_strict, "demo", "a"), strict);
+    // Outside the mesh no ztunnel serves the pod, so it carries no mode.
+    let unmeshed = mesh_strict.replace("{ambit.io/dataplane-mode: ambient}", "{}");
+    assert_eq!(mode(&unmeshed, "demo", "a"), permissive);
+}
+
+#[test]
+fn a_bad_mtls_mode_is_refused_at_its_line() {
+    let found = problems(&BASE.replace(
+        "{ambit.io/dataplane-mode: ambient}",
+        "{ambit.io/dataplane-mode: ambient, ambit.io/mtls-mode: STRICT}",
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, Some(4), "{found:?}");
+    assert!(
+        found[0].1.contains("ambit.io/mtls-mode=\"STRICT\"") && found[0].1.contains("\"strict\""),
+        "{}",
+        found[0].1
+    );
+    let (line, text) = syntax(&format!("{BASE}mtlsMode: enforce\n"));
+    assert_eq!(line, Some(11), "{text}");
+    assert!(text.contains("enforce"), "{text}");
+}
+
 fn write(path: &std::path::Path, text: &str) {
     // Write-then-rename, as editors do, so the watcher never reads half a file.
     let tmp = path.with_extension("tmp");

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use super::convert::{Input, Skip};
 use crate::model::{
-    self, Kind, Labels, MeshBuilder, MeshModel, ModelError, ResourceRef, USE_WAYPOINT_LABEL,
+    self, Kind, Labels, MeshBuilder, MeshModel, ModelError, MtlsMode, ResourceRef,
+    USE_WAYPOINT_LABEL,
 };
 
 /// Rounds of leaving rejected objects out before giving up. Leaving an object out can make
@@ -43,10 +44,19 @@ fn without_dropped_waypoint(
     labels
 }
 
+/// The mesh-wide settings a cluster's objects do not carry (they come from the controller's
+/// flags).
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub trust_domain: String,
+    pub cluster_id: String,
+    /// For meshed pods whose namespace has no `ambit.io/mtls-mode` label.
+    pub mtls_mode: MtlsMode,
+}
+
 fn builder(
     input: &Input,
-    trust_domain: &str,
-    cluster_id: &str,
+    settings: &MeshSettings,
     out: &BTreeSet<ResourceRef>,
     skips: &mut Vec<Skip>,
 ) -> MeshBuilder {
@@ -54,7 +64,8 @@ fn builder(
     let kept = |kind: Kind, ns: &str, name: &str| {
         !dropped_ns(ns) && !out.contains(&namespaced(kind, ns, name))
     };
-    let mut b = MeshBuilder::new(trust_domain, cluster_id);
+    let mut b = MeshBuilder::new(&settings.trust_domain, &settings.cluster_id);
+    b.mtls_mode(settings.mtls_mode);
     // A waypoint is in the model from its Gateway on, before any pod of it is ready.
     b.allow_pending_waypoints();
     for node in &input.nodes {
@@ -116,15 +127,14 @@ fn builder(
 /// (an invalid trust domain).
 pub fn assemble(
     input: &Input,
-    trust_domain: &str,
-    cluster_id: &str,
+    settings: &MeshSettings,
 ) -> Result<(MeshModel, Vec<Skip>), Vec<ModelError>> {
     let mut skips = input.skips.clone();
     let mut out = BTreeSet::new();
     let mut last = Vec::new();
     for _ in 0..MAX_ROUNDS {
         let mut round_skips = Vec::new();
-        match builder(input, trust_domain, cluster_id, &out, &mut round_skips).build() {
+        match builder(input, settings, &out, &mut round_skips).build() {
             Ok(model) => {
                 skips.extend(round_skips);
                 skips.sort();

@@ -27,10 +27,10 @@ use std::time::Duration;
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
-pub use assemble::assemble;
+pub use assemble::{MeshSettings, assemble};
 pub use convert::{Input, Objects, Skip, convert};
 
-use crate::model::{MeshModel, ModelError};
+use crate::model::{MeshModel, ModelError, MtlsMode};
 
 /// The trust domain when none is configured, as in Istio and Kubernetes.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -46,6 +46,9 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 pub struct Options {
     pub trust_domain: String,
     pub cluster_id: String,
+    /// The mTLS mode of meshed pods whose namespace has no `ambit.io/mtls-mode` label
+    /// (`--mtls-mode`).
+    pub mtls_mode: MtlsMode,
     /// How long after a change the model is rebuilt; changes meanwhile join the same rebuild.
     pub debounce: Duration,
     /// How long the first list of every kind may take before the start fails.
@@ -57,8 +60,19 @@ impl Default for Options {
         Options {
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             cluster_id: DEFAULT_CLUSTER_ID.into(),
+            mtls_mode: MtlsMode::default(),
             debounce: Duration::from_millis(100),
             sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Options {
+    pub fn mesh_settings(&self) -> MeshSettings {
+        MeshSettings {
+            trust_domain: self.trust_domain.clone(),
+            cluster_id: self.cluster_id.clone(),
+            mtls_mode: self.mtls_mode,
         }
     }
 }

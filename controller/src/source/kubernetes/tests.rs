@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1 as core;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::model::{AppProtocol, Kind, ObjectKey, ResourceRef};
+use crate::model::{AppProtocol, Kind, MtlsMode, ObjectKey, ResourceRef};
 
 fn ns(name: &str, labels: Value) -> core::Namespace {
     serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
@@ -52,8 +52,16 @@ fn build(
 }
 
 fn build_objects(objects: &Objects) -> (MeshModel, Vec<Skip>) {
+    build_with(objects, MtlsMode::Permissive)
+}
+
+fn build_with(objects: &Objects, mtls_mode: MtlsMode) -> (MeshModel, Vec<Skip>) {
     let input = convert(objects, DEFAULT_TRUST_DOMAIN);
-    assemble(&input, DEFAULT_TRUST_DOMAIN, DEFAULT_CLUSTER_ID).unwrap()
+    let options = Options {
+        mtls_mode,
+        ..Options::default()
+    };
+    assemble(&input, &options.mesh_settings()).unwrap()
 }
 
 fn meshed(model: &MeshModel, ns: &str, name: &str) -> bool {
@@ -193,4 +201,51 @@ fn bad_objects_are_skipped_with_a_reason_not_fatal() {
     assert!(reason("demo/second").contains("10.0.0.9"), "{skips:?}");
     assert!(reason("demo/second").contains("waypoint"), "{skips:?}");
     assert!(reason("demo").contains("sideways"), "{skips:?}");
+}
+
+#[test]
+fn the_mtls_mode_label_overrides_the_flag_and_a_bad_value_fails_closed() {
+    let meshed_ns = |name: &str, mode: Option<&str>| {
+        let mut labels = json!({"ambit.io/dataplane-mode": "ambient"});
+        if let Some(mode) = mode {
+            labels["ambit.io/mtls-mode"] = json!(mode);
+        }
+        ns(name, labels)
+    };
+    let objects = Objects {
+        namespaces: [
+            meshed_ns("plain", None),
+            meshed_ns("strict", Some("strict")),
+            meshed_ns("permissive", Some("permissive")),
+            meshed_ns("typo", Some("strcit")),
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect(),
+        pods: ["plain", "strict", "permissive", "typo"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Arc::new(pod(n, "p", Some(&format!("10.0.0.{}", i + 1)), json!({}))))
+            .collect(),
+        ..Objects::default()
+    };
+    let modes = |flag: MtlsMode| {
+        let (model, skips) = build_with(&objects, flag);
+        let mode = |n: &str| model.workload(&ObjectKey::new(n, "p")).unwrap().mtls_mode;
+        let modes = ["plain", "strict", "permissive", "typo"].map(mode);
+        (modes, skips)
+    };
+    use MtlsMode::{Permissive, Strict};
+    let (by_default, skips) = modes(Permissive);
+    assert_eq!(by_default, [Permissive, Strict, Permissive, Strict]);
+    let (mesh_strict, _) = modes(Strict);
+    assert_eq!(mesh_strict, [Strict, Strict, Permissive, Strict]);
+    assert_eq!(skips.len(), 1, "{skips:?}");
+    assert_eq!(skips[0].subject, ResourceRef::new(Kind::Namespace, "typo"));
+    assert!(
+        skips[0].reason.contains("\"strcit\"")
+            && skips[0].reason.contains("treating the namespace as strict"),
+        "{}",
+        skips[0].reason
+    );
 }

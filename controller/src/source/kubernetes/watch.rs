@@ -249,7 +249,7 @@ struct Rebuilder {
 impl Rebuilder {
     fn build(&mut self) -> Result<MeshModel, KubernetesError> {
         let input = convert(&self.caches.objects(), &self.options.trust_domain);
-        let (model, skips) = assemble(&input, &self.options.trust_domain, &self.options.cluster_id)
+        let (model, skips) = assemble(&input, &self.options.mesh_settings())
             .map_err(|errors| KubernetesError::Model { errors })?;
         let now: BTreeSet<Skip> = skips.into_iter().collect();
         for skip in now.difference(&self.logged) {

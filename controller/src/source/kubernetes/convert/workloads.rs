@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::endpoints::Slices;
 use super::{Skip, Waypoints, check_waypoint_label, key, labels};
 use crate::model::{
-    self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, Kind, ResourceRef,
+    self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, Kind, MTLS_MODE_LABEL,
+    MtlsMode, ResourceRef,
 };
 
 pub(super) fn namespace(
@@ -31,6 +32,17 @@ pub(super) fn namespace(
             ),
         });
         labels.remove(DATAPLANE_MODE_LABEL);
+    }
+    if let Err(value) = MtlsMode::of_namespace(&labels, MtlsMode::Strict) {
+        // Fail closed: whoever labelled the namespace wanted something other than the
+        // default, and the mode that cannot let plaintext past its policies is strict.
+        skips.push(Skip {
+            subject: subject.clone(),
+            reason: format!(
+                "label {MTLS_MODE_LABEL}={value:?} is neither \"strict\" nor \"permissive\"; treating the namespace as strict (plaintext to its meshed pods is refused) until the label is fixed"
+            ),
+        });
+        labels.insert(MTLS_MODE_LABEL.into(), MtlsMode::Strict.as_str().into());
     }
     check_waypoint_label(&subject, &name, &mut labels, waypoints, skips);
     Some(model::Namespace { name, labels })
