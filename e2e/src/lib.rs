@@ -10,6 +10,7 @@ use std::time::Duration;
 use ambit_controller::local::{Binaries, LocalMesh, Options};
 
 pub mod capture;
+pub mod probe;
 
 /// Whether the suite can run here; panics under CI when it cannot.
 pub fn can_run(test: &str) -> bool {
@@ -20,7 +21,10 @@ pub fn can_run(test: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: the e2e suite needs root (network namespaces), and CI must run it: run CI as root"
     );
-    eprintln!("{test}: skipped, not root (network namespaces need root: sudo)");
+    eprintln!(
+        "{test}: skipped, not root (network namespaces need root: run ./scripts/test, which \
+         asks for it)"
+    );
     false
 }
 
@@ -68,6 +72,42 @@ pub struct Curl {
 impl Curl {
     pub fn ok(&self) -> bool {
         self.code == 0
+    }
+}
+
+/// GET `url` from the host (the mesh's own ports listen on loopback there): status and body.
+pub async fn get(url: &str) -> anyhow::Result<(u16, String)> {
+    ambit_controller::local::apps::fetch(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))
+}
+
+/// How many connections a ztunnel refused or failed for `reason`, from its metrics
+/// (`ambit_connection_failures_total{reason=...}`, summed over the other labels).
+pub async fn failures(metrics: std::net::SocketAddr, reason: &str) -> anyhow::Result<u64> {
+    let (_, text) = get(&format!("http://{metrics}/metrics")).await?;
+    let label = format!("reason=\"{reason}\"");
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("ambit_connection_failures_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `within`; `None` then.
+pub async fn eventually<T>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -13,7 +13,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error(
         "not running as root (euid {euid}): network namespaces need CAP_SYS_ADMIN and \
-         CAP_NET_ADMIN; run as root (e.g. `sudo -E cargo nextest run -p ambit-testbed`)"
+         CAP_NET_ADMIN; run it from a root shell (`su -`), or through sudo where it is \
+         installed (`./scripts/test` and `./scripts/up` do that themselves)"
     )]
     NotRoot { euid: u32 },
 

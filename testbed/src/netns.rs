@@ -49,19 +49,35 @@ impl Netns {
         Ok(Self::at(name))
     }
 
-    /// Brings loopback up and turns DAD and rp_filter off, before any interface is added.
+    /// Brings loopback up and sets every sysctl the testbed relies on, before any interface
+    /// is added: a new namespace starts from the host's values or the kernel's defaults
+    /// (`net.core.devconf_inherit_init_net` decides which), so nothing may be left to chance.
+    /// A Docker or Kubernetes host has `net.ipv4.ip_forward=1`, for one.
     pub(crate) fn prepare(&self) -> Result<()> {
         self.set_sysctls(&[
+            // Every pod and node has IPv6 addresses; a host that turned IPv6 off by default
+            // must not turn it off here. `all` reaches loopback, `default` later veths.
+            ("net.ipv6.conf.all.disable_ipv6", "0"),
+            ("net.ipv6.conf.default.disable_ipv6", "0"),
+            // Only nodes route (wiring turns forwarding on there): a pod or the fabric that
+            // forwarded would hide routing mistakes, and pods on a real cluster do not.
+            ("net.ipv4.ip_forward", "0"),
+            ("net.ipv6.conf.all.forwarding", "0"),
             // Addresses must be usable the moment they are added; nothing else configures
             // addresses in these namespaces, so duplicate detection only costs a 1-2 s wait.
             // Set on `default` before any veth exists so every interface inherits it.
             ("net.ipv6.conf.all.accept_dad", "0"),
             ("net.ipv6.conf.default.accept_dad", "0"),
-            // Deterministic whatever the host's sysctl defaults (new namespaces may inherit
-            // them), and the node proxy redirects and transparently proxies traffic for
-            // addresses that are not its own, which strict reverse-path filtering drops.
+            // The node proxy redirects and transparently proxies traffic for addresses that
+            // are not its own, which strict reverse-path filtering drops.
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
+            // Pods answer ARP for their /32 and nodes for the link-local gateway on each pod
+            // veth; a host's stricter arp_ignore/arp_announce would break that.
+            ("net.ipv4.conf.all.arp_ignore", "0"),
+            ("net.ipv4.conf.default.arp_ignore", "0"),
+            ("net.ipv4.conf.all.arp_announce", "0"),
+            ("net.ipv4.conf.default.arp_announce", "0"),
         ])?;
         self.ip(&["link", "set", "lo", "up"])?;
         Ok(())

@@ -276,7 +276,20 @@ pub async fn status(args: OutputArgs) -> anyhow::Result<()> {
         let wanted = sync
             .iter()
             .find(|s| s.kind == "ztunnel" && s.name == node.name);
+        // Readiness from its own port (15021), what a kubelet would probe; the rest from the
+        // config dump on the admin port (15000).
+        let readiness = fetch(&format!("http://{}/healthz/ready", node.readiness)).await;
         let row = match dump(node.admin).await {
+            Ok(d) if !matches!(readiness, Ok((200, _))) => ComponentStatus {
+                component: format!("ztunnel {}", node.name),
+                address: node.admin.to_string(),
+                version: d.version,
+                config_version: d.config_version,
+                state: match &readiness {
+                    Ok((code, body)) => format!("not ready ({code}): {}", body.trim()),
+                    Err(e) => format!("readiness port {} did not answer: {e}", node.readiness),
+                },
+            },
             Ok(d) => ComponentStatus {
                 component: format!("ztunnel {}", node.name),
                 address: node.admin.to_string(),

@@ -2,6 +2,10 @@
 //! reports) and how the mesh carried them (from each node's ztunnel), then the checks that
 //! say the mesh did its job: HBONE across nodes, passthrough out of the mesh, and policy
 //! refusals seen as refusals.
+//!
+//! The live table's rate and success are those of the window since the previous table, so an
+//! outage shows at once; the totals since the start stand beside them (a running total alone
+//! still read 99% while most new calls failed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -22,10 +26,13 @@ pub struct Flow {
     pub client_node: String,
     pub service: String,
     pub target: String,
+    /// Since the start.
     pub ok: u64,
     pub failed: u64,
-    /// The last second's rate and latency.
-    pub rate: u64,
+    /// Since the previous live table.
+    pub window_ok: u64,
+    pub window_failed: u64,
+    /// The last second's latency.
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub last_error: Option<String>,
@@ -94,7 +101,8 @@ impl Summary {
                         target: format!("http://{vip}:{}/", port.port),
                         ok: 0,
                         failed: 0,
-                        rate: 0,
+                        window_ok: 0,
+                        window_failed: 0,
                         p50_ms: 0.0,
                         p99_ms: 0.0,
                         last_error: None,
@@ -129,7 +137,8 @@ impl Summary {
         };
         flow.ok += report.ok;
         flow.failed += report.failed;
-        flow.rate = report.ok + report.failed;
+        flow.window_ok += report.ok;
+        flow.window_failed += report.failed;
         flow.p50_ms = report.p50_ms;
         flow.p99_ms = report.p99_ms;
         if report.last_error.is_some() {
@@ -170,70 +179,110 @@ impl Summary {
         c
     }
 
-    /// The table: live (the last second's rate) or final (`totals`: requests in all).
-    pub fn render(&self, dumps: &[ConfigDump], totals: bool) -> String {
+    /// How the mesh carried a flow, in words.
+    fn how(&self, flow: &Flow, dumps: &[ConfigDump]) -> String {
+        let carried = self.carried(flow, dumps);
+        if !carried.refusals.is_empty() && flow.ok == 0 {
+            format!(
+                "refused by policy {}",
+                carried
+                    .refusals
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else if carried.hbone > 0 {
+            let servers: Vec<String> = flow
+                .answered_by
+                .keys()
+                .map(|s| {
+                    let node = self.pod_nodes.get(s).map(String::as_str).unwrap_or("?");
+                    format!("{s}@{node}")
+                })
+                .collect();
+            format!(
+                "HBONE (mTLS) from {} to {}",
+                flow.client_node,
+                servers.join(", ")
+            )
+        } else if carried.tcp > 0 {
+            "plain TCP passthrough (outside the mesh)".to_string()
+        } else {
+            match &flow.last_error {
+                Some(e) => format!("failing: {e}"),
+                None => "waiting".to_string(),
+            }
+        }
+    }
+
+    /// Starts a new window: the next live table counts from here.
+    pub fn next_window(&mut self) {
+        for flow in &mut self.flows {
+            flow.window_ok = 0;
+            flow.window_failed = 0;
+        }
+    }
+
+    /// The live table (`window`: the seconds since the previous one; rate and success of
+    /// that window, then the totals), or the final one (`None`: totals only).
+    pub fn render(&self, dumps: &[ConfigDump], window: Option<f64>) -> String {
+        let totals = window.is_none();
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<16} {:<16} {:>8} {:>7} {:>8} {:>8}  HOW",
-            "CLIENT",
-            "SERVICE",
-            if totals { "REQUESTS" } else { "REQ/S" },
-            "OK %",
-            "P50 ms",
-            "P99 ms"
-        );
+        match window {
+            Some(secs) => {
+                let _ = writeln!(
+                    out,
+                    "REQ/S and OK % over the last {secs:.1}s; TOTAL and TOTAL OK % since the start"
+                );
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>10}  HOW",
+                    "CLIENT", "SERVICE", "REQ/S", "OK %", "P50 ms", "P99 ms", "TOTAL", "TOTAL OK %"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<16} {:>8} {:>7} {:>8} {:>8}  HOW",
+                    "CLIENT", "SERVICE", "REQUESTS", "OK %", "P50 ms", "P99 ms"
+                );
+            }
+        }
         for flow in &self.flows {
             let total = flow.ok + flow.failed;
-            let ok_pct = if total == 0 {
-                0.0
-            } else {
-                100.0 * flow.ok as f64 / total as f64
-            };
-            let carried = self.carried(flow, dumps);
-            let how = if !carried.refusals.is_empty() && flow.ok == 0 {
-                format!(
-                    "refused by policy {}",
-                    carried
-                        .refusals
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            } else if carried.hbone > 0 {
-                let servers: Vec<String> = flow
-                    .answered_by
-                    .keys()
-                    .map(|s| {
-                        let node = self.pod_nodes.get(s).map(String::as_str).unwrap_or("?");
-                        format!("{s}@{node}")
-                    })
-                    .collect();
-                format!(
-                    "HBONE (mTLS) from {} to {}",
-                    flow.client_node,
-                    servers.join(", ")
-                )
-            } else if carried.tcp > 0 {
-                "plain TCP passthrough (outside the mesh)".to_string()
-            } else {
-                match &flow.last_error {
-                    Some(e) => format!("failing: {e}"),
-                    None => "waiting".to_string(),
+            let how = self.how(flow, dumps);
+            match window {
+                Some(secs) => {
+                    let in_window = flow.window_ok + flow.window_failed;
+                    let _ = writeln!(
+                        out,
+                        "{:<16} {:<16} {:>8.1} {:>7} {:>8.2} {:>8.2} {:>8} {:>10}  {}",
+                        flow.client,
+                        flow.service,
+                        in_window as f64 / secs.max(0.001),
+                        percent(flow.window_ok, in_window),
+                        flow.p50_ms,
+                        flow.p99_ms,
+                        total,
+                        percent(flow.ok, total),
+                        how
+                    );
                 }
-            };
-            let _ = writeln!(
-                out,
-                "{:<16} {:<16} {:>8} {:>6.1}% {:>8.2} {:>8.2}  {}",
-                flow.client,
-                flow.service,
-                if totals { total } else { flow.rate },
-                ok_pct,
-                flow.p50_ms,
-                flow.p99_ms,
-                how
-            );
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "{:<16} {:<16} {:>8} {:>7} {:>8.2} {:>8.2}  {}",
+                        flow.client,
+                        flow.service,
+                        total,
+                        percent(flow.ok, total),
+                        flow.p50_ms,
+                        flow.p99_ms,
+                        how
+                    );
+                }
+            }
         }
         if totals {
             let _ = writeln!(out, "(latency: the last second of traffic)");
@@ -337,4 +386,13 @@ fn identities_seen(dumps: &[ConfigDump]) -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     seen
+}
+
+/// `ok` of `all` as a percentage, or "-" when there was nothing to count.
+fn percent(ok: u64, all: u64) -> String {
+    if all == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * ok as f64 / all as f64)
+    }
 }

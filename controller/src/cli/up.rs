@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::UpArgs;
 use super::summary::{self, Summary};
 use crate::local::apps::{DriveReport, fetch};
-use crate::local::{Binaries, LocalMesh, Options, RunState};
+use crate::local::{Binaries, Event, LocalMesh, Options, RunState};
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // A broken mesh file is refused before anything is created.
@@ -29,7 +29,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let binaries = Binaries::locate()?;
     let work_dir = PathBuf::from(format!("/run/ambit/up-{}", std::process::id()));
-    let mesh = LocalMesh::up(
+    let mut mesh = LocalMesh::up(
         Options {
             mesh_file: args.file.clone(),
             work_dir: work_dir.clone(),
@@ -42,7 +42,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )
     .await?;
     let run = mesh.state().testbed_run.clone();
-    let outcome = drive(&mesh, &binaries, &args, &progress).await;
+    let events = mesh.take_events().expect("nobody took the events before");
+    let outcome = drive(&mesh, events, &binaries, &args, &progress).await;
     progress("stopping: draining ztunnels, removing namespaces, links, rules and processes");
     mesh.down()?;
     let left: Vec<String> = ambit_testbed::leftovers()?
@@ -63,6 +64,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 async fn drive(
     mesh: &LocalMesh,
+    mut events: mpsc::UnboundedReceiver<Event>,
     binaries: &Binaries,
     args: &UpArgs,
     progress: &dyn Fn(&str),
@@ -123,12 +125,18 @@ async fn drive(
     tokio::pin!(end);
     let mut ticker = tokio::time::interval(args.every);
     ticker.tick().await;
+    let mut window_start = Instant::now();
     loop {
         tokio::select! {
             Some((client, report)) = rx.recv() => summary.record(&client, &report),
+            // The supervisor's news (a crashed process, its restart) goes with the progress.
+            Some(event) = events.recv() => progress(&event.text),
             _ = ticker.tick() => {
-                let dumps = config_dumps(mesh.state()).await;
-                println!("\n{}", summary.render(&dumps, false));
+                let dumps = config_dumps(&mesh.state()).await;
+                let window = window_start.elapsed().as_secs_f64();
+                println!("\n{}", summary.render(&dumps, Some(window)));
+                summary.next_window();
+                window_start = Instant::now();
             }
             _ = &mut end => break,
             _ = interrupt.recv() => { progress("interrupted"); break }
@@ -139,8 +147,11 @@ async fn drive(
         summary.record(&client, &report);
     }
     drop(drivers);
-    let dumps = config_dumps(mesh.state()).await;
-    println!("\n== final summary\n{}", summary.render(&dumps, true));
+    while let Ok(event) = events.try_recv() {
+        progress(&event.text);
+    }
+    let dumps = config_dumps(&mesh.state()).await;
+    println!("\n== final summary\n{}", summary.render(&dumps, None));
     println!("checks:");
     for (ok, line) in summary.checks(&dumps) {
         println!("  [{}] {line}", if ok { "ok" } else { "--" });

@@ -1,112 +1,28 @@
 //! A whole mesh on this host: the testbed's namespaces for the mesh file's nodes and pods, the
 //! controller on the file, a ztunnel per node, each meshed pod handed to its node's ztunnel,
 //! and the sample apps. `ambit up`, the e2e suite and the benchmarks all start meshes here.
+//! Once started, the controller and ztunnels are supervised (`supervise`): a crashed one is
+//! started again, and a ztunnel gets its pods back.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ambit_testbed::Testbed;
 use ambit_ztunnel::node_agent::{self, Reply};
-use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use super::LocalError;
-use super::apps::fetch;
-use super::process::{Process, free_port};
+use super::ports::{
+    CONTROLLER_GRPC_PORT, CONTROLLER_METRICS_PORT, Slot, ZTUNNEL_ADMIN_PORT, ZTUNNEL_METRICS_PORT,
+    ZTUNNEL_READINESS_PORT,
+};
+use super::process::Process;
+use super::start::{self, controller_spec, wait_until, write, ztunnel_spec};
+use super::state::{BENCH_DIRECT_PORT, Binaries, CURRENT_RUN, NodeState, RunState};
+use super::supervise::{Event, Member, Role, Shared, Supervisor};
 use crate::source::file::{self, EMBEDDED_MESH, EMBEDDED_ORIGIN, MeshFile};
-
-/// Where the mesh's programs are: built next to each other by cargo.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    pub controller: PathBuf,
-    pub ztunnel: PathBuf,
-    pub ambit: PathBuf,
-}
-
-impl Binaries {
-    /// Looks beside the running program, and one folder up (tests run from target/*/deps).
-    pub fn locate() -> Result<Self, LocalError> {
-        let exe = std::env::current_exe().map_err(|source| LocalError::Io {
-            what: "finding the running program".into(),
-            source,
-        })?;
-        let dir = exe.parent().unwrap_or(Path::new("."));
-        for candidate in [dir, dir.parent().unwrap_or(dir)] {
-            let b = Binaries {
-                controller: candidate.join("controller"),
-                ztunnel: candidate.join("ztunnel"),
-                ambit: candidate.join("ambit"),
-            };
-            if b.controller.exists() && b.ztunnel.exists() && b.ambit.exists() {
-                return Ok(b);
-            }
-        }
-        Err(LocalError::BinariesMissing {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-/// What a running local mesh is, for `ambit config`, `ambit status` and `ambit down`
-/// (written to `state.json` in the work directory).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunState {
-    pub testbed_run: String,
-    pub work_dir: PathBuf,
-    pub controller_grpc: SocketAddr,
-    pub controller_metrics: SocketAddr,
-    pub nodes: Vec<NodeState>,
-    /// The controller's and ztunnels' pids, for `ambit down` after a crash.
-    pub pids: Vec<u32>,
-    pub pods: Vec<PodState>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeState {
-    pub name: String,
-    pub admin: SocketAddr,
-    pub metrics: SocketAddr,
-    pub readiness: SocketAddr,
-    pub socket: PathBuf,
-    /// The ztunnel's process id (benchmarks read its CPU time and memory).
-    #[serde(default)]
-    pub pid: Option<u32>,
-}
-
-/// `ambit bench` serves one pod on both ports: the first is captured like any app port (the
-/// mesh path), the second bypasses capture in every pod of a local mesh (the direct path), so
-/// both paths reach the same server process.
-pub const BENCH_MESH_PORT: u16 = 15098;
-pub const BENCH_DIRECT_PORT: u16 = 15099;
-
-/// A pod of the running mesh, for the CLI.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PodState {
-    pub namespace: String,
-    pub name: String,
-    pub node: String,
-    /// The namespace's name under /var/run/netns.
-    pub netns: String,
-    pub ipv4: std::net::Ipv4Addr,
-    pub ipv6: std::net::Ipv6Addr,
-    pub meshed: bool,
-    /// Runs a sample server.
-    pub server: bool,
-}
-
-/// Where `ambit up` records the current run.
-pub const CURRENT_RUN: &str = "/run/ambit/current.json";
-
-impl RunState {
-    pub fn load_current() -> Result<Self, LocalError> {
-        let text = std::fs::read_to_string(CURRENT_RUN).map_err(|_| LocalError::NoRun)?;
-        serde_json::from_str(&text).map_err(|e| LocalError::Io {
-            what: format!("reading {CURRENT_RUN}"),
-            source: std::io::Error::other(e),
-        })
-    }
-}
 
 pub struct Options {
     /// The mesh file; `None` for the embedded default.
@@ -121,19 +37,32 @@ pub struct Options {
     pub ztunnel_workers: Option<usize>,
 }
 
+/// What the supervisor does about a ztunnel killed through [`LocalMesh::kill_ztunnel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterKill {
+    /// As after any crash: it is noticed, started again, and given its pods back.
+    Restart,
+    /// Left down until [`LocalMesh::start_ztunnel`]: a node whose proxy stays gone.
+    StayDown,
+}
+
 pub struct LocalMesh {
     file: MeshFile,
     mesh_path: PathBuf,
-    state: RunState,
-    controller: Process,
-    ztunnels: Vec<Process>,
+    /// The controller and ztunnels, their run state and pods, shared with the supervisor.
+    shared: Arc<Shared>,
+    supervisor: Option<Supervisor>,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
     apps: Vec<ambit_testbed::NetnsChild>,
-    /// Declared last: dropped after the processes that use its namespaces.
+    /// Dropped after the processes that use its namespaces.
     testbed: Option<Testbed>,
+    /// This mesh's loopback addresses; released last.
+    _slot: Slot,
     record_current: bool,
 }
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Index of the controller among the supervised processes; ztunnels follow in node order.
+const CONTROLLER: usize = 0;
 
 impl LocalMesh {
     /// Reads and checks the mesh file before anything is created.
@@ -163,116 +92,81 @@ impl LocalMesh {
         })?;
         let mesh_path = options.work_dir.join("mesh.yaml");
         write(&mesh_path, &text)?;
+        let slot = Slot::acquire(file.model.nodes().count())?;
 
         progress("creating network namespaces");
-        let mut testbed = Testbed::new()?;
-        for node in &file.topology.nodes {
-            testbed.add_node(node)?;
-        }
-        for pod in &file.topology.pods {
-            let v4 = pod.addresses.iter().find_map(|a| match a {
-                std::net::IpAddr::V4(v4) => Some(*v4),
-                _ => None,
-            });
-            let v6 = pod.addresses.iter().find_map(|a| match a {
-                std::net::IpAddr::V6(v6) => Some(*v6),
-                _ => None,
-            });
-            let (Some(v4), Some(v6)) = (v4, v6) else {
-                return Err(LocalError::PodAddresses {
-                    pod: format!("{}/{}", pod.namespace, pod.name),
-                });
-            };
-            testbed.add_pod(
-                &pod.node,
-                &testbed_pod_name(&pod.namespace, &pod.name),
-                v4,
-                v6,
-            )?;
-        }
+        let testbed = start::testbed(&file)?;
 
         progress("starting the controller");
-        let controller_grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let controller_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let controller_grpc = SocketAddr::from((slot.controller_ip(), CONTROLLER_GRPC_PORT));
+        let controller_metrics = SocketAddr::from((slot.controller_ip(), CONTROLLER_METRICS_PORT));
         let root_cert = options.work_dir.join("root-cert.pem");
-        let root_key = options.work_dir.join("root-key.pem");
-        let mut controller = Process::spawn(
-            "controller",
-            Command::new(&options.binaries.controller)
-                .arg("--source")
-                .arg(format!("file:{}", mesh_path.display()))
-                .arg("--listen")
-                .arg(controller_grpc.to_string())
-                .arg("--metrics")
-                .arg(controller_metrics.to_string())
-                .arg("--ca-cert")
-                .arg(&root_cert)
-                .arg("--ca-key")
-                .arg(&root_key),
-            &options.work_dir.join("controller.log"),
-        )?;
+        let controller_ready = format!("http://{controller_metrics}/healthz/ready");
+        let spec = controller_spec(
+            &options,
+            &mesh_path,
+            controller_grpc,
+            controller_metrics,
+            &root_cert,
+        );
+        let mut controller = Process::start(&spec, false)?;
         wait_until("the controller", &mut controller, || async {
             root_cert.exists()
-                && fetch(&format!("http://{controller_metrics}/healthz/ready"))
+                && start::fetch(&controller_ready)
                     .await
                     .is_ok_and(|(status, _)| status == 200)
         })
         .await?;
+        let mut members = vec![Member::new(
+            spec,
+            Role::Controller {
+                ready_url: controller_ready.clone(),
+            },
+            controller,
+        )];
 
         progress("starting a ztunnel per node");
         let mut nodes = Vec::new();
         let mut ztunnels = Vec::new();
-        for node in file.model.nodes() {
+        for (i, node) in file.model.nodes().enumerate() {
             let token_file = options.work_dir.join(format!("{}.token", node.name));
             write(&token_file, node.bootstrap_token.as_deref().unwrap_or(""))?;
-            let state = NodeState {
+            let ip = slot.node_ip(i);
+            let mut state = NodeState {
                 name: node.name.clone(),
-                admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-                metrics: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-                readiness: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                admin: SocketAddr::from((ip, ZTUNNEL_ADMIN_PORT)),
+                metrics: SocketAddr::from((ip, ZTUNNEL_METRICS_PORT)),
+                readiness: SocketAddr::from((ip, ZTUNNEL_READINESS_PORT)),
                 socket: options.work_dir.join(format!("{}.sock", node.name)),
                 pid: None,
             };
-            let ztunnel = Process::spawn(
-                &format!("ztunnel on {}", node.name),
-                Command::new(&options.binaries.ztunnel)
-                    .args(["--node", &node.name])
-                    .arg("--controller")
-                    .arg(format!("https://{controller_grpc}"))
-                    .arg("--root-cert")
-                    .arg(&root_cert)
-                    .arg("--trust-domain")
-                    .arg(file.model.trust_domain())
-                    .arg("--token-file")
-                    .arg(&token_file)
-                    .arg("--node-agent-socket")
-                    .arg(&state.socket)
-                    .arg("--admin-addr")
-                    .arg(state.admin.to_string())
-                    .arg("--metrics-addr")
-                    .arg(state.metrics.to_string())
-                    .arg("--readiness-addr")
-                    .arg(state.readiness.to_string())
-                    .args(["--drain-timeout", "3s"])
-                    .args(
-                        options
-                            .ztunnel_workers
-                            .map(|n| vec!["--worker-threads".to_string(), n.to_string()])
-                            .unwrap_or_default(),
-                    ),
-                &options.work_dir.join(format!("ztunnel-{}.log", node.name)),
-            )?;
-            let mut state = state;
-            state.pid = ztunnel.pid();
+            let spec = ztunnel_spec(
+                &options,
+                &file,
+                &state,
+                controller_grpc,
+                &root_cert,
+                &token_file,
+            );
+            let process = Process::start(&spec, false)?;
+            state.pid = process.pid();
+            ztunnels.push((spec, process, state.clone()));
             nodes.push(state);
-            ztunnels.push(ztunnel);
         }
-        for (z, state) in ztunnels.iter_mut().zip(&nodes) {
+        for (spec, mut process, state) in ztunnels {
             let url = format!("http://{}/healthz/ready", state.readiness);
-            wait_until(&z.name.clone(), z, || async {
-                fetch(&url).await.is_ok_and(|(status, _)| status == 200)
+            wait_until(&spec.name, &mut process, || async {
+                start::fetch(&url)
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
             })
             .await?;
+            let role = Role::Ztunnel {
+                node: state.name.clone(),
+                ready_url: url,
+                socket: state.socket.clone(),
+            };
+            members.push(Member::new(spec, role, process));
         }
 
         let state = RunState {
@@ -281,33 +175,30 @@ impl LocalMesh {
             controller_grpc,
             controller_metrics,
             nodes,
-            pids: std::iter::once(&controller)
-                .chain(&ztunnels)
-                .filter_map(Process::pid)
-                .collect(),
-            pods: pod_states(&file, &testbed)?,
+            pids: members.iter().filter_map(Member::pid).collect(),
+            pods: start::pod_states(&file, &testbed)?,
         };
-        write(
-            &options.work_dir.join("state.json"),
-            &serde_json::to_string_pretty(&state).expect("state serializes"),
-        )?;
+        let mut state_files = vec![options.work_dir.join("state.json")];
         if options.record_current {
             if let Some(dir) = Path::new(CURRENT_RUN).parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            write(
-                Path::new(CURRENT_RUN),
-                &serde_json::to_string_pretty(&state).expect("state serializes"),
-            )?;
+            state_files.push(CURRENT_RUN.into());
         }
+        let text = serde_json::to_string_pretty(&state).expect("state serializes");
+        for path in &state_files {
+            write(path, &text)?;
+        }
+        let (shared, events) = Shared::new(members, state, state_files);
         let mut mesh = LocalMesh {
             file,
             mesh_path,
-            state,
-            controller,
-            ztunnels,
+            shared,
+            supervisor: None,
+            events: Some(events),
             apps: Vec::new(),
             testbed: Some(testbed),
+            _slot: slot,
             record_current: options.record_current,
         };
 
@@ -331,12 +222,20 @@ impl LocalMesh {
         }
         if options.start_apps {
             progress("starting the sample apps");
-            mesh.start_apps(&options.binaries)?;
+            mesh.apps = start::apps(&mesh, &options.binaries)?;
         }
+        mesh.supervisor =
+            Some(
+                Supervisor::start(mesh.shared.clone()).map_err(|source| LocalError::Io {
+                    what: "starting the supervisor's thread".into(),
+                    source,
+                })?,
+            );
         Ok(mesh)
     }
 
-    /// Hands a pod to its node's ztunnel (as a CNI plugin would on pod start).
+    /// Hands a pod to its node's ztunnel (as a CNI plugin would on pod start); a restarted
+    /// ztunnel gets it again.
     pub async fn add_pod(
         &self,
         uid: &str,
@@ -345,20 +244,23 @@ impl LocalMesh {
         name: &str,
     ) -> Result<(), LocalError> {
         let netns = self.pod(namespace, name)?.netns().path().to_path_buf();
-        let socket = &self.node_state(node)?.socket;
+        let socket = self.node_state(node)?.socket;
         let command = node_agent::Command::Add {
             uid: uid.into(),
-            netns,
+            netns: netns.clone(),
             exclude_ports: vec![BENCH_DIRECT_PORT],
         };
-        self.node_agent(socket, uid, &command).await
+        self.node_agent(&socket, uid, &command).await?;
+        self.shared.add_pod(node, uid, &netns);
+        Ok(())
     }
 
     /// Takes a pod away from its ztunnel (as on pod deletion).
     pub async fn remove_pod(&self, uid: &str, node: &str) -> Result<(), LocalError> {
-        let socket = &self.node_state(node)?.socket;
+        let socket = self.node_state(node)?.socket;
+        self.shared.remove_pod(node, uid);
         let command = node_agent::Command::Remove { uid: uid.into() };
-        self.node_agent(socket, uid, &command).await
+        self.node_agent(&socket, uid, &command).await
     }
 
     async fn node_agent(
@@ -380,49 +282,6 @@ impl LocalMesh {
         }
     }
 
-    fn start_apps(&mut self, binaries: &Binaries) -> Result<(), LocalError> {
-        for pod in self.file.topology.pods.clone() {
-            let kind = match pod.app {
-                Some(file::PodApp::HttpEcho) => "http-echo",
-                Some(file::PodApp::TcpEcho) => "tcp-echo",
-                None => continue,
-            };
-            if pod.ports.is_empty() {
-                continue;
-            }
-            let mut args = vec![
-                "app".to_string(),
-                "serve".into(),
-                "--kind".into(),
-                kind.into(),
-            ];
-            for port in &pod.ports {
-                args.extend(["--port".to_string(), port.to_string()]);
-            }
-            args.extend(["--name".to_string(), pod.name.clone()]);
-            let netns = self.pod(&pod.namespace, &pod.name)?.netns().clone();
-            let log = self
-                .state
-                .work_dir
-                .join(format!("app-{}-{}.log", pod.namespace, pod.name));
-            let out = std::fs::File::create(&log).map_err(|source| LocalError::Io {
-                what: format!("creating {}", log.display()),
-                source,
-            })?;
-            let child = netns.spawn(
-                Command::new(&binaries.ambit)
-                    .args(&args)
-                    .stdout(out.try_clone().map_err(|source| LocalError::Io {
-                        what: format!("opening {}", log.display()),
-                        source,
-                    })?)
-                    .stderr(out),
-            )?;
-            self.apps.push(child);
-        }
-        Ok(())
-    }
-
     pub fn file(&self) -> &MeshFile {
         &self.file
     }
@@ -431,20 +290,17 @@ impl LocalMesh {
         &self.mesh_path
     }
 
-    pub fn state(&self) -> &RunState {
-        &self.state
+    /// The run state as it is now (pids change when the supervisor restarts a process).
+    pub fn state(&self) -> RunState {
+        self.shared.state()
     }
 
     pub fn testbed(&self) -> &Testbed {
         self.testbed.as_ref().expect("present until down")
     }
 
-    pub fn node_state(&self, node: &str) -> Result<&NodeState, LocalError> {
-        self.state
-            .nodes
-            .iter()
-            .find(|n| n.name == node)
-            .ok_or_else(|| LocalError::UnknownNode { node: node.into() })
+    pub fn node_state(&self, node: &str) -> Result<NodeState, LocalError> {
+        self.state().node(node).cloned()
     }
 
     /// A pod's namespace and addresses.
@@ -460,117 +316,85 @@ impl LocalMesh {
             })?;
         Ok(self
             .testbed()
-            .pod(&spec.node, &testbed_pod_name(namespace, name))?)
+            .pod(&spec.node, &start::testbed_pod_name(namespace, name))?)
     }
 
-    /// Kills the controller at once (the config source dies; the data plane must carry on).
-    pub fn kill_controller(&mut self) {
-        self.controller.kill();
+    /// What the supervisor did so far ("ztunnel on node-b exited (signal 9); restarted").
+    pub fn events(&self) -> Vec<Event> {
+        self.shared.events()
     }
 
-    /// Stops a node's ztunnel with SIGTERM (it drains and removes its rules).
-    pub fn stop_ztunnel(&mut self, node: &str) -> Result<bool, LocalError> {
-        let i = self
-            .state
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .ok_or_else(|| LocalError::UnknownNode { node: node.into() })?;
-        Ok(self.ztunnels[i].stop(Duration::from_secs(10)))
+    /// The supervisor's events as they happen, for one reader (`ambit up`'s live output).
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.events.take()
+    }
+
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.shared.pid(CONTROLLER)
+    }
+
+    /// The node's ztunnel's pid now; `None` while it is down.
+    pub fn ztunnel_pid(&self, node: &str) -> Result<Option<u32>, LocalError> {
+        Ok(self.shared.pid(self.ztunnel_index(node)?))
+    }
+
+    fn ztunnel_index(&self, node: &str) -> Result<usize, LocalError> {
+        self.shared
+            .ztunnel_index(node)
+            .ok_or_else(|| LocalError::UnknownNode { node: node.into() })
+    }
+
+    /// Kills the controller at once and leaves it down (the config source dies; the data plane
+    /// must carry on).
+    pub fn kill_controller(&self) {
+        self.shared.kill(CONTROLLER, true);
+    }
+
+    /// SIGKILLs a node's ztunnel (a crash: its rules stay in the pods, its sockets go).
+    pub fn kill_ztunnel(&self, node: &str, after: AfterKill) -> Result<(), LocalError> {
+        let index = self.ztunnel_index(node)?;
+        self.shared.kill(index, after == AfterKill::StayDown);
+        Ok(())
+    }
+
+    /// Lets the supervisor start a ztunnel that was killed with [`AfterKill::StayDown`] or
+    /// stopped; it gets its pods back once ready.
+    pub fn start_ztunnel(&self, node: &str) -> Result<(), LocalError> {
+        self.shared.resume(self.ztunnel_index(node)?);
+        Ok(())
+    }
+
+    /// Stops a node's ztunnel with SIGTERM (it drains and removes its rules); it stays down.
+    pub fn stop_ztunnel(&self, node: &str) -> Result<bool, LocalError> {
+        Ok(self
+            .shared
+            .stop(self.ztunnel_index(node)?, Duration::from_secs(10)))
     }
 
     /// Stops everything and removes every namespace, link, rule and process it made.
     pub fn down(mut self) -> Result<(), LocalError> {
-        self.apps.clear();
-        for z in &mut self.ztunnels {
-            z.stop(Duration::from_secs(10));
-        }
-        self.controller.stop(Duration::from_secs(5));
-        if self.record_current {
-            let _ = std::fs::remove_file(CURRENT_RUN);
-        }
+        self.stop_processes(Duration::from_secs(10));
         if let Some(tb) = self.testbed.take() {
             tb.destroy()?;
         }
         Ok(())
     }
-}
 
-impl Drop for LocalMesh {
-    fn drop(&mut self) {
-        // On an error path or a panic: processes are killed by their own Drop, namespaces by
-        // the testbed's. Rules live inside the pods' namespaces and go with them.
+    /// The supervisor first, so nothing is started again while the rest stops.
+    fn stop_processes(&mut self, ztunnel_grace: Duration) {
+        self.supervisor = None;
         self.apps.clear();
-        for z in &mut self.ztunnels {
-            z.stop(Duration::from_secs(3));
-        }
+        self.shared.stop_all(ztunnel_grace, Duration::from_secs(5));
         if self.record_current {
             let _ = std::fs::remove_file(CURRENT_RUN);
         }
     }
 }
 
-fn pod_states(file: &MeshFile, testbed: &Testbed) -> Result<Vec<PodState>, LocalError> {
-    let mut pods = Vec::new();
-    for spec in &file.topology.pods {
-        let pod = testbed.pod(&spec.node, &testbed_pod_name(&spec.namespace, &spec.name))?;
-        let meshed = file
-            .model
-            .workloads()
-            .any(|w| w.pod.name == spec.name && w.pod.namespace == spec.namespace && w.meshed);
-        pods.push(PodState {
-            namespace: spec.namespace.clone(),
-            name: spec.name.clone(),
-            node: spec.node.clone(),
-            netns: pod.netns().name().to_string(),
-            ipv4: pod.ipv4(),
-            ipv6: pod.ipv6(),
-            meshed,
-            server: spec.app.is_some(),
-        });
-    }
-    Ok(pods)
-}
-
-/// The testbed's name for a pod: unique per node across Kubernetes namespaces.
-fn testbed_pod_name(namespace: &str, name: &str) -> String {
-    format!("{namespace}-{name}")
-}
-
-fn write(path: &Path, contents: &str) -> Result<(), LocalError> {
-    std::fs::write(path, contents).map_err(|source| LocalError::Io {
-        what: format!("writing {}", path.display()),
-        source,
-    })
-}
-
-/// Polls `ready` until it holds, the process exits, or READY_TIMEOUT passes.
-async fn wait_until<F, Fut>(what: &str, process: &mut Process, ready: F) -> Result<(), LocalError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if ready().await {
-            return Ok(());
-        }
-        if let Some(status) = process.exited() {
-            return Err(LocalError::Exited {
-                what: what.into(),
-                status: status.to_string(),
-                log: process.log.clone(),
-                tail: process.log_tail(),
-            });
-        }
-        if start.elapsed() > READY_TIMEOUT {
-            return Err(LocalError::NotReady {
-                what: what.into(),
-                waited: READY_TIMEOUT,
-                log: process.log.clone(),
-                tail: process.log_tail(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        // On an error path or a panic: namespaces go with the testbed's Drop. Rules live
+        // inside the pods' namespaces and go with them.
+        self.stop_processes(Duration::from_secs(3));
     }
 }

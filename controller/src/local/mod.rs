@@ -4,12 +4,17 @@
 pub mod apps;
 pub mod load;
 mod mesh;
+pub mod ports;
 mod process;
+mod start;
+mod state;
+mod supervise;
 
-pub use mesh::{
-    BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, CURRENT_RUN, LocalMesh, NodeState, Options,
-    PodState, RunState,
+pub use mesh::{AfterKill, LocalMesh, Options};
+pub use state::{
+    BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, CURRENT_RUN, NodeState, PodState, RunState,
 };
+pub use supervise::{Event, backoff};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,9 +62,15 @@ pub enum LocalError {
     UnknownPod { pod: String },
     #[error(
         "no local mesh is running (nothing at {}): start one with `ambit up`",
-        mesh::CURRENT_RUN
+        state::CURRENT_RUN
     )]
     NoRun,
     #[error("{what} failed: {reason}")]
     Tool { what: String, reason: String },
+    #[error(
+        "no loopback addresses free for the mesh's ports (127.0.<1-254>.x, ports 15000, 15010, \
+         15014, 15020, 15021): other local meshes hold them, or something else listens there \
+         ({last_busy}); `ambit down` stops what a crashed run left"
+    )]
+    NoLoopbackSlot { last_busy: String },
 }

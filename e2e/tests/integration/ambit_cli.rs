@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ambit_controller::local::{Binaries, CURRENT_RUN};
 use ambit_e2e::can_run;
 
-fn ambit() -> Command {
+pub(crate) fn ambit() -> Command {
     Command::new(Binaries::locate().expect("binaries built").ambit)
 }
 
@@ -37,7 +37,7 @@ fn mesh_processes(up_pid: u32) -> Vec<String> {
 }
 
 /// No namespace, link, record or process of the `ambit up` with this pid is left.
-fn assert_nothing_left(up_pid: u32) {
+pub(crate) fn assert_nothing_left(up_pid: u32) {
     let left = stale_leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
     let processes = mesh_processes(up_pid);

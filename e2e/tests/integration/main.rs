@@ -3,4 +3,9 @@
 
 mod ambit_cli;
 mod lifecycle;
+mod mtls;
+mod node_failure;
+mod outsiders;
+mod ports;
 mod traffic;
+mod up_supervision;

@@ -39,13 +39,20 @@ fn the_topology_follows_the_address_plan() -> anyhow::Result<()> {
     assert_eq!(server.ipv6().to_string(), "fd00:10:244:2::2");
     assert_eq!(server.netns().name(), format!("{run}-node-b-server"));
 
-    // Forwarding is on in nodes only, and DAD off everywhere: the settings are per namespace.
+    // Forwarding is on in nodes only, whatever the host's own setting (a Docker or
+    // Kubernetes host forwards, and new namespaces may inherit that), and DAD off everywhere:
+    // the settings are per namespace.
     let pod = server.netns();
     for node in tb.nodes() {
         assert_eq!(node.netns().sysctl("net.ipv4.ip_forward")?, "1");
         assert_eq!(node.netns().sysctl("net.ipv6.conf.all.forwarding")?, "1");
     }
-    assert_eq!(pod.sysctl("net.ipv4.ip_forward")?, "0");
+    for netns in std::iter::once(tb.fabric()).chain(tb.pods().map(|p| p.netns())) {
+        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+            assert_eq!(netns.sysctl(key)?, "0", "{key} in {}", netns.name());
+        }
+        assert_eq!(netns.sysctl("net.ipv6.conf.all.disable_ipv6")?, "0");
+    }
     let dad = format!("net.ipv6.conf.{}.accept_dad", server.interface());
     assert_eq!(pod.sysctl(&dad)?, "0");
 
