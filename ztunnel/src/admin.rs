@@ -233,7 +233,7 @@ impl AdminState {
             "/metrics" => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                self.metrics.render().into_bytes(),
+                self.metrics.render(self.pods.server_limits()).into_bytes(),
             ),
             _ => unreachable!("AdminPort::serves admits only the routes above"),
         }

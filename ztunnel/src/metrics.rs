@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use ambit_proto::hbone::{ConnectionLimits, Limit};
 use metrics::{Counter, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -215,7 +216,27 @@ static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Every counter ztunnel records, with its HELP text.
-const DESCRIPTIONS: [(&str, &str); 5] = [
+const DESCRIPTIONS: [(&str, &str); 10] = [
+    (
+        "ambit_hbone_connections",
+        "HBONE server connections held now, handshaking or established (gauge)",
+    ),
+    (
+        "ambit_hbone_handshakes",
+        "HBONE server connections in their TLS or HTTP/2 handshake now (gauge)",
+    ),
+    (
+        "ambit_hbone_connections_refused_total",
+        "HBONE connections closed at once because a limit was reached, by limit",
+    ),
+    (
+        "ambit_hbone_handshake_timeouts_total",
+        "HBONE connections that did not finish TLS and the HTTP/2 preface in time",
+    ),
+    (
+        "ambit_hbone_handshake_failures_total",
+        "HBONE connections whose TLS or HTTP/2 handshake failed",
+    ),
     (
         "istio_tcp_connections_opened_total",
         "TCP connections opened (response_flags says how a refused one ended)",
@@ -248,7 +269,11 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
         for (name, help) in DESCRIPTIONS {
-            recorder.describe_counter(name.into(), None, help.into());
+            if help.ends_with("(gauge)") {
+                recorder.describe_gauge(name.into(), None, help.into());
+            } else {
+                recorder.describe_counter(name.into(), None, help.into());
+            }
         }
         let handle = recorder.handle();
         Metrics { recorder, handle }
@@ -292,8 +317,27 @@ impl Metrics {
             .increment(1);
     }
 
-    /// Prometheus text exposition of everything recorded.
-    pub fn render(&self) -> String {
+    /// Prometheus text exposition of everything recorded, with the HBONE servers' limit
+    /// counters as they are now.
+    pub fn render(&self, limits: &ConnectionLimits) -> String {
+        let gauge = |name: &'static str, value: usize| {
+            self.recorder
+                .register_gauge(&Key::from_name(name), &METADATA)
+                .set(value as f64);
+        };
+        gauge("ambit_hbone_connections", limits.connections());
+        gauge("ambit_hbone_handshakes", limits.handshakes());
+        for limit in Limit::ALL {
+            self.counter(
+                "ambit_hbone_connections_refused_total",
+                vec![Label::new("limit", limit.name())],
+            )
+            .absolute(limits.refused(limit));
+        }
+        self.counter("ambit_hbone_handshake_timeouts_total", vec![])
+            .absolute(limits.handshake_timeouts());
+        self.counter("ambit_hbone_handshake_failures_total", vec![])
+            .absolute(limits.handshake_failures());
         self.handle.render()
     }
 }
@@ -332,7 +376,7 @@ mod tests {
         let m = Metrics::new();
         m.connection_opened(&labels()).closed(100, 42);
         m.connection_failed(&labels(), FailureReason::PolicyDenied);
-        let text = m.render();
+        let text = m.render(&ConnectionLimits::default());
         for expected in [
             "istio_tcp_connections_opened_total{",
             "istio_tcp_connections_closed_total{",
@@ -346,6 +390,8 @@ mod tests {
             "destination_cluster=\"Kubernetes\"",
             "# HELP istio_tcp_connections_opened_total",
             "# HELP ambit_connection_failures_total",
+            "ambit_hbone_connections_refused_total{limit=\"connections_per_identity\"} 0",
+            "ambit_hbone_connections 0",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

@@ -244,6 +244,7 @@ impl Pods {
 
         let dialer = PodDialer::new(netns.clone());
         let pod = Arc::new(PodContext {
+            drain_grace: self.settings.drain_timeout,
             uid: uid.into(),
             netns: netns.clone(),
             dialer: dialer.clone(),

@@ -55,6 +55,8 @@ pub struct PodContext {
     /// HBONE from this pod: its connections are dialled from the pod's namespace, so they
     /// are pooled per pod.
     pub hbone: HboneClient,
+    /// How long its connections may go on once the pod is drained (`--drain-timeout`).
+    pub drain_grace: std::time::Duration,
 }
 
 impl ProxyContext {
@@ -175,8 +177,13 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         let work = handle(stream, peer, pod.clone(), ctx.clone());
         let drain = drain.clone();
+        let grace = pod.drain_grace;
         tokio::spawn(async move {
-            work.await;
+            tokio::select! {
+                () = work => {}
+                // Dropping `work` closes both sockets: forced at the drain deadline.
+                () = async { drain.signaled().await; tokio::time::sleep(grace).await } => {}
+            }
             drop(drain);
         });
     }

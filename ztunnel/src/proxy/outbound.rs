@@ -364,11 +364,7 @@ fn hbone_failure(e: &HboneError) -> FailureReason {
 /// Whether the failure says the endpoint is down (nothing listens, its node's ztunnel is
 /// gone, it does not answer, its app is not reachable) rather than that it refused us.
 fn endpoint_unreachable(e: &HboneError) -> bool {
-    match e {
-        HboneError::Refused { status, .. } => *status == http::StatusCode::SERVICE_UNAVAILABLE,
-        HboneError::SourceCertificate { .. } => false,
-        _ => true,
-    }
+    e.endpoint_unreachable()
 }
 
 #[cfg(test)]
