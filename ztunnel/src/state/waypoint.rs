@@ -7,6 +7,7 @@ use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
 
 use super::StateError;
+use super::workload::{identity, parse_ips};
 
 #[derive(Debug)]
 pub struct Waypoint {
@@ -24,21 +25,9 @@ impl Waypoint {
             key: key.clone(),
             reason,
         };
-        let addresses = w
-            .addresses
-            .iter()
-            .map(|a| {
-                a.parse::<IpAddr>()
-                    .map_err(|_| invalid(format!("address {a:?} is not an IP address")))
-            })
-            .collect::<Result<Box<[_]>, _>>()?;
-        let trust_domain = if w.trust_domain.is_empty() {
-            "cluster.local"
-        } else {
-            &w.trust_domain
-        };
-        let identity = SpiffeId::new(trust_domain, &w.namespace, &w.service_account)
-            .map_err(|e| invalid(format!("its identity is invalid: {e}")))?;
+        let addresses = parse_ips(&w.addresses, "address").map_err(invalid)?;
+        let identity =
+            identity(&w.trust_domain, &w.namespace, &w.service_account).map_err(invalid)?;
         Ok(Waypoint {
             key: key.into(),
             addresses,

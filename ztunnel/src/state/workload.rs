@@ -55,14 +55,7 @@ impl Workload {
         if w.uid.is_empty() {
             return Err(invalid("it has no uid".into()));
         }
-        let addresses = w
-            .addresses
-            .iter()
-            .map(|a| {
-                a.parse::<IpAddr>()
-                    .map_err(|_| invalid(format!("address {a:?} is not an IP address")))
-            })
-            .collect::<Result<Box<[_]>, _>>()?;
+        let addresses = parse_ips(&w.addresses, "address").map_err(invalid)?;
         let protocol = match api::Protocol::try_from(w.protocol) {
             Ok(api::Protocol::Hbone) => Protocol::Hbone,
             Ok(api::Protocol::Tcp) => Protocol::Tcp,
@@ -73,13 +66,8 @@ impl Workload {
                 )));
             }
         };
-        let trust_domain = if w.trust_domain.is_empty() {
-            "cluster.local"
-        } else {
-            &w.trust_domain
-        };
-        let identity = SpiffeId::new(trust_domain, &w.namespace, &w.service_account)
-            .map_err(|e| invalid(format!("its identity is invalid: {e}")))?;
+        let identity =
+            identity(&w.trust_domain, &w.namespace, &w.service_account).map_err(invalid)?;
         Ok(Workload {
             uid: w.uid.as_str().into(),
             name: w.name.as_str().into(),
@@ -166,14 +154,7 @@ impl Service {
             key: key.clone(),
             reason,
         };
-        let vips = s
-            .addresses
-            .iter()
-            .map(|a| {
-                a.parse::<IpAddr>()
-                    .map_err(|_| invalid(format!("VIP {a:?} is not an IP address")))
-            })
-            .collect::<Result<Box<[_]>, _>>()?;
+        let vips = parse_ips(&s.addresses, "VIP").map_err(invalid)?;
         let ports = s
             .ports
             .iter()
@@ -224,4 +205,30 @@ impl Service {
         }
         candidates.get(fastrand::usize(..candidates.len()))
     }
+}
+
+/// Addresses as text, each parsed; an error names the first bad one as a `what`.
+pub(super) fn parse_ips(addresses: &[String], what: &str) -> Result<Box<[IpAddr]>, String> {
+    addresses
+        .iter()
+        .map(|a| {
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("{what} {a:?} is not an IP address"))
+        })
+        .collect()
+}
+
+/// The SPIFFE identity of a service account (trust domain `cluster.local` when unset).
+pub(super) fn identity(
+    trust_domain: &str,
+    namespace: &str,
+    service_account: &str,
+) -> Result<SpiffeId, String> {
+    let trust_domain = if trust_domain.is_empty() {
+        "cluster.local"
+    } else {
+        trust_domain
+    };
+    SpiffeId::new(trust_domain, namespace, service_account)
+        .map_err(|e| format!("its identity is invalid: {e}"))
 }
