@@ -17,7 +17,7 @@ use super::{PodContext, ProxyContext, accept_loop, labels, peer_labels};
 use crate::capture::{PROXY_PORTS, original_destination};
 use crate::connections::{ConnectionInfo, Direction, TrackedConnection};
 use crate::metrics::{ConnectionLabels, FailureReason, PeerLabels, Reporter, Security};
-use crate::state::{Upstream, Workload};
+use crate::state::{Service, Upstream, Workload};
 
 /// Attempts per connection: the first endpoint, and one other if the first is unreachable.
 const ATTEMPTS: usize = 2;
@@ -123,6 +123,18 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         return;
     }
     let src = peer_labels(Some(&source), Some(&source.identity));
+    // What `ambit config connections` shows of this connection, whichever way it goes.
+    let track = |workload: Option<&Workload>,
+                 service: Option<&Service>,
+                 target: SocketAddr,
+                 protocol: &str| {
+        ctx.connections.track(ConnectionInfo {
+            source_identity: Some(source.identity.to_string()),
+            destination_workload: workload.map(|w| w.uid.to_string()),
+            destination_service: service.map(|s| s.key.to_string()),
+            ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, protocol)
+        })
+    };
     for attempt in 1..=ATTEMPTS {
         let upstream = ctx
             .state
@@ -142,12 +154,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     service.as_deref(),
                     Security::MutualTls,
                 );
-                let tracked = ctx.connections.track(ConnectionInfo {
-                    source_identity: Some(source.identity.to_string()),
-                    destination_workload: Some(workload.uid.to_string()),
-                    destination_service: service.as_ref().map(|s| s.key.to_string()),
-                    ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
-                });
+                let tracked = track(Some(&workload), service.as_deref(), target, "HBONE");
                 let request =
                     connect_request(&source, peer, target.ip(), &workload.identity, target);
                 match pod.hbone.connect(&request).await {
@@ -181,12 +188,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     service.as_deref(),
                     Security::None,
                 );
-                let tracked = ctx.connections.track(ConnectionInfo {
-                    source_identity: Some(source.identity.to_string()),
-                    destination_workload: workload.as_ref().map(|w| w.uid.to_string()),
-                    destination_service: service.as_ref().map(|s| s.key.to_string()),
-                    ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "TCP")
-                });
+                let tracked = track(workload.as_deref(), service.as_deref(), target, "TCP");
                 match pod.dialer.connect(target).await {
                     Ok(upstream) => {
                         ctx.health.succeeded(target.ip());
@@ -245,12 +247,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     );
                     return;
                 };
-                let tracked = ctx.connections.track(ConnectionInfo {
-                    source_identity: Some(source.identity.to_string()),
-                    destination_workload: workload.as_ref().map(|w| w.uid.to_string()),
-                    destination_service: service.as_ref().map(|s| s.key.to_string()),
-                    ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, "HBONE")
-                });
+                let tracked = track(workload.as_deref(), service.as_deref(), target, "HBONE");
                 let request = connect_request(&source, peer, address, &waypoint.identity, target);
                 match pod.hbone.connect(&request).await {
                     Ok(tunnel) => {
