@@ -1,30 +1,72 @@
-//! L7 routes as the waypoint holds them: the Gateway API HTTPRoutes attached to each service
-//! (GAMMA), compiled once when config arrives (regexes built, headers parsed) and ordered by
-//! Gateway API precedence, so a request is matched by walking one list.
+//! L7 routes as the waypoint holds them: the Gateway API HTTPRoutes and GRPCRoutes attached to
+//! each service (GAMMA; a GRPCRoute's method match arrives as a path match), compiled once when
+//! config arrives (regexes built, headers parsed, filters checked) into one list per service and
+//! port, ordered by Gateway API precedence, so a request is matched by walking one list.
 //!
-//! Precedence between matches of all routes on a service, as the Gateway API specifies: an
-//! exact path, then (implementation-specific, as Istio does) a regular expression, then the
-//! longest path prefix; then a method match; then the most header matches. Equal matches keep
-//! the routes' order by namespace/name, then their rules' order.
+//! Precedence between the matches of every route on a service port, as the Gateway API
+//! specifies: the most specific matching host name (exact, then the longest wildcard, then
+//! routes without host names); an exact path, then (implementation-specific, as Istio does) a
+//! regular expression, then the longest path prefix; then a method match; then the most header
+//! matches; then the most query parameter matches. Equal matches keep the routes' order by
+//! namespace/name, then their rules' order.
+//!
+//! A route whose parent names a port applies to that service port only; one without port to
+//! every port of the service. A port of a service no route applies to has no routes: its
+//! requests go to the service itself.
 
-use std::cmp::Reverse;
+mod compile;
+
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ambit_proto::api::route as api;
-use http::header::HeaderName;
-use http::{Method, request};
+use http::header::{HOST, HeaderName};
+use http::uri::Authority;
+use http::{Method, StatusCode, request};
 use regex::Regex;
+
+use crate::filters::Filters;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("route {route:?} is invalid: {reason}")]
 pub struct RouteError {
+    /// "<namespace>/<name>".
     pub route: String,
     pub reason: String,
 }
 
-#[derive(Debug)]
+/// A route's `hostnames` entry, matched against the request's host without port.
+#[derive(Debug, Clone)]
+pub enum HostMatch {
+    Exact(Box<str>),
+    /// `*.example.com`: one or more labels in front of `.example.com` (stored with its dot).
+    Wildcard(Box<str>),
+}
+
+impl HostMatch {
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len()
+                    && host
+                        .get(host.len() - suffix.len()..)
+                        .is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+            }
+        }
+    }
+
+    /// Higher is more specific.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostMatch::Exact(h) => (2, h.len()),
+            HostMatch::Wildcard(s) => (1, s.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub enum PathMatch {
     Exact(Box<str>),
     /// Whole path segments: `/foo` matches `/foo` and `/foo/bar`, never `/foobar`.
@@ -56,48 +98,120 @@ impl PathMatch {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ValueMatch {
     Exact(Box<str>),
     Regex(Regex),
 }
 
-#[derive(Debug)]
+impl ValueMatch {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatch::Exact(want) => value == &**want,
+            ValueMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct HeaderMatch {
     pub name: HeaderName,
     pub value: ValueMatch,
 }
 
+#[derive(Debug, Clone)]
+pub struct QueryParamMatch {
+    /// Exact, case-sensitive, percent-decoded.
+    pub name: Box<str>,
+    pub value: ValueMatch,
+}
+
 /// One way a request can match a rule; every condition given must hold.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestMatch {
+    pub host: Option<HostMatch>,
     pub path: Option<PathMatch>,
     pub method: Option<Method>,
     pub headers: Box<[HeaderMatch]>,
+    pub query_params: Box<[QueryParamMatch]>,
 }
 
 impl RequestMatch {
     pub fn matches(&self, req: &request::Parts) -> bool {
-        self.path.as_ref().is_none_or(|p| p.matches(req.uri.path()))
+        self.host
+            .as_ref()
+            .is_none_or(|h| request_host(req).is_some_and(|host| h.matches(&host)))
+            && self.path.as_ref().is_none_or(|p| p.matches(req.uri.path()))
             && self.method.as_ref().is_none_or(|m| m == req.method)
             && self.headers.iter().all(|h| {
                 req.headers
                     .get(&h.name)
                     .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| match &h.value {
-                        ValueMatch::Exact(want) => v == &**want,
-                        ValueMatch::Regex(r) => r.is_match(v),
-                    })
+                    .is_some_and(|v| h.value.matches(v))
+            })
+            && self.query_params.iter().all(|q| {
+                query_param(req.uri.query().unwrap_or(""), &q.name)
+                    .is_some_and(|v| q.value.matches(&v))
             })
     }
 
-    fn precedence(&self) -> ((u8, usize), bool, usize) {
+    /// The path prefix a matching request matched, for `ReplacePrefixMatch`.
+    fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            Some(PathMatch::Prefix(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn precedence(&self) -> ((u8, usize), (u8, usize), bool, usize, usize) {
         (
+            self.host.as_ref().map_or((0, 0), HostMatch::rank),
             self.path.as_ref().map_or((1, 1), PathMatch::rank),
             self.method.is_some(),
             self.headers.len(),
+            self.query_params.len(),
         )
     }
+}
+
+/// The request's host without port: the URI's authority (HTTP/2), else its `Host` header.
+fn request_host(req: &request::Parts) -> Option<String> {
+    if let Some(a) = req.uri.authority() {
+        return Some(a.host().to_string());
+    }
+    let host = req.headers.get(HOST)?.to_str().ok()?;
+    Some(host.parse::<Authority>().ok()?.host().to_string())
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,13 +222,36 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// GEP-1742.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole request, retries included.
+    pub request: Option<Duration>,
+    /// Each try; never longer than `request`.
+    pub backend_request: Option<Duration>,
+}
+
+/// GEP-1731, plus gRPC statuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Tries in all, the first included.
+    /// Retries after the first try (at least 1).
     pub attempts: u32,
-    pub per_try_timeout: Option<Duration>,
-    pub retry_on: Box<[Box<str>]>,
-    pub backoff_base: Duration,
+    /// Response statuses retried.
+    pub codes: Box<[StatusCode]>,
+    /// `grpc-status` values retried (14 is UNAVAILABLE).
+    pub grpc_codes: Box<[u32]>,
+    /// Wait before each retry.
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub fn retries_status(&self, status: StatusCode) -> bool {
+        self.codes.contains(&status)
+    }
+
+    pub fn retries_grpc_status(&self, grpc_status: u32) -> bool {
+        self.grpc_codes.contains(&grpc_status)
+    }
 }
 
 /// What a matched request is subject to.
@@ -122,16 +259,34 @@ pub struct RetryPolicy {
 pub struct Rule {
     /// "<namespace>/<name>" of the route, for logs and local replies.
     pub route: Box<str>,
+    pub filters: Filters,
     pub backends: Box<[Backend]>,
     total_weight: u64,
-    /// The whole request, retries included.
-    pub timeout: Option<Duration>,
+    pub timeouts: Timeouts,
     pub retry: Option<RetryPolicy>,
+    /// Requests this rule has sent so far (their index in the split's sequence).
+    picks: AtomicU64,
 }
 
 impl Rule {
-    /// The backend for a request, weighted; `roll` is uniform in `0..u64::MAX`. None when
-    /// every weight is 0 (Gateway API answers 500 then).
+    /// The backend for the next request. Weights hold over every run of requests, not only on
+    /// average: request `n` takes point `n·φ` (mod 1) of a Weyl sequence, which spreads points
+    /// evenly (a 90/10 split sends 10% ± a request or two of any hundred) with no short period
+    /// a client's own pattern could fall into step with. Random rolls would stray by ±2% over
+    /// 2,000 requests, which is what users then see on their canary dashboards.
+    pub fn next_backend(&self) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let n = self.picks.fetch_add(1, Ordering::Relaxed);
+        // 2^64 / φ: the golden ratio's fractional part in 64-bit fixed point.
+        let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let point = (u128::from(x) * u128::from(self.total_weight)) >> 64;
+        self.pick_backend(point as u64)
+    }
+
+    /// The backend for a request, weighted; `roll` is uniform in `0..u64::MAX`. None when there
+    /// is no backend or every weight is 0 (Gateway API answers 500 then).
     pub fn pick_backend(&self, roll: u64) -> Option<&Backend> {
         if self.total_weight == 0 {
             return None;
@@ -149,195 +304,66 @@ impl Rule {
     }
 }
 
+/// A rule a request matched, with what its filters need from the match.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'a> {
+    pub rule: &'a Arc<Rule>,
+    /// The path prefix the request matched (`ReplacePrefixMatch` replaces it); `None` for other
+    /// path matches.
+    pub prefix: Option<&'a str>,
+}
+
 /// The outcome of looking up a request.
 #[derive(Debug)]
 pub enum Lookup<'a> {
-    /// The service has routes and this rule matched.
-    Matched(&'a Arc<Rule>),
-    /// The service has routes and none matched (404, flag NR).
+    /// The service port has routes and this rule matched.
+    Matched(Matched<'a>),
+    /// The service port has routes and none matched (404, flag NR).
     NoMatch,
-    /// The service has no route: the request goes to the service itself.
+    /// No route applies to the service port: the request goes to the service itself.
     NoRoutes,
 }
 
-/// Every match of every rule on one service, most specific first.
+/// Every match of every rule on one service port, most specific first.
 type Candidates = Box<[(RequestMatch, Arc<Rule>)]>;
+
+/// One service's routes: those for every port, and per port named by some route those plus the
+/// port's own.
+#[derive(Debug, Default)]
+struct ServiceRoutes {
+    any_port: Option<Candidates>,
+    by_port: HashMap<u16, Candidates>,
+}
 
 #[derive(Debug, Default)]
 pub struct Routes {
-    by_service: HashMap<Box<str>, Candidates>,
+    by_service: HashMap<Box<str>, ServiceRoutes>,
 }
 
 impl Routes {
-    pub fn lookup(&self, service: &str, req: &request::Parts) -> Lookup<'_> {
-        let Some(candidates) = self.by_service.get(service) else {
+    /// The rule for a request to `service` (its host name) on service port `port`.
+    pub fn lookup(&self, service: &str, port: u16, req: &request::Parts) -> Lookup<'_> {
+        let Some(routes) = self.by_service.get(service) else {
+            return Lookup::NoRoutes;
+        };
+        let Some(candidates) = routes.by_port.get(&port).or(routes.any_port.as_ref()) else {
             return Lookup::NoRoutes;
         };
         candidates
             .iter()
             .find(|(m, _)| m.matches(req))
-            .map_or(Lookup::NoMatch, |(_, rule)| Lookup::Matched(rule))
+            .map_or(Lookup::NoMatch, |(m, rule)| {
+                Lookup::Matched(Matched {
+                    rule,
+                    prefix: m.prefix(),
+                })
+            })
     }
 
-    /// Compiles routes; one invalid route refuses the whole set (the config is NACKed and
-    /// the previous routes stay), as the rest of the config is handled.
-    pub fn from_api(routes: &[api::Route]) -> Result<Routes, RouteError> {
-        let mut sorted: Vec<&api::Route> = routes.iter().collect();
-        sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let mut by_service: HashMap<Box<str>, Vec<(RequestMatch, Arc<Rule>)>> = HashMap::new();
-        for route in sorted {
-            let key = format!("{}/{}", route.namespace, route.name);
-            let invalid = |reason: String| RouteError {
-                route: key.clone(),
-                reason,
-            };
-            for (i, rule) in route.rules.iter().enumerate() {
-                let compiled = Arc::new(
-                    compile_rule(&key, rule).map_err(|r| invalid(format!("rules[{i}]: {r}")))?,
-                );
-                let mut matches = rule
-                    .matches
-                    .iter()
-                    .enumerate()
-                    .map(|(j, m)| {
-                        compile_match(m)
-                            .map_err(|r| invalid(format!("rules[{i}].matches[{j}]: {r}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                if matches.is_empty() {
-                    // A rule without matches takes every request (PathPrefix "/").
-                    matches.push(RequestMatch {
-                        path: Some(PathMatch::Prefix("/".into())),
-                        ..Default::default()
-                    });
-                }
-                for host in &route.hostnames {
-                    let list = by_service.entry(host.as_str().into()).or_default();
-                    for m in &matches {
-                        list.push((clone_match(m), compiled.clone()));
-                    }
-                }
-            }
-        }
-        let by_service = by_service
-            .into_iter()
-            .map(|(host, mut list)| {
-                // Stable: equal precedence keeps route order, then rule order.
-                list.sort_by_key(|(m, _)| Reverse(m.precedence()));
-                (host, list.into_boxed_slice())
-            })
-            .collect();
-        Ok(Routes { by_service })
+    /// Does any route apply to this service (on some port)?
+    pub fn has_routes(&self, service: &str) -> bool {
+        self.by_service.contains_key(service)
     }
-}
-
-/// Matches are shared by every host a route names; regexes clone cheaply (reference-counted).
-fn clone_match(m: &RequestMatch) -> RequestMatch {
-    RequestMatch {
-        path: m.path.as_ref().map(|p| match p {
-            PathMatch::Exact(s) => PathMatch::Exact(s.clone()),
-            PathMatch::Prefix(s) => PathMatch::Prefix(s.clone()),
-            PathMatch::Regex(r) => PathMatch::Regex(r.clone()),
-        }),
-        method: m.method.clone(),
-        headers: m
-            .headers
-            .iter()
-            .map(|h| HeaderMatch {
-                name: h.name.clone(),
-                value: match &h.value {
-                    ValueMatch::Exact(s) => ValueMatch::Exact(s.clone()),
-                    ValueMatch::Regex(r) => ValueMatch::Regex(r.clone()),
-                },
-            })
-            .collect(),
-    }
-}
-
-fn anchored(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| format!("regular expression {pattern:?} is invalid: {e}"))
-}
-
-fn compile_match(m: &api::RouteMatch) -> Result<RequestMatch, String> {
-    use api::string_match::Kind;
-    let path = match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
-        None => None,
-        Some(Kind::Exact(p)) | Some(Kind::Prefix(p)) if !p.starts_with('/') => {
-            return Err(format!("path {p:?} does not start with '/'"));
-        }
-        Some(Kind::Exact(p)) => Some(PathMatch::Exact(p.as_str().into())),
-        Some(Kind::Prefix(p)) => Some(PathMatch::Prefix(p.as_str().into())),
-        Some(Kind::Regex(r)) => Some(PathMatch::Regex(anchored(r)?)),
-    };
-    let method = if m.method.is_empty() {
-        None
-    } else {
-        Some(
-            Method::from_bytes(m.method.as_bytes())
-                .map_err(|_| format!("method {:?} is not an HTTP method", m.method))?,
-        )
-    };
-    let headers = m
-        .headers
-        .iter()
-        .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| format!("header name {:?} is invalid", h.name))?;
-            let value = match h.value.as_ref().and_then(|v| v.kind.as_ref()) {
-                Some(Kind::Exact(v)) => ValueMatch::Exact(v.as_str().into()),
-                Some(Kind::Regex(r)) => ValueMatch::Regex(anchored(r)?),
-                Some(Kind::Prefix(_)) => {
-                    return Err(format!(
-                        "header {:?}: a prefix match is not a Gateway API header match",
-                        h.name
-                    ));
-                }
-                None => return Err(format!("header {:?} has no value to match", h.name)),
-            };
-            Ok(HeaderMatch { name, value })
-        })
-        .collect::<Result<Box<[_]>, String>>()?;
-    Ok(RequestMatch {
-        path,
-        method,
-        headers,
-    })
-}
-
-fn compile_rule(route: &str, rule: &api::RouteRule) -> Result<Rule, String> {
-    let backends = rule
-        .backends
-        .iter()
-        .map(|b| {
-            let port = u16::try_from(b.port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("backend {} has port {} out of range", b.service, b.port))?;
-            Ok(Backend {
-                service: b.service.as_str().into(),
-                port,
-                weight: b.weight,
-            })
-        })
-        .collect::<Result<Box<[_]>, String>>()?;
-    let ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-    Ok(Rule {
-        route: route.into(),
-        total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
-        backends,
-        timeout: ms(rule.timeout_ms),
-        retry: rule
-            .retry
-            .as_ref()
-            .filter(|r| r.attempts > 1)
-            .map(|r| RetryPolicy {
-                attempts: r.attempts,
-                per_try_timeout: ms(r.per_try_timeout_ms),
-                retry_on: r.retry_on.iter().map(|s| s.as_str().into()).collect(),
-                backoff_base: Duration::from_millis(r.backoff_base_ms),
-            }),
-    })
 }
 
 #[cfg(test)]

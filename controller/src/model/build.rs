@@ -469,16 +469,11 @@ impl Checker {
             if !self.namespaced(&out, &subject, &key, namespaces) {
                 continue;
             }
-            let backends = route
-                .rules
-                .iter()
-                .flat_map(|r| &r.backends)
-                .map(|b| &b.service);
-            for host in route.hostnames.iter().chain(backends) {
+            for host in route.parent_services().chain(route.backend_services()) {
                 if !known.contains(host) {
                     self.errors.push(ModelError::UnknownBackend {
                         subject: subject.clone(),
-                        backend: host.clone(),
+                        backend: host.to_string(),
                     });
                 }
             }

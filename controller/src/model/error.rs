@@ -127,6 +127,13 @@ pub enum ModelError {
         subject: ResourceRef,
         backend: String,
     },
+    /// A route the waypoint could not honour as written (a source that refuses the whole
+    /// description reports it this way; Kubernetes leaves the route out instead).
+    #[error("{subject} cannot be used: {reason}")]
+    InvalidRoute {
+        subject: ResourceRef,
+        reason: String,
+    },
     #[error(
         "{subject} has the same bootstrap token as {first}: each node needs its own, since the token is what tells the CA which node is asking"
     )]
@@ -153,6 +160,7 @@ impl ModelError {
             | ModelError::InvalidPrincipal { subject, .. }
             | ModelError::InvalidIpBlock { subject, .. }
             | ModelError::UnknownBackend { subject, .. }
+            | ModelError::InvalidRoute { subject, .. }
             | ModelError::DuplicateToken { subject, .. } => Some(subject),
             ModelError::InvalidTrustDomain { .. } => None,
         }

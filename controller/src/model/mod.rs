@@ -151,9 +151,37 @@ pub struct AuthorizationPolicy {
     pub rules: Vec<security::Rule>,
 }
 
-/// L7 routes are consumed only by waypoints and carry no derived state, so the model keeps them in
-/// their wire form after checking that their namespace and backends exist.
+/// L7 routes (HTTPRoutes and GRPCRoutes, one name space per namespace) are consumed only by
+/// waypoints and carry no derived state, so the model keeps them in their wire form after
+/// checking that their namespace, parent services and backends exist.
 pub type Route = route::Route;
+
+/// The services a route names, by hostname (`<name>.<namespace>.svc.<trust domain>`; see
+/// [`MeshModel::service_by_hostname`]).
+pub trait RouteServices {
+    /// The services whose traffic the route governs (its parents), each once.
+    fn parent_services(&self) -> impl Iterator<Item = &str>;
+    /// The services its rules send requests to, each once.
+    fn backend_services(&self) -> impl Iterator<Item = &str>;
+}
+
+impl RouteServices for Route {
+    fn parent_services(&self) -> impl Iterator<Item = &str> {
+        let set: std::collections::BTreeSet<&str> =
+            self.parents.iter().map(|p| p.service.as_str()).collect();
+        set.into_iter()
+    }
+
+    fn backend_services(&self) -> impl Iterator<Item = &str> {
+        let set: std::collections::BTreeSet<&str> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.backends)
+            .map(|b| b.service.as_str())
+            .collect();
+        set.into_iter()
+    }
+}
 
 /// A pod as the mesh sees it: the pod plus what follows from its namespace and labels.
 #[derive(Debug, Clone, PartialEq)]

@@ -482,7 +482,10 @@ fn route_backends_must_be_declared_services() {
         .route(Route {
             name: "r".into(),
             namespace: "demo".into(),
-            hostnames: vec!["reviews.demo.svc.cluster.local".into()],
+            parents: vec![ambit_proto::api::route::ParentRef {
+                service: "reviews.demo.svc.cluster.local".into(),
+                port: 0,
+            }],
             rules: vec![ambit_proto::api::route::RouteRule {
                 backends: vec![ambit_proto::api::route::BackendRef {
                     service: "reviews-v9.demo.svc.cluster.local".into(),

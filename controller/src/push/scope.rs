@@ -11,11 +11,20 @@
 //! 3. the waypoints the services and workloads of 1–2 use;
 //! 4. the authorization policies that select a meshed workload on N: policies are enforced by
 //!    the destination's ztunnel, and a pod ztunnel does not capture cannot be protected.
-//!    No routes: they are L7, for waypoints.
+//!    No routes, in the full state or in any delta: they are L7, for waypoints.
 //!
-//! **waypoint W in namespace S** receives: every service of S with its endpoint workloads, the
-//! routes of S with the services they name (and their endpoints), and the policies of S that
-//! select one of those endpoints (the waypoint enforces L7 rules for its destinations).
+//! **waypoint W** receives what it needs to serve the traffic sent through it:
+//! 1. its services (those that use W) with their endpoint workloads, and the workloads that use
+//!    W themselves (traffic addressed to a pod goes through its waypoint too);
+//! 2. the routes attached to its services (a route's parents name them), from any namespace;
+//! 3. the services those routes name as backends, wherever they are, with their endpoint
+//!    workloads: W sends the requests there itself;
+//! 4. the authorization policies that select any of those workloads, in their own namespaces:
+//!    the destination's ztunnel leaves traffic from W to W's judgement (it sees W's identity,
+//!    not the client's), so W must hold every policy of every workload it sends to.
+//!
+//! No waypoint resources, and nothing of services that use another waypoint or none, unless a
+//! route of W names them as backends.
 //! A subscriber unknown to the model (a node or waypoint not declared yet) gets an empty scope
 //! until it appears.
 
@@ -109,20 +118,8 @@ fn node_part(snapshot: &Snapshot, node: &str) -> NodePart {
         .iter()
         .map(|w| ResourceKey::new(ResourceType::Workload, w.uid.as_str()))
         .collect();
-    // Grouped by namespace because a policy selects pods of its own namespace only: checking
-    // each policy against every meshed pod of the node made this quadratic on a busy node.
-    let mut meshed: BTreeMap<&str, Vec<&Workload>> = BTreeMap::new();
-    for w in local.iter().filter(|w| w.meshed) {
-        meshed.entry(w.pod.namespace.as_str()).or_default().push(w);
-    }
-    for (ns, pods) in &meshed {
-        for p in model.policies_in(ns) {
-            if pods.iter().any(|w| MeshModel::policy_selects(p, w)) {
-                let key = ObjectKey::new(&p.namespace, &p.name);
-                own.insert(named_key(ResourceType::AuthorizationPolicy, &key));
-            }
-        }
-    }
+    let meshed: Vec<&Workload> = local.iter().copied().filter(|w| w.meshed).collect();
+    own.extend(policies_selecting(model, meshed.iter().copied()));
     NodePart {
         own: snapshot.resolve(&own),
         captures: !meshed.is_empty(),
@@ -150,42 +147,68 @@ fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
     if model.waypoint(key).is_none() {
         return scope;
     }
-    let ns = &key.namespace;
-    let mut endpoints = BTreeSet::new();
-    let mut add = |scope: &mut Scope, s: &ServiceEntry| {
-        add_service(model, scope, s);
-        endpoints.extend(s.endpoints.iter().cloned());
-    };
-    for s in model.services_in(ns) {
-        add(&mut scope, s);
+    let uses = |w: &Option<ObjectKey>| w.as_ref() == Some(key);
+    // The `use-waypoint` label names a waypoint of its own namespace, so W's users are there.
+    let served: Vec<&ServiceEntry> = model
+        .services_in(&key.namespace)
+        .filter(|s| uses(&s.waypoint))
+        .collect();
+    let own_workloads: Vec<&Workload> = model
+        .workloads_in(&key.namespace)
+        .filter(|w| uses(&w.waypoint))
+        .collect();
+    let td = model.trust_domain();
+    let hostnames: BTreeSet<String> = served.iter().map(|s| s.hostname(td)).collect();
+    let attached = model
+        .routes()
+        .filter(|r| r.parents.iter().any(|p| hostnames.contains(&p.service)));
+    let mut backends = Vec::new();
+    for r in attached {
+        let route = ObjectKey::new(&r.namespace, &r.name);
+        scope.insert(named_key(ResourceType::Route, &route));
+        let named = r.rules.iter().flat_map(|rule| &rule.backends);
+        backends.extend(named.filter_map(|b| model.service_by_hostname(&b.service)));
     }
-    for r in model.routes_in(ns) {
-        scope.insert(named_key(
-            ResourceType::Route,
-            &ObjectKey::new(&r.namespace, &r.name),
-        ));
-        let backends = r
-            .rules
+    let services = served.iter().chain(&backends);
+    for s in services.clone() {
+        add_service(model, &mut scope, s);
+    }
+    scope.extend(
+        own_workloads
             .iter()
-            .flat_map(|rule| &rule.backends)
-            .map(|b| &b.service);
-        for host in r.hostnames.iter().chain(backends) {
-            if let Some(s) = model.service_by_hostname(host) {
-                add(&mut scope, s);
+            .map(|w| ResourceKey::new(ResourceType::Workload, w.uid.as_str())),
+    );
+    let endpoints = services
+        .flat_map(|s| &s.endpoints)
+        .filter_map(|e| model.workload(e));
+    scope.extend(policies_selecting(
+        model,
+        endpoints.chain(own_workloads.iter().copied()),
+    ));
+    scope
+}
+
+/// The keys of the authorization policies that select any of `workloads`. Grouped by namespace
+/// because a policy selects pods of its own namespace only: checking each policy against every
+/// workload made this quadratic on a busy node.
+fn policies_selecting<'a>(
+    model: &'a MeshModel,
+    workloads: impl Iterator<Item = &'a Workload>,
+) -> Vec<ResourceKey> {
+    let mut by_namespace: BTreeMap<&str, Vec<&Workload>> = BTreeMap::new();
+    for w in workloads {
+        by_namespace.entry(&w.pod.namespace).or_default().push(w);
+    }
+    let mut keys = Vec::new();
+    for (ns, pods) in &by_namespace {
+        for p in model.policies_in(ns) {
+            if pods.iter().any(|w| MeshModel::policy_selects(p, w)) {
+                let key = ObjectKey::new(&p.namespace, &p.name);
+                keys.push(named_key(ResourceType::AuthorizationPolicy, &key));
             }
         }
     }
-    for p in model.policies_in(ns) {
-        let selects = endpoints
-            .iter()
-            .filter_map(|e| model.workload(e))
-            .any(|w| MeshModel::policy_selects(p, w));
-        if selects {
-            let key = ObjectKey::new(&p.namespace, &p.name);
-            scope.insert(named_key(ResourceType::AuthorizationPolicy, &key));
-        }
-    }
-    scope
+    keys
 }
 
 #[cfg(test)]

@@ -196,31 +196,35 @@ async fn an_http_route_becomes_the_route_proto_with_weighted_backends_timeout_an
     let expected = rpb::Route {
         name: "reviews-split".into(),
         namespace: "demo".into(),
-        hostnames: vec!["reviews.demo.svc.cluster.local".into()],
+        parents: vec![rpb::ParentRef {
+            service: "reviews.demo.svc.cluster.local".into(),
+            port: 0,
+        }],
+        hostnames: vec![],
         rules: vec![rpb::RouteRule {
             matches: vec![rpb::RouteMatch {
-                path: Some(rpb::StringMatch {
-                    kind: Some(rpb::string_match::Kind::Prefix("/api".into())),
+                path: Some(rpb::PathMatch {
+                    kind: Some(rpb::path_match::Kind::Prefix("/api".into())),
                 }),
                 method: "GET".into(),
                 headers: vec![rpb::HeaderMatch {
                     name: "x-user".into(),
-                    value: Some(rpb::StringMatch {
-                        kind: Some(rpb::string_match::Kind::Exact("jason".into())),
+                    value: Some(rpb::ValueMatch {
+                        kind: Some(rpb::value_match::Kind::Exact("jason".into())),
                     }),
                 }],
+                query_params: vec![],
             }],
             backends: vec![backend("reviews-v1", 90), backend("reviews-v2", 10)],
             retry: Some(rpb::RetryPolicy {
                 attempts: 3,
-                per_try_timeout_ms: 0,
-                retry_on: vec!["connect-failure".into(), "503".into()],
-                backoff_base_ms: 25,
+                codes: vec![503],
+                grpc_codes: vec![],
+                backoff_ms: 25,
             }),
-            timeout_ms: 2000,
+            request_timeout_ms: 2000,
+            ..Default::default()
         }],
-        circuit_breaker: None,
-        outlier_detection: None,
     };
     assert_eq!(*routes[0], expected);
     shutdown.cancel();

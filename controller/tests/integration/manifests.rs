@@ -301,6 +301,8 @@ const SOURCE_AND_CA_PERMISSIONS: &[(&str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "gateways", "watch"),
     ("gateway.networking.k8s.io", "httproutes", "list"),
     ("gateway.networking.k8s.io", "httproutes", "watch"),
+    ("gateway.networking.k8s.io", "grpcroutes", "list"),
+    ("gateway.networking.k8s.io", "grpcroutes", "watch"),
     ("ambit.io", "authorizationpolicies", "list"),
     ("ambit.io", "authorizationpolicies", "watch"),
     ("authentication.k8s.io", "tokenreviews", "create"),

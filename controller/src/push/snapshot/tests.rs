@@ -23,11 +23,11 @@ services:
   - {name: vault, namespace: bank, vips: [10.96.0.3], ports: [{port: 80}], selector: {app: vault}}
 authorizationPolicies:
   - {name: cart-policy, namespace: shop, selector: {matchLabels: {app: SELECTED}}, action: ALLOW}
-routes:
+httpRoutes:
   - name: pay-route
     namespace: shop
-    hostnames: [pay.shop.svc.TD]
-    rules: [{backends: [{service: pay.shop.svc.TD, port: 80}]}]
+    parentRefs: [{group: \"\", kind: Service, name: pay}]
+    rules: [{backendRefs: [{name: pay, port: 80}]}]
 ";
 
 /// The mesh above with `edits` made, `TD` being `trust_domain`.
@@ -119,7 +119,7 @@ fn an_edit_rebuilds_exactly_the_resources_whose_wire_form_it_changes() {
         ),
         (
             "a route sends its traffic elsewhere",
-            &[("{service: pay.shop.svc.TD", "{service: cart.shop.svc.TD")],
+            &[("backendRefs: [{name: pay", "backendRefs: [{name: cart")],
             &["route/shop/pay-route"],
         ),
     ];

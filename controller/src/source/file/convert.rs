@@ -1,15 +1,16 @@
 //! From the file's shape to the model's input types, remembering where each object was written
 //! so the model's errors can be reported by line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use ambit_proto::api::{route as rpb, security as spb};
+use ambit_proto::api::security as spb;
 use serde_saphyr::Spanned;
 
 use super::schema::*;
 use super::{LocalTopology, TopologyPod, TopologyWaypoint};
 use crate::model::{self, Kind, MeshBuilder, ModelError, ResourceRef};
+use crate::source::routes::{self, Meta, Note, Outcome, RouteContext, spec as route_spec};
 
 /// The trust domain when the file does not name one, as in Istio and Kubernetes.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -117,6 +118,9 @@ pub fn convert(
         MtlsModeSpec::Strict => model::MtlsMode::Strict,
     });
     let mut topology = LocalTopology::default();
+    // What routes are checked against.
+    let mut namespaces = Vec::new();
+    let mut services = Vec::new();
 
     for n in file.nodes {
         let subject = ResourceRef::new(Kind::Node, &n.name.value);
@@ -148,10 +152,12 @@ pub fn convert(
         ) {
             continue;
         }
-        b.namespace(model::Namespace {
+        let namespace = model::Namespace {
             name: ns.name.value,
             labels: ns.labels,
-        });
+        };
+        namespaces.push(namespace.clone());
+        b.namespace(namespace);
     }
     for w in file.waypoints {
         let subject = namespaced(Kind::Waypoint, &w.namespace, &w.name);
@@ -221,7 +227,7 @@ pub fn convert(
         if !seen(&mut lines, subject, item) {
             continue;
         }
-        b.service(model::Service {
+        let service = model::Service {
             name: s.name.value,
             namespace: s.namespace.value,
             vips: s.vips.into_iter().map(|v| v.value).collect(),
@@ -230,7 +236,9 @@ pub fn convert(
             // A mesh file's services get their endpoints from their selector only.
             explicit_endpoints: Vec::new(),
             labels: s.labels,
-        });
+        };
+        services.push(service.clone());
+        b.service(service);
     }
     for p in file.authorization_policies {
         let subject = namespaced(Kind::AuthorizationPolicy, &p.namespace, &p.name);
@@ -244,17 +252,41 @@ pub fn convert(
         }
         b.policy(policy(p));
     }
-    for r in file.routes {
-        let subject = namespaced(Kind::Route, &r.namespace, &r.name);
-        let item = ItemLines {
-            name: line(&r.name),
-            namespace: Some(line(&r.namespace)),
-            ..Default::default()
+    let no_gateways = BTreeSet::new();
+    let context = RouteContext::new(&namespaces, &services, &no_gateways, &trust_domain);
+    for r in file.http_routes {
+        let spec = route_spec::HttpRouteSpec {
+            parent_refs: r.parent_refs,
+            hostnames: r.hostnames,
+            rules: r.rules,
         };
-        if !seen(&mut lines, subject, item) {
-            continue;
+        let route = RouteItem {
+            name: &r.name,
+            namespace: &r.namespace,
+            annotations: &r.annotations,
+        };
+        if let Some(found) = route.convert(&mut lines, &mut located, |meta| {
+            routes::http_route(meta, &spec, &context)
+        }) {
+            b.route(found);
         }
-        b.route(route(r));
+    }
+    for r in file.grpc_routes {
+        let spec = route_spec::GrpcRouteSpec {
+            parent_refs: r.parent_refs,
+            hostnames: r.hostnames,
+            rules: r.rules,
+        };
+        let route = RouteItem {
+            name: &r.name,
+            namespace: &r.namespace,
+            annotations: &r.annotations,
+        };
+        if let Some(found) = route.convert(&mut lines, &mut located, |meta| {
+            routes::grpc_route(meta, &spec, &context)
+        }) {
+            b.route(found);
+        }
     }
     (b, topology, lines, located)
 }
@@ -329,71 +361,76 @@ fn policy(p: PolicySpec) -> model::AuthorizationPolicy {
     }
 }
 
-fn string_match(m: StringMatchSpec) -> rpb::StringMatch {
-    use rpb::string_match::Kind;
-    rpb::StringMatch {
-        kind: Some(match m {
-            StringMatchSpec::Exact(s) => Kind::Exact(s),
-            StringMatchSpec::Prefix(s) => Kind::Prefix(s),
-            StringMatchSpec::Regex(s) => Kind::Regex(s),
-        }),
-    }
+/// An `httpRoutes` or `grpcRoutes` item's metadata.
+struct RouteItem<'a> {
+    name: &'a Spanned<String>,
+    namespace: &'a Spanned<String>,
+    annotations: &'a Labels,
 }
 
-fn route(r: RouteSpec) -> model::Route {
-    rpb::Route {
-        name: r.name.value,
-        namespace: r.namespace.value,
-        hostnames: r.hostnames,
-        rules: r
-            .rules
-            .into_iter()
-            .map(|rule| rpb::RouteRule {
-                matches: rule
-                    .matches
-                    .into_iter()
-                    .map(|m| rpb::RouteMatch {
-                        path: m.path.map(string_match),
-                        method: m.method,
-                        headers: m
-                            .headers
-                            .into_iter()
-                            .map(|h| rpb::HeaderMatch {
-                                name: h.name,
-                                value: Some(string_match(h.value)),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-                backends: rule
-                    .backends
-                    .into_iter()
-                    .map(|b| rpb::BackendRef {
-                        service: b.service,
-                        port: b.port.into(),
-                        weight: b.weight,
-                    })
-                    .collect(),
-                retry: rule.retry.map(|r| rpb::RetryPolicy {
-                    attempts: r.attempts,
-                    per_try_timeout_ms: r.per_try_timeout_ms,
-                    retry_on: r.retry_on,
-                    backoff_base_ms: r.backoff_base_ms,
-                }),
-                timeout_ms: rule.timeout_ms,
-            })
-            .collect(),
-        circuit_breaker: r.circuit_breaker.map(|c| rpb::CircuitBreaker {
-            max_connections: c.max_connections,
-            max_pending_requests: c.max_pending_requests,
-            max_requests: c.max_requests,
-            max_retries: c.max_retries,
-        }),
-        outlier_detection: r.outlier_detection.map(|o| rpb::OutlierDetection {
-            consecutive_5xx: o.consecutive_5xx,
-            interval_ms: o.interval_ms,
-            base_ejection_ms: o.base_ejection_ms,
-            max_ejection_percent: o.max_ejection_percent,
-        }),
+impl RouteItem<'_> {
+    /// The route, or `None` with every problem located: a file is for the mesh alone, so what
+    /// Kubernetes would leave aside (a parent that is no Service, a parent or field ignored) is
+    /// an error here too.
+    fn convert(
+        &self,
+        lines: &mut LineIndex,
+        located: &mut Vec<(ModelError, u64)>,
+        convert: impl FnOnce(&Meta<'_>) -> Outcome,
+    ) -> Option<model::Route> {
+        let subject = namespaced(Kind::Route, self.namespace, self.name);
+        let name_line = line(self.name);
+        let item = ItemLines {
+            name: name_line,
+            namespace: Some(line(self.namespace)),
+            ..Default::default()
+        };
+        if !lines.record(subject.clone(), item) {
+            located.push((ModelError::Duplicate { subject }, name_line));
+            return None;
+        }
+        let meta = Meta {
+            namespace: &self.namespace.value,
+            name: &self.name.value,
+            annotations: self.annotations,
+            spec_path: "",
+        };
+        let outcome = convert(&meta);
+        let mut problem = |reason: String, at: Option<u64>| {
+            let error = ModelError::InvalidRoute {
+                subject: subject.clone(),
+                reason,
+            };
+            located.push((error, at.unwrap_or(name_line)));
+        };
+        for (field, at) in &outcome.foreign_parents {
+            problem(
+                format!(
+                    "{field} is not a Service; a mesh file's routes attach to Services: {{group: \"\", kind: Service, name: <service>}}"
+                ),
+                *at,
+            );
+        }
+        for note in outcome.notes {
+            if let Note::Ignored { reason, line } = note {
+                problem(reason, line);
+            }
+        }
+        match outcome.route {
+            Ok(Some(route)) => Some(route),
+            Ok(None) => {
+                if outcome.foreign_parents.is_empty() {
+                    problem(
+                        "it has no parentRefs; give the services it routes: parentRefs: [{group: \"\", kind: Service, name: <service>}]".into(),
+                        None,
+                    );
+                }
+                None
+            }
+            Err(refusal) => {
+                problem(refusal.reason, refusal.line);
+                None
+            }
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::source::routes::spec as route;
+
 pub type Labels = BTreeMap<String, String>;
 
 #[derive(Debug, Deserialize)]
@@ -31,7 +33,9 @@ pub struct MeshFile {
     #[serde(default)]
     pub authorization_policies: Vec<PolicySpec>,
     #[serde(default)]
-    pub routes: Vec<RouteSpec>,
+    pub http_routes: Vec<HttpRouteItem>,
+    #[serde(default)]
+    pub grpc_routes: Vec<GrpcRouteItem>,
 }
 
 /// Spelt as the `ambit.io/mtls-mode` label's values.
@@ -224,101 +228,36 @@ pub struct DestinationSpec {
     pub headers: Vec<HeaderValuesSpec>,
 }
 
+/// An HTTPRoute: its metadata's name, namespace and annotations, then its `spec` fields, in
+/// Gateway API's shape (see `source::routes::spec`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub enum StringMatchSpec {
-    Exact(String),
-    Prefix(String),
-    Regex(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderMatchSpec {
-    pub name: String,
-    pub value: StringMatchSpec,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteMatchSpec {
-    pub path: Option<StringMatchSpec>,
-    #[serde(default)]
-    pub method: String,
-    #[serde(default)]
-    pub headers: Vec<HeaderMatchSpec>,
-}
-
-fn default_weight() -> u32 {
-    1
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BackendSpec {
-    /// Service hostname, `<name>.<namespace>.svc.<trust domain>`.
-    pub service: String,
-    pub port: u16,
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RetrySpec {
-    pub attempts: u32,
-    #[serde(default)]
-    pub per_try_timeout_ms: u64,
-    #[serde(default)]
-    pub retry_on: Vec<String>,
-    #[serde(default)]
-    pub backoff_base_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteRuleSpec {
-    #[serde(default)]
-    pub matches: Vec<RouteMatchSpec>,
-    pub backends: Vec<BackendSpec>,
-    pub retry: Option<RetrySpec>,
-    #[serde(default)]
-    pub timeout_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CircuitBreakerSpec {
-    #[serde(default)]
-    pub max_connections: u32,
-    #[serde(default)]
-    pub max_pending_requests: u32,
-    #[serde(default)]
-    pub max_requests: u32,
-    #[serde(default)]
-    pub max_retries: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct OutlierDetectionSpec {
-    #[serde(default, rename = "consecutive5xx")]
-    pub consecutive_5xx: u32,
-    #[serde(default)]
-    pub interval_ms: u64,
-    #[serde(default)]
-    pub base_ejection_ms: u64,
-    #[serde(default)]
-    pub max_ejection_percent: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteSpec {
+pub struct HttpRouteItem {
     pub name: Spanned<String>,
     pub namespace: Spanned<String>,
+    #[serde(default)]
+    pub annotations: Labels,
+    #[serde(default)]
+    pub parent_refs: Vec<Spanned<route::ParentRef>>,
+    #[serde(default)]
     pub hostnames: Vec<String>,
-    pub rules: Vec<RouteRuleSpec>,
-    pub circuit_breaker: Option<CircuitBreakerSpec>,
-    pub outlier_detection: Option<OutlierDetectionSpec>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<route::HttpRule>>,
+}
+
+/// A GRPCRoute, as [`HttpRouteItem`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcRouteItem {
+    pub name: Spanned<String>,
+    pub namespace: Spanned<String>,
+    /// `retry.ambit.io/*` and `timeout.ambit.io/*`: what Gateway API has no GRPCRoute field for.
+    #[serde(default)]
+    pub annotations: Labels,
+    #[serde(default)]
+    pub parent_refs: Vec<Spanned<route::ParentRef>>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<route::GrpcRule>>,
 }

@@ -294,9 +294,226 @@ fn the_readme_example_is_a_valid_mesh() {
     let reviews = m.service(&ObjectKey::new("demo", "reviews")).unwrap();
     assert_eq!(reviews.endpoints, [ObjectKey::new("demo", "reviews-v1")]);
     assert_eq!(
-        reviews.waypoint, None,
-        "the service opts out of its namespace's waypoint"
+        reviews.waypoint,
+        Some(ObjectKey::new("demo", "demo-wp")),
+        "the service uses its namespace's waypoint"
     );
+    let route = m.routes().next().unwrap();
     assert_eq!(m.routes().count(), 1);
+    assert_eq!(route.rules.len(), 2);
+    assert_eq!(route.rules[1].retry.as_ref().unwrap().codes, [503]);
     assert_eq!(m.waypoints().count(), 1);
+}
+
+/// Services for the routes below, which start at line 11.
+const ROUTED: &str = "\
+namespaces:
+  - name: demo
+    labels: {ambit.io/dataplane-mode: ambient, ambit.io/use-waypoint: demo-wp}
+nodes: [{name: node-a}]
+waypoints: [{name: demo-wp, namespace: demo, node: node-a, ipv4: 10.244.1.100}]
+services:
+  - {name: reviews, namespace: demo, ports: [{port: 9080, appProtocol: http}]}
+  - {name: reviews-v1, namespace: demo, ports: [{port: 9080, appProtocol: http}]}
+  - {name: reviews-v2, namespace: demo, ports: [{port: 9080, appProtocol: http}]}
+  - {name: grpc, namespace: demo, ports: [{port: 50051, appProtocol: grpc}]}
+";
+
+/// The canary of the issue and of the report: 90/10 between the versions, `x-canary: 1`
+/// pinned to v2.
+const CANARY: &str = r#"httpRoutes:
+  - name: reviews
+    namespace: demo
+    parentRefs:
+      - {group: "", kind: Service, name: reviews}
+    rules:
+      - matches:
+          - headers: [{name: x-canary, value: "1"}]
+        backendRefs:
+          - {name: reviews-v2, port: 9080}
+      - backendRefs:
+          - {name: reviews-v1, port: 9080, weight: 90}
+          - {name: reviews-v2, port: 9080, weight: 10}
+"#;
+
+fn one_route(text: &str) -> ambit_proto::api::route::Route {
+    let file = parse(text, "test.yaml").unwrap();
+    let routes: Vec<_> = file.model.routes().cloned().collect();
+    assert_eq!(routes.len(), 1);
+    routes.into_iter().next().unwrap()
+}
+
+#[test]
+fn the_canary_route_splits_90_10_and_pins_the_header() {
+    use ambit_proto::api::route::value_match::Kind;
+    let route = one_route(&format!("{ROUTED}{CANARY}"));
+    let host = |s: &str| format!("{s}.demo.svc.cluster.local");
+    assert_eq!(
+        (route.namespace.as_str(), route.name.as_str()),
+        ("demo", "reviews")
+    );
+    assert_eq!(route.parents.len(), 1);
+    assert_eq!(
+        (route.parents[0].service.clone(), route.parents[0].port),
+        (host("reviews"), 0)
+    );
+    let pin = &route.rules[0];
+    assert_eq!(pin.matches[0].headers[0].name, "x-canary");
+    assert_eq!(
+        pin.matches[0].headers[0].value.as_ref().unwrap().kind,
+        Some(Kind::Exact("1".into()))
+    );
+    assert_eq!(
+        (pin.backends[0].service.clone(), pin.backends[0].weight),
+        (host("reviews-v2"), 1)
+    );
+    let split: Vec<(String, u32, u32)> = route.rules[1]
+        .backends
+        .iter()
+        .map(|b| (b.service.clone(), b.port, b.weight))
+        .collect();
+    assert_eq!(
+        split,
+        [
+            (host("reviews-v1"), 9080, 90),
+            (host("reviews-v2"), 9080, 10)
+        ]
+    );
+    assert!(
+        route.rules[1].matches.is_empty(),
+        "no matches: every request"
+    );
+}
+
+#[test]
+fn grpc_routes_read_the_same_shape_with_annotations_for_retries() {
+    let route = one_route(&format!(
+        "{ROUTED}{}",
+        r#"grpcRoutes:
+  - name: grpc
+    namespace: demo
+    annotations:
+      retry.ambit.io/grpc-codes: unavailable,deadline-exceeded
+      retry.ambit.io/attempts: "3"
+      timeout.ambit.io/request: 2s
+    parentRefs: [{group: "", kind: Service, name: grpc, port: 50051}]
+    rules:
+      - matches: [{method: {service: demo.Health, method: Check}}]
+        filters:
+          - {type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-via, value: waypoint}]}}
+        backendRefs: [{name: grpc, port: 50051}]
+"#
+    ));
+    assert_eq!(route.parents[0].port, 50051);
+    let rule = &route.rules[0];
+    assert_eq!(
+        rule.matches[0].path.as_ref().unwrap().kind,
+        Some(ambit_proto::api::route::path_match::Kind::Exact(
+            "/demo.Health/Check".into()
+        ))
+    );
+    let retry = rule.retry.as_ref().unwrap();
+    assert_eq!(
+        (retry.attempts, retry.grpc_codes.as_slice()),
+        (3, [14, 4].as_slice())
+    );
+    assert_eq!(rule.request_timeout_ms, 2000);
+    assert_eq!(
+        rule.request_header_modifier.as_ref().unwrap().add[0].value,
+        "waypoint"
+    );
+}
+
+#[test]
+fn route_problems_are_reported_at_their_lines() {
+    // (replacement of part of CANARY, expected line, expected text); CANARY starts at line 11.
+    let cases = [
+        (
+            (
+                "{name: reviews-v1, port: 9080, weight: 90}",
+                "{name: reviews-v9, port: 9080, weight: 90}",
+            ),
+            22,
+            "rules[1].backendRefs[0] names service demo/reviews-v9",
+        ),
+        (
+            (
+                "      - backendRefs:\n",
+                "      - timeouts: {request: soon}\n        backendRefs:\n",
+            ),
+            21,
+            "rules[1].timeouts.request \"soon\" is not a Gateway API duration",
+        ),
+        (
+            (
+                "          - headers:",
+                "          - path: {type: RegularExpression, value: \"(\"}\n            headers:",
+            ),
+            17,
+            "rules[0].matches[0].path: regular expression",
+        ),
+        (
+            (
+                "      - backendRefs:\n",
+                "      - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews, port: 9080}}}]\n        backendRefs:\n",
+            ),
+            21,
+            "rules[1].filters[0]: RequestMirror filters are not supported",
+        ),
+        (
+            (
+                "{group: \"\", kind: Service, name: reviews}",
+                "{name: some-gateway}",
+            ),
+            15,
+            "parentRefs[0] is not a Service",
+        ),
+        (
+            (
+                "{group: \"\", kind: Service, name: reviews}",
+                "{group: \"\", kind: Service, name: ratings}",
+            ),
+            15,
+            "parentRefs[0] names service demo/ratings, which does not exist",
+        ),
+        (
+            (
+                "    parentRefs:\n      - {group: \"\", kind: Service, name: reviews}\n",
+                "",
+            ),
+            12,
+            "it has no parentRefs",
+        ),
+    ];
+    for ((from, to), line, text) in cases {
+        assert!(CANARY.contains(from), "{from}");
+        let found = problems(&format!("{ROUTED}{}", CANARY.replace(from, to)));
+        assert!(
+            found.iter().any(|(l, p)| *l == Some(line)
+                && p.contains(text)
+                && p.contains("route demo/reviews")),
+            "{text} at {line}: {found:?}"
+        );
+    }
+    // Unknown fields are refused by the parser, at their line.
+    let (line, text) = syntax(&format!(
+        "{ROUTED}{}",
+        CANARY.replace(
+            "      - backendRefs:\n",
+            "      - mirror: {}\n        backendRefs:\n"
+        )
+    ));
+    assert_eq!(line, Some(21), "{text}");
+    assert!(text.contains("mirror"), "{text}");
+    // An HTTPRoute and a GRPCRoute share one name space.
+    let twice = format!(
+        "{ROUTED}{CANARY}grpcRoutes:\n  - name: reviews\n    namespace: demo\n    parentRefs: [{{group: \"\", kind: Service, name: grpc}}]\n"
+    );
+    let found = problems(&twice);
+    assert!(
+        found
+            .iter()
+            .any(|(l, p)| *l == Some(25) && p.contains("declared twice")),
+        "{found:?}"
+    );
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -151,6 +152,7 @@ struct Caches {
     endpoint_slices: Reflector<EndpointSlice>,
     gateways: Reflector<Gateway>,
     http_routes: Reflector<HttpRoute>,
+    grpc_routes: Reflector<GrpcRoute>,
     policies: Reflector<AuthorizationPolicy>,
 }
 
@@ -174,6 +176,12 @@ impl Caches {
                 changed.clone(),
                 stop.clone(),
             ),
+            grpc_routes: reflect(
+                client.clone(),
+                UnlessNotInstalled,
+                changed.clone(),
+                stop.clone(),
+            ),
             policies: reflect(
                 client.clone(),
                 UnlessNotInstalled,
@@ -191,6 +199,7 @@ impl Caches {
             endpoint_slices: self.endpoint_slices.store.state(),
             gateways: self.gateways.store.state(),
             http_routes: self.http_routes.store.state(),
+            grpc_routes: self.grpc_routes.store.state(),
             policies: self.policies.store.state(),
         }
     }
@@ -203,6 +212,7 @@ impl Caches {
         self.endpoint_slices.wait().await;
         self.gateways.wait().await;
         self.http_routes.wait().await;
+        self.grpc_routes.wait().await;
         self.policies.wait().await;
     }
 
@@ -215,6 +225,7 @@ impl Caches {
             (self.endpoint_slices.settled(), &self.endpoint_slices.kind),
             (self.gateways.settled(), &self.gateways.kind),
             (self.http_routes.settled(), &self.http_routes.kind),
+            (self.grpc_routes.settled(), &self.grpc_routes.kind),
             (self.policies.settled(), &self.policies.kind),
         ];
         let pending: Vec<&str> = kinds
@@ -225,7 +236,7 @@ impl Caches {
         pending.join(", ")
     }
 
-    fn tasks(self) -> [JoinHandle<()>; 7] {
+    fn tasks(self) -> [JoinHandle<()>; 8] {
         [
             self.namespaces.task,
             self.pods.task,
@@ -233,6 +244,7 @@ impl Caches {
             self.endpoint_slices.task,
             self.gateways.task,
             self.http_routes.task,
+            self.grpc_routes.task,
             self.policies.task,
         ]
     }

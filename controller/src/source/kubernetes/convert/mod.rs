@@ -7,7 +7,7 @@
 //! - `endpoints`: the EndpointSlices of services without selector;
 //! - `waypoints`: Gateways of class `ambit-waypoint` and their pods;
 //! - `policies`: Ambit's AuthorizationPolicy;
-//! - `routes`: HTTPRoutes attached to services or waypoints.
+//! - `routes`: HTTPRoutes and GRPCRoutes attached to services (through `source::routes`).
 
 mod endpoints;
 mod policies;
@@ -20,6 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -50,6 +51,7 @@ pub struct Objects {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub gateways: Vec<Arc<Gateway>>,
     pub http_routes: Vec<Arc<HttpRoute>>,
+    pub grpc_routes: Vec<Arc<GrpcRoute>>,
     pub policies: Vec<Arc<crd::AuthorizationPolicy>>,
 }
 
@@ -134,10 +136,21 @@ pub fn convert(objects: &Objects, trust_domain: &str) -> Input {
             input.policies.push(policy);
         }
     }
-    let context =
-        routes::RouteContext::new(&input.namespaces, &input.services, &gateways, trust_domain);
+    let context = crate::source::routes::RouteContext::new(
+        &input.namespaces,
+        &input.services,
+        &gateways,
+        trust_domain,
+    );
+    let mut http_names = BTreeSet::new();
     for r in &objects.http_routes {
-        if let Some(route) = routes::route(r, &context, skips) {
+        if let Some(route) = routes::http_route(r, &context, skips) {
+            http_names.insert((route.namespace.clone(), route.name.clone()));
+            input.routes.push(route);
+        }
+    }
+    for r in &objects.grpc_routes {
+        if let Some(route) = routes::grpc_route(r, &context, &http_names, skips) {
             input.routes.push(route);
         }
     }
