@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_discovery::{CaClient, ControllerLink, ProxyState};
 use ambit_proto::control;
 use ambit_proto::drain::{self, DrainTrigger};
 use ambit_proto::hbone::ConnectionLimits;
@@ -13,16 +14,15 @@ use anyhow::Context;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminPort, AdminState};
-use crate::ca_client::CaClient;
+use ambit_discovery::admin::{self, AdminPort};
+
+use crate::admin::AdminState;
 use crate::config::Config;
 use crate::connections::ConnectionTracker;
-use crate::controller_link::ControllerLink;
 use crate::metrics::Metrics;
 use crate::pods::{PodSettings, Pods};
 use crate::proxy::ProxyContext;
-use crate::state::ProxyState;
-use crate::xds::{Applier, XdsClient};
+use crate::xds::{self, Applier};
 use crate::{local_config, node_agent};
 
 /// How long past the drain timeout shutdown waits for pods' forced closes.
@@ -56,7 +56,7 @@ impl Ztunnel {
             &config.controller,
             controller_identity,
             &bundle,
-            &config.node,
+            Some(&config.node),
             config.token_file.clone(),
         )
         .context("setting up the link to the controller (--controller)")?;
@@ -135,12 +135,7 @@ impl Ztunnel {
                 tokio::spawn(local_config::watch(path.clone(), applier, watch));
             }
             None => {
-                let xds = XdsClient {
-                    link,
-                    node: config.node.clone(),
-                    applier,
-                };
-                tokio::spawn(xds.run(watch));
+                tokio::spawn(xds::client(link, &config.node, applier).run(watch));
             }
         }
         tracing::info!(node = %config.node, controller = %config.controller, socket = %socket.display(), "ztunnel started");

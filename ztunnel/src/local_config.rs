@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ambit_discovery::Apply;
 use ambit_proto::api::discovery::{Resource, SubscribeResponse, resource::Kind};
 use ambit_proto::api::{security, workload};
 use ambit_proto::drain::DrainWatch;
@@ -319,7 +320,7 @@ mod tests {
             .collect();
         let response = parse(&doc, Path::new("example.yaml")).unwrap();
         assert_eq!(response.resources.len(), 3);
-        let mut state = crate::state::ProxyState::default();
+        let mut state = ambit_discovery::ProxyState::default();
         state.apply(&response).unwrap();
         assert!(state.workload("w1").is_some());
     }

@@ -216,7 +216,7 @@ static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Every counter ztunnel records, with its HELP text.
-const DESCRIPTIONS: [(&str, &str); 10] = [
+const DESCRIPTIONS: [(&str, &str); 11] = [
     (
         "ambit_hbone_connections",
         "HBONE server connections held now, handshaking or established (gauge)",
@@ -256,6 +256,10 @@ const DESCRIPTIONS: [(&str, &str); 10] = [
     (
         "ambit_connection_failures_total",
         "Connections ztunnel refused or could not carry, by reason",
+    ),
+    (
+        "ambit_inbound_enforced_by_waypoint_total",
+        "Inbound tunnels from the destination's waypoint, whose authorization policies that waypoint enforced upstream, by waypoint",
     ),
 ];
 
@@ -314,6 +318,20 @@ impl Metrics {
         let mut l = labels.labels(reason.response_flag());
         l.push(Label::new("reason", reason.as_str()));
         self.counter("ambit_connection_failures_total", l)
+            .increment(1);
+    }
+
+    /// An inbound tunnel from `waypoint` (`<namespace>/<name>`), the waypoint the destination
+    /// uses: the destination's authorization policies were enforced there, on the original
+    /// client's identity, so this side allowed it without judging the waypoint's identity.
+    pub fn enforced_by_waypoint(&self, labels: &ConnectionLabels, waypoint: &str) {
+        let d = &labels.destination;
+        let l = vec![
+            Label::new("waypoint", waypoint.to_string()),
+            Label::new("destination_workload", d.workload.clone()),
+            Label::new("destination_workload_namespace", d.namespace.clone()),
+        ];
+        self.counter("ambit_inbound_enforced_by_waypoint_total", l)
             .increment(1);
     }
 
@@ -376,6 +394,7 @@ mod tests {
         let m = Metrics::new();
         m.connection_opened(&labels()).closed(100, 42);
         m.connection_failed(&labels(), FailureReason::PolicyDenied);
+        m.enforced_by_waypoint(&labels(), "demo/waypoint");
         let text = m.render(&ConnectionLimits::default());
         for expected in [
             "istio_tcp_connections_opened_total{",
@@ -392,6 +411,8 @@ mod tests {
             "# HELP ambit_connection_failures_total",
             "ambit_hbone_connections_refused_total{limit=\"connections_per_identity\"} 0",
             "ambit_hbone_connections 0",
+            "# HELP ambit_inbound_enforced_by_waypoint_total",
+            "ambit_inbound_enforced_by_waypoint_total{waypoint=\"demo/waypoint\",destination_workload=\"reviews-v1\",destination_workload_namespace=\"demo\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

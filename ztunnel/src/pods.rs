@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_discovery::state::{Protocol, Workload};
 use ambit_proto::drain::{self, DrainOutcome, DrainTrigger};
 use ambit_proto::hbone::{
     ClientSettings, ConnectionLimits, HboneClient, HboneServer, ServerSettings,
@@ -19,7 +20,6 @@ use parking_lot::Mutex;
 
 use crate::capture::{self, CaptureError, PodDialer, PodNetns, rules};
 use crate::proxy::{InboundHandler, PodContext, ProxyContext, serve_outbound, serve_plaintext};
-use crate::state::{Protocol, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {

@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_discovery::{ControllerLink, ProxyState};
 use ambit_proto::control;
 use ambit_proto::drain;
 use ambit_proto::response_parts::Reassembly;
-use ambit_ztunnel::controller_link::ControllerLink;
-use ambit_ztunnel::state::ProxyState;
-use ambit_ztunnel::xds::{Applier, XdsClient};
+use ambit_ztunnel::xds::{self, Applier};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -66,20 +65,17 @@ async fn ztunnels_discovery_client_applies_the_parts_as_one_update() {
         &c.server.url,
         identity,
         &c.ca.trust_bundle(),
-        "node-0",
+        Some("node-0"),
         None,
     )
     .unwrap();
     let state = Arc::new(RwLock::new(ProxyState::default()));
     let (applied, mut updates) = watch::channel(0);
-    let client = XdsClient {
-        link,
-        node: "node-0".into(),
-        applier: Arc::new(Applier {
-            state: state.clone(),
-            applied,
-        }),
-    };
+    let applier = Arc::new(Applier {
+        state: state.clone(),
+        applied,
+    });
+    let client = xds::client(link, "node-0", applier);
     let (_stop, drain) = drain::channel();
     tokio::spawn(client.run(drain));
     tokio::time::timeout(Duration::from_secs(10), updates.wait_for(|n| *n > 0))
@@ -90,7 +86,7 @@ async fn ztunnels_discovery_client_applies_the_parts_as_one_update() {
     // the state only the last part's.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(*updates.borrow(), 1);
-    let mut held: Vec<String> = state.read().versions().keys().cloned().collect();
+    let mut held: Vec<String> = state.read().known_versions().into_keys().collect();
     held.sort();
     assert_eq!(held, node0_scope());
 }

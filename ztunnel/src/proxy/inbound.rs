@@ -1,10 +1,13 @@
 //! Inbound: tunnels arriving over HBONE on 15008 (identity proven by mTLS), and plaintext
 //! connections from outside the mesh redirected to 15006. Both pass L4 authorization, then
-//! are delivered to the app inside the pod's namespace.
+//! are delivered to the app inside the pod's namespace. A tunnel from the waypoint the
+//! destination uses was authorized at that waypoint (against the original client) and is not
+//! judged again by the waypoint's own identity; it is counted as enforced upstream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ambit_discovery::state::{Decision, PolicySource, Workload};
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
 use ambit_proto::identity::SpiffeId;
@@ -16,7 +19,6 @@ use super::{PodContext, ProxyContext, accept_loop, labels, peer_labels};
 use crate::capture::{PROXY_PORTS, original_destination};
 use crate::connections::{ConnectionInfo, Direction};
 use crate::metrics::{ConnectionLabels, FailureReason, PeerLabels, Reporter, Security};
-use crate::state::{Decision, PolicySource, Workload};
 
 pub struct InboundHandler {
     pub pod: Arc<PodContext>,
@@ -27,6 +29,9 @@ pub struct InboundHandler {
 struct Admission {
     labels: ConnectionLabels,
     outcome: Result<Arc<Workload>, Refusal>,
+    /// The waypoint the tunnel came from, when that waypoint serves the destination and so
+    /// already enforced its authorization policies on the original client's identity.
+    enforced_by: Option<Arc<str>>,
 }
 
 struct Refusal {
@@ -77,6 +82,7 @@ fn admit(
                 reason: format!("pod {} is not in ztunnel's config", pod.uid),
                 why: FailureReason::UnknownSource,
             }),
+            enforced_by: None,
         };
     };
     let labels = labels(
@@ -86,6 +92,11 @@ fn admit(
         state.service_of(&workload.uid, target.port()).map(|s| &**s),
         security,
     );
+    // Behind a waypoint, the peer is the waypoint, not the client: the waypoint judged the
+    // client against this workload's policies, which would refuse the waypoint's own identity.
+    let enforced_by = identity
+        .and_then(|id| state.enforcing_waypoint(&workload, id))
+        .map(|w| w.key.clone());
     // Port checks first: a connection aimed at ztunnel's own listeners would be dialled
     // straight back into them, each dial making another (a loop any outsider could start).
     let refusal = if PROXY_PORTS.contains(&target.port()) {
@@ -106,6 +117,8 @@ fn admit(
             ),
             why: FailureReason::StrictMtls,
         })
+    } else if enforced_by.is_some() {
+        None
     } else {
         match state.authorize(
             &workload,
@@ -130,6 +143,7 @@ fn admit(
             Some(r) => Err(r),
             None => Ok(workload),
         },
+        enforced_by,
     }
 }
 
@@ -138,7 +152,11 @@ impl TunnelHandler for InboundHandler {
         let (pod, ctx) = (&self.pod, &self.ctx);
         let peer = request.peer_addr;
         let target = request.authority;
-        let Admission { labels: l, outcome } = admit(ctx, pod, Some(&request.peer), peer, target);
+        let Admission {
+            labels: l,
+            outcome,
+            enforced_by,
+        } = admit(ctx, pod, Some(&request.peer), peer, target);
         let workload = match outcome {
             Ok(w) => w,
             Err(refusal) => {
@@ -150,6 +168,10 @@ impl TunnelHandler for InboundHandler {
                 return;
             }
         };
+        if let Some(waypoint) = &enforced_by {
+            tracing::debug!(pod = %pod.uid, %peer, identity = %request.peer, %target, %waypoint, "allowed inbound tunnel: authorization enforced upstream by waypoint {waypoint}");
+            ctx.metrics.enforced_by_waypoint(&l, waypoint);
+        }
         let tracked = ctx.connections.track(ConnectionInfo {
             source_identity: Some(request.peer.to_string()),
             destination_workload: Some(workload.uid.to_string()),
@@ -231,7 +253,10 @@ async fn handle_plaintext(
             return;
         }
     };
-    let Admission { labels: l, outcome } = admit(ctx, pod, None, peer, target);
+    // Plaintext has no identity, so it never comes from a waypoint.
+    let Admission {
+        labels: l, outcome, ..
+    } = admit(ctx, pod, None, peer, target);
     let workload = match outcome {
         Ok(w) => w,
         Err(refusal) => {

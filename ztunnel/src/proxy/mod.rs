@@ -5,6 +5,7 @@ mod health;
 mod inbound;
 mod outbound;
 mod splice;
+mod upstream;
 
 pub use health::EndpointHealth;
 pub use inbound::{InboundHandler, serve_plaintext};
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ambit_discovery::state::{ProxyState, Service, Workload};
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::HboneClient;
 use ambit_proto::identity::{CertManager, SpiffeId};
@@ -27,7 +29,6 @@ use crate::connections::ConnectionTracker;
 use crate::metrics::{
     ConnectionLabels, Metrics, PeerLabels, Reporter, Security, ServiceLabels, UNKNOWN,
 };
-use crate::state::{ProxyState, Service, Workload};
 
 /// Log lines a peer can cause (each refused connection) are limited to this many a second
 /// per kind; the metrics count every one.

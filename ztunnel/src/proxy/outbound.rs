@@ -7,17 +7,18 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ambit_discovery::state::{Service, Workload};
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{ConnectRequest, HBONE_PORT, HboneError};
 use ambit_proto::identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::splice::{carry, reset};
+use super::upstream::{Upstream, resolve};
 use super::{PodContext, ProxyContext, accept_loop, labels, peer_labels};
 use crate::capture::{PROXY_PORTS, original_destination};
 use crate::connections::{ConnectionInfo, Direction, TrackedConnection};
 use crate::metrics::{ConnectionLabels, FailureReason, PeerLabels, Reporter, Security};
-use crate::state::{Service, Upstream, Workload};
 
 /// Attempts per connection: the first endpoint, and one other if the first is unreachable.
 const ATTEMPTS: usize = 2;
@@ -136,10 +137,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         })
     };
     for attempt in 1..=ATTEMPTS {
-        let upstream = ctx
-            .state
-            .read()
-            .resolve(dst, &source.identity, |ip| ctx.health.is_ejected(ip));
+        let upstream = resolve(&ctx.state.read(), dst, &source.identity, |ip| {
+            ctx.health.is_ejected(ip)
+        });
         let last = attempt == ATTEMPTS;
         let outcome = match upstream {
             Upstream::Hbone {
@@ -366,11 +366,13 @@ fn endpoint_unreachable(e: &HboneError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use ambit_discovery::testing::meshed_workload;
+
     use super::*;
 
     #[test]
     fn tunnel_requests() {
-        let client = Workload::for_tests("client", &["10.244.1.2"]);
+        let client = meshed_workload("client", &["10.244.1.2"]);
         let id = |sa: &str| SpiffeId::new("cluster.local", "demo", sa).unwrap();
         let peer: SocketAddr = "10.244.1.2:40000".parse().unwrap();
         // (via, its identity, target, expected endpoint)
@@ -421,7 +423,7 @@ mod tests {
 
     #[test]
     fn only_the_pods_own_proxy_ports_are_loops() {
-        let w = Workload::for_tests("client", &["10.244.1.2", "fd00:10:244:1::2"]);
+        let w = meshed_workload("client", &["10.244.1.2", "fd00:10:244:1::2"]);
         let table = [
             ("10.244.1.2:15001", true),
             ("10.244.1.2:15006", true),

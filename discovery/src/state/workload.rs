@@ -1,7 +1,8 @@
-//! Workloads and services as ztunnel holds them: validated once when config arrives, so the
-//! data path never parses an address or an identity.
+//! Workloads as the proxies hold them: validated once when config arrives, so the data path
+//! never parses an address or an identity.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
@@ -9,15 +10,17 @@ use ambit_proto::identity::SpiffeId;
 use super::StateError;
 use super::waypoint::waypoint_key;
 
+/// How a workload is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// Meshed: reached over HBONE at <address>:15008.
+    /// Meshed: reached over HBONE at `<address>:15008`.
     Hbone,
     /// Outside the mesh: plain TCP.
     Tcp,
 }
 
 impl Protocol {
+    /// The name shown in config dumps.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Hbone => "HBONE",
@@ -26,9 +29,11 @@ impl Protocol {
     }
 }
 
+/// A pod (or other workload) of the mesh, checked.
 #[derive(Debug)]
 pub struct Workload {
-    pub uid: Box<str>,
+    /// Its stable id, `<cluster>//Pod/<namespace>/<name>`; also its key in the state.
+    pub uid: Arc<str>,
     pub name: Box<str>,
     pub namespace: Box<str>,
     pub node: Box<str>,
@@ -36,17 +41,18 @@ pub struct Workload {
     pub protocol: Protocol,
     pub identity: SpiffeId,
     pub healthy: bool,
-    /// "<namespace>/<name>" of the authorization policies that select this workload.
+    /// `<namespace>/<name>` of the authorization policies that select this workload.
     pub authorization_policies: Box<[Box<str>]>,
     pub canonical_name: Box<str>,
     pub canonical_revision: Box<str>,
     /// Plaintext from outside the mesh is refused (`ambit.io/mtls-mode: strict`).
     pub strict_mtls: bool,
-    /// "<namespace>/<name>" of the waypoint traffic addressed to this workload goes through.
+    /// `<namespace>/<name>` of the waypoint traffic addressed to this workload goes through.
     pub waypoint: Option<Box<str>>,
 }
 
 impl Workload {
+    /// Checks a workload from the wire: uid, addresses, protocol and identity must be valid.
     pub fn from_api(w: &api::Workload) -> Result<Self, StateError> {
         let invalid = |reason: String| StateError::InvalidWorkload {
             uid: w.uid.clone(),
@@ -87,26 +93,11 @@ impl Workload {
             strict_mtls: match api::MtlsMode::try_from(w.mtls_mode) {
                 Ok(api::MtlsMode::Permissive) => false,
                 Ok(api::MtlsMode::Strict) => true,
-                // A mode this ztunnel does not know is stricter than it can tell: fail closed.
+                // A mode this proxy does not know is stricter than it can tell: fail closed.
                 Err(_) => true,
             },
             waypoint: waypoint_key(w.waypoint.as_ref()),
         })
-    }
-
-    /// A meshed workload in `demo` with these addresses, for tests of the data path.
-    #[cfg(test)]
-    pub fn for_tests(name: &str, addresses: &[&str]) -> Self {
-        Workload::from_api(&api::Workload {
-            uid: format!("Kubernetes//Pod/demo/{name}"),
-            name: name.into(),
-            namespace: "demo".into(),
-            service_account: name.into(),
-            addresses: addresses.iter().map(|a| a.to_string()).collect(),
-            protocol: api::Protocol::Hbone as i32,
-            ..Default::default()
-        })
-        .expect("a valid test workload")
     }
 
     /// The name dashboards group by: the canonical service name, else the pod name.
@@ -124,86 +115,6 @@ impl Workload {
             .iter()
             .copied()
             .find(|a| a.is_ipv4() == like.is_ipv4())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServicePort {
-    pub port: u16,
-    pub target_port: u16,
-}
-
-#[derive(Debug)]
-pub struct Service {
-    /// "<namespace>/<name>".
-    pub key: Box<str>,
-    pub name: Box<str>,
-    pub namespace: Box<str>,
-    pub hostname: Box<str>,
-    pub vips: Box<[IpAddr]>,
-    pub ports: Box<[ServicePort]>,
-    pub endpoints: Box<[Box<str>]>,
-    /// "<namespace>/<name>" of the waypoint this service's traffic goes through.
-    pub waypoint: Option<Box<str>>,
-}
-
-impl Service {
-    pub fn from_api(s: &api::Service) -> Result<Self, StateError> {
-        let key = format!("{}/{}", s.namespace, s.name);
-        let invalid = |reason: String| StateError::InvalidService {
-            key: key.clone(),
-            reason,
-        };
-        let vips = parse_ips(&s.addresses, "VIP").map_err(invalid)?;
-        let ports = s
-            .ports
-            .iter()
-            .map(|p| {
-                let port = u16::try_from(p.service_port)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| invalid(format!("port {} is out of range", p.service_port)))?;
-                let target = if p.target_port == 0 {
-                    p.service_port
-                } else {
-                    p.target_port
-                };
-                let target_port = u16::try_from(target)
-                    .map_err(|_| invalid(format!("target port {target} is out of range")))?;
-                Ok(ServicePort { port, target_port })
-            })
-            .collect::<Result<Box<[_]>, _>>()?;
-        Ok(Service {
-            name: s.name.as_str().into(),
-            namespace: s.namespace.as_str().into(),
-            hostname: s.hostname.as_str().into(),
-            vips,
-            ports,
-            endpoints: s
-                .endpoints
-                .iter()
-                .map(|e| e.workload_uid.as_str().into())
-                .collect(),
-            waypoint: waypoint_key(s.waypoint.as_ref()),
-            key: key.into(),
-        })
-    }
-
-    pub fn target_port(&self, port: u16) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.port == port)
-            .map(|p| p.target_port)
-    }
-
-    /// An endpoint among `candidates` (already filtered to healthy ones), at random: a
-    /// shared round-robin counter lets two clients calling in step each see one endpoint
-    /// only.
-    pub fn pick<'a, T>(&self, candidates: &'a [T]) -> Option<&'a T> {
-        if candidates.is_empty() {
-            return None;
-        }
-        candidates.get(fastrand::usize(..candidates.len()))
     }
 }
 

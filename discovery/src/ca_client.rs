@@ -1,13 +1,15 @@
-//! Certificates from the controller's CA: ztunnel asks, on behalf of each local pod's service
-//! account, proving which node it is with its token (see [`crate::controller_link`]).
+//! Certificates from the controller's CA, asked for over the [`ControllerLink`] with its
+//! credentials: a ztunnel asks on behalf of each local pod's service account (its node token
+//! speaks for them), a waypoint for its own identity.
 
 use ambit_proto::api::security::{
     CreateCertificateRequest, certificate_service_client::CertificateServiceClient,
 };
 use ambit_proto::identity::{BoxFuture, CertificateProvider, IdentityError, SpiffeId};
 
-use crate::controller_link::ControllerLink;
+use crate::link::ControllerLink;
 
+/// A [`CertificateProvider`] backed by the controller's CA.
 pub struct CaClient {
     link: ControllerLink,
 }

@@ -1,0 +1,223 @@
+//! The discovery client: one stream to the controller, subscribed as the caller names itself
+//! (a ztunnel for its node, a waypoint as `<namespace>/<name>`). Each response, reassembled
+//! from its parts, is applied whole or refused whole (NACK, with the reason, keeping the old
+//! config); when the controller goes away, the last good config keeps serving and the client
+//! reconnects with backoff, telling the controller what it holds so only differences are
+//! resent.
+//!
+//! What a response is applied to is the caller's: anything that implements [`Apply`].
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_proto::api::discovery::{
+    ProxyKind, SubscribeRequest, SubscribeResponse, Subscriber, discovery_client::DiscoveryClient,
+};
+use ambit_proto::drain::DrainWatch;
+use ambit_proto::response_parts::{PartError, Reassembly};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::ca_client::status_detail;
+use crate::link::{ControllerLink, LinkError};
+
+/// Why a subscription ended; the client reconnects after any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("could not authenticate to the controller at {address}: {source}")]
+    Credentials { address: String, source: LinkError },
+    #[error("the controller at {address} refused the subscription ({:?}): {}", status.code(), status_detail(status))]
+    Subscribe {
+        address: String,
+        status: tonic::Status,
+    },
+    #[error("the config stream from the controller at {address} is broken: {source}")]
+    Parts { address: String, source: PartError },
+    #[error("the stream from the controller at {address} broke ({:?}): {}", status.code(), status_detail(status))]
+    Stream {
+        address: String,
+        status: tonic::Status,
+    },
+}
+
+/// Who takes the config: the proxy's state, behind whatever lock or swap it uses.
+pub trait Apply: Send + Sync {
+    /// Why a response was refused; its text is the NACK's `error_detail`.
+    type Error: Display;
+
+    /// Applies one whole response, all of it or none of it.
+    fn apply(&self, response: &SubscribeResponse) -> Result<(), Self::Error>;
+
+    /// What is held now, `<type>/<name>` to version: sent on reconnect so the controller
+    /// resends only what differs.
+    fn versions(&self) -> HashMap<String, String>;
+}
+
+/// The controller sends responses in parts of about a megabyte (see `response_parts`), but one
+/// resource may be larger than that, and tonic's 4 MiB default is not a limit worth having here.
+/// The controller is authenticated (its identity is pinned), so these bound mistakes, not
+/// attacks.
+pub const MAX_CONFIG_MESSAGE: usize = 256 << 20;
+/// The most one response may hold across its parts: the full state of a 50k-workload mesh is
+/// ~14 MiB.
+pub const MAX_CONFIG_RESPONSE: usize = 1 << 30;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How a proxy names itself to the controller, which scopes what it sends by this: a ztunnel
+/// by its node (`namespace` empty), a waypoint by its name and namespace.
+pub fn subscriber(kind: ProxyKind, name: &str, namespace: &str) -> Subscriber {
+    Subscriber {
+        kind: kind.into(),
+        name: name.into(),
+        namespace: namespace.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// The ACK or NACK for a response, once `applier` has applied it or refused it.
+pub fn answer<A: Apply + ?Sized>(applier: &A, response: &SubscribeResponse) -> SubscribeRequest {
+    let error_detail = match applier.apply(response) {
+        Ok(()) => {
+            tracing::info!(
+                version = %response.system_version,
+                changed = response.resources.len(),
+                removed = response.removed.len(),
+                full = response.full_state,
+                "applied config from the controller"
+            );
+            String::new()
+        }
+        Err(e) => {
+            tracing::warn!(version = %response.system_version, error = %e, "refused config update from the controller (NACK); keeping the previous config");
+            e.to_string()
+        }
+    };
+    SubscribeRequest {
+        subscriber: None,
+        known_versions: Default::default(),
+        response_nonce: response.nonce.clone(),
+        error_detail,
+    }
+}
+
+/// A subscription kept up until drained; see the module docs.
+pub struct Client<A> {
+    link: ControllerLink,
+    subscriber: Subscriber,
+    applier: Arc<A>,
+}
+
+impl<A: Apply> Client<A> {
+    /// Nothing happens until [`Client::run`].
+    pub fn new(link: ControllerLink, subscriber: Subscriber, applier: Arc<A>) -> Self {
+        Client {
+            link,
+            subscriber,
+            applier,
+        }
+    }
+
+    /// Keeps a subscription up until `drain` fires.
+    pub async fn run(self, drain: DrainWatch) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let session = tokio::select! {
+                r = self.session() => r,
+                () = drain.signaled() => return,
+            };
+            match session {
+                Ok(()) => {
+                    tracing::warn!(controller = %self.link.address(), "the controller closed the config stream; reconnecting (serving the last good config meanwhile)")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no config stream; serving the last good config and retrying in {backoff:?}")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = drain.signaled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The subscription's first request: who subscribes, and what it holds already.
+    fn first_request(&self) -> SubscribeRequest {
+        SubscribeRequest {
+            subscriber: Some(self.subscriber.clone()),
+            known_versions: self.applier.versions(),
+            response_nonce: String::new(),
+            error_detail: String::new(),
+        }
+    }
+
+    /// Takes one part; once a response's last part is in, applies the whole response and
+    /// returns the answer to send.
+    fn on_part(
+        &self,
+        parts: &mut Reassembly,
+        part: SubscribeResponse,
+    ) -> Result<Option<SubscribeRequest>, ClientError> {
+        match parts.push(part) {
+            Ok(Some(whole)) => Ok(Some(answer(&*self.applier, &whole))),
+            Ok(None) => Ok(None),
+            Err(source) => Err(ClientError::Parts {
+                address: self.link.address().to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn session(&self) -> Result<(), ClientError> {
+        let address = || self.link.address().to_string();
+        let mut client =
+            DiscoveryClient::new(self.link.channel()).max_decoding_message_size(MAX_CONFIG_MESSAGE);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(self.first_request())
+            .await
+            .expect("the receiver is alive");
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        self.link
+            .authorize(&mut request)
+            .map_err(|source| ClientError::Credentials {
+                address: address(),
+                source,
+            })?;
+        let mut stream = client
+            .subscribe(request)
+            .await
+            .map_err(|status| ClientError::Subscribe {
+                address: address(),
+                status,
+            })?
+            .into_inner();
+        let s = &self.subscriber;
+        tracing::info!(controller = %self.link.address(), kind = ?ProxyKind::try_from(s.kind), name = %s.name, namespace = %s.namespace, "subscribed for config");
+        let mut parts = Reassembly::new(MAX_CONFIG_RESPONSE);
+        loop {
+            let part = stream
+                .message()
+                .await
+                .map_err(|status| ClientError::Stream {
+                    address: address(),
+                    status,
+                })?;
+            let Some(part) = part else {
+                return Ok(());
+            };
+            let Some(answer) = self.on_part(&mut parts, part)? else {
+                continue;
+            };
+            if tx.send(answer).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

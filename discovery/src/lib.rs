@@ -1,0 +1,18 @@
+//! The proxies' side of Ambit's control plane, shared by ztunnel and the waypoint: the TLS link
+//! to the controller and the credentials sent on it ([`link`]), certificates from the
+//! controller's CA ([`ca_client`]), the discovery subscription that keeps a proxy's config
+//! current ([`client`]), and the mesh state that config is applied to, indexed for the data
+//! path's lookups ([`state`]); and the proxy's own endpoints that tools read ([`admin`]).
+
+pub mod admin;
+pub mod ca_client;
+pub mod client;
+pub mod link;
+pub mod state;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use ca_client::CaClient;
+pub use client::{Apply, Client, ClientError};
+pub use link::{ControllerLink, LinkError};
+pub use state::{ProxyState, StateError};

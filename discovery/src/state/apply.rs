@@ -1,0 +1,172 @@
+//! Applying a discovery response to a [`ProxyState`]: the resources are checked, the indexes
+//! rebuilt, and only when all of that succeeded does the new state replace the old one.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::{self as api, resource::Kind};
+
+use super::{Indexes, Policy, ProxyState, Service, StateError, Waypoint, Workload};
+
+impl ProxyState {
+    /// Applies a discovery response: all of it, or none of it.
+    pub fn apply(&mut self, response: &api::SubscribeResponse) -> Result<(), StateError> {
+        *self = self.applied(response)?;
+        Ok(())
+    }
+
+    /// The state `response` makes of this one, which is left as it is: for a proxy that swaps
+    /// the new state in while readers keep using the old one.
+    pub fn applied(&self, response: &api::SubscribeResponse) -> Result<ProxyState, StateError> {
+        let mut next = if response.full_state {
+            ProxyState::default()
+        } else {
+            self.resources()
+        };
+        next.remove(&response.removed);
+        next.add(&response.resources)?;
+        next.indexes = next.index()?;
+        next.system_version = response.system_version.as_str().into();
+        Ok(next)
+    }
+
+    /// A copy of the resources and versions, without the indexes (they are rebuilt anyway).
+    fn resources(&self) -> ProxyState {
+        ProxyState {
+            workloads: self.workloads.clone(),
+            services: self.services.clone(),
+            policies: self.policies.clone(),
+            waypoints: self.waypoints.clone(),
+            routes: self.routes.clone(),
+            versions: self.versions.clone(),
+            system_version: self.system_version.clone(),
+            indexes: Indexes::default(),
+        }
+    }
+
+    fn remove(&mut self, removed: &[api::RemovedResource]) {
+        for r in removed {
+            let name = r.name.as_str();
+            match api::ResourceType::try_from(r.r#type) {
+                Ok(api::ResourceType::Workload) => {
+                    self.workloads.remove(name);
+                }
+                Ok(api::ResourceType::Service) => {
+                    self.services.remove(name);
+                }
+                Ok(api::ResourceType::AuthorizationPolicy) => {
+                    self.policies.remove(name);
+                }
+                Ok(api::ResourceType::WaypointResource) => {
+                    self.waypoints.remove(name);
+                }
+                Ok(api::ResourceType::Route) => {
+                    self.routes.remove(name);
+                }
+                // A type this proxy does not know: nothing of it is held.
+                Ok(api::ResourceType::Unspecified) | Err(_) => {}
+            }
+            self.versions.remove(&*version_key(r.r#type, name));
+        }
+    }
+
+    fn add(&mut self, resources: &[api::Resource]) -> Result<(), StateError> {
+        for resource in resources {
+            let Some(kind) = &resource.kind else {
+                return Err(StateError::EmptyResource {
+                    name: resource.name.clone(),
+                });
+            };
+            let type_key = match kind {
+                Kind::Workload(w) => {
+                    let w = Workload::from_api(w)?;
+                    self.workloads.insert(w.uid.clone(), Arc::new(w));
+                    api::ResourceType::Workload
+                }
+                Kind::Service(s) => {
+                    let s = Service::from_api(s)?;
+                    self.services.insert(s.key.clone(), Arc::new(s));
+                    api::ResourceType::Service
+                }
+                Kind::AuthorizationPolicy(p) => {
+                    let p = Policy::from_api(p)?;
+                    self.policies.insert(p.key.clone(), Arc::new(p));
+                    api::ResourceType::AuthorizationPolicy
+                }
+                Kind::Waypoint(w) => {
+                    let w = Waypoint::from_api(w)?;
+                    self.waypoints.insert(w.key.clone(), Arc::new(w));
+                    api::ResourceType::WaypointResource
+                }
+                Kind::Route(r) => {
+                    // Checked by the waypoint that compiles it; held as sent.
+                    let name: Arc<str> = resource.name.as_str().into();
+                    self.routes.insert(name, Arc::new(r.clone()));
+                    api::ResourceType::Route
+                }
+            };
+            self.versions.insert(
+                version_key(type_key as i32, &resource.name),
+                resource.version.as_str().into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn index(&self) -> Result<Indexes, StateError> {
+        let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
+        for w in self.workloads.values() {
+            for ip in w.addresses.iter() {
+                if let Some(first) = by_ip.insert(*ip, w.clone()) {
+                    return Err(StateError::DuplicateAddress {
+                        address: *ip,
+                        first: first.uid.to_string(),
+                        second: w.uid.to_string(),
+                    });
+                }
+            }
+        }
+        let mut by_vip = HashMap::new();
+        let mut by_hostname: HashMap<Arc<str>, Arc<Service>> = HashMap::new();
+        let mut by_endpoint: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
+        for s in self.services.values() {
+            for vip in s.vips.iter() {
+                by_vip.insert(*vip, s.clone());
+            }
+            if !s.hostname.is_empty() {
+                match by_hostname.entry(s.hostname.as_ref().into()) {
+                    Entry::Vacant(v) => {
+                        v.insert(s.clone());
+                    }
+                    Entry::Occupied(o) => {
+                        return Err(StateError::DuplicateHostname {
+                            hostname: s.hostname.to_string(),
+                            first: o.get().key.to_string(),
+                            second: s.key.to_string(),
+                        });
+                    }
+                }
+            }
+            for uid in s.endpoints.iter() {
+                by_endpoint.entry(uid.clone()).or_default().push(s.clone());
+            }
+        }
+        Ok(Indexes {
+            by_ip,
+            by_vip,
+            by_hostname,
+            by_endpoint: by_endpoint
+                .into_iter()
+                .map(|(uid, services)| (uid, services.into()))
+                .collect(),
+        })
+    }
+}
+
+/// A resource's key in `versions` and `known_versions`: `<type>/<name>`.
+fn version_key(t: i32, name: &str) -> Arc<str> {
+    let type_name = api::ResourceType::try_from(t).map_or("unknown", api::ResourceType::key_name);
+    format!("{type_name}/{name}").into()
+}

@@ -1,0 +1,202 @@
+//! Everything a proxy knows about the mesh, indexed for the lookups the data path makes:
+//! workloads by address, services by VIP and host name, waypoints and policies by key, and the
+//! routes a waypoint compiles. Updated from the discovery stream (or a local file)
+//! all-or-nothing: a bad update is refused whole and the old state stays.
+//!
+//! A [`ProxyState`] is cheap to clone (every entry is shared), so a proxy may build its next
+//! state on a clone ([`ProxyState::applied`]) and swap it in, readers never waiting on that.
+
+mod apply;
+mod policy;
+mod service;
+mod waypoint;
+mod workload;
+
+pub use policy::{Action, Decision, Policy, Source as PolicySource, decide};
+pub use service::{AppProtocol, Service, ServicePort};
+pub use waypoint::Waypoint;
+pub use workload::{Protocol, Workload};
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ambit_proto::api::route::Route;
+use ambit_proto::identity::SpiffeId;
+
+/// Why an update was refused (it is NACKed with this text, and the old state kept).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("workload {uid:?} is invalid: {reason}")]
+    InvalidWorkload { uid: String, reason: String },
+    #[error("service {key:?} is invalid: {reason}")]
+    InvalidService { key: String, reason: String },
+    #[error("authorization policy {key:?} is invalid: {reason}")]
+    InvalidPolicy { key: String, reason: String },
+    #[error("waypoint {key:?} is invalid: {reason}")]
+    InvalidWaypoint { key: String, reason: String },
+    #[error("resource {name:?} has no content")]
+    EmptyResource { name: String },
+    #[error("address {address} is claimed by both workload {first:?} and workload {second:?}")]
+    DuplicateAddress {
+        address: IpAddr,
+        first: String,
+        second: String,
+    },
+    #[error("host name {hostname:?} is claimed by both service {first:?} and service {second:?}")]
+    DuplicateHostname {
+        hostname: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// The mesh as one proxy sees it; see the module docs.
+#[derive(Debug, Default, Clone)]
+pub struct ProxyState {
+    workloads: HashMap<Arc<str>, Arc<Workload>>,
+    services: HashMap<Arc<str>, Arc<Service>>,
+    policies: HashMap<Arc<str>, Arc<Policy>>,
+    waypoints: HashMap<Arc<str>, Arc<Waypoint>>,
+    routes: HashMap<Arc<str>, Arc<Route>>,
+    /// Version of each resource (`<type>/<name>`), sent back on reconnect so the controller
+    /// resends only what changed.
+    versions: HashMap<Arc<str>, Arc<str>>,
+    system_version: Arc<str>,
+    indexes: Indexes,
+}
+
+/// Lookups derived from the resources, rebuilt with every update.
+#[derive(Debug, Default, Clone)]
+struct Indexes {
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
+    by_hostname: HashMap<Arc<str>, Arc<Service>>,
+    /// The services each workload (by uid) is an endpoint of.
+    by_endpoint: HashMap<Arc<str>, Arc<[Arc<Service>]>>,
+}
+
+impl ProxyState {
+    /// The workload with this uid.
+    pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(uid)
+    }
+
+    /// The workload that has this address.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.indexes.by_ip.get(&ip)
+    }
+
+    /// Every workload, in no order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    /// The service with this key (`<namespace>/<name>`).
+    pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    /// The service with this VIP.
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.indexes.by_vip.get(&ip)
+    }
+
+    /// The service with this host name (`reviews.demo.svc.cluster.local`), as routes name
+    /// their backends.
+    pub fn service_by_hostname(&self, hostname: &str) -> Option<&Arc<Service>> {
+        self.indexes.by_hostname.get(hostname)
+    }
+
+    /// Every service, in no order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    /// The services `workload` (a uid) is an endpoint of.
+    pub fn services_of(&self, workload: &str) -> &[Arc<Service>] {
+        self.indexes
+            .by_endpoint
+            .get(workload)
+            .map_or(&[], |s| &s[..])
+    }
+
+    /// The service a connection to `workload`'s `port` most likely came through, for the
+    /// destination side's telemetry (the tunnel names the pod, not the service): one of the
+    /// services `workload` backs with that target port, else any of them.
+    pub fn service_of(&self, workload: &str, port: u16) -> Option<&Arc<Service>> {
+        let services = self.services_of(workload);
+        services
+            .iter()
+            .find(|s| s.ports.iter().any(|p| p.target_port == port))
+            .or_else(|| services.first())
+    }
+
+    /// The waypoint with this key (`<namespace>/<name>`).
+    pub fn waypoint(&self, key: &str) -> Option<&Arc<Waypoint>> {
+        self.waypoints.get(key)
+    }
+
+    /// Every waypoint, in no order.
+    pub fn waypoints(&self) -> impl Iterator<Item = &Arc<Waypoint>> {
+        self.waypoints.values()
+    }
+
+    /// Every authorization policy, in no order.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.values()
+    }
+
+    /// Every route, by resource name (`<namespace>/<name>`), in no order: a waypoint compiles
+    /// them; ztunnel has no use for them.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &Arc<Route>)> {
+        self.routes.iter().map(|(name, r)| (&**name, r))
+    }
+
+    /// The version held of a resource, by its key (`<type>/<name>`, e.g. `service/demo/reviews`).
+    pub fn version(&self, key: &str) -> Option<&str> {
+        self.versions.get(key).map(|v| &**v)
+    }
+
+    /// Every resource held, `<type>/<name>` to version: what a reconnecting proxy tells the
+    /// controller it has (`known_versions`).
+    pub fn known_versions(&self) -> HashMap<String, String> {
+        self.versions
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The version of the whole scope, as the controller named it.
+    pub fn system_version(&self) -> &str {
+        &self.system_version
+    }
+
+    /// The L4 authorization decision for a connection to `workload` on `port`.
+    pub fn authorize(&self, workload: &Workload, source: &PolicySource<'_>, port: u16) -> Decision {
+        let selected = workload
+            .authorization_policies
+            .iter()
+            .filter_map(|key| self.policies.get(&**key));
+        policy::decide(selected, source, port)
+    }
+
+    /// The waypoint `peer` proves to be, if `workload` uses it: its own waypoint, or that of a
+    /// service it is an endpoint of. Traffic from that waypoint was authorized there, against
+    /// the original client's identity, so the destination must not judge it again by the
+    /// waypoint's identity. A waypoint the state does not hold matches no peer.
+    pub fn enforcing_waypoint(
+        &self,
+        workload: &Workload,
+        peer: &SpiffeId,
+    ) -> Option<&Arc<Waypoint>> {
+        let services = self.services_of(&workload.uid);
+        std::iter::once(&workload.waypoint)
+            .chain(services.iter().map(|s| &s.waypoint))
+            .filter_map(|key| self.waypoints.get(&**key.as_ref()?))
+            .find(|w| w.identity == *peer)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+use std::sync::Arc;
+
+use super::*;
+
+fn policy(action: api::Action, rules: Vec<api::Rule>) -> Arc<Policy> {
+    Arc::new(
+        Policy::from_api(&api::AuthorizationPolicy {
+            name: format!("{action:?}").to_lowercase(),
+            namespace: "demo".into(),
+            selector: None,
+            action: action as i32,
+            rules,
+        })
+        .unwrap(),
+    )
+}
+
+fn from_principal(p: &str) -> api::Rule {
+    api::Rule {
+        from: vec![api::Source {
+            principals: vec![p.into()],
+            ..Default::default()
+        }],
+        to: vec![],
+    }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "demo", sa).unwrap()
+}
+
+fn src(identity: Option<&SpiffeId>) -> Source<'_> {
+    Source {
+        identity,
+        ip: "10.244.1.7".parse().unwrap(),
+    }
+}
+
+#[test]
+fn deny_wins_over_allow() {
+    let bad = id("denied-client");
+    let good = id("client");
+    let policies = [
+        policy(
+            api::Action::Allow,
+            vec![from_principal("spiffe://cluster.local/ns/demo/*")],
+        ),
+        policy(api::Action::Deny, vec![from_principal(bad.as_str())]),
+    ];
+    assert!(
+        matches!(decide(policies.iter(), &src(Some(&bad)), 8080), Decision::Deny { policy, .. } if &*policy == "demo/deny")
+    );
+    assert_eq!(
+        decide(policies.iter(), &src(Some(&good)), 8080),
+        Decision::Allow
+    );
+}
+
+#[test]
+fn allow_policies_make_everything_else_denied() {
+    let policies = [policy(
+        api::Action::Allow,
+        vec![from_principal(id("client").as_str())],
+    )];
+    assert_eq!(
+        decide(policies.iter(), &src(Some(&id("client"))), 80),
+        Decision::Allow
+    );
+    assert!(matches!(
+        decide(policies.iter(), &src(Some(&id("other"))), 80),
+        Decision::Deny { .. }
+    ));
+    // Plaintext has no identity, so it cannot match a principal.
+    assert!(matches!(
+        decide(policies.iter(), &src(None), 80),
+        Decision::Deny { .. }
+    ));
+    assert_eq!(decide([].iter(), &src(None), 80), Decision::Allow);
+}
+
+#[test]
+fn policies_without_rules_match_nothing_and_an_empty_rule_matches_everything() {
+    let anyone = id("anyone");
+    let allow_nothing = [policy(api::Action::Allow, vec![])];
+    assert!(matches!(
+        decide(allow_nothing.iter(), &src(Some(&anyone)), 80),
+        Decision::Deny { .. }
+    ));
+    let deny_nothing = [policy(api::Action::Deny, vec![])];
+    assert_eq!(
+        decide(deny_nothing.iter(), &src(Some(&anyone)), 80),
+        Decision::Allow
+    );
+    let deny_all = [policy(api::Action::Deny, vec![api::Rule::default()])];
+    assert!(matches!(
+        decide(deny_all.iter(), &src(None), 80),
+        Decision::Deny { .. }
+    ));
+}
+
+#[test]
+fn ports_namespaces_and_ip_blocks() {
+    let rule = api::Rule {
+        from: vec![api::Source {
+            namespaces: vec!["demo".into()],
+            not_ip_blocks: vec!["10.244.1.0/24".into()],
+            ..Default::default()
+        }],
+        to: vec![api::Destination {
+            ports: vec![8080],
+            ..Default::default()
+        }],
+    };
+    let policies = [policy(api::Action::Deny, vec![rule])];
+    let c = id("client");
+    let inside = src(Some(&c));
+    let outside = Source {
+        identity: Some(&c),
+        ip: "10.244.2.7".parse().unwrap(),
+    };
+    assert_eq!(decide(policies.iter(), &inside, 8080), Decision::Allow);
+    assert!(matches!(
+        decide(policies.iter(), &outside, 8080),
+        Decision::Deny { .. }
+    ));
+    assert_eq!(decide(policies.iter(), &outside, 9090), Decision::Allow);
+}
+
+#[test]
+fn l7_conditions_fail_closed_at_l4() {
+    let l7 = api::Rule {
+        from: vec![],
+        to: vec![api::Destination {
+            methods: vec!["GET".into()],
+            ..Default::default()
+        }],
+    };
+    let allow = [policy(api::Action::Allow, vec![l7.clone()])];
+    assert!(matches!(
+        decide(allow.iter(), &src(Some(&id("c"))), 80),
+        Decision::Deny { .. }
+    ));
+    let deny = [policy(api::Action::Deny, vec![l7])];
+    assert!(matches!(
+        decide(deny.iter(), &src(Some(&id("c"))), 80),
+        Decision::Deny { .. }
+    ));
+}
+
+#[test]
+fn malformed_policies_are_refused() {
+    let bad = api::AuthorizationPolicy {
+        name: "p".into(),
+        namespace: "demo".into(),
+        selector: None,
+        action: 0,
+        rules: vec![api::Rule {
+            from: vec![api::Source {
+                ip_blocks: vec!["10.0.0.0/40".into()],
+                ..Default::default()
+            }],
+            to: vec![],
+        }],
+    };
+    let err = Policy::from_api(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("demo/p") && err.contains("10.0.0.0/40"),
+        "{err}"
+    );
+}

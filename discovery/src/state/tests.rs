@@ -1,0 +1,283 @@
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::{self as api, resource::Kind};
+use ambit_proto::api::workload as wl;
+
+use super::*;
+use crate::testing::{id, response, route, service, uid, using_waypoint, waypoint, workload};
+
+fn reviews() -> api::Resource {
+    service(
+        "reviews",
+        &["10.96.0.10", "fd00:10:96::10"],
+        &["reviews-v1"],
+    )
+}
+
+fn base() -> ProxyState {
+    let mut s = ProxyState::default();
+    s.apply(&response(
+        true,
+        vec![
+            workload(
+                "reviews-v1",
+                &["10.244.1.4", "fd00:10:244:1::4"],
+                wl::Protocol::Hbone,
+            ),
+            workload("legacy", &["10.244.2.3"], wl::Protocol::Tcp),
+            reviews(),
+        ],
+    ))
+    .unwrap();
+    s
+}
+
+fn removal(t: api::ResourceType, name: &str) -> api::RemovedResource {
+    api::RemovedResource {
+        r#type: t as i32,
+        name: name.into(),
+    }
+}
+
+#[test]
+fn services_are_found_by_key_vip_and_host_name() {
+    let s = base();
+    let key = |svc: Option<&Arc<Service>>| svc.map(|s| s.key.to_string());
+    let want = Some("demo/reviews".to_string());
+    assert_eq!(key(s.service("demo/reviews")), want);
+    assert_eq!(key(s.service_by_vip("10.96.0.10".parse().unwrap())), want);
+    assert_eq!(
+        key(s.service_by_vip("fd00:10:96::10".parse().unwrap())),
+        want
+    );
+    assert_eq!(
+        key(s.service_by_hostname("reviews.demo.svc.cluster.local")),
+        want
+    );
+    assert_eq!(key(s.service_by_vip("10.244.1.4".parse().unwrap())), None);
+    assert_eq!(key(s.service_by_hostname("reviews")), None);
+    assert_eq!(key(s.service("reviews")), None);
+}
+
+#[test]
+fn the_destination_side_finds_the_service_of_a_workload() {
+    let mut s = base();
+    s.apply(&response(
+        false,
+        vec![
+            workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone),
+            service("reviews", &["10.96.0.10"], &["reviews-v1", "reviews-v2"]),
+        ],
+    ))
+    .unwrap();
+    let found = |name: &str, port| s.service_of(&uid(name), port).map(|s| s.key.to_string());
+    assert_eq!(found("reviews-v2", 8080).as_deref(), Some("demo/reviews"));
+    // Another port of a workload that backs one service: still that service.
+    assert_eq!(found("reviews-v2", 9999).as_deref(), Some("demo/reviews"));
+    assert_eq!(found("legacy", 8080), None);
+}
+
+#[test]
+fn a_bad_update_is_refused_whole_and_the_old_state_stays() {
+    let mut s = base();
+    let bad = response(
+        false,
+        vec![
+            workload("new-good", &["10.244.1.9"], wl::Protocol::Hbone),
+            workload("new-bad", &["10.244.1.300"], wl::Protocol::Hbone),
+        ],
+    );
+    let err = s.apply(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("new-bad") && err.contains("10.244.1.300"),
+        "{err}"
+    );
+    assert!(
+        s.workload(&uid("new-good")).is_none(),
+        "half of a refused update was applied"
+    );
+    assert!(s.workload(&uid("reviews-v1")).is_some());
+
+    let clash = response(
+        false,
+        vec![workload("impostor", &["10.244.1.4"], wl::Protocol::Hbone)],
+    );
+    let err = s.apply(&clash).unwrap_err().to_string();
+    assert!(err.contains("10.244.1.4"), "{err}");
+    assert!(s.workload(&uid("impostor")).is_none());
+
+    let mut twin = service("twin", &["10.96.0.11"], &[]);
+    if let Some(Kind::Service(t)) = &mut twin.kind {
+        t.hostname = "reviews.demo.svc.cluster.local".into();
+    }
+    let err = s
+        .apply(&response(false, vec![twin]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("reviews.demo.svc.cluster.local") && err.contains("demo/twin"),
+        "{err}"
+    );
+    assert!(s.service("demo/twin").is_none());
+}
+
+#[test]
+fn deltas_add_and_remove_and_versions_follow() {
+    let mut s = base();
+    let mut delta = response(
+        false,
+        vec![workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone)],
+    );
+    delta
+        .removed
+        .push(removal(api::ResourceType::Workload, &uid("legacy")));
+    s.apply(&delta).unwrap();
+    assert!(s.workload(&uid("reviews-v2")).is_some());
+    assert!(s.workload(&uid("legacy")).is_none());
+    assert_eq!(s.version("workload/local//Pod/demo/reviews-v2"), Some("1"));
+    assert_eq!(s.version("workload/local//Pod/demo/legacy"), None);
+    let known = s.known_versions();
+    assert!(known.contains_key("service/demo/reviews"));
+    assert_eq!(known.len(), 3, "{known:?}");
+}
+
+#[test]
+fn routes_are_held_by_name_until_removed() {
+    let mut s = base();
+    let r = route(
+        "reviews-split",
+        &["reviews.demo.svc.cluster.local"],
+        "reviews-v2.demo.svc.cluster.local",
+    );
+    s.apply(&response(false, vec![r])).unwrap();
+    let routes: Vec<_> = s.routes().map(|(name, r)| (name, &*r.name)).collect();
+    assert_eq!(routes, [("demo/reviews-split", "reviews-split")]);
+    assert_eq!(s.version("route/demo/reviews-split"), Some("1"));
+    let mut delta = response(false, vec![]);
+    delta
+        .removed
+        .push(removal(api::ResourceType::Route, "demo/reviews-split"));
+    s.apply(&delta).unwrap();
+    assert_eq!(s.routes().count(), 0);
+    assert_eq!(s.version("route/demo/reviews-split"), None);
+}
+
+#[test]
+fn service_ports_carry_their_app_protocol_and_an_unknown_one_is_refused() {
+    // (app_protocol on the wire, expected)
+    let table = [
+        ("", Some(AppProtocol::Unspecified)),
+        ("tcp", Some(AppProtocol::Tcp)),
+        ("http", Some(AppProtocol::Http)),
+        ("HTTP2", Some(AppProtocol::Http2)),
+        ("grpc", Some(AppProtocol::Grpc)),
+        ("mongo", None),
+    ];
+    for (text, expected) in table {
+        let mut svc = reviews();
+        if let Some(Kind::Service(s)) = &mut svc.kind {
+            s.ports[0].app_protocol = text.into();
+            s.ports[0].name = "web".into();
+        }
+        let mut s = base();
+        match (s.apply(&response(false, vec![svc])), expected) {
+            (Ok(()), Some(p)) => {
+                let port = s
+                    .service("demo/reviews")
+                    .unwrap()
+                    .port(9080)
+                    .unwrap()
+                    .clone();
+                assert_eq!((port.app_protocol, &*port.name), (p, "web"), "{text:?}");
+                assert_eq!(port.target_port, 8080);
+            }
+            (Err(e), None) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("demo/reviews") && e.contains("\"mongo\"") && e.contains("9080"),
+                    "{e}"
+                );
+            }
+            (outcome, _) => panic!("{text:?}: {outcome:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_clone_shares_entries_and_the_next_state_leaves_the_old_one_alone() {
+    let s = base();
+    let copy = s.clone();
+    let (a, b) = (
+        s.workload(&uid("reviews-v1")),
+        copy.workload(&uid("reviews-v1")),
+    );
+    assert!(Arc::ptr_eq(a.unwrap(), b.unwrap()), "entries are shared");
+    let mut delta = response(false, vec![]);
+    delta
+        .removed
+        .push(removal(api::ResourceType::Service, "demo/reviews"));
+    let next = s.applied(&delta).unwrap();
+    assert!(next.service("demo/reviews").is_none());
+    assert!(next.service_by_vip("10.96.0.10".parse().unwrap()).is_none());
+    assert!(
+        s.service("demo/reviews").is_some(),
+        "the old state is as it was"
+    );
+    assert!(s.service_by_vip("10.96.0.10".parse().unwrap()).is_some());
+}
+
+/// reviews-v1 behind reviews; `own` and `via_service` name the waypoint each uses, if any.
+fn behind(own: Option<&str>, via_service: Option<&str>) -> ProxyState {
+    let mut v1 = workload("reviews-v1", &["10.244.1.4"], wl::Protocol::Hbone);
+    if let Some(w) = own {
+        v1 = using_waypoint(v1, w);
+    }
+    let mut svc = reviews();
+    if let Some(w) = via_service {
+        svc = using_waypoint(svc, w);
+    }
+    let mut s = ProxyState::default();
+    let waypoints = [
+        waypoint("waypoint", &["10.244.2.9"]),
+        waypoint("other-waypoint", &["10.244.2.10"]),
+    ];
+    s.apply(&response(
+        true,
+        [v1, svc].into_iter().chain(waypoints).collect(),
+    ))
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_peer_is_the_enforcing_waypoint_only_of_workloads_that_use_it() {
+    // (workload's own waypoint, its service's, peer's service account, expected waypoint)
+    let table = [
+        (Some("waypoint"), None, "waypoint", Some("demo/waypoint")),
+        (None, Some("waypoint"), "waypoint", Some("demo/waypoint")),
+        (
+            Some("other-waypoint"),
+            Some("waypoint"),
+            "waypoint",
+            Some("demo/waypoint"),
+        ),
+        // Another waypoint, the client, or no waypoint at all: judged as any peer.
+        (Some("waypoint"), None, "other-waypoint", None),
+        (Some("waypoint"), Some("waypoint"), "client", None),
+        (None, None, "waypoint", None),
+        // A waypoint the state does not hold proves nothing.
+        (Some("gone"), None, "gone", None),
+    ];
+    for (own, via_service, peer, expected) in table {
+        let s = behind(own, via_service);
+        let w = s.workload(&uid("reviews-v1")).unwrap();
+        let found = s
+            .enforcing_waypoint(w, &id(peer))
+            .map(|w| w.key.to_string());
+        assert_eq!(
+            found.as_deref(),
+            expected,
+            "own {own:?}, via service {via_service:?}, peer {peer}"
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! Where an outbound connection goes: ztunnel's choice, over the shared state. A service or
+//! workload that uses a waypoint is reached through it (fail closed when the waypoint is
+//! missing); a service VIP picks one of its healthy endpoints; a meshed workload is reached
+//! over HBONE; anything else passes through as plain TCP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ambit_discovery::state::{Protocol, ProxyState, Service, Waypoint, Workload};
+use ambit_proto::identity::SpiffeId;
+
+/// Where an outbound connection goes.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// A meshed workload: HBONE to `workload`, tunnel target `target`.
+    Hbone {
+        workload: Arc<Workload>,
+        target: SocketAddr,
+        service: Option<Arc<Service>>,
+    },
+    /// Outside the mesh (or an unmeshed workload): plain TCP to `target`.
+    Passthrough {
+        target: SocketAddr,
+        workload: Option<Arc<Workload>>,
+        service: Option<Arc<Service>>,
+    },
+    /// A service VIP with no healthy endpoint.
+    NoHealthyEndpoint { service: Arc<Service> },
+    /// The service (or workload) uses a waypoint: HBONE to the waypoint, tunnel target the
+    /// original destination (the VIP or pod address and port), as Istio does. `waypoint` is
+    /// `None` when it is not in the config: the connection must be refused, never sent
+    /// around it.
+    Waypoint {
+        key: Box<str>,
+        waypoint: Option<Arc<Waypoint>>,
+        target: SocketAddr,
+        service: Option<Arc<Service>>,
+        workload: Option<Arc<Workload>>,
+    },
+}
+
+/// Where a connection from `from` to `dst` should go. A service or workload that uses a
+/// waypoint is reached through it (except by the waypoint itself). A service's endpoint is
+/// chosen among its healthy ones of the same address family, leaving out those `ejected` says
+/// failed recently unless no other is left (a guess at a recovering endpoint beats a sure
+/// refusal).
+pub fn resolve(
+    state: &ProxyState,
+    dst: SocketAddr,
+    from: &SpiffeId,
+    ejected: impl Fn(IpAddr) -> bool,
+) -> Upstream {
+    let through = |key: &Option<Box<str>>| -> Option<(Box<str>, Option<Arc<Waypoint>>)> {
+        let key = key.as_ref()?;
+        let waypoint = state.waypoint(key).cloned();
+        if waypoint.as_ref().is_some_and(|w| &w.identity == from) {
+            return None;
+        }
+        Some((key.clone(), waypoint))
+    };
+    if let Some(service) = state.service_by_vip(dst.ip()) {
+        if let Some((key, waypoint)) = through(&service.waypoint) {
+            return Upstream::Waypoint {
+                key,
+                waypoint,
+                target: dst,
+                service: Some(service.clone()),
+                workload: None,
+            };
+        }
+        let target_port = service.target_port(dst.port()).unwrap_or(dst.port());
+        let healthy: Vec<(&Arc<Workload>, IpAddr)> = service
+            .endpoints
+            .iter()
+            .filter_map(|uid| state.workload(uid))
+            .filter(|w| w.healthy)
+            .filter_map(|w| Some((w, w.address_like(dst.ip())?)))
+            .collect();
+        let live: Vec<(&Arc<Workload>, IpAddr)> = healthy
+            .iter()
+            .copied()
+            .filter(|(_, ip)| !ejected(*ip))
+            .collect();
+        let candidates = if live.is_empty() { &healthy } else { &live };
+        let Some(&(workload, ip)) = pick(candidates) else {
+            return Upstream::NoHealthyEndpoint {
+                service: service.clone(),
+            };
+        };
+        let target = SocketAddr::new(ip, target_port);
+        return match workload.protocol {
+            Protocol::Hbone => Upstream::Hbone {
+                workload: workload.clone(),
+                target,
+                service: Some(service.clone()),
+            },
+            Protocol::Tcp => Upstream::Passthrough {
+                target,
+                workload: Some(workload.clone()),
+                service: Some(service.clone()),
+            },
+        };
+    }
+    let workload = state.workload_by_ip(dst.ip());
+    if let Some((key, waypoint)) = workload.and_then(|w| through(&w.waypoint)) {
+        return Upstream::Waypoint {
+            key,
+            waypoint,
+            target: dst,
+            service: None,
+            workload: workload.cloned(),
+        };
+    }
+    match workload {
+        Some(w) if w.protocol == Protocol::Hbone => Upstream::Hbone {
+            workload: w.clone(),
+            target: dst,
+            service: None,
+        },
+        other => Upstream::Passthrough {
+            target: dst,
+            workload: other.cloned(),
+            service: None,
+        },
+    }
+}
+
+/// An endpoint among `candidates` (already filtered to healthy ones), at random: a shared
+/// round-robin counter lets two clients calling in step each see one endpoint only.
+fn pick<T>(candidates: &[T]) -> Option<&T> {
+    if candidates.is_empty() {
+        return None;
+    }
+    candidates.get(fastrand::usize(..candidates.len()))
+}
+
+#[cfg(test)]
+mod tests;
