@@ -1,7 +1,27 @@
-//! Ambit waypoint: the per-namespace L7 proxy (routing, splits, retries, timeouts, L7
-//! authorization). Being built: the modules here are its parts, not yet a binary; ztunnel
-//! refuses traffic to services that use a waypoint until one runs.
+//! Ambit waypoint: the per-namespace L7 proxy. One module per layer of the request path, in
+//! its order: [`ingress`] (HBONE, [`destination`], [`detect`]) → [`serve`] (HTTP) →
+//! [`forward`] strings together [`route`] → [`filters`] → [`authz`] → timeouts and [`retry`]
+//! → [`balance`] over [`endpoints`] → [`upstream`]; [`report`] records each request with
+//! [`telemetry`]. Opaque TCP takes [`tcp`]. [`app`] starts it all from [`config`].
 
+pub mod app;
+pub mod authz;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod destination;
 pub mod detect;
+pub mod endpoints;
 pub mod filters;
+pub mod forward;
+pub mod ingress;
+pub mod local_reply;
+pub mod pages;
+pub mod report;
+pub mod retry;
 pub mod route;
+pub mod serve;
+pub mod state;
+pub mod tcp;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,170 @@
+//! Starting and stopping a whole waypoint: its certificate from the CA, its config from the
+//! discovery stream, the HBONE listener, and its own ports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_discovery::client::subscriber;
+use ambit_discovery::{CaClient, Client, ControllerLink};
+use ambit_proto::api::discovery::ProxyKind;
+use ambit_proto::control;
+use ambit_proto::drain::{self, DrainTrigger};
+use ambit_proto::hbone::{HboneClient, HboneServer, TcpDialer};
+use ambit_proto::identity::{CertManager, TrustBundle};
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::forward::Forwarder;
+use crate::ingress::Ingress;
+use crate::pages::Pages;
+use crate::report::Telemetry;
+use crate::state::Store;
+use crate::tcp::TcpForwarder;
+use crate::upstream::Upstream;
+use ambit_discovery::admin::{self, AdminPort};
+
+pub struct Waypoint {
+    trigger: DrainTrigger,
+    drain_timeout: Duration,
+}
+
+impl Waypoint {
+    /// Binds every listener and starts every task; errors name what could not be set up.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let identity = config.identity().context(
+            "the waypoint's identity is invalid (--trust-domain, --namespace, --service-account)",
+        )?;
+        let root_pem = std::fs::read_to_string(&config.root_cert).with_context(|| {
+            format!(
+                "reading the mesh root certificate {} (--root-cert)",
+                config.root_cert.display()
+            )
+        })?;
+        let bundle = TrustBundle::from_pem(&config.trust_domain, &root_pem).with_context(|| {
+            format!("loading the mesh root from {}", config.root_cert.display())
+        })?;
+        let controller_identity = match &config.controller_identity {
+            Some(id) => id.clone(),
+            None => control::default_controller_identity(&config.trust_domain)
+                .context("the trust domain makes no controller identity (--trust-domain)")?,
+        };
+        let link = ControllerLink::new(
+            &config.controller,
+            controller_identity,
+            &bundle,
+            config.node.as_deref(),
+            Some(config.token_file.clone()),
+        )
+        .context("setting up the link to the controller (--controller)")?;
+        let certs = CertManager::new(Arc::new(CaClient::new(link.clone())), bundle.clone());
+        let store = Arc::new(Store::default());
+        let telemetry = Arc::new(Telemetry::default());
+        tokio::spawn(upkeep(telemetry.clone()));
+        let hbone =
+            HboneClient::with_settings(certs.clone(), Arc::new(TcpDialer), config.hbone_client());
+        let upstream = Upstream::new(hbone.clone(), identity.clone(), config.upstream());
+        let forwarder = Arc::new(Forwarder::new(store.clone(), upstream, telemetry.clone()));
+        let tcp = Arc::new(TcpForwarder::new(
+            hbone,
+            identity.clone(),
+            forwarder.clone(),
+            config.connect_timeout,
+            config.upstream().hbone_port,
+        ));
+        let (trigger, watch) = drain::channel();
+
+        let pages = Arc::new(Pages::new(
+            config.key(),
+            identity.clone(),
+            store.clone(),
+            certs.clone(),
+            telemetry,
+        ));
+        for (port, addr) in [
+            (AdminPort::Admin, config.admin_addr),
+            (AdminPort::Metrics, config.metrics_addr),
+            (AdminPort::Readiness, config.readiness_addr),
+        ] {
+            let listener = admin::bind(port, addr).await?;
+            tokio::spawn(admin::serve(listener, port, pages.clone(), watch.clone()));
+        }
+
+        let discovery = Client::new(
+            link,
+            subscriber(ProxyKind::Waypoint, &config.name, &config.namespace),
+            store.clone(),
+        );
+        tokio::spawn(discovery.run(watch.clone()));
+        tokio::spawn(prune(store.applied(), forwarder.clone()));
+
+        // The certificate comes first: without it no client's handshake can finish. A CA that
+        // is not up yet is retried (readiness says so meanwhile).
+        let listener = TcpListener::bind(config.hbone_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening for HBONE on {} (--hbone-addr)",
+                    config.hbone_addr
+                )
+            })?;
+        let server_settings = config.hbone_server();
+        let ingress = Arc::new(Ingress {
+            key: config.key(),
+            forwarder,
+            tcp,
+        });
+        let serve_watch = watch.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            let cert = loop {
+                match certs.watch(&identity).await {
+                    Ok(cert) => break cert,
+                    Err(e) => {
+                        tracing::warn!(identity = %identity, error = %e, "no certificate yet; retrying in {backoff:?}");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = serve_watch.signaled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            match HboneServer::new(cert, &bundle, server_settings) {
+                Ok(server) => server.serve(listener, ingress, serve_watch).await,
+                Err(e) => tracing::error!(error = %e, "cannot serve HBONE with this certificate"),
+            }
+        });
+        tracing::info!(waypoint = %config.key(), identity = %config.identity()?, controller = %config.controller, hbone = %config.hbone_addr, "waypoint started");
+        Ok(Waypoint {
+            trigger,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// Stops accepting, lets open tunnels finish up to the drain timeout, then returns.
+    pub async fn shutdown(self) {
+        tracing::info!(
+            "draining: no new tunnels; open ones get {:?}",
+            self.drain_timeout
+        );
+        let outcome = self.trigger.drain(self.drain_timeout).await;
+        tracing::info!(?outcome, "waypoint stopped");
+    }
+}
+
+/// After each config update, drops per-endpoint state of endpoints that are gone.
+async fn prune(mut applied: tokio::sync::watch::Receiver<u64>, forwarder: Arc<Forwarder>) {
+    while applied.changed().await.is_ok() {
+        forwarder.prune();
+    }
+}
+
+/// Histogram samples are kept raw until folded in: fold them every few seconds.
+async fn upkeep(telemetry: Arc<Telemetry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        telemetry.upkeep();
+    }
+}

@@ -1,0 +1,395 @@
+//! The request path: one request from a client, through its route (match, filters, weighted
+//! backend), its timeouts and retries, authorization on the chosen endpoint, to that endpoint,
+//! and the response back. Each stage is its own module; this one only strings them together
+//! in the order DESIGN.md gives, so a new policy slots in as a stage here.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambit_discovery::state::{AppProtocol, Protocol as WorkloadProtocol, Workload};
+use ambit_proto::identity::SpiffeId;
+use http::{Request, Response, Version, request};
+use hyper::body::Incoming;
+
+use crate::authz;
+use crate::balance::{Balancer, InFlight};
+use crate::body::{self, Body};
+use crate::destination::Destination;
+use crate::endpoints::{Backend, Endpoint};
+use crate::filters;
+use crate::local_reply::{self, FLAGS_HEADER, Flag};
+use crate::report::{Report, Telemetry};
+use crate::retry::policy::{self, Outcome, Policy};
+use crate::retry::{DEFAULT_CAP, ReplayBody, RetryBudget};
+use crate::route::{Lookup, Rule};
+use crate::state::{Snapshot, Store};
+use crate::telemetry::Protocol;
+use crate::upstream::{HttpVersion, Target, Transport, Upstream, UpstreamError};
+
+/// Who a tunnel's requests come from and what they are for; one per tunnel.
+#[derive(Debug)]
+pub struct Downstream {
+    /// The client's identity, proven by the certificate its ztunnel presented for it.
+    pub peer: SpiffeId,
+    /// The client's address (from `forwarded`, else the tunnel's peer address).
+    pub client_addr: SocketAddr,
+    /// The client's workload, when the config knows it (telemetry).
+    pub source: Option<Arc<Workload>>,
+    pub destination: Destination,
+}
+
+/// Why the waypoint answers a request itself.
+#[derive(Debug)]
+pub struct Failure {
+    pub flag: Flag,
+    pub detail: String,
+}
+
+impl Failure {
+    fn new(flag: Flag, detail: String) -> Self {
+        Failure { flag, detail }
+    }
+}
+
+pub struct Forwarder {
+    store: Arc<Store>,
+    upstream: Upstream,
+    balancer: Balancer,
+    budget: RetryBudget,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Forwarder {
+    pub fn new(store: Arc<Store>, upstream: Upstream, telemetry: Arc<Telemetry>) -> Self {
+        Forwarder {
+            store,
+            upstream,
+            balancer: Balancer::new(),
+            budget: RetryBudget::default(),
+            telemetry,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Forgets what is kept per endpoint (load counts, pooled connections) for endpoints that
+    /// left the config; called after each config update.
+    pub fn prune(&self) {
+        let snapshot = self.store.current();
+        let live: HashSet<IpAddr> = snapshot
+            .mesh
+            .workloads()
+            .flat_map(|w| w.addresses.iter().copied())
+            .collect();
+        self.balancer.retain(|e| live.contains(&e.ip()));
+        self.upstream.retain(|t| live.contains(&t.endpoint.ip()));
+    }
+
+    /// Serves one request; never fails (failures are local replies).
+    pub async fn handle(&self, down: &Downstream, request: Request<Incoming>) -> Response<Body> {
+        let (mut head, body) = request.into_parts();
+        let mut report = Report::start(&mut head);
+        let (body, request_bytes) = crate::report::count(body::boxed(body));
+        report.request_bytes = Some(request_bytes);
+        let snapshot = self.store.current();
+        let response = match self.route(&snapshot, down, head, body, &mut report).await {
+            Ok(response) => response,
+            Err(failure) => {
+                report.flag = Some(failure.flag);
+                tracing::debug!(flag = failure.flag.letters(), detail = %failure.detail, "local reply");
+                local_reply::reply(
+                    failure.flag,
+                    &failure.detail,
+                    report.protocol == Protocol::Grpc,
+                )
+            }
+        };
+        self.telemetry.finish(down, report, response)
+    }
+
+    /// Route stage: which backend, under which rule; then the request timeout around the rest.
+    async fn route(
+        &self,
+        snapshot: &Snapshot,
+        down: &Downstream,
+        mut head: request::Parts,
+        body: Body,
+        report: &mut Report,
+    ) -> Result<Response<Body>, Failure> {
+        let (backend, rule) = match &down.destination {
+            Destination::Workload { workload, port } => (
+                Backend::Workload {
+                    workload: workload.clone(),
+                    port: *port,
+                },
+                None,
+            ),
+            Destination::Service { service, port } => {
+                match snapshot.routes.lookup(&service.hostname, port.port, &head) {
+                    Lookup::NoRoutes => (
+                        Backend::Service {
+                            service: service.clone(),
+                            port: port.port,
+                        },
+                        None,
+                    ),
+                    Lookup::NoMatch => {
+                        return Err(Failure::new(
+                            Flag::NoRoute,
+                            format!(
+                                "no route of service {} matches {} {}",
+                                service.hostname,
+                                head.method,
+                                head.uri.path()
+                            ),
+                        ));
+                    }
+                    Lookup::Matched(matched) => {
+                        let rule = matched.rule.clone();
+                        report.route = Some(rule.clone());
+                        if let Some(redirect) = &rule.filters.redirect {
+                            let (parts, ()) =
+                                filters::redirect(redirect, matched.prefix, port.port, &head)
+                                    .into_parts();
+                            return Ok(Response::from_parts(parts, body::empty()));
+                        }
+                        filters::apply_request(&rule.filters, matched.prefix, &mut head);
+                        let backend = self.backend(snapshot, &rule)?;
+                        (backend, Some(rule))
+                    }
+                }
+            }
+        };
+        report.backend = backend.service().cloned();
+        let version = upstream_version(&head, &down.destination);
+        let mut deadline = rule.as_ref().and_then(|r| r.timeouts.request);
+        if report.protocol == Protocol::Grpc
+            && let Some(grpc) = policy::grpc_timeout(&head.headers)
+        {
+            deadline = Some(deadline.map_or(grpc, |d| d.min(grpc)));
+        }
+        let attempts = self.attempts(
+            snapshot,
+            down,
+            head,
+            body,
+            &backend,
+            rule.as_deref(),
+            version,
+            report,
+        );
+        let mut response = match deadline {
+            None => attempts.await?,
+            Some(limit) => tokio::time::timeout(limit, attempts).await.map_err(|_| {
+                Failure::new(
+                    Flag::Timeout,
+                    format!(
+                        "no response from {} within the request timeout of {limit:?}",
+                        backend
+                    ),
+                )
+            })??,
+        };
+        if let Some(rule) = &rule {
+            let (mut parts, body) = response.into_parts();
+            filters::apply_response(&rule.filters, &mut parts);
+            response = Response::from_parts(parts, body);
+        }
+        Ok(response)
+    }
+
+    /// A rule's weighted choice of backend, resolved to a service the waypoint knows.
+    fn backend(&self, snapshot: &Snapshot, rule: &Rule) -> Result<Backend, Failure> {
+        let Some(chosen) = rule.next_backend() else {
+            return Err(Failure::new(
+                Flag::BadBackend,
+                format!("route {} has no backend with a weight above 0", rule.route),
+            ));
+        };
+        let Some(service) = snapshot.mesh.service_by_hostname(&chosen.service) else {
+            return Err(Failure::new(
+                Flag::BadBackend,
+                format!(
+                    "backend {} of route {} is not a service the waypoint knows (check the backendRef's name and namespace)",
+                    chosen.service, rule.route
+                ),
+            ));
+        };
+        Ok(Backend::Service {
+            service: service.clone(),
+            port: chosen.port,
+        })
+    }
+
+    /// Retry stage: tries until one answers, the policy says stop or the budget is spent.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        snapshot: &Snapshot,
+        down: &Downstream,
+        head: request::Parts,
+        body: Body,
+        backend: &Backend,
+        rule: Option<&Rule>,
+        version: HttpVersion,
+        report: &mut Report,
+    ) -> Result<Response<Body>, Failure> {
+        let retry = rule.and_then(|r| r.retry.as_ref()).map(Policy::from_route);
+        let per_try = rule.and_then(|r| r.timeouts.backend_request);
+        let body = ReplayBody::new(body, DEFAULT_CAP);
+        self.budget.deposit();
+        let mut failed: Option<SocketAddr> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (endpoint, in_flight) = self.choose(snapshot, backend, down, failed)?;
+            authz::check(
+                &snapshot.mesh,
+                &endpoint.workload,
+                &down.peer,
+                down.client_addr,
+                endpoint.target.port(),
+            )
+            .map_err(|denied| {
+                tracing::info!(client = %down.peer, endpoint = %endpoint.target, policy = %denied.policy, "request denied");
+                Failure::new(Flag::Denied, denied.to_string())
+            })?;
+            let target = Target {
+                endpoint: endpoint.target,
+                transport: match endpoint.workload.protocol {
+                    WorkloadProtocol::Hbone => Transport::Hbone {
+                        identity: endpoint.workload.identity.clone(),
+                    },
+                    WorkloadProtocol::Tcp => Transport::Plain,
+                },
+                version,
+            };
+            report.attempts = attempt;
+            report.endpoint = Some(endpoint.clone());
+            let request = Request::from_parts(head.clone(), body::boxed(body.clone()));
+            let sent = Instant::now();
+            let send = self.upstream.send(&target, Some(down.client_addr), request);
+            let result = match per_try {
+                None => send.await.map_err(Tried::Failed),
+                Some(limit) => match tokio::time::timeout(limit, send).await {
+                    Ok(r) => r.map_err(Tried::Failed),
+                    Err(_) => Err(Tried::TimedOut(limit)),
+                },
+            };
+            report.upstream_time = Some(sent.elapsed());
+            let outcome = match &result {
+                Ok(response) => Outcome::Response {
+                    status: response.status(),
+                    headers: response.headers(),
+                },
+                Err(Tried::TimedOut(_)) => Outcome::PerTryTimeout,
+                Err(Tried::Failed(e)) if e.request_not_sent() => Outcome::NotSent,
+                Err(Tried::Failed(_)) => Outcome::Reset,
+            };
+            let retryable = retry.as_ref().is_some_and(|p| p.is_retryable(&outcome))
+                || matches!(outcome, Outcome::NotSent);
+            let again = policy::decide(retry.as_ref(), attempt, &outcome, body.is_capped());
+            if let Err(Tried::Failed(e)) = &result {
+                tracing::debug!(attempt, error = %e, "attempt failed");
+                failed = Some(e.endpoint());
+            }
+            let mut refused_by_budget = false;
+            if let Some(delay) = again {
+                if self.budget.try_withdraw() {
+                    drop(result);
+                    drop(in_flight);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    continue;
+                }
+                tracing::debug!(attempt, "retry budget spent; not retrying");
+                refused_by_budget = true;
+            }
+            // URX: the policy wanted another try and had none left, or the budget said no.
+            let exhausted = retryable && (attempt > 1 || refused_by_budget);
+            report.in_flight = Some(in_flight);
+            return match result {
+                Ok(mut response) => {
+                    if exhausted {
+                        report.flag = Some(Flag::RetriesExhausted);
+                        response.headers_mut().insert(
+                            FLAGS_HEADER,
+                            http::HeaderValue::from_static(Flag::RetriesExhausted.letters()),
+                        );
+                    }
+                    Ok(response)
+                }
+                Err(Tried::TimedOut(limit)) => Err(Failure::new(
+                    Flag::Timeout,
+                    format!(
+                        "{} did not answer within the backendRequest timeout of {limit:?} (attempt {attempt})",
+                        endpoint.target
+                    ),
+                )),
+                Err(Tried::Failed(e)) => Err(Failure::new(
+                    Flag::from_letters(e.response_flag()),
+                    format!("{e} (attempt {attempt})"),
+                )),
+            };
+        }
+    }
+
+    /// Balance stage: the endpoint for one try, least loaded of two random healthy ones,
+    /// avoiding the one that just failed when there is another.
+    fn choose(
+        &self,
+        snapshot: &Snapshot,
+        backend: &Backend,
+        down: &Downstream,
+        failed: Option<SocketAddr>,
+    ) -> Result<(Endpoint, InFlight), Failure> {
+        let mut endpoints = backend.endpoints(&snapshot.mesh, down.client_addr.ip());
+        if endpoints.len() > 1
+            && let Some(failed) = failed
+        {
+            endpoints.retain(|e| e.target != failed);
+        }
+        let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.target).collect();
+        let Some(picked) = self.balancer.pick(&addresses) else {
+            return Err(Failure::new(
+                Flag::NoHealthyUpstream,
+                format!(
+                    "{backend} has no healthy endpoint (check that its pods are running and ready)"
+                ),
+            ));
+        };
+        let index = addresses
+            .iter()
+            .position(|a| *a == picked.endpoint())
+            .expect("the balancer picks one of the candidates");
+        Ok((endpoints.swap_remove(index), picked))
+    }
+}
+
+/// How one try ended without a response.
+enum Tried {
+    Failed(UpstreamError),
+    TimedOut(Duration),
+}
+
+/// HTTP/2 upstream when the client spoke it (gRPC) or the port declares it; else HTTP/1.1.
+fn upstream_version(head: &request::Parts, destination: &Destination) -> HttpVersion {
+    let declared = matches!(
+        destination.app_protocol(),
+        AppProtocol::Http2 | AppProtocol::Grpc
+    );
+    if declared || head.version == Version::HTTP_2 {
+        HttpVersion::Http2
+    } else {
+        HttpVersion::Http1
+    }
+}

@@ -1,0 +1,81 @@
+//! The waypoint's config: the mesh state its discovery stream keeps (services, workloads,
+//! policies, routes) and the routes compiled from it, built together on a copy and swapped in
+//! whole, so a request sees one consistent version and never waits for an update.
+
+use std::sync::Arc;
+
+use ambit_discovery::state::ProxyState;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::route::Routes;
+
+impl ambit_discovery::Apply for Store {
+    type Error = String;
+
+    fn apply(
+        &self,
+        response: &ambit_proto::api::discovery::SubscribeResponse,
+    ) -> Result<(), String> {
+        Store::apply(self, response)
+    }
+
+    fn versions(&self) -> std::collections::HashMap<String, String> {
+        self.current().mesh.known_versions()
+    }
+}
+
+/// One consistent version of the config.
+#[derive(Default)]
+pub struct Snapshot {
+    pub mesh: ProxyState,
+    pub routes: Routes,
+}
+
+/// Holds the current snapshot; updated by the discovery client.
+pub struct Store {
+    current: RwLock<Arc<Snapshot>>,
+    /// Counts applied updates; `0` until the first, which readiness waits for.
+    applied: watch::Sender<u64>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            applied: watch::channel(0).0,
+        }
+    }
+}
+
+impl Store {
+    /// The snapshot to serve one request or tunnel with (the lock is held for a clone of an
+    /// `Arc`, never across work).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.read().clone()
+    }
+
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Applies a discovery response on a copy of the current state, compiles its routes and
+    /// swaps both in; a response that fails either is refused whole (NACK) and nothing changes.
+    pub fn apply(
+        &self,
+        response: &ambit_proto::api::discovery::SubscribeResponse,
+    ) -> Result<(), String> {
+        let mut mesh = self.current().mesh.clone();
+        mesh.apply(response).map_err(|e| e.to_string())?;
+        let routes = Routes::from_api(
+            &mesh
+                .routes()
+                .map(|(_, r)| (**r).clone())
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| e.to_string())?;
+        *self.current.write() = Arc::new(Snapshot { mesh, routes });
+        self.applied.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}

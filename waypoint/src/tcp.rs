@@ -1,0 +1,159 @@
+//! Opaque TCP through the waypoint: a tunnel whose port is `appProtocol: tcp` (or whose first
+//! bytes are not HTTP) is carried to one endpoint of its service with L4 policy only: the
+//! endpoint's authorization policies on the client's identity, as its ztunnel would apply them.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_discovery::state::Protocol as WorkloadProtocol;
+#[cfg(doc)]
+use ambit_proto::hbone::HBONE_PORT;
+use ambit_proto::hbone::{ConnectRequest, HboneClient};
+use ambit_proto::identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::authz;
+use crate::destination::Destination;
+use crate::endpoints::Backend;
+use crate::forward::{Downstream, Forwarder};
+
+/// Large enough that a bulk transfer moves in few syscalls and few HTTP/2 DATA frames.
+const BUFFER: usize = 64 * 1024;
+
+pub struct TcpForwarder {
+    hbone: HboneClient,
+    identity: SpiffeId,
+    forwarder: Arc<Forwarder>,
+    connect_timeout: Duration,
+    /// Where meshed endpoints accept HBONE ([`HBONE_PORT`]; tests use another).
+    hbone_port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TcpError {
+    #[error("{0} has no healthy endpoint (check that its pods are running and ready)")]
+    NoEndpoint(String),
+    #[error(transparent)]
+    Denied(#[from] authz::Denied),
+    #[error("connecting to {endpoint} failed: {reason}")]
+    Connect { endpoint: String, reason: String },
+}
+
+impl TcpForwarder {
+    pub fn new(
+        hbone: HboneClient,
+        identity: SpiffeId,
+        forwarder: Arc<Forwarder>,
+        connect_timeout: Duration,
+        hbone_port: u16,
+    ) -> Self {
+        TcpForwarder {
+            hbone,
+            identity,
+            forwarder,
+            connect_timeout,
+            hbone_port,
+        }
+    }
+
+    /// Carries `stream` to an endpoint until both sides are done; failures are logged (the
+    /// client sees its connection closed).
+    pub async fn forward<S>(&self, stream: S, down: Downstream)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match self.carry(stream, &down).await {
+            Ok((sent, received)) => {
+                tracing::debug!(client = %down.peer, to = %down.destination.describe(), sent, received, "TCP connection done")
+            }
+            Err(e) => {
+                tracing::info!(client = %down.peer, to = %down.destination.describe(), error = %e, "TCP connection through the waypoint failed")
+            }
+        }
+    }
+
+    async fn carry<S>(&self, mut stream: S, down: &Downstream) -> Result<(u64, u64), TcpError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let snapshot = self.forwarder.store().current();
+        let backend = match &down.destination {
+            Destination::Service { service, port } => Backend::Service {
+                service: service.clone(),
+                port: port.port,
+            },
+            Destination::Workload { workload, port } => Backend::Workload {
+                workload: workload.clone(),
+                port: *port,
+            },
+        };
+        let endpoints = backend.endpoints(&snapshot.mesh, down.client_addr.ip());
+        let addresses: Vec<_> = endpoints.iter().map(|e| e.target).collect();
+        let in_flight = self
+            .forwarder
+            .balancer()
+            .pick(&addresses)
+            .ok_or_else(|| TcpError::NoEndpoint(backend.to_string()))?;
+        let endpoint = endpoints
+            .into_iter()
+            .find(|e| e.target == in_flight.endpoint())
+            .expect("the balancer picks one of the candidates");
+        authz::check(
+            &snapshot.mesh,
+            &endpoint.workload,
+            &down.peer,
+            down.client_addr,
+            endpoint.target.port(),
+        )?;
+        drop(snapshot);
+        let connect_failed = |reason: String| TcpError::Connect {
+            endpoint: endpoint.target.to_string(),
+            reason,
+        };
+        let copied = match endpoint.workload.protocol {
+            WorkloadProtocol::Hbone => {
+                let request = ConnectRequest {
+                    source: self.identity.clone(),
+                    endpoint: std::net::SocketAddr::new(endpoint.target.ip(), self.hbone_port),
+                    destination_identity: endpoint.workload.identity.clone(),
+                    authority: endpoint.target,
+                    forwarded_for: Some(down.client_addr),
+                    baggage: None,
+                    traceparent: None,
+                };
+                let mut tunnel = self
+                    .hbone
+                    .connect(&request)
+                    .await
+                    .map_err(|e| connect_failed(e.to_string()))?;
+                splice(&mut stream, &mut tunnel).await
+            }
+            WorkloadProtocol::Tcp => {
+                let mut tcp =
+                    tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint.target))
+                        .await
+                        .map_err(|_| {
+                            connect_failed(format!("no answer within {:?}", self.connect_timeout))
+                        })?
+                        .map_err(|e| connect_failed(e.to_string()))?;
+                splice(&mut stream, &mut tcp).await
+            }
+        };
+        drop(in_flight);
+        copied.map_err(|e| TcpError::Connect {
+            endpoint: endpoint.target.to_string(),
+            reason: format!("the connection broke: {e}"),
+        })
+    }
+}
+
+/// Copies both ways until both sides are done; returns (bytes to upstream, bytes back).
+async fn splice<D, U>(downstream: &mut D, upstream: &mut U) -> io::Result<(u64, u64)>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::io::copy_bidirectional_with_sizes(downstream, upstream, BUFFER, BUFFER).await
+}
