@@ -7,10 +7,24 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use ambit_controller::local::apps::AccessLine;
 use ambit_controller::local::{Binaries, LocalMesh, Options};
 
 pub mod capture;
 pub mod probe;
+
+/// The default mesh as it was before its reviews service went behind a waypoint: plain L4
+/// everywhere, for the tests of ztunnel's own behaviour.
+pub const L4_MESH: &str = include_str!("../meshes/l4.yaml");
+/// The waypoint suite's mesh: a service per L7 behaviour, each through a waypoint.
+pub const WAYPOINT_MESH: &str = include_str!("../meshes/waypoint.yaml");
+
+/// A mesh file of this crate's `meshes/`, by path (for `ambit up --file`).
+pub fn mesh_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("meshes")
+        .join(name)
+}
 
 /// Whether the suite can run here; panics under CI when it cannot.
 pub fn can_run(test: &str) -> bool {
@@ -123,6 +137,29 @@ pub fn curl(mesh: &LocalMesh, namespace: &str, pod: &str, url: &str) -> anyhow::
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// Runs `f`'s future to its end on a runtime of its own inside a pod's namespace: every socket
+/// it opens is the pod's, so its traffic is captured as an application's would be.
+pub fn in_pod<F, Fut, T>(mesh: &LocalMesh, namespace: &str, pod: &str, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+    T: Send,
+{
+    let netns = mesh.pod(namespace, pod)?.netns().clone();
+    let value = netns.run(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(f()))
+    })??;
+    Ok(value)
+}
+
+/// Every request a pod's sample server logged (see `apps::AccessLine`): what reached it.
+pub fn access_log(mesh: &LocalMesh, namespace: &str, pod: &str) -> Vec<AccessLine> {
+    ambit_controller::local::apps::read_access_log(&mesh.app_log(namespace, pod))
 }
 
 /// Runs a command in a pod's namespace and returns its stdout.

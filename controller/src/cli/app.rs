@@ -5,13 +5,18 @@ use crate::local::apps::{self, ServerKind};
 
 pub async fn run(cmd: AppCommand) -> anyhow::Result<()> {
     match cmd {
-        AppCommand::Serve { kind, ports, name } => {
+        AppCommand::Serve {
+            kind,
+            ports,
+            name,
+            access_log,
+        } => {
             let kind = match kind {
                 AppKind::HttpEcho => ServerKind::HttpEcho,
                 AppKind::TcpEcho => ServerKind::TcpEcho,
                 AppKind::Sink => ServerKind::Sink,
             };
-            apps::serve(kind, ports, name).await?;
+            apps::serve(kind, ports, name, access_log).await?;
         }
         AppCommand::Drive {
             targets,

@@ -322,6 +322,35 @@ pub async fn status(args: OutputArgs) -> anyhow::Result<()> {
         };
         rows.push(row);
     }
+    for w in &state.waypoints {
+        let key = w.key();
+        let wanted = sync.iter().find(|s| s.kind == "waypoint" && s.name == key);
+        let readiness = fetch(&format!("http://{}/healthz/ready", w.readiness)).await;
+        let config = match wanted {
+            None => "not subscribed to the controller".to_string(),
+            Some(s) if s.last_nack.is_some() => format!(
+                "refused the controller's last config: {}",
+                s.last_nack.as_deref().unwrap_or_default()
+            ),
+            Some(s) if s.in_sync() => "config acknowledged".to_string(),
+            Some(s) => format!(
+                "behind: acknowledged {}, the controller has {}",
+                s.acked_version.as_deref().unwrap_or("nothing"),
+                s.desired_version
+            ),
+        };
+        rows.push(ComponentStatus {
+            component: format!("waypoint {key}"),
+            address: format!("{} (HBONE {}:15008)", w.admin, w.ipv4),
+            version: "-".into(),
+            config_version: wanted.map_or("-".into(), |s| s.desired_version.clone()),
+            state: match readiness {
+                Ok((200, _)) => format!("ready on {}; {config}", w.node),
+                Ok((code, body)) => format!("not ready ({code}): {}; {config}", body.trim()),
+                Err(e) => format!("down: readiness {} did not answer: {e}", w.readiness),
+            },
+        });
+    }
     print(
         args.output,
         &rows,

@@ -4,8 +4,10 @@
 mod app;
 mod bench;
 mod inspect;
+mod routes;
 mod summary;
 mod up;
+mod waypoints;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -120,9 +122,14 @@ pub enum AppCommand {
         ports: Vec<u16>,
         #[arg(long)]
         name: String,
+        /// Log each HTTP or gRPC request served as a JSON line on stdout.
+        #[arg(long)]
+        access_log: bool,
     },
     /// Send requests to targets, printing a JSON report per target per second.
     Drive {
+        /// A URL, optionally followed by request headers, each after a `|`:
+        /// `http://10.96.0.10:9080/|x-canary: 1`.
         #[arg(long = "target", required = true)]
         targets: Vec<String>,
         #[arg(long, default_value_t = 10)]

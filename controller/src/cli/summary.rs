@@ -1,7 +1,8 @@
 //! What `ambit up` prints: per client and service, how requests fared (from the clients' own
-//! reports) and how the mesh carried them (from each node's ztunnel), then the checks that
-//! say the mesh did its job: HBONE across nodes, passthrough out of the mesh, and policy
-//! refusals seen as refusals.
+//! reports) and how the mesh carried them (from each node's ztunnel and each waypoint), then
+//! the checks that say the mesh did its job: HBONE across nodes, passthrough out of the mesh,
+//! policy refusals seen as refusals, and traffic through a waypoint split as its routes say
+//! (each server pod answers with its name, so the answers are counted per pod).
 //!
 //! The live table's rate and success are those of the window since the previous table, so an
 //! outage shows at once; the totals since the start stand beside them (a running total alone
@@ -13,6 +14,8 @@ use std::fmt::Write;
 use ambit_ztunnel::admin::ConfigDump;
 use ambit_ztunnel::connections::Direction;
 
+use super::routes::{self, Expectation};
+use super::waypoints::WaypointView;
 use crate::local::LocalMesh;
 use crate::local::apps::DriveReport;
 use crate::model::AppProtocol;
@@ -24,8 +27,16 @@ pub struct Flow {
     pub client: String,
     pub client_uid: String,
     pub client_node: String,
+    /// `<namespace>/<name>`.
     pub service: String,
+    /// The URL, then each request header after a `|` (the driver's target).
     pub target: String,
+    /// Request headers sent (a flow per header value a route pins).
+    pub headers: Vec<(String, String)>,
+    /// The waypoint the service's traffic goes through (`<namespace>/<name>`).
+    pub waypoint: Option<String>,
+    /// Who should answer, by the service's routes.
+    pub expected: Option<Expectation>,
     /// Since the start.
     pub ok: u64,
     pub failed: u64,
@@ -46,6 +57,10 @@ pub struct Summary {
     pod_nodes: BTreeMap<String, String>,
     /// Services whose endpoints are all outside the mesh.
     unmeshed_services: BTreeSet<String>,
+    /// Every authorization policy, `<namespace>/<name>`, to name the one behind a refusal.
+    policies: Vec<String>,
+    /// Each client pod's SPIFFE identity, by pod name, to find its refusals in a waypoint's log.
+    identities: BTreeMap<String, String>,
 }
 
 /// What the ztunnels reported about one flow.
@@ -58,9 +73,10 @@ struct Carried {
 
 impl Summary {
     /// Each client (see [`clients`]) calls every HTTP port of every service, on the service's
-    /// first IPv4 VIP.
+    /// first IPv4 VIP; the first client also sends each header value a route pins.
     pub fn plan(mesh: &LocalMesh) -> Self {
         let model = &mesh.file().model;
+        let expectations = routes::expectations(model);
         let mut flows = Vec::new();
         let mut pod_nodes = BTreeMap::new();
         for pod in &mesh.file().topology.pods {
@@ -82,23 +98,49 @@ impl Summary {
             let Some(vip) = svc.vips.iter().find(|v| v.is_ipv4()) else {
                 continue;
             };
+            let waypoint = entry.waypoint.as_ref().map(|k| k.to_string());
+            let expected = |headers: &[(String, String)]| {
+                expectations
+                    .iter()
+                    .find(|e| e.service == key && e.headers == headers)
+                    .cloned()
+            };
             for port in svc
                 .ports
                 .iter()
                 .filter(|p| p.app_protocol == AppProtocol::Http)
             {
-                for client in &clients {
+                let url = format!("http://{vip}:{}/", port.port);
+                let pinned: Vec<Vec<(String, String)>> = expectations
+                    .iter()
+                    .filter(|e| e.service == key && !e.headers.is_empty())
+                    .map(|e| e.headers.clone())
+                    .collect();
+                let runs = clients.iter().map(|c| (*c, Vec::new())).chain(
+                    clients
+                        .first()
+                        .into_iter()
+                        .flat_map(|first| pinned.iter().map(move |h| (*first, h.clone()))),
+                );
+                for (client, headers) in runs {
                     let uid = model
                         .workloads()
                         .find(|w| w.pod.name == client.name && w.pod.namespace == client.namespace)
                         .map(|w| w.uid.clone())
                         .unwrap_or_default();
+                    let target = std::iter::once(url.clone())
+                        .chain(headers.iter().map(|(k, v)| format!("{k}: {v}")))
+                        .collect::<Vec<_>>()
+                        .join("|");
                     flows.push(Flow {
                         client: client.name.clone(),
                         client_uid: uid,
                         client_node: client.node.clone(),
                         service: key.clone(),
-                        target: format!("http://{vip}:{}/", port.port),
+                        target,
+                        expected: expected(&headers),
+                        headers,
+                        waypoint: waypoint.clone(),
                         ok: 0,
                         failed: 0,
                         window_ok: 0,
@@ -115,6 +157,14 @@ impl Summary {
             flows,
             pod_nodes,
             unmeshed_services,
+            policies: model
+                .policies()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect(),
+            identities: model
+                .workloads()
+                .map(|w| (w.pod.name.clone(), w.identity.to_string()))
+                .collect(),
         }
     }
 
@@ -179,9 +229,99 @@ impl Summary {
         c
     }
 
-    /// How the mesh carried a flow, in words.
-    fn how(&self, flow: &Flow, dumps: &[ConfigDump]) -> String {
+    /// What a flow's service calls the flow in the tables: the service, and the headers sent.
+    fn label(flow: &Flow) -> String {
+        if flow.headers.is_empty() {
+            flow.service.clone()
+        } else {
+            let headers: Vec<String> = flow
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("{}{{{}}}", flow.service, headers.join(","))
+        }
+    }
+
+    /// Who answered, as shares: "reviews-v1@node-a 90.1%, reviews-v2@node-b 9.9%".
+    fn split(&self, flow: &Flow) -> String {
+        let answered: u64 = flow.answered_by.values().sum();
+        flow.answered_by
+            .iter()
+            .map(|(server, n)| {
+                let node = self
+                    .pod_nodes
+                    .get(server)
+                    .map(String::as_str)
+                    .unwrap_or("?");
+                format!("{server}@{node} {}", percent(*n, answered))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Why a flow through a waypoint is refused: what the client saw, and the policy named by
+    /// the refusal itself, by the client's ztunnel, or by the waypoint's log.
+    fn waypoint_refusal(
+        &self,
+        flow: &Flow,
+        dumps: &[ConfigDump],
+        waypoints: &[WaypointView],
+    ) -> Option<(String, Option<String>)> {
+        let waypoint = flow.waypoint.as_ref()?;
+        if flow.ok > 0 || flow.failed == 0 {
+            return None;
+        }
+        let seen = flow.last_error.clone().unwrap_or_default();
+        let refused = seen.contains("RBAC") || seen.starts_with("HTTP 403");
         let carried = self.carried(flow, dumps);
+        if let Some(policy) = carried.refusals.iter().next() {
+            return Some((
+                format!("waypoint {waypoint} refused the tunnel"),
+                Some(policy.clone()),
+            ));
+        }
+        if !refused {
+            return None;
+        }
+        let identity = self.identities.get(&flow.client);
+        let log = waypoints
+            .iter()
+            .find(|w| &w.key == waypoint)
+            .map_or("", |w| w.log.as_str());
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| {
+                let name = p.rsplit('/').next().unwrap_or(p);
+                seen.contains(name)
+                    || log.lines().any(|l| {
+                        l.contains(name) && identity.is_none_or(|id| l.contains(id.as_str()))
+                    })
+            })
+            .cloned();
+        // Once the policy is named, the status and flags say the rest ("HTTP 403 [RBAC]").
+        let seen = match &policy {
+            Some(_) => seen.split(": ").next().unwrap_or(&seen).to_string(),
+            None => seen,
+        };
+        Some((format!("waypoint {waypoint}: {seen}"), policy))
+    }
+
+    /// How the mesh carried a flow, in words.
+    fn how(&self, flow: &Flow, dumps: &[ConfigDump], waypoints: &[WaypointView]) -> String {
+        let carried = self.carried(flow, dumps);
+        if let Some((what, policy)) = self.waypoint_refusal(flow, dumps, waypoints) {
+            return match policy {
+                Some(p) => format!("refused by policy {p} at {what}"),
+                None => format!("refused at {what}"),
+            };
+        }
+        if let Some(waypoint) = &flow.waypoint
+            && flow.ok > 0
+        {
+            return format!("HBONE via waypoint {waypoint}: {}", self.split(flow));
+        }
         if !carried.refusals.is_empty() && flow.ok == 0 {
             format!(
                 "refused by policy {}",
@@ -193,18 +333,10 @@ impl Summary {
                     .join(", ")
             )
         } else if carried.hbone > 0 {
-            let servers: Vec<String> = flow
-                .answered_by
-                .keys()
-                .map(|s| {
-                    let node = self.pod_nodes.get(s).map(String::as_str).unwrap_or("?");
-                    format!("{s}@{node}")
-                })
-                .collect();
             format!(
                 "HBONE (mTLS) from {} to {}",
                 flow.client_node,
-                servers.join(", ")
+                self.split(flow)
             )
         } else if carried.tcp > 0 {
             "plain TCP passthrough (outside the mesh)".to_string()
@@ -226,7 +358,12 @@ impl Summary {
 
     /// The live table (`window`: the seconds since the previous one; rate and success of
     /// that window, then the totals), or the final one (`None`: totals only).
-    pub fn render(&self, dumps: &[ConfigDump], window: Option<f64>) -> String {
+    pub fn render(
+        &self,
+        dumps: &[ConfigDump],
+        waypoints: &[WaypointView],
+        window: Option<f64>,
+    ) -> String {
         let totals = window.is_none();
         let mut out = String::new();
         match window {
@@ -237,29 +374,30 @@ impl Summary {
                 );
                 let _ = writeln!(
                     out,
-                    "{:<16} {:<16} {:>8} {:>7} {:>8} {:>8} {:>8} {:>10}  HOW",
+                    "{:<16} {:<26} {:>8} {:>7} {:>8} {:>8} {:>8} {:>10}  HOW",
                     "CLIENT", "SERVICE", "REQ/S", "OK %", "P50 ms", "P99 ms", "TOTAL", "TOTAL OK %"
                 );
             }
             None => {
                 let _ = writeln!(
                     out,
-                    "{:<16} {:<16} {:>8} {:>7} {:>8} {:>8}  HOW",
+                    "{:<16} {:<26} {:>8} {:>7} {:>8} {:>8}  HOW",
                     "CLIENT", "SERVICE", "REQUESTS", "OK %", "P50 ms", "P99 ms"
                 );
             }
         }
         for flow in &self.flows {
             let total = flow.ok + flow.failed;
-            let how = self.how(flow, dumps);
+            let how = self.how(flow, dumps, waypoints);
+            let label = Self::label(flow);
             match window {
                 Some(secs) => {
                     let in_window = flow.window_ok + flow.window_failed;
                     let _ = writeln!(
                         out,
-                        "{:<16} {:<16} {:>8.1} {:>7} {:>8.2} {:>8.2} {:>8} {:>10}  {}",
+                        "{:<16} {:<26} {:>8.1} {:>7} {:>8.2} {:>8.2} {:>8} {:>10}  {}",
                         flow.client,
-                        flow.service,
+                        label,
                         in_window as f64 / secs.max(0.001),
                         percent(flow.window_ok, in_window),
                         flow.p50_ms,
@@ -272,9 +410,9 @@ impl Summary {
                 None => {
                     let _ = writeln!(
                         out,
-                        "{:<16} {:<16} {:>8} {:>7} {:>8.2} {:>8.2}  {}",
+                        "{:<16} {:<26} {:>8} {:>7} {:>8.2} {:>8.2}  {}",
                         flow.client,
-                        flow.service,
+                        label,
                         total,
                         percent(flow.ok, total),
                         flow.p50_ms,
@@ -286,6 +424,15 @@ impl Summary {
         }
         if totals {
             let _ = writeln!(out, "(latency: the last second of traffic)");
+        }
+        if !waypoints.is_empty() {
+            let _ = writeln!(
+                out,
+                "waypoints (requests since they started, by service, status and response flag):"
+            );
+            for w in waypoints {
+                let _ = writeln!(out, "  {}", w.line());
+            }
         }
         let seen = identities_seen(dumps);
         if !seen.is_empty() {
@@ -303,68 +450,10 @@ impl Summary {
         }
         out
     }
-
-    /// The checks of the final summary: each line says what was seen, or what was not.
-    pub fn checks(&self, dumps: &[ConfigDump]) -> Vec<(bool, String)> {
-        let mut checks = Vec::new();
-        let cross = self.flows.iter().find_map(|f| {
-            let carried = self.carried(f, dumps);
-            if carried.hbone == 0 {
-                return None;
-            }
-            f.answered_by.keys().find_map(|server| {
-                let node = self.pod_nodes.get(server)?;
-                (node != &f.client_node)
-                    .then(|| format!("{} ({}) -> {server} ({node})", f.client, f.client_node))
-            })
-        });
-        checks.push(match cross {
-            Some(how) => (true, format!("traffic crossed nodes over HBONE: {how}")),
-            None => (false, "no traffic crossed nodes over HBONE".into()),
-        });
-        if !self.unmeshed_services.is_empty() {
-            let pass = self.flows.iter().find(|f| {
-                self.unmeshed_services.contains(&f.service)
-                    && f.ok > 0
-                    && self.carried(f, dumps).tcp > 0
-            });
-            checks.push(match pass {
-                Some(f) => (
-                    true,
-                    format!(
-                        "passthrough reached {}: {} -> {} over plain TCP",
-                        f.service, f.client, f.service
-                    ),
-                ),
-                None => (
-                    false,
-                    "no passthrough reached a service outside the mesh".into(),
-                ),
-            });
-        }
-        let refused: Vec<String> = self
-            .flows
-            .iter()
-            .filter(|f| f.ok == 0 && f.failed > 0)
-            .filter_map(|f| {
-                let carried = self.carried(f, dumps);
-                (!carried.refusals.is_empty()).then(|| {
-                    format!(
-                        "{} -> {} ({} requests, policy {})",
-                        f.client,
-                        f.service,
-                        f.failed,
-                        carried.refusals.into_iter().collect::<Vec<_>>().join(", ")
-                    )
-                })
-            })
-            .collect();
-        if !refused.is_empty() {
-            checks.push((true, format!("refused by policy: {}", refused.join("; "))));
-        }
-        checks
-    }
 }
+
+#[path = "summary_checks.rs"]
+mod checks;
 
 /// The mesh's client pods: those without a sample app, which call every service.
 pub fn clients(mesh: &LocalMesh) -> impl Iterator<Item = &TopologyPod> {

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::UpArgs;
 use super::summary::{self, Summary};
+use super::waypoints::views;
 use crate::local::apps::{DriveReport, fetch};
 use crate::local::{Binaries, Event, LocalMesh, Options, RunState};
 
@@ -44,7 +45,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let run = mesh.state().testbed_run.clone();
     let events = mesh.take_events().expect("nobody took the events before");
     let outcome = drive(&mesh, events, &binaries, &args, &progress).await;
-    progress("stopping: draining ztunnels, removing namespaces, links, rules and processes");
+    progress(
+        "stopping: draining waypoints and ztunnels, removing namespaces, links, rules and processes",
+    );
     mesh.down()?;
     let left: Vec<String> = ambit_testbed::leftovers()?
         .into_iter()
@@ -132,9 +135,11 @@ async fn drive(
             // The supervisor's news (a crashed process, its restart) goes with the progress.
             Some(event) = events.recv() => progress(&event.text),
             _ = ticker.tick() => {
-                let dumps = config_dumps(&mesh.state()).await;
+                let state = mesh.state();
+                let dumps = config_dumps(&state).await;
+                let waypoints = views(&state.waypoints).await;
                 let window = window_start.elapsed().as_secs_f64();
-                println!("\n{}", summary.render(&dumps, Some(window)));
+                println!("\n{}", summary.render(&dumps, &waypoints, Some(window)));
                 summary.next_window();
                 window_start = Instant::now();
             }
@@ -150,10 +155,15 @@ async fn drive(
     while let Ok(event) = events.try_recv() {
         progress(&event.text);
     }
-    let dumps = config_dumps(&mesh.state()).await;
-    println!("\n== final summary\n{}", summary.render(&dumps, None));
+    let state = mesh.state();
+    let dumps = config_dumps(&state).await;
+    let waypoints = views(&state.waypoints).await;
+    println!(
+        "\n== final summary\n{}",
+        summary.render(&dumps, &waypoints, None)
+    );
     println!("checks:");
-    for (ok, line) in summary.checks(&dumps) {
+    for (ok, line) in summary.checks(&dumps, &waypoints) {
         println!("  [{}] {line}", if ok { "ok" } else { "--" });
     }
     Ok(())

@@ -1,8 +1,9 @@
-//! A whole mesh on this host: the testbed's namespaces for the mesh file's nodes and pods, the
-//! controller on the file, a ztunnel per node, each meshed pod handed to its node's ztunnel,
-//! and the sample apps. `ambit up`, the e2e suite and the benchmarks all start meshes here.
-//! Once started, the controller and ztunnels are supervised (`supervise`): a crashed one is
-//! started again, and a ztunnel gets its pods back.
+//! A whole mesh on this host: the testbed's namespaces for the mesh file's nodes, pods and
+//! waypoints, the controller on the file, a ztunnel per node, each waypoint in its namespace
+//! (see `waypoints`), each meshed pod handed to its node's ztunnel, and the sample apps.
+//! `ambit up`, the e2e suite and the benchmarks all start meshes here. Once started, the
+//! controller, ztunnels and waypoints are supervised (`supervise`): a crashed one is started
+//! again, and a ztunnel gets its pods back.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,11 @@ use super::ports::{
     ZTUNNEL_READINESS_PORT,
 };
 use super::process::Process;
+use super::relay::Relay;
 use super::start::{self, controller_spec, wait_until, write, ztunnel_spec};
-use super::state::{BENCH_DIRECT_PORT, Binaries, CURRENT_RUN, NodeState, RunState};
+use super::state::{BENCH_DIRECT_PORT, Binaries, CURRENT_RUN, NodeState, RunState, WaypointState};
 use super::supervise::{Event, Member, Role, Shared, Supervisor};
+use super::waypoints;
 use crate::source::file::{self, EMBEDDED_MESH, EMBEDDED_ORIGIN, MeshFile};
 
 pub struct Options {
@@ -54,6 +57,9 @@ pub struct LocalMesh {
     supervisor: Option<Supervisor>,
     events: Option<mpsc::UnboundedReceiver<Event>>,
     apps: Vec<ambit_testbed::NetnsChild>,
+    /// What joins each waypoint's namespace to the host; stopped after the waypoints, before
+    /// the testbed (a relay's thread inside a namespace would keep it alive).
+    relays: Vec<Relay>,
     /// Dropped after the processes that use its namespaces.
     testbed: Option<Testbed>,
     /// This mesh's loopback addresses; released last.
@@ -92,7 +98,7 @@ impl LocalMesh {
         })?;
         let mesh_path = options.work_dir.join("mesh.yaml");
         write(&mesh_path, &text)?;
-        let slot = Slot::acquire(file.model.nodes().count())?;
+        let slot = Slot::acquire(file.model.nodes().count(), file.topology.waypoints.len())?;
 
         progress("creating network namespaces");
         let testbed = start::testbed(&file)?;
@@ -169,12 +175,50 @@ impl LocalMesh {
             members.push(Member::new(spec, role, process));
         }
 
+        let placed = waypoints::place(
+            &options,
+            &file,
+            &testbed,
+            &slot,
+            controller_grpc,
+            &root_cert,
+        )?;
+        let mut relays = Vec::new();
+        let mut waypoint_states = Vec::new();
+        if !placed.is_empty() {
+            progress("starting the waypoints, each in its own namespace on its node");
+        }
+        let mut started = Vec::new();
+        for p in placed {
+            let process = Process::start(&p.spec, false)?;
+            let mut state = p.state;
+            state.pid = process.pid();
+            relays.extend(p.relays);
+            started.push((p.spec, process, state));
+        }
+        for (spec, mut process, state) in started {
+            let url = format!("http://{}/healthz/ready", state.readiness);
+            wait_until(&spec.name, &mut process, || async {
+                start::fetch(&url)
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
+            })
+            .await?;
+            let role = Role::Waypoint {
+                key: state.key(),
+                ready_url: url,
+            };
+            members.push(Member::new(spec, role, process));
+            waypoint_states.push(state);
+        }
+
         let state = RunState {
             testbed_run: testbed.run_prefix().to_string(),
             work_dir: options.work_dir.clone(),
             controller_grpc,
             controller_metrics,
             nodes,
+            waypoints: waypoint_states,
             pids: members.iter().filter_map(Member::pid).collect(),
             pods: start::pod_states(&file, &testbed)?,
         };
@@ -197,6 +241,7 @@ impl LocalMesh {
             supervisor: None,
             events: Some(events),
             apps: Vec::new(),
+            relays,
             testbed: Some(testbed),
             _slot: slot,
             record_current: options.record_current,
@@ -344,6 +389,56 @@ impl LocalMesh {
             .ok_or_else(|| LocalError::UnknownNode { node: node.into() })
     }
 
+    /// A waypoint of the mesh file: its addresses, its relayed ports and its pid now.
+    pub fn waypoint(&self, namespace: &str, name: &str) -> Result<WaypointState, LocalError> {
+        self.state().waypoint(namespace, name).cloned()
+    }
+
+    /// The waypoint's pid now; `None` while it is down.
+    pub fn waypoint_pid(&self, namespace: &str, name: &str) -> Result<Option<u32>, LocalError> {
+        Ok(self.shared.pid(self.waypoint_index(namespace, name)?))
+    }
+
+    fn waypoint_index(&self, namespace: &str, name: &str) -> Result<usize, LocalError> {
+        let key = format!("{namespace}/{name}");
+        self.shared
+            .waypoint_index(&key)
+            .ok_or(LocalError::UnknownWaypoint { waypoint: key })
+    }
+
+    /// Stops a waypoint with SIGTERM (it drains); it stays down, its addresses unanswered,
+    /// until [`LocalMesh::start_waypoint`]. Whether it exited by itself within the grace.
+    pub fn stop_waypoint(&self, namespace: &str, name: &str) -> Result<bool, LocalError> {
+        Ok(self.shared.stop(
+            self.waypoint_index(namespace, name)?,
+            Duration::from_secs(10),
+        ))
+    }
+
+    /// SIGKILLs a waypoint (a crash).
+    pub fn kill_waypoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        after: AfterKill,
+    ) -> Result<(), LocalError> {
+        let index = self.waypoint_index(namespace, name)?;
+        self.shared.kill(index, after == AfterKill::StayDown);
+        Ok(())
+    }
+
+    /// Lets the supervisor start a stopped or held waypoint again.
+    pub fn start_waypoint(&self, namespace: &str, name: &str) -> Result<(), LocalError> {
+        self.shared.resume(self.waypoint_index(namespace, name)?);
+        Ok(())
+    }
+
+    /// Where a pod's sample server logs each request it serves (a JSON line each; see
+    /// `apps::AccessLine`).
+    pub fn app_log(&self, namespace: &str, pod: &str) -> PathBuf {
+        start::app_log(&self.state().work_dir, namespace, pod)
+    }
+
     /// Kills the controller at once and leaves it down (the config source dies; the data plane
     /// must carry on).
     pub fn kill_controller(&self) {
@@ -385,6 +480,7 @@ impl LocalMesh {
         self.supervisor = None;
         self.apps.clear();
         self.shared.stop_all(ztunnel_grace, Duration::from_secs(5));
+        self.relays.clear();
         if self.record_current {
             let _ = std::fs::remove_file(CURRENT_RUN);
         }

@@ -4,15 +4,19 @@
 pub mod apps;
 pub mod load;
 mod mesh;
+pub mod metrics;
 pub mod ports;
 mod process;
+mod relay;
 mod start;
 mod state;
 mod supervise;
+mod waypoints;
 
 pub use mesh::{AfterKill, LocalMesh, Options};
 pub use state::{
     BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, CURRENT_RUN, NodeState, PodState, RunState,
+    WaypointState,
 };
 pub use supervise::{Event, backoff};
 
@@ -36,7 +40,7 @@ pub enum LocalError {
         program: String,
         source: std::io::Error,
     },
-    #[error("the mesh's programs (controller, ztunnel, ambit) are not next to {}: build them with `cargo build --release`", dir.display())]
+    #[error("the mesh's programs (controller, ztunnel, waypoint, ambit) are not all next to {}: build them with `cargo build --release --bins`", dir.display())]
     BinariesMissing { dir: PathBuf },
     #[error("{what} exited ({status}) while starting; last lines of {}:\n{tail}", log.display())]
     Exited {
@@ -54,12 +58,19 @@ pub enum LocalError {
     },
     #[error("pod {pod} needs both an IPv4 and an IPv6 address in a local mesh")]
     PodAddresses { pod: String },
+    #[error(
+        "waypoint {waypoint} needs both an IPv4 and an IPv6 address (ipv4:, ipv6:) in its node's \
+         pod range in a local mesh: it runs in a network namespace of its own there"
+    )]
+    WaypointAddresses { waypoint: String },
     #[error("ztunnel refused pod {pod}: {reason}")]
     NodeAgent { pod: String, reason: String },
     #[error("no node {node} in this mesh")]
     UnknownNode { node: String },
     #[error("no pod {pod} in this mesh")]
     UnknownPod { pod: String },
+    #[error("no waypoint {waypoint} in this mesh")]
+    UnknownWaypoint { waypoint: String },
     #[error(
         "no local mesh is running (nothing at {}): start one with `ambit up`",
         state::CURRENT_RUN
@@ -68,9 +79,9 @@ pub enum LocalError {
     #[error("{what} failed: {reason}")]
     Tool { what: String, reason: String },
     #[error(
-        "no loopback addresses free for the mesh's ports (127.0.<1-254>.x, ports 15000, 15010, \
-         15014, 15020, 15021): other local meshes hold them, or something else listens there \
-         ({last_busy}); `ambit down` stops what a crashed run left"
+        "no loopback addresses free for the mesh's ports (127.0.<1-254>.x and 127.1.<1-254>.x, \
+         ports 15000, 15010, 15014, 15020, 15021): other local meshes hold them, or something \
+         else listens there ({last_busy}); `ambit down` stops what a crashed run left"
     )]
     NoLoopbackSlot { last_busy: String },
 }

@@ -24,6 +24,8 @@ pub struct Spec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub log: PathBuf,
+    /// The network namespace it runs in (a waypoint's); the host's when `None`.
+    pub netns: Option<ambit_testbed::Netns>,
 }
 
 impl Spec {
@@ -33,6 +35,7 @@ impl Spec {
             program: program.into(),
             args: Vec::new(),
             log: log.into(),
+            netns: None,
         }
     }
 
@@ -74,17 +77,22 @@ impl Process {
             what: format!("opening {}", spec.log.display()),
             source,
         })?;
-        let child = Command::new(&spec.program)
+        let mut command = Command::new(&spec.program);
+        command
             .args(&spec.args)
             .stdin(Stdio::null())
             .stdout(file)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| LocalError::Spawn {
-                what: spec.name.clone(),
-                program: spec.program.display().to_string(),
-                source,
-            })?;
+            .stderr(err);
+        // A child starts in the network namespace of the thread that forks it.
+        let spawned = match &spec.netns {
+            Some(netns) => netns.run(|| command.spawn())?,
+            None => command.spawn(),
+        };
+        let child = spawned.map_err(|source| LocalError::Spawn {
+            what: spec.name.clone(),
+            program: spec.program.display().to_string(),
+            source,
+        })?;
         Ok(Process {
             log: spec.log.clone(),
             child: Some(child),

@@ -47,6 +47,15 @@ pub fn testbed(file: &MeshFile) -> Result<Testbed, LocalError> {
             v6,
         )?;
     }
+    for wp in &file.topology.waypoints {
+        let (v4, v6) = super::waypoints::addresses(wp)?;
+        testbed.add_pod(
+            &wp.node,
+            &super::waypoints::testbed_name(&wp.namespace, &wp.name),
+            v4,
+            v6,
+        )?;
+    }
     Ok(testbed)
 }
 
@@ -140,7 +149,8 @@ where
     }
 }
 
-/// Each pod's sample server (`app:` in the mesh file), in the pod's namespace.
+/// Each pod's sample server (`app:` in the mesh file), in the pod's namespace, logging each
+/// request it serves to its log ([`app_log`]), so tests can count what reached it.
 pub fn apps(mesh: &LocalMesh, binaries: &super::Binaries) -> Result<Vec<NetnsChild>, LocalError> {
     let mut children = Vec::new();
     let work_dir = mesh.state().work_dir;
@@ -162,9 +172,13 @@ pub fn apps(mesh: &LocalMesh, binaries: &super::Binaries) -> Result<Vec<NetnsChi
         for port in &pod.ports {
             args.extend(["--port".to_string(), port.to_string()]);
         }
-        args.extend(["--name".to_string(), pod.name.clone()]);
+        args.extend([
+            "--name".to_string(),
+            pod.name.clone(),
+            "--access-log".into(),
+        ]);
         let netns = mesh.pod(&pod.namespace, &pod.name)?.netns().clone();
-        let log = work_dir.join(format!("app-{}-{}.log", pod.namespace, pod.name));
+        let log = app_log(&work_dir, &pod.namespace, &pod.name);
         let out = std::fs::File::create(&log).map_err(|source| LocalError::Io {
             what: format!("creating {}", log.display()),
             source,
@@ -203,6 +217,11 @@ pub fn pod_states(file: &MeshFile, testbed: &Testbed) -> Result<Vec<PodState>, L
         });
     }
     Ok(pods)
+}
+
+/// Where a pod's sample server writes its output: a JSON line per request it served.
+pub fn app_log(work_dir: &Path, namespace: &str, name: &str) -> std::path::PathBuf {
+    work_dir.join(format!("app-{namespace}-{name}.log"))
 }
 
 /// The testbed's name for a pod: unique per node across Kubernetes namespaces.

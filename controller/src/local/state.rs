@@ -15,6 +15,7 @@ use super::LocalError;
 pub struct Binaries {
     pub controller: PathBuf,
     pub ztunnel: PathBuf,
+    pub waypoint: PathBuf,
     pub ambit: PathBuf,
 }
 
@@ -30,9 +31,13 @@ impl Binaries {
             let b = Binaries {
                 controller: candidate.join("controller"),
                 ztunnel: candidate.join("ztunnel"),
+                waypoint: candidate.join("waypoint"),
                 ambit: candidate.join("ambit"),
             };
-            if b.controller.exists() && b.ztunnel.exists() && b.ambit.exists() {
+            if [&b.controller, &b.ztunnel, &b.waypoint, &b.ambit]
+                .iter()
+                .all(|p| p.exists())
+            {
                 return Ok(b);
             }
         }
@@ -53,7 +58,10 @@ pub struct RunState {
     /// The controller's metrics, readiness and /debug/syncz (port 15014).
     pub controller_metrics: SocketAddr,
     pub nodes: Vec<NodeState>,
-    /// The controller's and ztunnels' pids, for `ambit down` after a crash.
+    /// The mesh file's waypoints, each running in a namespace of its own on its node.
+    #[serde(default)]
+    pub waypoints: Vec<WaypointState>,
+    /// The controller's, ztunnels' and waypoints' pids, for `ambit down` after a crash.
     pub pids: Vec<u32>,
     pub pods: Vec<PodState>,
 }
@@ -74,6 +82,40 @@ pub struct NodeState {
     /// down.
     #[serde(default)]
     pub pid: Option<u32>,
+}
+
+/// A waypoint of the mesh file: the `waypoint` program in a network namespace of its own on its
+/// node, holding the waypoint's addresses, like a pod that ztunnel does not capture (what
+/// reaches it is HBONE already). Its admin, metrics and readiness ports are relayed to a
+/// loopback address of its own in the host (see `ports`), as each ztunnel's are, so the CLI
+/// and tests reach them the same way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaypointState {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    /// The namespace's name under /var/run/netns.
+    pub netns: String,
+    pub ipv4: std::net::Ipv4Addr,
+    pub ipv6: std::net::Ipv6Addr,
+    /// `/config_dump` (relayed to its port 15000).
+    pub admin: SocketAddr,
+    /// `/metrics` (relayed to its port 15020).
+    pub metrics: SocketAddr,
+    /// `/healthz/ready` (relayed to its port 15021).
+    pub readiness: SocketAddr,
+    /// Its output: one JSON access-log line per request, and its own log.
+    pub log: PathBuf,
+    /// `None` while it is down.
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+impl WaypointState {
+    /// `<namespace>/<name>`, as the controller and the live output call it.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// `ambit bench` serves one pod on both ports: the first is captured like any app port (the
@@ -114,5 +156,14 @@ impl RunState {
             .iter()
             .find(|n| n.name == name)
             .ok_or_else(|| LocalError::UnknownNode { node: name.into() })
+    }
+
+    pub fn waypoint(&self, namespace: &str, name: &str) -> Result<&WaypointState, LocalError> {
+        self.waypoints
+            .iter()
+            .find(|w| w.namespace == namespace && w.name == name)
+            .ok_or_else(|| LocalError::UnknownWaypoint {
+                waypoint: format!("{namespace}/{name}"),
+            })
     }
 }

@@ -72,12 +72,19 @@ pub(crate) enum Role {
         ready_url: String,
         socket: PathBuf,
     },
+    /// `key` is `<namespace>/<name>`.
+    Waypoint {
+        key: String,
+        ready_url: String,
+    },
 }
 
 impl Role {
     fn ready_url(&self) -> &str {
         match self {
-            Role::Controller { ready_url } | Role::Ztunnel { ready_url, .. } => ready_url,
+            Role::Controller { ready_url }
+            | Role::Ztunnel { ready_url, .. }
+            | Role::Waypoint { ready_url, .. } => ready_url,
         }
     }
 }
@@ -130,12 +137,16 @@ impl Member {
     fn is_node(&self, wanted: &str) -> bool {
         matches!(&self.role, Role::Ztunnel { node, .. } if node == wanted)
     }
+
+    fn is_waypoint(&self, wanted: &str) -> bool {
+        matches!(&self.role, Role::Waypoint { key, .. } if key == wanted)
+    }
 }
 
 /// The supervised processes and what the supervisor needs to bring them back, shared by the
 /// mesh (which stops, kills and adds pods through it) and the supervisor's thread.
 pub(crate) struct Shared {
-    /// The controller first, then a ztunnel per node in node order.
+    /// The controller first, then a ztunnel per node in node order, then the waypoints.
     members: Mutex<Vec<Member>>,
     /// Per node, the meshed pods its ztunnel should hold: uid -> network namespace path.
     pods: Mutex<BTreeMap<String, BTreeMap<String, PathBuf>>>,
@@ -182,6 +193,11 @@ impl Shared {
 
     pub(crate) fn ztunnel_index(&self, node: &str) -> Option<usize> {
         self.members.lock().iter().position(|m| m.is_node(node))
+    }
+
+    /// `key`: `<namespace>/<name>`.
+    pub(crate) fn waypoint_index(&self, key: &str) -> Option<usize> {
+        self.members.lock().iter().position(|m| m.is_waypoint(key))
     }
 
     pub(crate) fn add_pod(&self, node: &str, uid: &str, netns: &Path) {
@@ -252,11 +268,18 @@ impl Shared {
         }
     }
 
-    /// Stops every process for good: ztunnels first (they drain and release their pods),
-    /// then the controller.
+    /// Stops every process for good: waypoints first, then ztunnels (they drain and release
+    /// their pods), then the controller.
     pub(crate) fn stop_all(&self, ztunnel_grace: Duration, controller_grace: Duration) {
+        let waypoints: Vec<usize> = {
+            let members = self.members.lock();
+            (0..members.len())
+                .filter(|i| matches!(members[*i].role, Role::Waypoint { .. }))
+                .collect()
+        };
         let count = self.members.lock().len();
-        for index in (1..count).chain([0]) {
+        let rest = (1..count).filter(|i| !waypoints.contains(i));
+        for index in waypoints.iter().copied().chain(rest).chain([0]) {
             let grace = if index == 0 {
                 controller_grace
             } else {
@@ -294,6 +317,12 @@ impl Shared {
             && (new.is_some() || n.pid == old)
         {
             n.pid = new;
+        }
+        if let Role::Waypoint { key, .. } = role
+            && let Some(w) = state.waypoints.iter_mut().find(|w| &w.key() == key)
+            && (new.is_some() || w.pid == old)
+        {
+            w.pid = new;
         }
         let text = serde_json::to_string_pretty(&*state).expect("state serializes");
         for file in &self.state_files {
@@ -428,6 +457,11 @@ impl Shared {
                 "controller".to_string(),
                 "controller is ready again".to_string(),
             ),
+            Role::Waypoint { key, .. } => {
+                let name = format!("waypoint {key}");
+                let text = format!("{name} is ready again");
+                (name, text)
+            }
             Role::Ztunnel { node, socket, .. } => {
                 let pods = self.pods.lock().get(node).cloned().unwrap_or_default();
                 for (uid, netns) in pods {

@@ -30,6 +30,7 @@ fn supervised(dir: &Path, script: &str, stable: Duration) -> (Arc<Shared>, Super
         controller_grpc: "127.0.0.1:9".parse().unwrap(),
         controller_metrics: "127.0.0.1:9".parse().unwrap(),
         nodes: Vec::new(),
+        waypoints: Vec::new(),
         pids: process.pid().into_iter().collect(),
         pods: Vec::new(),
     };

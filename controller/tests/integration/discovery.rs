@@ -203,10 +203,13 @@ impl Proxy {
     }
 }
 
-const NODE_A_SCOPE: [&str; 8] = [
+const NODE_A_SCOPE: [&str; 11] = [
     "authorization_policy/demo/deny-denied-client",
     "service/demo/reviews",
+    "service/demo/reviews-v1",
+    "service/demo/reviews-v2",
     "service/legacy/legacy",
+    "waypoint/demo/waypoint",
     "workload/local//Pod/demo/client",
     "workload/local//Pod/demo/denied-client",
     "workload/local//Pod/demo/reviews-v1",
@@ -463,21 +466,11 @@ async fn a_ztunnel_receives_exactly_its_scope_and_one_change_is_one_small_delta(
 }
 
 #[tokio::test]
-async fn a_waypoint_receives_its_namespace_services_endpoints_and_routes() {
-    let text = EMBEDDED_MESH.replace(
-        "pods:\n",
-        "waypoints:\n  - {name: demo-wp, namespace: demo, node: node-b, ipv4: 10.244.2.100}\npods:\n",
-    ) + "
-routes:
-  - name: reviews
-    namespace: demo
-    hostnames: [reviews.demo.svc.cluster.local]
-    rules: [{backends: [{service: reviews.demo.svc.cluster.local, port: 9080}]}]
-";
-    let c = start(mesh(&text)).await;
+async fn a_waypoint_receives_its_services_their_routes_backends_and_policies() {
+    let c = start(mesh(EMBEDDED_MESH)).await;
     let subscriber = Subscriber {
         kind: ProxyKind::Waypoint.into(),
-        name: "demo-wp".into(),
+        name: "waypoint".into(),
         namespace: "demo".into(),
         version: "test".into(),
     };
@@ -490,6 +483,8 @@ routes:
             "authorization_policy/demo/deny-denied-client",
             "route/demo/reviews",
             "service/demo/reviews",
+            "service/demo/reviews-v1",
+            "service/demo/reviews-v2",
             "workload/local//Pod/demo/reviews-v1",
             "workload/local//Pod/demo/reviews-v2",
         ]

@@ -67,6 +67,22 @@ fn check_summary(out: &str) {
         out.contains("spiffe://cluster.local/ns/demo/sa/client"),
         "no client identity seen by a server:\n{out}"
     );
+    // reviews is behind the waypoint: 90/10 over the versions, x-canary: 1 pinned to v2, and
+    // the reviews pods' ztunnels see the waypoint as the source.
+    assert!(out.contains("[ok] waypoint demo/waypoint served"), "{out}");
+    assert!(
+        out.contains("[ok] client -> demo/reviews split as route demo/reviews says: reviews-v1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[ok] client -> demo/reviews with x-canary: 1 split as route demo/reviews says: reviews-v2 100.0%"),
+        "{out}"
+    );
+    assert!(
+        out.contains("spiffe://cluster.local/ns/demo/sa/waypoint"),
+        "no server saw the waypoint's identity:\n{out}"
+    );
+    assert!(!out.contains("[--]"), "a check failed:\n{out}");
 }
 
 #[test]

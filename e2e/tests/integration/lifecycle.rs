@@ -21,7 +21,7 @@ async fn traffic_outlives_the_config_source_and_bad_config_is_refused() -> anyho
     if !can_run("traffic_outlives_the_config_source") {
         return Ok(());
     }
-    let mesh = start("outage", None).await?;
+    let mesh = start("outage", Some(ambit_e2e::L4_MESH)).await?;
     let url = "http://10.96.0.10:9080/";
     assert!(curl(&mesh, "demo", "client", url)?.ok());
 
@@ -62,7 +62,7 @@ async fn rules_and_sockets_go_with_the_pod_and_with_ztunnel() -> anyhow::Result<
     if !can_run("rules_and_sockets_go_with_the_pod") {
         return Ok(());
     }
-    let mesh = start("capture", None).await?;
+    let mesh = start("capture", Some(ambit_e2e::L4_MESH)).await?;
     for pod in ["client", "denied-client", "reviews-v1"] {
         assert!(has_capture_rules(&mesh, "demo", pod)?, "{pod} not captured");
         assert_eq!(

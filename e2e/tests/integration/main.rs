@@ -9,3 +9,6 @@ mod outsiders;
 mod ports;
 mod traffic;
 mod up_supervision;
+mod waypoint;
+mod waypoint_demo;
+mod waypoint_grpc;

@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use ambit_controller::source::file::EMBEDDED_MESH;
-use ambit_e2e::{can_run, curl, eventually, failures, start};
+use ambit_e2e::{L4_MESH, can_run, curl, eventually, failures, start};
 
-/// The default mesh plus a strict namespace `vault` with one server on node-b, and a second
+/// The default mesh's L4 form plus a strict namespace `vault` with one server on node-b, and a second
 /// pod outside the mesh on node-a, so plaintext arrives both from the same node and across.
 fn mesh_with_a_strict_namespace() -> String {
-    let with_ns = EMBEDDED_MESH.replacen(
+    let with_ns = L4_MESH.replacen(
         "\npods:\n",
         "  - name: vault\n    labels:\n      ambit.io/dataplane-mode: ambient\n      \
          ambit.io/mtls-mode: strict\n\npods:\n  \
@@ -24,8 +23,8 @@ fn mesh_with_a_strict_namespace() -> String {
         1,
     );
     assert_ne!(
-        with_ns, EMBEDDED_MESH,
-        "the embedded mesh changed shape; update this test"
+        with_ns, L4_MESH,
+        "meshes/l4.yaml changed shape; update this test"
     );
     with_ns
 }

@@ -35,7 +35,7 @@ async fn a_dead_ztunnel_is_routed_around_then_restarted() -> anyhow::Result<()> 
     if !can_run("a_dead_ztunnel_is_routed_around") {
         return Ok(());
     }
-    let mesh = start("node-failure", None).await?;
+    let mesh = start("node-failure", Some(ambit_e2e::L4_MESH)).await?;
     let mut seen = BTreeMap::<String, usize>::new();
     for _ in 0..64 {
         *seen

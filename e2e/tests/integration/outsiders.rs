@@ -101,7 +101,7 @@ async fn plaintext_to_ztunnel_ports_from_outside_is_refused_at_no_lasting_cost()
     if !can_run("plaintext_to_ztunnel_ports_from_outside") {
         return Ok(());
     }
-    let mesh = start("outsiders", None).await?;
+    let mesh = start("outsiders", Some(ambit_e2e::L4_MESH)).await?;
     let outsider = mesh.pod("legacy", "legacy")?.netns().clone();
     let pid = mesh
         .ztunnel_pid("node-a")?

@@ -31,7 +31,7 @@ async fn each_ztunnel_port_answers_only_its_own_routes() -> anyhow::Result<()> {
     if !can_run("each_ztunnel_port_answers_only_its_own_routes") {
         return Ok(());
     }
-    let mesh = start("ports", None).await?;
+    let mesh = start("ports", Some(ambit_e2e::L4_MESH)).await?;
     // A call across both nodes, so each ztunnel has metrics to show.
     let r = curl(&mesh, "demo", "client", "http://10.244.2.2:8080/")?;
     assert!(r.ok(), "{r:?}");

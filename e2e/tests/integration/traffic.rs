@@ -1,6 +1,6 @@
-//! Issue 3's "must show", over the embedded default mesh: unmodified programs (curl and a
-//! small HTTP server) talk by pod IP and by service VIP, on one node and across two, IPv4
-//! and IPv6; what crosses the nodes is TLS; a DENY policy refuses one identity and no other;
+//! Issue 3's "must show", over the default mesh's L4 form (meshes/l4.yaml): unmodified
+//! programs (curl and a small HTTP server) talk by pod IP and by service VIP, on one node and
+//! across two, IPv4 and IPv6; what crosses the nodes is TLS; a DENY policy refuses one identity and no other;
 //! a namespace that did not opt in is left alone.
 
 use std::collections::BTreeSet;
@@ -12,7 +12,7 @@ async fn pods_talk_through_the_mesh() -> anyhow::Result<()> {
     if !can_run("pods_talk_through_the_mesh") {
         return Ok(());
     }
-    let mesh = start("traffic", None).await?;
+    let mesh = start("traffic", Some(ambit_e2e::L4_MESH)).await?;
 
     // By service VIP: both endpoints answer, reviews-v1 on the client's node and reviews-v2
     // on the other, IPv4 and IPv6. The endpoint is picked per connection, so ask until both
