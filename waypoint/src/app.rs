@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_discovery::client::subscriber;
-use ambit_discovery::{CaClient, Client, ControllerLink};
+use ambit_discovery::{CaClient, Client, ControllerLink, Trust};
 use ambit_proto::api::discovery::ProxyKind;
-use ambit_proto::control;
 use ambit_proto::drain::{self, DrainTrigger};
 use ambit_proto::hbone::{HboneClient, HboneServer, TcpDialer};
-use ambit_proto::identity::{CertManager, TrustBundle};
+use ambit_proto::identity::CertManager;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
@@ -35,23 +34,16 @@ impl Waypoint {
         let identity = config.identity().context(
             "the waypoint's identity is invalid (--trust-domain, --namespace, --service-account)",
         )?;
-        let root_pem = std::fs::read_to_string(&config.root_cert).with_context(|| {
-            format!(
-                "reading the mesh root certificate {} (--root-cert)",
-                config.root_cert.display()
-            )
-        })?;
-        let bundle = TrustBundle::from_pem(&config.trust_domain, &root_pem).with_context(|| {
-            format!("loading the mesh root from {}", config.root_cert.display())
-        })?;
-        let controller_identity = match &config.controller_identity {
-            Some(id) => id.clone(),
-            None => control::default_controller_identity(&config.trust_domain)
-                .context("the trust domain makes no controller identity (--trust-domain)")?,
-        };
+        let Trust {
+            bundle, controller, ..
+        } = Trust::load(
+            &config.root_cert,
+            &config.trust_domain,
+            config.controller_identity.as_ref(),
+        )?;
         let link = ControllerLink::new(
             &config.controller,
-            controller_identity,
+            controller,
             &bundle,
             config.node.as_deref(),
             Some(config.token_file.clone()),

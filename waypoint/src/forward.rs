@@ -250,18 +250,7 @@ impl Forwarder {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (endpoint, in_flight) = self.choose(snapshot, backend, down, failed)?;
-            authz::check(
-                &snapshot.mesh,
-                &endpoint.workload,
-                &down.peer,
-                down.client_addr,
-                endpoint.target.port(),
-            )
-            .map_err(|denied| {
-                tracing::info!(client = %down.peer, endpoint = %endpoint.target, policy = %denied.policy, "request denied");
-                Failure::new(Flag::Denied, denied.to_string())
-            })?;
+            let (endpoint, in_flight) = self.endpoint(snapshot, backend, down, failed)?;
             let target = Target {
                 endpoint: endpoint.target,
                 transport: match endpoint.workload.protocol {
@@ -343,8 +332,31 @@ impl Forwarder {
         }
     }
 
-    /// Balance stage: the endpoint for one try, least loaded of two random healthy ones,
-    /// avoiding the one that just failed when there is another.
+    /// Balance and authorization stages: the endpoint for one try (or one opaque connection),
+    /// least loaded of two random healthy ones, avoiding the one that just failed when there is
+    /// another; then that endpoint's L4 policies on the client.
+    pub fn endpoint(
+        &self,
+        snapshot: &Snapshot,
+        backend: &Backend,
+        down: &Downstream,
+        failed: Option<SocketAddr>,
+    ) -> Result<(Endpoint, InFlight), Failure> {
+        let (endpoint, in_flight) = self.choose(snapshot, backend, down, failed)?;
+        authz::check(
+            &snapshot.mesh,
+            &endpoint.workload,
+            &down.peer,
+            down.client_addr,
+            endpoint.target.port(),
+        )
+        .map_err(|denied| {
+            tracing::info!(client = %down.peer, endpoint = %endpoint.target, policy = %denied.policy, "denied");
+            Failure::new(Flag::Denied, denied.to_string())
+        })?;
+        Ok((endpoint, in_flight))
+    }
+
     fn choose(
         &self,
         snapshot: &Snapshot,

@@ -14,7 +14,6 @@ use ambit_proto::identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::authz;
 use crate::destination::Destination;
 use crate::endpoints::Backend;
 use crate::forward::{Downstream, Forwarder};
@@ -33,10 +32,9 @@ pub struct TcpForwarder {
 
 #[derive(Debug, thiserror::Error)]
 enum TcpError {
-    #[error("{0} has no healthy endpoint (check that its pods are running and ready)")]
-    NoEndpoint(String),
-    #[error(transparent)]
-    Denied(#[from] authz::Denied),
+    /// No endpoint, or denied by policy: the reason says which.
+    #[error("{0}")]
+    Refused(String),
     #[error("connecting to {endpoint} failed: {reason}")]
     Connect { endpoint: String, reason: String },
 }
@@ -89,24 +87,10 @@ impl TcpForwarder {
                 port: *port,
             },
         };
-        let endpoints = backend.endpoints(&snapshot.mesh, down.client_addr.ip());
-        let addresses: Vec<_> = endpoints.iter().map(|e| e.target).collect();
-        let in_flight = self
+        let (endpoint, in_flight) = self
             .forwarder
-            .balancer()
-            .pick(&addresses)
-            .ok_or_else(|| TcpError::NoEndpoint(backend.to_string()))?;
-        let endpoint = endpoints
-            .into_iter()
-            .find(|e| e.target == in_flight.endpoint())
-            .expect("the balancer picks one of the candidates");
-        authz::check(
-            &snapshot.mesh,
-            &endpoint.workload,
-            &down.peer,
-            down.client_addr,
-            endpoint.target.port(),
-        )?;
+            .endpoint(&snapshot, &backend, down, None)
+            .map_err(|f| TcpError::Refused(f.detail))?;
         drop(snapshot);
         let connect_failed = |reason: String| TcpError::Connect {
             endpoint: endpoint.target.to_string(),

@@ -3,18 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_discovery::{CaClient, ControllerLink, ProxyState};
-use ambit_proto::control;
+use ambit_discovery::admin::{self, AdminPort};
+use ambit_discovery::{CaClient, ControllerLink, ProxyState, Trust};
 use ambit_proto::drain::{self, DrainTrigger};
 use ambit_proto::hbone::ConnectionLimits;
-use ambit_proto::identity::{
-    CertManager, CertificateAuthority, CertificateProvider, LocalCa, TrustBundle,
-};
+use ambit_proto::identity::{CertManager, CertificateAuthority, CertificateProvider, LocalCa};
 use anyhow::Context;
 use parking_lot::RwLock;
 use tokio::sync::watch;
-
-use ambit_discovery::admin::{self, AdminPort};
 
 use crate::admin::AdminState;
 use crate::config::Config;
@@ -38,23 +34,18 @@ pub struct Ztunnel {
 impl Ztunnel {
     /// Binds every listener and starts every task; errors name what could not be set up.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let root_pem = std::fs::read_to_string(&config.root_cert).with_context(|| {
-            format!(
-                "reading the mesh root certificate {} (--root-cert)",
-                config.root_cert.display()
-            )
-        })?;
-        let bundle = TrustBundle::from_pem(&config.trust_domain, &root_pem).with_context(|| {
-            format!("loading the mesh root from {}", config.root_cert.display())
-        })?;
-        let controller_identity = match &config.controller_identity {
-            Some(id) => id.clone(),
-            None => control::default_controller_identity(&config.trust_domain)
-                .context("the trust domain makes no controller identity (--trust-domain)")?,
-        };
+        let Trust {
+            root_pem,
+            bundle,
+            controller,
+        } = Trust::load(
+            &config.root_cert,
+            &config.trust_domain,
+            config.controller_identity.as_ref(),
+        )?;
         let link = ControllerLink::new(
             &config.controller,
-            controller_identity,
+            controller,
             &bundle,
             Some(&config.node),
             config.token_file.clone(),
