@@ -56,7 +56,12 @@ impl Waypoint {
         let hbone =
             HboneClient::with_settings(certs.clone(), Arc::new(TcpDialer), config.hbone_client());
         let upstream = Upstream::new(hbone.clone(), identity.clone(), config.upstream());
-        let forwarder = Arc::new(Forwarder::new(store.clone(), upstream, telemetry.clone()));
+        let forwarder = Arc::new(Forwarder::new(
+            store.clone(),
+            upstream,
+            telemetry.clone(),
+            config.request_timeout,
+        ));
         let tcp = Arc::new(TcpForwarder::new(
             hbone,
             identity.clone(),

@@ -79,6 +79,11 @@ pub struct Config {
     /// as UF (and is retried on another endpoint).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// How long a request may wait for its response's headers, retries included, when its
+    /// route sets no `timeouts.request` (or it matches no route): Envoy's default. The body
+    /// then streams for as long as it lasts.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
     /// Worker threads of the data path.
     #[arg(long, default_value_t = 2)]
     pub worker_threads: usize,

@@ -59,16 +59,25 @@ pub struct Forwarder {
     balancer: Balancer,
     budget: RetryBudget,
     telemetry: Arc<Telemetry>,
+    /// For requests whose rule sets no `timeouts.request` (or that match no route): no wait
+    /// on an upstream is unbounded.
+    default_timeout: Duration,
 }
 
 impl Forwarder {
-    pub fn new(store: Arc<Store>, upstream: Upstream, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        upstream: Upstream,
+        telemetry: Arc<Telemetry>,
+        default_timeout: Duration,
+    ) -> Self {
         Forwarder {
             store,
             upstream,
             balancer: Balancer::new(),
             budget: RetryBudget::default(),
             telemetry,
+            default_timeout,
         }
     }
 
@@ -170,11 +179,14 @@ impl Forwarder {
         };
         report.backend = backend.service().cloned();
         let version = upstream_version(&head, &down.destination);
-        let mut deadline = rule.as_ref().and_then(|r| r.timeouts.request);
+        let mut deadline = rule
+            .as_ref()
+            .and_then(|r| r.timeouts.request)
+            .unwrap_or(self.default_timeout);
         if report.protocol == Protocol::Grpc
             && let Some(grpc) = policy::grpc_timeout(&head.headers)
         {
-            deadline = Some(deadline.map_or(grpc, |d| d.min(grpc)));
+            deadline = deadline.min(grpc);
         }
         let attempts = self.attempts(
             snapshot,
@@ -186,18 +198,16 @@ impl Forwarder {
             version,
             report,
         );
-        let mut response = match deadline {
-            None => attempts.await?,
-            Some(limit) => tokio::time::timeout(limit, attempts).await.map_err(|_| {
+        let mut response = tokio::time::timeout(deadline, attempts)
+            .await
+            .map_err(|_| {
                 Failure::new(
                     Flag::Timeout,
                     format!(
-                        "no response from {} within the request timeout of {limit:?}",
-                        backend
+                        "no response from {backend} within the request timeout of {deadline:?}"
                     ),
                 )
-            })??,
-        };
+            })??;
         if let Some(rule) = &rule {
             let (mut parts, body) = response.into_parts();
             filters::apply_response(&rule.filters, &mut parts);

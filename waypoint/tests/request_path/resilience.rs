@@ -86,6 +86,25 @@ async fn a_slow_backend_behind_a_request_timeout_is_504_ut_in_time() {
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
 }
 
+/// Without a route timeout the waypoint's default bounds the wait for a backend that never
+/// answers (no wait on a peer is unbounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_route_timeout_gets_the_default_one() {
+    let mesh = Mesh::start(Setup {
+        default_timeout: Some(Duration::from_millis(300)),
+        ..to_v1(None, 0)
+    })
+    .await;
+    mesh.app("reviews-v1")
+        .set(Behavior::Delay(Duration::from_secs(5)));
+    let started = Instant::now();
+    let reply = mesh.client().http1(REVIEWS).await.get("/reviews/1").await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{reply:?}");
+    assert_eq!(reply.flags(), Some("UT"), "{reply:?}");
+    assert!(took < Duration::from_secs(2), "the 504 took {took:?}");
+}
+
 /// Half of the requests fail their first try with 503 (a retry of the same request succeeds):
 /// with 3 retries on 503, nearly all of them succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -157,6 +157,8 @@ pub struct Setup {
     pub policies: Vec<sec::AuthorizationPolicy>,
     /// Pods whose HBONE server is not started (their address refuses connections).
     pub down: Vec<&'static str>,
+    /// The waypoint's `--request-timeout` (15 s when unset).
+    pub default_timeout: Option<Duration>,
 }
 
 pub const PODS: [&str; 3] = ["reviews-v1", "reviews-v2", "echo"];
@@ -244,7 +246,12 @@ impl Mesh {
                 ..UpstreamSettings::default()
             },
         );
-        let forwarder = Arc::new(Forwarder::new(store.clone(), upstream, telemetry.clone()));
+        let forwarder = Arc::new(Forwarder::new(
+            store.clone(),
+            upstream,
+            telemetry.clone(),
+            setup.default_timeout.unwrap_or(Duration::from_secs(15)),
+        ));
         let tcp = Arc::new(TcpForwarder::new(
             hbone,
             waypoint_id.clone(),
