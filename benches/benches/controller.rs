@@ -22,6 +22,7 @@ mod report;
 #[path = "controller/run.rs"]
 mod run;
 
+use ambit_benches::Args;
 use ambit_benches::alloc::Counting;
 
 #[global_allocator]
@@ -33,25 +34,24 @@ struct Options {
 }
 
 fn options() -> anyhow::Result<Options> {
-    let args: Vec<String> = std::env::args().collect();
-    let sizes = match args.iter().position(|a| a == "--sizes") {
-        Some(i) => {
-            let list = args
-                .get(i + 1)
-                .ok_or_else(|| anyhow::anyhow!("--sizes needs a list, e.g. --sizes 1000,10000"))?;
-            list.split(',')
-                .map(|s| s.trim().parse::<usize>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| anyhow::anyhow!("--sizes {list}: {e}"))?
-        }
-        None => vec![1_000, 10_000, 50_000],
+    let args = Args::from_env();
+    let sizes = if args.flag("--sizes") {
+        let list = args
+            .text("--sizes")
+            .ok_or_else(|| anyhow::anyhow!("--sizes needs a list, e.g. --sizes 1000,10000"))?;
+        list.split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--sizes {list}: {e}"))?
+    } else {
+        vec![1_000, 10_000, 50_000]
     };
     if let Some(small) = sizes.iter().find(|&&s| s < 500) {
         anyhow::bail!("--sizes: {small} is too small; the mesh needs 500 workloads or more");
     }
     Ok(Options {
         sizes,
-        json: args.iter().any(|a| a == "--json"),
+        json: args.flag("--json"),
     })
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ambit_benches::{median, report};
+use ambit_benches::{Args, median, report};
 use ambit_proto::drain;
 use ambit_proto::hbone::{
     ConnectRequest, HboneClient, HboneServer, Keepalive, ServerSettings, TcpDialer, TunnelHandler,
@@ -37,22 +37,10 @@ fn options() -> Options {
         seconds: 2,
         megabytes: 512,
     };
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<usize>().ok())
-    };
-    if let Some(v) = value("--rounds") {
-        o.rounds = v.max(1);
-    }
-    if let Some(v) = value("--seconds") {
-        o.seconds = v.max(1) as u64;
-    }
-    if let Some(v) = value("--megabytes") {
-        o.megabytes = v.max(1);
-    }
+    let args = Args::from_env();
+    o.rounds = args.value("--rounds", o.rounds).max(1);
+    o.seconds = args.value("--seconds", o.seconds).max(1);
+    o.megabytes = args.value("--megabytes", o.megabytes).max(1);
     o
 }
 

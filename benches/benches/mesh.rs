@@ -9,7 +9,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ambit_benches::{median, report};
+use ambit_benches::procfs::{cpu_seconds, memory_mb};
+use ambit_benches::{Args, median, report};
 use ambit_controller::local::apps::LoadResult;
 use ambit_controller::local::{
     BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, LocalMesh, Options, load,
@@ -24,20 +25,13 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let args = Args::from_env();
     Opts {
-        rounds: value("--rounds", 3).max(1),
-        seconds: value("--seconds", 5).max(1) as u64,
-        pods: value("--pods", 100).max(2),
-        megabytes: value("--megabytes", 1024) as u64,
-        workers: value("--workers", 2).max(1),
+        rounds: args.value("--rounds", 3).max(1),
+        seconds: args.value("--seconds", 5).max(1),
+        pods: args.value("--pods", 100).max(2),
+        megabytes: args.value("--megabytes", 1024),
+        workers: args.value("--workers", 2).max(1),
     }
 }
 
@@ -60,40 +54,6 @@ fn mesh_file(pods: usize) -> String {
         ));
     }
     y
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks / hz
-}
-
-/// (VmRSS, VmHWM) in MB.
-fn memory_mb(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (kb("VmRSS:"), kb("VmHWM:"))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -5,6 +5,34 @@ use std::time::Duration;
 
 pub mod alloc;
 pub mod cpu;
+pub mod procfs;
+pub mod tools;
+
+/// A bench's command line: `--name value` options and `--flag` switches after `cargo bench
+/// -- `. A value that is missing or does not parse leaves the default.
+pub struct Args(Vec<String>);
+
+impl Args {
+    pub fn from_env() -> Self {
+        Args(std::env::args().collect())
+    }
+
+    /// The text after `--name`, if given.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        let i = self.0.iter().position(|a| a == name)?;
+        self.0.get(i + 1).map(String::as_str)
+    }
+
+    pub fn value<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
+        self.text(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+    }
+}
 
 /// Latency samples of one run.
 #[derive(Debug, Default, Clone)]
@@ -78,5 +106,19 @@ mod tests {
         assert_eq!(s.quantile(1.0), 100);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn options_and_flags() {
+        let args = Args(
+            ["bench", "--rounds", "7", "--json", "--seconds", "x"]
+                .map(String::from)
+                .to_vec(),
+        );
+        assert_eq!(args.value("--rounds", 3usize), 7);
+        assert_eq!(args.value("--seconds", 5u64), 5);
+        assert_eq!(args.value("--pods", 100usize), 100);
+        assert!(args.flag("--json") && !args.flag("--nginx-access-log"));
+        assert_eq!(args.text("--json"), Some("--seconds"));
     }
 }
