@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ambit/workload/v1/workload.proto",
         "proto/ambit/security/v1/security.proto",
         "proto/ambit/route/v1/route.proto",
+        "proto/ambit/traffic/v1/traffic.proto",
         "proto/ambit/discovery/v1/discovery.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;

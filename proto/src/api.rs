@@ -19,6 +19,11 @@ pub mod ambit {
             tonic::include_proto!("ambit.route.v1");
         }
     }
+    pub mod traffic {
+        pub mod v1 {
+            tonic::include_proto!("ambit.traffic.v1");
+        }
+    }
     pub mod discovery {
         pub mod v1 {
             tonic::include_proto!("ambit.discovery.v1");
@@ -36,6 +41,7 @@ pub mod discovery_encoded {
 pub use ambit::discovery::v1 as discovery;
 pub use ambit::route::v1 as route;
 pub use ambit::security::v1 as security;
+pub use ambit::traffic::v1 as traffic;
 pub use ambit::workload::v1 as workload;
 
 impl discovery::ResourceType {
@@ -48,6 +54,7 @@ impl discovery::ResourceType {
             discovery::ResourceType::WaypointResource => "waypoint",
             discovery::ResourceType::AuthorizationPolicy => "authorization_policy",
             discovery::ResourceType::Route => "route",
+            discovery::ResourceType::TrafficPolicy => "traffic_policy",
             discovery::ResourceType::Unspecified => "unspecified",
         }
     }
@@ -60,6 +67,7 @@ impl discovery::ResourceType {
             discovery::ResourceType::WaypointResource,
             discovery::ResourceType::AuthorizationPolicy,
             discovery::ResourceType::Route,
+            discovery::ResourceType::TrafficPolicy,
         ]
         .into_iter()
         .find(|t| t.key_name() == name)

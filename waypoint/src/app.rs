@@ -18,6 +18,7 @@ use crate::forward::Forwarder;
 use crate::ingress::Ingress;
 use crate::pages::Pages;
 use crate::report::Telemetry;
+use crate::serve::HttpServer;
 use crate::state::Store;
 use crate::tcp::TcpForwarder;
 use crate::upstream::Upstream;
@@ -56,12 +57,15 @@ impl Waypoint {
         let hbone =
             HboneClient::with_settings(certs.clone(), Arc::new(TcpDialer), config.hbone_client());
         let upstream = Upstream::new(hbone.clone(), identity.clone(), config.upstream());
-        let forwarder = Arc::new(Forwarder::new(
-            store.clone(),
-            upstream,
-            telemetry.clone(),
-            config.request_timeout,
-        ));
+        let forwarder = Arc::new(
+            Forwarder::new(
+                store.clone(),
+                upstream,
+                telemetry.clone(),
+                config.request_timeout,
+            )
+            .with_escaped_slashes(config.path_escaped_slashes),
+        );
         let tcp = Arc::new(TcpForwarder::new(
             hbone,
             identity.clone(),
@@ -110,6 +114,7 @@ impl Waypoint {
             key: config.key(),
             forwarder,
             tcp,
+            http: Arc::new(HttpServer::new(config.http_limits.clone())),
         });
         let serve_watch = watch.clone();
         tokio::spawn(async move {

@@ -1,14 +1,23 @@
-//! L4 authorization at the waypoint. Behind a waypoint the destination's ztunnel sees the
+//! Authorization at the waypoint. Behind a waypoint the destination's ztunnel sees the
 //! waypoint's identity, not the client's, so the waypoint is where the policies of the
-//! destination workload are enforced on the *client's* identity, address and the target port,
-//! exactly as that workload's ztunnel would without a waypoint: adding a waypoint must never
-//! skip a policy. L7 fields (methods, paths, hosts) are refused by the policy parser until L7
-//! authorization lands, so such a policy fails closed here as it does in ztunnel.
+//! destination workload are enforced on the *client's* identity and address: adding a waypoint
+//! must never skip a policy. Here they are checked in full, L7 conditions included, against the
+//! request as the chosen endpoint will receive it: after the route's filters, with the path
+//! normalised once on arrival ([`crate::path`]), hosts compared without port and case. Opaque
+//! TCP has no request: it gets ztunnel's L4 check, L7 conditions failing closed.
+//!
+//! Every decision a policy makes is counted in `ambit_policy_decisions_total{policy, decision}`
+//! (`allow`, `deny`, `audit`; requests no policy decided are not counted); denials and AUDIT
+//! matches are logged with the policy and the client.
 
 use std::net::SocketAddr;
 
-use ambit_discovery::state::{Decision, PolicySource, ProxyState, Workload};
+use ambit_discovery::state::{Decision, PolicyRequest, PolicySource, ProxyState, Workload};
 use ambit_proto::identity::SpiffeId;
+use http::request;
+
+use crate::report::Telemetry;
+use crate::telemetry::metrics::PolicyDecision;
 
 /// A refusal, naming the policy that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,20 +38,75 @@ impl std::fmt::Display for Denied {
 
 impl std::error::Error for Denied {}
 
-/// May `client` (proven `identity`, at `client_addr`) reach `workload` on `target_port`?
+/// Who asks for what: the client, and its request when it made one (`None`: opaque TCP).
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub identity: &'a SpiffeId,
+    pub client_addr: SocketAddr,
+    pub request: Option<&'a request::Parts>,
+}
+
+/// May the client reach `workload` on `target_port`? Logs and counts what policies decided.
 pub fn check(
     state: &ProxyState,
     workload: &Workload,
-    identity: &SpiffeId,
-    client_addr: SocketAddr,
     target_port: u16,
+    ask: &Ask<'_>,
+    telemetry: &Telemetry,
 ) -> Result<(), Denied> {
     let source = PolicySource {
-        identity: Some(identity),
-        ip: client_addr.ip(),
+        identity: Some(ask.identity),
+        ip: ask.client_addr.ip(),
     };
-    match state.authorize(workload, &source, target_port) {
-        Decision::Allow => Ok(()),
-        Decision::Deny { policy, reason } => Err(Denied { policy, reason }),
+    let verdict = match ask.request {
+        Some(head) => {
+            let request = PolicyRequest {
+                method: head.method.as_str(),
+                path: head.uri.path(),
+                authority: head.uri.authority().map(|a| a.as_str()),
+                headers: &head.headers,
+            };
+            state.authorize_request(workload, &source, target_port, &request)
+        }
+        None => state.authorize(workload, &source, target_port),
+    };
+    let (method, path) = match ask.request {
+        Some(head) => (head.method.as_str(), head.uri.path()),
+        None => ("-", "-"),
+    };
+    for policy in &verdict.audited {
+        tracing::info!(
+            %policy,
+            client = %ask.identity,
+            client_addr = %ask.client_addr,
+            workload = %workload.uid,
+            method,
+            path,
+            allowed = verdict.is_allowed(),
+            "authorization policy AUDIT matched"
+        );
+        telemetry.policy_decision(policy, PolicyDecision::Audit);
+    }
+    match verdict.decision {
+        Decision::Allow { policy: None } => Ok(()),
+        Decision::Allow {
+            policy: Some(policy),
+        } => {
+            telemetry.policy_decision(&policy, PolicyDecision::Allow);
+            Ok(())
+        }
+        Decision::Deny { policy, reason } => {
+            tracing::info!(
+                %policy,
+                client = %ask.identity,
+                client_addr = %ask.client_addr,
+                workload = %workload.uid,
+                method,
+                path,
+                "denied by authorization policy"
+            );
+            telemetry.policy_decision(&policy, PolicyDecision::Deny);
+            Err(Denied { policy, reason })
+        }
     }
 }

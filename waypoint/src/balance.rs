@@ -1,7 +1,9 @@
 //! Endpoint choice: power of two choices on least outstanding requests, Linkerd's balancer
 //! without its latency (EWMA) term. Of a request's candidate endpoints (the caller has already
-//! left out unhealthy and ejected ones), two are picked at random and the one with fewer requests
-//! in flight wins; the returned [`InFlight`] guard counts the request until it is dropped.
+//! left out unhealthy ones, and ejected ones with `ServiceTraffic::skip_ejected`), two are
+//! picked at random and the one with fewer requests in flight wins; the returned [`InFlight`]
+//! guard counts the request until it is dropped, and holds its circuit breaker admission
+//! ([`InFlight::hold`]) as long.
 //!
 //! Two random samples instead of a scan of every endpoint keep a pick O(1) and avoid the herd
 //! effect of "always the least loaded" when many pickers act on the same stale counts.
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
+
+use crate::breaker::Admission;
 
 /// Requests in flight per endpoint, shared by every request to one backend.
 #[derive(Default)]
@@ -32,11 +36,17 @@ struct Load {
 pub struct InFlight {
     endpoint: SocketAddr,
     load: Arc<Load>,
+    admission: Option<Admission>,
 }
 
 impl InFlight {
     pub fn endpoint(&self) -> SocketAddr {
         self.endpoint
+    }
+
+    /// Keeps the try's breaker admission (its request, and retry) counted as long as this.
+    pub fn hold(&mut self, admission: Option<Admission>) {
+        self.admission = admission;
     }
 }
 
@@ -96,7 +106,11 @@ impl Balancer {
 
     fn count(endpoint: SocketAddr, load: Arc<Load>) -> InFlight {
         load.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint, load }
+        InFlight {
+            endpoint,
+            load,
+            admission: None,
+        }
     }
 
     /// Forgets endpoints for which `keep` is false: call it with each new endpoint set, so

@@ -10,6 +10,7 @@ use ambit_proto::hbone::{self, ClientSettings, ConnectionLimits, LimitSettings, 
 use ambit_proto::identity::{SpiffeId, SpiffeIdError};
 use std::sync::Arc;
 
+use crate::http_limits::HttpLimits;
 use crate::upstream::UpstreamSettings;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -84,9 +85,18 @@ pub struct Config {
     /// then streams for as long as it lasts.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Per-connection limits of the HTTP/1.1 and HTTP/2 server (slow headers, header size,
+    /// HTTP/2 streams and resets): the `--http*` flags.
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
     /// Worker threads of the data path.
     #[arg(long, default_value_t = 2)]
     pub worker_threads: usize,
+    /// What an escaped slash or backslash (`%2F`, `%5C`) or a literal backslash in a request's
+    /// path does: `reject` answers 400, `decode` makes it a `/` before the path is normalised
+    /// (Istio's pathNormalization choice; see README "Paths").
+    #[arg(long, value_enum, default_value_t = crate::path::EscapedSlashes::Reject)]
+    pub path_escaped_slashes: crate::path::EscapedSlashes,
 }
 
 impl Config {
@@ -158,5 +168,11 @@ mod tests {
         assert_eq!(config.key(), "demo/waypoint");
         assert_eq!(config.hbone_addr.port(), 15008);
         assert!(config.admin_addr.ip().is_loopback());
+        assert_eq!(config.http_limits, HttpLimits::default());
+        assert_eq!(
+            config.path_escaped_slashes,
+            crate::path::EscapedSlashes::Reject,
+            "escaped slashes are refused unless asked otherwise"
+        );
     }
 }

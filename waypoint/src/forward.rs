@@ -16,16 +16,20 @@ use hyper::body::Incoming;
 use crate::authz;
 use crate::balance::{Balancer, InFlight};
 use crate::body::{self, Body};
+use crate::breaker::{Overflow, Slot};
 use crate::destination::Destination;
 use crate::endpoints::{Backend, Endpoint};
 use crate::filters;
 use crate::local_reply::{self, FLAGS_HEADER, Flag};
+use crate::outlier::Observed;
+use crate::path::{self, EscapedSlashes};
 use crate::report::{Report, Telemetry};
 use crate::retry::policy::{self, Outcome, Policy};
 use crate::retry::{DEFAULT_CAP, ReplayBody, RetryBudget};
 use crate::route::{Lookup, Rule};
 use crate::state::{Snapshot, Store};
 use crate::telemetry::Protocol;
+use crate::traffic::ServiceTraffic;
 use crate::upstream::{HttpVersion, Target, Transport, Upstream, UpstreamError};
 
 /// Who a tunnel's requests come from and what they are for; one per tunnel.
@@ -62,6 +66,7 @@ pub struct Forwarder {
     /// For requests whose rule sets no `timeouts.request` (or that match no route): no wait
     /// on an upstream is unbounded.
     default_timeout: Duration,
+    escaped_slashes: EscapedSlashes,
 }
 
 impl Forwarder {
@@ -78,7 +83,14 @@ impl Forwarder {
             budget: RetryBudget::default(),
             telemetry,
             default_timeout,
+            escaped_slashes: EscapedSlashes::default(),
         }
+    }
+
+    /// What an escaped slash in a request's path does (`--path-escaped-slashes`).
+    pub fn with_escaped_slashes(mut self, escaped_slashes: EscapedSlashes) -> Self {
+        self.escaped_slashes = escaped_slashes;
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -109,7 +121,12 @@ impl Forwarder {
         let (body, request_bytes) = crate::report::count(body::boxed(body));
         report.request_bytes = Some(request_bytes);
         let snapshot = self.store.current();
-        let response = match self.route(&snapshot, down, head, body, &mut report).await {
+        // Once, first: routing, policy and the upstream all see the normalised path.
+        let routed = match self.normalise(&mut head) {
+            Ok(()) => self.route(&snapshot, down, head, body, &mut report).await,
+            Err(failure) => Err(failure),
+        };
+        let response = match routed {
             Ok(response) => response,
             Err(failure) => {
                 report.flag = Some(failure.flag);
@@ -171,6 +188,8 @@ impl Forwarder {
                             return Ok(Response::from_parts(parts, body::empty()));
                         }
                         filters::apply_request(&rule.filters, matched.prefix, &mut head);
+                        // A rewrite's replacement may reintroduce `//` or `..`.
+                        self.normalise(&mut head)?;
                         let backend = self.backend(snapshot, &rule)?;
                         (backend, Some(rule))
                     }
@@ -216,6 +235,15 @@ impl Forwarder {
         Ok(response)
     }
 
+    fn normalise(&self, head: &mut request::Parts) -> Result<(), Failure> {
+        path::normalise_uri(&mut head.uri, self.escaped_slashes).map_err(|e| {
+            Failure::new(
+                Flag::BadPath,
+                format!("bad request path {:?}: {e}", head.uri.path()),
+            )
+        })
+    }
+
     /// A rule's weighted choice of backend, resolved to a service the waypoint knows.
     fn backend(&self, snapshot: &Snapshot, rule: &Rule) -> Result<Backend, Failure> {
         let Some(chosen) = rule.next_backend() else {
@@ -256,11 +284,23 @@ impl Forwarder {
         let per_try = rule.and_then(|r| r.timeouts.backend_request);
         let body = ReplayBody::new(body, DEFAULT_CAP);
         self.budget.deposit();
+        // The backend service's circuit breaker, outlier detection and pool settings.
+        let traffic = snapshot.traffic.of(backend);
+        if let Some(t) = traffic {
+            t.bind_metrics(self.telemetry.metrics());
+        }
+        let mut retry_slot: Option<Slot> = None;
         let mut failed: Option<SocketAddr> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (endpoint, in_flight) = self.endpoint(snapshot, backend, down, failed)?;
+            let admission = match traffic {
+                Some(t) => Some(t.admit(retry_slot.take()).map_err(|o| overflow(t, o))?),
+                None => None,
+            };
+            let (endpoint, mut in_flight) =
+                self.endpoint(snapshot, backend, down, failed, Some(&head))?;
+            in_flight.hold(admission);
             let target = Target {
                 endpoint: endpoint.target,
                 transport: match endpoint.workload.protocol {
@@ -275,7 +315,10 @@ impl Forwarder {
             report.endpoint = Some(endpoint.clone());
             let request = Request::from_parts(head.clone(), body::boxed(body.clone()));
             let sent = Instant::now();
-            let send = self.upstream.send(&target, Some(down.client_addr), request);
+            let terms = traffic.map(|t| t.terms()).unwrap_or_default();
+            let send = self
+                .upstream
+                .send_with(&target, Some(down.client_addr), request, terms);
             let result = match per_try {
                 None => send.await.map_err(Tried::Failed),
                 Some(limit) => match tokio::time::timeout(limit, send).await {
@@ -284,6 +327,23 @@ impl Forwarder {
                 },
             };
             report.upstream_time = Some(sent.elapsed());
+            if let Some(t) = traffic {
+                if let Err(Tried::Failed(e)) = &result
+                    && let Some(o) = e.overflow()
+                {
+                    // Refused by the pool at the pending limit: at once, never retried.
+                    report.in_flight = Some(in_flight);
+                    return Err(overflow(t, o));
+                }
+                let observed = match &result {
+                    Ok(response) => Some(Observed::Status(response.status().as_u16())),
+                    Err(Tried::TimedOut(_)) => Some(Observed::Timeout),
+                    Err(Tried::Failed(e)) => Observed::of_error(e),
+                };
+                if let Some(observed) = observed {
+                    t.observe(endpoint.target, observed);
+                }
+            }
             let outcome = match &result {
                 Ok(response) => Outcome::Response {
                     status: response.status(),
@@ -301,21 +361,51 @@ impl Forwarder {
                 failed = Some(e.endpoint());
             }
             let mut refused_by_budget = false;
+            // UO: the service's max_retries said no; the last answer is passed on.
+            let mut refused_by_breaker: Option<String> = None;
             if let Some(delay) = again {
-                if self.budget.try_withdraw() {
-                    drop(result);
-                    drop(in_flight);
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                match traffic.map(|t| t.retry().map_err(|o| t.overflowed(o))) {
+                    Some(Err(detail)) => refused_by_breaker = Some(detail),
+                    slot => {
+                        if self.budget.try_withdraw() {
+                            retry_slot = slot.and_then(Result::ok);
+                            drop(result);
+                            drop(in_flight);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            continue;
+                        }
+                        tracing::debug!(attempt, "retry budget spent; not retrying");
+                        refused_by_budget = true;
                     }
-                    continue;
                 }
-                tracing::debug!(attempt, "retry budget spent; not retrying");
-                refused_by_budget = true;
             }
             // URX: the policy wanted another try and had none left, or the budget said no.
             let exhausted = retryable && (attempt > 1 || refused_by_budget);
             report.in_flight = Some(in_flight);
+            if let Some(detail) = refused_by_breaker {
+                return match result {
+                    Ok(mut response) => {
+                        report.flag = Some(Flag::Overflow);
+                        response.headers_mut().insert(
+                            FLAGS_HEADER,
+                            http::HeaderValue::from_static(Flag::Overflow.letters()),
+                        );
+                        Ok(response)
+                    }
+                    Err(Tried::TimedOut(limit)) => Err(Failure::new(
+                        Flag::Overflow,
+                        format!(
+                            "no answer within the backendRequest timeout of {limit:?}, and no retry: {detail}"
+                        ),
+                    )),
+                    Err(Tried::Failed(e)) => Err(Failure::new(
+                        Flag::Overflow,
+                        format!("{e}, and no retry: {detail}"),
+                    )),
+                };
+            }
             return match result {
                 Ok(mut response) => {
                     if exhausted {
@@ -344,26 +434,30 @@ impl Forwarder {
 
     /// Balance and authorization stages: the endpoint for one try (or one opaque connection),
     /// least loaded of two random healthy ones, avoiding the one that just failed when there is
-    /// another; then that endpoint's L4 policies on the client.
+    /// another; then that endpoint's policies on the client and its `request` (`None`: opaque
+    /// TCP, judged at L4).
     pub fn endpoint(
         &self,
         snapshot: &Snapshot,
         backend: &Backend,
         down: &Downstream,
         failed: Option<SocketAddr>,
+        request: Option<&request::Parts>,
     ) -> Result<(Endpoint, InFlight), Failure> {
         let (endpoint, in_flight) = self.choose(snapshot, backend, down, failed)?;
+        let ask = authz::Ask {
+            identity: &down.peer,
+            client_addr: down.client_addr,
+            request,
+        };
         authz::check(
             &snapshot.mesh,
             &endpoint.workload,
-            &down.peer,
-            down.client_addr,
             endpoint.target.port(),
+            &ask,
+            &self.telemetry,
         )
-        .map_err(|denied| {
-            tracing::info!(client = %down.peer, endpoint = %endpoint.target, policy = %denied.policy, "denied");
-            Failure::new(Flag::Denied, denied.to_string())
-        })?;
+        .map_err(|denied| Failure::new(Flag::Denied, denied.to_string()))?;
         Ok((endpoint, in_flight))
     }
 
@@ -380,6 +474,9 @@ impl Forwarder {
         {
             endpoints.retain(|e| e.target != failed);
         }
+        if let Some(t) = snapshot.traffic.of(backend) {
+            t.skip_ejected(&mut endpoints);
+        }
         let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.target).collect();
         let Some(picked) = self.balancer.pick(&addresses) else {
             return Err(Failure::new(
@@ -395,6 +492,11 @@ impl Forwarder {
             .expect("the balancer picks one of the candidates");
         Ok((endpoints.swap_remove(index), picked))
     }
+}
+
+/// A refusal by the service's circuit breaker: counted, logged, answered 503 `UO`.
+fn overflow(traffic: &ServiceTraffic, overflow: Overflow) -> Failure {
+    Failure::new(Flag::Overflow, traffic.overflowed(overflow))
 }
 
 /// How one try ended without a response.

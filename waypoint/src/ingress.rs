@@ -11,7 +11,7 @@ use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
 use crate::destination::Destination;
 use crate::detect::{self, Protocol};
 use crate::forward::{Downstream, Forwarder};
-use crate::serve;
+use crate::serve::HttpServer;
 use crate::tcp::TcpForwarder;
 
 /// How long a client may take to send its first bytes before an undeclared port is treated
@@ -23,6 +23,8 @@ pub struct Ingress {
     pub key: String,
     pub forwarder: Arc<Forwarder>,
     pub tcp: Arc<TcpForwarder>,
+    /// HTTP/1.1 and HTTP/2 on the tunnels, within the per-connection limits.
+    pub http: Arc<HttpServer>,
 }
 
 impl TunnelHandler for Ingress {
@@ -65,7 +67,12 @@ impl TunnelHandler for Ingress {
         };
         match protocol {
             Protocol::Tcp => self.tcp.forward(stream, downstream).await,
-            http => serve::http(stream, http, self.forwarder.clone(), Arc::new(downstream)).await,
+            http => {
+                let forwarder = self.forwarder.clone();
+                self.http
+                    .serve(stream, http, forwarder, Arc::new(downstream))
+                    .await
+            }
         }
     }
 }

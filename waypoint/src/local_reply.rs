@@ -37,6 +37,12 @@ pub enum Flag {
     /// The route's configuration cannot serve the request: a backend that does not exist or
     /// only zero weights (500, as the Gateway API specifies).
     BadBackend,
+    /// The request's path cannot be normalised (an escaped slash, a malformed escape): 400,
+    /// with Envoy's flag for a downstream protocol error.
+    BadPath,
+    /// A circuit breaker limit of the backend service was reached (503), or it refused a
+    /// retry (the last answer is passed on).
+    Overflow,
 }
 
 impl Flag {
@@ -54,6 +60,8 @@ impl Flag {
             Flag::RetriesExhausted => "URX",
             Flag::Denied => "RBAC",
             Flag::BadBackend => "NC",
+            Flag::BadPath => "DPE",
+            Flag::Overflow => "UO",
         }
     }
 
@@ -67,9 +75,10 @@ impl Flag {
             | Flag::StreamReset
             | Flag::DownstreamClosed => StatusCode::SERVICE_UNAVAILABLE,
             Flag::ProtocolError => StatusCode::BAD_GATEWAY,
-            Flag::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Flag::RetriesExhausted | Flag::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Flag::Denied => StatusCode::FORBIDDEN,
             Flag::BadBackend => StatusCode::INTERNAL_SERVER_ERROR,
+            Flag::BadPath => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -82,6 +91,7 @@ impl Flag {
             "DC" => Flag::DownstreamClosed,
             "UH" => Flag::NoHealthyUpstream,
             "UT" => Flag::Timeout,
+            "UO" => Flag::Overflow,
             _ => Flag::ConnectFailure,
         }
     }
@@ -93,6 +103,7 @@ impl Flag {
             Flag::Timeout => 4,     // DEADLINE_EXCEEDED
             Flag::Denied => 7,      // PERMISSION_DENIED
             Flag::BadBackend => 13, // INTERNAL
+            Flag::BadPath => 3,     // INVALID_ARGUMENT
             _ => 14,                // UNAVAILABLE
         }
     }

@@ -130,6 +130,20 @@ impl Telemetry {
         self.metrics.render()
     }
 
+    /// The recorder, for the waypoint's own metrics beside Istio's (`crate::traffic`).
+    pub fn metrics(&self) -> &RequestMetrics {
+        &self.metrics
+    }
+
+    /// Counts a decision of an authorization policy ([`crate::authz`]).
+    pub fn policy_decision(
+        &self,
+        policy: &str,
+        decision: crate::telemetry::metrics::PolicyDecision,
+    ) {
+        self.metrics.policy_decision(policy, decision);
+    }
+
     /// Folds recorded samples into the histograms; call every few seconds so that memory does
     /// not grow between scrapes.
     pub fn upkeep(&self) {

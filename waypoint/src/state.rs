@@ -1,6 +1,8 @@
 //! The waypoint's config: the mesh state its discovery stream keeps (services, workloads,
-//! policies, routes) and the routes compiled from it, built together on a copy and swapped in
-//! whole, so a request sees one consistent version and never waits for an update.
+//! policies, routes, traffic policies) and the routes and traffic policies compiled from it,
+//! built together on a copy and swapped in whole, so a request sees one consistent version and
+//! never waits for an update. What must outlive a version (circuit breaker counts, ejections)
+//! is carried from the previous one by the compile.
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::route::Routes;
+use crate::traffic::Traffic;
 
 impl ambit_discovery::Apply for Store {
     type Error = String;
@@ -30,6 +33,8 @@ impl ambit_discovery::Apply for Store {
 pub struct Snapshot {
     pub mesh: ProxyState,
     pub routes: Routes,
+    /// Every service's traffic policy (or the defaults) and its breaker and ejections.
+    pub traffic: Traffic,
 }
 
 /// Holds the current snapshot; updated by the discovery client.
@@ -60,12 +65,14 @@ impl Store {
     }
 
     /// Applies a discovery response on a copy of the current state, compiles its routes and
-    /// swaps both in; a response that fails either is refused whole (NACK) and nothing changes.
+    /// traffic policies and swaps all in; a response that fails any is refused whole (NACK)
+    /// and nothing changes.
     pub fn apply(
         &self,
         response: &ambit_proto::api::discovery::SubscribeResponse,
     ) -> Result<(), String> {
-        let mut mesh = self.current().mesh.clone();
+        let current = self.current();
+        let mut mesh = current.mesh.clone();
         mesh.apply(response).map_err(|e| e.to_string())?;
         let routes = Routes::from_api(
             &mesh
@@ -74,7 +81,12 @@ impl Store {
                 .collect::<Vec<_>>(),
         )
         .map_err(|e| e.to_string())?;
-        *self.current.write() = Arc::new(Snapshot { mesh, routes });
+        let traffic = Traffic::compile(&mesh, &current.traffic).map_err(|e| e.to_string())?;
+        *self.current.write() = Arc::new(Snapshot {
+            mesh,
+            routes,
+            traffic,
+        });
         self.applied.send_modify(|n| *n += 1);
         Ok(())
     }

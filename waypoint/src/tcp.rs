@@ -89,7 +89,7 @@ impl TcpForwarder {
         };
         let (endpoint, in_flight) = self
             .forwarder
-            .endpoint(&snapshot, &backend, down, None)
+            .endpoint(&snapshot, &backend, down, None, None)
             .map_err(|f| TcpError::Refused(f.detail))?;
         drop(snapshot);
         let connect_failed = |reason: String| TcpError::Connect {

@@ -11,6 +11,10 @@
 //! carries up to `max_streams_per_connection` requests at once, and concurrent first requests
 //! share one dial; HTTP/1.1 connections carry one request at a time and wait in an idle list
 //! between requests.
+//!
+//! Each request brings its service's [`Terms`]: the traffic policy's pool settings (HTTP/2
+//! multiplexing, idle timeout, requests per connection) and the service's circuit breaker,
+//! which the pool asks before it opens a connection and while a request waits for one.
 
 mod connect;
 mod error;
@@ -20,6 +24,7 @@ mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +35,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 
 use crate::body::Body;
+use crate::breaker::{Breaker, Limits};
 use connect::Connector;
 use pool::Pool;
 
@@ -111,6 +117,50 @@ pub struct Target {
     pub version: HttpVersion,
 }
 
+/// A service's connection-pool settings (from its traffic policy; see `crate::traffic`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPolicy {
+    /// HTTP/2: requests share a connection, up to `max_streams_per_connection` at once. Off:
+    /// one request at a time per connection, so concurrent requests open several.
+    pub multiplex: bool,
+    /// A connection is closed once it has carried this many requests; `None`: no limit.
+    pub max_requests_per_connection: Option<NonZeroU32>,
+    /// A connection unused this long is closed; `None`: [`UpstreamSettings::idle_timeout`].
+    pub idle_timeout: Option<Duration>,
+}
+
+impl PoolPolicy {
+    /// Multiplexed, no request limit, the pool's idle timeout.
+    pub const DEFAULT: PoolPolicy = PoolPolicy {
+        multiplex: true,
+        max_requests_per_connection: None,
+        idle_timeout: None,
+    };
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        PoolPolicy::DEFAULT
+    }
+}
+
+/// What one request brings to the pool from its service: the pool settings and, when the
+/// service has one, its circuit breaker with the limits the request started under.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms<'a> {
+    pub pool: &'a PoolPolicy,
+    pub breaker: Option<(&'a Arc<Breaker>, &'a Limits)>,
+}
+
+impl Default for Terms<'_> {
+    fn default() -> Self {
+        Terms {
+            pool: &PoolPolicy::DEFAULT,
+            breaker: None,
+        }
+    }
+}
+
 /// Sends requests to endpoints over pooled connections. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct Upstream {
@@ -138,8 +188,20 @@ impl Upstream {
         client: Option<SocketAddr>,
         req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
+        self.send_with(target, client, req, Terms::default()).await
+    }
+
+    /// [`Upstream::send`] under a service's [`Terms`]: its pool settings, and its circuit
+    /// breaker's connection and pending limits (over them: [`UpstreamError::Overflow`]).
+    pub async fn send_with(
+        &self,
+        target: &Target,
+        client: Option<SocketAddr>,
+        req: Request<Body>,
+        terms: Terms<'_>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let req = prepare(req, target.version);
-        self.pool.send(target, client, req).await
+        self.pool.send(target, client, req, terms).await
     }
 
     /// Closes the pooled connections of targets for which `keep` is false (endpoints gone from

@@ -118,6 +118,7 @@ struct PolicySpec {
 enum ActionSpec {
     Allow,
     Deny,
+    Audit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +231,7 @@ fn parse(text: &str, path: &Path) -> Result<SubscribeResponse, LocalConfigError>
                 action: match p.action {
                     ActionSpec::Allow => security::Action::Allow,
                     ActionSpec::Deny => security::Action::Deny,
+                    ActionSpec::Audit => security::Action::Audit,
                 } as i32,
                 rules: p
                     .rules
@@ -256,6 +258,7 @@ fn parse(text: &str, path: &Path) -> Result<SubscribeResponse, LocalConfigError>
                                 ..Default::default()
                             })
                             .collect(),
+                        when: Vec::new(),
                     })
                     .collect(),
             })),
@@ -323,6 +326,39 @@ mod tests {
         let mut state = ambit_discovery::ProxyState::default();
         state.apply(&response).unwrap();
         assert!(state.workload("w1").is_some());
+    }
+
+    #[test]
+    fn audit_policies_are_accepted_and_report_their_l4_match() {
+        let text = "workloads:
+  - {uid: w1, name: reviews-v1, namespace: demo, serviceAccount: reviews, node: node-a,
+     addresses: [10.244.1.4], protocol: HBONE, authorizationPolicies: [demo/audit-bad]}
+authorizationPolicies:
+  - name: audit-bad
+    namespace: demo
+    action: AUDIT
+    rules: [{from: [{principals: [spiffe://cluster.local/ns/demo/sa/bad]}], to: [{ports: [8080]}]}]
+";
+        let response = parse(text, Path::new("audit.yaml")).unwrap();
+        let mut state = ambit_discovery::ProxyState::default();
+        state.apply(&response).unwrap();
+        let w = state.workload("w1").unwrap().clone();
+        let judge = |sa: &str, port: u16| {
+            let id = ambit_proto::identity::SpiffeId::new("cluster.local", "demo", sa).unwrap();
+            let source = ambit_discovery::state::PolicySource {
+                identity: Some(&id),
+                ip: "10.244.1.9".parse().unwrap(),
+            };
+            state.authorize(&w, &source, port)
+        };
+        let matched = judge("bad", 8080);
+        assert!(matched.is_allowed(), "an AUDIT policy decides nothing");
+        assert_eq!(
+            matched.audited,
+            vec![std::sync::Arc::<str>::from("demo/audit-bad")]
+        );
+        assert!(judge("good", 8080).audited.is_empty());
+        assert!(judge("bad", 9090).audited.is_empty());
     }
 
     #[test]

@@ -216,7 +216,7 @@ static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Every counter ztunnel records, with its HELP text.
-const DESCRIPTIONS: [(&str, &str); 11] = [
+const DESCRIPTIONS: [(&str, &str); 12] = [
     (
         "ambit_hbone_connections",
         "HBONE server connections held now, handshaking or established (gauge)",
@@ -256,6 +256,10 @@ const DESCRIPTIONS: [(&str, &str); 11] = [
     (
         "ambit_connection_failures_total",
         "Connections ztunnel refused or could not carry, by reason",
+    ),
+    (
+        "ambit_policy_decisions_total",
+        "Connections an authorization policy decided or audited, by policy and decision (ztunnel counts AUDIT matches; its denials are in ambit_connection_failures_total)",
     ),
     (
         "ambit_inbound_enforced_by_waypoint_total",
@@ -335,6 +339,15 @@ impl Metrics {
             .increment(1);
     }
 
+    /// An AUDIT policy (`<namespace>/<name>`) matched a connection.
+    pub fn policy_audited(&self, policy: &str) {
+        let l = vec![
+            Label::new("policy", policy.to_string()),
+            Label::from_static_parts("decision", "audit"),
+        ];
+        self.counter("ambit_policy_decisions_total", l).increment(1);
+    }
+
     /// Prometheus text exposition of everything recorded, with the HBONE servers' limit
     /// counters as they are now.
     pub fn render(&self, limits: &ConnectionLimits) -> String {
@@ -395,8 +408,10 @@ mod tests {
         m.connection_opened(&labels()).closed(100, 42);
         m.connection_failed(&labels(), FailureReason::PolicyDenied);
         m.enforced_by_waypoint(&labels(), "demo/waypoint");
+        m.policy_audited("demo/audit-all");
         let text = m.render(&ConnectionLimits::default());
         for expected in [
+            "ambit_policy_decisions_total{policy=\"demo/audit-all\",decision=\"audit\"} 1",
             "istio_tcp_connections_opened_total{",
             "istio_tcp_connections_closed_total{",
             "istio_tcp_sent_bytes_total{",

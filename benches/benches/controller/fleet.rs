@@ -51,6 +51,7 @@ pub fn key_of(r: &Resource) -> String {
         Some(Kind::Waypoint(_)) => ResourceType::WaypointResource,
         Some(Kind::AuthorizationPolicy(_)) => ResourceType::AuthorizationPolicy,
         Some(Kind::Route(_)) => ResourceType::Route,
+        Some(Kind::TrafficPolicy(_)) => ResourceType::TrafficPolicy,
         None => ResourceType::Unspecified,
     };
     format!("{}/{}", kind.key_name(), r.name)

@@ -242,6 +242,7 @@ impl Spec {
                     ports: vec![8080, 9090],
                     ..Default::default()
                 }],
+                when: vec![],
             }],
         });
     }

@@ -24,6 +24,7 @@ pub struct MeshBuilder {
     waypoints: Vec<Waypoint>,
     policies: Vec<AuthorizationPolicy>,
     routes: Vec<Route>,
+    traffic_policies: Vec<TrafficPolicy>,
     pending_waypoints: bool,
     mtls_mode: MtlsMode,
 }
@@ -42,6 +43,7 @@ impl MeshBuilder {
             waypoints: Vec::new(),
             policies: Vec::new(),
             routes: Vec::new(),
+            traffic_policies: Vec::new(),
             pending_waypoints: false,
             mtls_mode: MtlsMode::default(),
         }
@@ -99,6 +101,11 @@ impl MeshBuilder {
         self
     }
 
+    pub fn traffic_policy(&mut self, policy: TrafficPolicy) -> &mut Self {
+        self.traffic_policies.push(policy);
+        self
+    }
+
     /// The checked model, or every problem found (in declaration order, kind by kind).
     pub fn build(self) -> Result<MeshModel, Vec<ModelError>> {
         let mut c = Checker {
@@ -134,6 +141,12 @@ impl MeshBuilder {
         );
         let policies = c.policies(self.policies, &namespaces);
         let routes = c.routes(self.routes, &namespaces, &services, &self.trust_domain);
+        let (traffic_policies, traffic_by_target) = c.traffic_policies(
+            self.traffic_policies,
+            &namespaces,
+            &services,
+            &self.trust_domain,
+        );
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
@@ -172,6 +185,8 @@ impl MeshBuilder {
             waypoints,
             policies,
             routes,
+            traffic_policies,
+            traffic_by_target,
             workloads_by_node,
         })
     }
@@ -446,6 +461,12 @@ impl Checker {
                     }
                 }
             }
+            for reason in rules::check_l7(&policy.rules) {
+                self.errors.push(ModelError::InvalidPolicy {
+                    subject: subject.clone(),
+                    reason,
+                });
+            }
             out.insert(key, policy);
         }
         out
@@ -480,5 +501,54 @@ impl Checker {
             out.insert(key, route);
         }
         out
+    }
+
+    /// Each policy's target must be a declared service of the policy's own namespace, and a
+    /// service takes one policy: the first declared keeps it.
+    #[allow(clippy::type_complexity)]
+    fn traffic_policies(
+        &mut self,
+        policies: Vec<TrafficPolicy>,
+        namespaces: &BTreeMap<String, Namespace>,
+        services: &BTreeMap<ObjectKey, (Service, Option<ObjectKey>)>,
+        td: &str,
+    ) -> (
+        BTreeMap<ObjectKey, TrafficPolicy>,
+        BTreeMap<String, ObjectKey>,
+    ) {
+        let mut out = BTreeMap::new();
+        let mut by_target: BTreeMap<String, ObjectKey> = BTreeMap::new();
+        for policy in policies {
+            let key = ObjectKey::new(&policy.namespace, &policy.name);
+            let subject = ResourceRef::new(Kind::TrafficPolicy, key.to_string());
+            if !self.namespaced(&out, &subject, &key, namespaces) {
+                continue;
+            }
+            let target = policy
+                .target
+                .strip_suffix(&format!(".svc.{td}"))
+                .and_then(|rest| rest.split_once('.'))
+                .map(|(name, namespace)| ObjectKey::new(namespace, name));
+            let known = target
+                .is_some_and(|t| t.namespace == policy.namespace && services.contains_key(&t));
+            if !known {
+                self.errors.push(ModelError::UnknownBackend {
+                    subject,
+                    backend: policy.target.clone(),
+                });
+                continue;
+            }
+            if let Some(first) = by_target.get(&policy.target) {
+                self.errors.push(ModelError::DuplicateTarget {
+                    subject,
+                    service: policy.target.clone(),
+                    first: ResourceRef::new(Kind::TrafficPolicy, first.to_string()),
+                });
+                continue;
+            }
+            by_target.insert(policy.target.clone(), key.clone());
+            out.insert(key, policy);
+        }
+        (out, by_target)
     }
 }

@@ -16,6 +16,7 @@ pub enum Kind {
     Waypoint,
     AuthorizationPolicy,
     Route,
+    TrafficPolicy,
 }
 
 impl fmt::Display for Kind {
@@ -28,6 +29,7 @@ impl fmt::Display for Kind {
             Kind::Waypoint => "waypoint",
             Kind::AuthorizationPolicy => "authorization policy",
             Kind::Route => "route",
+            Kind::TrafficPolicy => "traffic policy",
         })
     }
 }
@@ -134,6 +136,30 @@ pub enum ModelError {
         subject: ResourceRef,
         reason: String,
     },
+    /// An authorization policy the proxies could not enforce as written (a source that refuses
+    /// the whole description reports it this way; Kubernetes fails the field closed instead).
+    #[error("{subject} cannot be enforced as written: {reason}")]
+    InvalidPolicy {
+        subject: ResourceRef,
+        reason: String,
+    },
+    /// A traffic policy the waypoint could not honour as written (a source that refuses the
+    /// whole description reports it this way; Kubernetes leaves the policy out instead).
+    #[error("{subject} cannot be used: {reason}")]
+    InvalidTrafficPolicy {
+        subject: ResourceRef,
+        reason: String,
+    },
+    /// Two traffic policies for one service: which limits hold would depend on an order nobody
+    /// sees, so the later one is refused.
+    #[error(
+        "{subject} targets service {service}, which {first} already targets: a service takes one traffic policy; merge them into one"
+    )]
+    DuplicateTarget {
+        subject: ResourceRef,
+        service: String,
+        first: ResourceRef,
+    },
     #[error(
         "{subject} has the same bootstrap token as {first}: each node needs its own, since the token is what tells the CA which node is asking"
     )]
@@ -161,6 +187,9 @@ impl ModelError {
             | ModelError::InvalidIpBlock { subject, .. }
             | ModelError::UnknownBackend { subject, .. }
             | ModelError::InvalidRoute { subject, .. }
+            | ModelError::InvalidPolicy { subject, .. }
+            | ModelError::InvalidTrafficPolicy { subject, .. }
+            | ModelError::DuplicateTarget { subject, .. }
             | ModelError::DuplicateToken { subject, .. } => Some(subject),
             ModelError::InvalidTrustDomain { .. } => None,
         }

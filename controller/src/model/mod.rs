@@ -5,6 +5,7 @@
 
 mod build;
 mod convert;
+mod enforcement;
 mod error;
 mod mtls;
 mod rules;
@@ -13,13 +14,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use ambit_proto::api::{route, security};
+use ambit_proto::api::{route, security, traffic};
 use ambit_proto::identity::SpiffeId;
 
 pub use build::MeshBuilder;
+pub use enforcement::{UnenforcedL7, l7_fields};
 pub use error::{Kind, ModelError, ResourceRef};
 pub use mtls::{MTLS_MODE_LABEL, MtlsMode, MtlsModeError};
-pub use rules::{check_ip_block, check_principal};
+pub use rules::{
+    SOURCE_NAMESPACE, SOURCE_PRINCIPAL, check_condition, check_header_name, check_ip_block,
+    check_policy_host, check_principal,
+};
 
 /// Namespace label that puts a namespace's pods in the mesh (value [`DATAPLANE_MODE_AMBIENT`]);
 /// on a pod, [`DATAPLANE_MODE_NONE`] takes that one pod out.
@@ -156,6 +161,11 @@ pub struct AuthorizationPolicy {
 /// checking that their namespace, parent services and backends exist.
 pub type Route = route::Route;
 
+/// Circuit breaking, outlier ejection and connection pool for one service's upstream, applied by
+/// the waypoints that send to it. Kept in wire form, as routes are, once its namespace and target
+/// service are checked; its target is the service's hostname (see [`service_hostname`]).
+pub type TrafficPolicy = traffic::TrafficPolicy;
+
 /// The services a route names, by hostname (`<name>.<namespace>.svc.<trust domain>`; see
 /// [`MeshModel::service_by_hostname`]).
 pub trait RouteServices {
@@ -248,6 +258,7 @@ pub struct Keyed<'a> {
     pub waypoints: KeyedIter<'a, Waypoint>,
     pub policies: KeyedIter<'a, AuthorizationPolicy>,
     pub routes: KeyedIter<'a, Route>,
+    pub traffic_policies: KeyedIter<'a, TrafficPolicy>,
 }
 
 /// A checked, indexed mesh. Built only by [`MeshBuilder`], so every reference in it resolves.
@@ -262,6 +273,9 @@ pub struct MeshModel {
     waypoints: BTreeMap<ObjectKey, Waypoint>,
     policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     routes: BTreeMap<ObjectKey, Route>,
+    traffic_policies: BTreeMap<ObjectKey, TrafficPolicy>,
+    /// The traffic policy of each service that has one, by the service's hostname (one each).
+    traffic_by_target: BTreeMap<String, ObjectKey>,
     workloads_by_node: BTreeMap<String, Vec<ObjectKey>>,
 }
 
@@ -351,6 +365,16 @@ impl MeshModel {
         self.routes.values()
     }
 
+    pub fn traffic_policies(&self) -> impl Iterator<Item = &TrafficPolicy> {
+        self.traffic_policies.values()
+    }
+
+    /// The traffic policy of the service with this hostname, if it has one.
+    pub fn traffic_policy_for(&self, hostname: &str) -> Option<&TrafficPolicy> {
+        self.traffic_policies
+            .get(self.traffic_by_target.get(hostname)?)
+    }
+
     /// Every object of each kind with its key, in key order: for walking two models side by side.
     pub fn keyed(&self) -> Keyed<'_> {
         Keyed {
@@ -359,6 +383,7 @@ impl MeshModel {
             waypoints: self.waypoints.iter(),
             policies: self.policies.iter(),
             routes: self.routes.iter(),
+            traffic_policies: self.traffic_policies.iter(),
         }
     }
 

@@ -39,6 +39,90 @@ pub fn check_ip_block(block: &str) -> Result<(), String> {
     }
 }
 
+/// A `hosts` entry: the proxies compare hosts without port, so a pattern with one would never
+/// match. `Err` says what is wrong.
+pub fn check_policy_host(host: &str) -> Result<(), String> {
+    let port = host.rsplit_once(':').filter(|(h, p)| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':')
+    });
+    match port {
+        Some(_) => Err(
+            "hosts are compared without port; write the host alone (and the port in ports)".into(),
+        ),
+        None if host.is_empty() => Err("a host cannot be empty".into()),
+        None => Ok(()),
+    }
+}
+
+/// An HTTP header name (an RFC 9110 token). `Err` says what is wrong.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.is_empty() && name.bytes().all(token) {
+        Ok(())
+    } else {
+        Err("not a valid HTTP header name".into())
+    }
+}
+
+/// The `when` keys the proxies evaluate.
+pub const SOURCE_PRINCIPAL: &str = "source.principal";
+pub const SOURCE_NAMESPACE: &str = "source.namespace";
+
+/// A `when` condition in its wire form: a key the proxies evaluate, with values; principal values
+/// must be principals. `Err` says what is wrong.
+pub fn check_condition(c: &ambit_proto::api::security::Condition) -> Result<(), String> {
+    if c.values.is_empty() && c.not_values.is_empty() {
+        return Err(format!(
+            "condition {:?} has neither values nor notValues",
+            c.key
+        ));
+    }
+    match c.key.as_str() {
+        SOURCE_PRINCIPAL => {
+            for p in c.values.iter().chain(&c.not_values) {
+                check_principal(p).map_err(|e| format!("{SOURCE_PRINCIPAL} value {p:?}: {e}"))?;
+            }
+            Ok(())
+        }
+        SOURCE_NAMESPACE => Ok(()),
+        key => match key
+            .strip_prefix("request.headers[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
+            Some(name) => check_header_name(name).map_err(|e| format!("{key:?}: {e}")),
+            None => Err(format!(
+                "key {key:?} is none of {SOURCE_PRINCIPAL}, {SOURCE_NAMESPACE} and request.headers[<name>]"
+            )),
+        },
+    }
+}
+
+/// What is wrong with the hosts, header names and `when` conditions of `rules`, each as one
+/// reason (the proxies would refuse the policy).
+pub fn check_l7(rules: &[ambit_proto::api::security::Rule]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, d) in rule.to.iter().enumerate() {
+            for host in d.hosts.iter().chain(&d.not_hosts) {
+                if let Err(e) = check_policy_host(host) {
+                    problems.push(format!("rules[{i}].to[{j}] host {host:?}: {e}"));
+                }
+            }
+            for h in &d.headers {
+                if let Err(e) = check_header_name(&h.name) {
+                    problems.push(format!("rules[{i}].to[{j}] header {:?}: {e}", h.name));
+                }
+            }
+        }
+        for (k, c) in rule.when.iter().enumerate() {
+            if let Err(e) = check_condition(c) {
+                problems.push(format!("rules[{i}].when[{k}]: {e}"));
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

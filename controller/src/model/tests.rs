@@ -358,7 +358,7 @@ fn policy(name: &str, selector: &[(&str, &str)], principal: &str) -> Authorizati
                 principals: vec![principal.into()],
                 ..Default::default()
             }],
-            to: vec![],
+            ..Default::default()
         }],
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Resource keys, as the proxies echo them in `known_versions`, are `<type>/<name>`: type is
 //! [`ResourceType::key_name`] (`workload`, `service`, `waypoint`, `authorization_policy`,
-//! `route`); name is the workload's uid, or `<namespace>/<name>` for the others.
+//! `route`, `traffic_policy`); name is the workload's uid, or `<namespace>/<name>` for the others.
 
 mod access;
 mod desired;

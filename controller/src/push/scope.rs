@@ -11,7 +11,8 @@
 //! 3. the waypoints the services and workloads of 1–2 use;
 //! 4. the authorization policies that select a meshed workload on N: policies are enforced by
 //!    the destination's ztunnel, and a pod ztunnel does not capture cannot be protected.
-//!    No routes, in the full state or in any delta: they are L7, for waypoints.
+//!    No routes or traffic policies, in the full state or in any delta: they are L7, for
+//!    waypoints.
 //!
 //! **waypoint W** receives what it needs to serve the traffic sent through it:
 //! 1. its services (those that use W) with their endpoint workloads, and the workloads that use
@@ -21,7 +22,10 @@
 //!    workloads: W sends the requests there itself;
 //! 4. the authorization policies that select any of those workloads, in their own namespaces:
 //!    the destination's ztunnel leaves traffic from W to W's judgement (it sees W's identity,
-//!    not the client's), so W must hold every policy of every workload it sends to.
+//!    not the client's), so W must hold every policy of every workload it sends to;
+//! 5. the traffic policies of the services of 1 and 3: W applies a service's breaker, pool and
+//!    outlier ejection to the requests it sends there, whether the service is its own or a
+//!    route's backend elsewhere.
 //!
 //! No waypoint resources, and nothing of services that use another waypoint or none, unless a
 //! route of W names them as backends.
@@ -172,6 +176,10 @@ fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
     let services = served.iter().chain(&backends);
     for s in services.clone() {
         add_service(model, &mut scope, s);
+        if let Some(p) = model.traffic_policy_for(&s.hostname(td)) {
+            let key = ObjectKey::new(&p.namespace, &p.name);
+            scope.insert(named_key(ResourceType::TrafficPolicy, &key));
+        }
     }
     scope.extend(
         own_workloads

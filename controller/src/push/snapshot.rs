@@ -132,6 +132,14 @@ impl Snapshot {
             let key = named_key(ResourceType::Route, key);
             b.add(key, same(was, r), || Kind::Route(r.clone()));
         }
+        let traffic = paired(
+            old.as_ref().map(|o| &o.traffic_policies),
+            &new.traffic_policies,
+        );
+        for (key, p, was) in traffic {
+            let key = named_key(ResourceType::TrafficPolicy, key);
+            b.add(key, same(was, p), || Kind::TrafficPolicy(p.clone()));
+        }
         let mut snapshot = Snapshot {
             model: model.clone(),
             down_nodes,
@@ -268,6 +276,7 @@ fn content_version(kind: &Kind) -> String {
         Kind::Service(s) => s.encode_to_vec().hash(&mut h),
         Kind::Waypoint(w) => w.encode_to_vec().hash(&mut h),
         Kind::Route(r) => r.encode_to_vec().hash(&mut h),
+        Kind::TrafficPolicy(p) => p.encode_to_vec().hash(&mut h),
     }
     format!("{:016x}", h.finish())
 }

@@ -4,3 +4,4 @@
 pub mod file;
 pub mod kubernetes;
 pub mod routes;
+pub mod traffic;

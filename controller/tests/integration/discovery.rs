@@ -145,6 +145,7 @@ fn key_of(r: &Resource) -> String {
         Kind::Waypoint(_) => ResourceType::WaypointResource,
         Kind::AuthorizationPolicy(_) => ResourceType::AuthorizationPolicy,
         Kind::Route(_) => ResourceType::Route,
+        Kind::TrafficPolicy(_) => ResourceType::TrafficPolicy,
     };
     format!("{}/{}", kind.key_name(), r.name)
 }
@@ -489,4 +490,70 @@ async fn a_waypoint_receives_its_services_their_routes_backends_and_policies() {
             "workload/local//Pod/demo/reviews-v2",
         ]
     );
+}
+
+#[tokio::test]
+async fn a_waypoint_receives_the_traffic_policies_of_its_services_and_a_ztunnel_none() {
+    // The demo with a policy on reviews (the waypoint's) and one on legacy (no waypoint's).
+    let text = format!(
+        "{EMBEDDED_MESH}
+trafficPolicies:
+  - name: reviews
+    namespace: demo
+    targetRef: {{kind: Service, name: reviews}}
+    connectionPool: {{http: {{http1MaxPendingRequests: 10}}}}
+    outlierDetection: {{consecutive5xxErrors: 5, maxEjectionPercent: 50}}
+  - name: legacy
+    namespace: legacy
+    targetRef: {{kind: Service, name: legacy}}
+    connectionPool: {{tcp: {{maxConnections: 10}}}}
+"
+    );
+    let c = start(mesh(&text)).await;
+    let subscriber = Subscriber {
+        kind: ProxyKind::Waypoint.into(),
+        name: "waypoint".into(),
+        namespace: "demo".into(),
+        version: "test".into(),
+    };
+    let mut p = subscribe(&c, subscriber, HashMap::new()).await.unwrap();
+    let first = p.next().await;
+    let traffic: Vec<&Resource> = first
+        .resources
+        .iter()
+        .filter(|r| matches!(r.kind, Some(Kind::TrafficPolicy(_))))
+        .collect();
+    assert_eq!(traffic.len(), 1, "{:?}", keys(&first));
+    assert_eq!(traffic[0].name, "demo/reviews");
+    let Some(Kind::TrafficPolicy(policy)) = &traffic[0].kind else {
+        unreachable!()
+    };
+    assert_eq!(policy.target, "reviews.demo.svc.cluster.local");
+    assert_eq!(
+        policy
+            .connection_pool
+            .as_ref()
+            .unwrap()
+            .max_pending_requests,
+        10
+    );
+    assert_eq!(
+        policy
+            .outlier_detection
+            .as_ref()
+            .unwrap()
+            .max_ejection_percent,
+        50
+    );
+    for node in ["node-a", "node-b"] {
+        let mut z = subscribe(&c, ztunnel(node), HashMap::new()).await.unwrap();
+        let first = z.next().await;
+        assert!(
+            keys(&first)
+                .iter()
+                .all(|k| !k.starts_with("traffic_policy/")),
+            "{node}: {:?}",
+            keys(&first)
+        );
+    }
 }

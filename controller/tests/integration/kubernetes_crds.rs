@@ -89,6 +89,7 @@ async fn authorization_policies_select_workloads_and_a_malformed_one_fails_close
                 methods: vec!["GET".into()],
                 ..Default::default()
             }],
+            when: vec![],
         }]
     );
     assert_eq!(by_name("deny-legacy").action, spb::Action::Deny as i32);

@@ -13,6 +13,7 @@ mod discovery_mtls;
 mod discovery_parts;
 mod kubernetes;
 mod kubernetes_crds;
+mod kubernetes_traffic;
 mod kubernetes_waypoints;
 mod manifests;
 mod root_configmap;

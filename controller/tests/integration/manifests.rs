@@ -305,6 +305,8 @@ const SOURCE_AND_CA_PERMISSIONS: &[(&str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "grpcroutes", "watch"),
     ("ambit.io", "authorizationpolicies", "list"),
     ("ambit.io", "authorizationpolicies", "watch"),
+    ("ambit.io", "trafficpolicies", "list"),
+    ("ambit.io", "trafficpolicies", "watch"),
     ("authentication.k8s.io", "tokenreviews", "create"),
 ];
 

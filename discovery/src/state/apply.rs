@@ -40,6 +40,7 @@ impl ProxyState {
             policies: self.policies.clone(),
             waypoints: self.waypoints.clone(),
             routes: self.routes.clone(),
+            traffic_policies: self.traffic_policies.clone(),
             versions: self.versions.clone(),
             system_version: self.system_version.clone(),
             indexes: Indexes::default(),
@@ -64,6 +65,9 @@ impl ProxyState {
                 }
                 Ok(api::ResourceType::Route) => {
                     self.routes.remove(name);
+                }
+                Ok(api::ResourceType::TrafficPolicy) => {
+                    self.traffic_policies.remove(name);
                 }
                 // A type this proxy does not know: nothing of it is held.
                 Ok(api::ResourceType::Unspecified) | Err(_) => {}
@@ -105,6 +109,12 @@ impl ProxyState {
                     let name: Arc<str> = resource.name.as_str().into();
                     self.routes.insert(name, Arc::new(r.clone()));
                     api::ResourceType::Route
+                }
+                Kind::TrafficPolicy(p) => {
+                    // Checked by the waypoint that compiles it; held as sent.
+                    let name: Arc<str> = resource.name.as_str().into();
+                    self.traffic_policies.insert(name, Arc::new(p.clone()));
+                    api::ResourceType::TrafficPolicy
                 }
             };
             self.versions.insert(

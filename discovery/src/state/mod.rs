@@ -12,7 +12,10 @@ mod service;
 mod waypoint;
 mod workload;
 
-pub use policy::{Action, Decision, Policy, Source as PolicySource, decide};
+pub use policy::{
+    Action, Decision, Policy, Request as PolicyRequest, Source as PolicySource, Verdict, decide,
+    decide_request,
+};
 pub use service::{AppProtocol, Service, ServicePort};
 pub use waypoint::Waypoint;
 pub use workload::{Protocol, Workload};
@@ -22,6 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::route::Route;
+use ambit_proto::api::traffic::TrafficPolicy;
 use ambit_proto::identity::SpiffeId;
 
 /// Why an update was refused (it is NACKed with this text, and the old state kept).
@@ -59,6 +63,7 @@ pub struct ProxyState {
     policies: HashMap<Arc<str>, Arc<Policy>>,
     waypoints: HashMap<Arc<str>, Arc<Waypoint>>,
     routes: HashMap<Arc<str>, Arc<Route>>,
+    traffic_policies: HashMap<Arc<str>, Arc<TrafficPolicy>>,
     /// Version of each resource (`<type>/<name>`), sent back on reconnect so the controller
     /// resends only what changed.
     versions: HashMap<Arc<str>, Arc<str>>,
@@ -153,6 +158,12 @@ impl ProxyState {
         self.routes.iter().map(|(name, r)| (&**name, r))
     }
 
+    /// Every traffic policy, by resource name (`<namespace>/<name>`), in no order: a waypoint
+    /// compiles them; ztunnel has no use for them.
+    pub fn traffic_policies(&self) -> impl Iterator<Item = (&str, &Arc<TrafficPolicy>)> {
+        self.traffic_policies.iter().map(|(name, p)| (&**name, p))
+    }
+
     /// The version held of a resource, by its key (`<type>/<name>`, e.g. `service/demo/reviews`).
     pub fn version(&self, key: &str) -> Option<&str> {
         self.versions.get(key).map(|v| &**v)
@@ -172,13 +183,32 @@ impl ProxyState {
         &self.system_version
     }
 
-    /// The L4 authorization decision for a connection to `workload` on `port`.
-    pub fn authorize(&self, workload: &Workload, source: &PolicySource<'_>, port: u16) -> Decision {
-        let selected = workload
+    /// The L4 authorization decision for a connection to `workload` on `port` (L7 conditions
+    /// fail closed: see [`policy`]).
+    pub fn authorize(&self, workload: &Workload, source: &PolicySource<'_>, port: u16) -> Verdict {
+        policy::decide(self.policies_of(workload), source, port)
+    }
+
+    /// The authorization decision for `request` to `workload` on `port`, every condition checked
+    /// (a waypoint's).
+    pub fn authorize_request(
+        &self,
+        workload: &Workload,
+        source: &PolicySource<'_>,
+        port: u16,
+        request: &PolicyRequest<'_>,
+    ) -> Verdict {
+        policy::decide_request(self.policies_of(workload), source, port, request)
+    }
+
+    fn policies_of<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<Item = &'a Arc<Policy>> + Clone + 'a {
+        workload
             .authorization_policies
             .iter()
-            .filter_map(|key| self.policies.get(&**key));
-        policy::decide(selected, source, port)
+            .filter_map(|key| self.policies.get(&**key))
     }
 
     /// The waypoint `peer` proves to be, if `workload` uses it: its own waypoint, or that of a

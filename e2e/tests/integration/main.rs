@@ -10,5 +10,6 @@ mod ports;
 mod traffic;
 mod up_supervision;
 mod waypoint;
+mod waypoint_abuse;
 mod waypoint_demo;
 mod waypoint_grpc;

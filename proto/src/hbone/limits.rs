@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::watch::Abuse;
 use crate::identity::SpiffeId;
 use crate::log_limit::LogLimiter;
 
@@ -42,6 +43,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// client's pool idle time (5 min, as Istio's ztunnel), so the client normally closes first and
 /// a GOAWAY rarely races a new tunnel.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// A header block (a CONNECT's HEADERS and its CONTINUATIONs) must end within this long of
+/// its first frame, else the connection is closed: h2 bounds a block's size but not its time,
+/// and no other frame may pass while one is open. A CONNECT's headers fit in one frame.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Log lines per second for each kind of refusal; the rest are counted and reported.
 const LOG_LINES_PER_SECOND: u32 = 5;
@@ -121,7 +127,9 @@ pub struct ConnectionLimits {
     handshake_timeouts: AtomicU64,
     handshake_failures: AtomicU64,
     idle_closed: AtomicU64,
+    abuse_closed: [AtomicU64; Abuse::ALL.len()],
     pub(crate) refusal_log: [LogLimiter; 3],
+    pub(crate) abuse_log: LogLimiter,
     pub(crate) timeout_log: LogLimiter,
     pub(crate) failure_log: LogLimiter,
 }
@@ -154,7 +162,9 @@ impl ConnectionLimits {
             handshake_timeouts: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
+            abuse_closed: std::array::from_fn(|_| AtomicU64::new(0)),
             refusal_log: std::array::from_fn(|_| LogLimiter::new(LOG_LINES_PER_SECOND)),
+            abuse_log: LogLimiter::new(LOG_LINES_PER_SECOND),
             timeout_log: LogLimiter::new(LOG_LINES_PER_SECOND),
             failure_log: LogLimiter::new(LOG_LINES_PER_SECOND),
         }
@@ -203,6 +213,16 @@ impl ConnectionLimits {
     /// Connections closed with GOAWAY after carrying no tunnel for the idle timeout (a counter).
     pub fn idle_closed(&self) -> u64 {
         self.idle_closed.load(Ordering::Relaxed)
+    }
+
+    /// Established connections closed because their client broke an HTTP/2 abuse limit (a
+    /// counter, by limit).
+    pub fn abuse_closed(&self, abuse: Abuse) -> u64 {
+        self.abuse_closed[abuse.index()].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_abuse(&self, abuse: Abuse) {
+        self.abuse_closed[abuse.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_handshake_timeout(&self) {

@@ -10,6 +10,7 @@ mod pool;
 mod request;
 mod server;
 mod stream;
+mod watch;
 
 pub use client::{
     ClientSettings, ConnectRequest, DEFAULT_CLIENT_HANDSHAKE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
@@ -17,12 +18,14 @@ pub use client::{
 };
 pub use error::{HandshakeStage, HboneError, Http2Failure, TlsFailure};
 pub use limits::{
-    ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, DEFAULT_MAX_HANDSHAKES, Limit, LimitSettings,
+    ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IDENTITY, DEFAULT_MAX_HANDSHAKES, Limit,
+    LimitSettings,
 };
 pub use request::{TunnelHandler, TunnelRequest};
 pub use server::{AuthorityCheck, HboneServer, ServerSettings};
 pub use stream::Tunnel;
+pub use watch::{Abuse, FrameStats, FrameWatch, HeaderTimeout, WatchSettings};
 
 use std::time::Duration;
 
@@ -41,6 +44,12 @@ pub(crate) const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 pub(crate) const MAX_SEND_BUFFER: usize = 1024 * 1024;
 pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Streams a client may reset before the server accepted them, and streams the server may
+/// reset for the client's errors, before the connection is closed with ENHANCE_YOUR_CALM
+/// (rapid reset, CVE-2023-44487; stream stacking, CVE-2023-26964). A ztunnel never does
+/// either in bulk: it resets a tunnel only when its client connection breaks.
+pub(crate) const MAX_PENDING_ACCEPT_RESETS: usize = 50;
+pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Keepalive pings: a dead peer is noticed within `interval + timeout`.
 #[derive(Debug, Clone, Copy)]

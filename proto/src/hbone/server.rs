@@ -18,13 +18,15 @@ use tokio_rustls::server::TlsStream;
 
 use super::error::{HandshakeStage, classify, classify_handshake};
 use super::limits::{
-    ConnectionLimits, ConnectionPermit, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    HandshakePermit, IdentityPermit, Limit,
+    ConnectionLimits, ConnectionPermit, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, HandshakePermit, IdentityPermit, Limit,
 };
 use super::request::{Activity, send_refusal};
+use super::watch::{FrameStats, FrameWatch, WatchSettings};
 use super::{
-    CONNECTION_WINDOW, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
-    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW, TunnelHandler, TunnelRequest, keepalive,
+    CONNECTION_WINDOW, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_LOCAL_ERROR_RESETS,
+    MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+    TunnelHandler, TunnelRequest, keepalive,
 };
 use crate::drain::DrainWatch;
 use crate::identity::{
@@ -55,6 +57,9 @@ pub struct ServerSettings {
     /// A client that has not finished TLS and the HTTP/2 preface by then is dropped
     /// (slowloris); [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
+    /// A header block (a CONNECT's headers) must end within this long of its first frame, else
+    /// the connection is closed (slow headers); [`DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
     /// A connection with no tunnel open for this long is closed with GOAWAY;
     /// [`DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
@@ -71,6 +76,7 @@ impl Default for ServerSettings {
             reserved_ports: vec![15001, 15006, super::HBONE_PORT],
             keepalive: Keepalive::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_grace: Duration::from_secs(30),
             limits: Arc::new(ConnectionLimits::default()),
@@ -85,7 +91,8 @@ pub struct HboneServer {
 
 /// An authenticated connection, ready for tunnels.
 struct Established {
-    connection: Connection<TlsStream<TcpStream>, Bytes>,
+    connection: Connection<FrameWatch<TlsStream<TcpStream>>, Bytes>,
+    frames: Arc<FrameStats>,
     peer: SpiffeId,
     peer_serial: Arc<str>,
     _identity: IdentityPermit,
@@ -226,6 +233,7 @@ impl HboneServer {
         };
         let identity_permit = limits.admit_identity(&peer);
         *stage = HandshakeStage::Http2;
+        let (tls, frames) = FrameWatch::new(tls, self.watch_settings());
         let mut connection = match h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -233,9 +241,10 @@ impl HboneServer {
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            // Rapid-reset and stream-stacking floods cost the attacker its connection.
-            .max_pending_accept_reset_streams(50)
-            .max_local_error_reset_streams(Some(256))
+            // Rapid-reset and stream-stacking floods cost the attacker its connection; h2
+            // bounds CONTINUATION frames by the header list size (CVE-2024-27919).
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
             .handshake::<_, Bytes>(tls)
             .await
         {
@@ -251,6 +260,7 @@ impl HboneServer {
         match identity_permit {
             Ok(permit) => Ok(Established {
                 connection,
+                frames,
                 peer,
                 peer_serial,
                 _identity: permit,
@@ -277,6 +287,7 @@ impl HboneServer {
     ) {
         let Established {
             mut connection,
+            frames,
             peer,
             peer_serial,
             _identity,
@@ -327,7 +338,17 @@ impl HboneServer {
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(peer = %peer_addr, identity = %peer, reason = %classify(&e), "HBONE connection ended with an error");
+                        let settings = self.watch_settings();
+                        match frames.abuse_in(&e, &settings) {
+                            Some(abuse) => {
+                                let limits = &self.settings.limits;
+                                limits.count_abuse(abuse);
+                                if let Some(suppressed) = limits.abuse_log.check() {
+                                    tracing::warn!(peer = %peer_addr, identity = %peer, limit = %abuse, header_timeout = ?settings.header_timeout, max_header_list_size = settings.max_header_list_size, max_pending_accept_reset_streams = settings.max_pending_accept_reset_streams, suppressed, "closed HBONE connection: its client broke an HTTP/2 abuse limit (its other connections and every other client's go on)");
+                                }
+                            }
+                            None => tracing::debug!(peer = %peer_addr, identity = %peer, reason = %classify(&e), "HBONE connection ended with an error"),
+                        }
                         return;
                     }
                     None => return,
@@ -360,6 +381,15 @@ impl HboneServer {
                     return;
                 }
             }
+        }
+    }
+
+    fn watch_settings(&self) -> WatchSettings {
+        WatchSettings {
+            header_timeout: self.settings.header_timeout,
+            max_header_list_size: MAX_HEADER_LIST_SIZE,
+            max_frame_size: MAX_FRAME_SIZE,
+            max_pending_accept_reset_streams: MAX_PENDING_ACCEPT_RESETS,
         }
     }
 

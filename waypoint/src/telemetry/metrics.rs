@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder, SharedString};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -35,6 +35,7 @@ pub const REQUESTS_TOTAL: &str = "istio_requests_total";
 pub const REQUEST_DURATION: &str = "istio_request_duration_milliseconds";
 pub const REQUEST_BYTES: &str = "istio_request_bytes";
 pub const RESPONSE_BYTES: &str = "istio_response_bytes";
+pub const POLICY_DECISIONS: &str = "ambit_policy_decisions_total";
 
 /// Istio's (Envoy's) default buckets for request durations, in milliseconds.
 pub const DURATION_BUCKETS: [f64; 19] = [
@@ -187,11 +188,33 @@ impl std::fmt::Debug for RequestLabels {
     }
 }
 
+/// What an authorization policy did to a request (`decision` of [`POLICY_DECISIONS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDecision {
+    Allow,
+    Deny,
+    Audit,
+}
+
+impl PolicyDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyDecision::Allow => "allow",
+            PolicyDecision::Deny => "deny",
+            PolicyDecision::Audit => "audit",
+        }
+    }
+}
+
+/// Policy counters kept, at most; past that, decisions register each time.
+const MAX_CACHED_POLICY_SERIES: usize = 256;
+
 /// The waypoint's request metrics.
 pub struct RequestMetrics {
     id: u64,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    policies: RwLock<Vec<(Box<str>, PolicyDecision, Counter)>>,
 }
 
 impl Default for RequestMetrics {
@@ -236,11 +259,39 @@ impl RequestMetrics {
                 recorder.describe_histogram(name.into(), None, help.into());
             }
         }
+        recorder.describe_counter(
+            POLICY_DECISIONS.into(),
+            None,
+            "Requests an authorization policy allowed, denied or audited, by policy".into(),
+        );
         let handle = recorder.handle();
         RequestMetrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             recorder,
             handle,
+            policies: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Counts one decision of `policy` (`<namespace>/<name>`).
+    pub fn policy_decision(&self, policy: &str, decision: PolicyDecision) {
+        let same =
+            |(p, d, _): &&(Box<str>, PolicyDecision, Counter)| **p == *policy && *d == decision;
+        if let Some((_, _, counter)) = self.policies.read().iter().find(same) {
+            counter.increment(1);
+            return;
+        }
+        let labels = vec![
+            Label::new("policy", policy.to_string()),
+            Label::new("decision", decision.as_str()),
+        ];
+        let counter = self
+            .recorder
+            .register_counter(&Key::from_parts(POLICY_DECISIONS, labels), &METADATA);
+        counter.increment(1);
+        let mut cached = self.policies.write();
+        if cached.len() < MAX_CACHED_POLICY_SERIES && !cached.iter().any(|c| same(&c)) {
+            cached.push((policy.into(), decision, counter));
         }
     }
 
@@ -313,6 +364,22 @@ impl RequestMetrics {
                 .recorder
                 .register_histogram(&key(RESPONSE_BYTES), &METADATA),
         }
+    }
+
+    /// A counter of the waypoint's own (not Istio's), in the same exposition; register it
+    /// once and keep the handle.
+    pub fn counter(&self, name: &'static str, help: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .describe_counter(name.into(), None, help.into());
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// A gauge of the waypoint's own, as [`RequestMetrics::counter`].
+    pub fn gauge(&self, name: &'static str, help: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder.describe_gauge(name.into(), None, help.into());
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
     }
 
     /// Drains histogram samples into their buckets; call every few seconds.

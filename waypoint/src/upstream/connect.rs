@@ -1,5 +1,7 @@
 //! New connections: plain TCP or an HBONE tunnel, then the HTTP/1.1 or HTTP/2 handshake, all
-//! within the connect timeout. The connection itself runs in its own task.
+//! within the connect timeout. The connection itself runs in its own task, which holds the
+//! connection's slot in its service's circuit breaker: the slot is given back the moment the
+//! connection ends, whoever closed it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::{HttpVersion, Target, Transport, UpstreamError, UpstreamSettings};
 use crate::body::Body;
+use crate::breaker::Slot;
 
 pub(super) struct Connector {
     hbone: HboneClient,
@@ -41,12 +44,13 @@ impl Connector {
         &self,
         target: &Target,
         origin: Origin,
+        slot: Option<Slot>,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         self.timed(target, async {
             let endpoint = target.endpoint;
             match self.transport(target, origin).await? {
-                Stream::Tcp(tcp) => handshake1(endpoint, TokioIo::new(tcp)).await,
-                Stream::Tunnel(t) => handshake1(endpoint, TokioIo::new(t)).await,
+                Stream::Tcp(tcp) => handshake1(endpoint, TokioIo::new(tcp), slot).await,
+                Stream::Tunnel(t) => handshake1(endpoint, TokioIo::new(t), slot).await,
             }
         })
         .await
@@ -56,12 +60,13 @@ impl Connector {
         &self,
         target: &Target,
         origin: Origin,
+        slot: Option<Slot>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         self.timed(target, async {
             let endpoint = target.endpoint;
             match self.transport(target, origin).await? {
-                Stream::Tcp(tcp) => self.handshake2(endpoint, TokioIo::new(tcp)).await,
-                Stream::Tunnel(t) => self.handshake2(endpoint, TokioIo::new(t)).await,
+                Stream::Tcp(tcp) => self.handshake2(endpoint, TokioIo::new(tcp), slot).await,
+                Stream::Tunnel(t) => self.handshake2(endpoint, TokioIo::new(t), slot).await,
             }
         })
         .await
@@ -122,6 +127,7 @@ impl Connector {
         &self,
         endpoint: SocketAddr,
         io: T,
+        slot: Option<Slot>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError>
     where
         T: Read + Write + Unpin + Send + 'static,
@@ -143,6 +149,7 @@ impl Connector {
                     source: Arc::new(e),
                 })?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended with an error");
             }
@@ -154,6 +161,7 @@ impl Connector {
 async fn handshake1<T>(
     endpoint: SocketAddr,
     io: T,
+    slot: Option<Slot>,
 ) -> Result<http1::SendRequest<Body>, UpstreamError>
 where
     T: Read + Write + Unpin + Send + 'static,
@@ -166,6 +174,7 @@ where
             source: Arc::new(e),
         })?;
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = connection.await {
             tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended with an error");
         }

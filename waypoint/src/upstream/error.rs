@@ -9,6 +9,7 @@ use std::time::Duration;
 use ambit_proto::hbone::HboneError;
 
 use super::HttpVersion;
+use crate::breaker::Overflow;
 
 /// Sources are behind `Arc` so that one failed connection attempt can be handed to every
 /// request that waited on it (HTTP/2 dials are shared).
@@ -79,6 +80,13 @@ pub enum UpstreamError {
         endpoint: SocketAddr,
         source: Arc<hyper::Error>,
     },
+    /// The service's circuit breaker refused the request a wait for a connection (nothing was
+    /// sent).
+    #[error("no connection to {endpoint}: {overflow}")]
+    Overflow {
+        endpoint: SocketAddr,
+        overflow: Overflow,
+    },
 }
 
 impl UpstreamError {
@@ -93,7 +101,8 @@ impl UpstreamError {
             | UpstreamError::ConnectionTerminated { endpoint, .. }
             | UpstreamError::StreamReset { endpoint, .. }
             | UpstreamError::InvalidResponse { endpoint, .. }
-            | UpstreamError::RequestAborted { endpoint, .. } => *endpoint,
+            | UpstreamError::RequestAborted { endpoint, .. }
+            | UpstreamError::Overflow { endpoint, .. } => *endpoint,
         }
     }
 
@@ -105,7 +114,8 @@ impl UpstreamError {
             | UpstreamError::Connect { .. }
             | UpstreamError::Hbone { .. }
             | UpstreamError::Handshake { .. }
-            | UpstreamError::ClosedBeforeSend { .. } => true,
+            | UpstreamError::ClosedBeforeSend { .. }
+            | UpstreamError::Overflow { .. } => true,
             UpstreamError::ConnectionTerminated { .. }
             | UpstreamError::StreamReset { .. }
             | UpstreamError::InvalidResponse { .. }
@@ -128,6 +138,33 @@ impl UpstreamError {
             UpstreamError::StreamReset { .. } => "UR",
             UpstreamError::InvalidResponse { .. } => "UPE",
             UpstreamError::RequestAborted { .. } => "DC",
+            UpstreamError::Overflow { .. } => "UO",
+        }
+    }
+
+    /// The circuit breaker's refusal, if that is what this is: the request must not be
+    /// retried (nothing may queue past a limit) and says nothing about the endpoint.
+    pub fn overflow(&self) -> Option<Overflow> {
+        match self {
+            UpstreamError::Overflow { overflow, .. } => Some(*overflow),
+            _ => None,
+        }
+    }
+
+    /// No connection could be made to the endpoint (outlier detection's connect failures):
+    /// refused, unreachable, timed out, or the tunnel or HTTP handshake failed.
+    pub fn connect_failure(&self) -> bool {
+        match self {
+            UpstreamError::Hbone { source, .. } => source.endpoint_unreachable(),
+            UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Handshake { .. } => true,
+            UpstreamError::ClosedBeforeSend { .. }
+            | UpstreamError::ConnectionTerminated { .. }
+            | UpstreamError::StreamReset { .. }
+            | UpstreamError::InvalidResponse { .. }
+            | UpstreamError::RequestAborted { .. }
+            | UpstreamError::Overflow { .. } => false,
         }
     }
 
@@ -144,7 +181,7 @@ impl UpstreamError {
             | UpstreamError::ConnectionTerminated { .. }
             | UpstreamError::StreamReset { .. }
             | UpstreamError::InvalidResponse { .. } => true,
-            UpstreamError::RequestAborted { .. } => false,
+            UpstreamError::RequestAborted { .. } | UpstreamError::Overflow { .. } => false,
         }
     }
 

@@ -9,9 +9,22 @@
 //!   a body dropped before its end closes the connection (hyper cannot reuse it).
 //! - HTTP/2: the target's connections, each with a count of its open streams; a request takes
 //!   the first with room, and when none has any, the first such request dials and the others
-//!   wait on that same dial.
+//!   wait on that same dial, then look again. Multiplexing off (the service's traffic policy):
+//!   room is one stream, and each request without a free connection dials its own.
+//! - A connection that has carried the policy's `max_requests_per_connection` is retired: it
+//!   takes no more requests and closes when its last one ends.
 //! - A reaper task (one per pool, started with the first target) closes connections idle for
-//!   the idle timeout and forgets targets with nothing left.
+//!   their service's idle timeout and forgets targets with nothing left.
+//!
+//! The service's circuit breaker (`crate::breaker`) counts connections across all its
+//! endpoints: a new connection takes a slot (held by the connection's task, given back when it
+//! ends), and a request that finds none free waits, counted as pending, until one of its
+//! target's connections has room again or one of the service's connections closes; past the
+//! pending limit it is refused at once ([`UpstreamError::Overflow`]). A request whose
+//! connection is being dialled is pending too. A target with no connection at all may always
+//! open one, even over the limit (as Envoy does), so idle connections to other endpoints never
+//! starve an endpoint: the count can exceed `max_connections` by at most the number of
+//! endpoints.
 //!
 //! A request whose pooled connection turns out closed before hyper took the request (the
 //! server closed a keep-alive connection at the same moment) is sent on another one: hyper hands
@@ -23,21 +36,24 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
-use http::{Request, Response};
-use hyper::client::conn::{http1, http2};
+use futures::future::{BoxFuture, Shared};
+use http::{HeaderValue, Request, Response};
 use parking_lot::{Mutex, RwLock};
 
+mod h1;
+mod h2;
 mod lease;
 
 use super::connect::{Connector, Origin};
-use super::{HttpVersion, Target, UpstreamError};
+use super::{HttpVersion, Target, Terms, UpstreamError};
 use crate::body::Body;
-use lease::{H1Lease, H2Lease, Lease, respond1, wrap};
+use crate::breaker::{Breaker, Limit, Signal, Slot};
+use h1::Idle;
+use h2::H2Conn;
 
 /// What the pool holds at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,10 +74,17 @@ pub(super) struct Pool {
     connector: Arc<Connector>,
     targets: RwLock<HashMap<Target, Arc<Entry>>>,
     reaper_started: AtomicBool,
+    /// The shortest idle timeout of the targets, in milliseconds: the reaper runs at half that.
+    min_idle_ms: AtomicU64,
 }
 
 /// How long a pooled HTTP/1.1 connection may take to become ready for its next request.
 const READY_WAIT: Duration = Duration::from_millis(100);
+
+/// The reaper's period stays within these: an idle timeout is kept to within half of it or
+/// this much, whichever is shorter.
+const MIN_REAP_PERIOD: Duration = Duration::from_millis(10);
+const MAX_REAP_PERIOD: Duration = Duration::from_secs(5);
 
 type Dial = Shared<BoxFuture<'static, Result<Arc<H2Conn>, UpstreamError>>>;
 
@@ -70,7 +93,10 @@ struct Entry {
     target: Target,
     max_idle: usize,
     max_streams: usize,
-    idle_timeout: Duration,
+    /// Its service's idle timeout (ms), as the latest request brought it.
+    idle_ms: AtomicU64,
+    /// Raised when one of its connections goes back idle or an HTTP/2 stream on one ends.
+    returned: Arc<Signal>,
     state: Mutex<State>,
 }
 
@@ -83,29 +109,18 @@ struct State {
     http2: Vec<Arc<H2Conn>>,
     /// The HTTP/2 dial that requests finding no room wait on.
     dialing: Option<Dial>,
-}
-
-struct Idle {
-    send: http1::SendRequest<Body>,
-    since: Instant,
-}
-
-struct H2Conn {
-    send: http2::SendRequest<Body>,
-    streams: AtomicUsize,
-    /// A request was handed back unsent: the connection is closing.
-    dead: AtomicBool,
-    born: Instant,
-    /// Milliseconds from `born` to when a stream last ended.
-    last_used_ms: AtomicU64,
+    /// HTTP/2 connections each being dialled for one request (multiplexing off).
+    dialing_own: usize,
 }
 
 impl Pool {
     pub(super) fn new(connector: Connector) -> Arc<Self> {
+        let idle = millis(connector.settings.idle_timeout);
         Arc::new(Pool {
             connector: Arc::new(connector),
             targets: RwLock::new(HashMap::new()),
             reaper_started: AtomicBool::new(false),
+            min_idle_ms: AtomicU64::new(idle),
         })
     }
 
@@ -114,152 +129,50 @@ impl Pool {
         target: &Target,
         client: Option<SocketAddr>,
         req: Request<Body>,
+        terms: Terms<'_>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let entry = self.entry(target);
+        let entry = self.entry(target, terms);
         match target.version {
-            HttpVersion::Http1 => self.send1(&entry, client, req).await,
-            HttpVersion::Http2 => self.send2(&entry, client, req).await,
+            HttpVersion::Http1 => self.send1(&entry, client, req, terms).await,
+            HttpVersion::Http2 => self.send2(&entry, client, req, terms).await,
         }
     }
 
-    fn entry(self: &Arc<Self>, target: &Target) -> Arc<Entry> {
-        if let Some(entry) = self.targets.read().get(target) {
-            return entry.clone();
-        }
+    fn entry(self: &Arc<Self>, target: &Target, terms: Terms<'_>) -> Arc<Entry> {
         let settings = &self.connector.settings;
-        let entry = self
-            .targets
-            .write()
-            .entry(target.clone())
-            .or_insert_with(|| {
-                Arc::new(Entry {
-                    target: target.clone(),
-                    max_idle: settings.max_idle_per_target,
-                    max_streams: settings.max_streams_per_connection.max(1),
-                    idle_timeout: settings.idle_timeout,
-                    state: Mutex::default(),
-                })
-            })
-            .clone();
-        if !self.reaper_started.swap(true, Ordering::Relaxed) {
-            let period = (settings.idle_timeout / 2)
-                .clamp(Duration::from_millis(10), Duration::from_secs(3600));
-            tokio::spawn(reap(Arc::downgrade(self), period));
+        let idle_ms = millis(terms.pool.idle_timeout.unwrap_or(settings.idle_timeout));
+        let known = self.targets.read().get(target).cloned();
+        let entry = match known {
+            Some(entry) => entry,
+            None => {
+                let entry = self
+                    .targets
+                    .write()
+                    .entry(target.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Entry {
+                            target: target.clone(),
+                            max_idle: settings.max_idle_per_target,
+                            max_streams: settings.max_streams_per_connection.max(1),
+                            idle_ms: AtomicU64::new(idle_ms),
+                            returned: Arc::new(Signal::default()),
+                            state: Mutex::default(),
+                        })
+                    })
+                    .clone();
+                self.min_idle_ms.fetch_min(idle_ms, Ordering::Relaxed);
+                if !self.reaper_started.swap(true, Ordering::Relaxed) {
+                    tokio::spawn(reap(Arc::downgrade(self)));
+                }
+                entry
+            }
+        };
+        // A load first: the same timeout as before (the usual case) writes nothing.
+        if entry.idle_ms.load(Ordering::Relaxed) != idle_ms {
+            entry.idle_ms.store(idle_ms, Ordering::Relaxed);
+            self.min_idle_ms.fetch_min(idle_ms, Ordering::Relaxed);
         }
         entry
-    }
-
-    async fn send1(
-        &self,
-        entry: &Arc<Entry>,
-        client: Option<SocketAddr>,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let endpoint = entry.target.endpoint;
-        while let Some(mut lease) = entry.idle_http1() {
-            let send = lease.send.as_mut().expect("an idle connection");
-            // A connection put back the moment its response ended can still be finishing the
-            // exchange (its task has not run yet); one busy longer (still writing a request
-            // body the server answered early) is given up.
-            if !send.is_ready()
-                && !matches!(
-                    tokio::time::timeout(READY_WAIT, send.ready()).await,
-                    Ok(Ok(()))
-                )
-            {
-                continue;
-            }
-            match send.try_send_request(req).await {
-                Ok(response) => return Ok(respond1(response, lease)),
-                Err(mut e) => match e.take_message() {
-                    // Closed before it took the request: the next connection gets it.
-                    Some(back) => req = back,
-                    None => {
-                        return Err(UpstreamError::after_send(
-                            endpoint,
-                            HttpVersion::Http1,
-                            e.into_error(),
-                        ));
-                    }
-                },
-            }
-        }
-        let mut lease = entry.reserve_http1();
-        let send = self
-            .connector
-            .http1(&entry.target, origin(client, &req, &entry.target))
-            .await?;
-        match lease.send.insert(send).try_send_request(req).await {
-            Ok(response) => Ok(respond1(response, lease)),
-            Err(e) => Err(failed(endpoint, HttpVersion::Http1, e)),
-        }
-    }
-
-    async fn send2(
-        &self,
-        entry: &Arc<Entry>,
-        client: Option<SocketAddr>,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let endpoint = entry.target.endpoint;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let lease = match entry.checkout_http2(|| self.dial2(entry, client, &req)) {
-                Checkout::Ready(lease) => lease,
-                Checkout::Wait(dial) => H2Lease::new(dial.await?),
-            };
-            let mut send = lease.conn.send.clone();
-            match send.try_send_request(req).await {
-                Ok(response) => return Ok(wrap(response, Lease::Http2(lease))),
-                Err(mut e) => match e.take_message() {
-                    // The connection is closing (GOAWAY, reset) and did not take the request:
-                    // once more, on another.
-                    Some(back) => {
-                        lease.conn.dead.store(true, Ordering::Relaxed);
-                        if attempt > 1 {
-                            return Err(UpstreamError::ClosedBeforeSend {
-                                endpoint,
-                                version: HttpVersion::Http2,
-                                source: Arc::new(e.into_error()),
-                            });
-                        }
-                        req = back;
-                    }
-                    None => {
-                        return Err(UpstreamError::after_send(
-                            endpoint,
-                            HttpVersion::Http2,
-                            e.into_error(),
-                        ));
-                    }
-                },
-            }
-        }
-    }
-
-    /// A dial every request finding no room on the target's HTTP/2 connections can wait on.
-    fn dial2(&self, entry: &Arc<Entry>, client: Option<SocketAddr>, req: &Request<Body>) -> Dial {
-        let connector = self.connector.clone();
-        let weak = Arc::downgrade(entry);
-        let target = entry.target.clone();
-        let origin = origin(client, req, &target);
-        async move {
-            let result = connector
-                .http2(&target, origin)
-                .await
-                .map(|send| Arc::new(H2Conn::new(send)));
-            if let Some(entry) = weak.upgrade() {
-                let mut state = entry.state.lock();
-                state.dialing = None;
-                if let Ok(conn) = &result {
-                    state.http2.push(conn.clone());
-                }
-            }
-            result
-        }
-        .boxed()
-        .shared()
     }
 
     pub(super) fn retain(&self, mut keep: impl FnMut(&Target) -> bool) {
@@ -286,9 +199,20 @@ impl Pool {
         stats
     }
 
+    fn reap_period(&self) -> Duration {
+        (Duration::from_millis(self.min_idle_ms.load(Ordering::Relaxed)) / 2)
+            .clamp(MIN_REAP_PERIOD, MAX_REAP_PERIOD)
+    }
+
     fn sweep(&self) {
         let now = Instant::now();
         let entries: Vec<Arc<Entry>> = self.targets.read().values().cloned().collect();
+        let shortest = entries
+            .iter()
+            .map(|e| e.idle_ms.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or_else(|| millis(self.connector.settings.idle_timeout));
+        self.min_idle_ms.store(shortest, Ordering::Relaxed);
         let empty: Vec<Target> = entries
             .into_iter()
             .filter(|e| e.sweep(now))
@@ -307,13 +231,35 @@ impl Pool {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Counts the request as pending (once), unless its service's pending limit is reached.
+fn pend(
+    pending: &mut Option<Slot>,
+    terms: Terms<'_>,
+    endpoint: SocketAddr,
+) -> Result<(), UpstreamError> {
+    if pending.is_some() {
+        return Ok(());
+    }
+    if let Some((breaker, limits)) = terms.breaker {
+        let slot = breaker
+            .acquire(Limit::Pending, limits.max_pending)
+            .map_err(|overflow| UpstreamError::Overflow { endpoint, overflow })?;
+        *pending = Some(slot);
+    }
+    Ok(())
+}
+
 /// Closes idle connections and forgets empty targets until the pool is dropped.
-async fn reap(pool: Weak<Pool>, period: Duration) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+async fn reap(pool: Weak<Pool>) {
     loop {
-        tick.tick().await;
+        let Some(period) = pool.upgrade().map(|p| p.reap_period()) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
         match pool.upgrade() {
             Some(pool) => pool.sweep(),
             None => return,
@@ -321,14 +267,12 @@ async fn reap(pool: Weak<Pool>, period: Duration) {
     }
 }
 
-fn origin(client: Option<SocketAddr>, req: &Request<Body>, target: &Target) -> Origin {
+const TRACEPARENT: &str = "traceparent";
+
+fn origin(client: Option<SocketAddr>, trace: Option<&HeaderValue>, target: &Target) -> Origin {
     // Only a tunnel carries the trace context; a plain connection has nowhere to put it.
     let traceparent = match target.transport {
-        super::Transport::Hbone { .. } => req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        super::Transport::Hbone { .. } => trace.and_then(|v| v.to_str().ok()).map(str::to_owned),
         super::Transport::Plain => None,
     };
     Origin {
@@ -355,58 +299,27 @@ fn failed(
     }
 }
 
-enum Checkout {
-    Ready(H2Lease),
-    Wait(Dial),
+/// The connection limit of `terms`' breaker, for a new connection to an entry whose state is
+/// `state`: a slot, or `Err` at the limit. An entry with no connection at all gets one anyway.
+fn connection_slot<'t>(
+    terms: Terms<'t>,
+    has_connection: bool,
+) -> Result<Option<Slot>, &'t Arc<Breaker>> {
+    let Some((breaker, limits)) = terms.breaker else {
+        return Ok(None);
+    };
+    match breaker.acquire(Limit::Connections, limits.max_connections) {
+        Ok(slot) => Ok(Some(slot)),
+        Err(_) if !has_connection => Ok(Some(breaker.acquire_over(Limit::Connections))),
+        Err(_) => Err(breaker),
+    }
 }
 
 impl Entry {
-    /// The most recently used idle HTTP/1.1 connection that is still open.
-    fn idle_http1(self: &Arc<Self>) -> Option<H1Lease> {
-        let mut state = self.state.lock();
-        while let Some(idle) = state.idle.pop_back() {
-            if !idle.send.is_closed() {
-                state.busy += 1;
-                return Some(H1Lease {
-                    entry: self.clone(),
-                    send: Some(idle.send),
-                    reuse: false,
-                });
-            }
-        }
-        None
-    }
-
-    /// Counts a connection about to be dialled as busy, so the target is not forgotten
-    /// meanwhile.
-    fn reserve_http1(self: &Arc<Self>) -> H1Lease {
-        self.state.lock().busy += 1;
-        H1Lease {
-            entry: self.clone(),
-            send: None,
-            reuse: false,
-        }
-    }
-
-    /// The first HTTP/2 connection with room for a stream, or the dial to wait on (`dial`
-    /// starts one when none is under way).
-    fn checkout_http2(&self, dial: impl FnOnce() -> Dial) -> Checkout {
-        let mut state = self.state.lock();
-        state.http2.retain(|c| c.is_open());
-        if let Some(conn) = state
-            .http2
-            .iter()
-            .find(|c| c.streams.load(Ordering::Relaxed) < self.max_streams)
-        {
-            return Checkout::Ready(H2Lease::new(conn.clone()));
-        }
-        Checkout::Wait(state.dialing.get_or_insert_with(dial).clone())
-    }
-
     /// Closes what has been idle for the idle timeout; true when nothing is left.
     fn sweep(&self, now: Instant) -> bool {
         let mut state = self.state.lock();
-        let timeout = self.idle_timeout;
+        let timeout = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
         state
             .idle
             .retain(|i| !i.send.is_closed() && now.saturating_duration_since(i.since) < timeout);
@@ -431,30 +344,10 @@ impl Entry {
 
 impl State {
     fn is_empty(&self) -> bool {
-        self.idle.is_empty() && self.busy == 0 && self.http2.is_empty() && self.dialing.is_none()
-    }
-}
-
-impl H2Conn {
-    fn new(send: http2::SendRequest<Body>) -> Self {
-        H2Conn {
-            send,
-            streams: AtomicUsize::new(0),
-            dead: AtomicBool::new(false),
-            born: Instant::now(),
-            last_used_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        !self.dead.load(Ordering::Relaxed) && !self.send.is_closed()
-    }
-
-    fn idle_for(&self, now: Instant, timeout: Duration) -> bool {
-        if self.streams.load(Ordering::Acquire) > 0 {
-            return false;
-        }
-        let last = self.born + Duration::from_millis(self.last_used_ms.load(Ordering::Acquire));
-        now.saturating_duration_since(last) >= timeout
+        self.idle.is_empty()
+            && self.busy == 0
+            && self.http2.is_empty()
+            && self.dialing.is_none()
+            && self.dialing_own == 0
     }
 }

@@ -589,3 +589,248 @@ fn requests_are_adapted_to_the_upstream_version() {
     assert_eq!(req.uri(), "/x");
     assert_eq!(req.headers()[http::header::HOST], "reviews.demo:9080");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A service's terms: its pool policy and circuit breaker.
+
+mod terms {
+    use std::num::NonZeroU32;
+
+    use super::*;
+    use crate::breaker::{Breaker, Limit, Limits, Overflow};
+
+    fn limits(max_connections: u32, max_pending: u32) -> Limits {
+        Limits {
+            max_connections,
+            max_pending,
+            max_requests: 1000,
+            max_retries: 1000,
+        }
+    }
+
+    fn accepted(pod: &Backend) -> usize {
+        pod.counts.accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_policys_idle_timeout_closes_its_connections() {
+        let pod = backend(HttpVersion::Http1).await;
+        let mesh = mesh().await;
+        // The pool's own default (60 s) would keep it far longer than this test waits.
+        let (upstream, _) = mesh.upstream(UpstreamSettings::default());
+        let pool = PoolPolicy {
+            idle_timeout: Some(Duration::from_millis(100)),
+            ..PoolPolicy::DEFAULT
+        };
+        let terms = Terms {
+            pool: &pool,
+            breaker: None,
+        };
+        let target = plain_target(pod.addr, HttpVersion::Http1);
+        text(
+            upstream
+                .send_with(&target, None, get("/"), terms)
+                .await
+                .unwrap(),
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while pod.counts.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                upstream.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_retired_after_max_requests_per_connection() {
+        for version in [HttpVersion::Http1, HttpVersion::Http2] {
+            let pod = backend(version).await;
+            let mesh = mesh().await;
+            let (upstream, _) = mesh.upstream(UpstreamSettings::default());
+            let pool = PoolPolicy {
+                max_requests_per_connection: NonZeroU32::new(2),
+                ..PoolPolicy::DEFAULT
+            };
+            let terms = Terms {
+                pool: &pool,
+                breaker: None,
+            };
+            let target = plain_target(pod.addr, version);
+            for _ in 0..6 {
+                text(
+                    upstream
+                        .send_with(&target, None, get("/"), terms)
+                        .await
+                        .unwrap(),
+                )
+                .await;
+            }
+            assert_eq!(accepted(&pod), 3, "{version}: two requests per connection");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_multiplexing_each_http2_request_in_flight_has_its_connection() {
+        let pod = backend(HttpVersion::Http2).await;
+        let mesh = mesh().await;
+        let (upstream, _) = mesh.upstream(UpstreamSettings::default());
+        let pool = PoolPolicy {
+            multiplex: false,
+            ..PoolPolicy::DEFAULT
+        };
+        let terms = Terms {
+            pool: &pool,
+            breaker: None,
+        };
+        let target = plain_target(pod.addr, HttpVersion::Http2);
+        // Unread bodies keep their streams open.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                upstream
+                    .send_with(&target, None, get("/"), terms)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(accepted(&pod), 3);
+        drop(held);
+        // Free again: reused one request at a time.
+        for _ in 0..3 {
+            text(
+                upstream
+                    .send_with(&target, None, get("/"), terms)
+                    .await
+                    .unwrap(),
+            )
+            .await;
+        }
+        assert_eq!(accepted(&pod), 3);
+    }
+
+    /// At max_connections a request waits (pending) for a connection to close; past
+    /// max_pending it is refused at once.
+    #[tokio::test]
+    async fn at_the_connection_limit_requests_wait_and_past_max_pending_are_refused() {
+        for version in [HttpVersion::Http1, HttpVersion::Http2] {
+            let pod = backend(version).await;
+            let mesh = mesh().await;
+            let (upstream, _) = mesh.upstream(UpstreamSettings::default());
+            let breaker = Breaker::new();
+            let limits = limits(2, 1);
+            let pool = PoolPolicy {
+                multiplex: false,
+                ..PoolPolicy::DEFAULT
+            };
+            let target = plain_target(pod.addr, version);
+            let send = |path: &'static str| {
+                let (upstream, target, breaker, pool, limits) = (
+                    upstream.clone(),
+                    target.clone(),
+                    breaker.clone(),
+                    pool.clone(),
+                    limits,
+                );
+                async move {
+                    let terms = Terms {
+                        pool: &pool,
+                        breaker: Some((&breaker, &limits)),
+                    };
+                    upstream.send_with(&target, None, get(path), terms).await
+                }
+            };
+            let mut held = vec![send("/a").await.unwrap(), send("/b").await.unwrap()];
+            assert_eq!(breaker.in_use(Limit::Connections), 2);
+            let waiting = tokio::spawn(send("/c"));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while breaker.in_use(Limit::Pending) == 0 {
+                assert!(tokio::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The one pending place is taken: the next is refused without waiting.
+            let refused = send("/d").await.unwrap_err();
+            assert_eq!(
+                refused.overflow(),
+                Some(Overflow {
+                    limit: Limit::Pending,
+                    max: 1
+                }),
+                "{version}: {refused}"
+            );
+            assert_eq!(refused.response_flag(), "UO");
+            assert!(!waiting.is_finished());
+            // A response read to its end: HTTP/1.1 gives its connection back, HTTP/2 its
+            // stream; either way the waiting request gets it.
+            text(held.pop().unwrap()).await;
+            let response = tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("the pending request is served")
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                text(response).await,
+                format!(
+                    "{} reviews.demo:9080 /c",
+                    match version {
+                        HttpVersion::Http1 => "HTTP/1.1",
+                        HttpVersion::Http2 => "HTTP/2.0",
+                    }
+                )
+            );
+            assert_eq!(accepted(&pod), 2, "{version}: no third connection");
+            assert_eq!(breaker.in_use(Limit::Pending), 0);
+            // A connection closed (a body dropped unread closes HTTP/1.1's; HTTP/2's stream
+            // ends) frees room too.
+            drop(held);
+            text(send("/e").await.unwrap()).await;
+        }
+    }
+
+    /// An endpoint with no connection may open one even when the service's other endpoints
+    /// hold every connection the limit allows (idle ones would otherwise starve it).
+    #[tokio::test]
+    async fn an_endpoint_without_a_connection_always_gets_one() {
+        let a = backend(HttpVersion::Http1).await;
+        let b = backend(HttpVersion::Http1).await;
+        let mesh = mesh().await;
+        let (upstream, _) = mesh.upstream(UpstreamSettings::default());
+        let breaker = Breaker::new();
+        let limits = limits(1, 10);
+        let terms = Terms {
+            pool: &PoolPolicy::DEFAULT,
+            breaker: Some((&breaker, &limits)),
+        };
+        let ta = plain_target(a.addr, HttpVersion::Http1);
+        let tb = plain_target(b.addr, HttpVersion::Http1);
+        text(
+            upstream
+                .send_with(&ta, None, get("/"), terms)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(breaker.in_use(Limit::Connections), 1, "idle, still open");
+        let response = tokio::time::timeout(
+            Duration::from_secs(5),
+            upstream.send_with(&tb, None, get("/"), terms),
+        )
+        .await
+        .expect("not left waiting")
+        .unwrap();
+        text(response).await;
+        assert_eq!(breaker.in_use(Limit::Connections), 2);
+        upstream.retain(|_| false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while breaker.in_use(Limit::Connections) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "closed connections give their slots back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

@@ -6,8 +6,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod abuse;
 mod authz;
+mod breaker;
 mod metrics;
+mod outlier;
+mod pool;
 mod resilience;
 mod routing;
 mod tcp;

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod pod;
+pub mod relay;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,6 +19,7 @@ use ambit_discovery::testing;
 use ambit_proto::api::discovery::{Resource, resource::Kind};
 use ambit_proto::api::route as rt;
 use ambit_proto::api::security as sec;
+use ambit_proto::api::traffic as tp;
 use ambit_proto::api::workload as wl;
 use ambit_proto::drain::{self, DrainTrigger};
 use ambit_proto::hbone::{
@@ -25,15 +27,18 @@ use ambit_proto::hbone::{
 };
 use ambit_proto::identity::{CertManager, CertificateAuthority, SpiffeId};
 use ambit_waypoint::forward::Forwarder;
+use ambit_waypoint::http_limits::HttpLimits;
 use ambit_waypoint::ingress::Ingress;
+use ambit_waypoint::path::EscapedSlashes;
 use ambit_waypoint::report::Telemetry;
+use ambit_waypoint::serve::HttpServer;
 use ambit_waypoint::state::Store;
 use ambit_waypoint::tcp::TcpForwarder;
 use ambit_waypoint::upstream::{Upstream, UpstreamSettings};
 use tokio::net::TcpListener;
 
 pub use client::{Call, Client, PATIENCE, Reply};
-pub use pod::{App, Behavior, ECHO_PORT, Flaky, Pod};
+pub use pod::{App, Behavior, ECHO_PORT, Flaky, Gate, Pod};
 
 pub const TD: &str = "cluster.local";
 pub const WAYPOINT: &str = "demo/waypoint";
@@ -127,8 +132,20 @@ pub fn policy(name: &str, action: sec::Action, principals: &[&str]) -> sec::Auth
                 principals: principals.iter().map(|p| p.to_string()).collect(),
                 ..Default::default()
             }],
-            to: vec![],
+            ..Default::default()
         }],
+    }
+}
+
+/// Traffic policy `demo/<name>` for service `target` (its short name), everything at the
+/// waypoint's defaults until the test sets it.
+pub fn traffic_policy(name: &str, target: &str) -> tp::TrafficPolicy {
+    tp::TrafficPolicy {
+        name: name.into(),
+        namespace: "demo".into(),
+        target: host(target),
+        connection_pool: None,
+        outlier_detection: None,
     }
 }
 
@@ -159,6 +176,15 @@ pub struct Setup {
     pub down: Vec<&'static str>,
     /// The waypoint's `--request-timeout` (15 s when unset).
     pub default_timeout: Option<Duration>,
+    /// Traffic policies (circuit breaker, outlier detection, pool), as the controller sends them.
+    pub traffic: Vec<tp::TrafficPolicy>,
+    /// More services through the waypoint: (name, VIP, endpoint pods), port 9080 → 8080,
+    /// `appProtocol: http`.
+    pub services: Vec<(&'static str, SocketAddr, Vec<&'static str>)>,
+    /// The waypoint's `--http*` per-connection limits.
+    pub http_limits: HttpLimits,
+    /// The waypoint's `--path-escaped-slashes` (reject when unset).
+    pub escaped_slashes: Option<EscapedSlashes>,
 }
 
 pub const PODS: [&str; 3] = ["reviews-v1", "reviews-v2", "echo"];
@@ -171,6 +197,7 @@ pub struct Mesh {
     pub store: Arc<Store>,
     pub telemetry: Arc<Telemetry>,
     pub forwarder: Arc<Forwarder>,
+    pub http: Arc<HttpServer>,
     pub waypoint: SocketAddr,
     pub hbone_port: u16,
     pub pods: HashMap<&'static str, Pod>,
@@ -246,12 +273,15 @@ impl Mesh {
                 ..UpstreamSettings::default()
             },
         );
-        let forwarder = Arc::new(Forwarder::new(
-            store.clone(),
-            upstream,
-            telemetry.clone(),
-            setup.default_timeout.unwrap_or(Duration::from_secs(15)),
-        ));
+        let forwarder = Arc::new(
+            Forwarder::new(
+                store.clone(),
+                upstream,
+                telemetry.clone(),
+                setup.default_timeout.unwrap_or(Duration::from_secs(15)),
+            )
+            .with_escaped_slashes(setup.escaped_slashes.unwrap_or_default()),
+        );
         let tcp = Arc::new(TcpForwarder::new(
             hbone,
             waypoint_id.clone(),
@@ -259,10 +289,12 @@ impl Mesh {
             Duration::from_secs(5),
             hbone_port,
         ));
+        let http = Arc::new(HttpServer::new(setup.http_limits.clone()));
         let ingress = Arc::new(Ingress {
             key: WAYPOINT.into(),
             forwarder: forwarder.clone(),
             tcp,
+            http: http.clone(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let waypoint = listener.local_addr().unwrap();
@@ -288,6 +320,7 @@ impl Mesh {
             store,
             telemetry,
             forwarder,
+            http,
             waypoint,
             hbone_port,
             pods,
@@ -461,6 +494,15 @@ fn resources(setup: &Setup, ip_of: &dyn Fn(&str) -> String) -> Vec<Resource> {
         out.push(resource(
             format!("{}/{}", p.namespace, p.name),
             Kind::AuthorizationPolicy(p.clone()),
+        ));
+    }
+    for (name, vip, endpoints) in &setup.services {
+        out.push(through(service(name, *vip, &endpoints[..], "http")));
+    }
+    for p in &setup.traffic {
+        out.push(resource(
+            format!("{}/{}", p.namespace, p.name),
+            Kind::TrafficPolicy(p.clone()),
         ));
     }
     out

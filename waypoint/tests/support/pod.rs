@@ -40,6 +40,28 @@ pub enum Behavior {
     FailHalfOfNew(Arc<Flaky>),
     /// Each request fails with 503 with this probability, independently.
     FailRandomly(f64),
+    /// 200 once the gate is opened (requests arriving after that answer at once).
+    Hold(Arc<Gate>),
+    /// 503 for a request id not seen before (by `x-request-id`); a retry of it is held as
+    /// `Hold`, then 200.
+    FailThenHold(Arc<Flaky>, Arc<Gate>),
+}
+
+/// Holds requests (`Behavior::Hold`) until opened: slow answers whose end the test decides.
+pub struct Gate(tokio::sync::watch::Sender<bool>);
+
+impl Gate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Gate(tokio::sync::watch::channel(false).0))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
 }
 
 /// Request ids already seen, shared by the pods of one backend.
@@ -78,6 +100,8 @@ pub struct App {
     pub peers: Mutex<HashSet<String>>,
     /// HTTP versions the app was spoken to in ("HTTP/1.1", "HTTP/2.0").
     pub versions: Mutex<HashSet<String>>,
+    /// Request targets (path and query) as received, in order.
+    pub paths: Mutex<Vec<String>>,
 }
 
 impl App {
@@ -91,6 +115,7 @@ impl App {
             tunnels: AtomicUsize::new(0),
             peers: Mutex::new(HashSet::new()),
             versions: Mutex::new(HashSet::new()),
+            paths: Mutex::new(Vec::new()),
         })
     }
 
@@ -119,6 +144,9 @@ impl App {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let version = format!("{:?}", req.version());
         self.versions.lock().insert(version.clone());
+        if let Some(pq) = req.uri().path_and_query() {
+            self.paths.lock().push(pq.to_string());
+        }
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -139,6 +167,21 @@ impl App {
                 if flaky.fails(request_id.as_deref()) {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
+                    StatusCode::OK
+                }
+            }
+            Behavior::Hold(gate) => {
+                gate.passed().await;
+                StatusCode::OK
+            }
+            Behavior::FailThenHold(flaky, gate) => {
+                let new = request_id
+                    .as_ref()
+                    .is_none_or(|id| flaky.seen.lock().insert(id.clone()));
+                if new {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    gate.passed().await;
                     StatusCode::OK
                 }
             }

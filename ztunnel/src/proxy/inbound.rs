@@ -120,15 +120,22 @@ fn admit(
     } else if enforced_by.is_some() {
         None
     } else {
-        match state.authorize(
+        let verdict = state.authorize(
             &workload,
             &PolicySource {
                 identity,
                 ip: peer.ip(),
             },
             target.port(),
-        ) {
-            Decision::Allow => None,
+        );
+        // AUDIT policies decide nothing; a match (on their L4 part, all ztunnel can see) is
+        // reported and counted.
+        for policy in &verdict.audited {
+            tracing::info!(pod = %pod.uid, %peer, identity = ?identity.map(SpiffeId::as_str), %target, %policy, allowed = verdict.is_allowed(), "audited by authorization policy");
+            ctx.metrics.policy_audited(policy);
+        }
+        match verdict.decision {
+            Decision::Allow { .. } => None,
             Decision::Deny { reason, .. } => Some(Refusal {
                 status: StatusCode::UNAUTHORIZED,
                 reason: format!("{reason} (change the authorization policy to allow it)"),

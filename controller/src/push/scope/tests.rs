@@ -6,7 +6,7 @@ use ambit_proto::api::route as rpb;
 use prost::Message;
 
 use super::*;
-use crate::model::{MeshBuilder, Route};
+use crate::model::{MeshBuilder, Route, TrafficPolicy};
 use crate::push::Snapshot;
 use crate::push::session::Session;
 use crate::source::file::parse;
@@ -82,6 +82,11 @@ fn mesh_routes(port: u32) -> Vec<Route> {
 
 /// The model of a mesh file with `routes` added.
 fn model_of(text: &str, routes: Vec<Route>) -> MeshModel {
+    model_with(text, routes, Vec::new())
+}
+
+/// The model of a mesh file with `routes` and `traffic` policies added.
+fn model_with(text: &str, routes: Vec<Route>, traffic: Vec<TrafficPolicy>) -> MeshModel {
     let model = parse(text, "scope test").unwrap().model;
     let mut b = MeshBuilder::new(model.trust_domain(), model.cluster_id());
     for n in model.nodes() {
@@ -110,6 +115,9 @@ fn model_of(text: &str, routes: Vec<Route>) -> MeshModel {
     }
     for r in routes {
         b.route(r);
+    }
+    for p in traffic {
+        b.traffic_policy(p);
     }
     b.build().unwrap()
 }
@@ -448,4 +456,108 @@ fn a_waypoint_gets_its_routes_backends_elsewhere_their_endpoints_and_their_polic
             "workload/local//Pod/pay/unrelated-1",
         ]
     );
+}
+
+/// A traffic policy `<ns>/<name>` on service `<name>.<ns>`, its pool allowing `max_connections`.
+fn traffic(ns: &str, name: &str, max_connections: u32) -> TrafficPolicy {
+    TrafficPolicy {
+        name: name.into(),
+        namespace: ns.into(),
+        target: host(&format!("{name}.{ns}")),
+        connection_pool: Some(ambit_proto::api::traffic::ConnectionPool {
+            max_connections,
+            ..Default::default()
+        }),
+        outlier_detection: None,
+    }
+}
+
+/// BACKENDS_MESH's routes, with a traffic policy on every service but `pay-v2`.
+fn traffic_model(max_connections: u32) -> MeshModel {
+    let routes: Vec<Route> = backends_model().routes().cloned().collect();
+    let policies = [
+        ("shop", "cart"),
+        ("shop", "direct"),
+        ("pay", "pay-v1"),
+        ("pay", "unrelated"),
+        ("other", "o"),
+    ];
+    model_with(
+        BACKENDS_MESH,
+        routes,
+        policies
+            .iter()
+            .map(|(ns, name)| traffic(ns, name, max_connections))
+            .collect(),
+    )
+}
+
+fn traffic_keys(model: MeshModel, kind: ProxyKind, namespace: &str, name: &str) -> Vec<String> {
+    scope_in(model, kind, namespace, name)
+        .into_iter()
+        .filter(|k| k.starts_with("traffic_policy/"))
+        .collect()
+}
+
+#[test]
+fn a_waypoint_gets_the_traffic_policies_of_its_services_and_route_backends_only() {
+    assert_eq!(
+        traffic_keys(traffic_model(100), ProxyKind::Waypoint, "shop", "shop-wp"),
+        ["traffic_policy/pay/pay-v1", "traffic_policy/shop/cart"],
+        "cart is shop-wp's, pay-v1 a backend of its route; not direct (opted out), unrelated, o"
+    );
+    assert_eq!(
+        traffic_keys(traffic_model(100), ProxyKind::Waypoint, "other", "other-wp"),
+        ["traffic_policy/other/o", "traffic_policy/pay/unrelated"]
+    );
+    for node in ["a", "b"] {
+        assert_eq!(
+            traffic_keys(traffic_model(100), ProxyKind::Ztunnel, "", node),
+            Vec::<String>::new(),
+            "node {node}"
+        );
+    }
+}
+
+#[test]
+fn a_traffic_policy_change_is_one_waypoint_delta_and_nothing_for_ztunnels() {
+    let before = Snapshot::build(Arc::new(traffic_model(100)), None);
+    let after = Snapshot::build(Arc::new(traffic_model(200)), Some(&before));
+    let key = ResourceKey::new(ResourceType::TrafficPolicy, "shop/cart");
+    assert_ne!(
+        before.resource(&key).unwrap().version,
+        after.resource(&key).unwrap().version
+    );
+    for node in ["a", "b"] {
+        let sub = ztunnel_of(node);
+        let full = desired_for(&before, &sub);
+        let mut session = Session::new(HashMap::new());
+        let first = session.next_response(&full).unwrap();
+        session.answer(&first.nonce, "");
+        assert!(
+            session
+                .next_response(&desired_since(&after, &sub, &full))
+                .is_none(),
+            "node {node}: a traffic policy change sends a ztunnel nothing"
+        );
+    }
+    let sub = subscriber(ProxyKind::Waypoint, "shop", "shop-wp");
+    let full = desired_for(&before, &sub);
+    let mut session = Session::new(HashMap::new());
+    let first = session.next_response(&full).unwrap();
+    session.answer(&first.nonce, "");
+    let delta = session
+        .next_response(&desired_since(&after, &sub, &full))
+        .unwrap();
+    assert_eq!(sent(&delta), ["pay/pay-v1", "shop/cart"]);
+    let decoded: Vec<_> = delta
+        .resources
+        .iter()
+        .map(|bytes| Resource::decode(bytes.clone()).unwrap())
+        .collect();
+    assert!(decoded.iter().all(|r| matches!(
+        &r.kind,
+        Some(ambit_proto::api::discovery::resource::Kind::TrafficPolicy(p))
+            if p.connection_pool.as_ref().unwrap().max_connections == 200
+    )));
 }

@@ -11,6 +11,9 @@ use super::schema::*;
 use super::{LocalTopology, TopologyPod, TopologyWaypoint};
 use crate::model::{self, Kind, MeshBuilder, ModelError, ResourceRef};
 use crate::source::routes::{self, Meta, Note, Outcome, RouteContext, spec as route_spec};
+use crate::source::traffic::TrafficContext;
+
+mod traffic;
 
 /// The trust domain when the file does not name one, as in Istio and Kubernetes.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -288,6 +291,12 @@ pub fn convert(
             b.route(found);
         }
     }
+    let context = TrafficContext::new(&namespaces, &services, &trust_domain);
+    for p in file.traffic_policies {
+        if let Some(policy) = traffic::convert(p, &context, &mut lines, &mut located) {
+            b.traffic_policy(policy);
+        }
+    }
     (b, topology, lines, located)
 }
 
@@ -317,6 +326,7 @@ fn policy(p: PolicySpec) -> model::AuthorizationPolicy {
         action: match p.action {
             ActionSpec::Allow => spb::Action::Allow,
             ActionSpec::Deny => spb::Action::Deny,
+            ActionSpec::Audit => spb::Action::Audit,
         },
         rules: p
             .rules
@@ -354,6 +364,15 @@ fn policy(p: PolicySpec) -> model::AuthorizationPolicy {
                                 values: h.values,
                             })
                             .collect(),
+                    })
+                    .collect(),
+                when: r
+                    .when
+                    .into_iter()
+                    .map(|c| spb::Condition {
+                        key: c.key,
+                        values: c.values,
+                        not_values: c.not_values,
                     })
                     .collect(),
             })

@@ -14,7 +14,7 @@ pub use convert::DEFAULT_TRUST_DOMAIN;
 pub use schema::PodApp;
 pub use watch::{FileWatcher, Watching, watch};
 
-use crate::model::{MeshModel, ModelError};
+use crate::model::{Kind, MeshModel, ModelError, ResourceRef};
 
 /// The mesh `controller` serves when no `--source` is given, and the default topology of
 /// `ambit up`.
@@ -122,12 +122,33 @@ pub fn parse(text: &str, origin: &str) -> Result<MeshFile, FileError> {
             error,
         })
         .collect();
+    // A policy whose L7 fields no waypoint can check where it applies is an error here (a human
+    // fixes a file); Kubernetes keeps it, failed closed by ztunnel, and reports it.
+    let unenforced = |model: &MeshModel| -> Vec<Problem> {
+        let error = |u: crate::model::UnenforcedL7| ModelError::InvalidPolicy {
+            subject: ResourceRef::new(Kind::AuthorizationPolicy, u.policy.to_string()),
+            reason: u.reason(),
+        };
+        let problems = model.unenforced_l7_policies().into_iter().map(error);
+        problems
+            .map(|error| Problem {
+                line: lines.line_of(&error),
+                error,
+            })
+            .collect()
+    };
     match builder.build() {
-        Ok(model) if problems.is_empty() => Ok(MeshFile { model, topology }),
-        Ok(_) => Err(FileError::Invalid {
-            origin: origin.into(),
-            problems,
-        }),
+        Ok(model) => {
+            problems.extend(unenforced(&model));
+            if problems.is_empty() {
+                return Ok(MeshFile { model, topology });
+            }
+            problems.sort_by_key(|p| p.line);
+            Err(FileError::Invalid {
+                origin: origin.into(),
+                problems,
+            })
+        }
         Err(errors) => {
             problems.extend(errors.into_iter().map(|error| Problem {
                 line: lines.line_of(&error),

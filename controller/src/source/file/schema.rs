@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::source::routes::spec as route;
+use crate::source::traffic::spec::TrafficPolicyItem;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -36,6 +37,10 @@ pub struct MeshFile {
     pub http_routes: Vec<HttpRouteItem>,
     #[serde(default)]
     pub grpc_routes: Vec<GrpcRouteItem>,
+    /// Circuit breaking, outlier ejection and connection pool per service (see
+    /// `source::traffic`).
+    #[serde(default)]
+    pub traffic_policies: Vec<TrafficPolicyItem>,
 }
 
 /// Spelt as the `ambit.io/mtls-mode` label's values.
@@ -158,6 +163,7 @@ pub struct SelectorSpec {
 pub enum ActionSpec {
     Allow,
     Deny,
+    Audit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +185,19 @@ pub struct RuleSpec {
     pub from: Vec<SourceSpec>,
     #[serde(default)]
     pub to: Vec<DestinationSpec>,
+    /// Istio's `when`: `source.principal`, `source.namespace` or `request.headers[<name>]`.
+    #[serde(default)]
+    pub when: Vec<ConditionSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConditionSpec {
+    pub key: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub not_values: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

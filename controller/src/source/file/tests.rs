@@ -517,3 +517,86 @@ fn route_problems_are_reported_at_their_lines() {
         "{found:?}"
     );
 }
+
+/// The embedded mesh plus policies (YAML list items under `authorizationPolicies`).
+fn with_policies(items: &str) -> String {
+    let list = "authorizationPolicies:\n";
+    assert!(EMBEDDED_MESH.contains(list));
+    EMBEDDED_MESH.replacen(list, &format!("{list}{items}"), 1)
+}
+
+#[test]
+fn l7_audit_and_when_policies_on_waypoint_fronted_pods_are_accepted() {
+    let text = with_policies(
+        "  - name: audit-admin
+    namespace: demo
+    selector:
+      matchLabels: {app: reviews}
+    action: AUDIT
+    rules:
+      - to:
+          - paths: [/admin*]
+            hosts: [reviews]
+        when:
+          - key: source.principal
+            values: [spiffe://cluster.local/ns/demo/sa/client]
+          - key: request.headers[x-user]
+            notValues: [jason]
+",
+    );
+    let file = parse(&text, "test.yaml").unwrap();
+    let key = ObjectKey::new("demo", "audit-admin");
+    let policy = file.model.policies().find(|p| p.name == key.name).unwrap();
+    assert_eq!(policy.action, ambit_proto::api::security::Action::Audit);
+    assert_eq!(policy.rules[0].when.len(), 2);
+    assert_eq!(policy.rules[0].when[1].not_values, ["jason"]);
+}
+
+#[test]
+fn l7_fields_where_no_waypoint_fronts_the_pods_are_refused_with_the_fix() {
+    let text = with_policies(
+        "  - name: client-admin
+    namespace: demo
+    selector:
+      matchLabels: {app: client}
+    action: DENY
+    rules:
+      - to:
+          - methods: [POST]
+",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (line, text) = &found[0];
+    assert!(line.is_some(), "reported at the policy: {found:?}");
+    for part in [
+        "demo/client-admin",
+        "methods",
+        "demo/client",
+        "ambit.io/use-waypoint",
+    ] {
+        assert!(text.contains(part), "{part:?} missing in {text}");
+    }
+}
+
+#[test]
+fn bad_when_keys_and_hosts_with_ports_are_refused() {
+    let text = with_policies(
+        "  - name: bad
+    namespace: demo
+    selector:
+      matchLabels: {app: reviews}
+    action: ALLOW
+    rules:
+      - to:
+          - hosts: [\"reviews:9080\"]
+        when:
+          - key: source.ip
+            values: [10.0.0.1]
+",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].1.contains("reviews:9080"), "{found:?}");
+    assert!(found[1].1.contains("source.ip"), "{found:?}");
+}

@@ -12,7 +12,7 @@ use crate::model::{
 
 /// Rounds of leaving rejected objects out before giving up. Leaving an object out can make
 /// another one invalid only through a reference: a namespace takes its objects with it, a
-/// service the routes to it, a waypoint the labels naming it (which are then dropped, not their
+/// service the routes and traffic policies to it, a waypoint the labels naming it (which are then dropped, not their
 /// objects). Two rounds settle that, the rest is margin.
 const MAX_ROUNDS: usize = 4;
 
@@ -119,6 +119,11 @@ fn builder(
             b.route(route.clone());
         }
     }
+    for policy in &input.traffic_policies {
+        if kept(Kind::TrafficPolicy, &policy.namespace, &policy.name) {
+            b.traffic_policy(policy.clone());
+        }
+    }
     b
 }
 
@@ -137,6 +142,15 @@ pub fn assemble(
         match builder(input, settings, &out, &mut round_skips).build() {
             Ok(model) => {
                 skips.extend(round_skips);
+                // Kept (ztunnel fails the L7 fields closed), but not enforceable as written.
+                skips.extend(model.unenforced_l7_policies().into_iter().map(|u| Skip {
+                    subject: namespaced(
+                        Kind::AuthorizationPolicy,
+                        &u.policy.namespace,
+                        &u.policy.name,
+                    ),
+                    reason: u.reason(),
+                }));
                 skips.sort();
                 skips.dedup();
                 return Ok((model, skips));

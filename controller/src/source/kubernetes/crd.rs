@@ -33,7 +33,8 @@ pub struct AuthorizationPolicySpec {
     /// The pods of the policy's namespace it applies to; omitted, every pod of the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<WorkloadSelector>,
-    /// ALLOW (the default, as in Istio) or DENY.
+    /// ALLOW (the default, as in Istio), DENY or AUDIT (decides nothing; a request it matches
+    /// is logged and counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
     /// A request matches the policy when it matches one rule. No rules: an ALLOW policy allows
@@ -56,6 +57,8 @@ pub enum Action {
     Allow,
     #[serde(rename = "DENY")]
     Deny,
+    #[serde(rename = "AUDIT")]
+    Audit,
 }
 
 /// Matches when one of `from` and one of `to` match and every `when` condition holds (an empty
@@ -67,7 +70,8 @@ pub struct Rule {
     pub from: Vec<From>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<To>,
-    /// Only `request.headers[<name>]` keys with `values` (checked by the waypoint).
+    /// Keys `source.principal`, `source.namespace` and `request.headers[<name>]` (the last
+    /// checked only by a waypoint), with `values` and/or `notValues`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub when: Vec<Condition>,
 }
@@ -141,7 +145,8 @@ pub struct Operation {
     pub methods: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_methods: Vec<String>,
-    /// Exact paths, or a prefix ending in `*`, matched against the normalised path.
+    /// Exact paths, a prefix ending in `*`, a suffix starting with `*`, or `*`, matched
+    /// against the normalised path (without query).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -152,7 +157,8 @@ pub struct Operation {
     pub not_hosts: Vec<String>,
 }
 
-/// An extra condition, as Istio's `when`. Ambit supports `request.headers[<name>]` with `values`.
+/// An extra condition, as Istio's `when`; every one must hold besides `from` and `to`. Ambit
+/// supports `source.principal`, `source.namespace` and `request.headers[<name>]`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -165,44 +171,57 @@ pub struct Condition {
 
 /// The CRD manifest as committed in `manifests/crds/`.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let crd = serde_json::to_value(AuthorizationPolicy::crd()).unwrap_or_default();
+    generated_yaml::<AuthorizationPolicy>("crd.rs")
+}
+
+/// A custom resource's definition as the manifest committed under manifests/crds, with a header
+/// naming the file (under `controller/src/source/kubernetes/`) that defines its type.
+pub(crate) fn generated_yaml<K: kube::CustomResourceExt + kube::Resource<DynamicType = ()>>(
+    defined_in: &str,
+) -> String {
+    let crd = serde_json::to_value(K::crd()).unwrap_or_default();
     let yaml = serde_saphyr::to_string(&crd).unwrap_or_default();
     format!(
-        "# Generated from controller/src/source/kubernetes/crd.rs (AuthorizationPolicy): do not edit.\n\
-         # After changing the Rust type, run `cargo nextest run -p ambit-controller crd` and copy the\n\
-         # file that test writes to target/ over this one.\n{yaml}"
+        "# Generated from controller/src/source/kubernetes/{defined_in} ({}): do not edit.\n\
+         # After changing the Rust type, run `cargo test -p ambit-controller --lib crd` and copy the\n\
+         # file that test writes to target/ over this one.\n{yaml}",
+        K::kind(&())
     )
+}
+
+/// Fails, naming the fix, when the committed manifest `file` (under manifests/crds) is not
+/// `expected`; writes `expected` to the target dir so the fix is one `cp`.
+#[cfg(test)]
+pub(crate) fn assert_manifest_is(file: &str, expected: &str) {
+    use std::path::PathBuf;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let committed = root.join("../manifests/crds").join(file);
+    let actual = std::fs::read_to_string(&committed).unwrap_or_default();
+    if actual != expected {
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("../target"));
+        std::fs::create_dir_all(&target_dir).unwrap();
+        let target = target_dir.join(file);
+        std::fs::write(&target, expected).unwrap();
+        panic!(
+            "{} differs from what its Rust type generates.\n\
+             The generated manifest is in {}; if the type change is intended:\n  cp {} {}",
+            committed.display(),
+            target.display(),
+            target.display(),
+            committed.display()
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
 
     #[test]
     fn crd_manifest_matches_the_type() {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let committed = root.join("../manifests/crds/authorizationpolicies.ambit.io.yaml");
-        let expected = crd_yaml();
-        let actual = std::fs::read_to_string(&committed).unwrap_or_default();
-        if actual != expected {
-            let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("../target"));
-            std::fs::create_dir_all(&target_dir).unwrap();
-            let target = target_dir.join("authorizationpolicies.ambit.io.yaml");
-            std::fs::write(&target, &expected).unwrap();
-            panic!(
-                "{} differs from what the AuthorizationPolicy type generates.\n\
-                 The generated manifest is in {}; if the type change is intended:\n  cp {} {}",
-                committed.display(),
-                target.display(),
-                target.display(),
-                committed.display()
-            );
-        }
+        assert_manifest_is("authorizationpolicies.ambit.io.yaml", &crd_yaml());
     }
 
     #[test]
@@ -226,3 +245,6 @@ mod tests {
         assert_eq!(policy.spec.rules[0].to[0].operation.ports, vec!["8080"]);
     }
 }
+
+/// Ambit's TrafficPolicy CRD.
+pub mod traffic;

@@ -3,7 +3,7 @@
 //! reads changes. It reads what a mesh file can say, in the objects an Istio ambient user knows:
 //! Namespaces, Pods and Services; EndpointSlices (for services without selector); Gateway API
 //! `Gateway`s of class [`WAYPOINT_CLASS`] (waypoints) and `HTTPRoute`s (L7 routes, attached to
-//! services the GAMMA way); Ambit's own `AuthorizationPolicy` CRD ([`crd`]).
+//! services the GAMMA way); Ambit's own `AuthorizationPolicy` and `TrafficPolicy` CRDs ([`crd`]).
 //!
 //! - `convert`: Kubernetes objects to the model's input; what cannot be used is skipped with the
 //!   reason (a pod without IP, a named target port that does not resolve, a policy port that is

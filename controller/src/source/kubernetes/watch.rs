@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::assemble::assemble;
 use super::convert::{Objects, Skip, convert};
 use super::crd::AuthorizationPolicy;
+use super::crd::traffic::TrafficPolicy;
 use super::{KubernetesError, Options, Watching};
 use crate::model::MeshModel;
 
@@ -154,6 +155,7 @@ struct Caches {
     http_routes: Reflector<HttpRoute>,
     grpc_routes: Reflector<GrpcRoute>,
     policies: Reflector<AuthorizationPolicy>,
+    traffic_policies: Reflector<TrafficPolicy>,
 }
 
 impl Caches {
@@ -188,6 +190,12 @@ impl Caches {
                 changed.clone(),
                 stop.clone(),
             ),
+            traffic_policies: reflect(
+                client.clone(),
+                UnlessNotInstalled,
+                changed.clone(),
+                stop.clone(),
+            ),
         }
     }
 
@@ -201,6 +209,7 @@ impl Caches {
             http_routes: self.http_routes.store.state(),
             grpc_routes: self.grpc_routes.store.state(),
             policies: self.policies.store.state(),
+            traffic_policies: self.traffic_policies.store.state(),
         }
     }
 
@@ -214,6 +223,7 @@ impl Caches {
         self.http_routes.wait().await;
         self.grpc_routes.wait().await;
         self.policies.wait().await;
+        self.traffic_policies.wait().await;
     }
 
     /// The kinds not settled yet, for the error when the start times out.
@@ -227,6 +237,7 @@ impl Caches {
             (self.http_routes.settled(), &self.http_routes.kind),
             (self.grpc_routes.settled(), &self.grpc_routes.kind),
             (self.policies.settled(), &self.policies.kind),
+            (self.traffic_policies.settled(), &self.traffic_policies.kind),
         ];
         let pending: Vec<&str> = kinds
             .iter()
@@ -236,7 +247,7 @@ impl Caches {
         pending.join(", ")
     }
 
-    fn tasks(self) -> [JoinHandle<()>; 8] {
+    fn tasks(self) -> [JoinHandle<()>; 9] {
         [
             self.namespaces.task,
             self.pods.task,
@@ -246,6 +257,7 @@ impl Caches {
             self.http_routes.task,
             self.grpc_routes.task,
             self.policies.task,
+            self.traffic_policies.task,
         ]
     }
 }
@@ -362,6 +374,7 @@ fn log_model(model: &MeshModel, what: &str) {
         waypoints = model.waypoints().count(),
         policies = model.policies().count(),
         routes = model.routes().count(),
+        traffic_policies = model.traffic_policies().count(),
         "{what}"
     );
 }

@@ -19,6 +19,7 @@ pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 pub const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 pub const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 pub const POLICIES: &str = "/apis/ambit.io/v1alpha1/authorizationpolicies";
+pub const TRAFFIC_POLICIES: &str = "/apis/ambit.io/v1alpha1/trafficpolicies";
 
 #[derive(Default)]
 pub struct Cluster {
@@ -30,6 +31,7 @@ pub struct Cluster {
     pub gateways: Option<Vec<Value>>,
     pub routes: Option<Vec<Value>>,
     pub policies: Option<Vec<Value>>,
+    pub traffic_policies: Option<Vec<Value>>,
 }
 
 impl Cluster {
@@ -47,6 +49,9 @@ impl Cluster {
         }
         if let Some(items) = self.policies {
             api.collection(POLICIES, "AuthorizationPolicyList", items);
+        }
+        if let Some(items) = self.traffic_policies {
+            api.collection(TRAFFIC_POLICIES, "TrafficPolicyList", items);
         }
         api
     }
@@ -113,6 +118,14 @@ pub fn not_ready_pod(mut pod: Value) -> Value {
 pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": "ambit.io/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+        "spec": spec
+    })
+}
+
+pub fn traffic_policy(ns: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "ambit.io/v1alpha1", "kind": "TrafficPolicy",
         "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
         "spec": spec
     })

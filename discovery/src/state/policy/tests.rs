@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use ambit_proto::api::security as api;
+
 use super::*;
 
 fn policy(action: api::Action, rules: Vec<api::Rule>) -> Arc<Policy> {
@@ -22,6 +24,7 @@ fn from_principal(p: &str) -> api::Rule {
             ..Default::default()
         }],
         to: vec![],
+        when: vec![],
     }
 }
 
@@ -48,11 +51,13 @@ fn deny_wins_over_allow() {
         policy(api::Action::Deny, vec![from_principal(bad.as_str())]),
     ];
     assert!(
-        matches!(decide(policies.iter(), &src(Some(&bad)), 8080), Decision::Deny { policy, .. } if &*policy == "demo/deny")
+        matches!(decide(policies.iter(), &src(Some(&bad)), 8080).decision, Decision::Deny { policy, .. } if &*policy == "demo/deny")
     );
     assert_eq!(
-        decide(policies.iter(), &src(Some(&good)), 8080),
-        Decision::Allow
+        decide(policies.iter(), &src(Some(&good)), 8080).decision,
+        Decision::Allow {
+            policy: Some("demo/allow".into())
+        }
     );
 }
 
@@ -63,19 +68,24 @@ fn allow_policies_make_everything_else_denied() {
         vec![from_principal(id("client").as_str())],
     )];
     assert_eq!(
-        decide(policies.iter(), &src(Some(&id("client"))), 80),
-        Decision::Allow
+        decide(policies.iter(), &src(Some(&id("client"))), 80).decision,
+        Decision::Allow {
+            policy: Some("demo/allow".into())
+        }
     );
     assert!(matches!(
-        decide(policies.iter(), &src(Some(&id("other"))), 80),
+        decide(policies.iter(), &src(Some(&id("other"))), 80).decision,
         Decision::Deny { .. }
     ));
     // Plaintext has no identity, so it cannot match a principal.
     assert!(matches!(
-        decide(policies.iter(), &src(None), 80),
+        decide(policies.iter(), &src(None), 80).decision,
         Decision::Deny { .. }
     ));
-    assert_eq!(decide([].iter(), &src(None), 80), Decision::Allow);
+    assert_eq!(
+        decide([].iter(), &src(None), 80).decision,
+        Decision::Allow { policy: None }
+    );
 }
 
 #[test]
@@ -83,17 +93,17 @@ fn policies_without_rules_match_nothing_and_an_empty_rule_matches_everything() {
     let anyone = id("anyone");
     let allow_nothing = [policy(api::Action::Allow, vec![])];
     assert!(matches!(
-        decide(allow_nothing.iter(), &src(Some(&anyone)), 80),
+        decide(allow_nothing.iter(), &src(Some(&anyone)), 80).decision,
         Decision::Deny { .. }
     ));
     let deny_nothing = [policy(api::Action::Deny, vec![])];
     assert_eq!(
-        decide(deny_nothing.iter(), &src(Some(&anyone)), 80),
-        Decision::Allow
+        decide(deny_nothing.iter(), &src(Some(&anyone)), 80).decision,
+        Decision::Allow { policy: None }
     );
     let deny_all = [policy(api::Action::Deny, vec![api::Rule::default()])];
     assert!(matches!(
-        decide(deny_all.iter(), &src(None), 80),
+        decide(deny_all.iter(), &src(None), 80).decision,
         Decision::Deny { .. }
     ));
 }
@@ -110,6 +120,7 @@ fn ports_namespaces_and_ip_blocks() {
             ports: vec![8080],
             ..Default::default()
         }],
+        when: vec![],
     };
     let policies = [policy(api::Action::Deny, vec![rule])];
     let c = id("client");
@@ -118,12 +129,12 @@ fn ports_namespaces_and_ip_blocks() {
         identity: Some(&c),
         ip: "10.244.2.7".parse().unwrap(),
     };
-    assert_eq!(decide(policies.iter(), &inside, 8080), Decision::Allow);
+    assert!(decide(policies.iter(), &inside, 8080).is_allowed());
     assert!(matches!(
-        decide(policies.iter(), &outside, 8080),
+        decide(policies.iter(), &outside, 8080).decision,
         Decision::Deny { .. }
     ));
-    assert_eq!(decide(policies.iter(), &outside, 9090), Decision::Allow);
+    assert!(decide(policies.iter(), &outside, 9090).is_allowed());
 }
 
 #[test]
@@ -134,15 +145,16 @@ fn l7_conditions_fail_closed_at_l4() {
             methods: vec!["GET".into()],
             ..Default::default()
         }],
+        when: vec![],
     };
     let allow = [policy(api::Action::Allow, vec![l7.clone()])];
     assert!(matches!(
-        decide(allow.iter(), &src(Some(&id("c"))), 80),
+        decide(allow.iter(), &src(Some(&id("c"))), 80).decision,
         Decision::Deny { .. }
     ));
     let deny = [policy(api::Action::Deny, vec![l7])];
     assert!(matches!(
-        decide(deny.iter(), &src(Some(&id("c"))), 80),
+        decide(deny.iter(), &src(Some(&id("c"))), 80).decision,
         Decision::Deny { .. }
     ));
 }
@@ -160,6 +172,7 @@ fn malformed_policies_are_refused() {
                 ..Default::default()
             }],
             to: vec![],
+            when: vec![],
         }],
     };
     let err = Policy::from_api(&bad).unwrap_err().to_string();

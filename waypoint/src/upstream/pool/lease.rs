@@ -1,6 +1,7 @@
 //! What a request holds while it runs: its HTTP/1.1 connection or its HTTP/2 stream, handed
 //! on to the response body, which gives it back when the body ends.
 
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,40 +15,52 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
-use super::{Entry, H2Conn, Idle};
+use super::Entry;
+use super::h1::Idle;
+use super::h2::H2Conn;
 use crate::body::{self, Body};
 
 /// An HTTP/1.1 connection out with one request. Dropped, it goes back to the idle list if
-/// `reuse` was set (the response ended cleanly on a keep-alive connection), else it closes.
+/// `reuse` was set (the response ended cleanly on a keep-alive connection) and it has carried
+/// fewer than `max_served` requests, else it closes.
 pub(super) struct H1Lease {
     pub(super) entry: Arc<Entry>,
     pub(super) send: Option<http1::SendRequest<Body>>,
     pub(super) reuse: bool,
+    /// Requests it has carried, this one included.
+    pub(super) served: u32,
+    pub(super) max_served: Option<NonZeroU32>,
 }
 
 impl Drop for H1Lease {
     fn drop(&mut self) {
+        let spent = self.max_served.is_some_and(|m| self.served >= m.get());
         let back = self
             .send
             .take()
-            .filter(|s| self.reuse && !s.is_closed())
+            .filter(|s| self.reuse && !spent && !s.is_closed())
             .map(|send| Idle {
                 send,
                 since: Instant::now(),
+                served: self.served,
             });
-        let refused = {
+        let (refused, returned) = {
             let mut state = self.entry.state.lock();
             state.busy -= 1;
             match back {
                 Some(idle) if state.idle.len() < self.entry.max_idle => {
                     state.idle.push_back(idle);
-                    None
+                    (None, true)
                 }
-                other => other,
+                other => (other, false),
             }
         };
-        // Closing a connection wakes its task: outside the lock.
+        // Closing a connection wakes its task: outside the lock. (Its breaker slot is given
+        // back, and waiters woken, when that task ends.)
         drop(refused);
+        if returned {
+            self.entry.returned.raise();
+        }
     }
 }
 
@@ -59,6 +72,7 @@ pub(super) struct H2Lease {
 impl H2Lease {
     pub(super) fn new(conn: Arc<H2Conn>) -> Self {
         conn.streams.fetch_add(1, Ordering::AcqRel);
+        conn.served.fetch_add(1, Ordering::Relaxed);
         H2Lease { conn }
     }
 }
@@ -69,7 +83,9 @@ impl Drop for H2Lease {
         let now = u64::try_from(c.born.elapsed().as_millis()).unwrap_or(u64::MAX);
         // Stamped before the count drops, so a sweep that sees no stream sees this time.
         c.last_used_ms.fetch_max(now, Ordering::AcqRel);
-        c.streams.fetch_sub(1, Ordering::AcqRel);
+        // SeqCst, as the waiter's look: a request that saw no room is then seen waiting.
+        c.streams.fetch_sub(1, Ordering::SeqCst);
+        c.returned.raise();
     }
 }
 

@@ -7,11 +7,13 @@
 //! - `endpoints`: the EndpointSlices of services without selector;
 //! - `waypoints`: Gateways of class `ambit-waypoint` and their pods;
 //! - `policies`: Ambit's AuthorizationPolicy;
-//! - `routes`: HTTPRoutes and GRPCRoutes attached to services (through `source::routes`).
+//! - `routes`: HTTPRoutes and GRPCRoutes attached to services (through `source::routes`);
+//! - `traffic`: Ambit's TrafficPolicy (through `source::traffic`).
 
 mod endpoints;
 mod policies;
 mod routes;
+mod traffic;
 mod waypoints;
 mod workloads;
 
@@ -53,6 +55,7 @@ pub struct Objects {
     pub http_routes: Vec<Arc<HttpRoute>>,
     pub grpc_routes: Vec<Arc<GrpcRoute>>,
     pub policies: Vec<Arc<crd::AuthorizationPolicy>>,
+    pub traffic_policies: Vec<Arc<crd::traffic::TrafficPolicy>>,
 }
 
 /// What the cluster holds, in the model's terms, before the model checks it as a whole.
@@ -68,6 +71,7 @@ pub struct Input {
     pub waypoints: Vec<model::Waypoint>,
     pub policies: Vec<model::AuthorizationPolicy>,
     pub routes: Vec<model::Route>,
+    pub traffic_policies: Vec<model::TrafficPolicy>,
     pub skips: Vec<Skip>,
 }
 
@@ -154,6 +158,13 @@ pub fn convert(objects: &Objects, trust_domain: &str) -> Input {
             input.routes.push(route);
         }
     }
+    let context = crate::source::traffic::TrafficContext::new(
+        &input.namespaces,
+        &input.services,
+        trust_domain,
+    );
+    input.traffic_policies =
+        traffic::traffic_policies(&objects.traffic_policies, &context, &mut input.skips);
     input.skips.sort();
     input
 }

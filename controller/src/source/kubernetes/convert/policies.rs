@@ -1,12 +1,17 @@
 //! Ambit's AuthorizationPolicy to the model's policy (rules in their wire form).
 //!
 //! A value the mesh cannot use (a port that is not a number, a malformed CIDR or principal, a
-//! `when` key other than a request header, an Istio field Ambit cannot check such as
-//! `requestPrincipals`) is reported with its field and the fix, and the
-//! policy fails closed, as Istio's do: in an ALLOW policy the rule holding it is left out (the
-//! policy allows less, never more), in a DENY policy the field holding it is ignored (the rule
-//! matches more, so denies more). Leaving the whole policy out instead would open a workload
-//! whose only ALLOW policy had a typo.
+//! host with a port, a `when` key other than `source.principal`, `source.namespace` and
+//! `request.headers[<name>]`, an Istio field Ambit cannot check such as `requestPrincipals`) is
+//! reported with its field and the fix, and the policy fails closed, as Istio's do: in an ALLOW
+//! policy the rule holding it is left out (the policy allows less, never more), in a DENY (or
+//! AUDIT) policy the field holding it is ignored (the rule matches more, so denies, or reports,
+//! more). Leaving the whole policy out instead would open a workload whose only ALLOW policy had
+//! a typo.
+//!
+//! `when` conditions travel as conditions of their rule, so they hold together with its `from`
+//! and `to` (Istio's AND). Which policies use L7 fields where no waypoint can check them is
+//! reported once the model is built (`MeshModel::unenforced_l7_policies`, in `assemble`).
 
 use ambit_proto::api::security as spb;
 
@@ -26,6 +31,7 @@ pub(super) fn policy(
     let action = match p.spec.action.unwrap_or(crd::Action::Allow) {
         crd::Action::Allow => spb::Action::Allow,
         crd::Action::Deny => spb::Action::Deny,
+        crd::Action::Audit => spb::Action::Audit,
     };
     let mut rules = Vec::new();
     for (i, r) in p.spec.rules.iter().enumerate() {
@@ -38,8 +44,11 @@ pub(super) fn policy(
             spb::Action::Deny => {
                 "DENY policy: that field is ignored, so the rule denies more, not less"
             }
+            spb::Action::Audit => {
+                "AUDIT policy: that field is ignored, so the rule reports more, not less"
+            }
         };
-        if problems.is_empty() || action == spb::Action::Deny {
+        if problems.is_empty() || action != spb::Action::Allow {
             rules.push(converted);
         }
         for problem in problems {
@@ -70,23 +79,13 @@ fn rule(r: &crd::Rule, path: &str, problems: &mut Problems) -> spb::Rule {
         .enumerate()
         .map(|(j, f)| source(&f.source, &format!("{path}.from[{j}].source"), problems))
         .collect();
-    let mut to: Vec<spb::Destination> =
+    let to =
         r.to.iter()
             .enumerate()
             .map(|(k, t)| operation(&t.operation, &format!("{path}.to[{k}].operation"), problems))
             .collect();
-    let headers = conditions(&r.when, path, problems);
-    // Every `when` condition must hold whichever `to` matched, so each destination carries them
-    // all; without `to`, one destination that only checks them.
-    if !headers.is_empty() {
-        if to.is_empty() {
-            to.push(spb::Destination::default());
-        }
-        for destination in &mut to {
-            destination.headers.extend(headers.iter().cloned());
-        }
-    }
-    spb::Rule { from, to }
+    let when = conditions(&r.when, path, problems);
+    spb::Rule { from, to, when }
 }
 
 /// `values` if each passes `check`, else nothing (the field is dropped) and a problem.
@@ -199,6 +198,11 @@ fn ports(values: &[String], field: &str, problems: &mut Problems) -> Vec<u32> {
 }
 
 fn operation(o: &crd::Operation, path: &str, problems: &mut Problems) -> spb::Destination {
+    const HOST_FIX: &str = "write the host alone (ports go in ports)";
+    let hosts = |field: &str, values: &[String], problems: &mut Problems| {
+        let field = format!("{path}.{field}");
+        checked(values, &field, model::check_policy_host, HOST_FIX, problems)
+    };
     spb::Destination {
         ports: ports(&o.ports, &format!("{path}.ports"), problems),
         not_ports: ports(&o.not_ports, &format!("{path}.notPorts"), problems),
@@ -206,40 +210,58 @@ fn operation(o: &crd::Operation, path: &str, problems: &mut Problems) -> spb::De
         not_methods: o.not_methods.clone(),
         paths: o.paths.clone(),
         not_paths: o.not_paths.clone(),
-        hosts: o.hosts.clone(),
-        not_hosts: o.not_hosts.clone(),
+        hosts: hosts("hosts", &o.hosts, problems),
+        not_hosts: hosts("notHosts", &o.not_hosts, problems),
         headers: Vec::new(),
     }
 }
 
-/// `when` conditions the wire form can carry: request headers with values.
-fn conditions(
-    when: &[crd::Condition],
-    path: &str,
-    problems: &mut Problems,
-) -> Vec<spb::HeaderMatch> {
+/// `when` conditions in their wire form: `source.principal` (Istio's form or SPIFFE IDs, as
+/// `principals`), `source.namespace` and `request.headers[<name>]`, with `values` and/or
+/// `notValues`. A condition that cannot be used is a problem (and is not carried).
+fn conditions(when: &[crd::Condition], path: &str, problems: &mut Problems) -> Vec<spb::Condition> {
     let mut out = Vec::new();
     for (c, condition) in when.iter().enumerate() {
         let field = format!("{path}.when[{c}]");
         let header = condition
             .key
             .strip_prefix("request.headers[")
-            .and_then(|k| k.strip_suffix(']'))
-            .filter(|name| !name.is_empty());
-        match header {
-            Some(name) if !condition.values.is_empty() && condition.not_values.is_empty() => {
-                out.push(spb::HeaderMatch {
-                    name: name.to_ascii_lowercase(),
-                    values: condition.values.clone(),
-                })
+            .and_then(|k| k.strip_suffix(']'));
+        let (key, values, not_values) = match (condition.key.as_str(), header) {
+            (model::SOURCE_PRINCIPAL, _) => (
+                condition.key.clone(),
+                condition.values.iter().map(|p| spiffe_form(p)).collect(),
+                condition
+                    .not_values
+                    .iter()
+                    .map(|p| spiffe_form(p))
+                    .collect(),
+            ),
+            (model::SOURCE_NAMESPACE, _) => (
+                condition.key.clone(),
+                condition.values.clone(),
+                condition.not_values.clone(),
+            ),
+            (_, Some(name)) => (
+                format!("request.headers[{}]", name.to_ascii_lowercase()),
+                condition.values.clone(),
+                condition.not_values.clone(),
+            ),
+            (key, None) => {
+                problems.push(format!(
+                    "{field}.key {key:?} is not supported (only source.principal, source.namespace and request.headers[<name>]); express it with from/to (principals, namespaces, ipBlocks, ports) instead"
+                ));
+                continue;
             }
-            Some(_) => problems.push(format!(
-                "{field}: only `values` is supported for a request header (not notValues, and not none); use values, or put the negation in a DENY policy"
-            )),
-            None => problems.push(format!(
-                "{field}.key {:?} is not supported (only request.headers[<name>]); express it with from/to (principals, namespaces, ipBlocks, ports) instead",
-                condition.key
-            )),
+        };
+        let converted = spb::Condition {
+            key,
+            values,
+            not_values,
+        };
+        match model::check_condition(&converted) {
+            Ok(()) => out.push(converted),
+            Err(why) => problems.push(format!("{field}: {why}")),
         }
     }
     out
@@ -293,20 +315,97 @@ mod tests {
         assert_eq!(rule.to[0].ports, vec![8080]);
         assert_eq!(rule.to[0].not_ports, vec![9090]);
         assert_eq!(rule.to.len(), 2);
-        for to in &rule.to {
-            assert_eq!(to.headers[0].name, "x-user");
-            assert_eq!(to.headers[0].values, vec!["jason"]);
-        }
+        assert_eq!(rule.to[0].methods, vec!["GET"]);
+        assert_eq!(rule.to[1].paths, vec!["/api/*"]);
+        assert_eq!(
+            rule.when,
+            vec![spb::Condition {
+                key: "request.headers[x-user]".into(),
+                values: vec!["jason".into()],
+                not_values: vec![],
+            }],
+            "the header name is lowercased, the condition stays with its rule"
+        );
     }
 
     #[test]
-    fn when_alone_makes_one_destination() {
+    fn when_conditions_on_the_source_and_headers_travel_with_their_rule() {
         let (p, skips) = convert(json!({
-            "rules": [{"when": [{"key": "request.headers[x-a]", "values": ["1"]}]}]
+            "action": "DENY",
+            "rules": [{
+                "from": [{"source": {"namespaces": ["demo"]}}],
+                "when": [
+                    {"key": "source.principal", "values": ["cluster.local/ns/demo/sa/a"],
+                     "notValues": ["spiffe://cluster.local/ns/demo/sa/b"]},
+                    {"key": "source.namespace", "notValues": ["kube-system"]},
+                    {"key": "request.headers[X-Env]", "notValues": ["prod"]}
+                ]
+            }]
         }));
         assert!(skips.is_empty(), "{skips:?}");
-        assert_eq!(p.rules[0].to.len(), 1);
-        assert!(p.rules[0].to[0].ports.is_empty());
+        let rule = &p.rules[0];
+        assert!(rule.to.is_empty(), "no destination is made up for them");
+        assert_eq!(rule.from[0].namespaces, vec!["demo"]);
+        assert_eq!(
+            rule.when,
+            vec![
+                spb::Condition {
+                    key: "source.principal".into(),
+                    values: vec!["spiffe://cluster.local/ns/demo/sa/a".into()],
+                    not_values: vec!["spiffe://cluster.local/ns/demo/sa/b".into()],
+                },
+                spb::Condition {
+                    key: "source.namespace".into(),
+                    values: vec![],
+                    not_values: vec!["kube-system".into()],
+                },
+                spb::Condition {
+                    key: "request.headers[x-env]".into(),
+                    values: vec![],
+                    not_values: vec!["prod".into()],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn audit_policies_convert_and_fail_like_deny() {
+        let (p, skips) = convert(json!({
+            "action": "AUDIT",
+            "rules": [{
+                "to": [{"operation": {"hosts": ["reviews:9080", "ratings"], "paths": ["/admin*"]}}],
+                "when": [{"key": "source.principal", "values": ["not a principal"]},
+                         {"key": "request.headers[x-a]"}]
+            }]
+        }));
+        assert_eq!(p.action, spb::Action::Audit);
+        assert_eq!(
+            p.rules.len(),
+            1,
+            "an AUDIT rule keeps the rest, as a DENY's"
+        );
+        let rule = &p.rules[0];
+        assert!(
+            rule.to[0].hosts.is_empty(),
+            "a host with a port drops the field"
+        );
+        assert_eq!(rule.to[0].paths, vec!["/admin*"]);
+        assert!(rule.when.is_empty());
+        assert_eq!(skips.len(), 3, "{skips:?}");
+        assert!(
+            skips.iter().all(|s| s.reason.contains("reports more")),
+            "{skips:?}"
+        );
+        assert!(
+            skips[0].reason.contains("hosts[0] \"reviews:9080\""),
+            "{skips:?}"
+        );
+        assert!(skips[0].reason.contains("without port"), "{skips:?}");
+        assert!(skips[1].reason.contains("when[0]"), "{skips:?}");
+        assert!(
+            skips[2].reason.contains("neither values nor notValues"),
+            "{skips:?}"
+        );
     }
 
     #[test]
