@@ -171,7 +171,15 @@ async fn abusive_http_clients_lose_only_their_own_connections() -> anyhow::Resul
                 assert_eq!(get("closed"), "1", "{arg}: {seen:?}");
             }
             _ => {
-                assert_eq!(get("goaway"), "ENHANCE_YOUR_CALM", "{scenario}: {seen:?}");
+                // The waypoint's GOAWAY crosses both ztunnels; a client still writing its
+                // flood can see the close as a reset that drops the GOAWAY bytes not yet read
+                // (seen in CI). So: closed, and if a GOAWAY arrived, the right one; that the
+                // waypoint refused for this limit is checked in its log below, and the GOAWAY
+                // code itself in the in-process test (waypoint/tests/request_path/abuse.rs).
+                assert!(
+                    matches!(get("goaway"), "ENHANCE_YOUR_CALM" | "None"),
+                    "{scenario}: {seen:?}"
+                );
                 assert_eq!(get("closed"), "1", "{scenario}: {seen:?}");
             }
         }
