@@ -38,6 +38,31 @@ pub const WAYPOINT_NONE: &str = "none";
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Each service with the waypoint it asks for by label: its own [`USE_WAYPOINT_LABEL`], else its
+/// namespace's; `None` when neither names one or the service opts out with [`WAYPOINT_NONE`].
+/// (Whether that waypoint exists is the model builder's check.)
+pub fn requested_waypoints<'a>(
+    namespaces: &'a [Namespace],
+    services: &'a [Service],
+) -> impl Iterator<Item = (&'a Service, Option<&'a str>)> {
+    let by_namespace: BTreeMap<&str, &str> = namespaces
+        .iter()
+        .filter_map(|ns| {
+            Some((
+                ns.name.as_str(),
+                ns.labels.get(USE_WAYPOINT_LABEL)?.as_str(),
+            ))
+        })
+        .collect();
+    services.iter().map(move |s| {
+        let waypoint = match s.labels.get(USE_WAYPOINT_LABEL) {
+            Some(own) => Some(own.as_str()),
+            None => by_namespace.get(s.namespace.as_str()).copied(),
+        };
+        (s, waypoint.filter(|w| *w != WAYPOINT_NONE))
+    })
+}
+
 /// `<namespace>/<name>`: how namespaced objects are named throughout the controller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {

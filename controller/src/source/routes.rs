@@ -21,7 +21,7 @@ use std::str::FromStr;
 use ambit_proto::api::route as rpb;
 use serde_saphyr::Spanned;
 
-use crate::model::{self, ObjectKey, USE_WAYPOINT_LABEL, WAYPOINT_NONE};
+use crate::model::{self, ObjectKey, USE_WAYPOINT_LABEL};
 
 pub use rules::GRPC_CODES;
 
@@ -81,24 +81,10 @@ impl<'a> RouteContext<'a> {
         waypoint_gateways: &'a BTreeSet<ObjectKey>,
         trust_domain: &'a str,
     ) -> Self {
-        let namespace_waypoint: BTreeMap<&str, &str> = namespaces
-            .iter()
-            .filter_map(|ns| {
-                Some((
-                    ns.name.as_str(),
-                    ns.labels.get(USE_WAYPOINT_LABEL)?.as_str(),
-                ))
-            })
-            .collect();
-        let services = services
-            .iter()
-            .map(|s| {
-                let waypoint = match s.labels.get(USE_WAYPOINT_LABEL) {
-                    Some(own) => Some(own.as_str()),
-                    None => namespace_waypoint.get(s.namespace.as_str()).copied(),
-                };
+        let services = model::requested_waypoints(namespaces, services)
+            .map(|(s, waypoint)| {
                 let info = ServiceInfo {
-                    waypoint: waypoint.filter(|w| *w != WAYPOINT_NONE),
+                    waypoint,
                     ports: s.ports.iter().map(|p| p.port).collect(),
                 };
                 (ObjectKey::new(&s.namespace, &s.name), info)

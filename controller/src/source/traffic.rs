@@ -24,7 +24,7 @@ use std::str::FromStr;
 use ambit_proto::api::traffic as tpb;
 use serde_saphyr::Spanned;
 
-use crate::model::{self, ObjectKey, USE_WAYPOINT_LABEL, WAYPOINT_NONE};
+use crate::model::{self, ObjectKey, USE_WAYPOINT_LABEL};
 
 /// Istio's: consecutive 5xx answers that eject an endpoint when `outlierDetection` is given
 /// without `consecutive5xxErrors` (0 turns the count off).
@@ -98,23 +98,9 @@ impl<'a> TrafficContext<'a> {
         services: &[model::Service],
         trust_domain: &'a str,
     ) -> Self {
-        let namespace_waypoint: BTreeMap<&str, &str> = namespaces
-            .iter()
-            .filter_map(|ns| {
-                Some((
-                    ns.name.as_str(),
-                    ns.labels.get(USE_WAYPOINT_LABEL)?.as_str(),
-                ))
-            })
-            .collect();
-        let services = services
-            .iter()
-            .map(|s| {
-                let waypoint = match s.labels.get(USE_WAYPOINT_LABEL) {
-                    Some(own) => Some(own.as_str()),
-                    None => namespace_waypoint.get(s.namespace.as_str()).copied(),
-                };
-                let uses = waypoint.is_some_and(|w| w != WAYPOINT_NONE);
+        let services = model::requested_waypoints(namespaces, services)
+            .map(|(s, waypoint)| {
+                let uses = waypoint.is_some();
                 (ObjectKey::new(&s.namespace, &s.name), uses)
             })
             .collect();

@@ -1,7 +1,7 @@
 use ambit_proto::api::traffic as tpb;
 
 use super::*;
-use crate::model::{Labels, ServicePort};
+use crate::model::{Labels, ServicePort, WAYPOINT_NONE};
 
 fn service(ns: &str, name: &str, waypoint: Option<&str>) -> model::Service {
     let mut labels = Labels::new();
