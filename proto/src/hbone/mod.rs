@@ -10,6 +10,7 @@ mod pool;
 mod request;
 mod server;
 mod stream;
+mod target;
 mod watch;
 
 pub use client::{
@@ -25,6 +26,7 @@ pub use limits::{
 pub use request::{TunnelHandler, TunnelRequest};
 pub use server::{AuthorityCheck, HboneServer, ServerSettings};
 pub use stream::Tunnel;
+pub use target::{Refusal, forwarded_for, tunnel_target};
 pub use watch::{Abuse, FrameStats, FrameWatch, HeaderTimeout, WatchSettings};
 
 use std::time::Duration;

@@ -57,11 +57,7 @@ impl TunnelRequest {
 
     /// The original client address from `forwarded: for="ip:port"`, if sent.
     pub fn forwarded_for(&self) -> Option<SocketAddr> {
-        let value = self.headers.get("forwarded")?.to_str().ok()?;
-        value.split(';').find_map(|part| {
-            let v = part.trim().strip_prefix("for=")?;
-            v.trim_matches('"').parse().ok()
-        })
+        super::target::forwarded_for(&self.headers)
     }
 }
 

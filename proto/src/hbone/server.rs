@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::Reason;
 use h2::server::Connection;
-use http::{Method, StatusCode};
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +22,7 @@ use super::limits::{
     DEFAULT_IDLE_TIMEOUT, HandshakePermit, IdentityPermit, Limit,
 };
 use super::request::{Activity, send_refusal};
+use super::target::tunnel_target;
 use super::watch::{FrameStats, FrameWatch, WatchSettings};
 use super::{
     CONNECTION_WINDOW, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_LOCAL_ERROR_RESETS,
@@ -315,7 +316,7 @@ impl HboneServer {
                 next = connection.accept() => match next {
                     Some(Ok((request, respond))) => {
                         let (parts, body) = request.into_parts();
-                        match self.check(&parts, local_addr) {
+                        match tunnel_target(&parts, local_addr, self.settings.authority_check, &self.settings.reserved_ports) {
                             Ok(authority) => {
                                 let request = TunnelRequest {
                                     peer: peer.clone(),
@@ -391,52 +392,5 @@ impl HboneServer {
             max_frame_size: MAX_FRAME_SIZE,
             max_pending_accept_reset_streams: MAX_PENDING_ACCEPT_RESETS,
         }
-    }
-
-    fn check(
-        &self,
-        parts: &http::request::Parts,
-        local: SocketAddr,
-    ) -> Result<SocketAddr, (StatusCode, String)> {
-        if parts.method != Method::CONNECT {
-            return Err((
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("HBONE accepts only CONNECT, not {}", parts.method),
-            ));
-        }
-        let authority: SocketAddr = parts
-            .uri
-            .authority()
-            .and_then(|a| a.as_str().parse().ok())
-            .ok_or_else(|| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "the CONNECT authority {:?} is not an ip:port",
-                        parts.uri.to_string()
-                    ),
-                )
-            })?;
-        if self.settings.authority_check == AuthorityCheck::LocalAddress
-            && authority.ip() != local.ip()
-        {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the CONNECT authority {authority} is not this destination's address {}: a tunnel may only reach the pod it was dialled to",
-                    local.ip()
-                ),
-            ));
-        }
-        if self.settings.reserved_ports.contains(&authority.port()) {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "port {} is the proxy's own and cannot be a tunnel target",
-                    authority.port()
-                ),
-            ));
-        }
-        Ok(authority)
     }
 }
