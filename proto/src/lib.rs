@@ -7,6 +7,7 @@
 pub mod api;
 pub mod control;
 pub mod drain;
+pub mod exposition;
 pub mod hbone;
 pub mod identity;
 pub mod log_limit;

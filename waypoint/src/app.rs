@@ -74,6 +74,8 @@ impl Waypoint {
             config.upstream().hbone_port,
         ));
         let (trigger, watch) = drain::channel();
+        let server_settings = config.hbone_server();
+        let http = Arc::new(HttpServer::new(config.http_limits.clone()));
 
         let pages = Arc::new(Pages::new(
             config.key(),
@@ -81,6 +83,8 @@ impl Waypoint {
             store.clone(),
             certs.clone(),
             telemetry,
+            server_settings.limits.clone(),
+            http.clone(),
         ));
         for (port, addr) in [
             (AdminPort::Admin, config.admin_addr),
@@ -109,12 +113,11 @@ impl Waypoint {
                     config.hbone_addr
                 )
             })?;
-        let server_settings = config.hbone_server();
         let ingress = Arc::new(Ingress {
             key: config.key(),
             forwarder,
             tcp,
-            http: Arc::new(HttpServer::new(config.http_limits.clone())),
+            http,
         });
         let serve_watch = watch.clone();
         tokio::spawn(async move {

@@ -1,15 +1,22 @@
-//! What the waypoint's own endpoints show: its config (the services it serves, their routes,
-//! the endpoints and policies it knows), whether it is ready, and its metrics.
+//! What the waypoint's own endpoints show: its config (the services it serves, their routes and
+//! traffic policies, the endpoints and policies it knows), whether it is ready, and its metrics
+//! (requests, and what its HBONE and HTTP servers refused).
 
 use std::sync::Arc;
 
+use ambit_proto::exposition::{self, Exposition, Kind};
+use ambit_proto::hbone::ConnectionLimits;
 use ambit_proto::identity::{CertManager, SpiffeId};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::http_limits::Refusal;
 use crate::report::Telemetry;
+use crate::serve::HttpServer;
 use crate::state::Store;
+use crate::traffic::Settings;
 use ambit_discovery::admin::AdminPages;
+use ambit_discovery::state::Service;
 
 pub struct Pages {
     key: String,
@@ -17,6 +24,9 @@ pub struct Pages {
     store: Arc<Store>,
     certs: CertManager,
     telemetry: Arc<Telemetry>,
+    /// The HBONE server's limits and the HTTP server's refusals, read when metrics are.
+    hbone_limits: Arc<ConnectionLimits>,
+    http: Arc<HttpServer>,
     applied: watch::Receiver<u64>,
 }
 
@@ -30,6 +40,8 @@ struct ConfigDump {
     services: Vec<ServiceView>,
     /// Routes by resource name (`<namespace>/<name>`).
     routes: Vec<String>,
+    /// Traffic policies by resource name; each service shows the one it gets.
+    traffic_policies: Vec<String>,
     workloads: usize,
     authorization_policies: Vec<String>,
     certificate: Option<CertificateView>,
@@ -42,6 +54,55 @@ struct ServiceView {
     vips: Vec<String>,
     ports: Vec<String>,
     endpoints: usize,
+    /// Endpoints outlier detection has taken out now.
+    ejected_endpoints: usize,
+    traffic: TrafficView,
+}
+
+/// A service's traffic policy as the waypoint applies it, defaults filled in.
+#[derive(Serialize)]
+struct TrafficView {
+    /// `<namespace>/<name>`; `None`: no policy targets the service, the defaults apply.
+    policy: Option<String>,
+    max_connections: u32,
+    max_pending_requests: u32,
+    max_requests: u32,
+    max_retries: u32,
+    http2_multiplex: bool,
+    max_requests_per_connection: Option<u32>,
+    idle_timeout_ms: Option<u128>,
+    outlier: Option<OutlierView>,
+}
+
+#[derive(Serialize)]
+struct OutlierView {
+    consecutive_5xx: u32,
+    consecutive_gateway_errors: u32,
+    consecutive_connect_failures: u32,
+    base_ejection_time_ms: u128,
+    max_ejection_percent: u32,
+}
+
+impl From<&Settings> for TrafficView {
+    fn from(s: &Settings) -> Self {
+        TrafficView {
+            policy: s.policy.as_deref().map(str::to_string),
+            max_connections: s.limits.max_connections,
+            max_pending_requests: s.limits.max_pending,
+            max_requests: s.limits.max_requests,
+            max_retries: s.limits.max_retries,
+            http2_multiplex: s.pool.multiplex,
+            max_requests_per_connection: s.pool.max_requests_per_connection.map(|n| n.get()),
+            idle_timeout_ms: s.pool.idle_timeout.map(|d| d.as_millis()),
+            outlier: s.outlier.as_ref().map(|o| OutlierView {
+                consecutive_5xx: o.consecutive_5xx,
+                consecutive_gateway_errors: o.consecutive_gateway,
+                consecutive_connect_failures: o.consecutive_connect,
+                base_ejection_time_ms: o.base_ejection_time.as_millis(),
+                max_ejection_percent: o.max_ejection_percent,
+            }),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -58,6 +119,8 @@ impl Pages {
         store: Arc<Store>,
         certs: CertManager,
         telemetry: Arc<Telemetry>,
+        hbone_limits: Arc<ConnectionLimits>,
+        http: Arc<HttpServer>,
     ) -> Self {
         let applied = store.applied();
         Pages {
@@ -66,6 +129,8 @@ impl Pages {
             store,
             certs,
             telemetry,
+            hbone_limits,
+            http,
             applied,
         }
     }
@@ -91,6 +156,7 @@ impl AdminPages for Pages {
     async fn config_dump(&self) -> Vec<u8> {
         let snapshot = self.store.current();
         let mesh = &snapshot.mesh;
+        let traffic = |s: &Service| snapshot.traffic.service(&s.hostname);
         let services = mesh
             .services()
             .filter(|s| s.waypoint.as_deref() == Some(self.key.as_str()))
@@ -104,6 +170,9 @@ impl AdminPages for Pages {
                     .map(|p| format!("{}->{} {:?}", p.port, p.target_port, p.app_protocol))
                     .collect(),
                 endpoints: s.endpoints.len(),
+                ejected_endpoints: traffic(s).map_or(0, |t| t.ejected()),
+                traffic: traffic(s)
+                    .map_or_else(|| (&Settings::default()).into(), |t| t.settings().into()),
             })
             .collect();
         let dump = ConfigDump {
@@ -113,6 +182,10 @@ impl AdminPages for Pages {
             config_version: mesh.system_version().to_string(),
             services,
             routes: mesh.routes().map(|(name, _)| name.to_string()).collect(),
+            traffic_policies: mesh
+                .traffic_policies()
+                .map(|(name, _)| name.to_string())
+                .collect(),
             workloads: mesh.workloads().count(),
             authorization_policies: mesh.policies().map(|p| p.key.to_string()).collect(),
             certificate: self.certificate(),
@@ -134,6 +207,16 @@ impl AdminPages for Pages {
     }
 
     fn metrics(&self) -> String {
-        self.telemetry.render()
+        let mut out = self.telemetry.render();
+        exposition::hbone_limits(&mut out, &self.hbone_limits);
+        let refusals = self.http.refusals();
+        Exposition::new(&mut out).labelled(
+            "ambit_http_refusals_total",
+            Kind::Counter,
+            "Client HTTP connections closed because they broke a limit (HTTP/1.1 smuggling: requests refused with 400), by limit",
+            "limit",
+            Refusal::ALL.map(|r| (r.name(), refusals.count(r))),
+        );
+        out
     }
 }

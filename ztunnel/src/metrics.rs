@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ambit_proto::hbone::{ConnectionLimits, Limit};
+use ambit_proto::hbone::ConnectionLimits;
 use metrics::{Counter, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -216,27 +216,7 @@ static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Every counter ztunnel records, with its HELP text.
-const DESCRIPTIONS: [(&str, &str); 12] = [
-    (
-        "ambit_hbone_connections",
-        "HBONE server connections held now, handshaking or established (gauge)",
-    ),
-    (
-        "ambit_hbone_handshakes",
-        "HBONE server connections in their TLS or HTTP/2 handshake now (gauge)",
-    ),
-    (
-        "ambit_hbone_connections_refused_total",
-        "HBONE connections closed at once because a limit was reached, by limit",
-    ),
-    (
-        "ambit_hbone_handshake_timeouts_total",
-        "HBONE connections that did not finish TLS and the HTTP/2 preface in time",
-    ),
-    (
-        "ambit_hbone_handshake_failures_total",
-        "HBONE connections whose TLS or HTTP/2 handshake failed",
-    ),
+const DESCRIPTIONS: [(&str, &str); 7] = [
     (
         "istio_tcp_connections_opened_total",
         "TCP connections opened (response_flags says how a refused one ended)",
@@ -351,25 +331,9 @@ impl Metrics {
     /// Prometheus text exposition of everything recorded, with the HBONE servers' limit
     /// counters as they are now.
     pub fn render(&self, limits: &ConnectionLimits) -> String {
-        let gauge = |name: &'static str, value: usize| {
-            self.recorder
-                .register_gauge(&Key::from_name(name), &METADATA)
-                .set(value as f64);
-        };
-        gauge("ambit_hbone_connections", limits.connections());
-        gauge("ambit_hbone_handshakes", limits.handshakes());
-        for limit in Limit::ALL {
-            self.counter(
-                "ambit_hbone_connections_refused_total",
-                vec![Label::new("limit", limit.name())],
-            )
-            .absolute(limits.refused(limit));
-        }
-        self.counter("ambit_hbone_handshake_timeouts_total", vec![])
-            .absolute(limits.handshake_timeouts());
-        self.counter("ambit_hbone_handshake_failures_total", vec![])
-            .absolute(limits.handshake_failures());
-        self.handle.render()
+        let mut out = self.handle.render();
+        ambit_proto::exposition::hbone_limits(&mut out, limits);
+        out
     }
 }
 

@@ -17,7 +17,9 @@ use std::time::Duration;
 use ambit_e2e::{WAYPOINT_MESH, access_log, can_run, start};
 use ambit_testbed::Netns;
 
-use crate::waypoint::calls;
+use ambit_controller::local::metrics;
+
+use crate::waypoint::{calls, waypoint_metrics};
 
 const ECHO_VIP: &str = "10.96.1.10:80";
 const ECHO: &str = "http://10.96.1.10/";
@@ -221,6 +223,25 @@ async fn abusive_http_clients_lose_only_their_own_connections() -> anyhow::Resul
             "the waypoint's log names no refusal for {limit}"
         );
     }
+
+    // ... and counted each on its metrics page, beside what its HBONE server saw.
+    let text = waypoint_metrics(&mesh, "waypoint").await?;
+    for limit in [
+        "rapid_reset",
+        "continuation_flood",
+        "ambiguous_length",
+        "malformed_request",
+    ] {
+        let counted = metrics::sum(&text, "ambit_http_refusals_total", &[("limit", limit)]);
+        assert!(
+            counted >= 1.0,
+            "the waypoint's metrics count no refusal for {limit}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE ambit_hbone_abuse_closed_total counter"),
+        "the waypoint's metrics lack its HBONE server's counters:\n{text}"
+    );
 
     let peak_mib = peak.load(Ordering::SeqCst) / 1024;
     eprintln!(

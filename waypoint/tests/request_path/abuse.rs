@@ -176,8 +176,19 @@ async fn attack(mesh: &Mesh, scenario: &str, arg: &str) -> Seen {
     seen
 }
 
-fn refused(mesh: &Mesh, refusal: Refusal) -> u64 {
-    mesh.http.refusals().count(refusal)
+/// Refusals of this kind, as the metrics page shows them (and as counted).
+async fn refused(mesh: &Mesh, refusal: Refusal) -> u64 {
+    let count = mesh.http.refusals().count(refusal);
+    let limit = format!("limit=\"{}\"", refusal.name());
+    let line = mesh
+        .metric_line("ambit_http_refusals_total", &[&limit])
+        .await;
+    assert_eq!(
+        crate::breaker::value(&line),
+        count as f64,
+        "the metrics page disagrees with the count of {refusal}"
+    );
+    count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +200,7 @@ async fn rapid_reset_loses_its_connection_to_goaway() {
     let seen = attack(&mesh, "rapid-reset", "1000").await;
     assert_eq!(seen.get("goaway"), "ENHANCE_YOUR_CALM", "{seen:?}");
     assert_eq!(seen.get("closed"), "1", "{seen:?}");
-    assert_eq!(refused(&mesh, Refusal::RapidReset), 1);
+    assert_eq!(refused(&mesh, Refusal::RapidReset).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,8 +221,8 @@ async fn paced_resets_of_started_requests_close_the_connection() {
         sent > max && sent < 400,
         "the connection must close after {max} cancelled requests, it closed after {sent}"
     );
-    assert_eq!(refused(&mesh, Refusal::PrematureResets), 1);
-    assert_eq!(refused(&mesh, Refusal::RapidReset), 0);
+    assert_eq!(refused(&mesh, Refusal::PrematureResets).await, 1);
+    assert_eq!(refused(&mesh, Refusal::RapidReset).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +234,7 @@ async fn a_continuation_flood_loses_its_connection_to_goaway() {
     let seen = attack(&mesh, "continuation", "20000").await;
     assert_eq!(seen.get("goaway"), "ENHANCE_YOUR_CALM", "{seen:?}");
     assert_eq!(seen.get("closed"), "1", "{seen:?}");
-    assert_eq!(refused(&mesh, Refusal::ContinuationFlood), 1);
+    assert_eq!(refused(&mesh, Refusal::ContinuationFlood).await, 1);
     assert_eq!(mesh.app("reviews-v1").requests(), 0);
 }
 
@@ -240,7 +251,7 @@ async fn stacked_streams_are_refused_then_the_connection_closed() {
     assert!(refused_streams > 0, "{seen:?}");
     assert_eq!(seen.get("goaway"), "ENHANCE_YOUR_CALM", "{seen:?}");
     assert_eq!(seen.get("closed"), "1", "{seen:?}");
-    assert_eq!(refused(&mesh, Refusal::StreamErrors), 1);
+    assert_eq!(refused(&mesh, Refusal::StreamErrors).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +279,7 @@ async fn a_slow_http2_header_block_loses_its_connection() {
     let mesh = Mesh::start(mesh_setup()).await;
     let seen = attack(&mesh, "slow-h2", "0").await;
     assert_eq!(seen.get("closed"), "1", "{seen:?}");
-    assert_eq!(refused(&mesh, Refusal::SlowHeaders), 1);
+    assert_eq!(refused(&mesh, Refusal::SlowHeaders).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +301,7 @@ async fn smuggling_attempts_get_400_and_lose_their_connection_before_anything_is
         let seen = attack(&mesh, "smuggle", shape).await;
         assert_eq!(seen.get("statuses"), "400", "{shape}: {seen:?}");
         assert_eq!(seen.get("closed"), "1", "{shape}: {seen:?}");
-        assert_eq!(refused(&mesh, refusal), count, "{shape}");
+        assert_eq!(refused(&mesh, refusal).await, count, "{shape}");
     }
     // Neither the attempt nor what it hid reached a backend.
     assert_eq!(mesh.app("reviews-v1").requests(), 0);
@@ -309,12 +320,12 @@ async fn oversized_and_slow_http1_heads_lose_their_connection() {
     let seen = attack(&mesh, "many-headers-h1", "150").await;
     assert_eq!(seen.get("statuses"), "431", "{seen:?}");
     assert_eq!(seen.get("closed"), "1", "{seen:?}");
-    assert_eq!(refused(&mesh, Refusal::OversizedHeaders), 2);
+    assert_eq!(refused(&mesh, Refusal::OversizedHeaders).await, 2);
 
     // A head trickled a line a second never ends: closed at the header timeout, unanswered.
     let seen = attack(&mesh, "slow-h1", "0").await;
     assert_eq!(seen.get("statuses"), "", "{seen:?}");
     assert_eq!(seen.get("closed"), "1", "{seen:?}");
-    assert_eq!(refused(&mesh, Refusal::SlowHeaders), 1);
+    assert_eq!(refused(&mesh, Refusal::SlowHeaders).await, 1);
     assert_eq!(mesh.app("reviews-v1").requests(), 0);
 }

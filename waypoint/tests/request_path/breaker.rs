@@ -327,3 +327,39 @@ async fn services_without_a_policy_get_the_defaults() {
         .await;
     assert_eq!(value(&line), 0.0, "{line}");
 }
+
+/// The config dump shows each service's traffic policy as applied, defaults filled in, so an
+/// operator sees which limits a 503 `UO` came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_dump_shows_each_services_limits() {
+    let mesh = Mesh::start(breaker(0, 10, 0)).await;
+    let dump = mesh.config_dump().await;
+    assert_eq!(
+        dump["traffic_policies"],
+        serde_json::json!(["demo/breaker"])
+    );
+    let traffic = |service: &str| {
+        dump["services"]
+            .as_array()
+            .expect("a list of services")
+            .iter()
+            .find(|s| s["service"] == format!("demo/{service}"))
+            .unwrap_or_else(|| panic!("{service} is in the dump: {dump:#}"))["traffic"]
+            .clone()
+    };
+    let with_policy = traffic("reviews-v1");
+    assert_eq!(with_policy["policy"], "demo/breaker", "{with_policy:#}");
+    assert_eq!(with_policy["max_pending_requests"], 10, "{with_policy:#}");
+    assert_eq!(
+        with_policy["max_requests"],
+        ambit_waypoint::traffic::DEFAULT_LIMIT,
+        "{with_policy:#}"
+    );
+    let without = traffic("reviews-v2");
+    assert_eq!(without["policy"], serde_json::Value::Null, "{without:#}");
+    assert_eq!(
+        without["max_pending_requests"],
+        ambit_waypoint::traffic::DEFAULT_LIMIT,
+        "{without:#}"
+    );
+}

@@ -29,6 +29,7 @@ use ambit_proto::identity::{CertManager, CertificateAuthority, SpiffeId};
 use ambit_waypoint::forward::Forwarder;
 use ambit_waypoint::http_limits::HttpLimits;
 use ambit_waypoint::ingress::Ingress;
+use ambit_waypoint::pages::Pages;
 use ambit_waypoint::path::EscapedSlashes;
 use ambit_waypoint::report::Telemetry;
 use ambit_waypoint::serve::HttpServer;
@@ -198,6 +199,8 @@ pub struct Mesh {
     pub telemetry: Arc<Telemetry>,
     pub forwarder: Arc<Forwarder>,
     pub http: Arc<HttpServer>,
+    /// Its admin pages (config dump, metrics), as its ports serve them.
+    pub pages: Pages,
     pub waypoint: SocketAddr,
     pub hbone_port: u16,
     pub pods: HashMap<&'static str, Pod>,
@@ -215,6 +218,12 @@ fn next_subnet() -> (u8, u8) {
 }
 
 impl Mesh {
+    /// The waypoint's config dump, parsed.
+    pub async fn config_dump(&self) -> serde_json::Value {
+        use ambit_discovery::admin::AdminPages;
+        serde_json::from_slice(&self.pages.config_dump().await).expect("the config dump is JSON")
+    }
+
     pub async fn start(setup: Setup) -> Mesh {
         let ca = Arc::new(CertificateAuthority::generate(TD).expect("a CA"));
         let certs = CertManager::with_local_ca(ca.clone(), Duration::from_secs(3600));
@@ -302,15 +311,21 @@ impl Mesh {
             .watch(&waypoint_id)
             .await
             .expect("the waypoint's certificate");
-        let server = HboneServer::new(
-            cert,
-            &bundle,
-            ServerSettings {
-                authority_check: AuthorityCheck::Any,
-                ..ServerSettings::default()
-            },
-        )
-        .expect("the waypoint's HBONE server");
+        let settings = ServerSettings {
+            authority_check: AuthorityCheck::Any,
+            ..ServerSettings::default()
+        };
+        let pages = Pages::new(
+            WAYPOINT.into(),
+            waypoint_id.clone(),
+            store.clone(),
+            certs.clone(),
+            telemetry.clone(),
+            settings.limits.clone(),
+            http.clone(),
+        );
+        let server =
+            HboneServer::new(cert, &bundle, settings).expect("the waypoint's HBONE server");
         tokio::spawn(server.serve(listener, ingress, watch));
 
         let clients = HboneClient::new(certs.clone(), Arc::new(TcpDialer), Keepalive::default());
@@ -321,6 +336,7 @@ impl Mesh {
             telemetry,
             forwarder,
             http,
+            pages,
             waypoint,
             hbone_port,
             pods,
@@ -354,7 +370,7 @@ impl Mesh {
     pub async fn metric_line(&self, metric: &str, labels: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let text = self.telemetry.render();
+            let text = ambit_discovery::admin::AdminPages::metrics(&self.pages);
             let found = text
                 .lines()
                 .filter(|l| l.starts_with(&format!("{metric}{{")))
