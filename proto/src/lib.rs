@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod control;
+pub mod copy;
 pub mod drain;
 pub mod exposition;
 pub mod hbone;

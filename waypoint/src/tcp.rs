@@ -18,9 +18,6 @@ use crate::destination::Destination;
 use crate::endpoints::Backend;
 use crate::forward::{Downstream, Forwarder};
 
-/// Large enough that a bulk transfer moves in few syscalls and few HTTP/2 DATA frames.
-const BUFFER: usize = 64 * 1024;
-
 pub struct TcpForwarder {
     hbone: HboneClient,
     identity: SpiffeId,
@@ -133,11 +130,13 @@ impl TcpForwarder {
     }
 }
 
-/// Copies both ways until both sides are done; returns (bytes to upstream, bytes back).
+/// Copies both ways until both sides are done (buffers growing with the flow); returns (bytes
+/// to upstream, bytes back).
 async fn splice<D, U>(downstream: &mut D, upstream: &mut U) -> io::Result<(u64, u64)>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional_with_sizes(downstream, upstream, BUFFER, BUFFER).await
+    let (moved, result) = ambit_proto::copy::bidirectional(downstream, upstream, &()).await;
+    result.map(|()| (moved.forward, moved.backward))
 }

@@ -196,7 +196,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
 }
 
-/// The counters of one open connection; bytes are added when it closes.
+/// The counters of one open connection, resolved once when it opens; its bytes are added as
+/// they move (an atomic add per chunk).
 pub struct ConnectionCounters {
     closed: Counter,
     sent: Counter,
@@ -204,10 +205,18 @@ pub struct ConnectionCounters {
 }
 
 impl ConnectionCounters {
-    /// Records the end of the connection: bytes sent to and received from the destination.
-    pub fn closed(self, sent: u64, received: u64) {
-        self.sent.increment(sent);
-        self.received.increment(received);
+    /// Bytes went towards the destination.
+    pub fn sent(&self, n: u64) {
+        self.sent.increment(n);
+    }
+
+    /// Bytes came back from the destination.
+    pub fn received(&self, n: u64) {
+        self.received.increment(n);
+    }
+
+    /// The connection has ended.
+    pub fn closed(&self) {
         self.closed.increment(1);
     }
 }
@@ -227,11 +236,11 @@ const DESCRIPTIONS: [(&str, &str); 7] = [
     ),
     (
         "istio_tcp_sent_bytes_total",
-        "Bytes sent towards the destination, counted when the connection closes",
+        "Bytes sent towards the destination, counted as they move",
     ),
     (
         "istio_tcp_received_bytes_total",
-        "Bytes received from the destination, counted when the connection closes",
+        "Bytes received from the destination, counted as they move",
     ),
     (
         "ambit_connection_failures_total",
@@ -338,7 +347,7 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn peer(workload: &str, sa: &str) -> PeerLabels {
@@ -352,7 +361,7 @@ mod tests {
         }
     }
 
-    fn labels() -> ConnectionLabels {
+    pub(crate) fn labels() -> ConnectionLabels {
         ConnectionLabels {
             reporter: Reporter::Destination,
             source: peer("client", "client"),
@@ -369,7 +378,10 @@ mod tests {
     #[test]
     fn renders_istio_names_and_labels() {
         let m = Metrics::new();
-        m.connection_opened(&labels()).closed(100, 42);
+        let c = m.connection_opened(&labels());
+        c.sent(100);
+        c.received(42);
+        c.closed();
         m.connection_failed(&labels(), FailureReason::PolicyDenied);
         m.enforced_by_waypoint(&labels(), "demo/waypoint");
         m.policy_audited("demo/audit-all");

@@ -1,8 +1,11 @@
-//! Copies bytes both ways between a connection and its upstream until both sides are done,
-//! passing half-closes through and turning an abort on one side into an abort on the other.
+//! Carries a connection: bytes both ways between it and its upstream until both sides are done
+//! ([`ambit_proto::copy`]: half-closes pass through, buffers grow with the flow), counted in
+//! the metrics as each chunk is written, and an abort on one side turned into an abort on the
+//! other.
 
 use std::io;
 
+use ambit_proto::copy::{self, Moved, Progress};
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -10,30 +13,42 @@ use tokio::net::TcpStream;
 use crate::connections::TrackedConnection;
 use crate::metrics::ConnectionCounters;
 
-/// Large enough that a bulk transfer moves in few syscalls and few HTTP/2 DATA frames.
-const BUFFER: usize = 128 * 1024;
-
-/// Returns (bytes to upstream, bytes back from upstream).
-pub async fn splice<U>(mut downstream: TcpStream, mut upstream: U) -> io::Result<(u64, u64)>
+/// Copies both ways; what moved each way (`forward`: from `downstream`), error or not.
+pub async fn splice<U>(
+    mut downstream: TcpStream,
+    mut upstream: U,
+    progress: &impl Progress,
+) -> (Moved, io::Result<()>)
 where
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, BUFFER, BUFFER)
-        .await
-    {
-        Ok(counts) => Ok(counts),
-        Err(e) => {
-            // The other side must see an abort, not a clean close: an RST for TCP (linger 0),
-            // and dropping the tunnel without END_STREAM resets the stream.
-            let _ = SockRef::from(&downstream).set_linger(Some(std::time::Duration::ZERO));
-            Err(e)
+    let (moved, result) = copy::bidirectional(&mut downstream, &mut upstream, progress).await;
+    if result.is_err() {
+        // The other side must see an abort, not a clean close: an RST for TCP (linger 0),
+        // and dropping the tunnel without END_STREAM resets the stream.
+        let _ = SockRef::from(&downstream).set_linger(Some(std::time::Duration::ZERO));
+    }
+    (moved, result)
+}
+
+/// Which way the bytes of a spliced connection count: Istio's "sent" are those towards the
+/// destination, which is `tcp` on the inbound side (the app) and `other` on the outbound side.
+struct Counting<'a> {
+    counters: &'a ConnectionCounters,
+    tcp_is_destination: bool,
+}
+
+impl Progress for Counting<'_> {
+    fn moved(&self, from_tcp: bool, n: usize) {
+        if from_tcp != self.tcp_is_destination {
+            self.counters.sent(n as u64);
+        } else {
+            self.counters.received(n as u64);
         }
     }
 }
 
 /// Splices `tcp` with `other` and records the outcome in metrics and the connection tracker.
-/// Bytes "sent" are those towards the destination, as Istio counts them: `tcp` is the
-/// destination on the inbound side (the app), `other` on the outbound side.
 pub(crate) async fn carry<U>(
     tcp: TcpStream,
     other: U,
@@ -43,21 +58,18 @@ pub(crate) async fn carry<U>(
 ) where
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    match splice(tcp, other).await {
-        Ok((to_other, to_tcp)) => {
-            let (sent, received) = if tcp_is_destination {
-                (to_tcp, to_other)
-            } else {
-                (to_other, to_tcp)
-            };
-            counters.closed(sent, received);
-            tracked.finish(sent, received, None);
-        }
-        Err(e) => {
-            counters.closed(0, 0);
-            tracked.finish(0, 0, Some(e.to_string()));
-        }
-    }
+    let counting = Counting {
+        counters: &counters,
+        tcp_is_destination,
+    };
+    let (moved, result) = splice(tcp, other, &counting).await;
+    let (sent, received) = if tcp_is_destination {
+        (moved.backward, moved.forward)
+    } else {
+        (moved.forward, moved.backward)
+    };
+    counters.closed();
+    tracked.finish(sent, received, result.err().map(|e| e.to_string()));
 }
 
 /// Closes a connection with RST, so the app sees "connection reset" at once instead of a
@@ -128,25 +140,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn half_closes_pass_through_and_bytes_are_counted() {
-        let (mut client, accepted) = tcp_pair().await;
-        let (upstream, mut server) = tokio::io::duplex(64 * 1024);
-        let spliced = tokio::spawn(splice(accepted, upstream));
-        client.write_all(b"request").await.unwrap();
-        client.shutdown().await.unwrap();
-        // The server sees the request and then EOF, while it can still answer.
-        let mut request = Vec::new();
-        server.read_to_end(&mut request).await.unwrap();
-        assert_eq!(request, b"request");
-        server.write_all(b"a longer response").await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut response = Vec::new();
-        client.read_to_end(&mut response).await.unwrap();
-        assert_eq!(response, b"a longer response");
-        assert_eq!(spliced.await.unwrap().unwrap(), (7, 17));
-    }
-
-    #[tokio::test]
     async fn an_upstream_reset_resets_the_client() {
         let (mut client, accepted) = tcp_pair().await;
         let (inner, mut server) = tokio::io::duplex(64 * 1024);
@@ -155,9 +148,9 @@ mod tests {
             fail_after: 5,
             read: 0,
         };
-        let spliced = tokio::spawn(splice(accepted, upstream));
+        let spliced = tokio::spawn(async move { splice(accepted, upstream, &()).await });
         server.write_all(b"hello, then nothing").await.unwrap();
-        let err = spliced.await.unwrap().unwrap_err();
+        let err = spliced.await.unwrap().1.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         // What came before the reset may arrive; then the client sees a reset, not a clean
         // EOF it could take for a complete answer.
@@ -184,5 +177,73 @@ mod tests {
         let mut buf = [0u8; 8];
         let got = client.read(&mut buf).await.map_err(|e| e.kind());
         assert_eq!(got, Err(io::ErrorKind::ConnectionReset));
+    }
+
+    /// The value of the one series of `name` on the metrics page.
+    fn series(metrics: &crate::metrics::Metrics, name: &str) -> u64 {
+        let text = metrics.render(&ambit_proto::hbone::ConnectionLimits::default());
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn bytes_show_in_metrics_while_open_and_stay_counted_after_a_reset() {
+        use crate::connections::{ConnectionInfo, ConnectionTracker, Direction};
+        use crate::metrics::{Metrics, tests::labels};
+
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let tracker = std::sync::Arc::new(ConnectionTracker::default());
+        let (mut client, accepted) = tcp_pair().await;
+        let (inner, mut server) = tokio::io::duplex(64 * 1024);
+        let upstream = ResetAfter {
+            inner,
+            fail_after: 304,
+            read: 0,
+        };
+        let info = ConnectionInfo::starting(
+            Direction::Outbound,
+            "client",
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+            "HBONE",
+        );
+        let carried = tokio::spawn(carry(
+            accepted,
+            upstream,
+            false,
+            metrics.connection_opened(&labels()),
+            tracker.track(info),
+        ));
+
+        // Open: 1,000 bytes out and 300 back are on the metrics page already.
+        client.write_all(&[1; 1000]).await.unwrap();
+        let mut got = [0; 1000];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(&[2; 300]).await.unwrap();
+        client.read_exact(&mut got[..300]).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while series(&metrics, "istio_tcp_received_bytes_total") < 300 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "received bytes never showed"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(series(&metrics, "istio_tcp_sent_bytes_total"), 1000);
+        assert_eq!(series(&metrics, "istio_tcp_connections_closed_total"), 0);
+
+        // The upstream resets: the connection ends in an error, and its bytes stay counted.
+        server.write_all(b"more").await.unwrap();
+        carried.await.unwrap();
+        assert_eq!(series(&metrics, "istio_tcp_connections_closed_total"), 1);
+        assert_eq!(series(&metrics, "istio_tcp_sent_bytes_total"), 1000);
+        assert_eq!(series(&metrics, "istio_tcp_received_bytes_total"), 304);
+        let ended = tracker.snapshot().pop().unwrap();
+        assert_eq!(ended.sent, Some(1000));
+        assert_eq!(ended.received, Some(304), "{ended:?}");
+        assert!(ended.error.is_some(), "{ended:?}");
     }
 }
