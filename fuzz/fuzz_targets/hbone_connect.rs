@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use ambit_proto::hbone::{AuthorityCheck, forwarded_for, tunnel_target};
 use http::uri::Authority;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Method, Request, Uri};
 use libfuzzer_sys::fuzz_target;
 
 const RESERVED: &[u16] = &[15001, 15006, 15008];
@@ -64,7 +64,17 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(target.ip(), local.ip());
         }
     }
-    forwarded_for(&head.headers);
-    let empty = HeaderMap::new();
-    assert_eq!(forwarded_for(&empty), None);
+    // The client a waypoint reads from `forwarded` is one the header spells out in a `for=`.
+    if let Some(client) = forwarded_for(&head.headers) {
+        let value = head.headers["forwarded"]
+            .to_str()
+            .expect("it was read as text");
+        assert!(
+            value.split(';').any(|p| p
+                .trim()
+                .strip_prefix("for=")
+                .is_some_and(|v| v.trim_matches('"').parse() == Ok(client))),
+            "{client} is not what {value:?} says"
+        );
+    }
 });
