@@ -111,7 +111,7 @@ pub struct Client<A> {
     applier: Arc<A>,
 }
 
-impl<A: Apply> Client<A> {
+impl<A: Apply + 'static> Client<A> {
     /// Nothing happens until [`Client::run`].
     pub fn new(link: ControllerLink, subscriber: Subscriber, applier: Arc<A>) -> Self {
         Client {
@@ -156,20 +156,36 @@ impl<A: Apply> Client<A> {
     }
 
     /// Takes one part; once a response's last part is in, applies the whole response and
-    /// returns the answer to send.
-    fn on_part(
+    /// returns the answer to send. The apply runs on a blocking thread: building the next
+    /// state of a large mesh takes long enough to hold up whatever else this runtime runs.
+    async fn on_part(
         &self,
         parts: &mut Reassembly,
         part: SubscribeResponse,
     ) -> Result<Option<SubscribeRequest>, ClientError> {
-        match parts.push(part) {
-            Ok(Some(whole)) => Ok(Some(answer(&*self.applier, &whole))),
-            Ok(None) => Ok(None),
-            Err(source) => Err(ClientError::Parts {
-                address: self.link.address().to_string(),
-                source,
-            }),
-        }
+        let whole = match parts.push(part) {
+            Ok(Some(whole)) => whole,
+            Ok(None) => return Ok(None),
+            Err(source) => {
+                return Err(ClientError::Parts {
+                    address: self.link.address().to_string(),
+                    source,
+                });
+            }
+        };
+        let applier = self.applier.clone();
+        let nonce = whole.nonce.clone();
+        let applied = tokio::task::spawn_blocking(move || answer(&*applier, &whole)).await;
+        Ok(Some(applied.unwrap_or_else(|e| {
+            // A bug in the apply, not in the config: refused, so the controller shows it, and
+            // the proxy keeps serving the previous config.
+            tracing::error!(error = %e, "applying a config update panicked; keeping the previous config");
+            SubscribeRequest {
+                response_nonce: nonce,
+                error_detail: format!("applying the update failed inside the proxy ({e}); this is a bug, please report it"),
+                ..Default::default()
+            }
+        })))
     }
 
     async fn session(&self) -> Result<(), ClientError> {
@@ -209,7 +225,7 @@ impl<A: Apply> Client<A> {
             let Some(part) = part else {
                 return Ok(());
             };
-            let Some(answer) = self.on_part(&mut parts, part)? else {
+            let Some(answer) = self.on_part(&mut parts, part).await? else {
                 continue;
             };
             if tx.send(answer).await.is_err() {

@@ -2,11 +2,12 @@
 //! to the controller and the credentials sent on it ([`link`]), certificates from the
 //! controller's CA ([`ca_client`]), the discovery subscription that keeps a proxy's config
 //! current ([`client`]), and the mesh state that config is applied to, indexed for the data
-//! path's lookups ([`state`]), the root and controller identity it starts from ([`trust`]); and the proxy's own endpoints that tools read ([`admin`]).
+//! path's lookups ([`state`]) and held as one version swapped whole ([`current`]), the root and controller identity it starts from ([`trust`]); and the proxy's own endpoints that tools read ([`admin`]).
 
 pub mod admin;
 pub mod ca_client;
 pub mod client;
+pub mod current;
 pub mod link;
 pub mod state;
 #[cfg(any(test, feature = "test-util"))]
@@ -15,6 +16,7 @@ pub mod trust;
 
 pub use ca_client::CaClient;
 pub use client::{Apply, Client, ClientError};
+pub use current::Current;
 pub use link::{ControllerLink, LinkError};
 pub use state::{ProxyState, StateError};
 pub use trust::{Trust, TrustError};

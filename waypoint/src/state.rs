@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use ambit_discovery::Current;
 use ambit_discovery::state::ProxyState;
-use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::route::Routes;
@@ -39,7 +39,7 @@ pub struct Snapshot {
 
 /// Holds the current snapshot; updated by the discovery client.
 pub struct Store {
-    current: RwLock<Arc<Snapshot>>,
+    current: Current<Snapshot>,
     /// Counts applied updates; `0` until the first, which readiness waits for.
     applied: watch::Sender<u64>,
 }
@@ -47,17 +47,17 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Self {
         Store {
-            current: RwLock::new(Arc::new(Snapshot::default())),
+            current: Current::default(),
             applied: watch::channel(0).0,
         }
     }
 }
 
 impl Store {
-    /// The snapshot to serve one request or tunnel with (the lock is held for a clone of an
-    /// `Arc`, never across work).
+    /// The snapshot to serve one request or tunnel with (no lock: an update never makes a
+    /// request wait).
     pub fn current(&self) -> Arc<Snapshot> {
-        self.current.read().clone()
+        self.current.get()
     }
 
     pub fn applied(&self) -> watch::Receiver<u64> {
@@ -82,7 +82,8 @@ impl Store {
         )
         .map_err(|e| e.to_string())?;
         let traffic = Traffic::compile(&mesh, &current.traffic).map_err(|e| e.to_string())?;
-        *self.current.write() = Arc::new(Snapshot {
+        // The snapshot replaced is freed here, on the updater's (blocking) thread.
+        self.current.replace(Snapshot {
             mesh,
             routes,
             traffic,

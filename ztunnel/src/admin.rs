@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ambit_discovery::ProxyState;
 use ambit_discovery::admin::AdminPages;
+use ambit_discovery::{Current, ProxyState};
+use ambit_proto::exposition::{Exposition, Kind};
 use ambit_proto::identity::CertManager;
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -18,7 +18,7 @@ use crate::pods::Pods;
 /// What the admin endpoints read.
 pub struct AdminState {
     pub node: String,
-    pub state: Arc<RwLock<ProxyState>>,
+    pub state: Arc<Current<ProxyState>>,
     pub certs: CertManager,
     pub connections: Arc<ConnectionTracker>,
     pub pods: Arc<Pods>,
@@ -98,7 +98,7 @@ fn unix(t: SystemTime) -> f64 {
 impl AdminState {
     pub async fn dump(&self) -> ConfigDump {
         let (workloads, services, policies, config_version) = {
-            let s = self.state.read();
+            let s = self.state.get();
             let mut workloads: Vec<WorkloadView> = s
                 .workloads()
                 .map(|w| WorkloadView {
@@ -195,6 +195,27 @@ impl AdminPages for AdminState {
     }
 
     fn metrics(&self) -> String {
-        self.metrics.render(self.pods.server_limits())
+        let mut out = self.metrics.render(self.pods.server_limits());
+        let state = self.state.load();
+        let mut page = Exposition::new(&mut out);
+        page.single(
+            "ambit_config_updates_total",
+            Kind::Counter,
+            "Config updates applied, from the controller or the local file",
+            *self.applied.borrow(),
+        );
+        page.single(
+            "ambit_config_workloads",
+            Kind::Gauge,
+            "Workloads in the config ztunnel serves with",
+            state.workload_count() as u64,
+        );
+        page.single(
+            "ambit_config_services",
+            Kind::Gauge,
+            "Services in the config ztunnel serves with",
+            state.service_count() as u64,
+        );
+        out
     }
 }

@@ -4,17 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_discovery::admin::{self, AdminPort};
-use ambit_discovery::{CaClient, ControllerLink, ProxyState, Trust};
+use ambit_discovery::{CaClient, ControllerLink, Current, Trust};
 use ambit_proto::drain::{self, DrainTrigger};
 use ambit_proto::hbone::ConnectionLimits;
 use ambit_proto::identity::{CertManager, CertificateAuthority, CertificateProvider, LocalCa};
 use anyhow::Context;
-use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::admin::AdminState;
 use crate::config::Config;
 use crate::connections::ConnectionTracker;
+use crate::control::ControlRuntime;
 use crate::metrics::Metrics;
 use crate::pods::{PodSettings, Pods};
 use crate::proxy::ProxyContext;
@@ -29,11 +29,17 @@ pub struct Ztunnel {
     trigger: DrainTrigger,
     drain_timeout: Duration,
     socket: std::path::PathBuf,
+    /// Last to go: the pods' teardown above may still be talking to it.
+    control: ControlRuntime,
 }
 
 impl Ztunnel {
     /// Binds every listener and starts every task; errors name what could not be set up.
+    /// Called on the data path's runtime: pods' listeners and connections run there, the
+    /// rest on the control runtime this starts.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let control = ControlRuntime::start().context("starting the control runtime")?;
+        let data = tokio::runtime::Handle::current();
         let Trust {
             root_pem,
             bundle,
@@ -43,13 +49,17 @@ impl Ztunnel {
             &config.trust_domain,
             config.controller_identity.as_ref(),
         )?;
-        let link = ControllerLink::new(
-            &config.controller,
-            controller,
-            &bundle,
-            Some(&config.node),
-            config.token_file.clone(),
-        )
+        // The channel's connection task runs where it is created: on the control runtime.
+        let link = {
+            let _control = control.handle().enter();
+            ControllerLink::new(
+                &config.controller,
+                controller,
+                &bundle,
+                Some(&config.node),
+                config.token_file.clone(),
+            )
+        }
         .context("setting up the link to the controller (--controller)")?;
         let provider: Arc<dyn CertificateProvider> = match &config.ca_key {
             Some(key_path) => {
@@ -69,7 +79,7 @@ impl Ztunnel {
             ),
         };
         let certs = CertManager::new(provider, bundle);
-        let state = Arc::new(RwLock::new(ProxyState::default()));
+        let state = Arc::new(Current::default());
         let metrics = Arc::new(Metrics::new());
         let connections = Arc::new(ConnectionTracker::default());
         let ctx = Arc::new(ProxyContext::new(
@@ -87,6 +97,7 @@ impl Ztunnel {
                 client: config.hbone_client(),
                 drain_timeout: config.drain_timeout,
             },
+            data,
         ));
         let (applied_tx, applied_rx) = watch::channel(0);
         let (trigger, watch) = drain::channel();
@@ -105,8 +116,12 @@ impl Ztunnel {
             (AdminPort::Metrics, config.metrics_addr),
             (AdminPort::Readiness, config.readiness_addr),
         ] {
-            let listener = admin::bind(port, addr).await?;
-            tokio::spawn(admin::serve(
+            let listener = control
+                .handle()
+                .spawn(admin::bind(port, addr))
+                .await
+                .context("binding an admin port")??;
+            control.handle().spawn(admin::serve(
                 listener,
                 port,
                 admin_state.clone(),
@@ -114,19 +129,29 @@ impl Ztunnel {
             ));
         }
         let socket = config.node_agent_socket();
-        let agent = node_agent::bind(&socket)
-            .with_context(|| format!("binding the node agent socket {}", socket.display()))?;
-        tokio::spawn(node_agent::serve(agent, pods.clone(), watch.clone()));
+        let agent = {
+            let _control = control.handle().enter();
+            node_agent::bind(&socket)
+        }
+        .with_context(|| format!("binding the node agent socket {}", socket.display()))?;
+        control
+            .handle()
+            .spawn(node_agent::serve(agent, pods.clone(), watch.clone()));
         let applier = Arc::new(Applier {
             state,
+            metrics: admin_state.metrics.clone(),
             applied: applied_tx,
         });
         match &config.config_file {
             Some(path) => {
-                tokio::spawn(local_config::watch(path.clone(), applier, watch));
+                control
+                    .handle()
+                    .spawn(local_config::watch(path.clone(), applier, watch));
             }
             None => {
-                tokio::spawn(xds::client(link, &config.node, applier).run(watch));
+                control
+                    .handle()
+                    .spawn(xds::client(link, &config.node, applier).run(watch));
             }
         }
         tracing::info!(node = %config.node, controller = %config.controller, socket = %socket.display(), "ztunnel started");
@@ -135,6 +160,7 @@ impl Ztunnel {
             trigger,
             drain_timeout: config.drain_timeout,
             socket,
+            control,
         })
     }
 
@@ -151,6 +177,7 @@ impl Ztunnel {
         let _ = tokio::time::timeout(self.drain_timeout + SHUTDOWN_MARGIN, pods.remove_all()).await;
         let outcome = self.trigger.drain(Duration::from_secs(1)).await;
         let _ = std::fs::remove_file(&self.socket);
+        drop(self.control);
         tracing::info!(?outcome, "ztunnel stopped");
     }
 }

@@ -281,13 +281,24 @@ pub async fn watch(path: PathBuf, applier: Arc<Applier>, drain: DrainWatch) {
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if modified != seen {
             seen = modified;
-            let result = load(&path).and_then(|response| {
-                applier
-                    .apply(&response)
-                    .map_err(|e| LocalConfigError::Invalid {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })
+            // Parsing and building a large mesh's state takes long: a blocking thread does it.
+            let (file, applier_ref) = (path.clone(), applier.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                load(&file).and_then(|response| {
+                    applier_ref
+                        .apply(&response)
+                        .map_err(|e| LocalConfigError::Invalid {
+                            path: file.clone(),
+                            reason: e.to_string(),
+                        })
+                })
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(LocalConfigError::Invalid {
+                    path: path.clone(),
+                    reason: format!("applying it failed inside ztunnel ({e}); this is a bug"),
+                })
             });
             match result {
                 Ok(()) => tracing::info!(file = %path.display(), "applied local config"),

@@ -79,6 +79,9 @@ struct State {
 pub struct Pods {
     ctx: Arc<ProxyContext>,
     settings: PodSettings,
+    /// The data path's runtime: pods are added from the control runtime, but their listeners
+    /// and connections must live on the data path's workers.
+    data: tokio::runtime::Handle,
     /// Never held across an await.
     state: Mutex<State>,
 }
@@ -105,10 +108,15 @@ impl Drop for UidOp<'_> {
 }
 
 impl Pods {
-    pub fn new(ctx: Arc<ProxyContext>, settings: PodSettings) -> Self {
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        settings: PodSettings,
+        data: tokio::runtime::Handle,
+    ) -> Self {
         Pods {
             ctx,
             settings,
+            data,
             state: Mutex::new(State::default()),
         }
     }
@@ -223,6 +231,8 @@ impl Pods {
             .watch(&workload.identity)
             .await
             .map_err(cert_err)?;
+        // A listener is driven by the runtime it is created in.
+        let _data = self.data.enter();
         let outbound = capture::listen(&netns, rules::OUTBOUND_PORT).map_err(capture_err)?;
         let plaintext =
             capture::listen(&netns, rules::INBOUND_PLAINTEXT_PORT).map_err(capture_err)?;
@@ -256,7 +266,7 @@ impl Pods {
         });
         let (trigger, watch) = drain::channel();
         for l in outbound {
-            tokio::spawn(serve_outbound(
+            self.data.spawn(serve_outbound(
                 l,
                 pod.clone(),
                 self.ctx.clone(),
@@ -264,7 +274,7 @@ impl Pods {
             ));
         }
         for l in plaintext {
-            tokio::spawn(serve_plaintext(
+            self.data.spawn(serve_plaintext(
                 l,
                 pod.clone(),
                 self.ctx.clone(),
@@ -276,7 +286,8 @@ impl Pods {
             ctx: self.ctx.clone(),
         });
         for (server, l) in servers {
-            tokio::spawn(server.serve(l, handler.clone(), watch.clone()));
+            self.data
+                .spawn(server.serve(l, handler.clone(), watch.clone()));
         }
         Ok(CapturedPod {
             netns,

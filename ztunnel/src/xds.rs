@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ambit_discovery::client::{self, Apply, Client};
-use ambit_discovery::{ControllerLink, ProxyState, StateError};
+use ambit_discovery::{ControllerLink, Current, ProxyState, StateError};
 use ambit_proto::api::discovery::{ProxyKind, SubscribeResponse};
-use parking_lot::RwLock;
 use tokio::sync::watch;
+
+use crate::metrics::Metrics;
 
 /// The limits ztunnel's discovery client applies to what the controller sends (benches that
 /// play a ztunnel use the same).
@@ -17,7 +18,9 @@ pub use ambit_discovery::client::{MAX_CONFIG_MESSAGE, MAX_CONFIG_RESPONSE};
 
 /// Applies config to the shared state; the discovery client answers ACK or NACK from it.
 pub struct Applier {
-    pub state: Arc<RwLock<ProxyState>>,
+    pub state: Arc<Current<ProxyState>>,
+    /// Its per-pair counters are resolved again from each new config version.
+    pub metrics: Arc<Metrics>,
     /// Counts applied updates; `0` until the first one, which is what readiness waits for.
     pub applied: watch::Sender<u64>,
 }
@@ -25,18 +28,20 @@ pub struct Applier {
 impl Apply for Applier {
     type Error = StateError;
 
-    /// The next state is built beside the current one, so connections keep reading the
-    /// current one meanwhile; the write lock is held only to swap it in. Only one task applies
-    /// (the discovery client or the local file), so no update is lost between the two.
+    /// The next state is built beside the current one (on the caller's thread, a blocking
+    /// one) and swapped in whole, so connections keep reading the current one meanwhile and
+    /// never wait for the update. Only one task applies (the discovery client or the local
+    /// file), so no update is lost between the two.
     fn apply(&self, response: &SubscribeResponse) -> Result<(), StateError> {
-        let next = self.state.read().applied(response)?;
-        *self.state.write() = next;
+        let next = self.state.get().applied(response)?;
+        self.state.replace(next);
+        self.metrics.config_changed();
         self.applied.send_modify(|n| *n += 1);
         Ok(())
     }
 
     fn versions(&self) -> HashMap<String, String> {
-        self.state.read().known_versions()
+        self.state.load().known_versions()
     }
 }
 
@@ -60,7 +65,8 @@ mod tests {
     fn readiness_counts_applied_updates_only() {
         let (applied, applied_rx) = watch::channel(0);
         let applier = Applier {
-            state: Arc::new(RwLock::new(ProxyState::default())),
+            state: Arc::new(Current::default()),
+            metrics: Arc::new(Metrics::new()),
             applied,
         };
         let good = response(
@@ -82,7 +88,7 @@ mod tests {
             );
             assert_eq!(*applied_rx.borrow(), count);
         }
-        assert!(applier.state.read().workload(&uid("a")).is_some());
+        assert!(applier.state.load().workload(&uid("a")).is_some());
         assert_eq!(
             applier
                 .versions()

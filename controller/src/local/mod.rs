@@ -2,6 +2,7 @@
 //! mesh file, with sample apps. Shared by `ambit up`, the e2e suite and the benchmarks.
 
 pub mod apps;
+pub mod bulk;
 pub mod load;
 mod mesh;
 pub mod metrics;

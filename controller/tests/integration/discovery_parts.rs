@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_discovery::{ControllerLink, ProxyState};
+use ambit_discovery::{ControllerLink, Current, ProxyState};
 use ambit_proto::control;
 use ambit_proto::drain;
 use ambit_proto::response_parts::Reassembly;
 use ambit_ztunnel::xds::{self, Applier};
-use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::discovery::{big_mesh, keys, node0_scope, start_with_parts, subscribe, ztunnel};
@@ -69,10 +68,11 @@ async fn ztunnels_discovery_client_applies_the_parts_as_one_update() {
         None,
     )
     .unwrap();
-    let state = Arc::new(RwLock::new(ProxyState::default()));
+    let state = Arc::new(Current::<ProxyState>::default());
     let (applied, mut updates) = watch::channel(0);
     let applier = Arc::new(Applier {
         state: state.clone(),
+        metrics: Arc::new(ambit_ztunnel::metrics::Metrics::new()),
         applied,
     });
     let client = xds::client(link, "node-0", applier);
@@ -86,7 +86,7 @@ async fn ztunnels_discovery_client_applies_the_parts_as_one_update() {
     // the state only the last part's.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(*updates.borrow(), 1);
-    let mut held: Vec<String> = state.read().known_versions().into_keys().collect();
+    let mut held: Vec<String> = state.load().known_versions().into_keys().collect();
     held.sort();
     assert_eq!(held, node0_scope());
 }

@@ -122,7 +122,7 @@ async fn parts_are_applied_once_as_one_response() {
         vec![workload("server", &["10.244.1.3"], wl::Protocol::Hbone)],
     );
     last.nonce = "7".into();
-    assert!(client.on_part(&mut parts, first).unwrap().is_none());
+    assert!(client.on_part(&mut parts, first).await.unwrap().is_none());
     assert_eq!(
         applier.applied.load(Ordering::Relaxed),
         0,
@@ -130,6 +130,7 @@ async fn parts_are_applied_once_as_one_response() {
     );
     let ack = client
         .on_part(&mut parts, last)
+        .await
         .unwrap()
         .expect("an answer");
     assert_eq!(
@@ -137,16 +138,19 @@ async fn parts_are_applied_once_as_one_response() {
         ("7", "")
     );
     assert_eq!(applier.applied.load(Ordering::Relaxed), 1);
-    let state = applier.state.read();
-    assert!(state.workload(&uid("client")).is_some() && state.workload(&uid("server")).is_some());
-    drop(state);
+    {
+        let state = applier.state.read();
+        assert!(
+            state.workload(&uid("client")).is_some() && state.workload(&uid("server")).is_some()
+        );
+    }
 
     // Parts of two responses interleaved: the stream is broken, and said so.
     let mut a = client_address("8", "10.244.1.2");
     a.more = true;
     let b = client_address("9", "10.244.1.2");
-    assert!(client.on_part(&mut parts, a).unwrap().is_none());
-    let err = client.on_part(&mut parts, b).unwrap_err().to_string();
+    assert!(client.on_part(&mut parts, a).await.unwrap().is_none());
+    let err = client.on_part(&mut parts, b).await.unwrap_err().to_string();
     assert!(
         err.contains("https://controller.test:15010") && err.contains("incomplete"),
         "{err}"

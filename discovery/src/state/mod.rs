@@ -97,6 +97,14 @@ impl ProxyState {
         self.workloads.values()
     }
 
+    pub fn workload_count(&self) -> usize {
+        self.workloads.len()
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
     /// The service with this key (`<namespace>/<name>`).
     pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
         self.services.get(key)

@@ -2,6 +2,7 @@
 //! dependencies are linked once.
 
 mod ambit_cli;
+mod config_apply;
 mod lifecycle;
 mod mtls;
 mod node_failure;

@@ -15,10 +15,10 @@ use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::splice::{carry, reset};
-use super::{PodContext, ProxyContext, accept_loop, labels, peer_labels};
+use super::{PodContext, ProxyContext, accept_loop, parties};
 use crate::capture::{PROXY_PORTS, original_destination};
 use crate::connections::{ConnectionInfo, Direction};
-use crate::metrics::{ConnectionLabels, FailureReason, PeerLabels, Reporter, Security};
+use crate::metrics::{FailureReason, Parties, Reporter, Security, Side};
 
 pub struct InboundHandler {
     pub pod: Arc<PodContext>,
@@ -27,7 +27,7 @@ pub struct InboundHandler {
 
 /// What the checks both inbound paths make decided, and the connection's metric labels.
 struct Admission {
-    labels: ConnectionLabels,
+    labels: Parties,
     outcome: Result<Arc<Workload>, Refusal>,
     /// The waypoint the tunnel came from, when that waypoint serves the destination and so
     /// already enforced its authorization policies on the original client's identity.
@@ -43,14 +43,14 @@ struct Refusal {
 /// The source as the destination side may name it: the workload at the peer's address only
 /// if it is the identity the peer proved (an address says nothing a certificate does not
 /// confirm); for plaintext, the workload at that address.
-fn source_labels(ctx: &ProxyContext, identity: Option<&SpiffeId>, peer: SocketAddr) -> PeerLabels {
+fn source_side(ctx: &ProxyContext, identity: Option<&SpiffeId>, peer: SocketAddr) -> Side {
     let at_address = ctx.workload_by_ip(peer.ip());
     match identity {
         Some(id) => {
             let proven = at_address.filter(|w| &w.identity == id);
-            peer_labels(proven.as_deref(), Some(id))
+            Side::new(proven, Some(id.clone()))
         }
-        None => peer_labels(at_address.as_deref(), None),
+        None => Side::new(at_address, None),
     }
 }
 
@@ -66,14 +66,14 @@ fn admit(
     } else {
         Security::None
     };
-    let source = source_labels(ctx, identity, peer);
-    let state = ctx.state.read();
+    let source = source_side(ctx, identity, peer);
+    let state = ctx.state.load();
     let Some(workload) = state.workload(&pod.uid).cloned() else {
         return Admission {
-            labels: labels(
+            labels: parties(
                 Reporter::Destination,
                 source,
-                PeerLabels::unknown(),
+                Side::unknown(),
                 None,
                 security,
             ),
@@ -85,11 +85,11 @@ fn admit(
             enforced_by: None,
         };
     };
-    let labels = labels(
+    let labels = parties(
         Reporter::Destination,
         source,
-        peer_labels(Some(&workload), Some(&workload.identity)),
-        state.service_of(&workload.uid, target.port()).map(|s| &**s),
+        Side::meshed(&workload),
+        state.service_of(&workload.uid, target.port()),
         security,
     );
     // Behind a waypoint, the peer is the waypoint, not the client: the waypoint judged the
@@ -247,10 +247,10 @@ async fn handle_plaintext(
             if let Some(suppressed) = ctx.refusal_log.check() {
                 tracing::warn!(pod = %pod.uid, %peer, error = %e, suppressed, "refused inbound connection: its original destination is unknown (was it redirected by ztunnel's rules?)");
             }
-            let l = labels(
+            let l = parties(
                 Reporter::Destination,
-                source_labels(ctx, None, peer),
-                PeerLabels::unknown(),
+                source_side(ctx, None, peer),
+                Side::unknown(),
                 None,
                 Security::None,
             );

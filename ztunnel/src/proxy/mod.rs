@@ -16,19 +16,17 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ambit_discovery::Current;
 use ambit_discovery::state::{ProxyState, Service, Workload};
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::HboneClient;
-use ambit_proto::identity::{CertManager, SpiffeId};
+use ambit_proto::identity::CertManager;
 use ambit_proto::log_limit::LogLimiter;
-use parking_lot::RwLock;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::capture::{PodDialer, PodNetns};
 use crate::connections::ConnectionTracker;
-use crate::metrics::{
-    ConnectionLabels, Metrics, PeerLabels, Reporter, Security, ServiceLabels, UNKNOWN,
-};
+use crate::metrics::{Metrics, Parties, Reporter, Security, Side};
 
 /// Log lines a peer can cause (each refused connection) are limited to this many a second
 /// per kind; the metrics count every one.
@@ -36,7 +34,8 @@ const REFUSAL_LOG_LINES_PER_SECOND: u32 = 5;
 
 /// What every pod's proxy shares.
 pub struct ProxyContext {
-    pub state: Arc<RwLock<ProxyState>>,
+    /// The config, read without a lock: an update never makes a connection wait.
+    pub state: Arc<Current<ProxyState>>,
     pub certs: CertManager,
     pub metrics: Arc<Metrics>,
     pub connections: Arc<ConnectionTracker>,
@@ -62,7 +61,7 @@ pub struct PodContext {
 
 impl ProxyContext {
     pub fn new(
-        state: Arc<RwLock<ProxyState>>,
+        state: Arc<Current<ProxyState>>,
         certs: CertManager,
         metrics: Arc<Metrics>,
         connections: Arc<ConnectionTracker>,
@@ -80,72 +79,27 @@ impl ProxyContext {
 
     /// This pod's workload as the config says now.
     pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
-        self.state.read().workload(uid).cloned()
+        self.state.load().workload(uid).cloned()
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
-        self.state.read().workload_by_ip(ip).cloned()
+        self.state.load().workload_by_ip(ip).cloned()
     }
 }
 
-/// The cluster a workload runs in: its uid is `<cluster>//<kind>/<namespace>/<name>`.
-fn cluster_of(w: &Workload) -> &str {
-    w.uid
-        .split_once("//")
-        .map_or(UNKNOWN, |(cluster, _)| cluster)
-}
-
-/// Istio's labels for one side of a connection. `principal` is what that side proved (or,
-/// for the destination of a tunnel, what it was required to prove): none on plaintext.
-pub(crate) fn peer_labels(workload: Option<&Workload>, principal: Option<&SpiffeId>) -> PeerLabels {
-    let Some(w) = workload else {
-        // Nothing in the config at that address; a proven identity still names its namespace.
-        let mut labels = PeerLabels::unknown();
-        if let Some(id) = principal {
-            labels.namespace = id.namespace().to_string();
-            labels.principal = id.to_string();
-        }
-        return labels;
-    };
-    let canonical = w.canonical_or_name();
-    PeerLabels {
-        workload: w.name.to_string(),
-        namespace: w.namespace.to_string(),
-        principal: principal.map_or_else(|| UNKNOWN.into(), SpiffeId::to_string),
-        canonical_revision: if w.canonical_revision.is_empty() {
-            "latest".into()
-        } else {
-            w.canonical_revision.to_string()
-        },
-        canonical_service: canonical,
-        cluster: cluster_of(w).to_string(),
-    }
-}
-
-pub(crate) fn service_labels(service: Option<&Service>) -> ServiceLabels {
-    service.map_or_else(ServiceLabels::unknown, |s| ServiceLabels {
-        host: if s.hostname.is_empty() {
-            s.key.to_string()
-        } else {
-            s.hostname.to_string()
-        },
-        name: s.name.to_string(),
-        namespace: s.namespace.to_string(),
-    })
-}
-
-pub(crate) fn labels(
+/// Who a connection is between, for its metrics.
+pub(crate) fn parties(
     reporter: Reporter,
-    source: PeerLabels,
-    destination: PeerLabels,
-    service: Option<&Service>,
+    source: Side,
+    destination: Side,
+    service: Option<&Arc<Service>>,
     security: Security,
-) -> ConnectionLabels {
-    ConnectionLabels {
+) -> Parties {
+    Parties {
         reporter,
         source,
         destination,
-        service: service_labels(service),
+        service: service.cloned(),
         security,
     }
 }

@@ -15,10 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::splice::{carry, reset};
 use super::upstream::{Upstream, resolve};
-use super::{PodContext, ProxyContext, accept_loop, labels, peer_labels};
+use super::{PodContext, ProxyContext, accept_loop, parties};
 use crate::capture::{PROXY_PORTS, original_destination};
 use crate::connections::{ConnectionInfo, Direction, TrackedConnection};
-use crate::metrics::{ConnectionLabels, FailureReason, PeerLabels, Reporter, Security};
+use crate::metrics::{FailureReason, Parties, Reporter, Security, Side};
 
 /// Attempts per connection: the first endpoint, and one other if the first is unreachable.
 const ATTEMPTS: usize = 2;
@@ -44,7 +44,7 @@ pub async fn serve_outbound(
 fn refuse(
     ctx: &ProxyContext,
     stream: TcpStream,
-    labels: &ConnectionLabels,
+    labels: &Parties,
     why: FailureReason,
     log: impl FnOnce(u64),
 ) {
@@ -73,16 +73,11 @@ fn aims_at_proxy(dst: SocketAddr, source: &Workload) -> bool {
 async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
     let _ = stream.set_nodelay(true);
     let source = ctx.workload(&pod.uid);
-    let source_labels = || {
-        source.as_deref().map_or_else(PeerLabels::unknown, |w| {
-            peer_labels(Some(w), Some(&w.identity))
-        })
-    };
     let unknown_destination = |security| {
-        labels(
+        parties(
             Reporter::Source,
-            source_labels(),
-            PeerLabels::unknown(),
+            source.as_ref().map_or_else(Side::unknown, Side::meshed),
+            Side::unknown(),
             None,
             security,
         )
@@ -123,7 +118,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         });
         return;
     }
-    let src = peer_labels(Some(&source), Some(&source.identity));
+    let src = Side::meshed(&source);
     // What `ambit config connections` shows of this connection, whichever way it goes.
     let track = |workload: Option<&Workload>,
                  service: Option<&Service>,
@@ -137,7 +132,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         })
     };
     for attempt in 1..=ATTEMPTS {
-        let upstream = resolve(&ctx.state.read(), dst, &source.identity, |ip| {
+        let upstream = resolve(&ctx.state.load(), dst, &source.identity, |ip| {
             ctx.health.is_ejected(ip)
         });
         let last = attempt == ATTEMPTS;
@@ -147,11 +142,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 target,
                 service,
             } => {
-                let l = labels(
+                let l = parties(
                     Reporter::Source,
                     src.clone(),
-                    peer_labels(Some(&workload), Some(&workload.identity)),
-                    service.as_deref(),
+                    Side::meshed(&workload),
+                    service.as_ref(),
                     Security::MutualTls,
                 );
                 let tracked = track(Some(&workload), service.as_deref(), target, "HBONE");
@@ -181,11 +176,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 service,
             } => {
                 // Outside the mesh: no identity was asked of the destination, so none is named.
-                let l = labels(
+                let l = parties(
                     Reporter::Source,
                     src.clone(),
-                    peer_labels(workload.as_deref(), None),
-                    service.as_deref(),
+                    Side::new(workload.clone(), None),
+                    service.as_ref(),
                     Security::None,
                 );
                 let tracked = track(workload.as_deref(), service.as_deref(), target, "TCP");
@@ -215,11 +210,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 service,
                 workload,
             } => {
-                let l = labels(
+                let l = parties(
                     Reporter::Source,
                     src.clone(),
-                    peer_labels(workload.as_deref(), None),
-                    service.as_deref(),
+                    Side::new(workload.clone(), None),
+                    service.as_ref(),
                     Security::MutualTls,
                 );
                 let what = service.as_ref().map_or_else(
@@ -268,10 +263,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 }
             }
             Upstream::NoHealthyEndpoint { service } => {
-                let l = labels(
+                let l = parties(
                     Reporter::Source,
                     src,
-                    PeerLabels::unknown(),
+                    Side::unknown(),
                     Some(&service),
                     Security::None,
                 );
@@ -341,7 +336,7 @@ struct Failed {
     /// The endpoint is left out for a while.
     eject: bool,
     target: SocketAddr,
-    labels: ConnectionLabels,
+    labels: Parties,
     tracked: TrackedConnection,
     reason: FailureReason,
     error: String,

@@ -4,6 +4,7 @@
 //! other.
 
 use std::io;
+use std::sync::Arc;
 
 use ambit_proto::copy::{self, Moved, Progress};
 use socket2::SockRef;
@@ -53,7 +54,7 @@ pub(crate) async fn carry<U>(
     tcp: TcpStream,
     other: U,
     tcp_is_destination: bool,
-    counters: ConnectionCounters,
+    counters: Arc<ConnectionCounters>,
     tracked: TrackedConnection,
 ) where
     U: AsyncRead + AsyncWrite + Unpin,
@@ -192,7 +193,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_show_in_metrics_while_open_and_stay_counted_after_a_reset() {
         use crate::connections::{ConnectionInfo, ConnectionTracker, Direction};
-        use crate::metrics::{Metrics, tests::labels};
+        use crate::metrics::{Metrics, tests::parties};
 
         let metrics = std::sync::Arc::new(Metrics::new());
         let tracker = std::sync::Arc::new(ConnectionTracker::default());
@@ -214,7 +215,7 @@ mod tests {
             accepted,
             upstream,
             false,
-            metrics.connection_opened(&labels()),
+            metrics.connection_opened(&parties()),
             tracker.track(info),
         ));
 

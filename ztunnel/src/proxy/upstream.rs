@@ -69,20 +69,13 @@ pub fn resolve(
             };
         }
         let target_port = service.target_port(dst.port()).unwrap_or(dst.port());
-        let healthy: Vec<(&Arc<Workload>, IpAddr)> = service
+        let endpoints = service
             .endpoints
             .iter()
             .filter_map(|uid| state.workload(uid))
             .filter(|w| w.healthy)
-            .filter_map(|w| Some((w, w.address_like(dst.ip())?)))
-            .collect();
-        let live: Vec<(&Arc<Workload>, IpAddr)> = healthy
-            .iter()
-            .copied()
-            .filter(|(_, ip)| !ejected(*ip))
-            .collect();
-        let candidates = if live.is_empty() { &healthy } else { &live };
-        let Some(&(workload, ip)) = pick(candidates) else {
+            .filter_map(|w| Some((w, w.address_like(dst.ip())?)));
+        let Some((workload, ip)) = pick(endpoints, |(_, ip)| !ejected(*ip)) else {
             return Upstream::NoHealthyEndpoint {
                 service: service.clone(),
             };
@@ -125,13 +118,27 @@ pub fn resolve(
     }
 }
 
-/// An endpoint among `candidates` (already filtered to healthy ones), at random: a shared
+/// One of `candidates` (the healthy endpoints) at random, among those `preferred` (not
+/// recently failed) if any is, in one pass and without collecting them: reservoir sampling
+/// keeps each of the `n` seen so far with probability 1/n. At random, because a shared
 /// round-robin counter lets two clients calling in step each see one endpoint only.
-fn pick<T>(candidates: &[T]) -> Option<&T> {
-    if candidates.is_empty() {
-        return None;
+fn pick<T>(candidates: impl Iterator<Item = T>, preferred: impl Fn(&T) -> bool) -> Option<T> {
+    let (mut best, mut best_seen) = (None, 0u32);
+    let (mut fallback, mut fallback_seen) = (None, 0u32);
+    for c in candidates {
+        if preferred(&c) {
+            best_seen += 1;
+            if fastrand::u32(..best_seen) == 0 {
+                best = Some(c);
+            }
+        } else if best.is_none() {
+            fallback_seen += 1;
+            if fastrand::u32(..fallback_seen) == 0 {
+                fallback = Some(c);
+            }
+        }
     }
-    candidates.get(fastrand::usize(..candidates.len()))
+    best.or(fallback)
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub struct DriveReport {
     pub failed: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The slowest answer of the second: a stall shows here first.
+    #[serde(default)]
+    pub max_ms: f64,
     /// The last failure's text, e.g. "connection reset by peer", or for an HTTP error its
     /// status, the proxy's `x-ambit-flags` and the first line of the body: "HTTP 403 [RBAC]:
     /// denied by policy demo/deny-denied-client".
@@ -108,6 +111,7 @@ fn emit(report: &mut DriveReport, latencies: &mut Vec<Duration>) {
     };
     report.p50_ms = q(0.50);
     report.p99_ms = q(0.99);
+    report.max_ms = latencies.last().map_or(0.0, |l| l.as_secs_f64() * 1000.0);
     let line = serde_json::to_string(report).expect("reports serialize");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");

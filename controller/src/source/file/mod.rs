@@ -107,13 +107,26 @@ pub enum FileError {
     },
 }
 
+/// The YAML parser's bounds, raised from its defaults for the size a mesh file may have: a
+/// 50k-pod mesh is ~600k YAML nodes, over the default of 250k. The bounds against expansion
+/// attacks (aliases, nesting) stay as they are.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 4_000_000;
+    budget.max_events = 8_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses and checks a mesh file's text. `origin` names the file in errors.
 pub fn parse(text: &str, origin: &str) -> Result<MeshFile, FileError> {
-    let file: schema::MeshFile = serde_saphyr::from_str(text).map_err(|e| FileError::Syntax {
-        origin: origin.into(),
-        line: e.location().map(|l| l.line()),
-        message: e.to_string(),
-    })?;
+    let file: schema::MeshFile = serde_saphyr::from_str_with_options(text, yaml_options())
+        .map_err(|e| FileError::Syntax {
+            origin: origin.into(),
+            line: e.location().map(|l| l.line()),
+            message: e.to_string(),
+        })?;
     let (builder, topology, lines, mut located) = convert::convert(file);
     let mut problems: Vec<Problem> = located
         .drain(..)

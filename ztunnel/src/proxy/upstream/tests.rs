@@ -189,3 +189,25 @@ fn traffic_to_a_service_or_workload_with_a_waypoint_goes_through_it_or_nowhere()
         Upstream::Waypoint { waypoint: None, .. }
     ));
 }
+
+#[test]
+fn picks_are_uniform_among_the_preferred_else_among_all() {
+    let count = |items: &[u32], preferred: &[u32]| {
+        let mut hits = std::collections::BTreeMap::new();
+        for _ in 0..3000 {
+            let p = super::pick(items.iter().copied(), |i| preferred.contains(i)).unwrap();
+            *hits.entry(p).or_insert(0u32) += 1;
+        }
+        hits
+    };
+    // Three of five preferred: only they are picked, each about a third of the time (the
+    // bounds are over seven standard deviations out: a fair pick never misses them).
+    let hits = count(&[1, 2, 3, 4, 5], &[2, 4, 5]);
+    assert_eq!(hits.keys().copied().collect::<Vec<_>>(), [2, 4, 5]);
+    assert!(hits.values().all(|&n| (800..1200).contains(&n)), "{hits:?}");
+    // None preferred: any of them.
+    let hits = count(&[1, 2, 3], &[]);
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    assert!(hits.values().all(|&n| (800..1200).contains(&n)), "{hits:?}");
+    assert_eq!(super::pick(std::iter::empty::<u32>(), |_| true), None);
+}

@@ -1,43 +1,29 @@
 //! TCP metrics with Istio's names and labels, so existing dashboards and Kiali read them.
 //! The recorder is owned, not global: each ztunnel (and each test) has its own.
+//!
+//! A connection's counters are resolved once per (pod, destination) pair and config version
+//! and shared by its connections: registering them costs ~100 allocations and four lookups
+//! by ~20 labels, which a connection would otherwise pay as it opens.
 
+mod labels;
+
+pub use labels::{
+    ConnectionLabels, Parties, PeerLabels, Reporter, Security, ServiceLabels, Side, UNKNOWN,
+};
+
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
+use ambit_discovery::Current;
 use ambit_proto::hbone::ConnectionLimits;
 use metrics::{Counter, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use parking_lot::RwLock;
 
-/// Which side of the connection reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reporter {
-    Source,
-    Destination,
-}
-
-impl Reporter {
-    fn as_str(self) -> &'static str {
-        match self {
-            Reporter::Source => "source",
-            Reporter::Destination => "destination",
-        }
-    }
-}
-
-/// mutual_tls for HBONE, none for plaintext and passthrough.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
-    MutualTls,
-    None,
-}
-
-impl Security {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Security::MutualTls => "mutual_tls",
-            Security::None => "none",
-        }
-    }
-}
+/// Pairs held before the cache starts over (it also starts over with each config version):
+/// a bound on what a node calling many addresses outside the config can make it hold.
+const MAX_CACHED_PAIRS: usize = 16 * 1024;
 
 /// Why a connection failed; the `reason` label of `ambit_connection_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,61 +84,6 @@ impl fmt::Display for FailureReason {
     }
 }
 
-/// What is known of one side of a connection, in Istio's label values ("unknown" if not).
-#[derive(Debug, Clone)]
-pub struct PeerLabels {
-    pub workload: String,
-    pub namespace: String,
-    pub principal: String,
-    pub canonical_service: String,
-    pub canonical_revision: String,
-    pub cluster: String,
-}
-
-impl PeerLabels {
-    pub fn unknown() -> Self {
-        PeerLabels {
-            workload: UNKNOWN.into(),
-            namespace: UNKNOWN.into(),
-            principal: UNKNOWN.into(),
-            canonical_service: UNKNOWN.into(),
-            canonical_revision: UNKNOWN.into(),
-            cluster: UNKNOWN.into(),
-        }
-    }
-}
-
-/// The service a connection was addressed to.
-#[derive(Debug, Clone)]
-pub struct ServiceLabels {
-    /// Its host name (`reviews.demo.svc.cluster.local`).
-    pub host: String,
-    pub name: String,
-    pub namespace: String,
-}
-
-impl ServiceLabels {
-    pub fn unknown() -> Self {
-        ServiceLabels {
-            host: UNKNOWN.into(),
-            name: UNKNOWN.into(),
-            namespace: UNKNOWN.into(),
-        }
-    }
-}
-
-pub const UNKNOWN: &str = "unknown";
-
-/// The labels of one connection, as Istio names them.
-#[derive(Debug, Clone)]
-pub struct ConnectionLabels {
-    pub reporter: Reporter,
-    pub source: PeerLabels,
-    pub destination: PeerLabels,
-    pub service: ServiceLabels,
-    pub security: Security,
-}
-
 impl ConnectionLabels {
     fn labels(&self, response_flags: &'static str) -> Vec<Label> {
         let (s, d) = (&self.source, &self.destination);
@@ -194,11 +125,19 @@ impl ConnectionLabels {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The counters of each (pod, destination) pair seen in this config version.
+    pairs: Current<CounterCache>,
 }
 
-/// The counters of one open connection, resolved once when it opens; its bytes are added as
+#[derive(Default)]
+struct CounterCache {
+    by_parties: RwLock<HashMap<Parties, Arc<ConnectionCounters>>>,
+}
+
+/// The counters of the connections between two parties; a connection's bytes are added as
 /// they move (an atomic add per chunk).
 pub struct ConnectionCounters {
+    opened: Counter,
     closed: Counter,
     sent: Counter,
     received: Counter,
@@ -273,7 +212,11 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        Metrics { recorder, handle }
+        Metrics {
+            recorder,
+            handle,
+            pairs: Current::default(),
+        }
     }
 
     fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
@@ -281,21 +224,44 @@ impl Metrics {
             .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
-    pub fn connection_opened(&self, labels: &ConnectionLabels) -> ConnectionCounters {
+    /// A connection opens between `parties`: its counters, from the cache when the pair was
+    /// seen before in this config version.
+    pub fn connection_opened(&self, parties: &Parties) -> Arc<ConnectionCounters> {
+        let cache = self.pairs.load();
+        let cached = cache.by_parties.read().get(parties).cloned();
+        let counters = cached.unwrap_or_else(|| {
+            let counters = Arc::new(self.register(&parties.labels()));
+            let mut by_parties = cache.by_parties.write();
+            if by_parties.len() >= MAX_CACHED_PAIRS {
+                by_parties.clear();
+            }
+            by_parties.insert(parties.clone(), counters.clone());
+            counters
+        });
+        counters.opened.increment(1);
+        counters
+    }
+
+    fn register(&self, labels: &ConnectionLabels) -> ConnectionCounters {
         let l = labels.labels("-");
-        self.counter("istio_tcp_connections_opened_total", l.clone())
-            .increment(1);
         ConnectionCounters {
+            opened: self.counter("istio_tcp_connections_opened_total", l.clone()),
             closed: self.counter("istio_tcp_connections_closed_total", l.clone()),
             sent: self.counter("istio_tcp_sent_bytes_total", l.clone()),
             received: self.counter("istio_tcp_received_bytes_total", l),
         }
     }
 
+    /// The config changed: pairs are resolved again, from the entries of the new version (the
+    /// old ones are let go). Call it from the thread that applied the config.
+    pub fn config_changed(&self) {
+        self.pairs.replace(CounterCache::default());
+    }
+
     /// A connection refused or not carried: opened and closed at once with the failure's
     /// response flag (as Istio records it), and counted by reason.
-    pub fn connection_failed(&self, labels: &ConnectionLabels, reason: FailureReason) {
-        let mut l = labels.labels(reason.response_flag());
+    pub fn connection_failed(&self, parties: &Parties, reason: FailureReason) {
+        let mut l = parties.labels().labels(reason.response_flag());
         self.counter("istio_tcp_connections_opened_total", l.clone())
             .increment(1);
         self.counter("istio_tcp_connections_closed_total", l.clone())
@@ -307,8 +273,8 @@ impl Metrics {
 
     /// One attempt of a connection failed and another is being tried: counted by reason
     /// only, since the connection itself is yet to succeed or fail.
-    pub fn attempt_failed(&self, labels: &ConnectionLabels, reason: FailureReason) {
-        let mut l = labels.labels(reason.response_flag());
+    pub fn attempt_failed(&self, parties: &Parties, reason: FailureReason) {
+        let mut l = parties.labels().labels(reason.response_flag());
         l.push(Label::new("reason", reason.as_str()));
         self.counter("ambit_connection_failures_total", l)
             .increment(1);
@@ -317,12 +283,18 @@ impl Metrics {
     /// An inbound tunnel from `waypoint` (`<namespace>/<name>`), the waypoint the destination
     /// uses: the destination's authorization policies were enforced there, on the original
     /// client's identity, so this side allowed it without judging the waypoint's identity.
-    pub fn enforced_by_waypoint(&self, labels: &ConnectionLabels, waypoint: &str) {
-        let d = &labels.destination;
+    pub fn enforced_by_waypoint(&self, parties: &Parties, waypoint: &str) {
+        let (workload, namespace) = parties
+            .destination
+            .workload
+            .as_ref()
+            .map_or((UNKNOWN.to_string(), UNKNOWN.to_string()), |w| {
+                (w.name.to_string(), w.namespace.to_string())
+            });
         let l = vec![
             Label::new("waypoint", waypoint.to_string()),
-            Label::new("destination_workload", d.workload.clone()),
-            Label::new("destination_workload_namespace", d.namespace.clone()),
+            Label::new("destination_workload", workload),
+            Label::new("destination_workload_namespace", namespace),
         ];
         self.counter("ambit_inbound_enforced_by_waypoint_total", l)
             .increment(1);
@@ -350,27 +322,30 @@ impl Metrics {
 pub(crate) mod tests {
     use super::*;
 
-    fn peer(workload: &str, sa: &str) -> PeerLabels {
-        PeerLabels {
-            workload: workload.into(),
-            namespace: "demo".into(),
-            principal: format!("spiffe://cluster.local/ns/demo/sa/{sa}"),
-            canonical_service: sa.into(),
+    fn workload(name: &str, ip: &str) -> Arc<ambit_discovery::state::Workload> {
+        let w = ambit_discovery::testing::meshed_workload(name, &[ip]);
+        Arc::new(ambit_discovery::state::Workload {
+            uid: format!("Kubernetes//Pod/demo/{name}").into(),
             canonical_revision: "v1".into(),
-            cluster: "Kubernetes".into(),
-        }
+            ..w
+        })
     }
 
-    pub(crate) fn labels() -> ConnectionLabels {
-        ConnectionLabels {
+    /// A tunnel from client to reviews-v1, addressed to the reviews service.
+    pub(crate) fn parties() -> Parties {
+        use ambit_discovery::testing::{response, service};
+        let mut state = ambit_discovery::ProxyState::default();
+        state
+            .apply(&response(
+                true,
+                vec![service("reviews", &["10.96.0.10"], &["reviews-v1"])],
+            ))
+            .unwrap();
+        Parties {
             reporter: Reporter::Destination,
-            source: peer("client", "client"),
-            destination: peer("reviews-v1", "reviews"),
-            service: ServiceLabels {
-                host: "reviews.demo.svc.cluster.local".into(),
-                name: "reviews".into(),
-                namespace: "demo".into(),
-            },
+            source: Side::meshed(&workload("client", "10.244.1.2")),
+            destination: Side::meshed(&workload("reviews-v1", "10.244.1.4")),
+            service: state.service("demo/reviews").cloned(),
             security: Security::MutualTls,
         }
     }
@@ -378,12 +353,13 @@ pub(crate) mod tests {
     #[test]
     fn renders_istio_names_and_labels() {
         let m = Metrics::new();
-        let c = m.connection_opened(&labels());
+        let p = parties();
+        let c = m.connection_opened(&p);
         c.sent(100);
         c.received(42);
         c.closed();
-        m.connection_failed(&labels(), FailureReason::PolicyDenied);
-        m.enforced_by_waypoint(&labels(), "demo/waypoint");
+        m.connection_failed(&p, FailureReason::PolicyDenied);
+        m.enforced_by_waypoint(&p, "demo/waypoint");
         m.policy_audited("demo/audit-all");
         let text = m.render(&ConnectionLimits::default());
         for expected in [
@@ -423,5 +399,28 @@ pub(crate) mod tests {
         };
         assert_eq!(closed("-").as_deref(), Some("1"), "{text}");
         assert_eq!(closed("RBAC").as_deref(), Some("1"), "{text}");
+    }
+
+    #[test]
+    fn a_pair_is_resolved_once_per_config_version() {
+        let m = Metrics::new();
+        let p = parties();
+        let first = m.connection_opened(&p);
+        let second = m.connection_opened(&p);
+        assert!(Arc::ptr_eq(&first, &second), "the second connection reuses");
+        m.config_changed();
+        let third = m.connection_opened(&p);
+        assert!(
+            !Arc::ptr_eq(&first, &third),
+            "resolved again after a change"
+        );
+        // The same labels all along: one series, counting the three.
+        let text = m.render(&ConnectionLimits::default());
+        let opened: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .collect();
+        assert_eq!(opened.len(), 1, "{text}");
+        assert!(opened[0].ends_with(" 3"), "{}", opened[0]);
     }
 }
