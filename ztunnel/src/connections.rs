@@ -66,15 +66,28 @@ impl ConnectionInfo {
     }
 }
 
-#[derive(Default)]
+/// Shards of the tracker: a connection opening or closing locks one, so the data path's
+/// workers rarely meet on the same lock.
+const SHARDS: usize = 16;
+
 pub struct ConnectionTracker {
     next: AtomicU64,
-    inner: Mutex<Tracked>,
+    shards: [Mutex<Tracked>; SHARDS],
+}
+
+impl Default for ConnectionTracker {
+    fn default() -> Self {
+        ConnectionTracker {
+            next: AtomicU64::new(0),
+            shards: std::array::from_fn(|_| Mutex::default()),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Tracked {
     open: HashMap<u64, ConnectionInfo>,
+    /// This shard's share of the recently closed ones.
     recent: VecDeque<ConnectionInfo>,
 }
 
@@ -93,7 +106,7 @@ impl TrackedConnection {
 
 impl Drop for TrackedConnection {
     fn drop(&mut self) {
-        let mut t = self.tracker.inner.lock();
+        let mut t = self.tracker.shard(self.id).lock();
         if let Some(mut info) = t.open.remove(&self.id) {
             let (sent, received, error) =
                 self.outcome
@@ -102,7 +115,7 @@ impl Drop for TrackedConnection {
             info.sent = Some(sent);
             info.received = Some(received);
             info.error = error;
-            if t.recent.len() == RECENT {
+            if t.recent.len() == RECENT / SHARDS {
                 t.recent.pop_front();
             }
             t.recent.push_back(info);
@@ -113,7 +126,7 @@ impl Drop for TrackedConnection {
 impl ConnectionTracker {
     pub fn track(self: &Arc<Self>, info: ConnectionInfo) -> TrackedConnection {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.inner.lock().open.insert(id, info);
+        self.shard(id).lock().open.insert(id, info);
         TrackedConnection {
             id,
             tracker: self.clone(),
@@ -121,13 +134,24 @@ impl ConnectionTracker {
         }
     }
 
-    /// Open connections first, then the recently closed, oldest first.
+    fn shard(&self, id: u64) -> &Mutex<Tracked> {
+        &self.shards[id as usize % SHARDS]
+    }
+
+    /// Open connections first, then the recently closed (about the last [`RECENT`]), each
+    /// oldest first.
     pub fn snapshot(&self) -> Vec<ConnectionInfo> {
-        let t = self.inner.lock();
-        let mut all: Vec<ConnectionInfo> = t.open.values().cloned().collect();
-        all.sort_by_key(|c| c.started);
-        all.extend(t.recent.iter().cloned());
-        all
+        let mut open = Vec::new();
+        let mut recent = Vec::new();
+        for shard in &self.shards {
+            let t = shard.lock();
+            open.extend(t.open.values().cloned());
+            recent.extend(t.recent.iter().cloned());
+        }
+        open.sort_by_key(|c| c.started);
+        recent.sort_by_key(|c| c.started);
+        open.extend(recent);
+        open
     }
 }
 

@@ -10,6 +10,15 @@ use nix::sched::{CloneFlags, setns};
 
 use super::CaptureError;
 
+const OWN_NETNS_PATH: &str = "/proc/thread-self/ns/net";
+
+thread_local! {
+    /// The namespace this thread returns to after each [`PodNetns::run`], opened on its first
+    /// use (a thread is always in its own namespace between runs): a dial would otherwise open
+    /// and close it each time.
+    static OWN_NETNS: std::cell::OnceCell<File> = const { std::cell::OnceCell::new() };
+}
+
 /// An open handle on a pod's network namespace (`/var/run/netns/NAME`, `/proc/PID/ns/net`).
 #[derive(Debug)]
 pub struct PodNetns {
@@ -55,11 +64,23 @@ impl PodNetns {
     /// Runs `f` on this thread inside the pod's namespace, then returns to the original one.
     /// `f` must be short and must not await: it holds the thread in another namespace.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, CaptureError> {
-        let original =
-            File::open("/proc/thread-self/ns/net").map_err(|source| CaptureError::OpenNetns {
-                path: "/proc/thread-self/ns/net".into(),
-                source,
-            })?;
+        OWN_NETNS.with(|own| {
+            let own = match own.get() {
+                Some(file) => file,
+                None => {
+                    let file =
+                        File::open(OWN_NETNS_PATH).map_err(|source| CaptureError::OpenNetns {
+                            path: OWN_NETNS_PATH.into(),
+                            source,
+                        })?;
+                    own.get_or_init(|| file)
+                }
+            };
+            self.run_from(own, f)
+        })
+    }
+
+    fn run_from<T>(&self, original: &File, f: impl FnOnce() -> T) -> Result<T, CaptureError> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
             CaptureError::EnterNetns {
                 path: self.path.clone(),
@@ -68,8 +89,8 @@ impl PodNetns {
         })?;
         // Return even if `f` panics: a worker thread left in a pod's namespace would put
         // unrelated sockets there.
-        struct Restore(File);
-        impl Drop for Restore {
+        struct Restore<'a>(&'a File);
+        impl Drop for Restore<'_> {
             fn drop(&mut self) {
                 if let Err(errno) = setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET) {
                     // Continuing would create sockets in the wrong namespace.
