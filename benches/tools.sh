@@ -1,19 +1,22 @@
 #!/bin/sh
-# The Debian tools the waypoint bench drives (benches/benches/waypoint.rs): wrk (HTTP/1.1
-# load), h2load from nghttp2-client (HTTP/2 load) and nginx (the reverse proxy it compares the
-# waypoint with). Installs whichever is missing with apt-get; needs root.
+# The Debian tools the waypoint and mesh benches drive (benches/benches/{waypoint,mesh}.rs):
+# wrk (HTTP/1.1 load), h2load from nghttp2-client (HTTP/2 load), nginx (the waypoint's
+# comparator, and the mesh bench's server) and iperf3 (one-stream throughput). Installs
+# whichever is missing with apt-get; needs root.
 #
-# nginx must never run as a system service here: the bench starts its own, in a network
-# namespace, with a temporary config and `daemon off`. So the install runs with a policy-rc.d
-# that refuses service starts (Docker images ship one; if this host has none, one is put in
-# place for the install and removed after), and any nginx the package's scripts started anyway
-# is stopped through its pid file.
+# Neither nginx nor iperf3 may run as a system service here: the benches start their own, in a
+# network namespace, in the foreground, and a service on the host would hold their ports and
+# add noise. So the install runs with a policy-rc.d that refuses service starts (Docker images
+# ship one; if this host has none, one is put in place for the install and removed after),
+# iperf3's debconf question "start as a daemon" is answered no before apt-get can ask it, and
+# any nginx or iperf3 service the package scripts started anyway is stopped.
 set -eu
 
 missing=""
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v h2load >/dev/null 2>&1 || missing="$missing nghttp2-client"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
+command -v iperf3 >/dev/null 2>&1 || missing="$missing iperf3"
 
 if [ -z "$missing" ]; then
     exit 0
@@ -24,6 +27,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "benches/tools.sh: installing$missing with apt-get" >&2
 
+case "$missing" in
+*iperf3*)
+    # Noninteractive takes each question's default; set this one explicitly in case a
+    # preseed on this host says otherwise.
+    echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
+    ;;
+esac
 policy=/usr/sbin/policy-rc.d
 placed=""
 if [ ! -e "$policy" ]; then
@@ -42,5 +52,15 @@ if [ -s /run/nginx.pid ]; then
     pid=$(cat /run/nginx.pid)
     echo "benches/tools.sh: stopping the nginx service the package started (pid $pid)" >&2
     kill "$pid" 2>/dev/null || true
+fi
+if [ -s /run/iperf3.pid ]; then
+    pid=$(cat /run/iperf3.pid)
+    echo "benches/tools.sh: stopping the iperf3 service the package started (pid $pid)" >&2
+    kill "$pid" 2>/dev/null || true
+fi
+# Under systemd the unit keeps no pid file, and it would start again at boot.
+if [ -d /run/systemd/system ] && systemctl is-active --quiet iperf3.service 2>/dev/null; then
+    echo "benches/tools.sh: stopping and disabling the iperf3 service the package started" >&2
+    systemctl disable --now iperf3.service >&2 || true
 fi
 exit $status

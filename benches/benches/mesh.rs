@@ -1,49 +1,96 @@
-//! The data path end to end, on a local mesh of network namespaces: a client pod on node-a
-//! and a server pod on node-b, each captured by its node's ztunnel, against the same two pods
-//! talking directly (a port that bypasses capture), in one run, interleaved, as ratios; plus
-//! each ztunnel's CPU and memory with `--pods` pods on the nodes (100 by default).
+//! The L4 data path end to end, set up as DESIGN.md's reference figures for Istio's ztunnel
+//! were measured: a client pod on node-a and a server pod on node-b, each captured by its
+//! node's ztunnel, against the same two pods on a port that bypasses capture (direct), in one
+//! run, interleaved, medians, as ratios. Debian's tools on both ends: nginx with one worker
+//! answering a small 200, then iperf3, in the server pod; wrk and iperf3 in the client pod.
+//! Each ztunnel's CPU and memory come from `/proc`, with `--pods` pods in the mesh.
 //!
-//! Needs root and release binaries: `cargo build --release --bins && cargo bench -p
-//! ambit-benches --bench mesh [-- --rounds 3 --seconds 5 --pods 100 --workers 2]`.
+//! Needs root, the tools (`benches/tools.sh` installs them) and release binaries:
+//! `cargo build --release --bins && cargo bench -p ambit-benches --bench mesh [-- --rounds 5
+//! --seconds 15 --pods 100 --workers 2 --json]`. `--seconds` sets every run's length (default:
+//! 15 s for wrk, 10 s for iperf3).
 
-use std::process::{Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
-use ambit_benches::procfs::{cpu_seconds, memory_mb};
-use ambit_benches::{Args, median, report};
-use ambit_controller::local::apps::LoadResult;
-use ambit_controller::local::{
-    BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, LocalMesh, Options, load,
-};
+use ambit_benches::iperf3;
+use ambit_benches::procfs::memory_mb;
+use ambit_benches::record::{Record, cpu_over};
+use ambit_benches::tools::{self, wrk, wrk_script};
+use ambit_benches::{Args, report};
+use ambit_controller::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, LocalMesh, Options};
+use ambit_testbed::Netns;
+use serde_json::{Value, json};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+/// The paced runs: 10 connections, each waiting 10 ms after every answer: ~1k req/s.
+const PACED_CONNECTIONS: usize = 10;
+const PACED_DELAY_MS: u32 = 10;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Mesh,
+    Direct,
+}
+
+impl Via {
+    fn name(self) -> &'static str {
+        match self {
+            Via::Mesh => "mesh",
+            Via::Direct => "direct",
+        }
+    }
+
+    fn target(self) -> SocketAddr {
+        let port = match self {
+            Via::Mesh => BENCH_MESH_PORT,
+            Via::Direct => BENCH_DIRECT_PORT,
+        };
+        SocketAddr::from((SERVER_IP, port))
+    }
+
+    /// Direct first in even rounds, so neither path always runs on a warmer machine.
+    fn order(round: usize) -> [Via; 2] {
+        if round.is_multiple_of(2) {
+            [Via::Direct, Via::Mesh]
+        } else {
+            [Via::Mesh, Via::Direct]
+        }
+    }
+}
 
 struct Opts {
     rounds: usize,
-    seconds: u64,
+    wrk_seconds: u64,
+    iperf3_seconds: u64,
     pods: usize,
-    megabytes: u64,
     workers: usize,
+    json: bool,
 }
 
 fn opts() -> Opts {
     let args = Args::from_env();
+    let seconds: Option<u64> = args.text("--seconds").and_then(|s| s.parse().ok());
     Opts {
-        rounds: args.value("--rounds", 3).max(1),
-        seconds: args.value("--seconds", 5).max(1),
+        rounds: args.value("--rounds", 5).max(1),
+        wrk_seconds: seconds.unwrap_or(15).max(1),
+        iperf3_seconds: seconds.unwrap_or(10).max(1),
         pods: args.value("--pods", 100).max(2),
-        megabytes: args.value("--megabytes", 1024),
         workers: args.value("--workers", 2).max(1),
+        json: args.flag("--json"),
     }
 }
 
 /// Two nodes; client on node-a, server on node-b, the rest idle pods spread over both.
 fn mesh_file(pods: usize) -> String {
-    let mut y = String::from(
+    let mut y = format!(
         "trustDomain: cluster.local\n\
-         nodes:\n  - {name: node-a, bootstrapToken: bench-a}\n  - {name: node-b, bootstrapToken: bench-b}\n\
-         namespaces:\n  - name: bench\n    labels: {ambit.io/dataplane-mode: ambient}\n\
+         nodes:\n  - {{name: node-a, bootstrapToken: bench-a}}\n  - {{name: node-b, bootstrapToken: bench-b}}\n\
+         namespaces:\n  - name: bench\n    labels: {{ambit.io/dataplane-mode: ambient}}\n\
          pods:\n\
-         \x20 - {name: client, namespace: bench, node: node-a, serviceAccount: client, ipv4: 10.244.1.2, ipv6: \"fd00:10:244:1::2\"}\n\
-         \x20 - {name: server, namespace: bench, node: node-b, serviceAccount: server, ipv4: 10.244.2.2, ipv6: \"fd00:10:244:2::2\", ports: [8080], app: http-echo}\n",
+         \x20 - {{name: client, namespace: bench, node: node-a, serviceAccount: client, ipv4: 10.244.1.2, ipv6: \"fd00:10:244:1::2\"}}\n\
+         \x20 - {{name: server, namespace: bench, node: node-b, serviceAccount: server, ipv4: {SERVER_IP}, ipv6: \"fd00:10:244:2::2\", ports: [{BENCH_MESH_PORT}]}}\n",
     );
     for i in 0..pods.saturating_sub(2) {
         let node = 1 + i % 2;
@@ -57,178 +104,278 @@ fn mesh_file(pods: usize) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !nix_root() {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("mesh bench: skipped, it builds network namespaces and needs root");
         return Ok(());
     }
     let o = opts();
+    tools::ensure_installed()?;
     let binaries = Binaries::locate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let work_dir = std::env::temp_dir().join(format!("ambit-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)?;
-    let file = work_dir.join("bench-mesh.yaml");
+    let dir = std::env::temp_dir().join(format!("ambit-mesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("bench-mesh.yaml");
     std::fs::write(&file, mesh_file(o.pods))?;
     let mesh = runtime.block_on(LocalMesh::up(
         Options {
             mesh_file: Some(file),
-            work_dir: work_dir.join("run"),
-            binaries: binaries.clone(),
-            start_apps: true,
+            work_dir: dir.join("run"),
+            binaries,
+            start_apps: false,
             record_current: false,
             ztunnel_workers: Some(o.workers),
         },
         &|step| eprintln!("mesh bench: {step}"),
     ))?;
-    let pids: Vec<u32> = mesh.state().nodes.iter().filter_map(|n| n.pid).collect();
-    let client = mesh.pod("bench", "client")?.netns().clone();
-    let server_pod = mesh.pod("bench", "server")?;
-    let server_ip = server_pod.ipv4();
-    let server = server_pod.netns().clone();
-    std::thread::sleep(Duration::from_secs(1));
-    let idle: Vec<(f64, f64)> = pids.iter().map(|p| memory_mb(*p)).collect();
-
-    let spawn_server = |kind: &str| {
-        server.spawn(
-            Command::new(&binaries.ambit)
-                .args(["app", "serve", "--kind", kind, "--name", "server"])
-                .args(["--port", &BENCH_MESH_PORT.to_string()])
-                .args(["--port", &BENCH_DIRECT_PORT.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-    };
-    let url = |port: u16| format!("http://{server_ip}:{port}/");
-    let secs = Duration::from_secs(o.seconds);
-    let port = |mesh: bool| {
-        if mesh {
-            BENCH_MESH_PORT
-        } else {
-            BENCH_DIRECT_PORT
-        }
-    };
-
-    let http = spawn_server("http-echo")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let mut rps1 = (vec![], vec![]);
-    let mut rps64 = (vec![], vec![]);
-    let mut paced = (vec![], vec![]);
-    let mut cpu_per_request = vec![];
-    for round in 0..o.rounds {
-        for via_mesh in [round % 2 == 1, round % 2 == 0] {
-            let run = |c: usize, rate: Option<u32>| -> anyhow::Result<LoadResult> {
-                Ok(load::http_load(
-                    &binaries.ambit,
-                    &client,
-                    &url(port(via_mesh)),
-                    c,
-                    secs,
-                    rate,
-                )?)
-            };
-            let one = run(1, None)?;
-            let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-            let many = run(64, None)?;
-            let cpu_after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-            let slow = run(10, Some(1000))?;
-            let (r1, r64, rp) = if via_mesh {
-                cpu_per_request.push(
-                    (cpu_after - cpu_before) / pids.len() as f64 / many.requests.max(1) as f64
-                        * 1e6,
-                );
-                (&mut rps1.0, &mut rps64.0, &mut paced.0)
-            } else {
-                (&mut rps1.1, &mut rps64.1, &mut paced.1)
-            };
-            r1.push(one.rps);
-            r64.push(many.rps);
-            rp.push((slow.p50_ms, slow.p99_ms));
-        }
+    let result = measure(&mesh, &dir, &o);
+    let down = mesh.down();
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = result?;
+    down?;
+    print_summary(&r, &o);
+    if o.json {
+        println!("{}", r.to_json());
     }
-    drop(http);
-    let sink = spawn_server("sink")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let mut gbps = (vec![], vec![]);
-    let mut cpu_per_gb = vec![];
-    for round in 0..o.rounds {
-        for via_mesh in [round % 2 == 1, round % 2 == 0] {
-            let target = std::net::SocketAddr::from((server_ip, port(via_mesh)));
-            let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-            let r = load::blast(&binaries.ambit, &client, target, o.megabytes)?;
-            let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-            if via_mesh {
-                gbps.0.push(r.gbps);
-                cpu_per_gb.push((after - before) / (r.bytes as f64 / 1e9));
-            } else {
-                gbps.1.push(r.gbps);
-            }
-        }
-    }
-    drop(sink);
-    let peak: Vec<(f64, f64)> = pids.iter().map(|p| memory_mb(*p)).collect();
-
-    println!(
-        "mesh bench: client@node-a -> server@node-b through two ztunnels ({} worker threads each) vs direct; {} pods; {} rounds of {}s; medians",
-        o.workers, o.pods, o.rounds, o.seconds
-    );
-    report(
-        "HTTP max rate, 1 connection",
-        "req/s",
-        median(rps1.0),
-        median(rps1.1),
-        Some(">= 0.65"),
-    );
-    report(
-        "HTTP max rate, 64 connections",
-        "req/s",
-        median(rps64.0),
-        median(rps64.1),
-        Some(">= 0.55"),
-    );
-    report(
-        "one stream throughput",
-        "Gbit/s",
-        median(gbps.0),
-        median(gbps.1),
-        Some(">= 0.50"),
-    );
-    let p50 = |v: &[(f64, f64)]| median(v.iter().map(|p| p.0).collect());
-    let p99 = |v: &[(f64, f64)]| median(v.iter().map(|p| p.1).collect());
-    let (mp, dp) = (p50(&paced.0), p50(&paced.1));
-    println!(
-        "{:<44} mesh {mp:>12.3} ms       direct {dp:>12.3} ms       added {:+.3} ms  (target <= +0.25 ms)",
-        "p50 at 1000 req/s (paced, 10 connections)",
-        mp - dp
-    );
-    let (mp, dp) = (p99(&paced.0), p99(&paced.1));
-    println!(
-        "{:<44} mesh {mp:>12.3} ms       direct {dp:>12.3} ms       added {:+.3} ms",
-        "p99 at 1000 req/s (paced, 10 connections)",
-        mp - dp
-    );
-    println!(
-        "{:<44} {:.1} us per request per proxy  (target <= 7 us)",
-        "CPU, 64 connections",
-        median(cpu_per_request)
-    );
-    println!(
-        "{:<44} {:.2} core-s per GB, both proxies  (target <= 0.9)",
-        "CPU, one stream",
-        median(cpu_per_gb)
-    );
-    for ((node, (rss, _)), (_, hwm)) in mesh.state().nodes.iter().zip(&idle).zip(&peak) {
-        println!(
-            "{:<44} idle {rss:.1} MB, peak {hwm:.1} MB  (targets <= 8 / <= 20 MB)",
-            format!("ztunnel {} memory ({} pods in mesh)", node.name, o.pods)
-        );
-    }
-    mesh.down()?;
-    let _ = std::fs::remove_dir_all(&work_dir);
     Ok(())
 }
 
-fn nix_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// What every part of the run uses: the pods' namespaces, the ztunnels, the options.
+struct Bench<'a> {
+    z: Vec<(String, u32)>,
+    client: Netns,
+    server: Netns,
+    dir: &'a Path,
+    o: &'a Opts,
+}
+
+fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Record> {
+    let z = mesh.state().nodes.into_iter().map(|n| match n.pid {
+        Some(pid) => Ok((n.name.replace('-', "_"), pid)),
+        None => Err(anyhow::anyhow!("the ztunnel of {} is not running", n.name)),
+    });
+    let b = Bench {
+        z: z.collect::<anyhow::Result<_>>()?,
+        client: mesh.pod("bench", "client")?.netns().clone(),
+        server: mesh.pod("bench", "server")?.netns().clone(),
+        dir,
+        o,
+    };
+    let mut r = Record::default();
+    r.set("rounds", o.rounds);
+    r.set("wrk_seconds", o.wrk_seconds);
+    r.set("iperf3_seconds", o.iperf3_seconds);
+    r.set("pods", o.pods);
+    r.set("workers", o.workers);
+    // Let the ztunnels settle after taking their config and capturing the pods.
+    std::thread::sleep(Duration::from_secs(3));
+    for (node, pid) in &b.z {
+        r.set(&format!("rss_idle_mb_{node}"), memory_mb(*pid).0);
+    }
+    http(&mut r, &b)?;
+    throughput(&mut r, &b)?;
+    // What the proxies keep once the load is over (buffers, pools), and their high-water mark.
+    std::thread::sleep(Duration::from_secs(3));
+    for (node, pid) in &b.z {
+        let (rss, hwm) = memory_mb(*pid);
+        r.set(&format!("rss_after_load_mb_{node}"), rss);
+        r.set(&format!("rss_peak_mb_{node}"), hwm);
+    }
+    let now: Vec<Option<u32>> = mesh.state().nodes.iter().map(|n| n.pid).collect();
+    let restarted = b.z.iter().zip(&now).any(|((_, pid), n)| *n != Some(*pid));
+    r.set("ztunnel_restarted", restarted);
+    for (test, figure) in RATIOS {
+        let median = |path: &str| r.median(&format!("{test}_{figure}_{path}"));
+        r.set(&format!("{test}_ratio"), median("mesh") / median("direct"));
+    }
+    for q in ["p50", "p99"] {
+        let median = |path: &str| r.median(&format!("paced_{q}_ms_{path}"));
+        r.set(
+            &format!("paced_{q}_added_ms"),
+            median("mesh") - median("direct"),
+        );
+    }
+    Ok(r)
+}
+
+/// The figures reported as mesh / direct: test and figure, as in the JSON keys.
+const RATIOS: [(&str, &str); 4] = [
+    ("wrk_c1", "rps"),
+    ("wrk_c64", "rps"),
+    ("iperf3_up", "gbps"),
+    ("iperf3_down", "gbps"),
+];
+
+/// wrk against nginx: 1 and 64 connections at full speed, then paced at ~1k req/s.
+fn http(r: &mut Record, b: &Bench) -> anyhow::Result<()> {
+    let _nginx = tools::nginx_ok(
+        &b.server,
+        b.dir,
+        &[Via::Mesh.target(), Via::Direct.target()],
+    )?;
+    let full = wrk_script(b.dir, None)?;
+    let paced = wrk_script(b.dir, Some(PACED_DELAY_MS))?;
+    let url = |via: Via| format!("http://{}/", via.target());
+    // The mesh path's first connections also set up the HBONE pool; keep that out of round 0.
+    for via in [Via::Direct, Via::Mesh] {
+        wrk(&b.client, &full, &url(via), 64, 1, &mut || {})?;
+    }
+    let mut errors = [0u64; 2];
+    for round in 0..b.o.rounds {
+        for via in Via::order(round) {
+            for (test, connections, script) in [
+                ("wrk_c1", 1, &full),
+                ("wrk_c64", 64, &full),
+                ("wrk_paced", PACED_CONNECTIONS, &paced),
+            ] {
+                let (load, cpu) = cpu_over(&b.z, || {
+                    wrk(
+                        &b.client,
+                        script,
+                        &url(via),
+                        connections,
+                        b.o.wrk_seconds,
+                        &mut || {},
+                    )
+                })?;
+                r.sample_with_cpu(
+                    json!({"round": round, "path": via.name(), "test": test,
+                        "connections": connections, "rps": load.rps(), "requests": load.ok,
+                        "seconds": load.seconds, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
+                        "max_ms": load.max_ms, "errors": load.errors, "non_2xx": load.non_2xx}),
+                    &cpu,
+                );
+                errors[via as usize] += load.errors + load.non_2xx;
+                let path = via.name();
+                r.add(&format!("{test}_rps_{path}"), load.rps());
+                if test == "wrk_paced" {
+                    r.add(&format!("paced_p50_ms_{path}"), load.p50_ms);
+                    r.add(&format!("paced_p99_ms_{path}"), load.p99_ms);
+                }
+                if test == "wrk_c64" && via == Via::Mesh {
+                    let per_request = |cpu: f64| cpu / load.ok.max(1) as f64 * 1e6;
+                    for (node, seconds) in &cpu {
+                        r.add(&format!("cpu_us_per_request_{node}"), per_request(*seconds));
+                    }
+                    let total: f64 = cpu.iter().map(|(_, s)| s).sum();
+                    let per_proxy = per_request(total) / cpu.len() as f64;
+                    r.add("cpu_us_per_request_per_proxy", per_proxy);
+                }
+            }
+        }
+    }
+    r.set("errors_mesh", errors[Via::Mesh as usize]);
+    r.set("errors_direct", errors[Via::Direct as usize]);
+    Ok(())
+}
+
+/// iperf3, one stream up then one down, per path; nginx is gone by now.
+fn throughput(r: &mut Record, b: &Bench) -> anyhow::Result<()> {
+    let _servers = [
+        iperf3::server(&b.server, Via::Mesh.target())?,
+        iperf3::server(&b.server, Via::Direct.target())?,
+    ];
+    for round in 0..b.o.rounds {
+        for via in Via::order(round) {
+            let (mut cpu_total, mut bytes) = (0.0, 0u64);
+            for (test, reverse) in [("iperf3_up", false), ("iperf3_down", true)] {
+                let (t, cpu) = cpu_over(&b.z, || {
+                    iperf3::run(&b.client, via.target(), b.o.iperf3_seconds, reverse)
+                })?;
+                r.sample_with_cpu(
+                    json!({"round": round, "path": via.name(), "test": test, "gbps": t.gbps(),
+                        "bytes": t.bytes, "seconds": t.seconds, "retransmits": t.retransmits}),
+                    &cpu,
+                );
+                r.add(&format!("{test}_gbps_{}", via.name()), t.gbps());
+                cpu_total += cpu.iter().map(|(_, s)| s).sum::<f64>();
+                bytes += t.bytes;
+            }
+            if via == Via::Mesh {
+                r.add("cpu_core_s_per_gb", cpu_total / (bytes.max(1) as f64 / 1e9));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(r: &Record, o: &Opts) {
+    println!(
+        "mesh bench: client@node-a -> server@node-b (nginx 1 worker, small 200; iperf3) through two \
+         ztunnels ({} worker threads each) vs direct (port {BENCH_DIRECT_PORT}, not captured); {} pods; \
+         {} rounds interleaved, wrk {} s, iperf3 {} s; medians",
+        o.workers, o.pods, o.rounds, o.wrk_seconds, o.iperf3_seconds
+    );
+    let labels = [
+        ("wrk max rate, 1 connection (-t1 -c1)", "req/s", ">= 0.65"),
+        (
+            "wrk max rate, 64 connections (-t2 -c64)",
+            "req/s",
+            ">= 0.55",
+        ),
+        (
+            "iperf3 one stream up (client -> server)",
+            "Gbit/s",
+            ">= 0.50",
+        ),
+        ("iperf3 one stream down (-R)", "Gbit/s", ">= 0.50"),
+    ];
+    for ((test, figure), (label, unit, target)) in RATIOS.iter().zip(labels) {
+        let median = |path: &str| r.median(&format!("{test}_{figure}_{path}"));
+        report(label, unit, median("mesh"), median("direct"), Some(target));
+    }
+    let rate = r.median("wrk_paced_rps_direct");
+    for (q, target) in [
+        ("p50", "<= +0.25 ms"),
+        ("p99", "<= 0.7x Istio's +0.65 / +0.96 ms"),
+    ] {
+        let (m, d) = (
+            r.median(&format!("paced_{q}_ms_mesh")),
+            r.median(&format!("paced_{q}_ms_direct")),
+        );
+        println!(
+            "{:<44} mesh {m:>12.3} ms       direct {d:>12.3} ms       added {:+.3} ms  (target {target})",
+            format!("{q} at ~{rate:.0} req/s (paced, {PACED_CONNECTIONS} conns)"),
+            m - d
+        );
+    }
+    println!(
+        "{:<44} {:.1} us per request per proxy (node-a {:.1}, node-b {:.1})  (target <= 0.7x Istio's: ~10 / 19.4 us)",
+        "CPU, wrk 64 connections",
+        r.median("cpu_us_per_request_per_proxy"),
+        r.median("cpu_us_per_request_node_a"),
+        r.median("cpu_us_per_request_node_b"),
+    );
+    println!(
+        "{:<44} {:.2} core-s per GB, both proxies  (target <= 0.7x Istio's: ~1.25 / 1.6 core-s)",
+        "CPU, iperf3 up and down",
+        r.median("cpu_core_s_per_gb")
+    );
+    let field = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    for node in ["node_a", "node_b"] {
+        println!(
+            "{:<44} idle {:.1} MB, after load {:.1} MB, peak {:.1} MB  (targets <= 8 / <= 12 / <= 20 MB)",
+            format!(
+                "ztunnel {} RSS ({} pods in mesh)",
+                node.replace('_', "-"),
+                o.pods
+            ),
+            field(&format!("rss_idle_mb_{node}")),
+            field(&format!("rss_after_load_mb_{node}")),
+            field(&format!("rss_peak_mb_{node}")),
+        );
+    }
+    let restarted = r.get("ztunnel_restarted") == Some(&Value::Bool(true));
+    println!(
+        "wrk errors and non-2xx answers: mesh {}, direct {}{}",
+        field("errors_mesh"),
+        field("errors_direct"),
+        if restarted {
+            "; A ZTUNNEL RESTARTED DURING THE RUN"
+        } else {
+            ""
+        }
+    );
 }

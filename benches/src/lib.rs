@@ -5,7 +5,9 @@ use std::time::Duration;
 
 pub mod alloc;
 pub mod cpu;
+pub mod iperf3;
 pub mod procfs;
+pub mod record;
 pub mod tools;
 
 /// A bench's command line: `--name value` options and `--flag` switches after `cargo bench

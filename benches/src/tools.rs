@@ -1,6 +1,8 @@
 //! Debian's load tools and nginx, run inside a testbed namespace: `wrk` (HTTP/1.1 keep-alive
-//! load), `h2load` (HTTP/2, h2c prior knowledge) and nginx as a plain reverse proxy, the
-//! comparator users know. `benches/tools.sh` installs whichever is missing.
+//! load), `h2load` (HTTP/2, h2c prior knowledge), nginx as a plain reverse proxy (the
+//! comparator users know) or as a server answering a small 200 (what the reference figures
+//! were measured against). iperf3 is in [`crate::iperf3`]. `benches/tools.sh` installs
+//! whichever is missing.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -10,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use ambit_testbed::{Netns, NetnsChild};
 
-/// Installs wrk, h2load and nginx with apt-get if any is missing (`benches/tools.sh`).
+/// Installs wrk, h2load, nginx and iperf3 with apt-get if any is missing (`benches/tools.sh`).
 pub fn ensure_installed() -> io::Result<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools.sh");
     if Command::new("sh").arg(&script).status()?.success() {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "wrk, h2load or nginx is missing and {} could not install them",
+            "wrk, h2load, nginx or iperf3 is missing and {} could not install them",
             script.display()
         )))
     }
@@ -45,13 +47,13 @@ impl Load {
     }
 }
 
-fn error(e: impl std::fmt::Display) -> io::Error {
+pub(crate) fn error(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
 /// Runs a tool in `netns` to its end and returns its stdout; `midway` runs halfway through
 /// its `seconds` (to sample a proxy under load).
-fn run_tool(
+pub(crate) fn run_tool(
     netns: &Netns,
     cmd: &mut Command,
     seconds: u64,
@@ -205,42 +207,77 @@ pub fn nginx(
     h2: bool,
     access_log: bool,
 ) -> io::Result<NetnsChild> {
-    let d = dir.display();
-    let log = if access_log {
-        format!("{d}/nginx-access.log")
-    } else {
-        "off".into()
-    };
+    let servers = proxy_servers(listen, upstream, h2);
+    let name = if h2 { "nginx-h2" } else { "nginx" };
+    start_nginx(netns, dir, name, access_log, &servers, &[listen])
+}
+
+fn proxy_servers(listen: SocketAddr, upstream: SocketAddr, h2: bool) -> String {
     let http2 = if h2 { " http2" } else { "" };
-    let conf = dir.join(if h2 { "nginx-h2.conf" } else { "nginx.conf" });
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n  access_log {log};\n  client_body_temp_path {d}/nginx-body;\n\
-             \x20 proxy_temp_path {d}/nginx-proxy;\n  fastcgi_temp_path {d}/nginx-fastcgi;\n\
-             \x20 uwsgi_temp_path {d}/nginx-uwsgi;\n  scgi_temp_path {d}/nginx-scgi;\n\
-             \x20 keepalive_requests 1000000;\n\
-             \x20 upstream server {{ server {upstream}; keepalive 128; keepalive_requests 1000000; }}\n\
-             \x20 server {{\n    listen {listen}{http2};\n\
-             \x20   location / {{ proxy_pass http://server; proxy_http_version 1.1; \
-             proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
-        ),
-    )?;
+    format!(
+        "  upstream server {{ server {upstream}; keepalive 128; keepalive_requests 1000000; }}\n\
+         \x20 server {{\n    listen {listen}{http2};\n\
+         \x20   location / {{ proxy_pass http://server; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }}\n  }}\n"
+    )
+}
+
+/// nginx answering every request on each of `listen` with a small 200 (`ok`), one worker, no
+/// access log, keep-alive without a request limit: the server Istio's ztunnel figures in
+/// DESIGN.md were measured against. Runs like [`nginx`], until the handle goes.
+pub fn nginx_ok(netns: &Netns, dir: &Path, listen: &[SocketAddr]) -> io::Result<NetnsChild> {
+    start_nginx(netns, dir, "nginx-ok", false, &ok_servers(listen), listen)
+}
+
+fn ok_servers(listen: &[SocketAddr]) -> String {
+    let listens: String = listen.iter().map(|a| format!(" listen {a};")).collect();
+    format!("  server {{{listens} location / {{ return 200 \"ok\\n\"; }} }}\n")
+}
+
+/// Writes `<dir>/<name>.conf` (one worker, every path nginx writes kept in `dir`, so it runs
+/// beside a system nginx without touching its files) and starts nginx on it in the foreground.
+fn start_nginx(
+    netns: &Netns,
+    dir: &Path,
+    name: &str,
+    access_log: bool,
+    servers: &str,
+    listen: &[SocketAddr],
+) -> io::Result<NetnsChild> {
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf, nginx_conf(dir, name, access_log, servers))?;
     let child = netns
         .spawn(
             Command::new("nginx")
                 .arg("-c")
                 .arg(&conf)
                 .arg("-e")
-                .arg(dir.join("nginx-error.log"))
+                .arg(dir.join(format!("{name}-error.log")))
                 .args(["-g", "daemon off;"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )
         .map_err(error)?;
-    wait_port(netns, listen)?;
+    for addr in listen {
+        wait_port(netns, *addr)?;
+    }
     Ok(child)
+}
+
+fn nginx_conf(dir: &Path, name: &str, access_log: bool, servers: &str) -> String {
+    let d = dir.display();
+    let log = if access_log {
+        format!("{d}/{name}-access.log")
+    } else {
+        "off".into()
+    };
+    format!(
+        "worker_processes 1;\npid {d}/{name}.pid;\nevents {{ worker_connections 1024; }}\n\
+         http {{\n  access_log {log};\n  client_body_temp_path {d}/nginx-body;\n\
+         \x20 proxy_temp_path {d}/nginx-proxy;\n  fastcgi_temp_path {d}/nginx-fastcgi;\n\
+         \x20 uwsgi_temp_path {d}/nginx-uwsgi;\n  scgi_temp_path {d}/nginx-scgi;\n\
+         \x20 keepalive_requests 1000000;\n{servers}}}\n"
+    )
 }
 
 /// Waits up to 10 s for something to accept connections on `addr` inside `netns`.
@@ -275,5 +312,43 @@ mod tests {
         assert_eq!((load.ok, load.errors, load.non_2xx), (61700, 31, 28));
         assert_eq!(load.seconds, 5.0);
         assert_eq!(parse_h2load("", 4.0).seconds, 4.0);
+    }
+
+    /// What we write is what nginx reads: `nginx -t` on each config (skipped without nginx).
+    #[test]
+    fn nginx_accepts_its_configs() {
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|n| Command::new(n).arg("-v").output().is_ok());
+        let Some(nginx) = nginx else {
+            eprintln!("nginx is not installed: config check skipped");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("ambit-nginx-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a: SocketAddr = "127.0.0.1:15098".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:15099".parse().unwrap();
+        let configs = [
+            ("proxy", proxy_servers(a, b, false)),
+            ("proxy-h2", proxy_servers(a, b, true)),
+            ("ok", ok_servers(&[a, b])),
+        ];
+        for (name, servers) in configs {
+            let conf = dir.join(format!("{name}.conf"));
+            std::fs::write(&conf, nginx_conf(&dir, name, false, &servers)).unwrap();
+            let out = Command::new(nginx)
+                .args(["-t", "-q", "-c"])
+                .arg(&conf)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
