@@ -1,16 +1,16 @@
 //! The config a proxy serves with, as one value swapped whole: readers (every connection,
 //! every request) take the current version without a lock and never wait for an update; an
 //! update builds the next version beside it and swaps it in. The version replaced is freed by
-//! the updater, off the data path, once no reader holds it: freeing a 50k-workload state is
-//! milliseconds of work a data-path worker must not do.
+//! the updater, or once its readers let go by a thread of its own, never by a reader: freeing
+//! a 50k-workload state is milliseconds of work a data-path worker must not do.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-/// How long the updater waits for readers to let go of a replaced version before it leaves the
-/// freeing to the last of them. Most readers hold a version for one connection's setup; a
+/// How long a retiring thread waits for readers to let go of a replaced version before it
+/// leaves the freeing to the last of them. Most readers hold a version for one connection's setup; a
 /// long request through a waypoint may hold it longer, and then frees it itself.
 const RETIRE_WAIT: Duration = Duration::from_secs(2);
 /// The first pause between looks at the readers; it doubles up to the last.
@@ -45,12 +45,20 @@ impl<T> Current<T> {
         self.value.load_full()
     }
 
-    /// Swaps `next` in and frees the version it replaced once no reader holds it. Call it from
-    /// the updater's own thread (a blocking one), never from a data-path worker: it may wait
-    /// for readers.
-    pub fn replace(&self, next: T) {
+    /// Swaps `next` in; the version it replaced is freed here if no reader holds it, else by
+    /// a thread of its own once they let go. Call it from the updater's own thread (a blocking
+    /// one), never from a data-path worker.
+    pub fn replace(&self, next: T)
+    where
+        T: Send + Sync + 'static,
+    {
         let old = self.value.swap(Arc::new(next));
-        retire(old);
+        if let Err(held) = Arc::try_unwrap(old).map(drop) {
+            // Most readers hold a version for microseconds; the update need not wait for them.
+            let _ = std::thread::Builder::new()
+                .name("config-retire".into())
+                .spawn(move || retire(held));
+        }
     }
 }
 
@@ -77,8 +85,6 @@ fn retire<T>(mut old: Arc<T>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
 
     /// Counts where it was dropped.
@@ -93,36 +99,46 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_version_is_freed_by_the_updater_after_its_last_reader() {
+    fn a_replaced_version_is_freed_off_the_readers_thread_once_they_let_go() {
         let dropped_on = Arc::new(parking_lot::Mutex::new(None));
-        let current = Arc::new(Current::new(Tracked {
+        let current = Current::new(Tracked {
             dropped_on: dropped_on.clone(),
-        }));
-        // A reader holds the first version while the update happens.
+        });
+        // A reader holds the first version while the update happens; the update does not
+        // wait for it.
         let held = current.get();
-        let reader = {
-            let released = Arc::new(AtomicUsize::new(0));
-            let r = released.clone();
-            let handle = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                r.store(1, Ordering::SeqCst);
-                drop(held);
-                std::thread::current().id()
-            });
-            (handle, released)
-        };
         current.replace(Tracked {
             dropped_on: Arc::new(parking_lot::Mutex::new(None)),
         });
-        assert_eq!(
-            reader.1.load(Ordering::SeqCst),
-            1,
-            "replace returned before the reader let go"
-        );
-        let reader_thread = reader.0.join().unwrap();
-        let freed_on = dropped_on.lock().expect("the old version was freed");
-        assert_eq!(freed_on, std::thread::current().id());
-        assert_ne!(freed_on, reader_thread);
+        assert!(dropped_on.lock().is_none(), "freed while a reader held it");
+        let reader = std::thread::spawn(move || {
+            drop(held);
+            std::thread::current().id()
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let freed_on = loop {
+            if let Some(id) = *dropped_on.lock() {
+                break id;
+            }
+            assert!(Instant::now() < deadline, "never freed");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_ne!(freed_on, reader, "the reader freed it");
+        assert_ne!(freed_on, std::thread::current().id(), "the updater waited");
+    }
+
+    #[test]
+    fn a_version_no_reader_holds_is_freed_by_the_updater() {
+        let dropped_on = Arc::new(parking_lot::Mutex::new(None));
+        let current = Current::new(Tracked {
+            dropped_on: dropped_on.clone(),
+        });
+        current.replace(Tracked {
+            dropped_on: Arc::new(parking_lot::Mutex::new(None)),
+        });
+        assert_eq!(*dropped_on.lock(), Some(std::thread::current().id()));
     }
 
     #[test]

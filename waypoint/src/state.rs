@@ -82,7 +82,9 @@ impl Store {
         )
         .map_err(|e| e.to_string())?;
         let traffic = Traffic::compile(&mesh, &current.traffic).map_err(|e| e.to_string())?;
-        // The snapshot replaced is freed here, on the updater's (blocking) thread.
+        // Let go of it first, so that unless a request still holds it, the snapshot replaced is
+        // freed here, on the updater's (blocking) thread.
+        drop(current);
         self.current.replace(Snapshot {
             mesh,
             routes,
