@@ -85,20 +85,20 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadBuf};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
     use tokio::net::TcpListener;
 
     use super::*;
 
     /// An upstream that behaves until it has handed over `fail_after` bytes, then fails its
     /// next read as a reset peer would.
-    struct ResetAfter {
-        inner: DuplexStream,
+    struct ResetAfter<S> {
+        inner: S,
         fail_after: usize,
         read: usize,
     }
 
-    impl AsyncRead for ResetAfter {
+    impl<S: AsyncRead + Unpin> AsyncRead for ResetAfter<S> {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -114,21 +114,7 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for ResetAfter {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, data)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
+    ambit_proto::forward_async_write!(ResetAfter);
 
     /// A client connected over loopback, and the accepted side that ztunnel would splice.
     async fn tcp_pair() -> (TcpStream, TcpStream) {
