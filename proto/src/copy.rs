@@ -6,19 +6,126 @@
 //! Each direction's buffer starts small and grows only while reads fill it: a request/response
 //! connection holds a few KiB, a bulk transfer reaches the size that moves it in few syscalls
 //! and few HTTP/2 frames. (tokio's copy takes one fixed size for both, paid up front by every
-//! connection, idle or not.)
+//! connection, idle or not.) Bytes move as [`Bytes`] chunks, so a stream that already holds its
+//! bytes in shared buffers (an HBONE tunnel: HTTP/2 DATA frames) hands them over and takes them
+//! whole, without a copy on either side of the tunnel.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::net::TcpStream;
 
 /// A direction's first buffer: a typical request or response head fits.
 pub const INITIAL_BUFFER: usize = 4 * 1024;
-/// Where growth stops: a bulk transfer moves in 128 KiB reads and writes.
-pub const MAX_BUFFER: usize = 128 * 1024;
+/// Where growth stops: a bulk transfer moves in 256 KiB reads and writes (each one HTTP/2 frame
+/// and one wake-up of the connection's task, where 64 KiB cost four).
+pub const MAX_BUFFER: usize = 256 * 1024;
+
+/// A byte stream the copy moves bytes between. By default it reads into the copy's buffer and
+/// writes by reference, as `AsyncRead` and `AsyncWrite` do; a stream whose bytes already travel
+/// in shared buffers overrides both to hand over and take whole chunks.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin {
+    /// The next bytes read, `None` at EOF.
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Buffer,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        buf.poll_read(self, cx)
+    }
+
+    /// Writes from the front of `chunk` and advances it past what was written.
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut *self).poll_write(cx, chunk))?;
+        chunk.advance(n);
+        Poll::Ready(Ok(n))
+    }
+
+    /// While the other side's write waits: reads what is ready into the free end of `buf`, so
+    /// that the next write (a TLS record, an HTTP/2 frame) carries more. Returns whether EOF
+    /// was read.
+    fn read_ahead(&mut self, cx: &mut Context<'_>, buf: &mut Buffer) -> io::Result<bool> {
+        buf.read_ahead(self, cx)
+    }
+}
+
+impl Stream for TcpStream {}
+impl Stream for DuplexStream {}
+/// A direction's read buffer: starts at [`INITIAL_BUFFER`], grows while reads fill it. Chunks
+/// are split off it; once a chunk is written and dropped its room is reused.
+pub struct Buffer {
+    data: BytesMut,
+    /// The room each read gets.
+    size: usize,
+}
+
+impl Buffer {
+    fn new() -> Self {
+        Buffer {
+            data: BytesMut::new(),
+            size: 0,
+        }
+    }
+
+    /// What was read ahead, or else one read from `reader` into fresh room.
+    pub fn poll_read<R>(
+        &mut self,
+        reader: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        if self.data.is_empty() {
+            if self.size == 0 {
+                self.size = INITIAL_BUFFER;
+            }
+            self.data.reserve(self.size);
+            let room = self.data.capacity();
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(reader),
+                cx,
+                &mut self.data
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Ok(None));
+            }
+            if n == room {
+                // The flow is faster than one buffer per wake-up.
+                self.size = (self.size * 4).min(MAX_BUFFER);
+            }
+        }
+        Poll::Ready(Ok(Some(self.data.split().freeze())))
+    }
+
+    /// Reads what is ready into the room left, without growing; whether EOF was read.
+    pub fn read_ahead<R>(&mut self, reader: &mut R, cx: &mut Context<'_>) -> io::Result<bool>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        if self.data.capacity() == self.data.len() {
+            return Ok(false);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut self.data) {
+            Poll::Ready(Ok(0)) => Ok(true),
+            Poll::Ready(Ok(_)) | Poll::Pending => Ok(false),
+            Poll::Ready(Err(e)) => Err(e),
+        }
+    }
+
+    #[cfg(test)]
+    fn size(&self) -> usize {
+        self.size
+    }
+}
 
 /// Told of every chunk written, as it is written.
 pub trait Progress {
@@ -42,8 +149,8 @@ pub struct Moved {
 /// half-close), or until either side fails. The counts are those written, error or not.
 pub async fn bidirectional<A, B, P>(a: &mut A, b: &mut B, progress: &P) -> (Moved, io::Result<()>)
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: Stream + ?Sized,
+    B: Stream + ?Sized,
     P: Progress + ?Sized,
 {
     let mut forward = Transfer::new();
@@ -65,12 +172,12 @@ where
     (moved, result)
 }
 
-/// One direction: read into the buffer, write it all out, again; at EOF shut the writer down.
+/// One direction: take a chunk from the reader, write it all out, again; at EOF shut the
+/// writer down.
 struct Transfer {
-    buf: Vec<u8>,
-    /// `buf[pos..filled]` is read and not yet written.
-    pos: usize,
-    filled: usize,
+    buf: Buffer,
+    /// Read and not yet written.
+    chunk: Bytes,
     read_done: bool,
     need_flush: bool,
     done: bool,
@@ -80,9 +187,8 @@ struct Transfer {
 impl Transfer {
     fn new() -> Self {
         Transfer {
-            buf: Vec::new(),
-            pos: 0,
-            filled: 0,
+            buf: Buffer::new(),
+            chunk: Bytes::new(),
             read_done: false,
             need_flush: false,
             done: false,
@@ -98,26 +204,21 @@ impl Transfer {
         mut moved: impl FnMut(usize),
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
+        R: Stream + ?Sized,
+        W: Stream + ?Sized,
     {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.filled && !self.read_done {
-                self.make_room();
-                let mut read = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut read) {
-                    Poll::Ready(Ok(())) => {
-                        let n = read.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            self.pos = 0;
-                            self.filled = n;
-                        }
-                    }
+            if self.chunk.is_empty() && !self.buf.data.is_empty() {
+                // Read ahead while the last write waited.
+                self.chunk = self.buf.data.split().freeze();
+            }
+            if self.chunk.is_empty() && !self.read_done {
+                match reader.poll_chunk(cx, &mut self.buf) {
+                    Poll::Ready(Ok(Some(chunk))) => self.chunk = chunk,
+                    Poll::Ready(Ok(None)) => self.read_done = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         // Nothing more to read now: what was written must not sit in a buffer.
@@ -129,13 +230,11 @@ impl Transfer {
                     }
                 }
             }
-            while self.pos < self.filled {
-                let written =
-                    Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.filled]);
-                let Poll::Ready(written) = written else {
-                    // The writer is busy: read into the rest of the buffer meanwhile, so that
-                    // the next write (a TLS record, an HTTP/2 frame) carries more.
-                    self.read_more(cx, reader)?;
+            while !self.chunk.is_empty() {
+                let Poll::Ready(written) = writer.poll_write_chunk(cx, &mut self.chunk) else {
+                    if !self.read_done {
+                        self.read_done = reader.read_ahead(cx, &mut self.buf)?;
+                    }
                     return Poll::Pending;
                 };
                 let n = written?;
@@ -145,53 +244,17 @@ impl Transfer {
                         "the other side accepts no more bytes",
                     )));
                 }
-                self.pos += n;
                 self.written += n as u64;
                 self.need_flush = true;
                 moved(n);
             }
-            if self.read_done {
+            if self.read_done && self.buf.data.is_empty() {
+                // EOF, and everything before it written.
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
         }
-    }
-
-    /// Reads what is ready into the free end of the buffer, if there is room and no EOF yet.
-    fn read_more<R>(&mut self, cx: &mut Context<'_>, reader: &mut R) -> io::Result<()>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-    {
-        if self.read_done || self.filled == self.buf.len() {
-            return Ok(());
-        }
-        let mut read = ReadBuf::new(&mut self.buf[self.filled..]);
-        match Pin::new(&mut *reader).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) if read.filled().is_empty() => self.read_done = true,
-            Poll::Ready(Ok(())) => self.filled += read.filled().len(),
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => {}
-        }
-        Ok(())
-    }
-
-    /// Before a read, with nothing pending: the first buffer, or a bigger one when the last read
-    /// filled this one (the flow is faster than one buffer per wake-up).
-    fn make_room(&mut self) {
-        let len = self.buf.len();
-        if len == 0 {
-            self.buf = vec![0; INITIAL_BUFFER];
-        } else if self.filled == len && len < MAX_BUFFER {
-            self.buf = vec![0; (len * 4).min(MAX_BUFFER)];
-        }
-        self.pos = 0;
-        self.filled = 0;
-    }
-
-    #[cfg(test)]
-    fn capacity(&self) -> usize {
-        self.buf.len()
     }
 }
 

@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use ambit_proto::copy::{Buffer, Stream};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
@@ -106,6 +107,36 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 ambit_proto::forward_async_write!(Prefixed);
+
+/// A TCP flow through the waypoint keeps the inner stream's chunk handling (a tunnel's: no
+/// copy), after the prefix.
+impl<S: Stream> Stream for Prefixed<S> {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Buffer,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.prefix.is_empty() {
+            return Poll::Ready(Ok(Some(self.prefix.split().freeze())));
+        }
+        self.inner.poll_chunk(cx, buf)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write_chunk(cx, chunk)
+    }
+
+    fn read_ahead(&mut self, cx: &mut Context<'_>, buf: &mut Buffer) -> io::Result<bool> {
+        if !self.prefix.is_empty() {
+            return Ok(false);
+        }
+        self.inner.read_ahead(cx, buf)
+    }
+}
 
 #[cfg(test)]
 mod tests {

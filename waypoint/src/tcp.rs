@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_discovery::state::Protocol as WorkloadProtocol;
+use ambit_proto::copy::Stream;
 #[cfg(doc)]
 use ambit_proto::hbone::HBONE_PORT;
 use ambit_proto::hbone::{ConnectRequest, HboneClient};
 use ambit_proto::identity::SpiffeId;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::destination::Destination;
@@ -57,7 +57,7 @@ impl TcpForwarder {
     /// client sees its connection closed).
     pub async fn forward<S>(&self, stream: S, down: Downstream)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: Stream,
     {
         match self.carry(stream, &down).await {
             Ok((sent, received)) => {
@@ -71,7 +71,7 @@ impl TcpForwarder {
 
     async fn carry<S>(&self, mut stream: S, down: &Downstream) -> Result<(u64, u64), TcpError>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: Stream,
     {
         let snapshot = self.forwarder.store().current();
         let backend = match &down.destination {
@@ -134,8 +134,8 @@ impl TcpForwarder {
 /// to upstream, bytes back).
 async fn splice<D, U>(downstream: &mut D, upstream: &mut U) -> io::Result<(u64, u64)>
 where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    D: Stream,
+    U: Stream,
 {
     let (moved, result) = ambit_proto::copy::bidirectional(downstream, upstream, &()).await;
     result.map(|()| (moved.forward, moved.backward))

@@ -8,8 +8,10 @@ use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::copy;
+
 /// Largest chunk handed to HTTP/2 in one DATA write; the connection splits it into frames.
-const MAX_WRITE: usize = 64 * 1024;
+const MAX_WRITE: usize = 256 * 1024;
 
 /// An open HBONE tunnel. Reading yields the peer's bytes; `shutdown` half-closes (END_STREAM);
 /// dropping it without shutdown resets the stream (RST_STREAM CANCEL), as a TCP RST would.
@@ -42,14 +44,18 @@ impl Tunnel {
         self.send.send_reset(Reason::CANCEL);
     }
 
-    /// Sends bytes the caller already owns without copying them (the proxy's read buffers).
-    pub async fn write_bytes(&mut self, mut data: Bytes) -> io::Result<()> {
-        while !data.is_empty() {
-            let n = std::future::poll_fn(|cx| self.poll_capacity(cx, data.len())).await?;
-            let chunk = data.split_to(n);
-            self.send.send_data(chunk, false).map_err(h2_to_io)?;
+    /// The next DATA frame's bytes, `None` at the end of the stream.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        match ready!(self.recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                // Give the window back at once: the tunnel holds at most one frame, so the
+                // peer's sending is bounded by our reading anyway.
+                let _ = self.recv.flow_control().release_capacity(data.len());
+                Poll::Ready(Ok(Some(data)))
+            }
+            Some(Err(e)) => Poll::Ready(Err(h2_to_io(e))),
+            None => Poll::Ready(Ok(None)),
         }
-        Ok(())
     }
 
     fn poll_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
@@ -81,6 +87,38 @@ impl Tunnel {
     }
 }
 
+/// The copy hands a tunnel the chunks it read and takes the DATA frames as they came, so the
+/// bytes of a tunnel are not copied between the socket and HTTP/2.
+impl copy::Stream for Tunnel {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        _buf: &mut copy::Buffer,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        self.poll_data(cx)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(self.poll_capacity(cx, chunk.len()))?;
+        self.send
+            .send_data(chunk.split_to(n), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn read_ahead(&mut self, _cx: &mut Context<'_>, _buf: &mut copy::Buffer) -> io::Result<bool> {
+        // Frames arrive whole; nothing to gain from gathering them.
+        Ok(false)
+    }
+}
+
 impl AsyncRead for Tunnel {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -89,14 +127,8 @@ impl AsyncRead for Tunnel {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Give the window back at once: the tunnel buffers at most one chunk, so
-                    // the peer's sending is bounded by our reading anyway.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.pending = data;
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            match ready!(this.poll_data(cx))? {
+                Some(data) => this.pending = data,
                 None => return Poll::Ready(Ok(())),
             }
         }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
+use ambit_proto::copy;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
 use ambit_proto::identity::CertificateAuthority;
 use http::StatusCode;
@@ -111,6 +112,63 @@ async fn two_hundred_concurrent_tunnels_share_a_few_connections() {
     // 100 streams per connection: two connections carry 200 tunnels.
     assert_eq!(client.connections_opened(), 2);
     assert_eq!(echo.distinct_connections(), 2);
+}
+
+/// Splices each tunnel with a new TCP connection to `upstream`, as a ztunnel's inbound does.
+struct SpliceToTcp {
+    upstream: std::net::SocketAddr,
+}
+
+impl TunnelHandler for SpliceToTcp {
+    async fn handle(&self, request: TunnelRequest) {
+        let mut tunnel = request.accept().unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(self.upstream).await.unwrap();
+        let (_, result) = copy::bidirectional(&mut tunnel, &mut tcp, &()).await;
+        result.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_carries_tcp_through_a_tunnel_intact_both_ways() {
+    // app client -TCP-> [copy] -tunnel-> [copy] -TCP-> app server: the copy takes DATA frames
+    // and hands over its chunks on both tunnel ends, and reads and writes TCP on the others.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let app_server = tokio::spawn(async move {
+        let (conn, _) = app.accept().await.unwrap();
+        let (rd, wr) = conn.into_split();
+        let (got, sent) = tokio::join!(check_pattern(rd), send_pattern(wr, BIG));
+        sent.unwrap();
+        got.unwrap()
+    });
+    let certs = manager(CertificateAuthority::generate(TD).unwrap());
+    let server = serve(
+        &certs,
+        &id("demo", "server"),
+        Arc::new(SpliceToTcp { upstream: app_addr }),
+        "127.0.0.1:0",
+    )
+    .await;
+    let client = client(certs);
+    let req = request(&id("demo", "client"), server.addr, &id("demo", "server"));
+    let capture = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let capture_addr = capture.local_addr().unwrap();
+    let outbound = tokio::spawn(async move {
+        let (mut tcp, _) = capture.accept().await.unwrap();
+        let mut tunnel = client.connect(&req).await.unwrap();
+        copy::bidirectional(&mut tcp, &mut tunnel, &()).await
+    });
+    let (rd, wr) = tokio::net::TcpStream::connect(capture_addr)
+        .await
+        .unwrap()
+        .into_split();
+    let (got, sent) = tokio::join!(check_pattern(rd), send_pattern(wr, BIG));
+    sent.unwrap();
+    assert_eq!(got.unwrap(), BIG, "the app client received");
+    assert_eq!(app_server.await.unwrap(), BIG, "the app server received");
+    let (moved, result) = outbound.await.unwrap();
+    result.unwrap();
+    assert_eq!((moved.forward, moved.backward), (BIG as u64, BIG as u64));
 }
 
 /// Replies after the client half-closes, then half-closes itself; or resets on request.

@@ -6,9 +6,8 @@
 use std::io;
 use std::sync::Arc;
 
-use ambit_proto::copy::{self, Moved, Progress};
+use ambit_proto::copy::{self, Moved, Progress, Stream};
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::connections::TrackedConnection;
@@ -21,7 +20,7 @@ pub async fn splice<U>(
     progress: &impl Progress,
 ) -> (Moved, io::Result<()>)
 where
-    U: AsyncRead + AsyncWrite + Unpin,
+    U: Stream,
 {
     let (moved, result) = copy::bidirectional(&mut downstream, &mut upstream, progress).await;
     if result.is_err() {
@@ -57,7 +56,7 @@ pub(crate) async fn carry<U>(
     counters: Arc<ConnectionCounters>,
     tracked: TrackedConnection,
 ) where
-    U: AsyncRead + AsyncWrite + Unpin,
+    U: Stream,
 {
     let counting = Counting {
         counters: &counters,
@@ -85,7 +84,7 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -115,6 +114,8 @@ mod tests {
     }
 
     ambit_proto::forward_async_write!(ResetAfter);
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> Stream for ResetAfter<S> {}
 
     /// A client connected over loopback, and the accepted side that ztunnel would splice.
     async fn tcp_pair() -> (TcpStream, TcpStream) {
