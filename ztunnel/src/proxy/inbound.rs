@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ambit_discovery::ProxyState;
 use ambit_discovery::state::{Decision, PolicySource, Workload};
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
@@ -43,8 +44,8 @@ struct Refusal {
 /// The source as the destination side may name it: the workload at the peer's address only
 /// if it is the identity the peer proved (an address says nothing a certificate does not
 /// confirm); for plaintext, the workload at that address.
-fn source_side(ctx: &ProxyContext, identity: Option<&SpiffeId>, peer: SocketAddr) -> Side {
-    let at_address = ctx.workload_by_ip(peer.ip());
+fn source_side(state: &ProxyState, identity: Option<&SpiffeId>, peer: SocketAddr) -> Side {
+    let at_address = state.workload_by_ip(peer.ip()).cloned();
     match identity {
         Some(id) => {
             let proven = at_address.filter(|w| &w.identity == id);
@@ -66,8 +67,9 @@ fn admit(
     } else {
         Security::None
     };
-    let source = source_side(ctx, identity, peer);
+    // One view of the config for every lookup this connection makes.
     let state = ctx.state.load();
+    let source = source_side(&state, identity, peer);
     let Some(workload) = state.workload(&pod.uid).cloned() else {
         return Admission {
             labels: parties(
@@ -249,7 +251,7 @@ async fn handle_plaintext(
             }
             let l = parties(
                 Reporter::Destination,
-                source_side(ctx, None, peer),
+                source_side(&ctx.state.load(), None, peer),
                 Side::unknown(),
                 None,
                 Security::None,

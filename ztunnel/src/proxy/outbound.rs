@@ -72,7 +72,20 @@ fn aims_at_proxy(dst: SocketAddr, source: &Workload) -> bool {
 
 async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
     let _ = stream.set_nodelay(true);
-    let source = ctx.workload(&pod.uid);
+    let dst = original_destination(&stream);
+    // One view of the config for the source and the first choice of upstream; a second
+    // attempt looks again (the endpoint it avoids was just marked unreachable).
+    let (source, mut first_choice) = {
+        let state = ctx.state.load();
+        let source = state.workload(&pod.uid).cloned();
+        let first = match (&dst, &source) {
+            (Ok(dst), Some(s)) => Some(resolve(&state, *dst, &s.identity, |ip| {
+                ctx.health.is_ejected(ip)
+            })),
+            _ => None,
+        };
+        (source, first)
+    };
     let unknown_destination = |security| {
         parties(
             Reporter::Source,
@@ -82,7 +95,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             security,
         )
     };
-    let dst = match original_destination(&stream) {
+    let dst = match dst {
         Ok(d) => d,
         Err(e) => {
             let l = unknown_destination(Security::None);
@@ -132,8 +145,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         })
     };
     for attempt in 1..=ATTEMPTS {
-        let upstream = resolve(&ctx.state.load(), dst, &source.identity, |ip| {
-            ctx.health.is_ejected(ip)
+        let upstream = first_choice.take().unwrap_or_else(|| {
+            resolve(&ctx.state.load(), dst, &source.identity, |ip| {
+                ctx.health.is_ejected(ip)
+            })
         });
         let last = attempt == ATTEMPTS;
         let outcome = match upstream {
