@@ -13,7 +13,7 @@ pub use outbound::serve_outbound;
 pub use splice::splice;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_discovery::Current;
@@ -80,10 +80,6 @@ impl ProxyContext {
     /// This pod's workload as the config says now.
     pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
         self.state.load().workload(uid).cloned()
-    }
-
-    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
-        self.state.load().workload_by_ip(ip).cloned()
     }
 }
 
