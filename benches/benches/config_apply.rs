@@ -16,11 +16,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ambit_benches::local::{BenchMesh, running_as_root};
 use ambit_benches::procfs::{cpu_seconds, memory_mb};
 use ambit_benches::{Args, median};
 use ambit_controller::local::apps::DriveReport;
 use ambit_controller::local::bulk::with_bulk_pods;
-use ambit_controller::local::{Binaries, LocalMesh, Options, apps, load, metrics};
+use ambit_controller::local::{Binaries, LocalMesh, apps, load, metrics};
 
 const MESH: &str = include_str!("../meshes/apply.yaml");
 const TARGET: &str = "http://10.96.1.10/";
@@ -80,34 +81,13 @@ impl Window {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("config_apply bench: skipped, it builds network namespaces and needs root");
+    if !running_as_root("config_apply") {
         return Ok(());
     }
     let o = opts();
-    let binaries = Binaries::locate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let work_dir = std::env::temp_dir().join(format!("ambit-bench-apply-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)?;
-    let file = work_dir.join("apply.yaml");
-    std::fs::write(&file, MESH)?;
-    let mesh = runtime.block_on(LocalMesh::up(
-        Options {
-            mesh_file: Some(file),
-            work_dir: work_dir.join("run"),
-            binaries: binaries.clone(),
-            start_apps: true,
-            record_current: false,
-            ztunnel_workers: Some(2),
-        },
-        &|step| eprintln!("config_apply bench: {step}"),
-    ))?;
-    let result = measure(&o, &mesh, &binaries, &runtime);
-    mesh.down()?;
-    let _ = std::fs::remove_dir_all(&work_dir);
+    let bench = BenchMesh::up("config_apply", MESH, true, 2)?;
+    let result = measure(&o, &bench.mesh, &bench.binaries, &bench.runtime);
+    bench.down()?;
     result
 }
 

@@ -15,11 +15,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use ambit_benches::iperf3;
+use ambit_benches::local::{BenchMesh, running_as_root};
 use ambit_benches::procfs::memory_mb;
 use ambit_benches::record::{Record, cpu_over};
 use ambit_benches::tools::{self, wrk, wrk_script};
 use ambit_benches::{Args, report};
-use ambit_controller::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, Binaries, LocalMesh, Options};
+use ambit_controller::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, LocalMesh};
 use ambit_testbed::Netns;
 use serde_json::{Value, json};
 
@@ -104,35 +105,14 @@ fn mesh_file(pods: usize) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("mesh bench: skipped, it builds network namespaces and needs root");
+    if !running_as_root("mesh") {
         return Ok(());
     }
     let o = opts();
     tools::ensure_installed()?;
-    let binaries = Binaries::locate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let dir = std::env::temp_dir().join(format!("ambit-mesh-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("bench-mesh.yaml");
-    std::fs::write(&file, mesh_file(o.pods))?;
-    let mesh = runtime.block_on(LocalMesh::up(
-        Options {
-            mesh_file: Some(file),
-            work_dir: dir.join("run"),
-            binaries,
-            start_apps: false,
-            record_current: false,
-            ztunnel_workers: Some(o.workers),
-        },
-        &|step| eprintln!("mesh bench: {step}"),
-    ))?;
-    let result = measure(&mesh, &dir, &o);
-    let down = mesh.down();
-    let _ = std::fs::remove_dir_all(&dir);
+    let bench = BenchMesh::up("mesh", &mesh_file(o.pods), false, o.workers)?;
+    let result = measure(&bench.mesh, &bench.dir, &o);
+    let down = bench.down();
     let r = result?;
     down?;
     print_summary(&r, &o);

@@ -22,10 +22,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ambit_benches::local::{BenchMesh, running_as_root};
 use ambit_benches::procfs::{anon_rss_mb, cpu_seconds, family_cpu_seconds, memory_mb};
 use ambit_benches::tools::{self, Load, h2load, wait_port, wrk, wrk_script};
 use ambit_benches::{Args, median, report};
-use ambit_controller::local::{BENCH_DIRECT_PORT, Binaries, LocalMesh, Options};
+use ambit_controller::local::{BENCH_DIRECT_PORT, Binaries, LocalMesh};
 use ambit_testbed::Netns;
 
 const MESH: &str = include_str!("../meshes/waypoint.yaml");
@@ -135,35 +136,14 @@ fn get(addr: SocketAddr, path: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("waypoint bench: skipped, it builds network namespaces and needs root");
+    if !running_as_root("waypoint") {
         return Ok(());
     }
     let o = opts();
     tools::ensure_installed()?;
-    let binaries = Binaries::locate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let dir = std::env::temp_dir().join(format!("ambit-waypoint-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("mesh.yaml");
-    std::fs::write(&file, MESH)?;
-    let mesh = runtime.block_on(LocalMesh::up(
-        Options {
-            mesh_file: Some(file),
-            work_dir: dir.join("run"),
-            binaries: binaries.clone(),
-            start_apps: false,
-            record_current: false,
-            ztunnel_workers: Some(o.workers),
-        },
-        &|step| eprintln!("waypoint bench: {step}"),
-    ))?;
-    let result = measure(&mesh, &binaries, &dir, &o);
-    mesh.down()?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let bench = BenchMesh::up("waypoint", MESH, false, o.workers)?;
+    let result = measure(&bench.mesh, &bench.binaries, &bench.dir, &o);
+    bench.down()?;
     result
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 pub mod alloc;
 pub mod cpu;
 pub mod iperf3;
+pub mod local;
 pub mod procfs;
 pub mod record;
 pub mod tools;
