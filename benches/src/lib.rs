@@ -9,6 +9,7 @@ pub mod iperf3;
 pub mod local;
 pub mod procfs;
 pub mod record;
+pub mod sched;
 pub mod tools;
 
 /// A bench's command line: `--name value` options and `--flag` switches after `cargo bench

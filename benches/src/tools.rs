@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use ambit_testbed::{Netns, NetnsChild};
 
-/// Installs wrk, h2load, nginx and iperf3 with apt-get if any is missing (`benches/tools.sh`).
+/// Installs wrk, h2load, nginx, iperf3 and bpftrace with apt-get if any is missing
+/// (`benches/tools.sh`).
 pub fn ensure_installed() -> io::Result<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools.sh");
     if Command::new("sh").arg(&script).status()?.success() {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "wrk, h2load, nginx or iperf3 is missing and {} could not install them",
+            "wrk, h2load, nginx, iperf3 or bpftrace is missing and {} could not install them",
             script.display()
         )))
     }

@@ -13,6 +13,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.max(1))
+        // Named so a profiler, `top -H` or the config_apply bench can tell the data path's
+        // threads from the control runtime's.
+        .thread_name("ztunnel-data")
         .enable_all()
         .build()?
         .block_on(async {
