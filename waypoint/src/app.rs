@@ -113,12 +113,7 @@ impl Waypoint {
                     config.hbone_addr
                 )
             })?;
-        let ingress = Arc::new(Ingress {
-            key: config.key(),
-            forwarder,
-            tcp,
-            http,
-        });
+        let ingress = Arc::new(Ingress::new(config.key(), forwarder, tcp, http));
         let serve_watch = watch.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);

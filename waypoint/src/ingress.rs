@@ -2,11 +2,13 @@
 //! refused when this waypoint does not serve it, then carried as HTTP (routed per request) or
 //! as opaque TCP (L4 policy only), by the port's `appProtocol` or else its first bytes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_discovery::state::AppProtocol;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
+use ambit_proto::log_limit::LogLimiter;
 
 use crate::destination::Destination;
 use crate::detect::{self, Protocol};
@@ -18,6 +20,9 @@ use crate::tcp::TcpForwarder;
 /// as opaque TCP (server-first protocols send nothing).
 const DETECT_WAIT: Duration = Duration::from_millis(500);
 
+/// At most this many warnings a second about forged or foreign client addresses.
+const CLAIM_WARNINGS_PER_SECOND: u32 = 5;
+
 pub struct Ingress {
     /// "<namespace>/<name>" of this waypoint.
     pub key: String,
@@ -25,6 +30,43 @@ pub struct Ingress {
     pub tcp: Arc<TcpForwarder>,
     /// HTTP/1.1 and HTTP/2 on the tunnels, within the per-connection limits.
     pub http: Arc<HttpServer>,
+    /// Warnings about client addresses claimed by a peer that is not at that address.
+    claims_log: LogLimiter,
+}
+
+impl Ingress {
+    pub fn new(
+        key: String,
+        forwarder: Arc<Forwarder>,
+        tcp: Arc<TcpForwarder>,
+        http: Arc<HttpServer>,
+    ) -> Self {
+        Ingress {
+            key,
+            forwarder,
+            tcp,
+            http,
+            claims_log: LogLimiter::new(CLAIM_WARNINGS_PER_SECOND),
+        }
+    }
+}
+
+/// The client a tunnel carries: the address its peer claims in `forwarded` when it is the
+/// peer's own (a ztunnel dials the waypoint from inside the client pod, so the claim adds the
+/// app's source port), else the peer's proven address, and the claim is returned as the
+/// error. Any workload holding a mesh certificate can reach the waypoint and write the
+/// header; believing another address would let it pass as any client in `ipBlocks` rules.
+pub fn client_address(
+    peer_addr: SocketAddr,
+    claimed: Option<SocketAddr>,
+) -> Result<SocketAddr, SocketAddr> {
+    match claimed {
+        None => Ok(peer_addr),
+        Some(c) if c.ip().to_canonical() == peer_addr.ip().to_canonical() => {
+            Ok(SocketAddr::new(peer_addr.ip().to_canonical(), c.port()))
+        }
+        Some(c) => Err(c),
+    }
 }
 
 impl TunnelHandler for Ingress {
@@ -38,7 +80,17 @@ impl TunnelHandler for Ingress {
                 return;
             }
         };
-        let client_addr = request.forwarded_for().unwrap_or(request.peer_addr);
+        let client_addr = match client_address(request.peer_addr, request.forwarded_for()) {
+            Ok(addr) => addr,
+            Err(claimed) => {
+                if let Some(suppressed) = self.claims_log.check() {
+                    tracing::warn!(peer = %request.peer, peer_addr = %request.peer_addr, %claimed, suppressed,
+                        "a tunnel claims to carry client {claimed} (forwarded header) from {}, which is not that address: ignored, policies, routing and telemetry use {} (a ztunnel dials from its pod's address; a proxy in between or a forged header sends another)",
+                        request.peer_addr, request.peer_addr);
+                }
+                request.peer_addr
+            }
+        };
         let downstream = Downstream {
             source: snapshot.mesh.workload_by_ip(client_addr.ip()).cloned(),
             peer: request.peer.clone(),
@@ -73,6 +125,53 @@ impl TunnelHandler for Ingress {
                     .serve(stream, http, forwarder, Arc::new(downstream))
                     .await
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_client_is_believed_only_at_the_peers_own_address() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let cases: &[(&str, Option<&str>, Result<&str, &str>)] = &[
+            // No claim: the peer is the client.
+            ("10.244.1.2:40000", None, Ok("10.244.1.2:40000")),
+            // A ztunnel's claim: same address, the app's port.
+            (
+                "10.244.1.2:40000",
+                Some("10.244.1.2:51234"),
+                Ok("10.244.1.2:51234"),
+            ),
+            // The same, seen on a dual-stack listener.
+            (
+                "[::ffff:10.244.1.2]:40000",
+                Some("10.244.1.2:51234"),
+                Ok("10.244.1.2:51234"),
+            ),
+            (
+                "[fd00::2]:40000",
+                Some("[fd00::2]:51234"),
+                Ok("[fd00::2]:51234"),
+            ),
+            // Another address: not believed.
+            (
+                "10.244.1.2:40000",
+                Some("10.244.9.9:51234"),
+                Err("10.244.9.9:51234"),
+            ),
+            (
+                "[::ffff:10.244.1.2]:40000",
+                Some("127.0.0.1:1"),
+                Err("127.0.0.1:1"),
+            ),
+        ];
+        for (peer, claimed, want) in cases {
+            let got = client_address(at(peer), claimed.map(at));
+            let want = want.map(at).map_err(at);
+            assert_eq!(got, want, "peer {peer}, claim {claimed:?}");
         }
     }
 }

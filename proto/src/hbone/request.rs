@@ -21,9 +21,10 @@ pub struct TunnelRequest {
     pub peer: SpiffeId,
     /// Serial number of the client's certificate.
     pub peer_serial: Arc<str>,
-    /// The TCP address of the client (its pod IP, or its node's).
+    /// The TCP address of the client (its pod IP, or its node's); an IPv4 address even when
+    /// a dual-stack listener saw it as IPv4-mapped IPv6.
     pub peer_addr: SocketAddr,
-    /// The address the connection arrived on.
+    /// The address the connection arrived on (IPv4 as above).
     pub local_addr: SocketAddr,
     /// The target: `:authority`.
     pub authority: SocketAddr,
@@ -55,7 +56,8 @@ impl TunnelRequest {
         }
     }
 
-    /// The original client address from `forwarded: for="ip:port"`, if sent.
+    /// The original client address from `forwarded: for="ip:port"`, if sent: a claim by the
+    /// peer, proven by nothing (see the waypoint's `client_address` for when to believe it).
     pub fn forwarded_for(&self) -> Option<SocketAddr> {
         super::target::forwarded_for(&self.headers)
     }

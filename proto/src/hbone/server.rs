@@ -133,7 +133,11 @@ impl HboneServer {
             };
             match accepted {
                 Ok((tcp, peer_addr)) => match limits.admit() {
+                    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d;
+                    // policies, workload lookups and logs know it by its IPv4 address.
                     Ok(permits) => {
+                        let peer_addr =
+                            SocketAddr::new(peer_addr.ip().to_canonical(), peer_addr.port());
                         let server = server.clone();
                         let handler = handler.clone();
                         let drain = drain.clone();
@@ -174,7 +178,7 @@ impl HboneServer {
         (_connection_permit, handshake_permit): (ConnectionPermit, HandshakePermit),
     ) {
         let local_addr = match tcp.local_addr() {
-            Ok(a) => a,
+            Ok(a) => SocketAddr::new(a.ip().to_canonical(), a.port()),
             Err(e) => {
                 tracing::debug!(peer = %peer_addr, error = %e, "HBONE connection lost before it started");
                 return;

@@ -3,6 +3,7 @@
 //! pod receives it. Raw requests are written byte for byte onto the tunnel, so that no client
 //! library cleans a path up before the waypoint sees it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::security::{self as sec, Action};
@@ -74,6 +75,57 @@ async fn an_allow_policy_lets_its_principal_through_and_no_one_else() {
 
     let served = mesh.app("reviews-v1").requests() + mesh.app("reviews-v2").requests();
     assert_eq!(served, 1);
+}
+
+/// Any workload with a mesh certificate can reach the waypoint and write `forwarded`: a claim
+/// of another client address must not get it past an `ipBlocks` rule, in either direction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_blocks_judge_the_peers_own_address_not_a_claimed_one() {
+    // The test's clients dial from loopback.
+    let mesh = Mesh::start(Setup {
+        policies: vec![ip_policy("deny-loopback", Action::Deny, "127.0.0.0/8")],
+        ..Setup::default()
+    })
+    .await;
+    let forged: SocketAddr = "10.244.9.9:40000".parse().unwrap();
+    let mut claiming_another = mesh.client().claiming(forged).http1(REVIEWS).await;
+    let reply = claiming_another.get("/reviews/1").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
+    assert!(
+        reply.text().contains("demo/deny-loopback"),
+        "{}",
+        reply.text()
+    );
+    let own: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut claiming_its_own = mesh.client().claiming(own).http1(REVIEWS).await;
+    let reply = claiming_its_own.get("/reviews/1").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
+    assert_eq!(
+        mesh.app("reviews-v1").requests() + mesh.app("reviews-v2").requests(),
+        0
+    );
+
+    // Allowed only from the pod network: a claim of a pod address does not let loopback in.
+    let mesh = Mesh::start(Setup {
+        policies: vec![ip_policy("allow-pods", Action::Allow, "10.244.0.0/16")],
+        ..Setup::default()
+    })
+    .await;
+    let mut claiming_a_pod = mesh.client().claiming(forged).http1(REVIEWS).await;
+    let reply = claiming_a_pod.get("/reviews/1").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
+    assert_eq!(reply.flags(), Some("RBAC"), "{reply:?}");
+    assert_eq!(
+        mesh.app("reviews-v1").requests() + mesh.app("reviews-v2").requests(),
+        0
+    );
+}
+
+/// Policy `demo/<name>` with one rule whose source is the addresses in `cidr`.
+fn ip_policy(name: &str, action: Action, cidr: &str) -> sec::AuthorizationPolicy {
+    let mut p = policy(name, action, &[]);
+    p.rules[0].from[0].ip_blocks = vec![cidr.into()];
+    p
 }
 
 /// The bypass table of the issue, over real sockets: (raw request target, status for the

@@ -24,6 +24,8 @@ pub struct Client {
     pub identity: SpiffeId,
     pub waypoint: SocketAddr,
     pub waypoint_identity: SpiffeId,
+    /// The client address its tunnels claim (`forwarded`), as a ztunnel sends; none by default.
+    pub forwarded_for: Option<SocketAddr>,
 }
 
 /// A response, read whole.
@@ -53,6 +55,12 @@ impl Reply {
 }
 
 impl Client {
+    /// This client, its tunnels claiming to carry `addr` (the `forwarded` header).
+    pub fn claiming(mut self, addr: SocketAddr) -> Self {
+        self.forwarded_for = Some(addr);
+        self
+    }
+
     /// A tunnel to the waypoint for `authority` (a service VIP and port).
     pub async fn tunnel(&self, authority: SocketAddr) -> Result<Tunnel, HboneError> {
         let request = ConnectRequest {
@@ -60,7 +68,7 @@ impl Client {
             endpoint: self.waypoint,
             destination_identity: self.waypoint_identity.clone(),
             authority,
-            forwarded_for: None,
+            forwarded_for: self.forwarded_for,
             baggage: None,
             traceparent: None,
         };

@@ -299,12 +299,12 @@ impl Mesh {
             hbone_port,
         ));
         let http = Arc::new(HttpServer::new(setup.http_limits.clone()));
-        let ingress = Arc::new(Ingress {
-            key: WAYPOINT.into(),
-            forwarder: forwarder.clone(),
+        let ingress = Arc::new(Ingress::new(
+            WAYPOINT.into(),
+            forwarder.clone(),
             tcp,
-            http: http.clone(),
-        });
+            http.clone(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let waypoint = listener.local_addr().unwrap();
         let cert = certs
@@ -352,6 +352,7 @@ impl Mesh {
             identity: id(sa),
             waypoint: self.waypoint,
             waypoint_identity: id("waypoint"),
+            forwarded_for: None,
         }
     }
 

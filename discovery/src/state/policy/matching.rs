@@ -152,7 +152,8 @@ impl Cidr {
     }
 
     pub(super) fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
+        // An IPv4 client of a dual-stack socket is ::ffff:a.b.c.d; it must meet the IPv4 rules.
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
