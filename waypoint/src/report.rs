@@ -334,6 +334,9 @@ impl http_body::Body for Recorded {
                     if let (Some(finish), Some(status)) = (self.finish.as_mut(), status) {
                         finish.grpc_status = Some(status);
                     }
+                    // Trailers end a body: record now, before the client can read them, so a
+                    // client that scrapes the metrics after its call sees the call counted.
+                    self.end();
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),

@@ -2,9 +2,11 @@
 //! health service (`grpc.health.v1.Health`): a unary call, a server stream, UNAVAILABLE
 //! retried as the GRPCRoute says, and `grpc_response_status` in the waypoint's metrics.
 
+use std::time::Duration;
+
 use ambit_controller::local::apps::{FLAKY, STREAM_PREFIX, UNAVAILABLE};
 use ambit_controller::local::metrics;
-use ambit_e2e::{WAYPOINT_MESH, access_log, can_run, in_pod, start};
+use ambit_e2e::{WAYPOINT_MESH, access_log, can_run, eventually, in_pod, start};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -132,21 +134,24 @@ async fn grpc_unary_streaming_and_retried_unavailable_through_the_waypoint() -> 
         "an always-UNAVAILABLE call was tried {tries} time(s): not retried"
     );
 
-    let text = waypoint_metrics(&mesh, "waypoint").await?;
-    let status = |code: &str| {
+    // A request is counted when the waypoint has finished its response, which may be just
+    // after the client read the trailers: poll until the last call's UNAVAILABLE is counted.
+    let status = |text: &str, code: &str| {
         metrics::sum(
-            &text,
+            text,
             "istio_requests_total",
             &[("reporter", "waypoint"), ("grpc_response_status", code)],
         )
     };
+    let mut text = String::new();
+    let counted = eventually(Duration::from_secs(5), async || {
+        text = waypoint_metrics(&mesh, "waypoint").await.ok()?;
+        (status(&text, "0") >= 22.0 && status(&text, "14") >= 1.0).then_some(())
+    })
+    .await;
     assert!(
-        status("0") >= 22.0,
-        "grpc_response_status=\"0\" missing or short:\n{text}"
-    );
-    assert!(
-        status("14") >= 1.0,
-        "grpc_response_status=\"14\" missing:\n{text}"
+        counted.is_some(),
+        "grpc_response_status=\"0\" (22) or \"14\" (1) missing or short:\n{text}"
     );
     let sources = sources_into(&mesh, "node-b", "grpc").await?;
     assert!(sources.contains(WAYPOINT_ID), "{sources:?}");
