@@ -1,17 +1,20 @@
 //! Ambit's shared wire code, used by every component: the gRPC APIs between them ([`api`]), the
 //! TLS they travel in ([`control`]) and how discovery responses go out (resources encoded once,
 //! large responses in parts) and are put back together ([`response_parts`]), workload identity
-//! ([`identity`]), HBONE tunnels ([`hbone`]), graceful shutdown ([`drain`]) and rate limits for
-//! log lines a peer can trigger ([`log_limit`]).
+//! ([`identity`]), HBONE tunnels ([`hbone`]), graceful shutdown ([`drain`]), rate limits for
+//! log lines a peer can trigger ([`log_limit`]) and ztunnel's node agent socket
+//! ([`node_agent`]), and which pods are in the mesh ([`enrolment`]).
 
 pub mod api;
 pub mod control;
 pub mod copy;
 pub mod drain;
+pub mod enrolment;
 pub mod exposition;
 pub mod hbone;
 pub mod identity;
 pub mod log_limit;
+pub mod node_agent;
 pub mod response_parts;
 
 /// `AsyncWrite` for a wrapper `$wrapper<S>` with an `inner: S` field that only watches or

@@ -1,42 +1,16 @@
-//! The node agent's socket: whoever sets up pods on the node (the CNI plugin in Kubernetes,
-//! `ambit up` locally) tells ztunnel which pod lives in which network namespace, as Istio's
-//! CNI agent does. One JSON object per line each way:
-//!   {"add":{"uid":"...","netns":"/var/run/netns/...","excludePorts":[...]}}
-//!                                                        →  {"ok":true} | {"error":"..."}
-//!   {"remove":{"uid":"..."}}                             →  {"ok":true} | {"error":"..."}
+//! ztunnel's end of the node agent socket (`ambit_proto::node_agent` has the protocol and the
+//! client): whoever sets up pods on the node tells ztunnel which pod lives in which network
+//! namespace.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use ambit_proto::drain::DrainWatch;
-use serde::{Deserialize, Serialize};
+pub use ambit_proto::node_agent::{Command, Reply};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::pods::Pods;
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum Command {
-    Add {
-        uid: String,
-        netns: PathBuf,
-        /// Ports whose connections bypass ztunnel, in and out (Istio's excludeInboundPorts
-        /// and excludeOutboundPorts).
-        #[serde(default, rename = "excludePorts")]
-        exclude_ports: Vec<u16>,
-    },
-    Remove {
-        uid: String,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum Reply {
-    Ok { ok: bool },
-    Error { error: String },
-}
 
 /// Binds the socket (replacing a stale one from a previous run).
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -95,9 +69,13 @@ async fn session(stream: UnixStream, pods: &Pods) -> std::io::Result<()> {
                     }
                 }
             }
+            Ok(Command::Check { uid }) => Reply::Ok {
+                ok: pods.holds(&uid),
+            },
             Err(e) => Reply::Error {
                 error: format!(
-                    "not a node agent command ({e}): send {{\"add\":{{\"uid\":..,\"netns\":..}}}} or {{\"remove\":{{\"uid\":..}}}}, one per line"
+                    "not a node agent command ({e}): {}",
+                    ambit_proto::node_agent::USAGE
                 ),
             },
         };

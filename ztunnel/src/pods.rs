@@ -311,6 +311,11 @@ impl Pods {
         }
     }
 
+    /// Whether `uid` is captured (its add finished and it was not removed since).
+    pub fn holds(&self, uid: &str) -> bool {
+        self.state.lock().captured.contains_key(uid)
+    }
+
     /// Removes every pod (ztunnel is shutting down); pods being added meanwhile are released
     /// when their add finishes.
     pub async fn remove_all(&self) {

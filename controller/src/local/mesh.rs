@@ -308,6 +308,23 @@ impl LocalMesh {
         self.node_agent(&socket, uid, &command).await
     }
 
+    /// Whether the node's ztunnel holds the pod (the CNI plugin's CHECK asks the same).
+    pub async fn ztunnel_holds(&self, uid: &str, node: &str) -> Result<bool, LocalError> {
+        let socket = self.node_state(node)?.socket;
+        let command = node_agent::Command::Check { uid: uid.into() };
+        match node_agent::send(&socket, &command).await {
+            Ok(Reply::Ok { ok }) => Ok(ok),
+            Ok(Reply::Error { error }) => Err(LocalError::NodeAgent {
+                pod: uid.into(),
+                reason: error,
+            }),
+            Err(e) => Err(LocalError::NodeAgent {
+                pod: uid.into(),
+                reason: format!("ztunnel's socket {}: {e}", socket.display()),
+            }),
+        }
+    }
+
     async fn node_agent(
         &self,
         socket: &Path,

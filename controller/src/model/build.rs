@@ -376,16 +376,17 @@ impl Checker {
             else {
                 continue;
             };
-            let namespace_in = namespaces.get(&pod.namespace).is_some_and(|ns| {
-                ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
-                    == Some(DATAPLANE_MODE_AMBIENT)
-            });
-            let opted_out = pod.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
-                == Some(DATAPLANE_MODE_NONE);
+            let meshed = ambit_proto::enrolment::enrolled(
+                namespaces
+                    .get(&pod.namespace)
+                    .and_then(|ns| ns.labels.get(DATAPLANE_MODE_LABEL))
+                    .map(String::as_str),
+                pod.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str),
+            );
             let workload = Workload {
                 uid: format!("{cluster_id}//Pod/{}/{}", pod.namespace, pod.name),
                 identity,
-                meshed: namespace_in && !opted_out,
+                meshed,
                 waypoint,
                 pod,
                 mtls_mode: MtlsMode::Permissive,

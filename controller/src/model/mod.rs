@@ -26,11 +26,9 @@ pub use rules::{
     check_policy_host, check_principal,
 };
 
-/// Namespace label that puts a namespace's pods in the mesh (value [`DATAPLANE_MODE_AMBIENT`]);
-/// on a pod, [`DATAPLANE_MODE_NONE`] takes that one pod out.
-pub const DATAPLANE_MODE_LABEL: &str = "ambit.io/dataplane-mode";
-pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
-pub const DATAPLANE_MODE_NONE: &str = "none";
+pub use ambit_proto::enrolment::{
+    DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
+};
 /// Namespace, service or pod label naming the waypoint (in the same namespace) that traffic goes
 /// through; on a service, [`WAYPOINT_NONE`] opts it out of its namespace's waypoint.
 pub const USE_WAYPOINT_LABEL: &str = "ambit.io/use-waypoint";

@@ -75,8 +75,10 @@ async fn rules_and_sockets_go_with_the_pod_and_with_ztunnel() -> anyhow::Result<
 
     // Pod removal (as on pod deletion): its rules and ztunnel's sockets in it are gone, and
     // the pod's own app still listens.
-    mesh.remove_pod(&uid(&mesh, "demo", "reviews-v1"), "node-a")
-        .await?;
+    let reviews_v1 = uid(&mesh, "demo", "reviews-v1");
+    assert!(mesh.ztunnel_holds(&reviews_v1, "node-a").await?);
+    mesh.remove_pod(&reviews_v1, "node-a").await?;
+    assert!(!mesh.ztunnel_holds(&reviews_v1, "node-a").await?);
     assert!(!has_capture_rules(&mesh, "demo", "reviews-v1")?);
     let ports = listening_ports(&mesh, "demo", "reviews-v1")?;
     assert!(

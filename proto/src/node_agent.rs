@@ -1,0 +1,108 @@
+//! ztunnel's node agent socket, both ends: whoever sets pods up on the node (the CNI plugin and
+//! node agent in Kubernetes, `ambit up` locally) tells ztunnel which pod lives in which network
+//! namespace, as Istio's CNI agent does. One JSON object per line each way:
+//!   {"add":{"uid":"...","netns":"/var/run/netns/...","excludePorts":[...]}}
+//!                                                        →  {"ok":true} | {"error":"..."}
+//!   {"remove":{"uid":"..."}}                             →  {"ok":true} | {"error":"..."}
+//!   {"check":{"uid":"..."}}                              →  {"ok":true} | {"ok":false}
+//!
+//! `add` captures the pod (again, if it was: the rules are replaced), `remove` releases it,
+//! `check` answers whether ztunnel holds it (`ok` false: it does not).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Command {
+    Add {
+        uid: String,
+        netns: PathBuf,
+        /// Ports whose connections bypass ztunnel, in and out (Istio's excludeInboundPorts
+        /// and excludeOutboundPorts).
+        #[serde(default, rename = "excludePorts")]
+        exclude_ports: Vec<u16>,
+    },
+    Remove {
+        uid: String,
+    },
+    Check {
+        uid: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Reply {
+    Ok { ok: bool },
+    Error { error: String },
+}
+
+/// What a command line that does not parse is told.
+pub const USAGE: &str = "send {\"add\":{\"uid\":..,\"netns\":..}}, {\"remove\":{\"uid\":..}} or {\"check\":{\"uid\":..}}, one per line";
+
+/// Sends one command and waits for its reply, each step within `timeout` (for the CNI plugin,
+/// which runs outside any runtime and must never hang a pod's creation).
+pub fn send_blocking(
+    socket: &Path,
+    command: &Command,
+    timeout: Duration,
+) -> std::io::Result<Reply> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(command).expect("commands serialize");
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(std::io::Error::other(
+            "ztunnel closed the node agent socket without a reply",
+        ));
+    }
+    serde_json::from_str(&reply).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_replies_read_as_the_socket_documents() {
+        let cases = [
+            (
+                r#"{"add":{"uid":"Kubernetes//Pod/demo/a","netns":"/var/run/netns/cni-1","excludePorts":[15099]}}"#,
+                Command::Add {
+                    uid: "Kubernetes//Pod/demo/a".into(),
+                    netns: "/var/run/netns/cni-1".into(),
+                    exclude_ports: vec![15099],
+                },
+            ),
+            (
+                r#"{"remove":{"uid":"u"}}"#,
+                Command::Remove { uid: "u".into() },
+            ),
+            (
+                r#"{"check":{"uid":"u"}}"#,
+                Command::Check { uid: "u".into() },
+            ),
+        ];
+        for (text, command) in cases {
+            assert_eq!(
+                serde_json::from_str::<Command>(text).unwrap(),
+                command,
+                "{text}"
+            );
+        }
+        assert!(serde_json::from_str::<Command>(r#"{"add":{"uid":"u"}}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Reply>(r#"{"error":"no"}"#).unwrap(),
+            Reply::Error { error: "no".into() }
+        );
+    }
+}
