@@ -47,13 +47,22 @@ impl Drop for ControlRuntime {
     }
 }
 
-/// Lowers the calling thread's priority (Linux keeps a nice value per thread). A failure only
-/// costs the data path's head start, so it is logged and ignored.
+/// Lowers the calling thread's priority to [`CONTROL_NICE`] below the process's main thread
+/// (Linux keeps a nice value per thread; a ztunnel started niced keeps its data path ahead, and
+/// a thread spawned by an already lowered one is not lowered twice). A failure only costs the
+/// data path's head start, so it is logged and ignored.
 fn lower_priority() {
     let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority reads no memory of ours; it only changes the scheduling of the
-    // thread named by `tid`, which is this one.
-    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CONTROL_NICE) };
+    let main = nix::unistd::getpid().as_raw();
+    // SAFETY: getpriority and setpriority read no memory of ours; they only read the
+    // scheduling of the main thread and change that of thread `tid`, this one. errno is
+    // cleared first since -1 is a valid nice value.
+    let done = unsafe {
+        *libc::__errno_location() = 0;
+        let base = libc::getpriority(libc::PRIO_PROCESS, main as libc::id_t);
+        let lower = (base + CONTROL_NICE).min(19);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, lower)
+    };
     if done != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "could not lower the control thread's priority");
     }

@@ -187,7 +187,12 @@ impl TunnelHandler for InboundHandler {
             ..ConnectionInfo::starting(
                 Direction::Inbound,
                 &pod.uid,
-                request.forwarded_for().unwrap_or(peer),
+                // The original client is only a waypoint's to name: it judged that client.
+                // Anyone else's claim is unproven, and the table shows the peer instead.
+                enforced_by
+                    .as_ref()
+                    .and_then(|_| request.forwarded_for())
+                    .unwrap_or(peer),
                 target,
                 "HBONE",
             )

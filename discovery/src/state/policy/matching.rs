@@ -148,7 +148,21 @@ impl Cidr {
             }
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { addr, prefix })
+        if prefix > max {
+            return None;
+        }
+        // Clients are matched by their canonical address (IPv4 for ::ffff:a.b.c.d), so a block
+        // written in the mapped form is the IPv4 block it names.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Some(Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
+        Some(Cidr { addr, prefix })
     }
 
     pub(super) fn contains(&self, ip: IpAddr) -> bool {

@@ -110,28 +110,31 @@ fn policies_without_rules_match_nothing_and_an_empty_rule_matches_everything() {
 
 #[test]
 fn an_ipv4_client_seen_as_ipv6_mapped_meets_the_ipv4_blocks() {
-    let rule = api::Rule {
+    let rule = |cidr: &str| api::Rule {
         from: vec![api::Source {
-            ip_blocks: vec!["10.244.1.0/24".into()],
+            ip_blocks: vec![cidr.into()],
             ..Default::default()
         }],
         to: vec![],
         when: vec![],
     };
-    let policies = [policy(api::Action::Deny, vec![rule])];
     let c = id("client");
-    for ip in ["10.244.1.9", "::ffff:10.244.1.9"] {
-        let source = Source {
-            identity: Some(&c),
-            ip: ip.parse().unwrap(),
-        };
-        assert!(
-            matches!(
-                decide(policies.iter(), &source, 8080).decision,
-                Decision::Deny { .. }
-            ),
-            "{ip}"
-        );
+    // The same block written as IPv4 and in the IPv4-mapped IPv6 form.
+    for cidr in ["10.244.1.0/24", "::ffff:10.244.1.0/120"] {
+        let policies = [policy(api::Action::Deny, vec![rule(cidr)])];
+        for ip in ["10.244.1.9", "::ffff:10.244.1.9"] {
+            let source = Source {
+                identity: Some(&c),
+                ip: ip.parse().unwrap(),
+            };
+            assert!(
+                matches!(
+                    decide(policies.iter(), &source, 8080).decision,
+                    Decision::Deny { .. }
+                ),
+                "{cidr} {ip}"
+            );
+        }
     }
 }
 
