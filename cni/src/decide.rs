@@ -30,14 +30,21 @@ pub fn meshed(kubeconfig: &Path, namespace: &str, pod: &str) -> Result<bool, Cni
         })?;
     let lookup = async {
         let client = client(kubeconfig).await?;
-        let ns = Api::<Namespace>::all(client.clone())
-            .get(namespace)
+        // Gone from the API (deleted while its sandbox was being made): nothing to mesh.
+        let Some(ns) = Api::<Namespace>::all(client.clone())
+            .get_opt(namespace)
             .await
-            .map_err(|e| unreachable_api(&format!("namespace {namespace}"), &e))?;
-        let pod_object = Api::<Pod>::namespaced(client, namespace)
-            .get(pod)
+            .map_err(|e| unreachable_api(&format!("namespace {namespace}"), &e))?
+        else {
+            return Ok(false);
+        };
+        let Some(pod_object) = Api::<Pod>::namespaced(client, namespace)
+            .get_opt(pod)
             .await
-            .map_err(|e| unreachable_api(&format!("pod {namespace}/{pod}"), &e))?;
+            .map_err(|e| unreachable_api(&format!("pod {namespace}/{pod}"), &e))?
+        else {
+            return Ok(false);
+        };
         let label = |labels: Option<&std::collections::BTreeMap<String, String>>| {
             labels.and_then(|l| l.get(DATAPLANE_MODE_LABEL)).cloned()
         };

@@ -63,6 +63,15 @@ pub fn primary_config(dir: &Path) -> Result<PathBuf, InstallError> {
 /// replaced). A single-plugin configuration (`.conf`) becomes a list of it and ours.
 pub fn chain(config: &Value, plugin: &Value) -> Result<Value, String> {
     let mut list = as_list(config)?;
+    // Every ADD and DEL of the node would fail with "incompatible CNI version", pods outside
+    // the mesh included: refuse to install instead.
+    let version = list["cniVersion"].as_str().unwrap_or_default();
+    if !crate::spec::SUPPORTED_VERSIONS.contains(&version) {
+        return Err(format!(
+            "its cniVersion {version:?} is not one ambit-cni supports ({})",
+            crate::spec::SUPPORTED_VERSIONS.join(", ")
+        ));
+    }
     let plugins = list["plugins"]
         .as_array_mut()
         .expect("as_list makes plugins");
@@ -113,10 +122,11 @@ pub fn install(dir: &Path, plugin: &Value) -> Result<PathBuf, InstallError> {
         path: path.clone(),
         reason,
     })?;
-    let target = if path.extension().and_then(|e| e.to_str()) == Some("conf") {
-        path.with_extension("conflist")
-    } else {
+    // Runtimes read a chain only from a .conflist; a .conf or .json holds one plugin.
+    let target = if path.extension().and_then(|e| e.to_str()) == Some("conflist") {
         path.clone()
+    } else {
+        path.with_extension("conflist")
     };
     write_json(&target, &chained)?;
     if target != path {
@@ -213,7 +223,14 @@ mod tests {
             (json!([]), "not a JSON object"),
             (json!({"name": "x"}), "neither"),
             (json!({"plugins": {}}), "not a list"),
-            (json!({"plugins": [ours()]}), "no network plugin"),
+            (
+                json!({"cniVersion": "1.0.0", "plugins": [ours()]}),
+                "no network plugin",
+            ),
+            (
+                json!({"cniVersion": "1.1.0", "plugins": [{"type": "ptp"}]}),
+                "not one ambit-cni supports",
+            ),
         ] {
             let e = chain(&config, &ours()).unwrap_err();
             assert!(e.contains(why), "{config}: {e}");

@@ -78,10 +78,18 @@ fn holds(path: &Path, ip: IpAddr) -> io::Result<bool> {
     let Ok(ns) = File::open(path) else {
         return Ok(false);
     };
-    if nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).is_err() {
+    // Not allowed to enter (no CAP_SYS_ADMIN): every other namespace would be refused too,
+    // and "not found" would hide why.
+    nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        io::Error::other(format!(
+            "entering the network namespace {}: {e} (the node agent needs CAP_SYS_ADMIN)",
+            path.display()
+        ))
+    })?;
+    // One namespace that cannot be listed does not end the search.
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Ok(false);
-    }
-    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    };
     Ok(addrs.into_iter().any(|a| {
         let Some(addr) = a.address else { return false };
         addr.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())) == Some(ip)

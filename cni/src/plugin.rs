@@ -61,7 +61,11 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             netns: netns.clone(),
             exclude_ports: Vec::new(),
         };
-        ask_ztunnel(conf, &command).map_err(|reason| {
+        let captured = ask_ztunnel(conf, &command).and_then(|ok| {
+            ok.then_some(())
+                .ok_or_else(|| "ztunnel answered the add with ok: false".to_string())
+        });
+        captured.map_err(|reason| {
             CniError::new(
                 Code::TryAgainLater,
                 format!("ztunnel could not capture meshed pod {namespace}/{name}"),

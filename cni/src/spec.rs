@@ -158,8 +158,9 @@ pub struct NetConf {
     pub ztunnel_socket: PathBuf,
     #[serde(default = "default_cluster_id")]
     pub cluster_id: String,
-    /// Namespaces never looked up (kube-system: the API server's own pods may depend on them).
-    #[serde(default)]
+    /// Namespaces never looked up: kube-system by default (the cluster's own pods must start
+    /// when the API server or ztunnel cannot be reached).
+    #[serde(default = "default_excluded")]
     pub exclude_namespaces: Vec<String>,
     /// Fields of the spec this plugin has no use for, and anything else (refused below).
     #[serde(flatten)]
@@ -171,6 +172,10 @@ const SPEC_FIELDS: &[&str] = &["runtimeConfig", "capabilities", "args", "dns", "
 
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_ZTUNNEL_SOCKET)
+}
+
+fn default_excluded() -> Vec<String> {
+    vec!["kube-system".into()]
 }
 
 fn default_cluster_id() -> String {
@@ -297,6 +302,7 @@ mod tests {
         let conf = NetConf::parse(good.as_bytes()).unwrap();
         assert_eq!(conf.ztunnel_socket, PathBuf::from(DEFAULT_ZTUNNEL_SOCKET));
         assert_eq!(conf.cluster_id, DEFAULT_CLUSTER_ID);
+        assert_eq!(conf.exclude_namespaces, ["kube-system"]);
         let cases = [
             ("{not json", Code::Decode),
             (

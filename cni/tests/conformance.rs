@@ -289,10 +289,12 @@ fn add_never_touches_a_pod_outside_the_mesh() {
     );
     let ztunnel = FakeZtunnel::start(&dir.0, ok);
     let stdin = chained(&dir.0, Some(&api), &ztunnel.socket);
+    // Unlabelled namespace, opted out, excluded namespace, gone from the API.
     for pod in [
         ("plain", "web-0"),
         ("demo", "opted-out"),
         ("kube-system", "coredns-0"),
+        ("demo", "deleted-0"),
     ] {
         let (status, out) = cni("ADD", Some(pod), &stdin);
         assert_eq!((status, &out), (0, &prev_result()), "{pod:?}");

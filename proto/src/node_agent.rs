@@ -45,13 +45,29 @@ pub enum Reply {
 /// What a command line that does not parse is told.
 pub const USAGE: &str = "send {\"add\":{\"uid\":..,\"netns\":..}}, {\"remove\":{\"uid\":..}} or {\"check\":{\"uid\":..}}, one per line";
 
-/// Sends one command and waits for its reply, each step within `timeout` (for the CNI plugin,
-/// which runs outside any runtime and must never hang a pod's creation).
+/// Sends one command and waits for its reply, all within `timeout` (for the CNI plugin, which
+/// runs outside any runtime and must never hang a pod's creation: a connect to a ztunnel whose
+/// backlog is full blocks, so the exchange runs on a thread of its own and is given up at the
+/// deadline; the plugin exits soon after).
 pub fn send_blocking(
     socket: &Path,
     command: &Command,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (socket_path, command) = (socket.to_path_buf(), command.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(exchange(&socket_path, &command, timeout));
+    });
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no reply within {timeout:?}"),
+        ))
+    })
+}
+
+fn exchange(socket: &Path, command: &Command, timeout: Duration) -> std::io::Result<Reply> {
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -104,5 +120,20 @@ mod tests {
             serde_json::from_str::<Reply>(r#"{"error":"no"}"#).unwrap(),
             Reply::Error { error: "no".into() }
         );
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_is_given_up_at_the_deadline() {
+        let dir = std::env::temp_dir().join(format!("ambit-node-agent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("silent.sock");
+        // Accepts (the kernel does, from the backlog) and never reads or answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let started = std::time::Instant::now();
+        let check = Command::Check { uid: "u".into() };
+        let e = send_blocking(&socket, &check, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
