@@ -165,8 +165,11 @@ fn threads_named(pid: u32, name: &str) -> anyhow::Result<Vec<u32>> {
     Ok(tids)
 }
 
-/// The bpftrace program: a thread is ready from its wake-up, or from being switched out while
-/// still runnable (preempted: no state bit in the low byte), until it is switched in; it is
+/// The bpftrace program: a thread is ready from its wake-up (a wake-up of a thread already
+/// waiting to run does not restart the clock), or from being switched out while still runnable
+/// (preempted: no state bit in the low byte), until it is switched in; each wait is a local of
+/// its probe, so two CPUs switching at once cannot mix them (the per-second counters are
+/// shared maps, and may lose a count when they do); it is
 /// blocked from being switched out in uninterruptible sleep (bit 2) until its wake-up. It
 /// prints each wait over 1 ms as it ends (µs, and the thread switched out), and once a second:
 /// waits, the longest (µs), waits over 1 ms, the longest block (µs).
@@ -180,10 +183,10 @@ fn script(tids: &[u32]) -> String {
     format!(
         r#"
 tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new /{woken}/ {{
-  @ready[args->pid] = nsecs;
+  if (@ready[args->pid] == 0) {{ @ready[args->pid] = nsecs; }}
   if (@blocked[args->pid] != 0) {{
-    @block = nsecs - @blocked[args->pid];
-    if (@block > @longest_block) {{ @longest_block = @block; }}
+    $block = nsecs - @blocked[args->pid];
+    if ($block > @longest_block) {{ @longest_block = $block; }}
     delete(@blocked[args->pid]);
   }}
 }}
@@ -192,17 +195,17 @@ tracepoint:sched:sched_switch /{prev}/ {{
   if ((args->prev_state & 2) != 0) {{ @blocked[args->prev_pid] = nsecs; }}
 }}
 tracepoint:sched:sched_switch /({next}) && @ready[args->next_pid] != 0/ {{
-  @wait = nsecs - @ready[args->next_pid];
+  $wait = nsecs - @ready[args->next_pid];
   delete(@ready[args->next_pid]);
   @waits = @waits + 1;
-  if (@wait > @longest_wait) {{ @longest_wait = @wait; }}
-  if (@wait > {COUNTED_OVER_NS}) {{ @over = @over + 1; printf("over %d %d %s\n", @wait / 1000, args->prev_pid, args->prev_comm); }}
+  if ($wait > @longest_wait) {{ @longest_wait = $wait; }}
+  if ($wait > {COUNTED_OVER_NS}) {{ @over = @over + 1; printf("over %d %d %s\n", $wait / 1000, args->prev_pid, args->prev_comm); }}
 }}
 interval:s:1 {{
   printf("sched %d %d %d %d\n", @waits, @longest_wait / 1000, @over, @longest_block / 1000);
   @waits = 0; @longest_wait = 0; @over = 0; @longest_block = 0;
 }}
-END {{ clear(@ready); clear(@blocked); clear(@block); clear(@wait); }}
+END {{ clear(@ready); clear(@blocked); }}
 "#,
         woken = watched("args->pid"),
         prev = watched("args->prev_pid"),
