@@ -50,6 +50,8 @@ impl BenchMesh {
                 start_apps,
                 record_current: false,
                 ztunnel_workers: Some(ztunnel_workers),
+                // BenchMesh::down removes the whole scratch directory, this one inside it.
+                remove_work_dir: false,
             },
             &|step| eprintln!("{bench} bench: {step}"),
         ));

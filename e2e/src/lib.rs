@@ -66,6 +66,7 @@ pub async fn start(test: &str, mesh_yaml: Option<&str>) -> anyhow::Result<LocalM
             start_apps: true,
             record_current: false,
             ztunnel_workers: None,
+            remove_work_dir: true,
         },
         &|step| eprintln!("{test}: {step}"),
     )

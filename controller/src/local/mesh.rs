@@ -38,6 +38,10 @@ pub struct Options {
     pub record_current: bool,
     /// Each ztunnel's data-path worker threads (its default when `None`).
     pub ztunnel_workers: Option<usize>,
+    /// [`LocalMesh::down`] removes `work_dir` once everything stopped cleanly: its logs,
+    /// tokens and the mesh CA's key go with it (a mesh that was not brought down, e.g. a
+    /// failed test's, keeps them for its logs).
+    pub remove_work_dir: bool,
 }
 
 /// What the supervisor does about a ztunnel killed through [`LocalMesh::kill_ztunnel`].
@@ -65,6 +69,7 @@ pub struct LocalMesh {
     /// This mesh's loopback addresses; released last.
     _slot: Slot,
     record_current: bool,
+    remove_work_dir: bool,
 }
 
 /// Index of the controller among the supervised processes; ztunnels follow in node order.
@@ -245,6 +250,7 @@ impl LocalMesh {
             testbed: Some(testbed),
             _slot: slot,
             record_current: options.record_current,
+            remove_work_dir: options.remove_work_dir,
         };
 
         progress("handing meshed pods to their ztunnels");
@@ -488,6 +494,13 @@ impl LocalMesh {
         self.stop_processes(Duration::from_secs(10));
         if let Some(tb) = self.testbed.take() {
             tb.destroy()?;
+        }
+        if self.remove_work_dir {
+            let dir = self.state().work_dir.clone();
+            std::fs::remove_dir_all(&dir).map_err(|source| LocalError::Io {
+                what: format!("removing {}", dir.display()),
+                source,
+            })?;
         }
         Ok(())
     }
