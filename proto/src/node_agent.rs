@@ -59,12 +59,18 @@ pub fn send_blocking(
     std::thread::spawn(move || {
         let _ = tx.send(exchange(&socket_path, &command, timeout));
     });
-    rx.recv_timeout(timeout).unwrap_or_else(|_| {
-        Err(std::io::Error::new(
+    let timed_out = || {
+        std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no reply within {timeout:?}"),
-        ))
-    })
+        )
+    };
+    match rx.recv_timeout(timeout) {
+        // The socket's own read timeout (the same deadline) may fire first: one cause, one kind.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Err(timed_out()),
+        Ok(reply) => reply,
+        Err(_) => Err(timed_out()),
+    }
 }
 
 fn exchange(socket: &Path, command: &Command, timeout: Duration) -> std::io::Result<Reply> {
