@@ -318,27 +318,34 @@ impl LocalMesh {
     pub async fn ztunnel_holds(&self, uid: &str, node: &str) -> Result<bool, LocalError> {
         let socket = self.node_state(node)?.socket;
         let command = node_agent::Command::Check { uid: uid.into() };
-        match node_agent::send(&socket, &command).await {
-            Ok(Reply::Ok { ok }) => Ok(ok),
-            Ok(Reply::Error { error }) => Err(LocalError::NodeAgent {
-                pod: uid.into(),
-                reason: error,
-            }),
-            Err(e) => Err(LocalError::NodeAgent {
-                pod: uid.into(),
-                reason: format!("ztunnel's socket {}: {e}", socket.display()),
-            }),
-        }
+        self.ask_node_agent(&socket, uid, &command).await
     }
 
+    /// An add or a remove, which ztunnel answers `ok: true` or with the reason it refused.
     async fn node_agent(
         &self,
         socket: &Path,
         uid: &str,
         command: &node_agent::Command,
     ) -> Result<(), LocalError> {
+        match self.ask_node_agent(socket, uid, command).await? {
+            true => Ok(()),
+            false => Err(LocalError::NodeAgent {
+                pod: uid.into(),
+                reason: "ztunnel answered ok: false".into(),
+            }),
+        }
+    }
+
+    /// ztunnel's `ok`, or the reason it refused or could not be asked.
+    async fn ask_node_agent(
+        &self,
+        socket: &Path,
+        uid: &str,
+        command: &node_agent::Command,
+    ) -> Result<bool, LocalError> {
         match node_agent::send(socket, command).await {
-            Ok(Reply::Ok { .. }) => Ok(()),
+            Ok(Reply::Ok { ok }) => Ok(ok),
             Ok(Reply::Error { error }) => Err(LocalError::NodeAgent {
                 pod: uid.into(),
                 reason: error,
