@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use super::error::{Cause, HandshakeStage, Http2Failure, TlsFailure, classify, classify_handshake};
+use super::linger::LingeringClose;
 use super::pool::{Checkout, Dialed, DriveSettings, Pool, PoolKey, StreamSlot};
 use super::{
     CONNECTION_WINDOW, ERROR_HEADER, HboneError, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
@@ -256,7 +257,7 @@ impl HboneClient {
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .enable_push(false)
-            .handshake::<_, Bytes>(tls);
+            .handshake::<_, Bytes>(LingeringClose::new(tls));
         let left = deadline.saturating_duration_since(Instant::now());
         let (send, connection) = tokio::time::timeout(left, h2)
             .await

@@ -6,6 +6,7 @@ mod client;
 mod error;
 mod keepalive;
 mod limits;
+mod linger;
 mod pool;
 mod request;
 mod server;

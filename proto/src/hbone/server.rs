@@ -21,6 +21,7 @@ use super::limits::{
     ConnectionLimits, ConnectionPermit, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, HandshakePermit, IdentityPermit, Limit,
 };
+use super::linger::LingeringClose;
 use super::request::{Activity, send_refusal};
 use super::target::tunnel_target;
 use super::watch::{FrameStats, FrameWatch, WatchSettings};
@@ -92,7 +93,7 @@ pub struct HboneServer {
 
 /// An authenticated connection, ready for tunnels.
 struct Established {
-    connection: Connection<FrameWatch<TlsStream<TcpStream>>, Bytes>,
+    connection: Connection<FrameWatch<LingeringClose<TlsStream<TcpStream>>>, Bytes>,
     frames: Arc<FrameStats>,
     peer: SpiffeId,
     peer_serial: Arc<str>,
@@ -238,7 +239,7 @@ impl HboneServer {
         };
         let identity_permit = limits.admit_identity(&peer);
         *stage = HandshakeStage::Http2;
-        let (tls, frames) = FrameWatch::new(tls, self.watch_settings());
+        let (tls, frames) = FrameWatch::new(LingeringClose::new(tls), self.watch_settings());
         let mut connection = match h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -171,6 +171,85 @@ async fn the_copy_carries_tcp_through_a_tunnel_intact_both_ways() {
     assert_eq!((moved.forward, moved.backward), (BIG as u64, BIG as u64));
 }
 
+/// Sends nothing (half-closes at once) and reports how many bytes arrived.
+struct CountReceived {
+    received: tokio::sync::mpsc::UnboundedSender<std::io::Result<usize>>,
+}
+
+impl TunnelHandler for CountReceived {
+    async fn handle(&self, request: TunnelRequest) {
+        let mut tunnel = request.accept().unwrap();
+        tunnel.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let outcome = tunnel.read_to_end(&mut got).await;
+        self.received.send(outcome).unwrap();
+    }
+}
+
+/// A TCP relay that takes the client's bytes slowly, as a congested path would, so that much
+/// of what the client wrote is still on its way when the client closes. A reset from the
+/// client ends the relay, as it ends a real connection, losing whatever it had not passed on.
+async fn slow_path(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(to).await.unwrap();
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from_client.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = to_server.shutdown().await;
+                    return;
+                }
+                Ok(n) => to_server.write_all(&buf[..n]).await.unwrap(),
+                Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_at_once_loses_nothing_it_sent() {
+    // Both ends half-close, as a copy does when both sides are done, and the client drops its
+    // pool at once: h2 then ends the connection while megabytes are still on the path and the
+    // server's window updates sit unread in our socket. A plain close answers those with a
+    // TCP reset, and the tail of the tunnel is lost.
+    const SENT: usize = 8 * 1024 * 1024;
+    let certs = manager(CertificateAuthority::generate(TD).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = serve(
+        &certs,
+        &id("demo", "server"),
+        Arc::new(CountReceived { received: tx }),
+        "127.0.0.1:0",
+    )
+    .await;
+    let path = slow_path(server.addr).await;
+    let client = client(certs);
+    let mut tunnel = client
+        .connect(&request(&id("demo", "client"), path, &id("demo", "server")))
+        .await
+        .unwrap();
+    tunnel.write_all(&pattern(0, SENT)).await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut nothing = Vec::new();
+    tunnel.read_to_end(&mut nothing).await.unwrap();
+    assert!(nothing.is_empty());
+    drop(tunnel);
+    drop(client);
+    let received = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the server read to the end")
+        .unwrap();
+    assert_eq!(received.unwrap(), SENT, "the server received");
+}
+
 /// Replies after the client half-closes, then half-closes itself; or resets on request.
 struct HalfClose {
     saw: tokio::sync::mpsc::UnboundedSender<String>,
