@@ -90,6 +90,7 @@ impl Ztunnel {
         ));
         // One set of bounds for every pod's HBONE server: a node-wide budget of connections.
         let hbone_limits = Arc::new(ConnectionLimits::new(config.hbone_limits()));
+        let (applied_tx, applied_rx) = watch::channel(0);
         let pods = Arc::new(Pods::new(
             ctx,
             PodSettings {
@@ -98,8 +99,8 @@ impl Ztunnel {
                 drain_timeout: config.drain_timeout,
             },
             data,
+            applied_rx.clone(),
         ));
-        let (applied_tx, applied_rx) = watch::channel(0);
         let (trigger, watch) = drain::channel();
 
         let admin_state = Arc::new(AdminState {

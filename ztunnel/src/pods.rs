@@ -17,6 +17,7 @@ use ambit_proto::hbone::{
 };
 use ambit_proto::identity::SpiffeId;
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use crate::capture::{self, CaptureError, PodDialer, PodNetns, rules};
 use crate::proxy::{InboundHandler, PodContext, ProxyContext, serve_outbound, serve_plaintext};
@@ -24,7 +25,7 @@ use crate::proxy::{InboundHandler, PodContext, ProxyContext, serve_outbound, ser
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error(
-        "pod {uid} is not in ztunnel's config: only workloads the controller sent for this node can be captured (is the pod on this node, and has the config arrived?)"
+        "pod {uid} is not in ztunnel's config after waiting {CONFIG_WAIT:?}: only workloads the controller sent for this node can be captured (is the pod on this node, and is ztunnel connected to the controller?)"
     )]
     UnknownWorkload { uid: String },
     #[error(
@@ -54,6 +55,11 @@ pub struct PodSettings {
     pub drain_timeout: Duration,
 }
 
+/// How long an add waits for the config to hold its pod: the controller learns of a pod when
+/// it is scheduled, about when the runtime runs the CNI plugin, so the plugin's request can
+/// arrive first. Within the plugin's own 10 s for the whole exchange, CA call included.
+const CONFIG_WAIT: Duration = Duration::from_secs(5);
+
 /// How long after the drain timeout a teardown waits for the connections closed at the
 /// deadline to be gone, before it reports them as still open.
 const FORCED_CLOSE_MARGIN: Duration = Duration::from_secs(1);
@@ -82,6 +88,8 @@ pub struct Pods {
     /// The data path's runtime: pods are added from the control runtime, but their listeners
     /// and connections must live on the data path's workers.
     data: tokio::runtime::Handle,
+    /// Ticks with every config applied: what an add waits on for its pod's workload.
+    applied: watch::Receiver<u64>,
     /// Never held across an await.
     state: Mutex<State>,
 }
@@ -112,11 +120,13 @@ impl Pods {
         ctx: Arc<ProxyContext>,
         settings: PodSettings,
         data: tokio::runtime::Handle,
+        applied: watch::Receiver<u64>,
     ) -> Self {
         Pods {
             ctx,
             settings,
             data,
+            applied,
             state: Mutex::new(State::default()),
         }
     }
@@ -146,10 +156,7 @@ impl Pods {
         exclude_ports: &[u16],
     ) -> Result<(), PodError> {
         let _op = self.serialize(uid).await;
-        let workload = self
-            .ctx
-            .workload(uid)
-            .ok_or_else(|| PodError::UnknownWorkload { uid: uid.into() })?;
+        let workload = self.await_workload(uid).await?;
         if workload.protocol != Protocol::Hbone {
             return Err(PodError::NotMeshed { uid: uid.into() });
         }
@@ -206,6 +213,26 @@ impl Pods {
             }
             None => Ok(()),
         }
+    }
+
+    /// The pod's workload, once a config holding it has been applied (up to [`CONFIG_WAIT`]).
+    async fn await_workload(&self, uid: &str) -> Result<Arc<Workload>, PodError> {
+        let mut applied = self.applied.clone();
+        let arrived = async {
+            loop {
+                // Marked seen before looking, so a config applied after the look wakes us.
+                applied.borrow_and_update();
+                if let Some(workload) = self.ctx.workload(uid) {
+                    return Some(workload);
+                }
+                applied.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(CONFIG_WAIT, arrived)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| PodError::UnknownWorkload { uid: uid.into() })
     }
 
     /// The slow part of an add, done without holding any lock other pods need: the

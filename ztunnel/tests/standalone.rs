@@ -6,6 +6,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ambit_proto::identity::CertificateAuthority;
+use ambit_proto::node_agent::{self, Reply};
 
 struct Ztunnel(Child);
 
@@ -60,18 +61,24 @@ services:
      ports: [{port: 9080, targetPort: 8080}], endpoints: [w1]}
 ";
 
-#[test]
-fn a_local_config_file_is_served_reloaded_and_guarded() {
-    let dir = std::env::temp_dir().join(format!("ztunnel-standalone-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A ztunnel on `config`, its files in `dir`; ready when this returns.
+struct Running {
+    _process: Ztunnel,
+    admin: SocketAddr,
+    agent_socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+fn start(dir: &std::path::Path, config: &str) -> Running {
+    std::fs::create_dir_all(dir).unwrap();
     let ca = CertificateAuthority::generate("cluster.local").unwrap();
     std::fs::write(dir.join("root.pem"), ca.root_pem()).unwrap();
     std::fs::write(dir.join("root-key.pem"), ca.root_key_pem()).unwrap();
-    let config = dir.join("config.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(dir.join("config.yaml"), config).unwrap();
     let (admin, metrics, ready) = (free_addr(), free_addr(), free_addr());
-    let log = std::fs::File::create(dir.join("ztunnel.log")).unwrap();
-    let _z = Ztunnel(
+    let log_path = dir.join("ztunnel.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let process = Ztunnel(
         Command::new(env!("CARGO_BIN_EXE_ztunnel"))
             .args(["--node", "node-a"])
             .arg("--root-cert")
@@ -79,7 +86,7 @@ fn a_local_config_file_is_served_reloaded_and_guarded() {
             .arg("--ca-key")
             .arg(dir.join("root-key.pem"))
             .arg("--config-file")
-            .arg(&config)
+            .arg(dir.join("config.yaml"))
             .arg("--node-agent-socket")
             .arg(dir.join("agent.sock"))
             .args(["--admin-addr", &admin.to_string()])
@@ -93,6 +100,20 @@ fn a_local_config_file_is_served_reloaded_and_guarded() {
     wait_for("readiness", || {
         get(ready, "/healthz/ready").is_some_and(|(s, _)| s == 200)
     });
+    Running {
+        _process: process,
+        admin,
+        agent_socket: dir.join("agent.sock"),
+        log: log_path,
+    }
+}
+
+#[test]
+fn a_local_config_file_is_served_reloaded_and_guarded() {
+    let dir = std::env::temp_dir().join(format!("ztunnel-standalone-{}", std::process::id()));
+    let running = start(&dir, CONFIG);
+    let config = dir.join("config.yaml");
+    let admin = running.admin;
     let dump = || {
         get(admin, "/config_dump")
             .map(|(_, b)| b)
@@ -110,9 +131,9 @@ fn a_local_config_file_is_served_reloaded_and_guarded() {
 
     // A broken edit is refused with its line; the last good config stays.
     std::fs::write(&config, CONFIG.replace("serviceAccount", "serviceAcount")).unwrap();
-    let log_path = dir.join("ztunnel.log");
+    let log_path = &running.log;
     wait_for("the refusal in the log", || {
-        std::fs::read_to_string(&log_path)
+        std::fs::read_to_string(log_path)
             .is_ok_and(|l| l.contains("refused local config") && l.contains("serviceAcount"))
     });
     assert!(
@@ -123,8 +144,51 @@ fn a_local_config_file_is_served_reloaded_and_guarded() {
     // An invalid one (bad address) too.
     std::fs::write(&config, CONFIG.replace("10.244.1.4", "10.244.1.400")).unwrap();
     wait_for("the second refusal", || {
-        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("10.244.1.400"))
+        std::fs::read_to_string(log_path).is_ok_and(|l| l.contains("10.244.1.400"))
     });
     assert!(dump().contains("reviews-v9"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pod_handed_over_before_its_config_waits_for_it() {
+    // The CNI plugin can hand a pod over before the controller's config holding it arrives:
+    // the add waits for the config rather than failing the pod's creation.
+    let dir = std::env::temp_dir().join(format!("ztunnel-early-add-{}", std::process::id()));
+    let running = start(&dir, CONFIG);
+    let add = |uid: &str| {
+        let socket = running.agent_socket.clone();
+        let command = node_agent::Command::Add {
+            uid: uid.into(),
+            // Not a namespace: an add that gets past the config fails here, and says so.
+            netns: dir.join("no-such-netns"),
+            exclude_ports: Vec::new(),
+        };
+        std::thread::spawn(move || {
+            node_agent::send_blocking(&socket, &command, Duration::from_secs(20)).unwrap()
+        })
+    };
+    let early = add("w2");
+    let never = add("w9");
+    std::thread::sleep(Duration::from_millis(500));
+    let with_w2 = CONFIG.replace(
+        "services:\n",
+        "  - {uid: w2, name: ratings-v1, namespace: demo, serviceAccount: ratings, node: node-a,\n     addresses: [10.244.1.5], protocol: HBONE}\nservices:\n",
+    );
+    std::fs::write(dir.join("config.yaml"), with_w2).unwrap();
+    let text = |reply: Reply| match reply {
+        Reply::Error { error } => error,
+        Reply::Ok { ok } => format!("ok: {ok}"),
+    };
+    let early = text(early.join().unwrap());
+    assert!(
+        early.contains("capturing pod w2 failed") && early.contains("no-such-netns"),
+        "{early}"
+    );
+    let never = text(never.join().unwrap());
+    assert!(
+        never.contains("pod w9 is not in ztunnel's config after waiting"),
+        "{never}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

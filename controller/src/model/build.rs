@@ -26,6 +26,7 @@ pub struct MeshBuilder {
     routes: Vec<Route>,
     traffic_policies: Vec<TrafficPolicy>,
     pending_waypoints: bool,
+    unaddressed_pods: bool,
     mtls_mode: MtlsMode,
 }
 
@@ -45,6 +46,7 @@ impl MeshBuilder {
             routes: Vec::new(),
             traffic_policies: Vec::new(),
             pending_waypoints: false,
+            unaddressed_pods: false,
             mtls_mode: MtlsMode::default(),
         }
     }
@@ -56,6 +58,16 @@ impl MeshBuilder {
     /// human wrote its waypoints, and one without address or node there is a mistake.
     pub fn allow_pending_waypoints(&mut self) -> &mut Self {
         self.pending_waypoints = true;
+        self
+    }
+
+    /// Accepts pods scheduled on a node that have no IP yet. On Kubernetes the CNI plugin hands
+    /// a pod to its node's ztunnel while the pod's network is being set up, before the API
+    /// knows its IP, and ztunnel captures only workloads its config holds (and the CA signs
+    /// only for identities that run on the caller's node). A mesh file does not call this:
+    /// every pod there has its addresses.
+    pub fn allow_unaddressed_pods(&mut self) -> &mut Self {
+        self.unaddressed_pods = true;
         self
     }
 
@@ -112,6 +124,7 @@ impl MeshBuilder {
             errors: Vec::new(),
             addresses: HashMap::new(),
             pending_waypoints: self.pending_waypoints,
+            unaddressed_pods: self.unaddressed_pods,
         };
         if let Err(source) = SpiffeId::new(&self.trust_domain, "ns", "sa") {
             return Err(vec![ModelError::InvalidTrustDomain {
@@ -192,12 +205,14 @@ impl MeshBuilder {
     }
 }
 
+/// The service's workloads that can be reached: a pod with no IP yet is no endpoint.
 fn endpoints_of(service: &Service, workloads: &BTreeMap<ObjectKey, Workload>) -> Vec<ObjectKey> {
+    let addressed = |w: &Workload| !w.pod.addresses.is_empty();
     if service.selector.is_empty() {
         let mut listed: Vec<ObjectKey> = service
             .explicit_endpoints
             .iter()
-            .filter(|key| workloads.contains_key(key))
+            .filter(|key| workloads.get(*key).is_some_and(addressed))
             .cloned()
             .collect();
         listed.sort();
@@ -205,7 +220,7 @@ fn endpoints_of(service: &Service, workloads: &BTreeMap<ObjectKey, Workload>) ->
         return listed;
     }
     in_namespace(workloads, &service.namespace)
-        .filter(|w| selects(&service.selector, &w.pod.labels))
+        .filter(|w| addressed(w) && selects(&service.selector, &w.pod.labels))
         .map(Workload::key)
         .collect()
 }
@@ -216,6 +231,8 @@ struct Checker {
     addresses: HashMap<IpAddr, ResourceRef>,
     /// See [`MeshBuilder::allow_pending_waypoints`].
     pending_waypoints: bool,
+    /// See [`MeshBuilder::allow_unaddressed_pods`].
+    unaddressed_pods: bool,
 }
 
 impl Checker {
@@ -360,7 +377,9 @@ impl Checker {
                 continue;
             }
             self.on_node(&subject, &pod.node, nodes);
-            self.addressed(&subject, &pod.addresses);
+            if !(self.unaddressed_pods && pod.addresses.is_empty()) {
+                self.addressed(&subject, &pod.addresses);
+            }
             if let Some(value) = pod.labels.get(DATAPLANE_MODE_LABEL)
                 && value != DATAPLANE_MODE_NONE
             {

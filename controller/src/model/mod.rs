@@ -102,6 +102,8 @@ pub struct Pod {
     pub namespace: String,
     pub service_account: String,
     pub node: String,
+    /// Empty only for a pod whose network is still being set up (see
+    /// [`MeshBuilder::allow_unaddressed_pods`]): nothing can reach it yet.
     pub addresses: Vec<IpAddr>,
     pub labels: Labels,
     pub healthy: bool,

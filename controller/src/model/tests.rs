@@ -282,6 +282,52 @@ fn waypoints_come_from_the_namespace_label_unless_the_service_overrides_it() {
 }
 
 #[test]
+fn a_pod_without_an_ip_yet_is_a_workload_of_its_node_only_where_allowed() {
+    let unaddressed = || {
+        let mut b = base();
+        b.pod(Pod {
+            addresses: Vec::new(),
+            ..pod(
+                "demo",
+                "starting",
+                "node-a",
+                "10.244.0.50",
+                &[("app", "web")],
+            )
+        })
+        .service(service("demo", "web", "10.96.0.9", &[("app", "web")]));
+        b
+    };
+    // A mesh file's pod without addresses is a mistake.
+    let errors = unaddressed().build().unwrap_err();
+    assert!(
+        matches!(errors[..], [ModelError::NoAddress { .. }]),
+        "{errors:?}"
+    );
+    let mut b = unaddressed();
+    b.allow_unaddressed_pods();
+    let m = b.build().unwrap();
+    let w = m.workloads_on_node("node-a").next().unwrap();
+    assert!(
+        w.meshed,
+        "its namespace is meshed, so its node may hold its identity"
+    );
+    assert!(m.workload_proto(w).addresses.is_empty());
+    let web = m.service(&ObjectKey::new("demo", "web")).unwrap();
+    assert!(web.endpoints.is_empty(), "nothing can reach it yet");
+    // Still one address per object among those that have one.
+    let mut b = unaddressed();
+    b.allow_unaddressed_pods()
+        .pod(pod("demo", "a", "node-a", "10.244.0.7", &[]))
+        .pod(pod("demo", "b", "node-a", "10.244.0.7", &[]));
+    let errors = b.build().unwrap_err();
+    assert!(
+        matches!(errors[..], [ModelError::DuplicateAddress { .. }]),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn a_pending_waypoint_has_no_address_or_node_and_still_takes_its_traffic() {
     let pending = || {
         let mut b = base();

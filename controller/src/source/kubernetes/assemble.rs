@@ -68,6 +68,9 @@ fn builder(
     b.mtls_mode(settings.mtls_mode);
     // A waypoint is in the model from its Gateway on, before any pod of it is ready.
     b.allow_pending_waypoints();
+    // A pod is in the model from its scheduling on, so that its node's ztunnel can capture it
+    // when the CNI plugin runs, before its IP is known.
+    b.allow_unaddressed_pods();
     for node in &input.nodes {
         b.node(model::Node {
             name: node.clone(),

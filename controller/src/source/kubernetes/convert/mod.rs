@@ -1,5 +1,5 @@
-//! From Kubernetes objects to the model's input types. Anything the mesh cannot use (a pod with
-//! no IP yet, a port whose named target cannot be resolved, a policy port that is not a
+//! From Kubernetes objects to the model's input types. Anything the mesh cannot use (a pod not
+//! scheduled yet, a port whose named target cannot be resolved, a policy port that is not a
 //! number…) is left out, or used in part, and reported as a [`Skip`] naming the object, the
 //! cause and the fix; nothing here fails as a whole.
 //!

@@ -100,11 +100,9 @@ pub(super) fn pod(
         skip("is not scheduled on a node yet");
         return None;
     };
+    // Empty while the pod's network is being set up: its node's ztunnel needs the workload
+    // (and the CA its identity) when the CNI plugin hands the pod over, before any IP.
     let addresses = status.map(pod_ips).unwrap_or_default();
-    if addresses.is_empty() {
-        skip("has no IP yet (status.podIPs is empty)");
-        return None;
-    }
     let healthy = status
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
