@@ -1,4 +1,4 @@
-//! The Kubernetes source against the fake API server (support/fake_api.rs): kube's real
+//! The Kubernetes source against the fake API server (the ambit-fake-kube-api crate): kube's real
 //! client lists and watches over a socket; the fake answers recorded JSON and streams events.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The root certificate ConfigMap against the fake API server (support/fake_api.rs):
+//! The root certificate ConfigMap against the fake API server (the ambit-fake-kube-api crate):
 //! published with the root certificate and never the key, put back when deleted or edited,
 //! retried after a refusal whose error names the ConfigMap and the RBAC fix.
 

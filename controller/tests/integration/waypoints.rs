@@ -1,4 +1,4 @@
-//! The waypoint reconciler against the fake API server (support/fake_api.rs): kube's real
+//! The waypoint reconciler against the fake API server (the ambit-fake-kube-api crate): kube's real
 //! client watches Gateways and our objects over a socket and sends reads, server-side applies,
 //! deletes and status patches, which the fake records and answers (keeping what was applied, so
 //! a read after an apply finds it, as on a real API server).
