@@ -3,8 +3,9 @@
 //! containers start. [`spec`] is the CNI protocol, [`decide`] asks the API server whether the
 //! pod is meshed, [`plugin`] runs ADD, DEL, CHECK and VERSION; [`install`] chains the plugin
 //! into a node's CNI configuration and takes it out and [`netns`] finds a running pod's network
-//! namespace from its IP (both for the node agent, not built yet).
+//! namespace from its IP, both for the node agent ([`agent`], binary `ambit-node-agent`).
 
+pub mod agent;
 pub mod decide;
 pub mod install;
 pub mod netns;

@@ -6,6 +6,7 @@ mod cni_netns;
 mod config_apply;
 mod lifecycle;
 mod mtls;
+mod node_agent;
 mod node_failure;
 mod outsiders;
 mod ports;
