@@ -1,7 +1,8 @@
 //! Every document of every file in manifests/ read into its Kubernetes (k8s_openapi), Gateway
 //! API or CRD type, strictly: a field the type does not know (a typo) fails, though serde alone
-//! would drop it. Also: the controller's RBAC grants exactly what the code calls, the controller's and
-//! ztunnel's args are flags their binaries accept, and the kustomization lists every file.
+//! would drop it. Also: the controller's and the node agent's RBAC grant exactly what the code
+//! calls, the controller's, ztunnel's and the node agent's args are flags their binaries accept
+//! (and agree on ztunnel's socket), and the kustomization lists every file.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -613,5 +614,122 @@ fn ztunnel_mounts_the_root_certificate_configmap_and_no_pod_mounts_a_secret() {
         config.root_cert,
         Path::new(&mount.mount_path).join(&item.path),
         "--root-cert is not the mounted ConfigMap key"
+    );
+}
+
+/// The host directory a container's `path` lies in, through its hostPath mounts.
+fn host_path_of(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    container: &Container,
+    path: &Path,
+) -> PathBuf {
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| path.starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())
+        .unwrap_or_else(|| panic!("{} is on no mount of {}", path.display(), container.name));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let host = &volume
+        .host_path
+        .as_ref()
+        .unwrap_or_else(|| panic!("volume {} is not a hostPath", volume.name))
+        .path;
+    Path::new(host).join(path.strip_prefix(&mount.mount_path).unwrap())
+}
+
+#[test]
+fn the_node_agent_reaches_ztunnel_on_the_hosts_socket_and_only_reads_pods_and_namespaces() {
+    let docs = documents();
+    let agent: DaemonSet = find(&docs, "DaemonSet", "ambit-node-agent");
+    let agent_pod = agent.spec.unwrap().template.spec.unwrap();
+    let container = &agent_pod.containers[0];
+    let args = args_of(container, "ambit-node-agent");
+    let config = ambit_cni::agent::Config::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("manifests/node-agent.yaml args {args:?}: {e}"));
+    assert!(config.install_cni);
+    assert_eq!(config.node, "stand-in");
+
+    let ztunnel: DaemonSet = find(&docs, "DaemonSet", "ztunnel");
+    let ztunnel_pod = ztunnel.spec.unwrap().template.spec.unwrap();
+    let ztunnel_config = ambit_ztunnel::config::Config::try_parse_from(args_of(
+        &ztunnel_pod.containers[0],
+        "ztunnel",
+    ))
+    .unwrap();
+    // One socket on the host: where ztunnel listens, where the agent dials, and what the
+    // plugin (run on the host) is told.
+    let socket = host_path_of(
+        &ztunnel_pod,
+        &ztunnel_pod.containers[0],
+        &ztunnel_config.node_agent_socket(),
+    );
+    assert_eq!(
+        host_path_of(&agent_pod, container, &config.ztunnel_socket),
+        socket
+    );
+    assert_eq!(config.host_ztunnel_socket, socket);
+    // The CNI directories the agent writes are the host's, and it names them as the host does.
+    assert_eq!(
+        host_path_of(&agent_pod, container, &config.cni_conf_dir),
+        config.host_cni_conf_dir
+    );
+    assert_eq!(
+        host_path_of(&agent_pod, container, &config.cni_bin_dir),
+        Path::new("/opt/cni/bin")
+    );
+    // Both see the runtime's pinned namespaces at the path the agent hands ztunnel.
+    for (pod, c) in [
+        (&agent_pod, container),
+        (&ztunnel_pod, &ztunnel_pod.containers[0]),
+    ] {
+        assert_eq!(host_path_of(pod, c, &config.netns_dir), config.netns_dir);
+    }
+
+    let role: ClusterRole = find(&docs, "ClusterRole", "ambit-node-agent");
+    let granted: BTreeSet<(String, String, String)> = role
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|r| {
+            let groups = r.api_groups.clone().unwrap_or_default();
+            let resources = r.resources.clone().unwrap_or_default();
+            let verbs = r.verbs.clone();
+            groups.into_iter().flat_map(move |g| {
+                let verbs = verbs.clone();
+                resources.clone().into_iter().flat_map(move |res| {
+                    let g = g.clone();
+                    verbs
+                        .clone()
+                        .into_iter()
+                        .map(move |v| (g.clone(), res.clone(), v))
+                })
+            })
+        })
+        .collect();
+    // The agent lists and watches (cni/src/agent/run.rs); the plugin gets (cni/src/decide.rs).
+    let wanted: BTreeSet<(String, String, String)> = ["namespaces", "pods"]
+        .into_iter()
+        .flat_map(|res| {
+            ["get", "list", "watch"]
+                .into_iter()
+                .map(move |v| (String::new(), res.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(granted, wanted);
+    let binding: ClusterRoleBinding = find(&docs, "ClusterRoleBinding", "ambit-node-agent");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (
+            subject.name.as_str(),
+            agent_pod.service_account_name.as_deref()
+        ),
+        ("ambit-node-agent", Some("ambit-node-agent"))
     );
 }
