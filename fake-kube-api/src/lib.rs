@@ -66,8 +66,18 @@ impl FakeApi {
     /// Starts serving on `addr`: e.g. where a client was already pointed while nothing
     /// listened, to show it recovers once the API is back.
     pub async fn start_on(addr: SocketAddr) -> FakeApi {
+        Self::serve(TcpListener::bind(addr).await.unwrap())
+    }
+
+    /// Serves on a listener bound elsewhere: e.g. inside a test's network namespace, where
+    /// the programs under test run.
+    pub fn serve_std(listener: std::net::TcpListener) -> FakeApi {
+        listener.set_nonblocking(true).unwrap();
+        Self::serve(TcpListener::from_std(listener).unwrap())
+    }
+
+    fn serve(listener: TcpListener) -> FakeApi {
         let state = Arc::new(State::default());
-        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = state.clone();
         tokio::spawn(async move {

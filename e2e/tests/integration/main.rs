@@ -2,6 +2,7 @@
 //! dependencies are linked once.
 
 mod ambit_cli;
+mod cni_chain;
 mod cni_netns;
 mod config_apply;
 mod lifecycle;
