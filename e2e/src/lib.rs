@@ -11,6 +11,7 @@ use ambit_controller::local::apps::AccessLine;
 use ambit_controller::local::{Binaries, LocalMesh, Options};
 
 pub mod capture;
+pub mod cni;
 pub mod probe;
 
 /// The default mesh as it was before its reviews service went behind a waypoint: plain L4

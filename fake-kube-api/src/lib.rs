@@ -1,7 +1,10 @@
 //! A fake Kubernetes API server on 127.0.0.1, for kube's real client over a real socket (no
 //! cluster runs here). Collections answer list and watch (the first watch of each streams the
-//! events a test sends; later ones stay open and silent, as after a reconnect); handlers answer
-//! anything else (a TokenReview POST, a server-side apply PATCH…). Every request is recorded.
+//! events a test sends; later ones stay open and silent, as after a reconnect) or, made with
+//! [`FakeApi::shared_collection`], behave as the API server's for several clients: every watch
+//! streams every later event, and lists and GETs of one object see the events applied.
+//! Handlers answer anything else (a TokenReview POST, a server-side apply PATCH…). Every
+//! request is recorded.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -42,6 +45,24 @@ struct Collection {
     items: Vec<Value>,
     sender: mpsc::UnboundedSender<Value>,
     events: Option<mpsc::UnboundedReceiver<Value>>,
+    /// `Some` for a shared collection: the open watches, each sent every event.
+    watchers: Option<Vec<mpsc::UnboundedSender<Value>>>,
+}
+
+impl Collection {
+    /// Applies a watch event to the items, as the API server's storage would have.
+    fn apply(&mut self, event: &str, object: &Value) {
+        let key = |o: &Value| {
+            (
+                o["metadata"]["namespace"].clone(),
+                o["metadata"]["name"].clone(),
+            )
+        };
+        self.items.retain(|item| key(item) != key(object));
+        if event != "DELETED" {
+            self.items.push(object.clone());
+        }
+    }
 }
 
 #[derive(Default)]
@@ -116,16 +137,42 @@ impl FakeApi {
                 items,
                 sender,
                 events: Some(events),
+                watchers: None,
+            },
+        );
+    }
+
+    /// Serves GET `path` as a list and a watch for any number of clients: each watch streams
+    /// every event sent after it started, and the items (listed, or got one by one at
+    /// `path/<name>` or `/api/v1/namespaces/<ns>/<resource>/<name>`) follow the events.
+    pub fn shared_collection(&self, path: &str, list_kind: &str, items: Vec<Value>) {
+        let (sender, _) = mpsc::unbounded_channel();
+        self.state.collections.lock().insert(
+            path.into(),
+            Collection {
+                list_kind: list_kind.into(),
+                items,
+                sender,
+                events: None,
+                watchers: Some(Vec::new()),
             },
         );
     }
 
     /// Streams a watch event (`ADDED`, `MODIFIED`, `DELETED`) on the collection at `path`.
     pub fn send(&self, path: &str, event: &str, object: Value) {
-        self.state.collections.lock()[path]
-            .sender
-            .send(json!({"type": event, "object": object}))
-            .unwrap();
+        let mut collections = self.state.collections.lock();
+        let collection = collections
+            .get_mut(path)
+            .expect("no collection at this path");
+        let message = json!({"type": event, "object": object});
+        match &mut collection.watchers {
+            Some(watchers) => {
+                watchers.retain(|w| w.send(message.clone()).is_ok());
+                collection.apply(event, &object);
+            }
+            None => collection.sender.send(message).unwrap(),
+        }
     }
 
     /// Answers `method` on exactly `path` with `handler` (checked before collections).
@@ -223,8 +270,19 @@ async fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<
     let (list, events) = {
         let mut collections = state.collections.lock();
         let Some(collection) = collections.get_mut(&recorded.path) else {
-            return json_response(404, &status(404, "NotFound", "no such collection"));
+            return match one_object(&collections, &recorded.path) {
+                Some(object) => json_response(200, &object),
+                None => json_response(
+                    404,
+                    &status(404, "NotFound", "no such collection or object"),
+                ),
+            };
         };
+        if watching && let Some(watchers) = &mut collection.watchers {
+            let (tx, rx) = mpsc::unbounded_channel::<Value>();
+            watchers.push(tx);
+            return stream(rx);
+        }
         let list = json!({
             "apiVersion": "v1",
             "kind": collection.list_kind,
@@ -249,7 +307,35 @@ async fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             None => tx.closed().await,
         }
     });
-    let frames = UnboundedReceiverStream::new(rx)
+    stream(rx)
+}
+
+/// A watch response: one JSON event per line, as long as `events` has them.
+fn stream(events: mpsc::UnboundedReceiver<Value>) -> Response<Body> {
+    let frames = UnboundedReceiverStream::new(events)
         .map(|event| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{event}\n")))));
     Response::new(BodyExt::boxed(StreamBody::new(frames)))
+}
+
+/// One object of a shared collection, by its path: `<collection>/<name>` (cluster-scoped) or
+/// `/api/v1/namespaces/<ns>/<resource>/<name>` (namespaced, from `/api/v1/<resource>`).
+fn one_object(collections: &HashMap<String, Collection>, path: &str) -> Option<Value> {
+    let (parent, name) = path.rsplit_once('/')?;
+    let (collection, namespace) = match parent
+        .strip_prefix("/api/v1/namespaces/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((namespace, resource)) => (format!("/api/v1/{resource}"), Some(namespace)),
+        None => (parent.to_string(), None),
+    };
+    let collection = collections.get(&collection)?;
+    collection.watchers.as_ref()?;
+    collection
+        .items
+        .iter()
+        .find(|item| {
+            item["metadata"]["name"] == name
+                && namespace.is_none_or(|ns| item["metadata"]["namespace"] == ns)
+        })
+        .cloned()
 }

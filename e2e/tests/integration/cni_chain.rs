@@ -4,20 +4,18 @@
 //! namespace. A meshed pod's redirect rules are in place when ADD returns, before any of its
 //! containers could run; a pod outside the mesh is left alone; DEL takes the rules out.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ambit_controller::local::Binaries;
 use ambit_e2e::can_run;
+use ambit_e2e::cni::{DEBIAN_CNI_DIR, PodNetns, Runtime, fake_kubeconfig};
 use ambit_fake_kube_api::FakeApi;
 use ambit_proto::identity::CertificateAuthority;
 use ambit_proto::node_agent::{self, Reply};
 use ambit_testbed::Testbed;
 use serde_json::{Value, json};
-
-/// Where Debian's containernetworking-plugins are.
-const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
 
 struct Process(Child);
 
@@ -25,136 +23,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A pod's network namespace as the runtime makes it: empty, for the plugins to fill.
-struct PodNetns(String);
-
-impl PodNetns {
-    fn add(name: String) -> PodNetns {
-        run("ip", &["netns", "add", &name]);
-        PodNetns(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.0)
-    }
-
-    fn nat_rules(&self) -> String {
-        let v4 = run(
-            "ip",
-            &["netns", "exec", &self.0, "iptables-save", "-t", "nat"],
-        );
-        let v6 = run(
-            "ip",
-            &["netns", "exec", &self.0, "ip6tables-save", "-t", "nat"],
-        );
-        v4 + &v6
-    }
-}
-
-impl Drop for PodNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The runtime's side of CNI for one pod: the chain in order for ADD (each plugin given the
-/// previous result), in reverse for DEL.
-struct Runtime {
-    node_netns: String,
-    cni_path: String,
-    conflist: Value,
-}
-
-impl Runtime {
-    fn invoke(
-        &self,
-        command: &str,
-        plugin: &Value,
-        pod: &PodNetns,
-        ns: &str,
-        name: &str,
-        prev: Option<&Value>,
-    ) -> Result<Value, Value> {
-        let mut conf = plugin.clone();
-        conf["cniVersion"] = self.conflist["cniVersion"].clone();
-        conf["name"] = self.conflist["name"].clone();
-        if let Some(prev) = prev {
-            conf["prevResult"] = prev.clone();
-        }
-        let binary = self
-            .cni_path
-            .split(':')
-            .map(|dir| Path::new(dir).join(plugin["type"].as_str().unwrap()))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("no {} in {}", plugin["type"], self.cni_path));
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.node_netns])
-            .arg(&binary)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("sandbox-{name}"))
-            .env("CNI_NETNS", pod.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &self.cni_path)
-            .env(
-                "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=uid-{name};K8S_POD_INFRA_CONTAINER_ID=sandbox-{name}"),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let printed: Value = if out.stdout.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-                panic!(
-                    "{binary:?} printed no JSON ({e}): {}",
-                    String::from_utf8_lossy(&out.stdout)
-                )
-            })
-        };
-        if out.status.success() {
-            Ok(printed)
-        } else {
-            Err(printed)
-        }
-    }
-
-    fn add(&self, pod: &PodNetns, ns: &str, name: &str) -> Result<Value, Value> {
-        let mut result: Option<Value> = None;
-        for plugin in self.conflist["plugins"].as_array().unwrap() {
-            result = Some(self.invoke("ADD", plugin, pod, ns, name, result.as_ref())?);
-        }
-        Ok(result.unwrap())
-    }
-
-    fn del(&self, pod: &PodNetns, ns: &str, name: &str) {
-        for plugin in self.conflist["plugins"].as_array().unwrap().iter().rev() {
-            self.invoke("DEL", plugin, pod, ns, name, None)
-                .unwrap_or_else(|e| panic!("DEL {}: {e}", plugin["type"]));
-        }
     }
 }
 
@@ -211,15 +79,7 @@ async fn a_meshed_pod_is_captured_by_the_time_its_cni_add_returns() -> anyhow::R
         );
     }
     let kubeconfig = dir.join("ambit-cni.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        json!({"apiVersion": "v1", "kind": "Config",
-               "clusters": [{"name": "fake", "cluster": {"server": format!("http://{api_addr}")}}],
-               "users": [{"name": "cni", "user": {}}],
-               "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "cni"}}],
-               "current-context": "fake"})
-        .to_string(),
-    )?;
+    std::fs::write(&kubeconfig, fake_kubeconfig(&format!("http://{api_addr}")))?;
 
     // ztunnel with the controller's config for the meshed pod (its IP is not known yet: the
     // controller sends a scheduled pod before it has one).
