@@ -1,6 +1,7 @@
-# Sourced by scripts/up and scripts/test: installs with apt what a fresh Debian or Ubuntu
-# lacks for them. Each argument is COMMAND:PACKAGES, the packages installed when COMMAND is
-# missing; PYTHON:h2 stands for Python's h2 module (the HBONE interop tests talk to it).
+# Sourced by scripts/up, scripts/test, scripts/build-images and scripts/test-images (and
+# .ci/run): installs with apt what a fresh Debian or Ubuntu lacks for them. Each argument is
+# COMMAND:PACKAGES, the packages installed when COMMAND is missing; PYTHON:h2 stands for
+# Python's h2 module (the HBONE interop tests talk to it).
 install_missing() {
   local packages=() missing=() want cmd
   for want in "$@"; do
