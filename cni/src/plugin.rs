@@ -60,6 +60,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             uid: workload_uid(conf, namespace, name),
             netns: netns.clone(),
             exclude_ports: Vec::new(),
+            pod_uid: env.pod.uid.clone(),
         };
         let captured = ask_ztunnel(conf, &command).and_then(|ok| {
             ok.then_some(())
@@ -80,9 +81,10 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     Ok(result)
 }
 
-/// Releases the pod if ztunnel holds it. DEL must succeed when there is nothing to undo: a pod
-/// ztunnel never held, a second DEL, a ztunnel that is not running (its rules die with the
-/// namespace).
+/// Releases the pod if ztunnel holds it for this pod object. DEL must succeed when there is
+/// nothing to undo: a pod ztunnel never held, a second DEL, a ztunnel that is not running (its
+/// rules die with the namespace), or a late DEL of a pod that one of the same name replaced
+/// (ztunnel keeps the new one: the pod uid differs).
 fn del(env: &Env, conf: &NetConf) {
     let (Some(namespace), Some(name)) = (env.pod.namespace.as_deref(), env.pod.name.as_deref())
     else {
@@ -90,6 +92,7 @@ fn del(env: &Env, conf: &NetConf) {
     };
     let command = AgentCommand::Remove {
         uid: workload_uid(conf, namespace, name),
+        pod_uid: env.pod.uid.clone(),
     };
     if let Err(reason) = ask_ztunnel(conf, &command) {
         // stderr reaches the runtime's log; stdout must stay empty on success.

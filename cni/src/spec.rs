@@ -72,6 +72,8 @@ pub enum Command {
 pub struct PodArgs {
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// The pod object's uid: tells a pod from the one of the same name that replaces it.
+    pub uid: Option<String>,
 }
 
 /// What the runtime put in the environment.
@@ -131,6 +133,7 @@ fn parse_args(args: &str) -> PodArgs {
         match key {
             "K8S_POD_NAMESPACE" => pod.namespace = value,
             "K8S_POD_NAME" => pod.name = value,
+            "K8S_POD_UID" => pod.uid = value,
             _ => {}
         }
     }
@@ -282,6 +285,7 @@ mod tests {
             PodArgs {
                 namespace: Some("demo".into()),
                 name: Some("client-0".into()),
+                uid: Some("u-1".into()),
             }
         );
         let bare = env(&[("CNI_COMMAND", "DEL"), ("CNI_NETNS", "")]).unwrap();

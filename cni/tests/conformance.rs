@@ -148,7 +148,7 @@ fn holds_nothing(c: &AgentCommand) -> Reply {
     match c {
         AgentCommand::Add { .. } => Reply::Ok { ok: true },
         AgentCommand::Check { .. } => Reply::Ok { ok: false },
-        AgentCommand::Remove { uid } => Reply::Error {
+        AgentCommand::Remove { uid, .. } => Reply::Error {
             error: format!("pod {uid} is not captured"),
         },
     }
@@ -241,6 +241,8 @@ fn add_meshed_uid() -> AgentCommand {
         uid: "Kubernetes//Pod/demo/client-0".into(),
         netns: NETNS.into(),
         exclude_ports: vec![],
+        // K8S_POD_UID: the object, so that a late DEL cannot release its replacement.
+        pod_uid: Some("u-1".into()),
     }
 }
 
@@ -361,6 +363,7 @@ fn del_releases_the_pod_and_succeeds_however_often_it_is_repeated() {
     }
     let remove = AgentCommand::Remove {
         uid: "Kubernetes//Pod/demo/client-0".into(),
+        pod_uid: Some("u-1".into()),
     };
     assert_eq!(ztunnel.seen(), vec![remove.clone(), remove]);
     // With no ztunnel at all.

@@ -94,13 +94,15 @@ impl Runtime {
             .args(["netns", "exec", &self.node_netns])
             .arg(&binary)
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("sandbox-{name}"))
+            // One sandbox per namespace, and one pod object: a pod made again under its name
+            // has a new uid, as in Kubernetes.
+            .env("CNI_CONTAINERID", pod.name())
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", &self.cni_path)
             .env(
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=uid-{name};K8S_POD_INFRA_CONTAINER_ID=sandbox-{name}"),
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=uid-{};K8S_POD_INFRA_CONTAINER_ID={}", pod.name(), pod.name()),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,13 +1,16 @@
 //! ztunnel's node agent socket, both ends: whoever sets pods up on the node (the CNI plugin and
 //! node agent in Kubernetes, `ambit up` locally) tells ztunnel which pod lives in which network
 //! namespace, as Istio's CNI agent does. One JSON object per line each way:
-//!   {"add":{"uid":"...","netns":"/var/run/netns/...","excludePorts":[...]}}
+//!   {"add":{"uid":"...","netns":"/var/run/netns/...","excludePorts":[...],"podUid":"..."}}
 //!                                                        →  {"ok":true} | {"error":"..."}
-//!   {"remove":{"uid":"..."}}                             →  {"ok":true} | {"error":"..."}
+//!   {"remove":{"uid":"...","podUid":"..."}}              →  {"ok":true} | {"error":"..."}
 //!   {"check":{"uid":"..."}}                              →  {"ok":true} | {"ok":false}
 //!
 //! `add` captures the pod (again, if it was: the rules are replaced), `remove` releases it,
-//! `check` answers whether ztunnel holds it (`ok` false: it does not).
+//! `check` answers whether ztunnel holds it (`ok` false: it does not). `uid` is the workload's
+//! (`<cluster>//Pod/<namespace>/<name>`), the same for a pod and the pod of the same name that
+//! replaces it; `podUid`, Kubernetes' own uid of the pod object, tells them apart: a remove
+//! that names one leaves a pod captured for another alone (a late DEL of a replaced pod).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -26,9 +29,15 @@ pub enum Command {
         /// and excludeOutboundPorts).
         #[serde(default, rename = "excludePorts")]
         exclude_ports: Vec<u16>,
+        /// The pod object's uid, when the sender knows it.
+        #[serde(default, rename = "podUid", skip_serializing_if = "Option::is_none")]
+        pod_uid: Option<String>,
     },
     Remove {
         uid: String,
+        /// Release only the pod of this uid; without it, whatever holds `uid`.
+        #[serde(default, rename = "podUid", skip_serializing_if = "Option::is_none")]
+        pod_uid: Option<String>,
     },
     Check {
         uid: String,
@@ -98,16 +107,27 @@ mod tests {
     fn commands_and_replies_read_as_the_socket_documents() {
         let cases = [
             (
-                r#"{"add":{"uid":"Kubernetes//Pod/demo/a","netns":"/var/run/netns/cni-1","excludePorts":[15099]}}"#,
+                r#"{"add":{"uid":"Kubernetes//Pod/demo/a","netns":"/var/run/netns/cni-1","excludePorts":[15099],"podUid":"6f1c"}}"#,
                 Command::Add {
                     uid: "Kubernetes//Pod/demo/a".into(),
                     netns: "/var/run/netns/cni-1".into(),
                     exclude_ports: vec![15099],
+                    pod_uid: Some("6f1c".into()),
                 },
             ),
             (
                 r#"{"remove":{"uid":"u"}}"#,
-                Command::Remove { uid: "u".into() },
+                Command::Remove {
+                    uid: "u".into(),
+                    pod_uid: None,
+                },
+            ),
+            (
+                r#"{"remove":{"uid":"u","podUid":"6f1c"}}"#,
+                Command::Remove {
+                    uid: "u".into(),
+                    pod_uid: Some("6f1c".into()),
+                },
             ),
             (
                 r#"{"check":{"uid":"u"}}"#,

@@ -10,7 +10,7 @@ pub use ambit_proto::node_agent::{Command, Reply};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::pods::Pods;
+use crate::pods::{Pods, Removal};
 
 /// Binds the socket (replacing a stale one from a previous run).
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -51,7 +51,11 @@ async fn session(stream: UnixStream, pods: &Pods) -> std::io::Result<()> {
                 uid,
                 netns,
                 exclude_ports,
-            }) => match pods.add(&uid, &netns, &exclude_ports).await {
+                pod_uid,
+            }) => match pods
+                .add(&uid, &netns, &exclude_ports, pod_uid.as_deref())
+                .await
+            {
                 Ok(()) => Reply::Ok { ok: true },
                 Err(e) => {
                     tracing::warn!(pod = %uid, error = %e, "could not capture pod");
@@ -60,12 +64,20 @@ async fn session(stream: UnixStream, pods: &Pods) -> std::io::Result<()> {
                     }
                 }
             },
-            Ok(Command::Remove { uid }) => {
-                if pods.remove(&uid).await {
-                    Reply::Ok { ok: true }
-                } else {
-                    Reply::Error {
+            Ok(Command::Remove { uid, pod_uid }) => {
+                match pods.remove(&uid, pod_uid.as_deref()).await {
+                    Removal::Released => Reply::Ok { ok: true },
+                    Removal::NotHeld => Reply::Error {
                         error: format!("pod {uid} is not captured"),
+                    },
+                    Removal::HeldForAnother { held } => {
+                        tracing::info!(pod = %uid, pod_uid = ?pod_uid, %held, "left a pod captured: the remove named a pod object it replaced");
+                        Reply::Error {
+                            error: format!(
+                                "pod {uid} is captured for pod object {held}, which replaced the one named ({}): left captured",
+                                pod_uid.as_deref().unwrap_or_default()
+                            ),
+                        }
                     }
                 }
             }

@@ -68,6 +68,21 @@ struct CapturedPod {
     netns: Arc<PodNetns>,
     identity: SpiffeId,
     trigger: DrainTrigger,
+    /// The pod object's uid, when the sender gave it: a pod replaced by one of the same name
+    /// has the same workload uid but not this one.
+    pod_uid: Option<String>,
+}
+
+/// What a remove did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    Released,
+    NotHeld,
+    /// The uid is held for another pod object (one of the same name that replaced the one
+    /// named): left captured.
+    HeldForAnother {
+        held: String,
+    },
 }
 
 #[derive(Default)]
@@ -148,12 +163,13 @@ impl Pods {
 
     /// Captures the pod whose workload uid is `uid`, living in the namespace at `netns_path`;
     /// connections to `exclude_ports` bypass ztunnel. Adding a pod already captured in the same
-    /// namespace does nothing.
+    /// namespace does nothing but note `pod_uid`, if given.
     pub async fn add(
         &self,
         uid: &str,
         netns_path: &Path,
         exclude_ports: &[u16],
+        pod_uid: Option<&str>,
     ) -> Result<(), PodError> {
         let _op = self.serialize(uid).await;
         let workload = self.await_workload(uid).await?;
@@ -171,8 +187,13 @@ impl Pods {
             if state.closed {
                 return Err(PodError::ShuttingDown { uid: uid.into() });
             }
-            let replaced = match state.captured.get(uid) {
-                Some(existing) if existing.netns.inode() == netns.inode() => return Ok(()),
+            let replaced = match state.captured.get_mut(uid) {
+                Some(existing) if existing.netns.inode() == netns.inode() => {
+                    if pod_uid.is_some() {
+                        existing.pod_uid = pod_uid.map(String::from);
+                    }
+                    return Ok(());
+                }
                 // The pod was recreated in a new namespace: start over.
                 Some(_) => state.captured.remove(uid),
                 None => None,
@@ -189,7 +210,10 @@ impl Pods {
             self.release(uid, old).await;
         }
         let started = self.start(uid, &workload, netns, exclude_ports).await;
-        let pod = match started {
+        let pod = match started.map(|pod| CapturedPod {
+            pod_uid: pod_uid.map(String::from),
+            ..pod
+        }) {
             Ok(pod) => pod,
             Err(e) => {
                 self.unreserve(&workload.identity);
@@ -320,21 +344,32 @@ impl Pods {
             netns,
             identity: workload.identity.clone(),
             trigger,
+            pod_uid: None,
         })
     }
 
-    /// Stops capturing `uid`: closes its listeners, lets its connections finish (up to the
-    /// drain timeout, then closes them) and removes its rules. Returns false if it was not
-    /// captured.
-    pub async fn remove(&self, uid: &str) -> bool {
+    /// Stops capturing `uid` (only if it is held for `pod_uid`, when given): closes its
+    /// listeners, lets its connections finish (up to the drain timeout, then closes them) and
+    /// removes its rules.
+    pub async fn remove(&self, uid: &str, pod_uid: Option<&str>) -> Removal {
         let _op = self.serialize(uid).await;
-        let pod = self.state.lock().captured.remove(uid);
+        let pod = {
+            let mut state = self.state.lock();
+            if let (Some(given), Some(held)) = (
+                pod_uid,
+                state.captured.get(uid).and_then(|p| p.pod_uid.as_deref()),
+            ) && given != held
+            {
+                return Removal::HeldForAnother { held: held.into() };
+            }
+            state.captured.remove(uid)
+        };
         match pod {
             Some(pod) => {
                 self.release(uid, pod).await;
-                true
+                Removal::Released
             }
-            None => false,
+            None => Removal::NotHeld,
         }
     }
 

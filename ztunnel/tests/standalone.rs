@@ -163,6 +163,7 @@ fn a_pod_handed_over_before_its_config_waits_for_it() {
             // Not a namespace: an add that gets past the config fails here, and says so.
             netns: dir.join("no-such-netns"),
             exclude_ports: Vec::new(),
+            pod_uid: None,
         };
         std::thread::spawn(move || {
             node_agent::send_blocking(&socket, &command, Duration::from_secs(20)).unwrap()

@@ -3,7 +3,8 @@
 //! ztunnel is handed over, one the agent handed over that is no longer meshed (or is gone) is
 //! taken back. A meshed pod without an IP yet is left to the CNI plugin, which captures it at
 //! ADD; the agent never takes back a pod it did not hand over, except at start (see
-//! [`Plan::not_meshed`]).
+//! [`Plan::not_meshed`]). Every hand-over and take-back names the pod object's uid, so that a
+//! pod replaced by one of the same name is never released for the old one's sake.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -16,6 +17,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 pub struct PodView {
     pub namespace: String,
     pub name: String,
+    /// The pod object's uid (`metadata.uid`).
+    pub pod_uid: Option<String>,
     pub ip: Option<IpAddr>,
     /// Its own `ambit.io/dataplane-mode` label.
     pub mode: Option<String>,
@@ -32,6 +35,7 @@ impl PodView {
         Some(PodView {
             namespace,
             name,
+            pod_uid: pod.metadata.uid.clone(),
             ip: status
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse().ok()),
@@ -88,23 +92,35 @@ impl Rules {
     }
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// Meshed running pods not handed over yet: uid and the IP their namespace is found by.
-    pub add: BTreeMap<String, IpAddr>,
-    /// Pods handed over that are no longer meshed, finished, or gone.
-    pub remove: BTreeSet<String>,
-    /// The node's other pods the mesh must not hold: at start the agent asks ztunnel about
-    /// each, since a label may have been removed while the agent was down.
-    pub not_meshed: BTreeSet<String>,
+/// A pod object's uid, as handed over (None: not known).
+pub type PodUid = Option<String>;
+
+/// A meshed running pod to hand over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// Its namespace is found by it.
+    pub ip: IpAddr,
+    pub pod_uid: PodUid,
 }
 
-/// `handed_over`: the uids the agent has handed to ztunnel and not taken back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Meshed running pods not handed over yet, by workload uid.
+    pub add: BTreeMap<String, Handover>,
+    /// Pods handed over that are no longer meshed, finished, gone, or replaced by a pod of the
+    /// same name: the pod object to release, by workload uid.
+    pub remove: BTreeMap<String, PodUid>,
+    /// The node's other pods the mesh must not hold: at start the agent asks ztunnel about
+    /// each, since a label may have been removed while the agent was down.
+    pub not_meshed: BTreeMap<String, PodUid>,
+}
+
+/// `handed_over`: the pods the agent has handed to ztunnel and not taken back, by workload uid.
 pub fn plan(
     pods: &[PodView],
     namespaces: &HashMap<String, Option<String>>,
     rules: &Rules,
-    handed_over: &BTreeSet<String>,
+    handed_over: &BTreeMap<String, PodUid>,
 ) -> Plan {
     let mut plan = Plan::default();
     let mut present = BTreeSet::new();
@@ -119,22 +135,33 @@ pub fn plan(
             continue;
         };
         let meshed = !pod.finished && enrolled(ns_mode.as_deref(), pod.mode.as_deref());
-        let held = handed_over.contains(&uid);
+        let handed = handed_over.get(&uid);
+        // Handed over for this very pod object (or one of the two uids is not known).
+        let held =
+            handed.is_some_and(|h| h.is_none() || pod.pod_uid.is_none() || *h == pod.pod_uid);
         match (meshed, held, pod.ip) {
             (true, false, Some(ip)) => {
-                plan.add.insert(uid, ip);
+                let pod_uid = pod.pod_uid.clone();
+                plan.add.insert(uid, Handover { ip, pod_uid });
             }
             (false, true, _) => {
-                plan.remove.insert(uid);
+                plan.remove.insert(uid, handed.cloned().flatten());
+            }
+            // The pod handed over was replaced by this one, which is not meshed.
+            (false, false, _) if handed.is_some() => {
+                plan.remove.insert(uid, handed.cloned().flatten());
             }
             (false, false, _) => {
-                plan.not_meshed.insert(uid);
+                plan.not_meshed.insert(uid, pod.pod_uid.clone());
             }
             (true, true, _) | (true, false, None) => {}
         }
     }
-    plan.remove
-        .extend(handed_over.difference(&present).cloned());
+    for (uid, pod_uid) in handed_over {
+        if !present.contains(uid) {
+            plan.remove.insert(uid.clone(), pod_uid.clone());
+        }
+    }
     plan
 }
 
@@ -146,6 +173,7 @@ mod tests {
         PodView {
             namespace: ns.into(),
             name: name.into(),
+            pod_uid: Some(format!("uid-{name}")),
             ip: ip.map(|i| i.parse().unwrap()),
             mode: None,
             host_network: false,
@@ -162,6 +190,10 @@ mod tests {
 
     fn uid(ns: &str, name: &str) -> String {
         rules().uid(ns, name)
+    }
+
+    fn object(name: &str) -> PodUid {
+        Some(format!("uid-{name}"))
     }
 
     #[test]
@@ -190,42 +222,61 @@ mod tests {
             pod("demo", "running", Some("10.244.0.1")),
             pod("demo", "starting", None),
             pod("demo", "held", Some("10.244.0.2")),
-            opted_out.clone(),
+            opted_out,
             host,
             done,
             pod("plain", "legacy", Some("10.244.0.4")),
             pod("kube-system", "dns", Some("10.244.0.6")),
             pod("unseen", "early", Some("10.244.0.7")),
+            // Deleted and created again under its name: a new object.
+            pod("demo", "replaced", Some("10.244.0.8")),
+            pod("plain", "moved", Some("10.244.0.9")),
         ];
-        let handed_over: BTreeSet<String> = [
-            uid("demo", "held"),
-            uid("demo", "opted-out"),
-            uid("demo", "done"),
-            uid("demo", "deleted"),
+        let handed_over: BTreeMap<String, PodUid> = [
+            (uid("demo", "held"), object("held")),
+            (uid("demo", "opted-out"), object("opted-out")),
+            (uid("demo", "done"), object("done")),
+            (uid("demo", "deleted"), object("deleted")),
+            (uid("demo", "replaced"), Some("uid-of-the-old-one".into())),
+            (uid("plain", "moved"), Some("uid-of-the-old-one".into())),
         ]
         .into();
         let plan = plan(&pods, &namespaces, &rules(), &handed_over);
+        let handover = |ip: &str, name: &str| Handover {
+            ip: ip.parse().unwrap(),
+            pod_uid: object(name),
+        };
         assert_eq!(
             plan.add,
-            [(uid("demo", "running"), "10.244.0.1".parse().unwrap())].into()
+            [
+                (uid("demo", "running"), handover("10.244.0.1", "running")),
+                (uid("demo", "replaced"), handover("10.244.0.8", "replaced")),
+            ]
+            .into()
         );
+        // Each released as the object that was handed over.
         assert_eq!(
             plan.remove,
             [
-                uid("demo", "opted-out"),
-                uid("demo", "done"),
-                uid("demo", "deleted")
+                (uid("demo", "opted-out"), object("opted-out")),
+                (uid("demo", "done"), object("done")),
+                (uid("demo", "deleted"), object("deleted")),
+                (uid("plain", "moved"), Some("uid-of-the-old-one".into())),
             ]
             .into()
         );
         // Not host-network pods, excluded namespaces, or namespaces not seen yet.
-        assert_eq!(plan.not_meshed, [uid("plain", "legacy")].into());
+        assert_eq!(
+            plan.not_meshed,
+            [(uid("plain", "legacy"), object("legacy"))].into()
+        );
     }
 
     #[test]
     fn pods_and_namespaces_are_read_from_the_api_objects() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": "demo", "name": "a", "labels": {DATAPLANE_MODE_LABEL: "none"}},
+            "metadata": {"namespace": "demo", "name": "a", "uid": "uid-a",
+                         "labels": {DATAPLANE_MODE_LABEL: "none"}},
             "spec": {"hostNetwork": false, "containers": []},
             "status": {"podIP": "fd00::5", "phase": "Running"},
         }))

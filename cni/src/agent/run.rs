@@ -3,8 +3,7 @@
 //! stopped being. At each resync it also asks ztunnel whether it still holds what it was
 //! given: a restarted ztunnel holds nothing, and gets its pods again.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
-use super::reconcile::{PodView, Rules, namespace_modes, plan};
+use super::reconcile::{Handover, PodUid, PodView, Rules, namespace_modes, plan};
 
 /// How long one exchange with ztunnel may take (an add includes its CA call).
 const ZTUNNEL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,7 +62,7 @@ pub async fn run(
     tracing::info!(node = %settings.node, "watching the node's pods and the namespaces");
     let mut agent = Agent {
         settings,
-        handed_over: BTreeSet::new(),
+        handed_over: BTreeMap::new(),
         started: false,
     };
     let mut resync = tokio::time::interval(agent.settings.resync);
@@ -108,8 +107,8 @@ where
 
 struct Agent {
     settings: Settings,
-    /// The pods handed to ztunnel and not taken back.
-    handed_over: BTreeSet<String>,
+    /// The pods handed to ztunnel and not taken back: workload uid → pod object uid.
+    handed_over: BTreeMap<String, PodUid>,
     /// Whether the first pass (which also asks about the pods that are not meshed) ran.
     started: bool,
 }
@@ -131,21 +130,22 @@ impl Agent {
         if !self.started {
             self.started = true;
             // A label removed while the agent was down: ztunnel may still hold the pod.
-            for uid in &plan.not_meshed {
+            for (uid, pod_uid) in &plan.not_meshed {
                 if self.ztunnel_holds(uid).await == Some(true) {
-                    self.take_back(uid).await;
+                    self.take_back(uid, pod_uid.clone()).await;
                 }
             }
         }
-        for (uid, ip) in &plan.add {
-            self.hand_over(uid, *ip).await;
+        for (uid, handover) in &plan.add {
+            self.hand_over(uid, handover).await;
         }
-        for uid in &plan.remove {
-            self.take_back(uid).await;
+        for (uid, pod_uid) in &plan.remove {
+            self.take_back(uid, pod_uid.clone()).await;
         }
     }
 
-    async fn hand_over(&mut self, uid: &str, ip: IpAddr) {
+    async fn hand_over(&mut self, uid: &str, handover: &Handover) {
+        let ip = handover.ip;
         let pinned = self.settings.pinned_netns_dir.clone();
         let found = tokio::task::spawn_blocking(move || crate::netns::find_by_ip(ip, &pinned))
             .await
@@ -165,11 +165,13 @@ impl Agent {
             uid: uid.into(),
             netns: netns.clone(),
             exclude_ports: Vec::new(),
+            pod_uid: handover.pod_uid.clone(),
         };
         match self.ask(add).await {
             Ok(Reply::Ok { ok: true }) => {
                 tracing::info!(pod = uid, netns = %netns.display(), "pod enrolled: handed to ztunnel");
-                self.handed_over.insert(uid.into());
+                self.handed_over
+                    .insert(uid.into(), handover.pod_uid.clone());
             }
             other => {
                 tracing::warn!(pod = uid, reply = %describe(&other), "ztunnel did not capture the pod; trying again at the next change or resync")
@@ -177,9 +179,16 @@ impl Agent {
         }
     }
 
-    async fn take_back(&mut self, uid: &str) {
-        match self.ask(Command::Remove { uid: uid.into() }).await {
-            // An error reply says ztunnel does not hold it: the same outcome.
+    async fn take_back(&mut self, uid: &str, pod_uid: PodUid) {
+        match self
+            .ask(Command::Remove {
+                uid: uid.into(),
+                pod_uid,
+            })
+            .await
+        {
+            // An error reply says ztunnel does not hold it (or holds it for the pod that
+            // replaced the one named): either way it is not ours to release any more.
             Ok(_) => {
                 tracing::info!(pod = uid, "pod released: taken back from ztunnel");
                 self.handed_over.remove(uid);
@@ -202,7 +211,7 @@ impl Agent {
 
     /// Pods ztunnel no longer holds (it restarted) are handed over again by the next pass.
     async fn forget_what_ztunnel_lost(&mut self) {
-        for uid in self.handed_over.clone() {
+        for uid in self.handed_over.clone().into_keys() {
             if self.ztunnel_holds(&uid).await == Some(false) {
                 tracing::info!(pod = %uid, "ztunnel no longer holds the pod (restarted?); handing it over again");
                 self.handed_over.remove(&uid);

@@ -300,6 +300,7 @@ impl LocalMesh {
             uid: uid.into(),
             netns: netns.clone(),
             exclude_ports: vec![BENCH_DIRECT_PORT],
+            pod_uid: None,
         };
         self.node_agent(&socket, uid, &command).await?;
         self.shared.add_pod(node, uid, &netns);
@@ -310,7 +311,10 @@ impl LocalMesh {
     pub async fn remove_pod(&self, uid: &str, node: &str) -> Result<(), LocalError> {
         let socket = self.node_state(node)?.socket;
         self.shared.remove_pod(node, uid);
-        let command = node_agent::Command::Remove { uid: uid.into() };
+        let command = node_agent::Command::Remove {
+            uid: uid.into(),
+            pod_uid: None,
+        };
         self.node_agent(&socket, uid, &command).await
     }
 

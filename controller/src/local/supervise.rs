@@ -469,6 +469,7 @@ impl Shared {
                         uid: uid.clone(),
                         netns,
                         exclude_ports: vec![BENCH_DIRECT_PORT],
+                        pod_uid: None,
                     };
                     match node_agent::send(socket, &command).await {
                         Ok(Reply::Ok { .. }) => handed += 1,

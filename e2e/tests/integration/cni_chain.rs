@@ -173,6 +173,19 @@ async fn a_meshed_pod_is_captured_by_the_time_its_cni_add_returns() -> anyhow::R
     );
     assert!(!holds(&socket, "plain", "legacy"));
 
+    // The pod deleted and made again under its name (a StatefulSet's): the new sandbox's ADD
+    // can come before the old one's DEL, which must then leave the new pod captured.
+    let again = PodNetns::add(format!("{}-cni-app-again", tb.run_prefix()));
+    tokio::task::block_in_place(|| runtime.add(&again, "demo", "app"))
+        .unwrap_or_else(|e| panic!("ADD of the pod made again failed: {e}"));
+    assert!(again.nat_rules().contains("AMBIT_"));
+    tokio::task::block_in_place(|| runtime.del(&meshed, "demo", "app"));
+    assert!(
+        again.nat_rules().contains("AMBIT_") && holds(&socket, "demo", "app"),
+        "the old pod's DEL released the new one"
+    );
+    let meshed = again;
+
     tokio::task::block_in_place(|| {
         runtime.del(&meshed, "demo", "app");
         runtime.del(&plain, "plain", "legacy");
