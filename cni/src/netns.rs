@@ -78,14 +78,19 @@ fn holds(path: &Path, ip: IpAddr) -> io::Result<bool> {
     let Ok(ns) = File::open(path) else {
         return Ok(false);
     };
-    // Not allowed to enter (no CAP_SYS_ADMIN): every other namespace would be refused too,
-    // and "not found" would hide why.
-    nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
-        io::Error::other(format!(
-            "entering the network namespace {}: {e} (the node agent needs CAP_SYS_ADMIN)",
-            path.display()
-        ))
-    })?;
+    match nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET) {
+        Ok(()) => {}
+        // Not a network namespace (a stray file or directory where namespaces are pinned).
+        Err(nix::errno::Errno::EINVAL) => return Ok(false),
+        // Not allowed to enter (no CAP_SYS_ADMIN): every other namespace would be refused too,
+        // and "not found" would hide why.
+        Err(e) => {
+            return Err(io::Error::other(format!(
+                "entering the network namespace {}: {e} (the node agent needs CAP_SYS_ADMIN)",
+                path.display()
+            )));
+        }
+    }
     // One namespace that cannot be listed does not end the search.
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Ok(false);

@@ -34,9 +34,14 @@ fn a_running_pods_namespace_is_found_from_its_ip() -> anyhow::Result<()> {
     let unused: IpAddr = "10.244.1.250".parse()?;
     assert_eq!(find_by_ip(unused, pinned)?, None);
 
-    // Not pinned where we look: found through a process inside it.
+    // Not pinned where we look (a directory holding no namespace, only a stray file and a
+    // directory, which are passed over): found through a process inside it.
     let sleeper = pod.spawn(Command::new("sleep").arg("30"))?;
-    let found = find_by_ip(v4.into(), Path::new("/nonexistent"))?;
+    let elsewhere = std::env::temp_dir().join(format!("ambit-e2e-no-pins-{}", std::process::id()));
+    std::fs::create_dir_all(elsewhere.join("a-directory"))?;
+    std::fs::write(elsewhere.join("a-file"), b"not a namespace")?;
+    let found = find_by_ip(v4.into(), &elsewhere)?;
+    std::fs::remove_dir_all(&elsewhere)?;
     assert_eq!(
         found,
         Some(PathBuf::from(format!("/proc/{}/ns/net", sleeper.id())))
