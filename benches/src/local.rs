@@ -51,6 +51,7 @@ impl BenchMesh {
                 record_current: false,
                 ztunnel_workers: Some(ztunnel_workers),
                 // BenchMesh::down removes the whole scratch directory, this one inside it.
+                observe: false,
                 remove_work_dir: false,
             },
             &|step| eprintln!("{bench} bench: {step}"),

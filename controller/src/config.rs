@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::ca::NamespacedName;
 use crate::ca::root_configmap;
-use crate::model::MtlsMode;
+use crate::model::{MtlsMode, PolicyMode};
 use crate::waypoints;
 
 /// Where the mesh model comes from.
@@ -60,6 +60,10 @@ pub enum ConfigError {
         "--mtls-mode {mode} applies to --source kubernetes only; with --source {given} set it in the mesh file instead (top-level 'mtlsMode: {mode}')"
     )]
     MtlsModeWithFile { given: String, mode: MtlsMode },
+    #[error(
+        "--policy-mode {mode} applies to --source kubernetes only; with --source {given} set it in the mesh file instead (top-level 'policyMode: {mode}'; `ambit up --observe` does that for the local mesh)"
+    )]
+    PolicyModeWithFile { given: String, mode: PolicyMode },
 }
 
 /// How callers of the CA prove who they are.
@@ -138,6 +142,11 @@ pub struct Config {
     /// Istio's; strict is a mesh-wide PeerAuthentication with mode STRICT].
     #[arg(long, value_enum)]
     pub mtls_mode: Option<MtlsMode>,
+    /// Observer mode of the policies of namespaces without an ambit.io/policy-mode label, with
+    /// --source kubernetes (a mesh file says it in its own policyMode field): audit evaluates
+    /// them and logs and counts what they would deny, blocking nothing [default: enforce].
+    #[arg(long, value_enum)]
+    pub policy_mode: Option<PolicyMode>,
     /// How long a node's ztunnel may be without a config subscription, after having had one,
     /// before the node's meshed pods are marked unhealthy for the rest of the mesh (until it
     /// subscribes again); 0s never marks them.
@@ -174,6 +183,18 @@ impl Config {
             (SourceSpec::Kubernetes, mode) => Ok(mode.unwrap_or_default()),
             (_, None) => Ok(MtlsMode::default()),
             (source, Some(mode)) => Err(ConfigError::MtlsModeWithFile {
+                given: source.to_string(),
+                mode,
+            }),
+        }
+    }
+
+    /// `--policy-mode` where it applies, as `--mtls-mode`.
+    pub fn kubernetes_policy_mode(&self) -> Result<PolicyMode, ConfigError> {
+        match (&self.source, self.policy_mode) {
+            (SourceSpec::Kubernetes, mode) => Ok(mode.unwrap_or_default()),
+            (_, None) => Ok(PolicyMode::default()),
+            (source, Some(mode)) => Err(ConfigError::PolicyModeWithFile {
                 given: source.to_string(),
                 mode,
             }),

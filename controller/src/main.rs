@@ -74,6 +74,7 @@ async fn open_source(
             let client = kube.client().await?;
             let options = kubernetes::Options {
                 mtls_mode: config.kubernetes_mtls_mode()?,
+                policy_mode: config.kubernetes_policy_mode()?,
                 ..kubernetes::Options::default()
             };
             let watching = kubernetes::watch(client, options, shutdown.clone()).await?;
@@ -193,6 +194,7 @@ async fn drain_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>, deadline: Insta
 
 async fn run(config: Config) -> anyhow::Result<()> {
     config.kubernetes_mtls_mode()?;
+    config.kubernetes_policy_mode()?;
     let shutdown = CancellationToken::new();
     let kube = Kube::default();
     let (models, source) = open_source(&config, &kube, &shutdown).await?;

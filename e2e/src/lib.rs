@@ -49,6 +49,15 @@ fn nix_is_root() -> bool {
 
 /// Starts a mesh from `mesh_yaml` (`None`: the embedded default) with its sample apps.
 pub async fn start(test: &str, mesh_yaml: Option<&str>) -> anyhow::Result<LocalMesh> {
+    start_with(test, mesh_yaml, false).await
+}
+
+/// [`start`], in observer mode when `observe` (as `ambit up --observe`).
+pub async fn start_with(
+    test: &str,
+    mesh_yaml: Option<&str>,
+    observe: bool,
+) -> anyhow::Result<LocalMesh> {
     let work_dir = std::env::temp_dir().join(format!("ambit-e2e-{test}-{}", std::process::id()));
     let mesh_file = match mesh_yaml {
         Some(text) => {
@@ -67,6 +76,7 @@ pub async fn start(test: &str, mesh_yaml: Option<&str>) -> anyhow::Result<LocalM
             start_apps: true,
             record_current: false,
             ztunnel_workers: None,
+            observe,
             remove_work_dir: true,
         },
         &|step| eprintln!("{test}: {step}"),

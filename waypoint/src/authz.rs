@@ -8,7 +8,8 @@
 //!
 //! Every decision a policy makes is counted in `ambit_policy_decisions_total{policy, decision}`
 //! (`allow`, `deny`, `audit`; requests no policy decided are not counted); denials and AUDIT
-//! matches are logged with the policy and the client.
+//! matches are logged with the policy and the client. A policy in observer mode decides
+//! nothing: what it would have denied is logged and counted with `mode="audit"`.
 
 use std::net::SocketAddr;
 
@@ -86,6 +87,20 @@ pub fn check(
             "authorization policy AUDIT matched"
         );
         telemetry.policy_decision(policy, PolicyDecision::Audit);
+    }
+    // Observer mode: a dry-run policy would have refused what the enforced ones let through.
+    if let Some(Decision::Deny { policy, reason }) = &verdict.would_deny {
+        tracing::info!(
+            %policy,
+            client = %ask.identity,
+            client_addr = %ask.client_addr,
+            workload = %workload.uid,
+            method,
+            path,
+            %reason,
+            "would be denied: allowed only because the policy is in observer mode (ambit.io/policy-mode: audit)"
+        );
+        telemetry.policy_decision(policy, PolicyDecision::WouldDeny);
     }
     match verdict.decision {
         Decision::Allow { policy: None } => Ok(()),

@@ -233,6 +233,8 @@ fn parse(text: &str, path: &Path) -> Result<SubscribeResponse, LocalConfigError>
                     ActionSpec::Deny => security::Action::Deny,
                     ActionSpec::Audit => security::Action::Audit,
                 } as i32,
+                // The standalone file has no observer mode.
+                dry_run: false,
                 rules: p
                     .rules
                     .into_iter()

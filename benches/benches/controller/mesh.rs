@@ -233,6 +233,7 @@ impl Spec {
             namespace: ns.into(),
             selector: labels(&[("app", &format!("svc-{s}"))]),
             action: Action::Allow,
+            dry_run: false,
             rules: vec![Rule {
                 from: vec![Source {
                     principals,

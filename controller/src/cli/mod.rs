@@ -57,6 +57,10 @@ pub struct UpArgs {
     /// Seconds between live summaries.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub every: Duration,
+    /// Observer mode: every authorization policy is evaluated and what it would deny is logged
+    /// and counted (ambit_policy_decisions_total{mode="audit"}), but nothing is blocked.
+    #[arg(long)]
+    pub observe: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -38,6 +38,9 @@ pub struct Options {
     pub record_current: bool,
     /// Each ztunnel's data-path worker threads (its default when `None`).
     pub ztunnel_workers: Option<usize>,
+    /// Observer mode for the whole mesh (`policyMode: audit`): every authorization policy is
+    /// evaluated and what it would deny logged and counted, and nothing is blocked.
+    pub observe: bool,
     /// [`LocalMesh::down`] removes `work_dir` once everything stopped cleanly: its logs,
     /// tokens and the mesh CA's key go with it (a mesh that was not brought down, e.g. a
     /// failed test's, keeps them for its logs).
@@ -96,6 +99,12 @@ impl LocalMesh {
 
     pub async fn up(options: Options, progress: &dyn Fn(&str)) -> Result<Self, LocalError> {
         let (file, text) = Self::check(options.mesh_file.as_deref())?;
+        let (file, text) = if options.observe {
+            let text = observed(&text)?;
+            (file::parse(&text, "the mesh file in observer mode")?, text)
+        } else {
+            (file, text)
+        };
         Testbed::preflight()?;
         std::fs::create_dir_all(&options.work_dir).map_err(|source| LocalError::Io {
             what: format!("creating {}", options.work_dir.display()),
@@ -533,5 +542,29 @@ impl Drop for LocalMesh {
         // On an error path or a panic: namespaces go with the testbed's Drop. Rules live
         // inside the pods' namespaces and go with them.
         self.stop_processes(Duration::from_secs(3));
+    }
+}
+
+/// `text` with the mesh-wide policy mode set to audit: the controller reads it from the copy
+/// in the work directory, so the user's file is left as it is.
+fn observed(text: &str) -> Result<String, LocalError> {
+    if text.lines().any(|l| l.starts_with("policyMode:")) {
+        return Err(LocalError::ObserveConflict);
+    }
+    Ok(format!("policyMode: audit\n{text}"))
+}
+
+#[cfg(test)]
+mod observe_tests {
+    use super::*;
+
+    #[test]
+    fn observer_mode_sets_the_mesh_wide_policy_mode_and_refuses_a_file_that_sets_its_own() {
+        let text = observed(EMBEDDED_MESH).unwrap();
+        let model = file::parse(&text, "observed").unwrap().model;
+        assert!(model.policies().count() > 0);
+        assert!(model.policies().all(|p| p.dry_run), "every policy dry-run");
+        let own = format!("policyMode: enforce\n{EMBEDDED_MESH}");
+        assert!(matches!(observed(&own), Err(LocalError::ObserveConflict)));
     }
 }

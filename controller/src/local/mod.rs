@@ -66,6 +66,10 @@ pub enum LocalError {
     WaypointAddresses { waypoint: String },
     #[error("ztunnel refused pod {pod}: {reason}")]
     NodeAgent { pod: String, reason: String },
+    #[error(
+        "observer mode asked for, but the mesh file sets its own top-level policyMode: remove that line, or run without --observe"
+    )]
+    ObserveConflict,
     #[error("no node {node} in this mesh")]
     UnknownNode { node: String },
     #[error("no pod {pod} in this mesh")]

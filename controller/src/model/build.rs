@@ -28,6 +28,7 @@ pub struct MeshBuilder {
     pending_waypoints: bool,
     unaddressed_pods: bool,
     mtls_mode: MtlsMode,
+    policy_mode: PolicyMode,
 }
 
 impl MeshBuilder {
@@ -48,6 +49,7 @@ impl MeshBuilder {
             pending_waypoints: false,
             unaddressed_pods: false,
             mtls_mode: MtlsMode::default(),
+            policy_mode: PolicyMode::default(),
         }
     }
 
@@ -75,6 +77,13 @@ impl MeshBuilder {
     /// permissive, as Istio's).
     pub fn mtls_mode(&mut self, mode: MtlsMode) -> &mut Self {
         self.mtls_mode = mode;
+        self
+    }
+
+    /// The mode of the policies of namespaces without a [`POLICY_MODE_LABEL`] (default
+    /// enforce).
+    pub fn policy_mode(&mut self, mode: PolicyMode) -> &mut Self {
+        self.policy_mode = mode;
         self
     }
 
@@ -135,6 +144,7 @@ impl MeshBuilder {
         let nodes = c.nodes(self.nodes);
         let namespaces = c.namespaces(self.namespaces);
         let mtls_modes = c.mtls_modes(&namespaces, self.mtls_mode);
+        let policy_modes = c.policy_modes(&namespaces, self.policy_mode);
         let waypoints = c.waypoints(self.waypoints, &nodes, &namespaces, &self.trust_domain);
         let waypoint_names: HashSet<ObjectKey> = waypoints.keys().cloned().collect();
         let namespace_waypoints = c.namespace_waypoints(&namespaces, &waypoint_names);
@@ -152,7 +162,7 @@ impl MeshBuilder {
             &namespace_waypoints,
             &waypoint_names,
         );
-        let policies = c.policies(self.policies, &namespaces);
+        let mut policies = c.policies(self.policies, &namespaces);
         let routes = c.routes(self.routes, &namespaces, &services, &self.trust_domain);
         let (traffic_policies, traffic_by_target) = c.traffic_policies(
             self.traffic_policies,
@@ -162,6 +172,10 @@ impl MeshBuilder {
         );
         if !c.errors.is_empty() {
             return Err(c.errors);
+        }
+        for p in policies.values_mut() {
+            let mode = policy_modes.get(&p.namespace).copied();
+            p.dry_run = mode.unwrap_or(self.policy_mode) == PolicyMode::Audit;
         }
         for w in workloads.values_mut().filter(|w| w.meshed) {
             w.mtls_mode = mtls_modes

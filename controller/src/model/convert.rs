@@ -124,6 +124,7 @@ impl MeshModel {
             }),
             action: p.action.into(),
             rules: p.rules.clone(),
+            dry_run: p.dry_run,
         }
     }
 }

@@ -165,6 +165,7 @@ mod tests {
             namespace: "demo".into(),
             selector: labels(&[("app", app)]),
             action,
+            dry_run: false,
             rules: vec![security::Rule {
                 to: vec![to],
                 ..Default::default()

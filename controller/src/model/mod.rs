@@ -8,6 +8,7 @@ mod convert;
 mod enforcement;
 mod error;
 mod mtls;
+mod policy_mode;
 mod rules;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use build::MeshBuilder;
 pub use enforcement::{UnenforcedL7, l7_fields};
 pub use error::{Kind, ModelError, ResourceRef};
 pub use mtls::{MTLS_MODE_LABEL, MtlsMode, MtlsModeError};
+pub use policy_mode::{POLICY_MODE_LABEL, PolicyMode, PolicyModeError};
 pub use rules::{
     SOURCE_NAMESPACE, SOURCE_PRINCIPAL, check_condition, check_header_name, check_ip_block,
     check_policy_host, check_principal,
@@ -179,6 +181,8 @@ pub struct AuthorizationPolicy {
     pub action: security::Action,
     /// Kept in their wire form: the controller only checks them, the proxies evaluate them.
     pub rules: Vec<security::Rule>,
+    /// Observer mode (see [`PolicyMode`]): set by the model from the namespace's mode.
+    pub dry_run: bool,
 }
 
 /// L7 routes (HTTPRoutes and GRPCRoutes, one name space per namespace) are consumed only by

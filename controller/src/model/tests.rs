@@ -399,6 +399,7 @@ fn policy(name: &str, selector: &[(&str, &str)], principal: &str) -> Authorizati
         namespace: "demo".into(),
         selector: labels(selector),
         action: security::Action::Deny,
+        dry_run: false,
         rules: vec![security::Rule {
             from: vec![security::Source {
                 principals: vec![principal.into()],

@@ -194,13 +194,16 @@ pub enum PolicyDecision {
     Allow,
     Deny,
     Audit,
+    /// Observer mode: a dry-run policy would have denied a request that went through
+    /// (`decision="deny",mode="audit"`).
+    WouldDeny,
 }
 
 impl PolicyDecision {
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyDecision::Allow => "allow",
-            PolicyDecision::Deny => "deny",
+            PolicyDecision::Deny | PolicyDecision::WouldDeny => "deny",
             PolicyDecision::Audit => "audit",
         }
     }
@@ -281,10 +284,13 @@ impl RequestMetrics {
             counter.increment(1);
             return;
         }
-        let labels = vec![
+        let mut labels = vec![
             Label::new("policy", policy.to_string()),
             Label::new("decision", decision.as_str()),
         ];
+        if decision == PolicyDecision::WouldDeny {
+            labels.push(Label::new("mode", "audit"));
+        }
         let counter = self
             .recorder
             .register_counter(&Key::from_parts(POLICY_DECISIONS, labels), &METADATA);

@@ -360,6 +360,7 @@ fn l7(
         namespace: "demo".into(),
         selector: None,
         action: action as i32,
+        dry_run: false,
         rules: vec![sec::Rule {
             from: principal
                 .map(|p| {

@@ -128,6 +128,7 @@ pub fn policy(name: &str, action: sec::Action, principals: &[&str]) -> sec::Auth
         namespace: "demo".into(),
         selector: None,
         action: action as i32,
+        dry_run: false,
         rules: vec![sec::Rule {
             from: vec![sec::Source {
                 principals: principals.iter().map(|p| p.to_string()).collect(),

@@ -187,7 +187,7 @@ const DESCRIPTIONS: [(&str, &str); 7] = [
     ),
     (
         "ambit_policy_decisions_total",
-        "Connections an authorization policy decided or audited, by policy and decision (ztunnel counts AUDIT matches; its denials are in ambit_connection_failures_total)",
+        "Connections an authorization policy decided or audited, by policy and decision (ztunnel counts AUDIT matches, and with mode=\"audit\" what a policy in observer mode would have denied; its denials are in ambit_connection_failures_total)",
     ),
     (
         "ambit_inbound_enforced_by_waypoint_total",
@@ -305,6 +305,17 @@ impl Metrics {
         let l = vec![
             Label::new("policy", policy.to_string()),
             Label::from_static_parts("decision", "audit"),
+        ];
+        self.counter("ambit_policy_decisions_total", l).increment(1);
+    }
+
+    /// A policy in observer mode (`<namespace>/<name>`) would have denied a connection that
+    /// went through.
+    pub fn policy_would_deny(&self, policy: &str) {
+        let l = vec![
+            Label::new("policy", policy.to_string()),
+            Label::from_static_parts("decision", "deny"),
+            Label::from_static_parts("mode", "audit"),
         ];
         self.counter("ambit_policy_decisions_total", l).increment(1);
     }

@@ -136,6 +136,13 @@ fn admit(
             tracing::info!(pod = %pod.uid, %peer, identity = ?identity.map(SpiffeId::as_str), %target, %policy, allowed = verdict.is_allowed(), "audited by authorization policy");
             ctx.metrics.policy_audited(policy);
         }
+        // Observer mode: a dry-run policy would have refused what the enforced ones let in.
+        if let Some(Decision::Deny { policy, reason }) = &verdict.would_deny {
+            if let Some(suppressed) = ctx.refusal_log.check() {
+                tracing::info!(pod = %pod.uid, %peer, identity = ?identity.map(SpiffeId::as_str), %target, %policy, %reason, suppressed, "would be denied: allowed only because the policy is in observer mode (ambit.io/policy-mode: audit)");
+            }
+            ctx.metrics.policy_would_deny(policy);
+        }
         match verdict.decision {
             Decision::Allow { .. } => None,
             Decision::Deny { reason, .. } => Some(Refusal {

@@ -71,6 +71,30 @@ impl Checker {
         out
     }
 
+    /// Each namespace's policy mode; a label value that is no mode is an error (a mistyped
+    /// `audit` must not pass for enforce, nor the reverse).
+    pub(super) fn policy_modes(
+        &mut self,
+        namespaces: &BTreeMap<String, Namespace>,
+        default: PolicyMode,
+    ) -> HashMap<String, PolicyMode> {
+        let mut out = HashMap::new();
+        for ns in namespaces.values() {
+            match PolicyMode::of_namespace(&ns.labels, default) {
+                Ok(mode) => {
+                    out.insert(ns.name.clone(), mode);
+                }
+                Err(value) => self.errors.push(ModelError::InvalidLabelValue {
+                    subject: ResourceRef::new(Kind::Namespace, &ns.name),
+                    label: POLICY_MODE_LABEL,
+                    value,
+                    allowed: "\"enforce\" or \"audit\" (observer mode: evaluated, logged and counted, never enforced); without the label the mesh-wide mode applies",
+                }),
+            }
+        }
+        out
+    }
+
     /// Each namespace's mTLS mode; a label value that is no mode is an error, since guessing
     /// either way is wrong for someone (strict breaks plaintext clients, permissive lets them in).
     pub(super) fn mtls_modes(

@@ -120,6 +120,10 @@ pub fn convert(
         MtlsModeSpec::Permissive => model::MtlsMode::Permissive,
         MtlsModeSpec::Strict => model::MtlsMode::Strict,
     });
+    b.policy_mode(match file.policy_mode {
+        PolicyModeSpec::Enforce => model::PolicyMode::Enforce,
+        PolicyModeSpec::Audit => model::PolicyMode::Audit,
+    });
     let mut topology = LocalTopology::default();
     // What routes are checked against.
     let mut namespaces = Vec::new();
@@ -328,6 +332,8 @@ fn policy(p: PolicySpec) -> model::AuthorizationPolicy {
             ActionSpec::Deny => spb::Action::Deny,
             ActionSpec::Audit => spb::Action::Audit,
         },
+        // The model sets it from the namespace's policy mode.
+        dry_run: false,
         rules: p
             .rules
             .into_iter()

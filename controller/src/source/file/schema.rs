@@ -21,6 +21,10 @@ pub struct MeshFile {
     /// The mTLS mode of meshed workloads whose namespace has no `ambit.io/mtls-mode` label.
     #[serde(default)]
     pub mtls_mode: MtlsModeSpec,
+    /// Observer mode for the policies of namespaces without an `ambit.io/policy-mode` label:
+    /// `audit` evaluates them, logs and counts what they would deny, and blocks nothing.
+    #[serde(default)]
+    pub policy_mode: PolicyModeSpec,
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
@@ -44,6 +48,14 @@ pub struct MeshFile {
 }
 
 /// Spelt as the `ambit.io/mtls-mode` label's values.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyModeSpec {
+    #[default]
+    Enforce,
+    Audit,
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MtlsModeSpec {

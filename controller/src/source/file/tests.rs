@@ -227,6 +227,44 @@ fn a_bad_mtls_mode_is_refused_at_its_line() {
     assert!(text.contains("enforce"), "{text}");
 }
 
+#[test]
+fn observer_mode_is_mesh_wide_unless_a_namespace_label_says_otherwise() {
+    let with_policy = format!(
+        "{BASE}authorizationPolicies:\n  - {{name: deny-all, namespace: demo, action: DENY, rules: [{{}}]}}\n"
+    );
+    let dry_run = |text: &str| {
+        let m = parse(text, "test.yaml").unwrap().model;
+        let p = m.policies().next().unwrap();
+        (p.dry_run, m.policy_proto(p).dry_run)
+    };
+    assert_eq!(dry_run(&with_policy), (false, false), "enforced by default");
+    let mesh_audit = format!("policyMode: audit\n{with_policy}");
+    assert_eq!(dry_run(&mesh_audit), (true, true));
+    let ns_enforce = mesh_audit.replace(
+        "{ambit.io/dataplane-mode: ambient}",
+        "{ambit.io/dataplane-mode: ambient, ambit.io/policy-mode: enforce}",
+    );
+    assert_eq!(dry_run(&ns_enforce), (false, false));
+    let ns_audit = with_policy.replace(
+        "{ambit.io/dataplane-mode: ambient}",
+        "{ambit.io/dataplane-mode: ambient, ambit.io/policy-mode: audit}",
+    );
+    assert_eq!(dry_run(&ns_audit), (true, true));
+    // A mistyped mode is refused, not taken for either.
+    let found = problems(&with_policy.replace(
+        "{ambit.io/dataplane-mode: ambient}",
+        "{ambit.io/dataplane-mode: ambient, ambit.io/policy-mode: dry-run}",
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].1.contains("ambit.io/policy-mode=\"dry-run\""),
+        "{}",
+        found[0].1
+    );
+    let (_, text) = syntax(&format!("policyMode: observe\n{with_policy}"));
+    assert!(text.contains("observe"), "{text}");
+}
+
 fn write(path: &std::path::Path, text: &str) {
     // Write-then-rename, as editors do, so the watcher never reads half a file.
     let tmp = path.with_extension("tmp");

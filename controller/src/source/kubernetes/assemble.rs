@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::convert::{Input, Skip};
 use crate::model::{
-    self, Kind, Labels, MeshBuilder, MeshModel, ModelError, MtlsMode, ResourceRef,
+    self, Kind, Labels, MeshBuilder, MeshModel, ModelError, MtlsMode, PolicyMode, ResourceRef,
     USE_WAYPOINT_LABEL,
 };
 
@@ -52,6 +52,8 @@ pub struct MeshSettings {
     pub cluster_id: String,
     /// For meshed pods whose namespace has no `ambit.io/mtls-mode` label.
     pub mtls_mode: MtlsMode,
+    /// For the policies of namespaces without an `ambit.io/policy-mode` label.
+    pub policy_mode: PolicyMode,
 }
 
 fn builder(
@@ -66,6 +68,7 @@ fn builder(
     };
     let mut b = MeshBuilder::new(&settings.trust_domain, &settings.cluster_id);
     b.mtls_mode(settings.mtls_mode);
+    b.policy_mode(settings.policy_mode);
     // A waypoint is in the model from its Gateway on, before any pod of it is ready.
     b.allow_pending_waypoints();
     // A pod is in the model from its scheduling on, so that its node's ztunnel can capture it

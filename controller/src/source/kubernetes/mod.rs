@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use assemble::{MeshSettings, assemble};
 pub use convert::{Input, Objects, Skip, convert};
 
-use crate::model::{MeshModel, ModelError, MtlsMode};
+use crate::model::{MeshModel, ModelError, MtlsMode, PolicyMode};
 
 /// The trust domain when none is configured, as in Istio and Kubernetes.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -49,6 +49,9 @@ pub struct Options {
     /// The mTLS mode of meshed pods whose namespace has no `ambit.io/mtls-mode` label
     /// (`--mtls-mode`).
     pub mtls_mode: MtlsMode,
+    /// The mode of the policies of namespaces without an `ambit.io/policy-mode` label
+    /// (`--policy-mode`).
+    pub policy_mode: PolicyMode,
     /// How long after a change the model is rebuilt; changes meanwhile join the same rebuild.
     pub debounce: Duration,
     /// How long the first list of every kind may take before the start fails.
@@ -61,6 +64,7 @@ impl Default for Options {
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             cluster_id: DEFAULT_CLUSTER_ID.into(),
             mtls_mode: MtlsMode::default(),
+            policy_mode: PolicyMode::default(),
             debounce: Duration::from_millis(100),
             sync_timeout: Duration::from_secs(30),
         }
@@ -73,6 +77,7 @@ impl Options {
             trust_domain: self.trust_domain.clone(),
             cluster_id: self.cluster_id.clone(),
             mtls_mode: self.mtls_mode,
+            policy_mode: self.policy_mode,
         }
     }
 }

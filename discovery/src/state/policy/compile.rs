@@ -38,6 +38,7 @@ impl Policy {
         Ok(Policy {
             key: Arc::from(key.as_str()),
             action,
+            dry_run: p.dry_run,
             rules,
         })
     }

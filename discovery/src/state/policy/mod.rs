@@ -7,6 +7,10 @@
 //! closed: an ALLOW rule that has them never matches, and a DENY or AUDIT rule that has them
 //! matches on its L4 conditions alone. A waypoint decides with the request as well
 //! ([`decide_request`]) and checks every condition.
+//!
+//! A dry-run policy (observer mode) decides nothing: the decision is made without it, and
+//! again as if it were enforced; when that second decision denies what the first allows, the
+//! verdict carries it as [`Verdict::would_deny`], to be logged and counted.
 
 mod compile;
 mod matching;
@@ -36,6 +40,8 @@ pub struct Policy {
     /// `<namespace>/<name>`; also its key in the state.
     pub key: Arc<str>,
     pub action: Action,
+    /// Observer mode: evaluated, never enforced.
+    pub dry_run: bool,
     rules: Vec<Rule>,
 }
 
@@ -111,6 +117,9 @@ pub enum Decision {
 pub struct Verdict {
     pub decision: Decision,
     pub audited: Vec<Arc<str>>,
+    /// What the selected policies would decide if the dry-run ones among them were enforced,
+    /// when that is a denial of what `decision` allows: a `Decision::Deny`.
+    pub would_deny: Option<Decision>,
 }
 
 impl Verdict {
@@ -244,13 +253,32 @@ fn evaluate<'a>(
         .filter(|p| p.action == Action::Audit && p.matches(source, port, request))
         .map(|p| p.key.clone())
         .collect();
-    let verdict = |decision| Verdict {
-        decision,
-        audited: audited.clone(),
+    let enforced = selected.clone().filter(|p| !p.dry_run);
+    let decision = enforce(enforced, source, port, request);
+    let would_deny = match decision {
+        Decision::Allow { .. } if selected.clone().any(|p| p.dry_run) => {
+            Some(enforce(selected, source, port, request))
+                .filter(|d| matches!(d, Decision::Deny { .. }))
+        }
+        _ => None,
     };
+    Verdict {
+        decision,
+        audited,
+        would_deny,
+    }
+}
+
+/// The decision of `selected` (AUDIT policies among them change nothing).
+fn enforce<'a>(
+    selected: impl Iterator<Item = &'a Arc<Policy>> + Clone,
+    source: &Source<'_>,
+    port: u16,
+    request: Option<&Request<'_>>,
+) -> Decision {
     for p in selected.clone().filter(|p| p.action == Action::Deny) {
         if p.matches(source, port, request) {
-            return verdict(Decision::Deny {
+            return Decision::Deny {
                 policy: (*p.key).into(),
                 reason: format!(
                     "{} is denied by DENY policy {} ({})",
@@ -258,23 +286,23 @@ fn evaluate<'a>(
                     p.key,
                     what(port, request)
                 ),
-            });
+            };
         }
     }
     let mut allows = selected.filter(|p| p.action == Action::Allow).peekable();
     if allows.peek().is_none() {
-        return verdict(Decision::Allow { policy: None });
+        return Decision::Allow { policy: None };
     }
     let mut names = Vec::new();
     for p in allows {
         if p.matches(source, port, request) {
-            return verdict(Decision::Allow {
+            return Decision::Allow {
                 policy: Some(p.key.clone()),
-            });
+            };
         }
         names.push(p.key.to_string());
     }
-    verdict(Decision::Deny {
+    Decision::Deny {
         policy: names.join(",").into(),
         reason: format!(
             "{} matches none of the ALLOW policies selecting this workload ({}) for {}",
@@ -282,7 +310,7 @@ fn evaluate<'a>(
             names.join(", "),
             what(port, request)
         ),
-    })
+    }
 }
 
 fn who(source: &Source<'_>) -> String {

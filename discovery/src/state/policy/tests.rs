@@ -12,6 +12,22 @@ fn policy(action: api::Action, rules: Vec<api::Rule>) -> Arc<Policy> {
             selector: None,
             action: action as i32,
             rules,
+            dry_run: false,
+        })
+        .unwrap(),
+    )
+}
+
+/// `policy` in observer mode, named `name`.
+fn dry_run(name: &str, action: api::Action, rules: Vec<api::Rule>) -> Arc<Policy> {
+    Arc::new(
+        Policy::from_api(&api::AuthorizationPolicy {
+            name: name.into(),
+            namespace: "demo".into(),
+            selector: None,
+            action: action as i32,
+            rules,
+            dry_run: true,
         })
         .unwrap(),
     )
@@ -204,10 +220,58 @@ fn malformed_policies_are_refused() {
             to: vec![],
             when: vec![],
         }],
+        dry_run: false,
     };
     let err = Policy::from_api(&bad).unwrap_err().to_string();
     assert!(
         err.contains("demo/p") && err.contains("10.0.0.0/40"),
         "{err}"
     );
+}
+
+#[test]
+fn dry_run_policies_decide_nothing_and_report_what_they_would_deny() {
+    let client = id("client");
+    let other = id("other");
+    let deny_client = dry_run(
+        "deny-client",
+        api::Action::Deny,
+        vec![from_principal(client.as_str())],
+    );
+    let allow_other = dry_run(
+        "allow-other",
+        api::Action::Allow,
+        vec![from_principal(other.as_str())],
+    );
+    let would = |v: &Verdict| match &v.would_deny {
+        Some(Decision::Deny { policy, .. }) => Some(policy.to_string()),
+        _ => None,
+    };
+    // A dry-run DENY that matches: allowed, and reported.
+    let v = decide([deny_client.clone()].iter(), &src(Some(&client)), 80);
+    assert!(v.is_allowed(), "{v:?}");
+    assert_eq!(would(&v).as_deref(), Some("demo/deny-client"));
+    // A dry-run ALLOW the client does not match: allowed, and reported.
+    let v = decide([allow_other.clone()].iter(), &src(Some(&client)), 80);
+    assert!(v.is_allowed(), "{v:?}");
+    assert_eq!(would(&v).as_deref(), Some("demo/allow-other"));
+    // Nothing to report when the dry run would allow too.
+    let v = decide([allow_other.clone()].iter(), &src(Some(&other)), 80);
+    assert_eq!((v.is_allowed(), would(&v)), (true, None));
+    // An enforced policy still denies; the dry-run one neither helps nor is reported.
+    let enforced = policy(api::Action::Deny, vec![from_principal(client.as_str())]);
+    let v = decide([enforced, deny_client].iter(), &src(Some(&client)), 80);
+    assert!(!v.is_allowed());
+    assert_eq!(would(&v), None);
+    // No dry-run policy: nothing computed twice, nothing reported.
+    let v = decide(
+        [policy(
+            api::Action::Allow,
+            vec![from_principal(client.as_str())],
+        )]
+        .iter(),
+        &src(Some(&client)),
+        80,
+    );
+    assert_eq!((v.is_allowed(), would(&v)), (true, None));
 }

@@ -18,6 +18,7 @@ fn wire(name: &str, action: api::Action, rules: Vec<api::Rule>) -> api::Authoriz
         selector: None,
         action: action as i32,
         rules,
+        dry_run: false,
     }
 }
 

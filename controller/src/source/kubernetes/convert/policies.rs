@@ -69,6 +69,8 @@ pub(super) fn policy(
             .unwrap_or_default(),
         action,
         rules,
+        // The model sets it from the namespace's policy mode.
+        dry_run: false,
     })
 }
 

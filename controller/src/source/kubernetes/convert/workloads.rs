@@ -10,7 +10,7 @@ use super::endpoints::Slices;
 use super::{Skip, Waypoints, check_waypoint_label, key, labels};
 use crate::model::{
     self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, Kind, MTLS_MODE_LABEL,
-    MtlsMode, ResourceRef,
+    MtlsMode, POLICY_MODE_LABEL, PolicyMode, ResourceRef,
 };
 
 pub(super) fn namespace(
@@ -43,6 +43,19 @@ pub(super) fn namespace(
             ),
         });
         labels.insert(MTLS_MODE_LABEL.into(), MtlsMode::Strict.as_str().into());
+    }
+    if let Err(value) = PolicyMode::of_namespace(&labels, PolicyMode::Enforce) {
+        // Fail closed: a mistyped `audit` must not stop the namespace's policies from deciding.
+        skips.push(Skip {
+            subject: subject.clone(),
+            reason: format!(
+                "label {POLICY_MODE_LABEL}={value:?} is neither \"enforce\" nor \"audit\"; the namespace's policies are enforced until the label is fixed"
+            ),
+        });
+        labels.insert(
+            POLICY_MODE_LABEL.into(),
+            PolicyMode::Enforce.as_str().into(),
+        );
     }
     check_waypoint_label(&subject, &name, &mut labels, waypoints, skips);
     Some(model::Namespace { name, labels })
