@@ -253,3 +253,48 @@ fn the_mtls_mode_label_overrides_the_flag_and_a_bad_value_fails_closed() {
         skips[0].reason
     );
 }
+
+#[test]
+fn the_policy_mode_label_puts_a_namespaces_policies_in_observer_mode_and_a_bad_value_enforces() {
+    let names = ["plain", "audit", "typo"];
+    let objects = Objects {
+        namespaces: [
+            ns("plain", json!({})),
+            ns("audit", json!({"ambit.io/policy-mode": "audit"})),
+            ns("typo", json!({"ambit.io/policy-mode": "audti"})),
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect(),
+        policies: names
+            .iter()
+            .map(|n| {
+                Arc::new(
+                    serde_json::from_value(json!({
+                        "apiVersion": "ambit.io/v1alpha1", "kind": "AuthorizationPolicy",
+                        "metadata": {"name": "deny-all", "namespace": n},
+                        "spec": {"action": "DENY", "rules": [{}]}
+                    }))
+                    .unwrap(),
+                )
+            })
+            .collect(),
+        ..Objects::default()
+    };
+    let (model, skips) = build_objects(&objects);
+    let dry_run = |n: &str| {
+        let p = model.policies().find(|p| p.namespace == n).unwrap();
+        model.policy_proto(p).dry_run
+    };
+    assert_eq!(names.map(dry_run), [false, true, false]);
+    let typo: Vec<_> = skips
+        .iter()
+        .filter(|s| s.subject == ResourceRef::new(Kind::Namespace, "typo"))
+        .collect();
+    assert_eq!(typo.len(), 1, "{skips:?}");
+    assert!(
+        typo[0].reason.contains("\"audti\"") && typo[0].reason.contains("enforced"),
+        "{}",
+        typo[0].reason
+    );
+}
