@@ -13,6 +13,7 @@ mod node_failure;
 mod observer_mode;
 mod outsiders;
 mod ports;
+mod prometheus;
 mod traffic;
 mod up_supervision;
 mod waypoint;
