@@ -26,9 +26,9 @@ use ambit_benches::local::{BenchMesh, running_as_root};
 use ambit_benches::procfs::{cpu_seconds, memory_mb};
 use ambit_benches::sched::{Over, SchedSecond, SchedWatch};
 use ambit_benches::{Args, median, tools};
-use ambit_controller::local::apps::DriveReport;
-use ambit_controller::local::bulk::with_bulk_pods;
-use ambit_controller::local::{Binaries, LocalMesh, apps, load, metrics};
+use ambit_cli::local::apps::DriveReport;
+use ambit_cli::local::bulk::with_bulk_pods;
+use ambit_cli::local::{Binaries, LocalMesh, apps, load, metrics};
 
 const MESH: &str = include_str!("../meshes/apply.yaml");
 const TARGET: &str = "http://10.96.1.10/";

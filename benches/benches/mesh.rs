@@ -20,7 +20,7 @@ use ambit_benches::procfs::memory_mb;
 use ambit_benches::record::{Record, cpu_over};
 use ambit_benches::tools::{self, wrk, wrk_script};
 use ambit_benches::{Args, report};
-use ambit_controller::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, LocalMesh};
+use ambit_cli::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, LocalMesh};
 use ambit_testbed::Netns;
 use serde_json::{Value, json};
 

@@ -26,7 +26,7 @@ use ambit_benches::local::{BenchMesh, running_as_root};
 use ambit_benches::procfs::{anon_rss_mb, cpu_seconds, family_cpu_seconds, memory_mb};
 use ambit_benches::tools::{self, Load, h2load, wait_port, wrk, wrk_script};
 use ambit_benches::{Args, median, report};
-use ambit_controller::local::{BENCH_DIRECT_PORT, Binaries, LocalMesh};
+use ambit_cli::local::{BENCH_DIRECT_PORT, Binaries, LocalMesh};
 use ambit_testbed::Netns;
 
 const MESH: &str = include_str!("../meshes/waypoint.yaml");

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ambit_controller::local::{Binaries, LocalMesh, Options};
+use ambit_cli::local::{Binaries, LocalMesh, Options};
 use tokio::runtime::Runtime;
 
 /// Whether the bench can run; if not, says so (the local mesh builds network namespaces).

@@ -1,11 +1,9 @@
-//! Ambit controller: the mesh model, scoped config push, the certificate authority and the CLI.
+//! Ambit controller: the mesh model, scoped config push and the certificate authority.
 
 pub mod admin;
 pub mod ca;
-pub mod cli;
 pub mod config;
 pub mod grpc;
-pub mod local;
 pub mod model;
 pub mod push;
 pub mod source;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use ambit_controller::local::apps::AccessLine;
-use ambit_controller::local::{Binaries, LocalMesh, Options};
+use ambit_cli::local::apps::AccessLine;
+use ambit_cli::local::{Binaries, LocalMesh, Options};
 
 pub mod capture;
 pub mod cni;
@@ -103,7 +103,7 @@ impl Curl {
 
 /// GET `url` from the host (the mesh's own ports listen on loopback there): status and body.
 pub async fn get(url: &str) -> anyhow::Result<(u16, String)> {
-    ambit_controller::local::apps::fetch(url)
+    ambit_cli::local::apps::fetch(url)
         .await
         .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))
 }
@@ -171,7 +171,7 @@ where
 
 /// Every request a pod's sample server logged (see `apps::AccessLine`): what reached it.
 pub fn access_log(mesh: &LocalMesh, namespace: &str, pod: &str) -> Vec<AccessLine> {
-    ambit_controller::local::apps::read_access_log(&mesh.app_log(namespace, pod))
+    ambit_cli::local::apps::read_access_log(&mesh.app_log(namespace, pod))
 }
 
 /// Runs a command in a pod's namespace and returns its stdout.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ambit_controller::local::apps::fetch;
+use ambit_cli::local::apps::fetch;
 use ambit_testbed::{Netns, NetnsThread};
 
 /// How one steady client fared.

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ambit_controller::local::{Binaries, CURRENT_RUN};
+use ambit_cli::local::{Binaries, CURRENT_RUN};
 use ambit_e2e::can_run;
 
 pub(crate) fn ambit() -> Command {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use ambit_controller::local::Binaries;
+use ambit_cli::local::Binaries;
 use ambit_e2e::can_run;
 use ambit_e2e::cni::{DEBIAN_CNI_DIR, PodNetns, Runtime, fake_kubeconfig};
 use ambit_fake_kube_api::FakeApi;

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use ambit_controller::local::apps::DriveReport;
-use ambit_controller::local::bulk::with_bulk_pods;
-use ambit_controller::local::{Binaries, load, metrics};
+use ambit_cli::local::apps::DriveReport;
+use ambit_cli::local::bulk::with_bulk_pods;
+use ambit_cli::local::{Binaries, load, metrics};
 use ambit_e2e::{can_run, get, start};
 
 const BULK: usize = 20_000;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use ambit_cli::local::Binaries;
 use ambit_cni::netns::PINNED_DIR;
-use ambit_controller::local::Binaries;
 use ambit_e2e::can_run;
 use ambit_fake_kube_api::FakeApi;
 use ambit_proto::identity::CertificateAuthority;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ambit_controller::local::AfterKill;
+use ambit_cli::local::AfterKill;
 use ambit_controller::push::SyncStatus;
 use ambit_e2e::probe::reaped;
 use ambit_e2e::{can_run, curl, eventually, get, start};
@@ -25,7 +25,7 @@ const BACK_WITHIN: Duration = Duration::from_secs(15);
 const VIP: &str = "http://10.96.0.10:9080/";
 const REVIEWS_V2: &str = "http://10.244.2.2:8080/";
 
-fn answer(mesh: &ambit_controller::local::LocalMesh, url: &str) -> Option<String> {
+fn answer(mesh: &ambit_cli::local::LocalMesh, url: &str) -> Option<String> {
     let r = curl(mesh, "demo", "client", url).ok()?;
     r.ok().then(|| r.stdout.trim().to_string())
 }

@@ -3,8 +3,8 @@
 //! `ambit_policy_decisions_total{mode="audit",decision="deny",policy=...}`, by ztunnel at L4 and
 //! by the waypoint at L7; a flow the policy allows is not counted.
 
-use ambit_controller::local::LocalMesh;
-use ambit_controller::local::apps::request;
+use ambit_cli::local::LocalMesh;
+use ambit_cli::local::apps::request;
 use ambit_e2e::{can_run, curl, get, in_pod, start_with};
 
 const REVIEWS: &str = "http://10.96.0.10:9080/";

@@ -7,9 +7,7 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use ambit_controller::local::ports::{
-    ZTUNNEL_ADMIN_PORT, ZTUNNEL_METRICS_PORT, ZTUNNEL_READINESS_PORT,
-};
+use ambit_cli::local::ports::{ZTUNNEL_ADMIN_PORT, ZTUNNEL_METRICS_PORT, ZTUNNEL_READINESS_PORT};
 use ambit_e2e::{can_run, curl, get, start};
 
 /// The routes ztunnel serves on one port or another.

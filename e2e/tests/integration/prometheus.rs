@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ambit_controller::local::apps::request;
+use ambit_cli::local::apps::request;
 use ambit_e2e::{can_run, get, in_pod, start};
 use serde_json::Value;
 

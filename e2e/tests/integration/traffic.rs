@@ -72,7 +72,7 @@ async fn pods_talk_through_the_mesh() -> anyhow::Result<()> {
     assert!(!denied.ok(), "denied-client reached reviews: {denied:?}");
     let allowed = curl(&mesh, "demo", "client", "http://10.96.0.10:9080/")?;
     assert!(allowed.ok(), "{allowed:?}");
-    let metrics = ambit_controller::local::apps::fetch(&format!(
+    let metrics = ambit_cli::local::apps::fetch(&format!(
         "http://{}/metrics",
         mesh.node_state("node-a")?.metrics
     ))
@@ -80,7 +80,7 @@ async fn pods_talk_through_the_mesh() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?
     .1;
     // Both reviews pods' ztunnels refuse; node-a's (reviews-v1) is the one on this node.
-    let dest = ambit_controller::local::apps::fetch(&format!(
+    let dest = ambit_cli::local::apps::fetch(&format!(
         "http://{}/metrics",
         mesh.node_state("node-b")?.metrics
     ))

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ambit_controller::local::{CURRENT_RUN, RunState};
+use ambit_cli::local::{CURRENT_RUN, RunState};
 use ambit_e2e::can_run;
 use ambit_e2e::probe::zombies_of;
 

@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use ambit_controller::local::LocalMesh;
-use ambit_controller::local::apps::{h2_requests, request};
-use ambit_controller::local::metrics;
+use ambit_cli::local::LocalMesh;
+use ambit_cli::local::apps::{h2_requests, request};
+use ambit_cli::local::metrics;
 use ambit_e2e::{WAYPOINT_MESH, access_log, can_run, curl, eventually, failures, in_pod, start};
 use ambit_ztunnel::admin::ConfigDump;
 use ambit_ztunnel::connections::Direction;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use ambit_e2e::{WAYPOINT_MESH, access_log, can_run, start};
 use ambit_testbed::Netns;
 
-use ambit_controller::local::metrics;
+use ambit_cli::local::metrics;
 
 use crate::waypoint::{calls, waypoint_metrics};
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use ambit_controller::local::apps::request;
+use ambit_cli::local::apps::request;
 use ambit_e2e::{access_log, can_run, in_pod, start};
 use ambit_ztunnel::admin::ConfigDump;
 
@@ -14,7 +14,7 @@ const POLICY: &str = "deny-denied-client";
 
 /// The refusals node-a's ztunnel recorded for denied-client's connections (a waypoint that
 /// refuses the tunnel itself, with 401, is seen there).
-async fn ztunnel_refusals(mesh: &ambit_controller::local::LocalMesh) -> anyhow::Result<String> {
+async fn ztunnel_refusals(mesh: &ambit_cli::local::LocalMesh) -> anyhow::Result<String> {
     let admin = mesh.node_state("node-a")?.admin;
     let (_, body) = ambit_e2e::get(&format!("http://{admin}/config_dump")).await?;
     let dump: ConfigDump = serde_json::from_str(&body)?;
@@ -34,7 +34,7 @@ async fn the_waypoint_refuses_denied_client_and_names_the_policy() -> anyhow::Re
         return Ok(());
     }
     let mesh = start("waypoint-demo", None).await?;
-    let served = |m: &ambit_controller::local::LocalMesh| {
+    let served = |m: &ambit_cli::local::LocalMesh| {
         access_log(m, "demo", "reviews-v1").len() + access_log(m, "demo", "reviews-v2").len()
     };
 

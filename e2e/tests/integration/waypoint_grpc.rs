@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use ambit_controller::local::apps::{FLAKY, STREAM_PREFIX, UNAVAILABLE};
-use ambit_controller::local::metrics;
+use ambit_cli::local::apps::{FLAKY, STREAM_PREFIX, UNAVAILABLE};
+use ambit_cli::local::metrics;
 use ambit_e2e::{WAYPOINT_MESH, access_log, can_run, eventually, in_pod, start};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

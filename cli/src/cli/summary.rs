@@ -18,8 +18,8 @@ use super::routes::{self, Expectation};
 use super::waypoints::WaypointView;
 use crate::local::LocalMesh;
 use crate::local::apps::DriveReport;
-use crate::model::AppProtocol;
-use crate::source::file::TopologyPod;
+use ambit_controller::model::AppProtocol;
+use ambit_controller::source::file::TopologyPod;
 
 /// One client calling one service port.
 #[derive(Debug, Clone)]

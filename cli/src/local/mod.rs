@@ -27,7 +27,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     #[error(transparent)]
-    MeshFile(#[from] crate::source::file::FileError),
+    MeshFile(#[from] ambit_controller::source::file::FileError),
     #[error(transparent)]
     Testbed(#[from] ambit_testbed::Error),
     #[error("{what}: {source}")]

@@ -13,7 +13,7 @@ use super::LocalError;
 use super::mesh::{LocalMesh, Options};
 use super::process::{Process, Spec};
 use super::state::{NodeState, PodState};
-use crate::source::file::{self, MeshFile};
+use ambit_controller::source::file::{self, MeshFile};
 
 pub use super::apps::fetch;
 

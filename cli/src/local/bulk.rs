@@ -63,9 +63,9 @@ mod tests {
     #[test]
     fn the_default_mesh_takes_50k_bulk_pods_and_still_parses() {
         let mesh = include_str!("../../../examples/mesh.yaml");
-        let before = crate::source::file::parse(mesh, "mesh.yaml").unwrap();
+        let before = ambit_controller::source::file::parse(mesh, "mesh.yaml").unwrap();
         let text = with_bulk_pods(mesh, "bulk", "node-a", 50_000).unwrap();
-        let after = crate::source::file::parse(&text, "mesh.yaml").unwrap();
+        let after = ambit_controller::source::file::parse(&text, "mesh.yaml").unwrap();
         assert_eq!(
             after.topology.pods.len(),
             before.topology.pods.len() + 50_000

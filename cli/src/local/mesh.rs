@@ -25,7 +25,7 @@ use super::start::{self, controller_spec, wait_until, write, ztunnel_spec};
 use super::state::{BENCH_DIRECT_PORT, Binaries, CURRENT_RUN, NodeState, RunState, WaypointState};
 use super::supervise::{Event, Member, Role, Shared, Supervisor};
 use super::waypoints;
-use crate::source::file::{self, EMBEDDED_MESH, EMBEDDED_ORIGIN, MeshFile};
+use ambit_controller::source::file::{self, EMBEDDED_MESH, EMBEDDED_ORIGIN, MeshFile};
 
 pub struct Options {
     /// The mesh file; `None` for the embedded default.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{ConfigArgs, Output, OutputArgs, Section};
 use crate::local::RunState;
 use crate::local::apps::fetch;
-use crate::push::SyncStatus;
+use ambit_controller::push::SyncStatus;
 
 async fn dump(admin: SocketAddr) -> anyhow::Result<ConfigDump> {
     let (status, body) = fetch(&format!("http://{admin}/config_dump"))

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use ambit_proto::api::route as rpb;
 
-use crate::model::MeshModel;
+use ambit_controller::model::MeshModel;
 
 /// One kind of request to one service, and who should answer it.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +131,7 @@ pub fn close_enough(seen: u64, n: u64, share: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::file;
+    use ambit_controller::source::file;
 
     #[test]
     fn the_default_mesh_splits_reviews_and_pins_the_canary() {

@@ -23,8 +23,8 @@ use super::process::Spec;
 use super::relay::Relay;
 use super::start::write;
 use super::state::WaypointState;
-use crate::model::ObjectKey;
-use crate::source::file::{MeshFile, TopologyWaypoint};
+use ambit_controller::model::ObjectKey;
+use ambit_controller::source::file::{MeshFile, TopologyWaypoint};
 
 /// A waypoint ready to start: its run state, its command line (kept for restarts) and the
 /// relays that join it to the host, which live as long as the mesh.
