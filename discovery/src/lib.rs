@@ -8,6 +8,7 @@ pub mod admin;
 pub mod ca_client;
 pub mod client;
 pub mod current;
+pub mod dump;
 pub mod link;
 pub mod state;
 #[cfg(any(test, feature = "test-util"))]

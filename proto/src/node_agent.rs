@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -80,6 +81,21 @@ pub fn send_blocking(
         Ok(reply) => reply,
         Err(_) => Err(timed_out()),
     }
+}
+
+/// Sends one command and waits for its reply, on a tokio runtime (`ambit up`, the node agent's
+/// tests); no deadline of its own: the caller times it out.
+pub async fn send(socket: &Path, command: &Command) -> std::io::Result<Reply> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_vec(command).expect("commands serialize");
+    line.push(b'\n');
+    wr.write_all(&line).await?;
+    let mut lines = tokio::io::BufReader::new(rd).lines();
+    let reply = lines.next_line().await?.ok_or_else(|| {
+        std::io::Error::other("ztunnel closed the node agent socket without a reply")
+    })?;
+    serde_json::from_str(&reply).map_err(std::io::Error::other)
 }
 
 fn exchange(socket: &Path, command: &Command, timeout: Duration) -> std::io::Result<Reply> {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use ambit_proto::exposition::{self, Exposition, Kind};
 use ambit_proto::hbone::ConnectionLimits;
 use ambit_proto::identity::{CertManager, SpiffeId};
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::http_limits::Refusal;
@@ -16,6 +15,9 @@ use crate::serve::HttpServer;
 use crate::state::Store;
 use crate::traffic::Settings;
 use ambit_discovery::admin::AdminPages;
+use ambit_discovery::dump::waypoint::{
+    CertificateView, ConfigDump, OutlierView, ServiceView, TrafficView,
+};
 use ambit_discovery::state::Service;
 
 pub struct Pages {
@@ -28,59 +30,6 @@ pub struct Pages {
     hbone_limits: Arc<ConnectionLimits>,
     http: Arc<HttpServer>,
     applied: watch::Receiver<u64>,
-}
-
-#[derive(Serialize)]
-struct ConfigDump {
-    waypoint: String,
-    identity: String,
-    version: String,
-    config_version: String,
-    /// Services whose traffic comes through this waypoint, with their routes.
-    services: Vec<ServiceView>,
-    /// Routes by resource name (`<namespace>/<name>`).
-    routes: Vec<String>,
-    /// Traffic policies by resource name; each service shows the one it gets.
-    traffic_policies: Vec<String>,
-    workloads: usize,
-    authorization_policies: Vec<String>,
-    certificate: Option<CertificateView>,
-}
-
-#[derive(Serialize)]
-struct ServiceView {
-    service: String,
-    hostname: String,
-    vips: Vec<String>,
-    ports: Vec<String>,
-    endpoints: usize,
-    /// Endpoints outlier detection has taken out now.
-    ejected_endpoints: usize,
-    traffic: TrafficView,
-}
-
-/// A service's traffic policy as the waypoint applies it, defaults filled in.
-#[derive(Serialize)]
-struct TrafficView {
-    /// `<namespace>/<name>`; `None`: no policy targets the service, the defaults apply.
-    policy: Option<String>,
-    max_connections: u32,
-    max_pending_requests: u32,
-    max_requests: u32,
-    max_retries: u32,
-    http2_multiplex: bool,
-    max_requests_per_connection: Option<u32>,
-    idle_timeout_ms: Option<u128>,
-    outlier: Option<OutlierView>,
-}
-
-#[derive(Serialize)]
-struct OutlierView {
-    consecutive_5xx: u32,
-    consecutive_gateway_errors: u32,
-    consecutive_connect_failures: u32,
-    base_ejection_time_ms: u128,
-    max_ejection_percent: u32,
 }
 
 impl From<&Settings> for TrafficView {
@@ -103,13 +52,6 @@ impl From<&Settings> for TrafficView {
             }),
         }
     }
-}
-
-#[derive(Serialize)]
-struct CertificateView {
-    identity: String,
-    serial: String,
-    expires_in_seconds: u64,
 }
 
 impl Pages {

@@ -8,12 +8,16 @@ use ambit_discovery::admin::AdminPages;
 use ambit_discovery::{Current, ProxyState};
 use ambit_proto::exposition::{Exposition, Kind};
 use ambit_proto::identity::CertManager;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::connections::{ConnectionInfo, ConnectionTracker};
+use crate::connections::ConnectionTracker;
 use crate::metrics::Metrics;
 use crate::pods::Pods;
+
+// The dump's types are shared (the CLI reads them without depending on ztunnel).
+pub use ambit_discovery::dump::ztunnel::{
+    CertificateView, ConfigDump, PodView, PolicyView, ServiceView, WorkloadView,
+};
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -25,68 +29,6 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Config updates applied so far (0: not ready).
     pub applied: watch::Receiver<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConfigDump {
-    pub node: String,
-    pub version: String,
-    pub config_version: String,
-    pub synced: bool,
-    pub workloads: Vec<WorkloadView>,
-    pub services: Vec<ServiceView>,
-    pub policies: Vec<PolicyView>,
-    pub certificates: Vec<CertificateView>,
-    pub pods: Vec<PodView>,
-    pub connections: Vec<ConnectionInfo>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadView {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
-    pub node: String,
-    pub addresses: Vec<String>,
-    pub protocol: String,
-    pub identity: String,
-    pub healthy: bool,
-    pub authorization_policies: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceView {
-    pub name: String,
-    pub hostname: String,
-    pub vips: Vec<String>,
-    pub ports: Vec<String>,
-    pub endpoints: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyView {
-    pub name: String,
-    pub action: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificateView {
-    pub identity: String,
-    pub serial: String,
-    pub not_before: f64,
-    pub not_after: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodView {
-    pub uid: String,
-    pub netns: String,
 }
 
 fn unix(t: SystemTime) -> f64 {

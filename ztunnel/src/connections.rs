@@ -2,69 +2,14 @@
 //! endpoint (`ambit config connections`): who called whom, with which proven identity.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
 const RECENT: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConnectionInfo {
-    pub direction: Direction,
-    /// The pod ztunnel serves on this side.
-    pub pod: String,
-    pub source: SocketAddr,
-    /// The source's SPIFFE ID as proven over mTLS; absent for plaintext.
-    pub source_identity: Option<String>,
-    pub destination: SocketAddr,
-    pub destination_workload: Option<String>,
-    pub destination_service: Option<String>,
-    /// "HBONE" or "TCP".
-    pub protocol: String,
-    #[serde(with = "unix_seconds")]
-    pub started: SystemTime,
-    /// Set once closed: bytes to the destination and back, and the error if any.
-    pub sent: Option<u64>,
-    pub received: Option<u64>,
-    pub error: Option<String>,
-}
-
-impl ConnectionInfo {
-    /// A connection starting now; the caller fills in what it knows of the two sides.
-    pub fn starting(
-        direction: Direction,
-        pod: &str,
-        source: SocketAddr,
-        destination: SocketAddr,
-        protocol: &str,
-    ) -> Self {
-        ConnectionInfo {
-            direction,
-            pod: pod.into(),
-            source,
-            source_identity: None,
-            destination,
-            destination_workload: None,
-            destination_service: None,
-            protocol: protocol.into(),
-            started: SystemTime::now(),
-            sent: None,
-            received: None,
-            error: None,
-        }
-    }
-}
+pub use ambit_discovery::dump::ztunnel::{ConnectionInfo, Direction};
 
 /// Shards of the tracker: a connection opening or closing locks one, so the data path's
 /// workers rarely meet on the same lock.
@@ -152,24 +97,5 @@ impl ConnectionTracker {
         recent.sort_by_key(|c| c.started);
         open.extend(recent);
         open
-    }
-}
-
-mod unix_seconds {
-    use std::time::{Duration, SystemTime};
-
-    use serde::Deserialize;
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let secs = t
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        s.serialize_f64(secs)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
     }
 }

@@ -97,17 +97,3 @@ async fn session(stream: UnixStream, pods: &Pods) -> std::io::Result<()> {
     }
     Ok(())
 }
-
-/// The client side, for `ambit up` and tests.
-pub async fn send(socket: &Path, command: &Command) -> std::io::Result<Reply> {
-    let stream = UnixStream::connect(socket).await?;
-    let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_vec(command).expect("commands serialize");
-    line.push(b'\n');
-    wr.write_all(&line).await?;
-    let mut lines = BufReader::new(rd).lines();
-    let reply = lines.next_line().await?.ok_or_else(|| {
-        std::io::Error::other("ztunnel closed the node agent socket without a reply")
-    })?;
-    serde_json::from_str(&reply).map_err(std::io::Error::other)
-}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use ambit_ztunnel::admin::ConfigDump;
+use ambit_discovery::dump::ztunnel::ConfigDump;
 use anyhow::Context;
 use serde::Serialize;
 

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use ambit_ztunnel::admin::ConfigDump;
-use ambit_ztunnel::connections::Direction;
+use ambit_discovery::dump::ztunnel::ConfigDump;
+use ambit_discovery::dump::ztunnel::Direction;
 
 use super::routes::{self, Expectation};
 use super::waypoints::WaypointView;

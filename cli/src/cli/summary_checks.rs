@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use ambit_ztunnel::admin::ConfigDump;
+use ambit_discovery::dump::ztunnel::ConfigDump;
 
 use super::{Summary, percent, routes};
 use crate::cli::waypoints::WaypointView;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ambit_ztunnel::admin::ConfigDump;
+use ambit_discovery::dump::ztunnel::ConfigDump;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_proto::node_agent::{self, Reply};
 use ambit_testbed::Testbed;
-use ambit_ztunnel::node_agent::{self, Reply};
 use tokio::sync::mpsc;
 
 use super::LocalError;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ambit_ztunnel::node_agent::{self, Reply};
+use ambit_proto::node_agent::{self, Reply};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
