@@ -69,6 +69,7 @@ fn deny_admin() -> &'static Arc<Policy> {
             namespace: "demo".into(),
             selector: None,
             action: api::Action::Deny as i32,
+            dry_run: false,
             rules: vec![api::Rule {
                 to: vec![api::Destination {
                     paths: vec!["/admin".into(), "/admin/*".into()],

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use ambit_discovery::state::{
-    Policy, PolicyRequest as Request, PolicySource as Source, decide_request,
+    Policy, PolicyRequest as Request, PolicySource as Source, Verdict, decide_request,
 };
 use ambit_proto::api::security as api;
 use ambit_proto::identity::SpiffeId;
@@ -78,11 +78,20 @@ fuzz_target!(|input: Input<'_>| {
     ) else {
         return;
     };
+    // A dry-run policy (observer mode) lets everything through and reports what it would
+    // deny instead: "let through" below means allowed and not reported.
+    let passes = |v: &Verdict| v.is_allowed() && v.would_deny.is_none();
     assert!(
-        !(allow.is_allowed() && deny.is_allowed()),
+        !(passes(&allow) && passes(&deny)),
         "the same rules as ALLOW and as DENY both let {request:?} from {source:?} through"
     );
-    assert!(audit.is_allowed(), "an AUDIT policy denied: {audit:?}");
+    if wire.dry_run {
+        assert!(
+            allow.is_allowed() && deny.is_allowed(),
+            "a dry-run policy denied: {allow:?} {deny:?}"
+        );
+    }
+    assert!(passes(&audit), "an AUDIT policy denied: {audit:?}");
     assert!(
         allow.audited.is_empty() && deny.audited.is_empty(),
         "a verdict of no AUDIT policy lists one"
