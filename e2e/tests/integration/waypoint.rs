@@ -174,11 +174,10 @@ async fn a_service_whose_waypoint_is_down_is_refused_not_bypassed() -> anyhow::R
         undeclared, WAYPOINT_MESH,
         "meshes/waypoint.yaml changed shape"
     );
-    let refused = LocalMesh::check(Some(&{
-        let path = std::env::temp_dir().join(format!("ambit-ghost-{}.yaml", std::process::id()));
-        std::fs::write(&path, &undeclared)?;
-        path
-    }));
+    let ghost = std::env::temp_dir().join(format!("ambit-ghost-{}.yaml", std::process::id()));
+    std::fs::write(&ghost, &undeclared)?;
+    let refused = LocalMesh::check(Some(&ghost));
+    std::fs::remove_file(&ghost)?;
     let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
         why.contains("ghost"),
