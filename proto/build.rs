@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ambit/route/v1/route.proto",
         "proto/ambit/traffic/v1/traffic.proto",
         "proto/ambit/discovery/v1/discovery.proto",
+        "proto/ambit/telemetry/v1/telemetry.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(fds)?;

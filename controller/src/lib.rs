@@ -7,4 +7,5 @@ pub mod grpc;
 pub mod model;
 pub mod push;
 pub mod source;
+pub mod telemetry;
 pub mod waypoints;

@@ -29,6 +29,11 @@ pub mod ambit {
             tonic::include_proto!("ambit.discovery.v1");
         }
     }
+    pub mod telemetry {
+        pub mod v1 {
+            tonic::include_proto!("ambit.telemetry.v1");
+        }
+    }
 }
 
 /// The controller's side of `Discovery/Subscribe`, answering with
@@ -41,6 +46,7 @@ pub mod discovery_encoded {
 pub use ambit::discovery::v1 as discovery;
 pub use ambit::route::v1 as route;
 pub use ambit::security::v1 as security;
+pub use ambit::telemetry::v1 as telemetry;
 pub use ambit::traffic::v1 as traffic;
 pub use ambit::workload::v1 as workload;
 
