@@ -20,6 +20,8 @@ pub struct Expectation {
     pub shares: BTreeMap<String, f64>,
     /// `<namespace>/<name>` of the route.
     pub route: String,
+    /// The rule's `timeouts.request` in ms; 0: none.
+    pub request_timeout_ms: u64,
 }
 
 /// Each service's expectations: for plain requests (the first rule that takes a `GET /`
@@ -47,6 +49,7 @@ pub fn expectations(model: &MeshModel) -> Vec<Expectation> {
                             headers,
                             shares: shares.clone(),
                             route: key.clone(),
+                            request_timeout_ms: rule.request_timeout_ms,
                         });
                     }
                 };
@@ -145,10 +148,17 @@ mod tests {
         assert!((plain.shares["reviews-v2"] - 0.1).abs() < 1e-9, "{plain:?}");
         let canary = all
             .iter()
-            .find(|e| e.service == "demo/reviews" && !e.headers.is_empty())
+            .find(|e| e.service == "demo/reviews" && e.headers.iter().any(|h| h.0 == "x-canary"))
             .expect("a header-pinned expectation for reviews");
         assert_eq!(canary.headers, [("x-canary".to_string(), "1".to_string())]);
         assert_eq!(canary.shares.keys().collect::<Vec<_>>(), ["reviews-v2"]);
+        assert_eq!(canary.request_timeout_ms, 0);
+        let slow = all
+            .iter()
+            .find(|e| e.headers == [("x-echo-delay-ms".to_string(), "300".to_string())])
+            .expect("the demo's slow request");
+        assert_eq!(slow.request_timeout_ms, 100);
+        assert_eq!(slow.shares.keys().collect::<Vec<_>>(), ["reviews-v1"]);
     }
 
     #[test]

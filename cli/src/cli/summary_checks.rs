@@ -120,6 +120,17 @@ impl Summary {
                     f.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
                 format!("{} -> {} with {}", f.client, f.service, headers.join(", "))
             };
+            let timed_out = f.last_error.as_deref().is_some_and(|e| e.contains("[UT]"));
+            if answered == 0 && expected.request_timeout_ms > 0 && timed_out {
+                checks.push((
+                    true,
+                    format!(
+                        "{what} timed out as route {} says (request timeout {} ms): {} requests cut off at the waypoint (504 UT)",
+                        expected.route, expected.request_timeout_ms, f.failed
+                    ),
+                ));
+                continue;
+            }
             if answered == 0 {
                 checks.push((
                     false,

@@ -78,6 +78,11 @@ fn check_summary(out: &str) {
         out.contains("[ok] client -> demo/reviews with x-canary: 1 split as route demo/reviews says: reviews-v2 100.0%"),
         "{out}"
     );
+    // The demo's slow request: the route's 100 ms timeout cuts off reviews-v1's 300 ms answer.
+    assert!(
+        out.contains("[ok] client -> demo/reviews with x-echo-delay-ms: 300 timed out as route demo/reviews says (request timeout 100 ms)"),
+        "{out}"
+    );
     assert!(
         out.contains("spiffe://cluster.local/ns/demo/sa/waypoint"),
         "no server saw the waypoint's identity:\n{out}"

@@ -3,7 +3,9 @@
 //! else answered `hello from <pod>`. A test shapes an answer with the query string, so one
 //! server covers what a proxy's tests need:
 //!
-//! - `delay_ms=N`: answer after N ms (a slow backend, for timeouts);
+//! - `delay_ms=N`: answer after N ms (a slow backend, for timeouts); also the request header
+//!   `x-echo-delay-ms: N` (the query wins), which a route can match on, so that the demo has
+//!   a slow request the route's timeout cuts off;
 //! - `fail=F` (0 to 1): answer 503 to that fraction of the requests carrying it, spread evenly
 //!   and deterministically (`fail=0.5` fails every other one; `fail=1` every one);
 //! - `fail_first=F`: a transient failure: answer 503 to the first try of that fraction of the
@@ -27,6 +29,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tonic::codegen::Service;
 use tonic_health::pb::health_server::HealthServer;
+
+/// A request header asking for a slow answer (as `delay_ms=` does).
+pub const DELAY_HEADER: &str = "x-echo-delay-ms";
 
 use super::AccessLine;
 use super::grpc::Health;
@@ -75,7 +80,13 @@ impl Echo {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let query = Query::parse(req.uri().query());
+        let mut query = Query::parse(req.uri().query());
+        if query.delay_ms.is_none() {
+            query.delay_ms = req
+                .headers()
+                .get(DELAY_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+        }
         let method = req.method().to_string();
         let version = format!("{:?}", req.version());
         let mut body = req.into_body();
