@@ -3,7 +3,7 @@
 //! stopped being. At each resync it also asks ztunnel whether it still holds what it was
 //! given: a restarted ztunnel holds nothing, and gets its pods again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,7 @@ pub async fn run(
     let mut agent = Agent {
         settings,
         handed_over: BTreeMap::new(),
+        netns_missing: BTreeSet::new(),
         started: false,
     };
     let mut resync = tokio::time::interval(agent.settings.resync);
@@ -109,6 +110,10 @@ struct Agent {
     settings: Settings,
     /// The pods handed to ztunnel and not taken back: workload uid → pod object uid.
     handed_over: BTreeMap<String, PodUid>,
+    /// Pods whose network namespace was not found, already warned about: the search runs
+    /// again at every change and resync, and a pod the agent cannot see (no host PID namespace)
+    /// would otherwise warn every minute for as long as it lives.
+    netns_missing: BTreeSet<String>,
     /// Whether the first pass (which also asks about the pods that are not meshed) ran.
     started: bool,
 }
@@ -136,6 +141,9 @@ impl Agent {
                 }
             }
         }
+        // A pod no longer waiting to be handed over (gone, or unmeshed) is forgotten.
+        self.netns_missing
+            .retain(|missing| plan.add.iter().any(|(uid, _)| uid == missing));
         for (uid, handover) in &plan.add {
             self.hand_over(uid, handover).await;
         }
@@ -152,7 +160,12 @@ impl Agent {
             .expect("the namespace search does not panic");
         let netns = match found {
             Ok(Some(netns)) => netns,
+            Ok(None) if self.netns_missing.contains(uid) => {
+                tracing::debug!(pod = uid, %ip, "still no network namespace holds the pod's IP");
+                return;
+            }
             Ok(None) => {
+                self.netns_missing.insert(uid.into());
                 tracing::warn!(pod = uid, %ip, "no network namespace on this node holds the pod's IP; trying again at the next change or resync (is the agent in the host's PID namespace, with the runtime's netns directory mounted?)");
                 return;
             }
@@ -161,6 +174,7 @@ impl Agent {
                 return;
             }
         };
+        self.netns_missing.remove(uid);
         let add = Command::Add {
             uid: uid.into(),
             netns: netns.clone(),
