@@ -60,6 +60,8 @@ pub struct Reporter {
 }
 
 struct Shared {
+    /// A stream takes what is queued; a detached reporter wants no failures.
+    attached: bool,
     taps: Taps,
     failed: RateLimit,
     events: mpsc::Sender<FlowEvent>,
@@ -71,9 +73,16 @@ struct Shared {
 /// A reporter and the task that sends what it gathers; run the task with
 /// [`ReportStream::run`] where a controller is configured.
 pub fn channel(settings: Settings) -> (Reporter, ReportStream) {
+    let (reporter, rx) = reporter(settings.clone(), true);
+    let stream = ReportStream::new(reporter.clone(), rx, settings);
+    (reporter, stream)
+}
+
+fn reporter(settings: Settings, attached: bool) -> (Reporter, mpsc::Receiver<FlowEvent>) {
     let (tx, rx) = mpsc::channel(settings.queue.max(1));
     let reporter = Reporter {
         shared: Arc::new(Shared {
+            attached,
             taps: Taps::default(),
             failed: RateLimit::new(settings.failed_per_second),
             events: tx,
@@ -81,26 +90,28 @@ pub fn channel(settings: Settings) -> (Reporter, ReportStream) {
             shapes: Shapes::new(settings.max_shapes),
         }),
     };
-    let stream = ReportStream::new(reporter.clone(), rx, settings);
-    (reporter, stream)
+    (reporter, rx)
 }
 
 impl Reporter {
-    /// A reporter with no stream behind it (a proxy with no controller): it wants nothing
-    /// but failures, which go nowhere once its queue is full; shapes are still kept.
+    /// A reporter with no stream behind it (a proxy with no controller): it wants no flow
+    /// (no tap can start); shapes are still kept.
     pub fn detached() -> Reporter {
-        channel(Settings {
-            queue: 1,
-            ..Settings::default()
-        })
+        reporter(
+            Settings {
+                queue: 1,
+                ..Settings::default()
+            },
+            false,
+        )
         .0
     }
 
     /// Whether a flow that ended so is worth building a [`FlowEvent`] for: a failed one
-    /// always, any while a tap runs. One atomic load.
+    /// always (with a stream to send it on), any while a tap runs. One atomic load.
     #[inline]
     pub fn wants(&self, failed: bool) -> bool {
-        failed || self.shared.taps.any()
+        (failed && self.shared.attached) || self.shared.taps.any()
     }
 
     /// Queues an ended flow for the controller: tagged with the taps it matches (within each
@@ -131,6 +142,12 @@ impl Reporter {
     /// Ids of the taps running now, in order.
     pub fn running_taps(&self) -> Vec<u64> {
         self.shared.taps.ids()
+    }
+
+    /// Starts a tap as if the controller had, for tests of the proxies that report.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn start_tap(&self, tap: ambit_proto::api::telemetry::Tap) {
+        self.shared.taps.start(tap);
     }
 
     fn take_dropped(&self) -> u64 {

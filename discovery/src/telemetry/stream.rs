@@ -219,7 +219,9 @@ impl ReportStream {
         (next != current).then_some(next)
     }
 
-    fn drain_events(&mut self) -> Vec<FlowEvent> {
+    /// The events queued now (at most a message's worth), taken off the queue: what the next
+    /// message carries, and what a proxy's tests look at without a controller.
+    pub fn queued(&mut self) -> Vec<FlowEvent> {
         let mut events = Vec::new();
         while events.len() < EVENTS_PER_MESSAGE {
             match self.events.try_recv() {
@@ -235,7 +237,7 @@ impl ReportStream {
             reporter: None,
             unix_ms: unix_ms(),
             metrics: metrics.render(),
-            events: self.drain_events(),
+            events: self.queued(),
             events_dropped: self.reporter.take_dropped(),
             shapes: self.reporter.shapes().snapshot(),
         }
@@ -243,7 +245,7 @@ impl ReportStream {
 
     /// Queued events, if any, or drops to say.
     fn events_report(&mut self) -> Option<ReportRequest> {
-        let events = self.drain_events();
+        let events = self.queued();
         if events.is_empty() {
             return None;
         }
