@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_discovery::state::{AppProtocol, Protocol as WorkloadProtocol, Workload};
+use ambit_discovery::telemetry::baggage::SourceWorkload;
 use ambit_proto::identity::SpiffeId;
 use http::{Request, Response, Version, request};
 use hyper::body::Incoming;
@@ -41,6 +42,9 @@ pub struct Downstream {
     pub client_addr: SocketAddr,
     /// The client's workload, when the config knows it (telemetry).
     pub source: Option<Arc<Workload>>,
+    /// The client's workload as its ztunnel named it (`baggage`), when the config does not
+    /// know it: a waypoint's config holds the workloads it sends to, not its clients.
+    pub claimed: Option<SourceWorkload>,
     pub destination: Destination,
 }
 
@@ -49,11 +53,17 @@ pub struct Downstream {
 pub struct Failure {
     pub flag: Flag,
     pub detail: String,
+    /// The authorization policy that denied the request.
+    pub policy: Option<Box<str>>,
 }
 
 impl Failure {
     fn new(flag: Flag, detail: String) -> Self {
-        Failure { flag, detail }
+        Failure {
+            flag,
+            detail,
+            policy: None,
+        }
     }
 }
 
@@ -115,7 +125,11 @@ impl Forwarder {
     }
 
     /// Serves one request; never fails (failures are local replies).
-    pub async fn handle(&self, down: &Downstream, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        down: &Arc<Downstream>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let (mut head, body) = request.into_parts();
         let mut report = Report::start(&mut head);
         let (body, request_bytes) = crate::report::count(body::boxed(body));
@@ -131,11 +145,14 @@ impl Forwarder {
             Err(failure) => {
                 report.flag = Some(failure.flag);
                 tracing::debug!(flag = failure.flag.letters(), detail = %failure.detail, "local reply");
-                local_reply::reply(
+                let reply = local_reply::reply(
                     failure.flag,
                     &failure.detail,
                     report.protocol == Protocol::Grpc,
-                )
+                );
+                report.detail = Some(failure.detail);
+                report.policy = failure.policy;
+                reply
             }
         };
         self.telemetry.finish(down, report, response)
@@ -457,7 +474,10 @@ impl Forwarder {
             &ask,
             &self.telemetry,
         )
-        .map_err(|denied| Failure::new(Flag::Denied, denied.to_string()))?;
+        .map_err(|denied| Failure {
+            policy: Some(denied.policy.clone()),
+            ..Failure::new(Flag::Denied, denied.to_string())
+        })?;
         Ok((endpoint, in_flight))
     }
 

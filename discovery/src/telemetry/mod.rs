@@ -8,6 +8,7 @@
 //! [`ReportStream`] task that keeps the stream up, reconnecting with backoff like the
 //! discovery client.
 
+pub mod baggage;
 mod rate;
 mod shapes;
 mod stream;

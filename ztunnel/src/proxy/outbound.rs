@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ambit_discovery::state::{Service, Workload};
+use ambit_discovery::telemetry::baggage::SourceWorkload;
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{ConnectRequest, HBONE_PORT, HboneError};
 use ambit_proto::identity::SpiffeId;
@@ -194,7 +195,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 );
                 let tracked = track(Some(&workload), service.as_deref(), target, "HBONE");
                 let request =
-                    connect_request(&source, peer, target.ip(), &workload.identity, target);
+                    connect_request(&source, peer, target.ip(), &workload.identity, target, None);
                 match pod.hbone.connect(&request).await {
                     Ok(tunnel) => {
                         ctx.health.succeeded(target.ip());
@@ -308,7 +309,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     return;
                 };
                 let tracked = track(workload.as_deref(), service.as_deref(), target, "HBONE");
-                let request = connect_request(&source, peer, address, &waypoint.identity, target);
+                // The waypoint's config holds its destinations, not its clients: it learns
+                // who the client is from this.
+                let baggage = Some(source_baggage(&source));
+                let request =
+                    connect_request(&source, peer, address, &waypoint.identity, target, baggage);
                 match pod.hbone.connect(&request).await {
                     Ok(tunnel) => {
                         let counters = ctx.metrics.connection_opened(&l);
@@ -416,6 +421,7 @@ fn connect_request(
     via: IpAddr,
     via_identity: &SpiffeId,
     target: SocketAddr,
+    baggage: Option<String>,
 ) -> ConnectRequest {
     ConnectRequest {
         source: source.identity.clone(),
@@ -423,9 +429,24 @@ fn connect_request(
         destination_identity: via_identity.clone(),
         authority: target,
         forwarded_for: Some(peer),
-        baggage: None,
+        baggage,
         traceparent: None,
     }
+}
+
+/// The source workload, as the waypoint reads it (`ambit_discovery::telemetry::baggage`).
+fn source_baggage(source: &Workload) -> String {
+    SourceWorkload {
+        namespace: source.namespace.clone(),
+        workload: source.name.clone(),
+        app: source.canonical_or_name().into(),
+        version: if source.canonical_revision.is_empty() {
+            "latest".into()
+        } else {
+            source.canonical_revision.clone()
+        },
+    }
+    .encode()
 }
 
 /// One attempt that did not connect.
@@ -499,6 +520,7 @@ mod tests {
                 via.parse().unwrap(),
                 &id(sa),
                 target.parse().unwrap(),
+                None,
             );
             assert_eq!(r.endpoint, endpoint.parse().unwrap(), "{target}");
             assert_eq!(r.authority, target.parse().unwrap());
@@ -513,6 +535,16 @@ mod tests {
             );
             assert_eq!(r.forwarded_for, Some(peer));
         }
+    }
+
+    #[test]
+    fn the_waypoint_learns_the_client_workload_from_the_baggage() {
+        let client = meshed_workload("client", &["10.244.1.2"]);
+        let got = SourceWorkload::decode(&source_baggage(&client), &client.identity).unwrap();
+        assert_eq!(
+            (&*got.workload, &*got.namespace, &*got.app, &*got.version),
+            ("client", "demo", "client", "latest")
+        );
     }
 
     #[test]
