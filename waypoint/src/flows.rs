@@ -4,7 +4,7 @@
 //! wants one (it failed, or a tap runs; otherwise nothing is built), with the reason in words
 //! an application developer reads: the policy, the timeout, the breaker, the retries.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ambit_discovery::state::{Protocol as WorkloadProtocol, Workload};
 use ambit_discovery::telemetry::{Reporter, ShapeView, path_prefix};
@@ -118,13 +118,20 @@ fn event(down: &Downstream, r: &Report, end: &Ending<'_>, failed: bool) -> FlowE
         bytes_received: end.response_bytes,
         attempts: r.attempts,
         failed,
-        reason: if failed {
-            reason(r, end)
-        } else {
-            String::new()
+        reason: match (failed, &r.would_deny) {
+            (true, _) => reason(r, end),
+            (false, Some(d)) => format!(
+                "authorization policy {} would deny it, but it is in observer mode (ambit.io/policy-mode: audit): {}",
+                d.policy, d.reason
+            ),
+            (false, None) => String::new(),
         },
-        policy: r.policy.as_deref().unwrap_or_default().to_string(),
-        would_deny: false,
+        policy: match (&r.policy, &r.would_deny) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(d)) => d.policy.to_string(),
+            (None, None) => String::new(),
+        },
+        would_deny: r.policy.is_none() && r.would_deny.is_some(),
     }
 }
 
@@ -157,6 +164,68 @@ fn source(down: &Downstream) -> Party {
     p.identity = down.peer.to_string();
     p.address = down.client_addr.to_string();
     p
+}
+
+/// Why an opaque TCP connection through the waypoint failed.
+pub(crate) struct TcpFailure<'a> {
+    pub flags: &'static str,
+    pub reason: String,
+    pub policy: Option<&'a str>,
+}
+
+/// An opaque TCP connection through the waypoint ended: counted by shape (no method or
+/// path), reported when wanted. `bytes`: (to the destination, back).
+pub(crate) fn observe_tcp(
+    reporter: &Reporter,
+    down: &Downstream,
+    started: SystemTime,
+    bytes: (u64, u64),
+    failure: Option<TcpFailure<'_>>,
+) {
+    let failed = failure.is_some();
+    let (service, workload, namespace, port) = addressed(&down.destination);
+    reporter.shapes().count(
+        &ShapeView {
+            source_identity: down.peer.as_str(),
+            destination_workload: workload,
+            destination_namespace: namespace,
+            destination_service: service,
+            destination_port: port.into(),
+            ..Default::default()
+        },
+        failed,
+    );
+    if !reporter.wants(failed) {
+        return;
+    }
+    let elapsed = started.elapsed().unwrap_or_default();
+    let (flags, reason, policy) = match failure {
+        Some(f) => (f.flags, f.reason, f.policy.unwrap_or_default().to_string()),
+        None => ("-", String::new(), String::new()),
+    };
+    reporter.report(FlowEvent {
+        start_unix_ms: started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        duration_us: elapsed.as_micros() as u64,
+        protocol: Protocol::Tcp.into(),
+        source: Some(source(down)),
+        destination: Some(match &down.destination {
+            Destination::Workload { workload, .. } => party(workload),
+            Destination::Service { .. } => Party::default(),
+        }),
+        destination_service: service.to_string(),
+        destination_port: port.into(),
+        mutual_tls: true,
+        grpc_status: -1,
+        response_flags: flags.into(),
+        bytes_sent: bytes.0,
+        bytes_received: bytes.1,
+        failed,
+        reason,
+        policy,
+        ..Default::default()
+    });
 }
 
 /// Why the request failed, naming the cause.

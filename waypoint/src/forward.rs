@@ -14,7 +14,7 @@ use ambit_proto::identity::SpiffeId;
 use http::{Request, Response, Version, request};
 use hyper::body::Incoming;
 
-use crate::authz;
+use crate::authz::{self, Denied};
 use crate::balance::{Balancer, InFlight};
 use crate::body::{self, Body};
 use crate::breaker::{Overflow, Slot};
@@ -101,6 +101,10 @@ impl Forwarder {
     pub fn with_escaped_slashes(mut self, escaped_slashes: EscapedSlashes) -> Self {
         self.escaped_slashes = escaped_slashes;
         self
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -315,8 +319,9 @@ impl Forwarder {
                 Some(t) => Some(t.admit(retry_slot.take()).map_err(|o| overflow(t, o))?),
                 None => None,
             };
-            let (endpoint, mut in_flight) =
+            let (endpoint, mut in_flight, would_deny) =
                 self.endpoint(snapshot, backend, down, failed, Some(&head))?;
+            report.would_deny = would_deny;
             in_flight.hold(admission);
             let target = Target {
                 endpoint: endpoint.target,
@@ -460,14 +465,14 @@ impl Forwarder {
         down: &Downstream,
         failed: Option<SocketAddr>,
         request: Option<&request::Parts>,
-    ) -> Result<(Endpoint, InFlight), Failure> {
+    ) -> Result<(Endpoint, InFlight, Option<Denied>), Failure> {
         let (endpoint, in_flight) = self.choose(snapshot, backend, down, failed)?;
         let ask = authz::Ask {
             identity: &down.peer,
             client_addr: down.client_addr,
             request,
         };
-        authz::check(
+        let would_deny = authz::check(
             &snapshot.mesh,
             &endpoint.workload,
             endpoint.target.port(),
@@ -478,7 +483,7 @@ impl Forwarder {
             policy: Some(denied.policy.clone()),
             ..Failure::new(Flag::Denied, denied.to_string())
         })?;
-        Ok((endpoint, in_flight))
+        Ok((endpoint, in_flight, would_deny))
     }
 
     fn choose(

@@ -61,6 +61,8 @@ pub struct Report {
     pub detail: Option<String>,
     /// The authorization policy that denied it.
     pub policy: Option<Box<str>>,
+    /// What a policy in observer mode would have denied (the request went through).
+    pub would_deny: Option<crate::authz::Denied>,
 }
 
 impl Report {
@@ -101,6 +103,7 @@ impl Report {
             request_bytes: None,
             detail: None,
             policy: None,
+            would_deny: None,
         }
     }
 }

@@ -192,3 +192,65 @@ async fn requests_are_reported_failed_with_their_cause_tapped_with_their_tap_and
             .all(|s| s.destination_service == host("reviews"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_a_policy_in_observer_mode_would_deny_goes_through_and_says_so_when_tapped() {
+    let mesh = Mesh::start(Setup {
+        policies: vec![sec_dry_run(policy("deny-client", Action::Deny, &[CLIENT]))],
+        ..Setup::default()
+    })
+    .await;
+    mesh.reporter.start_tap(Tap {
+        id: 1,
+        ..Default::default()
+    });
+    let mut conn = mesh.client().http1(REVIEWS).await;
+    assert_eq!(conn.get("/reviews/1").await.status, StatusCode::OK);
+    let e = events(&mesh, 1).await.remove(0);
+    assert!(!e.failed && e.would_deny, "{e:?}");
+    assert_eq!(e.policy, "demo/deny-client");
+    assert!(e.reason.contains("observer mode"), "{}", e.reason);
+}
+
+fn sec_dry_run(
+    mut p: ambit_proto::api::security::AuthorizationPolicy,
+) -> ambit_proto::api::security::AuthorizationPolicy {
+    p.dry_run = true;
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_tcp_connection_is_reported_and_counted_by_shape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mesh = Mesh::start(Setup::default()).await;
+    mesh.reporter.start_tap(Tap {
+        id: 4,
+        service: "tcp-echo".into(),
+        ..Default::default()
+    });
+    let tunnel = mesh.client().tunnel(TCP_ECHO).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(tunnel);
+    write.write_all(b"\x00\x01not http\r\n").await.unwrap();
+    write.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    tokio::time::timeout(PATIENCE, read.read_to_end(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, b"\x00\x01not http\r\n");
+    let e = events(&mesh, 1).await.remove(0);
+    assert_eq!(e.taps, vec![4]);
+    assert_eq!(e.protocol, Protocol::Tcp as i32);
+    assert_eq!((e.bytes_sent, e.bytes_received), (12, 12));
+    assert_eq!(e.destination_service, host("tcp-echo"));
+    let shapes = mesh.reporter.shapes().snapshot();
+    let s = shapes
+        .iter()
+        .find(|s| s.destination_service == host("tcp-echo"))
+        .unwrap();
+    assert_eq!(
+        (s.count, s.destination_port, s.method.as_str()),
+        (1, 9080, "")
+    );
+}
