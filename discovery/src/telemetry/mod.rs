@@ -40,6 +40,11 @@ pub struct Settings {
     pub failed_per_second: u32,
     /// Shapes held; past it the least recently seen goes.
     pub max_shapes: usize,
+    /// How long the controller gets to answer the stream's opening.
+    pub open_timeout: Duration,
+    /// How long a message may wait for room on the stream before the controller counts as
+    /// stalled and the stream is opened again.
+    pub send_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -50,6 +55,8 @@ impl Default for Settings {
             queue: 4096,
             failed_per_second: 50,
             max_shapes: 4096,
+            open_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -21,12 +21,7 @@ use crate::link::{ControllerLink, LinkError};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long the controller gets to answer the stream's opening.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a message may wait for room on the stream before the controller counts as stalled
-/// and the stream is opened again.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages waiting for the transport; beyond them sends wait (up to [`SEND_TIMEOUT`]).
+/// Messages waiting for the transport; beyond them sends wait (up to `Settings::send_timeout`).
 const OUTGOING: usize = 4;
 /// Events in one message at most; the rest go in the next.
 const EVENTS_PER_MESSAGE: usize = 1024;
@@ -55,16 +50,16 @@ pub enum ReportError {
         status: tonic::Status,
     },
     #[error(
-        "the controller at {address} did not answer the telemetry stream's opening within {OPEN_TIMEOUT:?}"
+        "the controller at {address} did not answer the telemetry stream's opening within {timeout:?}"
     )]
-    OpenTimeout { address: String },
+    OpenTimeout { address: String, timeout: Duration },
     #[error("the telemetry stream to the controller at {address} broke ({:?}): {}", status.code(), status_detail(status))]
     Stream {
         address: String,
         status: tonic::Status,
     },
-    #[error("the controller at {address} took no report for {SEND_TIMEOUT:?} (stalled)")]
-    Stalled { address: String },
+    #[error("the controller at {address} took no report for {timeout:?} (stalled)")]
+    Stalled { address: String, timeout: Duration },
     #[error("the controller at {address} closed the telemetry stream")]
     Closed { address: String },
 }
@@ -150,7 +145,8 @@ impl ReportStream {
             };
         }
         let mut client = TelemetryClient::new(link.channel());
-        let mut responses = match tokio::time::timeout(OPEN_TIMEOUT, client.report(request)).await {
+        let open_timeout = self.settings.open_timeout;
+        let mut responses = match tokio::time::timeout(open_timeout, client.report(request)).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => {
                 return ReportError::Open {
@@ -158,7 +154,12 @@ impl ReportStream {
                     status,
                 };
             }
-            Err(_) => return ReportError::OpenTimeout { address: address() },
+            Err(_) => {
+                return ReportError::OpenTimeout {
+                    address: address(),
+                    timeout: open_timeout,
+                };
+            }
         };
         *connected = true;
         match outage.take() {
@@ -192,10 +193,16 @@ impl ReportStream {
                 },
             };
             let Some(message) = message else { continue };
-            match tokio::time::timeout(SEND_TIMEOUT, tx.send(message)).await {
+            let timeout = self.settings.send_timeout;
+            match tokio::time::timeout(timeout, tx.send(message)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return ReportError::Closed { address: address() },
-                Err(_) => return ReportError::Stalled { address: address() },
+                Err(_) => {
+                    return ReportError::Stalled {
+                        address: address(),
+                        timeout,
+                    };
+                }
             }
         }
     }

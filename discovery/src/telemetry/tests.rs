@@ -379,17 +379,42 @@ async fn reconnects_when_the_controller_comes_and_when_it_ends_the_stream() {
 }
 
 #[tokio::test]
-async fn a_stalled_controller_never_holds_up_the_data_path() {
+async fn the_controller_sets_the_interval() {
+    let mut c = Controller::new(false).await;
+    let (_reporter, _drain) = reporter_to(&c.ca, c.address, quick(), || "m 1\n".to_string());
+    let mut s = c.opened().await;
+    s.next().await;
+    s.answer(ReportResponse {
+        report_interval_seconds: 1,
+        ..Default::default()
+    })
+    .await;
+    let with_metrics = |r: &ReportRequest| !r.metrics.is_empty();
+    // A report may have been on its way at the old interval; then they come a second apart.
+    s.until(with_metrics).await;
+    s.until(with_metrics).await;
+    let at = Instant::now();
+    s.until(with_metrics).await;
+    let between = at.elapsed();
+    assert!(
+        between >= Duration::from_millis(900) && between < Duration::from_millis(1500),
+        "{between:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_controller_never_holds_up_the_data_path_and_is_left_for_a_new_stream() {
     let mut c = Controller::new(true).await;
     let settings = Settings {
         queue: 16,
         failed_per_second: 1_000_000,
         interval: Duration::from_millis(100),
         flush: Duration::from_millis(10),
+        send_timeout: Duration::from_millis(500),
         ..Settings::default()
     };
     // Big reports fill the stream's window soon after the controller stops reading.
-    let (reporter, _drain) = reporter_to(&c.ca, c.address, settings, || "x".repeat(256 << 10));
+    let (reporter, _drain) = reporter_to(&c.ca, c.address, settings, || "x".repeat(1 << 20));
     let _s = c.opened().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
@@ -404,4 +429,6 @@ async fn a_stalled_controller_never_holds_up_the_data_path() {
         reporter.shared.dropped.load(Ordering::Relaxed) > 90_000,
         "a full queue drops and counts"
     );
+    // The stalled stream is given up (send timeout) and another opened.
+    let _again = c.opened().await;
 }
