@@ -262,3 +262,78 @@ fn reason(r: &Report, end: &Ending<'_>) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(flag: Option<Flag>, detail: Option<&str>, attempts: u32) -> Report {
+        let (mut head, ()) = http::Request::get("/reviews/1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut r = Report::start(&mut head);
+        r.flag = flag;
+        r.detail = detail.map(str::to_string);
+        r.attempts = attempts;
+        r
+    }
+
+    fn ending(status: u16, grpc_status: Option<u32>) -> Ending<'static> {
+        Ending {
+            status,
+            grpc_status,
+            flags: "-",
+            duration: Duration::ZERO,
+            request_bytes: 0,
+            response_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_cause() {
+        let table = [
+            (
+                report(Some(Flag::RetriesExhausted), None, 3),
+                ending(503, None),
+                "retries exhausted after 3 attempts: last answer 503 from the upstream",
+            ),
+            (
+                report(Some(Flag::Overflow), None, 1),
+                ending(503, None),
+                "the circuit breaker of the upstream refused a retry: last answer 503",
+            ),
+            (
+                report(
+                    Some(Flag::Overflow),
+                    Some(
+                        "circuit breaker of reviews-v1.demo.svc.cluster.local: too many pending requests",
+                    ),
+                    1,
+                ),
+                ending(503, None),
+                "circuit breaker of reviews-v1.demo.svc.cluster.local: too many pending requests",
+            ),
+            (
+                report(Some(Flag::Timeout), Some("no response within 2s"), 1),
+                ending(504, None),
+                "upstream timed out: no response within 2s",
+            ),
+            (
+                report(None, None, 1),
+                ending(500, None),
+                "the upstream answered 500",
+            ),
+            (
+                report(None, None, 1),
+                ending(200, Some(14)),
+                "the upstream answered gRPC status 14",
+            ),
+        ];
+        for (r, end, want) in table {
+            assert!(end.failed(&r), "{want}");
+            assert_eq!(reason(&r, &end), want);
+        }
+        assert!(!ending(404, Some(0)).failed(&report(None, None, 1)));
+    }
+}
