@@ -22,7 +22,8 @@ use crate::serve::HttpServer;
 use crate::state::Store;
 use crate::tcp::TcpForwarder;
 use crate::upstream::Upstream;
-use ambit_discovery::admin::{self, AdminPort};
+use ambit_discovery::admin::{self, AdminPages, AdminPort};
+use ambit_discovery::telemetry;
 
 pub struct Waypoint {
     trigger: DrainTrigger,
@@ -52,7 +53,9 @@ impl Waypoint {
         .context("setting up the link to the controller (--controller)")?;
         let certs = CertManager::new(Arc::new(CaClient::new(link.clone())), bundle.clone());
         let store = Arc::new(Store::default());
-        let telemetry = Arc::new(Telemetry::default());
+        // What the controller's telemetry stream carries (started below, beside discovery).
+        let (reporter, report_stream) = telemetry::channel(telemetry::Settings::default());
+        let telemetry = Arc::new(Telemetry::default().with_reporter(reporter));
         tokio::spawn(upkeep(telemetry.clone()));
         let hbone =
             HboneClient::with_settings(certs.clone(), Arc::new(TcpDialer), config.hbone_client());
@@ -95,11 +98,15 @@ impl Waypoint {
             tokio::spawn(admin::serve(listener, port, pages.clone(), watch.clone()));
         }
 
-        let discovery = Client::new(
-            link,
-            subscriber(ProxyKind::Waypoint, &config.name, &config.namespace),
-            store.clone(),
-        );
+        let who = subscriber(ProxyKind::Waypoint, &config.name, &config.namespace);
+        let metrics_pages = pages.clone();
+        tokio::spawn(report_stream.run(
+            link.clone(),
+            who.clone(),
+            Arc::new(move || AdminPages::metrics(&*metrics_pages)),
+            watch.clone(),
+        ));
+        let discovery = Client::new(link, who, store.clone());
         tokio::spawn(discovery.run(watch.clone()));
         tokio::spawn(prune(store.applied(), forwarder.clone()));
 

@@ -48,13 +48,14 @@ pub struct Ask<'a> {
 }
 
 /// May the client reach `workload` on `target_port`? Logs and counts what policies decided.
+/// Allowed, with what a policy in observer mode would have denied (`Some`), or denied.
 pub fn check(
     state: &ProxyState,
     workload: &Workload,
     target_port: u16,
     ask: &Ask<'_>,
     telemetry: &Telemetry,
-) -> Result<(), Denied> {
+) -> Result<Option<Denied>, Denied> {
     let source = PolicySource {
         identity: Some(ask.identity),
         ip: ask.client_addr.ip(),
@@ -89,6 +90,7 @@ pub fn check(
         telemetry.policy_decision(policy, PolicyDecision::Audit);
     }
     // Observer mode: a dry-run policy would have refused what the enforced ones let through.
+    let mut would_deny = None;
     if let Some(Decision::Deny { policy, reason }) = &verdict.would_deny {
         tracing::info!(
             %policy,
@@ -101,14 +103,18 @@ pub fn check(
             "would be denied: allowed only because the policy is in observer mode (ambit.io/policy-mode: audit)"
         );
         telemetry.policy_decision(policy, PolicyDecision::WouldDeny);
+        would_deny = Some(Denied {
+            policy: policy.clone(),
+            reason: reason.clone(),
+        });
     }
     match verdict.decision {
-        Decision::Allow { policy: None } => Ok(()),
+        Decision::Allow { policy: None } => Ok(would_deny),
         Decision::Allow {
             policy: Some(policy),
         } => {
             telemetry.policy_decision(&policy, PolicyDecision::Allow);
-            Ok(())
+            Ok(would_deny)
         }
         Decision::Deny { policy, reason } => {
             tracing::info!(

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_discovery::state::{AppProtocol, Protocol as WorkloadProtocol, Workload};
+use ambit_discovery::telemetry::baggage::SourceWorkload;
 use ambit_proto::identity::SpiffeId;
 use http::{Request, Response, Version, request};
 use hyper::body::Incoming;
 
-use crate::authz;
+use crate::authz::{self, Denied};
 use crate::balance::{Balancer, InFlight};
 use crate::body::{self, Body};
 use crate::breaker::{Overflow, Slot};
@@ -41,6 +42,9 @@ pub struct Downstream {
     pub client_addr: SocketAddr,
     /// The client's workload, when the config knows it (telemetry).
     pub source: Option<Arc<Workload>>,
+    /// The client's workload as its ztunnel named it (`baggage`), when the config does not
+    /// know it: a waypoint's config holds the workloads it sends to, not its clients.
+    pub claimed: Option<SourceWorkload>,
     pub destination: Destination,
 }
 
@@ -49,11 +53,17 @@ pub struct Downstream {
 pub struct Failure {
     pub flag: Flag,
     pub detail: String,
+    /// The authorization policy that denied the request.
+    pub policy: Option<Box<str>>,
 }
 
 impl Failure {
     fn new(flag: Flag, detail: String) -> Self {
-        Failure { flag, detail }
+        Failure {
+            flag,
+            detail,
+            policy: None,
+        }
     }
 }
 
@@ -93,6 +103,10 @@ impl Forwarder {
         self
     }
 
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -115,7 +129,11 @@ impl Forwarder {
     }
 
     /// Serves one request; never fails (failures are local replies).
-    pub async fn handle(&self, down: &Downstream, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        down: &Arc<Downstream>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let (mut head, body) = request.into_parts();
         let mut report = Report::start(&mut head);
         let (body, request_bytes) = crate::report::count(body::boxed(body));
@@ -131,11 +149,14 @@ impl Forwarder {
             Err(failure) => {
                 report.flag = Some(failure.flag);
                 tracing::debug!(flag = failure.flag.letters(), detail = %failure.detail, "local reply");
-                local_reply::reply(
+                let reply = local_reply::reply(
                     failure.flag,
                     &failure.detail,
                     report.protocol == Protocol::Grpc,
-                )
+                );
+                report.detail = Some(failure.detail);
+                report.policy = failure.policy;
+                reply
             }
         };
         self.telemetry.finish(down, report, response)
@@ -298,8 +319,9 @@ impl Forwarder {
                 Some(t) => Some(t.admit(retry_slot.take()).map_err(|o| overflow(t, o))?),
                 None => None,
             };
-            let (endpoint, mut in_flight) =
+            let (endpoint, mut in_flight, would_deny) =
                 self.endpoint(snapshot, backend, down, failed, Some(&head))?;
+            report.would_deny = would_deny;
             in_flight.hold(admission);
             let target = Target {
                 endpoint: endpoint.target,
@@ -443,22 +465,25 @@ impl Forwarder {
         down: &Downstream,
         failed: Option<SocketAddr>,
         request: Option<&request::Parts>,
-    ) -> Result<(Endpoint, InFlight), Failure> {
+    ) -> Result<(Endpoint, InFlight, Option<Denied>), Failure> {
         let (endpoint, in_flight) = self.choose(snapshot, backend, down, failed)?;
         let ask = authz::Ask {
             identity: &down.peer,
             client_addr: down.client_addr,
             request,
         };
-        authz::check(
+        let would_deny = authz::check(
             &snapshot.mesh,
             &endpoint.workload,
             endpoint.target.port(),
             &ask,
             &self.telemetry,
         )
-        .map_err(|denied| Failure::new(Flag::Denied, denied.to_string()))?;
-        Ok((endpoint, in_flight))
+        .map_err(|denied| Failure {
+            policy: Some(denied.policy.clone()),
+            ..Failure::new(Flag::Denied, denied.to_string())
+        })?;
+        Ok((endpoint, in_flight, would_deny))
     }
 
     fn choose(

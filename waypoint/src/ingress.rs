@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_discovery::state::AppProtocol;
+use ambit_discovery::telemetry::baggage::SourceWorkload;
 use ambit_proto::hbone::{TunnelHandler, TunnelRequest};
 use ambit_proto::log_limit::LogLimiter;
 
@@ -91,8 +92,18 @@ impl TunnelHandler for Ingress {
                 request.peer_addr
             }
         };
+        let source = snapshot.mesh.workload_by_ip(client_addr.ip()).cloned();
+        let claimed = match &source {
+            Some(_) => None,
+            None => request
+                .headers
+                .get("baggage")
+                .and_then(|b| b.to_str().ok())
+                .and_then(|b| SourceWorkload::decode(b, &request.peer)),
+        };
         let downstream = Downstream {
-            source: snapshot.mesh.workload_by_ip(client_addr.ip()).cloned(),
+            source,
+            claimed,
             peer: request.peer.clone(),
             client_addr,
             destination,

@@ -15,6 +15,7 @@ pub mod destination;
 pub mod detect;
 pub mod endpoints;
 pub mod filters;
+pub mod flows;
 pub mod forward;
 pub mod http_limits;
 pub mod ingress;

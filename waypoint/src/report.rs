@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use ambit_discovery::state::{Service, Workload};
+use ambit_discovery::telemetry::Reporter;
+use ambit_discovery::telemetry::baggage::SourceWorkload;
 use bytes::Bytes;
 use http::header::{HOST, USER_AGENT};
 use http::{HeaderValue, Method, Response, Uri, Version, request};
@@ -37,12 +39,12 @@ const MAX_LABEL_SETS: usize = 10_000;
 /// What one request did, filled in along the path.
 pub struct Report {
     start: Instant,
-    start_time: SystemTime,
+    pub(crate) start_time: SystemTime,
     pub protocol: Protocol,
-    method: Method,
-    uri: Uri,
-    version: Version,
-    authority: Option<HeaderValue>,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) authority: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
     trace_id: TraceId,
@@ -55,6 +57,12 @@ pub struct Report {
     /// Keeps the request counted against its endpoint until the response ends.
     pub in_flight: Option<InFlight>,
     pub request_bytes: Option<Arc<AtomicU64>>,
+    /// Why the waypoint answered itself, in words (a local reply).
+    pub detail: Option<String>,
+    /// The authorization policy that denied it.
+    pub policy: Option<Box<str>>,
+    /// What a policy in observer mode would have denied (the request went through).
+    pub would_deny: Option<crate::authz::Denied>,
 }
 
 impl Report {
@@ -93,6 +101,9 @@ impl Report {
             flag: None,
             in_flight: None,
             request_bytes: None,
+            detail: None,
+            policy: None,
+            would_deny: None,
         }
     }
 }
@@ -102,11 +113,13 @@ pub struct Telemetry {
     metrics: RequestMetrics,
     log: Option<AccessLog>,
     labels: RwLock<HashMap<u64, Arc<Labelled>>>,
+    /// Failed and tapped requests, and request shapes, for the controller.
+    reporter: Reporter,
 }
 
 /// A cached label set and the key it was built for (checked on every hit).
 struct Labelled {
-    key: (String, String, String),
+    key: (String, String, String, String),
     labels: RequestLabels,
 }
 
@@ -123,7 +136,18 @@ impl Telemetry {
             metrics: RequestMetrics::new(),
             log,
             labels: RwLock::new(HashMap::new()),
+            reporter: Reporter::detached(),
         }
+    }
+
+    /// Reports each request to `reporter` too (the controller's telemetry stream).
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = reporter;
+        self
+    }
+
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
     }
 
     pub fn render(&self) -> String {
@@ -153,7 +177,7 @@ impl Telemetry {
     /// Wraps the response so that the request is recorded when its body ends.
     pub fn finish(
         self: &Arc<Self>,
-        down: &Downstream,
+        down: &Arc<Downstream>,
         report: Report,
         response: Response<Body>,
     ) -> Response<Body> {
@@ -164,8 +188,7 @@ impl Telemetry {
             labels,
             status: parts.status.as_u16(),
             grpc_status: grpc_status(&parts.headers),
-            principal: down.peer.as_str().into(),
-            client: down.client_addr,
+            down: down.clone(),
             report,
         };
         let body = Recorded {
@@ -178,23 +201,35 @@ impl Telemetry {
 
     fn labels(&self, down: &Downstream, report: &Report) -> Arc<Labelled> {
         let source = down.source.as_deref();
+        let claimed = down.claimed.as_ref();
         let destination = report.endpoint.as_ref().map(|e| &*e.workload);
         let service = report.backend.as_deref();
         let key = (
             source.map_or(down.peer.as_str(), |w| &w.uid),
+            claimed.map_or("", |c| &c.workload),
             destination.map_or("", |w| &w.uid),
             service.map_or("", |s| &s.key),
         );
         let hash = self.labels_hasher().hash_one(key);
         if let Some(hit) = self.labels.read().get(&hash)
-            && (hit.key.0.as_str(), hit.key.1.as_str(), hit.key.2.as_str()) == key
+            && (
+                hit.key.0.as_str(),
+                hit.key.1.as_str(),
+                hit.key.2.as_str(),
+                hit.key.3.as_str(),
+            ) == key
         {
             return hit.clone();
         }
+        let source_peer = match (source, claimed) {
+            (Some(w), _) => peer(w),
+            (None, Some(c)) => peer_of_claim(c, &down.peer),
+            (None, None) => peer_of_identity(&down.peer),
+        };
         let built = Arc::new(Labelled {
-            key: (key.0.into(), key.1.into(), key.2.into()),
+            key: (key.0.into(), key.1.into(), key.2.into(), key.3.into()),
             labels: RequestLabels::new(
-                &source.map_or_else(|| peer_of_identity(&down.peer), peer),
+                &source_peer,
                 &destination.map_or_else(t::Peer::unknown, peer),
                 &service.map_or_else(t::Service::unknown, |s| t::Service {
                     host: s.hostname.as_ref().into(),
@@ -242,14 +277,26 @@ fn peer_of_identity(id: &ambit_proto::identity::SpiffeId) -> t::Peer {
     }
 }
 
+/// A client the config does not list, named by its ztunnel (`baggage`) within the namespace
+/// its certificate proves.
+fn peer_of_claim(c: &SourceWorkload, id: &ambit_proto::identity::SpiffeId) -> t::Peer {
+    t::Peer {
+        workload: c.workload.as_ref().into(),
+        namespace: c.namespace.as_ref().into(),
+        principal: id.as_str().into(),
+        app: c.app.as_ref().into(),
+        version: c.version.as_ref().into(),
+        cluster: "Kubernetes".into(),
+    }
+}
+
 /// Everything needed to record a request once its response ends.
 struct Finish {
     telemetry: Arc<Telemetry>,
     labels: Arc<Labelled>,
     status: u16,
     grpc_status: Option<u32>,
-    principal: Box<str>,
-    client: std::net::SocketAddr,
+    down: Arc<Downstream>,
     report: Report,
 }
 
@@ -266,6 +313,19 @@ impl Finish {
             &self.labels.labels,
             &Outcome {
                 protocol: r.protocol,
+                status: self.status,
+                grpc_status: self.grpc_status,
+                flags,
+                duration,
+                request_bytes,
+                response_bytes,
+            },
+        );
+        crate::flows::observe(
+            &self.telemetry.reporter,
+            &self.down,
+            r,
+            &crate::flows::Ending {
                 status: self.status,
                 grpc_status: self.grpc_status,
                 flags,
@@ -298,8 +358,8 @@ impl Finish {
             upstream_host: r.endpoint.as_ref().map(|e| e.target),
             upstream_cluster: r.backend.as_ref().map(|s| &*s.hostname),
             route_name: r.route.as_ref().map(|rule| &*rule.route),
-            source_principal: Some(&self.principal),
-            source_address: Some(self.client),
+            source_principal: Some(self.down.peer.as_str()),
+            source_address: Some(self.down.client_addr),
             destination_service: r.backend.as_ref().map(|s| &*s.hostname),
             trace_id: Some(r.trace_id),
             user_agent: text(&r.user_agent),

@@ -30,10 +30,20 @@ pub struct TcpForwarder {
 #[derive(Debug, thiserror::Error)]
 enum TcpError {
     /// No endpoint, or denied by policy: the reason says which.
-    #[error("{0}")]
-    Refused(String),
+    #[error("{}", .0.detail)]
+    Refused(crate::forward::Failure),
     #[error("connecting to {endpoint} failed: {reason}")]
     Connect { endpoint: String, reason: String },
+}
+
+impl TcpError {
+    /// Envoy's response flag, for the report to the controller.
+    fn flags(&self) -> &'static str {
+        match self {
+            TcpError::Refused(f) => f.flag.letters(),
+            TcpError::Connect { .. } => "UF",
+        }
+    }
 }
 
 impl TcpForwarder {
@@ -59,12 +69,26 @@ impl TcpForwarder {
     where
         S: Stream,
     {
-        match self.carry(stream, &down).await {
+        let started = std::time::SystemTime::now();
+        let outcome = self.carry(stream, &down).await;
+        let reporter = self.forwarder.telemetry().reporter();
+        match &outcome {
             Ok((sent, received)) => {
-                tracing::debug!(client = %down.peer, to = %down.destination.describe(), sent, received, "TCP connection done")
+                tracing::debug!(client = %down.peer, to = %down.destination.describe(), sent, received, "TCP connection done");
+                crate::flows::observe_tcp(reporter, &down, started, (*sent, *received), None);
             }
             Err(e) => {
-                tracing::info!(client = %down.peer, to = %down.destination.describe(), error = %e, "TCP connection through the waypoint failed")
+                tracing::info!(client = %down.peer, to = %down.destination.describe(), error = %e, "TCP connection through the waypoint failed");
+                let policy = match e {
+                    TcpError::Refused(f) => f.policy.as_deref(),
+                    TcpError::Connect { .. } => None,
+                };
+                let failure = crate::flows::TcpFailure {
+                    flags: e.flags(),
+                    reason: e.to_string(),
+                    policy,
+                };
+                crate::flows::observe_tcp(reporter, &down, started, (0, 0), Some(failure));
             }
         }
     }
@@ -84,10 +108,10 @@ impl TcpForwarder {
                 port: *port,
             },
         };
-        let (endpoint, in_flight) = self
+        let (endpoint, in_flight, _) = self
             .forwarder
             .endpoint(&snapshot, &backend, down, None, None)
-            .map_err(|f| TcpError::Refused(f.detail))?;
+            .map_err(TcpError::Refused)?;
         drop(snapshot);
         let connect_failed = |reason: String| TcpError::Connect {
             endpoint: endpoint.target.to_string(),

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_discovery::admin::{self, AdminPort};
+use ambit_discovery::admin::{self, AdminPages, AdminPort};
+use ambit_discovery::telemetry::{self, Reporter};
 use ambit_discovery::{CaClient, ControllerLink, Current, Trust};
 use ambit_proto::drain::{self, DrainTrigger};
 use ambit_proto::hbone::ConnectionLimits;
@@ -82,11 +83,21 @@ impl Ztunnel {
         let state = Arc::new(Current::default());
         let metrics = Arc::new(Metrics::new());
         let connections = Arc::new(ConnectionTracker::default());
+        // Reported to the controller only when there is one: a standalone ztunnel (config
+        // file) has nobody to tell, and its reporter wants nothing.
+        let (reporter, report_stream) = match &config.config_file {
+            Some(_) => (Reporter::detached(), None),
+            None => {
+                let (reporter, stream) = telemetry::channel(telemetry::Settings::default());
+                (reporter, Some(stream))
+            }
+        };
         let ctx = Arc::new(ProxyContext::new(
             state.clone(),
             certs.clone(),
             metrics.clone(),
             connections.clone(),
+            reporter,
         ));
         // One set of bounds for every pod's HBONE server: a node-wide budget of connections.
         let hbone_limits = Arc::new(ConnectionLimits::new(config.hbone_limits()));
@@ -150,6 +161,16 @@ impl Ztunnel {
                     .spawn(local_config::watch(path.clone(), applier, watch));
             }
             None => {
+                if let Some(stream) = report_stream {
+                    let pages = admin_state.clone();
+                    let metrics = Arc::new(move || AdminPages::metrics(&*pages));
+                    control.handle().spawn(stream.run(
+                        link.clone(),
+                        xds::subscriber(&config.node),
+                        metrics,
+                        watch.clone(),
+                    ));
+                }
                 control
                     .handle()
                     .spawn(xds::client(link, &config.node, applier).run(watch));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ambit_discovery::client::{self, Apply, Client};
 use ambit_discovery::{ControllerLink, Current, ProxyState, StateError};
-use ambit_proto::api::discovery::{ProxyKind, SubscribeResponse};
+use ambit_proto::api::discovery::{ProxyKind, SubscribeResponse, Subscriber};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -47,11 +47,12 @@ impl Apply for Applier {
 
 /// The discovery client for ztunnel on `node`: subscribed as that node's ztunnel.
 pub fn client(link: ControllerLink, node: &str, applier: Arc<Applier>) -> Client<Applier> {
-    Client::new(
-        link,
-        client::subscriber(ProxyKind::Ztunnel, node, ""),
-        applier,
-    )
+    Client::new(link, subscriber(node), applier)
+}
+
+/// How ztunnel on `node` names itself to the controller (discovery and telemetry alike).
+pub fn subscriber(node: &str) -> Subscriber {
+    client::subscriber(ProxyKind::Ztunnel, node, "")
 }
 
 #[cfg(test)]

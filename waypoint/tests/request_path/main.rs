@@ -9,6 +9,7 @@ mod support;
 mod abuse;
 mod authz;
 mod breaker;
+mod flows;
 mod metrics;
 mod outlier;
 mod pool;

@@ -26,6 +26,9 @@ pub struct Client {
     pub waypoint_identity: SpiffeId,
     /// The client address its tunnels claim (`forwarded`), as a ztunnel sends; none by default.
     pub forwarded_for: Option<SocketAddr>,
+    /// The `baggage` its tunnels carry (the client workload, as ztunnel names it); none by
+    /// default.
+    pub baggage: Option<String>,
 }
 
 /// A response, read whole.
@@ -61,6 +64,12 @@ impl Client {
         self
     }
 
+    /// This client, its tunnels naming its workload in `baggage` as its ztunnel does.
+    pub fn naming(mut self, baggage: String) -> Self {
+        self.baggage = Some(baggage);
+        self
+    }
+
     /// A tunnel to the waypoint for `authority` (a service VIP and port).
     pub async fn tunnel(&self, authority: SocketAddr) -> Result<Tunnel, HboneError> {
         let request = ConnectRequest {
@@ -69,7 +78,7 @@ impl Client {
             destination_identity: self.waypoint_identity.clone(),
             authority,
             forwarded_for: self.forwarded_for,
-            baggage: None,
+            baggage: self.baggage.clone(),
             traceparent: None,
         };
         tokio::time::timeout(PATIENCE, self.hbone.connect(&request))

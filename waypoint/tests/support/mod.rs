@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use ambit_discovery::telemetry::{self, ReportStream, Reporter};
 use ambit_discovery::testing;
 use ambit_proto::api::discovery::{Resource, resource::Kind};
 use ambit_proto::api::route as rt;
@@ -187,6 +188,9 @@ pub struct Setup {
     pub http_limits: HttpLimits,
     /// The waypoint's `--path-escaped-slashes` (reject when unset).
     pub escaped_slashes: Option<EscapedSlashes>,
+    /// The client workload is left out of the waypoint's config, as the controller leaves out
+    /// the clients of a waypoint's services in a real mesh.
+    pub client_unlisted: bool,
 }
 
 pub const PODS: [&str; 3] = ["reviews-v1", "reviews-v2", "echo"];
@@ -205,6 +209,10 @@ pub struct Mesh {
     pub waypoint: SocketAddr,
     pub hbone_port: u16,
     pub pods: HashMap<&'static str, Pod>,
+    /// What the waypoint reports to the controller's telemetry stream, and the events it has
+    /// queued for it (taken with `queued()`).
+    pub reporter: Reporter,
+    pub reports: parking_lot::Mutex<ReportStream>,
     clients: HboneClient,
     _trigger: DrainTrigger,
 }
@@ -273,7 +281,8 @@ impl Mesh {
 
         // The waypoint, wired as `app.rs` does.
         let waypoint_id = id("waypoint");
-        let telemetry = Arc::new(Telemetry::new(None));
+        let (reporter, reports) = telemetry::channel(telemetry::Settings::default());
+        let telemetry = Arc::new(Telemetry::new(None).with_reporter(reporter.clone()));
         let hbone = HboneClient::new(certs.clone(), Arc::new(TcpDialer), Keepalive::default());
         let upstream = Upstream::new(
             hbone.clone(),
@@ -341,6 +350,8 @@ impl Mesh {
             waypoint,
             hbone_port,
             pods,
+            reporter,
+            reports: parking_lot::Mutex::new(reports),
             clients,
             _trigger: trigger,
         }
@@ -354,6 +365,7 @@ impl Mesh {
             waypoint: self.waypoint,
             waypoint_identity: id("waypoint"),
             forwarded_for: None,
+            baggage: None,
         }
     }
 
@@ -465,11 +477,13 @@ fn resources(setup: &Setup, ip_of: &dyn Fn(&str) -> String) -> Vec<Resource> {
         }
         out.push(pod);
     }
-    out.push(testing::workload(
-        "client",
-        &["127.0.0.1"],
-        wl::Protocol::Hbone,
-    ));
+    if !setup.client_unlisted {
+        out.push(testing::workload(
+            "client",
+            &["127.0.0.1"],
+            wl::Protocol::Hbone,
+        ));
+    }
     let service = |name: &str, vip: SocketAddr, endpoints: &[&str], app_protocol: &str| {
         let mut s = testing::service(name, &[&vip.ip().to_string()], endpoints);
         if let Some(Kind::Service(svc)) = &mut s.kind {

@@ -13,9 +13,10 @@ pub use labels::{
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ambit_discovery::Current;
+use ambit_discovery::telemetry::Shape;
 use ambit_proto::hbone::ConnectionLimits;
 use metrics::{Counter, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -141,6 +142,8 @@ pub struct ConnectionCounters {
     closed: Counter,
     sent: Counter,
     received: Counter,
+    /// The inbound flow shape of the first port this pair carried (`proxy::flows`).
+    shape: OnceLock<(u16, Arc<Shape>)>,
 }
 
 impl ConnectionCounters {
@@ -157,6 +160,16 @@ impl ConnectionCounters {
     /// The connection has ended.
     pub fn closed(&self) {
         self.closed.increment(1);
+    }
+
+    /// The shape kept for connections of this pair to `port`, if one is.
+    pub fn shape(&self, port: u16) -> Option<&Arc<Shape>> {
+        self.shape.get().filter(|(p, _)| *p == port).map(|(_, s)| s)
+    }
+
+    /// Keeps `shape` for connections of this pair to `port` (only the first port's is kept).
+    pub fn keep_shape(&self, port: u16, shape: Arc<Shape>) {
+        let _ = self.shape.set((port, shape));
     }
 }
 
@@ -249,6 +262,7 @@ impl Metrics {
             closed: self.counter("istio_tcp_connections_closed_total", l.clone()),
             sent: self.counter("istio_tcp_sent_bytes_total", l.clone()),
             received: self.counter("istio_tcp_received_bytes_total", l),
+            shape: OnceLock::new(),
         }
     }
 

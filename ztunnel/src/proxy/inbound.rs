@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ambit_discovery::ProxyState;
 use ambit_discovery::state::{Decision, PolicySource, Workload};
@@ -15,6 +16,7 @@ use ambit_proto::identity::SpiffeId;
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::flows::{Failure, Flow, connect_failure};
 use super::splice::{carry, reset};
 use super::{PodContext, ProxyContext, accept_loop, parties};
 use crate::capture::{PROXY_PORTS, original_destination};
@@ -33,12 +35,25 @@ struct Admission {
     /// The waypoint the tunnel came from, when that waypoint serves the destination and so
     /// already enforced its authorization policies on the original client's identity.
     enforced_by: Option<Arc<str>>,
+    /// Observer mode: the policy that would have refused it, and why.
+    would_deny: Option<(Box<str>, String)>,
 }
 
 struct Refusal {
     status: StatusCode,
     reason: String,
     why: FailureReason,
+    /// The authorization policy that refused it.
+    policy: Option<Box<str>>,
+}
+
+impl Refusal {
+    fn failure(&self) -> Failure<'_> {
+        Failure {
+            policy: self.policy.as_deref(),
+            ..Failure::new(self.why, self.reason.clone())
+        }
+    }
 }
 
 /// The source as the destination side may name it: the workload at the peer's address only
@@ -57,7 +72,7 @@ fn source_side(state: &ProxyState, identity: Option<&SpiffeId>, peer: SocketAddr
 
 fn admit(
     ctx: &ProxyContext,
-    pod: &PodContext,
+    uid: &str,
     identity: Option<&SpiffeId>,
     peer: SocketAddr,
     target: SocketAddr,
@@ -70,7 +85,7 @@ fn admit(
     // One view of the config for every lookup this connection makes.
     let state = ctx.state.load();
     let source = source_side(&state, identity, peer);
-    let Some(workload) = state.workload(&pod.uid).cloned() else {
+    let Some(workload) = state.workload(uid).cloned() else {
         return Admission {
             labels: parties(
                 Reporter::Destination,
@@ -81,10 +96,12 @@ fn admit(
             ),
             outcome: Err(Refusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
-                reason: format!("pod {} is not in ztunnel's config", pod.uid),
+                reason: format!("pod {} is not in ztunnel's config", uid),
                 why: FailureReason::UnknownSource,
+                policy: None,
             }),
             enforced_by: None,
+            would_deny: None,
         };
     };
     let labels = parties(
@@ -101,6 +118,7 @@ fn admit(
         .map(|w| w.key.clone());
     // Port checks first: a connection aimed at ztunnel's own listeners would be dialled
     // straight back into them, each dial making another (a loop any outsider could start).
+    let mut would_deny = None;
     let refusal = if PROXY_PORTS.contains(&target.port()) {
         Some(Refusal {
             status: StatusCode::BAD_REQUEST,
@@ -109,6 +127,7 @@ fn admit(
                 target.port()
             ),
             why: FailureReason::ProxyPort,
+            policy: None,
         })
     } else if identity.is_none() && workload.strict_mtls {
         Some(Refusal {
@@ -118,6 +137,7 @@ fn admit(
                 workload.namespace, workload.name
             ),
             why: FailureReason::StrictMtls,
+            policy: None,
         })
     } else if enforced_by.is_some() {
         None
@@ -133,22 +153,24 @@ fn admit(
         // AUDIT policies decide nothing; a match (on their L4 part, all ztunnel can see) is
         // reported and counted.
         for policy in &verdict.audited {
-            tracing::info!(pod = %pod.uid, %peer, identity = ?identity.map(SpiffeId::as_str), %target, %policy, allowed = verdict.is_allowed(), "audited by authorization policy");
+            tracing::info!(pod = %uid, %peer, identity = ?identity.map(SpiffeId::as_str), %target, %policy, allowed = verdict.is_allowed(), "audited by authorization policy");
             ctx.metrics.policy_audited(policy);
         }
         // Observer mode: a dry-run policy would have refused what the enforced ones let in.
         if let Some(Decision::Deny { policy, reason }) = &verdict.would_deny {
             if let Some(suppressed) = ctx.refusal_log.check() {
-                tracing::info!(pod = %pod.uid, %peer, identity = ?identity.map(SpiffeId::as_str), %target, %policy, %reason, suppressed, "would be denied: allowed only because the policy is in observer mode (ambit.io/policy-mode: audit)");
+                tracing::info!(pod = %uid, %peer, identity = ?identity.map(SpiffeId::as_str), %target, %policy, %reason, suppressed, "would be denied: allowed only because the policy is in observer mode (ambit.io/policy-mode: audit)");
             }
             ctx.metrics.policy_would_deny(policy);
+            would_deny = Some((policy.clone(), reason.clone()));
         }
         match verdict.decision {
             Decision::Allow { .. } => None,
-            Decision::Deny { reason, .. } => Some(Refusal {
+            Decision::Deny { reason, policy } => Some(Refusal {
                 status: StatusCode::UNAUTHORIZED,
                 reason: format!("{reason} (change the authorization policy to allow it)"),
                 why: FailureReason::PolicyDenied,
+                policy: Some(policy),
             }),
         }
     };
@@ -160,22 +182,34 @@ fn admit(
             None => Ok(workload),
         },
         enforced_by,
+        would_deny,
     }
 }
 
 impl TunnelHandler for InboundHandler {
     async fn handle(&self, request: TunnelRequest) {
         let (pod, ctx) = (&self.pod, &self.ctx);
+        let started = Instant::now();
         let peer = request.peer_addr;
         let target = request.authority;
         let Admission {
             labels: l,
             outcome,
             enforced_by,
-        } = admit(ctx, pod, Some(&request.peer), peer, target);
+            would_deny,
+        } = admit(ctx, &pod.uid, Some(&request.peer), peer, target);
+        let flow = Flow {
+            parties: &l,
+            peer,
+            target,
+            dialled_service: false,
+            started,
+            would_deny: would_deny.as_ref(),
+        };
         let workload = match outcome {
             Ok(w) => w,
             Err(refusal) => {
+                flow.ended(&ctx.reporter, None, 0, 0, Some(refusal.failure()));
                 if let Some(suppressed) = ctx.refusal_log.check() {
                     tracing::warn!(pod = %pod.uid, %peer, identity = %request.peer, %target, reason = %refusal.reason, suppressed, "refused inbound tunnel");
                 }
@@ -213,6 +247,16 @@ impl TunnelHandler for InboundHandler {
                 }
                 ctx.metrics
                     .connection_failed(&l, FailureReason::UpstreamConnect);
+                flow.ended(
+                    &ctx.reporter,
+                    None,
+                    0,
+                    0,
+                    Some(Failure::new(
+                        FailureReason::UpstreamConnect,
+                        connect_failure(target, &e),
+                    )),
+                );
                 tracked.finish(0, 0, Some(reason.clone()));
                 request.refuse(StatusCode::SERVICE_UNAVAILABLE, &reason);
                 return;
@@ -226,7 +270,7 @@ impl TunnelHandler for InboundHandler {
             }
         };
         let counters = ctx.metrics.connection_opened(&l);
-        carry(app, tunnel, true, counters, tracked).await;
+        carry(app, tunnel, true, counters, tracked, &ctx.reporter, flow).await;
     }
 }
 
@@ -254,6 +298,7 @@ async fn handle_plaintext(
     pod: &PodContext,
     ctx: &ProxyContext,
 ) {
+    let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let target = match original_destination(&stream) {
         Ok(t) => t,
@@ -276,11 +321,23 @@ async fn handle_plaintext(
     };
     // Plaintext has no identity, so it never comes from a waypoint.
     let Admission {
-        labels: l, outcome, ..
-    } = admit(ctx, pod, None, peer, target);
+        labels: l,
+        outcome,
+        would_deny,
+        ..
+    } = admit(ctx, &pod.uid, None, peer, target);
+    let flow = Flow {
+        parties: &l,
+        peer,
+        target,
+        dialled_service: false,
+        started,
+        would_deny: would_deny.as_ref(),
+    };
     let workload = match outcome {
         Ok(w) => w,
         Err(refusal) => {
+            flow.ended(&ctx.reporter, None, 0, 0, Some(refusal.failure()));
             if let Some(suppressed) = ctx.refusal_log.check() {
                 tracing::warn!(pod = %pod.uid, %peer, %target, reason = %refusal.reason, suppressed, "refused inbound plaintext connection");
             }
@@ -298,11 +355,152 @@ async fn handle_plaintext(
         Err(e) => {
             ctx.metrics
                 .connection_failed(&l, FailureReason::UpstreamConnect);
+            flow.ended(
+                &ctx.reporter,
+                None,
+                0,
+                0,
+                Some(Failure::new(
+                    FailureReason::UpstreamConnect,
+                    connect_failure(target, &e),
+                )),
+            );
             tracked.finish(0, 0, Some(format!("connect to {target}: {e}")));
             reset(stream);
             return;
         }
     };
     let counters = ctx.metrics.connection_opened(&l);
-    carry(app, stream, true, counters, tracked).await;
+    carry(app, stream, true, counters, tracked, &ctx.reporter, flow).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ambit_discovery::telemetry::{self, ReportStream, Settings};
+    use ambit_discovery::testing::{id, response, uid, workload};
+    use ambit_discovery::{Current, ProxyState};
+    use ambit_proto::api::discovery::{Resource, resource::Kind};
+    use ambit_proto::api::security as sec;
+    use ambit_proto::api::workload as wl;
+    use ambit_proto::identity::{CertManager, CertificateAuthority};
+
+    use super::*;
+    use crate::connections::ConnectionTracker;
+    use crate::metrics::Metrics;
+
+    fn deny_client(name: &str, dry_run: bool) -> Resource {
+        Resource {
+            name: format!("demo/{name}"),
+            version: "1".into(),
+            kind: Some(Kind::AuthorizationPolicy(sec::AuthorizationPolicy {
+                name: name.into(),
+                namespace: "demo".into(),
+                selector: None,
+                action: sec::Action::Deny as i32,
+                rules: vec![sec::Rule {
+                    from: vec![sec::Source {
+                        principals: vec![id("client").to_string()],
+                        ..Default::default()
+                    }],
+                    to: vec![],
+                    when: vec![],
+                }],
+                dry_run,
+            })),
+        }
+    }
+
+    fn context(policy: Resource) -> (ProxyContext, ReportStream) {
+        let mut reviews = workload("reviews-v1", &["10.244.1.4"], wl::Protocol::Hbone);
+        if let Some(Kind::Workload(w)) = &mut reviews.kind {
+            w.authorization_policies = vec![policy.name.clone()];
+        }
+        let mut state = ProxyState::default();
+        state
+            .apply(&response(
+                true,
+                vec![
+                    workload("client", &["10.244.1.2"], wl::Protocol::Hbone),
+                    reviews,
+                    policy,
+                ],
+            ))
+            .unwrap();
+        let current = Arc::new(Current::default());
+        current.replace(state);
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let (reporter, stream) = telemetry::channel(Settings::default());
+        let ctx = ProxyContext::new(
+            current,
+            CertManager::with_local_ca(ca, Duration::from_secs(3600)),
+            Arc::new(Metrics::new()),
+            Arc::new(ConnectionTracker::default()),
+            reporter,
+        );
+        (ctx, stream)
+    }
+
+    /// The inbound checks on a tunnel from client to reviews-v1, reported as the handler does.
+    fn admitted(ctx: &ProxyContext) {
+        let (peer, target) = (
+            "10.244.1.2:40000".parse().unwrap(),
+            "10.244.1.4:8080".parse().unwrap(),
+        );
+        let a = admit(ctx, &uid("reviews-v1"), Some(&id("client")), peer, target);
+        let flow = Flow {
+            parties: &a.labels,
+            peer,
+            target,
+            dialled_service: false,
+            started: std::time::Instant::now(),
+            would_deny: a.would_deny.as_ref(),
+        };
+        let failure = a.outcome.as_ref().err().map(Refusal::failure);
+        flow.ended(&ctx.reporter, None, 0, 0, failure);
+    }
+
+    #[test]
+    fn a_denial_is_reported_with_its_policy_and_an_observed_one_as_would_deny() {
+        let (ctx, mut stream) = context(deny_client("deny-client", false));
+        admitted(&ctx);
+        let events = stream.queued();
+        let e = &events[0];
+        assert!(
+            e.failed && e.taps.is_empty(),
+            "a failure goes untagged: {e:?}"
+        );
+        assert_eq!(
+            (e.policy.as_str(), e.response_flags.as_str()),
+            ("demo/deny-client", "RBAC")
+        );
+        assert!(
+            e.reason.contains(
+                "spiffe://cluster.local/ns/demo/sa/client is denied by DENY policy demo/deny-client"
+            ),
+            "{}",
+            e.reason
+        );
+        let shape = &ctx.reporter.shapes().snapshot()[0];
+        assert_eq!((shape.count, shape.failed), (1, 1));
+
+        // Observer mode: the flow goes through, so it is reported only when tapped.
+        let (ctx, mut stream) = context(deny_client("deny-client", true));
+        admitted(&ctx);
+        assert!(
+            stream.queued().is_empty(),
+            "a healthy untapped flow is not sent"
+        );
+        ctx.reporter.start_tap(ambit_proto::api::telemetry::Tap {
+            id: 1,
+            ..Default::default()
+        });
+        admitted(&ctx);
+        let events = stream.queued();
+        let e = &events[0];
+        assert!(!e.failed && e.would_deny, "{e:?}");
+        assert_eq!(e.policy, "demo/deny-client");
+        assert!(e.reason.contains("observer mode"), "{}", e.reason);
+    }
 }

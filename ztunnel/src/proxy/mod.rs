@@ -1,6 +1,7 @@
 //! The data path for one pod: outbound (15001), inbound HBONE (15008) and inbound plaintext
 //! (15006), each on listeners inside the pod's namespace.
 
+mod flows;
 mod health;
 mod inbound;
 mod outbound;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use ambit_discovery::Current;
 use ambit_discovery::state::{ProxyState, Service, Workload};
+use ambit_discovery::telemetry;
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::HboneClient;
 use ambit_proto::identity::CertManager;
@@ -45,6 +47,8 @@ pub struct ProxyContext {
     pub refusal_log: LogLimiter,
     /// Connections that could not be carried (upstream down, no healthy endpoint).
     pub failure_log: LogLimiter,
+    /// Failed and tapped connections, and inbound flow shapes, for the controller.
+    pub reporter: telemetry::Reporter,
 }
 
 /// One captured pod.
@@ -65,6 +69,7 @@ impl ProxyContext {
         certs: CertManager,
         metrics: Arc<Metrics>,
         connections: Arc<ConnectionTracker>,
+        reporter: telemetry::Reporter,
     ) -> Self {
         ProxyContext {
             state,
@@ -74,6 +79,7 @@ impl ProxyContext {
             health: EndpointHealth::default(),
             refusal_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
             failure_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
+            reporter,
         }
     }
 

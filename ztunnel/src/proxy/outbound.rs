@@ -6,13 +6,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ambit_discovery::state::{Service, Workload};
+use ambit_discovery::telemetry::baggage::SourceWorkload;
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::{ConnectRequest, HBONE_PORT, HboneError};
 use ambit_proto::identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::flows::{Failure, Flow, connect_failure};
 use super::splice::{carry, reset};
 use super::upstream::{Upstream, resolve};
 use super::{PodContext, ProxyContext, accept_loop, parties};
@@ -40,14 +43,19 @@ pub async fn serve_outbound(
     .await
 }
 
-/// Refuses a connection before anything was carried: counted, logged (rate-limited), reset.
+/// Refuses a connection before anything was carried: counted, logged (rate-limited),
+/// reported (`flow`, when the destination is known), reset.
 fn refuse(
     ctx: &ProxyContext,
     stream: TcpStream,
     labels: &Parties,
     why: FailureReason,
+    flow: Option<(Flow<'_>, String)>,
     log: impl FnOnce(u64),
 ) {
+    if let Some((flow, reason)) = flow {
+        flow.ended(&ctx.reporter, None, 0, 0, Some(Failure::new(why, reason)));
+    }
     let limiter = match why {
         FailureReason::PolicyDenied | FailureReason::ProxyPort | FailureReason::StrictMtls => {
             &ctx.refusal_log
@@ -71,6 +79,7 @@ fn aims_at_proxy(dst: SocketAddr, source: &Workload) -> bool {
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
+    let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let dst = original_destination(&stream);
     // One view of the config for the source and the first choice of upstream; a second
@@ -104,6 +113,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 stream,
                 &l,
                 FailureReason::OriginalDestination,
+                None,
                 |suppressed| {
                     tracing::warn!(pod = %pod.uid, %peer, error = %e, suppressed, "refused outbound connection: its original destination is unknown (was it redirected by ztunnel's rules?)");
                 },
@@ -118,6 +128,13 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             stream,
             &l,
             FailureReason::UnknownSource,
+            Some((
+                flow(&l, peer, dst, started),
+                format!(
+                    "pod {} is not in ztunnel's config (removed, or its config not received yet)",
+                    pod.uid
+                ),
+            )),
             |suppressed| {
                 tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: pod {} is not in ztunnel's config (removed, or config not yet received)", pod.uid);
             },
@@ -126,9 +143,21 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     };
     if aims_at_proxy(dst, &source) {
         let l = unknown_destination(Security::None);
-        refuse(ctx, stream, &l, FailureReason::ProxyPort, |suppressed| {
-            tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: port {} is ztunnel's own and never a destination", dst.port());
-        });
+        let words = format!(
+            "port {} is ztunnel's own and never a destination",
+            dst.port()
+        );
+        let reported = Some((flow(&l, peer, dst, started), words));
+        refuse(
+            ctx,
+            stream,
+            &l,
+            FailureReason::ProxyPort,
+            reported,
+            |suppressed| {
+                tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: port {} is ztunnel's own and never a destination", dst.port());
+            },
+        );
         return;
     }
     let src = Side::meshed(&source);
@@ -166,12 +195,22 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 );
                 let tracked = track(Some(&workload), service.as_deref(), target, "HBONE");
                 let request =
-                    connect_request(&source, peer, target.ip(), &workload.identity, target);
+                    connect_request(&source, peer, target.ip(), &workload.identity, target, None);
                 match pod.hbone.connect(&request).await {
                     Ok(tunnel) => {
                         ctx.health.succeeded(target.ip());
                         let counters = ctx.metrics.connection_opened(&l);
-                        carry(stream, tunnel, false, counters, tracked).await;
+                        let flow = flow(&l, peer, target, started);
+                        carry(
+                            stream,
+                            tunnel,
+                            false,
+                            counters,
+                            tracked,
+                            &ctx.reporter,
+                            flow,
+                        )
+                        .await;
                         return;
                     }
                     Err(e) => Failed {
@@ -203,7 +242,17 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     Ok(upstream) => {
                         ctx.health.succeeded(target.ip());
                         let counters = ctx.metrics.connection_opened(&l);
-                        carry(stream, upstream, false, counters, tracked).await;
+                        let flow = flow(&l, peer, target, started);
+                        carry(
+                            stream,
+                            upstream,
+                            false,
+                            counters,
+                            tracked,
+                            &ctx.reporter,
+                            flow,
+                        )
+                        .await;
                         return;
                     }
                     Err(e) => Failed {
@@ -214,7 +263,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                         labels: l,
                         tracked,
                         reason: FailureReason::UpstreamConnect,
-                        error: format!("connect to {target}: {e}"),
+                        error: connect_failure(target, &e),
                     },
                 }
             }
@@ -246,11 +295,13 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     } else {
                         "which has no ready address in this address family (are its pods ready?)"
                     };
+                    let words = format!("{what} uses waypoint {key}, {why}");
                     refuse(
                         ctx,
                         stream,
                         &l,
                         FailureReason::WaypointUnavailable,
+                        Some((flow(&l, peer, dst, started), words)),
                         |suppressed| {
                             tracing::warn!(pod = %pod.uid, %dst, waypoint = %key, suppressed, "refused outbound connection: {what} uses waypoint {key}, {why}");
                         },
@@ -258,11 +309,25 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     return;
                 };
                 let tracked = track(workload.as_deref(), service.as_deref(), target, "HBONE");
-                let request = connect_request(&source, peer, address, &waypoint.identity, target);
+                // The waypoint's config holds its destinations, not its clients: it learns
+                // who the client is from this.
+                let baggage = Some(source_baggage(&source));
+                let request =
+                    connect_request(&source, peer, address, &waypoint.identity, target, baggage);
                 match pod.hbone.connect(&request).await {
                     Ok(tunnel) => {
                         let counters = ctx.metrics.connection_opened(&l);
-                        carry(stream, tunnel, false, counters, tracked).await;
+                        let flow = flow(&l, peer, target, started);
+                        carry(
+                            stream,
+                            tunnel,
+                            false,
+                            counters,
+                            tracked,
+                            &ctx.reporter,
+                            flow,
+                        )
+                        .await;
                         return;
                     }
                     // The only way there: no other endpoint to try.
@@ -285,11 +350,16 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     Some(&service),
                     Security::None,
                 );
+                let words = format!(
+                    "service {} has no healthy endpoint reachable over this address family",
+                    service.key
+                );
                 refuse(
                     ctx,
                     stream,
                     &l,
                     FailureReason::NoHealthyEndpoint,
+                    Some((flow(&l, peer, dst, started), words)),
                     |suppressed| {
                         tracing::warn!(pod = %pod.uid, %dst, service = %service.key, suppressed, "refused outbound connection: the service has no healthy endpoint reachable over this address family");
                     },
@@ -316,10 +386,29 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             ctx.metrics.attempt_failed(&l, reason);
             continue;
         }
-        refuse(ctx, stream, &l, reason, |suppressed| {
+        let words = match reason {
+            FailureReason::PolicyDenied => {
+                format!("the destination's authorization policy refused it: {error}")
+            }
+            _ => error.clone(),
+        };
+        let reported = Some((flow(&l, peer, target, started), words));
+        refuse(ctx, stream, &l, reason, reported, |suppressed| {
             tracing::warn!(pod = %pod.uid, %dst, %target, %error, suppressed, "outbound connection failed");
         });
         return;
+    }
+}
+
+/// An outbound connection's report: the service is named when the client dialled its VIP.
+fn flow(parties: &Parties, peer: SocketAddr, target: SocketAddr, started: Instant) -> Flow<'_> {
+    Flow {
+        parties,
+        peer,
+        target,
+        dialled_service: parties.service.is_some(),
+        started,
+        would_deny: None,
     }
 }
 
@@ -332,6 +421,7 @@ fn connect_request(
     via: IpAddr,
     via_identity: &SpiffeId,
     target: SocketAddr,
+    baggage: Option<String>,
 ) -> ConnectRequest {
     ConnectRequest {
         source: source.identity.clone(),
@@ -339,9 +429,24 @@ fn connect_request(
         destination_identity: via_identity.clone(),
         authority: target,
         forwarded_for: Some(peer),
-        baggage: None,
+        baggage,
         traceparent: None,
     }
+}
+
+/// The source workload, as the waypoint reads it (`ambit_discovery::telemetry::baggage`).
+fn source_baggage(source: &Workload) -> String {
+    SourceWorkload {
+        namespace: source.namespace.clone(),
+        workload: source.name.clone(),
+        app: source.canonical_or_name().into(),
+        version: if source.canonical_revision.is_empty() {
+            "latest".into()
+        } else {
+            source.canonical_revision.clone()
+        },
+    }
+    .encode()
 }
 
 /// One attempt that did not connect.
@@ -415,6 +520,7 @@ mod tests {
                 via.parse().unwrap(),
                 &id(sa),
                 target.parse().unwrap(),
+                None,
             );
             assert_eq!(r.endpoint, endpoint.parse().unwrap(), "{target}");
             assert_eq!(r.authority, target.parse().unwrap());
@@ -429,6 +535,16 @@ mod tests {
             );
             assert_eq!(r.forwarded_for, Some(peer));
         }
+    }
+
+    #[test]
+    fn the_waypoint_learns_the_client_workload_from_the_baggage() {
+        let client = meshed_workload("client", &["10.244.1.2"]);
+        let got = SourceWorkload::decode(&source_baggage(&client), &client.identity).unwrap();
+        assert_eq!(
+            (&*got.workload, &*got.namespace, &*got.app, &*got.version),
+            ("client", "demo", "client", "latest")
+        );
     }
 
     #[test]

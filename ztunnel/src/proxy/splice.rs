@@ -10,6 +10,9 @@ use ambit_proto::copy::{self, Moved, Progress, Stream};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
+use ambit_discovery::telemetry::Reporter;
+
+use super::flows::{Failure, Flow};
 use crate::connections::TrackedConnection;
 use crate::metrics::ConnectionCounters;
 
@@ -48,13 +51,16 @@ impl Progress for Counting<'_> {
     }
 }
 
-/// Splices `tcp` with `other` and records the outcome in metrics and the connection tracker.
+/// Splices `tcp` with `other` and records the outcome in metrics, the connection tracker and
+/// the report to the controller.
 pub(crate) async fn carry<U>(
     tcp: TcpStream,
     other: U,
     tcp_is_destination: bool,
     counters: Arc<ConnectionCounters>,
     tracked: TrackedConnection,
+    reporter: &Reporter,
+    flow: Flow<'_>,
 ) where
     U: Stream,
 {
@@ -69,6 +75,8 @@ pub(crate) async fn carry<U>(
         (moved.forward, moved.backward)
     };
     counters.closed();
+    let failure = result.as_ref().err().map(Failure::reset);
+    flow.ended(reporter, Some(&counters), sent, received, failure);
     tracked.finish(sent, received, result.err().map(|e| e.to_string()));
 }
 
@@ -198,13 +206,24 @@ mod tests {
             "10.0.0.2:8080".parse().unwrap(),
             "HBONE",
         );
-        let carried = tokio::spawn(carry(
-            accepted,
-            upstream,
-            false,
-            metrics.connection_opened(&parties()),
-            tracker.track(info),
-        ));
+        let counters = metrics.connection_opened(&parties());
+        let tracked = tracker.track(info);
+        let carried = tokio::spawn(async move {
+            let p = parties();
+            let flow = crate::proxy::flows::Flow {
+                parties: &p,
+                peer: "10.0.0.1:40000".parse().unwrap(),
+                target: "10.0.0.2:8080".parse().unwrap(),
+                dialled_service: false,
+                started: std::time::Instant::now(),
+                would_deny: None,
+            };
+            let reporter = Reporter::detached();
+            carry(
+                accepted, upstream, false, counters, tracked, &reporter, flow,
+            )
+            .await
+        });
 
         // Open: 1,000 bytes out and 300 back are on the metrics page already.
         client.write_all(&[1; 1000]).await.unwrap();
