@@ -142,8 +142,68 @@ impl Lines {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use ambit_controller::source::file::{EMBEDDED_MESH, EMBEDDED_ORIGIN, parse};
+    use ambit_controller::telemetry::TelemetryStore;
+    use ambit_controller::telemetry::exposition;
+    use ambit_controller::telemetry::http::ApiState;
+    use ambit_controller::telemetry::series::ReportMetrics;
+    use ambit_controller::telemetry::store::{Report, ReporterId, ReporterKind};
+    use tokio_util::sync::DropGuard;
+
     use super::*;
+
+    /// The controller's observation API on loopback over the demo mesh, and its store.
+    pub async fn observation_api() -> (SocketAddr, TelemetryStore, DropGuard) {
+        let model = parse(EMBEDDED_MESH, EMBEDDED_ORIGIN).unwrap().model;
+        let (_tx, models) = tokio::sync::watch::channel(Arc::new(model));
+        let store = TelemetryStore::default();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = listener.local_addr().unwrap();
+        let state = ApiState {
+            models,
+            telemetry: store.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            let _models = _tx;
+            state.serve(listener).await
+        });
+        (api, store, shutdown.drop_guard())
+    }
+
+    /// Node-a's ztunnel reports the recorded texts two seconds apart (by its clock).
+    pub fn report_twice(store: &TelemetryStore) {
+        let id = ReporterId {
+            kind: ReporterKind::Ztunnel,
+            name: "node-a".into(),
+        };
+        store.reports.opened(&id, Instant::now()).unwrap();
+        for (unix_ms, text) in [
+            (
+                1000,
+                include_str!("../../../controller/tests/fixtures/telemetry/ztunnel-node-a-1.prom"),
+            ),
+            (
+                3000,
+                include_str!("../../../controller/tests/fixtures/telemetry/ztunnel-node-a-2.prom"),
+            ),
+        ] {
+            let samples = exposition::parse(text, usize::MAX).unwrap();
+            store.reports.add_report(
+                &id,
+                Report {
+                    received: Instant::now(),
+                    unix_ms,
+                    metrics: Arc::new(ReportMetrics::from_samples(&samples)),
+                },
+            );
+        }
+    }
 
     #[test]
     fn queries_leave_out_empty_parameters_and_escape_the_rest() {

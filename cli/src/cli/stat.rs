@@ -39,7 +39,15 @@ pub struct StatArgs {
 }
 
 pub async fn run(args: StatArgs) -> anyhow::Result<()> {
-    let api = args.api.resolve()?;
+    let rows = rows(args.api.resolve()?, &args).await?;
+    match args.output {
+        TableOrJson::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        TableOrJson::Table => print!("{}", stat_table(&rows, args.namespace.is_none())),
+    }
+    Ok(())
+}
+
+async fn rows(api: std::net::SocketAddr, args: &StatArgs) -> anyhow::Result<Vec<StatRow>> {
     let resource = match args.resource {
         StatResource::Workloads => "workload",
         StatResource::Services => "service",
@@ -52,12 +60,7 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
             ("window", format!("{}s", args.window.as_secs().max(1))),
         ],
     );
-    let rows: Vec<StatRow> = get_json(api, &path).await?;
-    match args.output {
-        TableOrJson::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        TableOrJson::Table => print!("{}", stat_table(&rows, args.namespace.is_none())),
-    }
-    Ok(())
+    get_json(api, &path).await
 }
 
 /// `12.50%`, or `-` when there was nothing to judge by.
@@ -134,6 +137,36 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::api_client::tests::{observation_api, report_twice};
+
+    #[tokio::test]
+    async fn rows_come_from_the_controller_over_its_api() {
+        let (api, store, _shutdown) = observation_api().await;
+        report_twice(&store);
+        let args = StatArgs {
+            resource: StatResource::Workloads,
+            namespace: Some("demo".into()),
+            window: Duration::from_secs(30),
+            output: TableOrJson::Table,
+            api: ApiArgs { api: Some(api) },
+        };
+        let table = stat_table(&rows(api, &args).await.unwrap(), false);
+        let v1 = table
+            .lines()
+            .find(|l| l.starts_with("reviews-v1 "))
+            .unwrap_or_else(|| panic!("{table}"));
+        // 40 connections in 2 s, 10 of them denied; 3 open.
+        assert_eq!(
+            v1.split_whitespace().collect::<Vec<_>>(),
+            ["reviews-v1", "yes", "75.00%", "0.0rps", "-", "-", "-", "3"]
+        );
+        let args = StatArgs {
+            window: Duration::from_secs(3600),
+            ..args
+        };
+        let err = rows(api, &args).await.unwrap_err().to_string();
+        assert!(err.contains("window") && err.contains("400"), "{err}");
+    }
 
     #[test]
     fn the_table_has_linkerds_columns() {

@@ -204,6 +204,39 @@ pub fn line(r: &FlowRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::api_client::tests::observation_api;
+
+    #[tokio::test]
+    async fn a_tap_streams_the_records_its_proxies_send() {
+        let (api, store, _shutdown) = observation_api().await;
+        let filter = TapFilter {
+            failed: true,
+            ..Default::default()
+        };
+        let mut lines = Lines::open(api, &tap_path(&filter, "client".into(), String::new()))
+            .await
+            .unwrap();
+        let running = store.taps.watch().borrow().clone();
+        let (id, tap) = running.iter().next().expect("the tap runs");
+        assert_eq!((tap.workload.as_str(), tap.failed_only), ("client", true));
+        let record = FlowRecord {
+            protocol: "tcp".into(),
+            failed: true,
+            ..Default::default()
+        };
+        store.taps.deliver(*id, &record);
+        store.taps.deliver(*id, &record);
+        for _ in 0..2 {
+            let got: FlowRecord = lines.next().await.unwrap().unwrap();
+            assert_eq!(got, record);
+        }
+        drop(lines);
+        let mut watching = store.taps.watch();
+        tokio::time::timeout(Duration::from_secs(10), watching.wait_for(|t| t.is_empty()))
+            .await
+            .expect("the tap stopped when its client went")
+            .unwrap();
+    }
 
     #[test]
     fn targets_and_paths() {
