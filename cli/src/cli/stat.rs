@@ -29,7 +29,7 @@ pub struct StatArgs {
     /// Only this namespace's [default: all].
     #[arg(short, long)]
     pub namespace: Option<String>,
-    /// Over how long the rates are taken (1s to 5m).
+    /// Over how long the rates are taken (10s to 5m).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub window: Duration,
     #[arg(short, long, value_enum, default_value_t = TableOrJson::Table)]

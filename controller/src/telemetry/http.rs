@@ -28,6 +28,8 @@ use crate::model::MeshModel;
 /// How long a client has to send its request.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+/// Reports are kept five seconds apart (see `store`): a shorter window may hold only one.
+const MIN_WINDOW: Duration = Duration::from_secs(10);
 const DEFAULT_FAILURES: usize = 50;
 
 pub type ApiBody = BoxBody<Bytes, Infallible>;
@@ -104,9 +106,10 @@ impl Query {
                     "window={text:?} is not a duration: give one like 30s, 2m or 90 (seconds)"
                 ))
             })?;
-        if window < Duration::from_secs(1) || window > RETENTION {
+        if window < MIN_WINDOW || window > RETENTION {
             return Err(ApiError::bad_request(format!(
-                "window={text:?} is out of range: from 1s to {}s (what the controller keeps)",
+                "window={text:?} is out of range: from {}s (two reports apart) to {}s (what the controller keeps)",
+                MIN_WINDOW.as_secs(),
                 RETENTION.as_secs()
             )));
         }

@@ -14,8 +14,12 @@ use super::series::ReportMetrics;
 
 /// The longest window a query may ask for; older reports are let go.
 pub const RETENTION: Duration = Duration::from_secs(300);
-/// Metrics reports kept per reporter (one a second for the retention).
-const MAX_REPORTS: usize = 300;
+/// Reports kept per reporter are at least this far apart (but for the newest), so that a
+/// reporter costs a bounded number of reports whatever its interval: a busy node's report holds
+/// thousands of series.
+pub const REPORT_SPACING: Duration = Duration::from_secs(5);
+/// Metrics reports kept per reporter: the retention at that spacing, and the newest.
+const MAX_REPORTS: usize = (RETENTION.as_secs() / REPORT_SPACING.as_secs()) as usize + 2;
 /// Reporters tracked at once: a mesh of this many nodes and waypoints.
 pub const MAX_REPORTERS: usize = 10_000;
 /// Flow shapes kept per reporter (the proxies bound theirs too).
@@ -123,7 +127,15 @@ impl Store {
         };
         r.last_seen = Some(report.received);
         let now = report.received;
-        r.reports.push_back(report);
+        // The newest report replaces the previous one when that one is closer than the spacing
+        // to the one before it: every gap stays at least the spacing but the last.
+        let n = r.reports.len();
+        if n >= 2 && r.reports[n - 1].received.duration_since(r.reports[n - 2].received) < REPORT_SPACING
+        {
+            r.reports[n - 1] = report;
+        } else {
+            r.reports.push_back(report);
+        }
         while r.reports.len() > MAX_REPORTS
             || r.reports
                 .front()
@@ -254,6 +266,22 @@ mod tests {
         assert_eq!(inner.reporters.len(), 1, "its data still counts");
         inner.forget_stale(t0 + Duration::from_secs(701));
         assert!(inner.reporters.is_empty());
+    }
+
+    #[test]
+    fn reports_are_thinned_to_the_spacing_but_the_newest_is_kept() {
+        let store = Store::default();
+        let t0 = Instant::now();
+        store.opened(&id("node-a"), t0).unwrap();
+        for ms in [0, 1000, 2000, 5500, 6000, 12000] {
+            store.add_report(&id("node-a"), report(t0 + Duration::from_millis(ms)));
+        }
+        let kept: Vec<u128> = store.reporters(t0)[0]
+            .reports
+            .iter()
+            .map(|r| r.received.duration_since(t0).as_millis())
+            .collect();
+        assert_eq!(kept, [0, 5500, 12000]);
     }
 
     #[test]

@@ -230,6 +230,7 @@ async fn bad_parameters_are_refused_naming_them() {
     for (path, names) in [
         ("/api/graph?window=soon", "window"),
         ("/api/graph?window=1h", "window"),
+        ("/api/graph?window=2s", "window"),
         ("/api/graph?windw=30s", "windw"),
         ("/api/stat?resource=pods", "resource"),
         ("/api/failures?workload=client", "workload"),
