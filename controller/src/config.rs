@@ -66,6 +66,20 @@ pub enum ConfigError {
     PolicyModeWithFile { given: String, mode: PolicyMode },
 }
 
+/// `--api-addr`: a loopback address only.
+fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not an address like 127.0.0.1:15016 ({e})"))?;
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "{addr} is not a loopback address: the observation API shows every flow of the mesh without authentication, so it listens on 127.0.0.0/8 or ::1 only; reach it from elsewhere with `kubectl port-forward` or an SSH tunnel"
+        ))
+    }
+}
+
 /// How callers of the CA prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CaAuth {
@@ -95,6 +109,12 @@ pub struct Config {
     /// HTTP address for /metrics (Prometheus) and /healthz/ready.
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub metrics: SocketAddr,
+    /// HTTP address of the observation API (service graph, stat, tap, failures: what `ambit
+    /// stat/top/tap` and the dashboard read). Loopback only, as it shows every flow of the mesh
+    /// unauthenticated: from outside the host or pod, reach it with `kubectl port-forward`
+    /// (or an SSH tunnel).
+    #[arg(long, default_value = "127.0.0.1:15016", value_parser = loopback_addr)]
+    pub api_addr: SocketAddr,
     /// CA root certificate (PEM); generated with the key on first start if neither exists.
     /// Ignored with --ca-secret.
     #[arg(long, default_value = "/var/lib/ambit/ca/root-cert.pem")]
@@ -243,11 +263,26 @@ mod tests {
         assert_eq!(c.source, SourceSpec::Embedded);
         assert_eq!(c.listen.port(), 15010);
         assert_eq!(c.metrics.port(), 15014);
+        assert_eq!(c.api_addr, "127.0.0.1:15016".parse().unwrap());
         assert_eq!(c.cert_ttl, Duration::from_secs(24 * 3600));
         let c =
             Config::try_parse_from(["controller", "--log", "info", "--cert-ttl", "90m"]).unwrap();
         assert_eq!(c.cert_ttl, Duration::from_secs(90 * 60));
         assert!(Config::try_parse_from(["controller", "--source", "nope"]).is_err());
+    }
+
+    #[test]
+    fn the_observation_api_listens_on_loopback_only() {
+        let parse = |addr: &str| Config::try_parse_from(["controller", "--api-addr", addr]);
+        assert_eq!(
+            parse("127.0.3.254:15016").unwrap().api_addr,
+            "127.0.3.254:15016".parse().unwrap()
+        );
+        assert!(parse("[::1]:15016").is_ok());
+        for remote in ["0.0.0.0:15016", "10.0.0.1:15016", "[::]:15016"] {
+            let err = parse(remote).unwrap_err().to_string();
+            assert!(err.contains("kubectl port-forward"), "{err}");
+        }
     }
 
     #[test]

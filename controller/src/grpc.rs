@@ -1,4 +1,5 @@
-//! The controller's one gRPC port: discovery and the CA side by side, over TLS only.
+//! The controller's one gRPC port: discovery, the CA and the proxies' telemetry reports side by
+//! side, over TLS only.
 //!
 //! The controller presents a certificate for its own SPIFFE identity, issued by its own CA and
 //! renewed half-way through its life; proxies pin that identity (`ambit_proto::control`).
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ca::CaService;
 use crate::push::DiscoveryService;
+use crate::telemetry::TelemetryService;
 
 /// The controller's own identity and the TLS configuration presenting it. Renewal goes on only
 /// while this lives, so keep it for as long as the server runs.
@@ -49,13 +51,25 @@ impl ServingIdentity {
     }
 }
 
-/// Serves both services on `listener` until `shutdown`, then stops accepting; open subscriptions
-/// end themselves on the same signal.
+/// Serves discovery and the CA on `listener` until `shutdown`, then stops accepting; open
+/// subscriptions end themselves on the same signal.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     discovery: DiscoveryService,
     ca: CaService,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    serve_with_telemetry(listener, tls, discovery, ca, None, shutdown).await
+}
+
+/// [`serve`], with the proxies' telemetry reports beside them (the binary always has it).
+pub async fn serve_with_telemetry(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    discovery: DiscoveryService,
+    ca: CaService,
+    telemetry: Option<TelemetryService>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
@@ -65,6 +79,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(discovery.into_server())
         .add_service(ca.into_server())
+        .add_optional_service(telemetry.map(TelemetryService::into_server))
         .serve_with_incoming_shutdown(control::incoming(listener, tls), shutdown.cancelled_owned())
         .await
 }

@@ -12,6 +12,8 @@ use ambit_controller::push::{
     DiscoveryService, NodeLiveness, SubscriberAccess, publish_snapshots_with,
 };
 use ambit_controller::source::{file, kubernetes};
+use ambit_controller::telemetry::http::ApiState;
+use ambit_controller::telemetry::{TelemetryService, TelemetryStore};
 use ambit_controller::waypoints::{self, WaypointOptions};
 use ambit_proto::identity::{CertificateAuthority, SpiffeId};
 use anyhow::{Context, bail};
@@ -219,6 +221,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.metrics)
         .await
         .with_context(|| format!("could not listen on --metrics {}", config.metrics))?;
+    let api_listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("could not listen on --api-addr {}", config.api_addr))?;
     let ready = Arc::new(AtomicBool::new(false));
     let (liveness, _liveness_task) = NodeLiveness::start(config.node_down_after, shutdown.clone());
     let (snapshots, _snapshot_task) =
@@ -232,14 +237,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         sync: discovery.sync_table(),
     };
     tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
+    let telemetry = TelemetryStore::default();
+    let api = ApiState {
+        models: models.clone(),
+        telemetry: telemetry.clone(),
+        shutdown: shutdown.clone(),
+    };
+    tokio::spawn(api.serve(api_listener));
+    let telemetry_service = TelemetryService::new(telemetry, shutdown.clone())
+        .authenticate_with(SubscriberAccess::new(authenticator.clone(), models.clone()));
 
-    let mut grpc = tokio::spawn(ambit_controller::grpc::serve(
+    let mut grpc = tokio::spawn(ambit_controller::grpc::serve_with_telemetry(
         grpc_listener,
         serving.tls(),
         discovery,
         CaService::new(ca.clone(), models, config.cert_ttl)
             .authenticate_with(authenticator)
             .serving_as(serving.identity().clone()),
+        Some(telemetry_service),
         shutdown.clone(),
     ));
     let mut background =
@@ -259,6 +274,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         listen = %config.listen,
         identity = %serving.identity(),
         metrics = %config.metrics,
+        api = %config.api_addr,
         ca_auth = ?config.ca_auth(),
         background = ?background.iter().map(|(task, _)| *task).collect::<Vec<_>>(),
         trust_domain = model.trust_domain(),

@@ -1,11 +1,16 @@
 //! `ambit`, the command line: run a local mesh (`up`, `down`), look inside it (`config`,
-//! `status`), measure it (`bench`), and the sample apps its pods run (`app`).
+//! `status`), watch its traffic (`stat`, `top`, `tap`, from the controller's observation API),
+//! measure it (`bench`), and the sample apps its pods run (`app`).
 
+pub mod api_client;
 mod app;
 mod bench;
 mod inspect;
 mod routes;
+mod stat;
 mod summary;
+mod tap;
+mod top;
 mod up;
 mod waypoints;
 
@@ -36,6 +41,14 @@ pub enum Command {
     Config(ConfigArgs),
     /// Each component of the running local mesh, its version and whether it is in sync.
     Status(OutputArgs),
+    /// Per workload or service: success rate, requests per second, latencies and TCP
+    /// connections over a window (like linkerd viz stat).
+    Stat(stat::StatArgs),
+    /// The busiest paths right now, from a live tap, redrawn every second.
+    Top(top::TopArgs),
+    /// A live line per request or connection of a workload or service: who to whom, status,
+    /// flags, latency, mTLS.
+    Tap(tap::TapArgs),
     /// Load one server pod directly and through the mesh, interleaved, and print the ratios.
     Bench(BenchArgs),
     /// The sample workloads run inside pods.
@@ -180,6 +193,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Down => up::down(),
             Command::Config(args) => inspect::config(args).await,
             Command::Status(args) => inspect::status(args).await,
+            Command::Stat(args) => stat::run(args).await,
+            Command::Top(args) => top::run(args).await,
+            Command::Tap(args) => tap::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::App(cmd) => app::run(cmd).await,
         }

@@ -231,6 +231,7 @@ impl LocalMesh {
             work_dir: options.work_dir.clone(),
             controller_grpc,
             controller_metrics,
+            controller_api: Some(slot.controller_api()),
             nodes,
             waypoints: waypoint_states,
             pids: members.iter().filter_map(Member::pid).collect(),

@@ -1,6 +1,7 @@
 //! Where a local mesh's own processes listen: on the ports they use on a cluster. Each ztunnel
 //! serves its admin (config dump) on 15000, metrics on 15020 and readiness on 15021; the
-//! controller its discovery and CA gRPC on 15010 and its metrics on 15014. Locally every one of
+//! controller its discovery and CA gRPC on 15010, its metrics on 15014 and its observation API on
+//! 15016. Locally every one of
 //! them shares the host's network, so each gets its own loopback address (all of 127/8 is
 //! loopback on Linux, with no set-up): in mesh slot `s`, node `i` (0-based, in mesh-file order)
 //! is `127.0.s.<i+1>` and the controller `127.0.s.254`. Waypoints run in namespaces of their
@@ -24,6 +25,8 @@ pub const ZTUNNEL_METRICS_PORT: u16 = 15020;
 pub const ZTUNNEL_READINESS_PORT: u16 = 15021;
 pub const CONTROLLER_GRPC_PORT: u16 = 15010;
 pub const CONTROLLER_METRICS_PORT: u16 = 15014;
+/// The controller's observation API (`ambit stat/top/tap`, the dashboard).
+pub const CONTROLLER_API_PORT: u16 = 15016;
 pub const WAYPOINT_ADMIN_PORT: u16 = 15000;
 pub const WAYPOINT_METRICS_PORT: u16 = 15020;
 pub const WAYPOINT_READINESS_PORT: u16 = 15021;
@@ -76,6 +79,11 @@ impl Slot {
         Ipv4Addr::new(127, 0, self.index, CONTROLLER_HOST)
     }
 
+    /// Where the controller serves its observation API.
+    pub fn controller_api(&self) -> SocketAddr {
+        SocketAddr::from((self.controller_ip(), CONTROLLER_API_PORT))
+    }
+
     /// Waypoint `j`'s loopback address, where its ports are relayed.
     pub fn waypoint_ip(&self, j: usize) -> Ipv4Addr {
         let host = u8::try_from(j + 1)
@@ -90,6 +98,7 @@ impl Slot {
         let mut all = vec![
             SocketAddr::from((self.controller_ip(), CONTROLLER_GRPC_PORT)),
             SocketAddr::from((self.controller_ip(), CONTROLLER_METRICS_PORT)),
+            self.controller_api(),
         ];
         for i in 0..nodes {
             for port in [
@@ -136,6 +145,11 @@ mod tests {
         assert_eq!(a.node_ip(0), Ipv4Addr::new(127, 0, s, 1));
         assert_eq!(a.node_ip(2), Ipv4Addr::new(127, 0, s, 3));
         assert_eq!(a.controller_ip(), Ipv4Addr::new(127, 0, s, 254));
+        assert_eq!(
+            a.controller_api(),
+            SocketAddr::from(([127, 0, s, 254], CONTROLLER_API_PORT))
+        );
+        assert!(a.addresses(3, 2).contains(&a.controller_api()));
         assert_eq!(a.waypoint_ip(1), Ipv4Addr::new(127, 1, s, 2));
         // A second mesh at the same time never gets the same addresses.
         let b = Slot::acquire(3, 2).expect("a second free slot");

@@ -11,6 +11,7 @@ use ambit_testbed::{NetnsChild, Testbed};
 
 use super::LocalError;
 use super::mesh::{LocalMesh, Options};
+use super::ports::CONTROLLER_API_PORT;
 use super::process::{Process, Spec};
 use super::state::{NodeState, PodState};
 use ambit_controller::source::file::{self, MeshFile};
@@ -59,6 +60,8 @@ pub fn testbed(file: &MeshFile) -> Result<Testbed, LocalError> {
     Ok(testbed)
 }
 
+/// The controller's command line. Its observation API listens beside its gRPC port, on
+/// [`CONTROLLER_API_PORT`] of the same loopback address.
 pub fn controller_spec(
     options: &Options,
     mesh_path: &Path,
@@ -66,6 +69,7 @@ pub fn controller_spec(
     metrics: SocketAddr,
     root_cert: &Path,
 ) -> Spec {
+    let api = SocketAddr::new(grpc.ip(), CONTROLLER_API_PORT);
     let mut spec = Spec::new(
         "controller",
         &options.binaries.controller,
@@ -75,6 +79,7 @@ pub fn controller_spec(
         .arg(format!("file:{}", mesh_path.display()))
         .args(["--listen".to_string(), grpc.to_string()])
         .args(["--metrics".to_string(), metrics.to_string()])
+        .args(["--api-addr".to_string(), api.to_string()])
         .arg("--ca-cert")
         .arg(root_cert)
         .arg("--ca-key")

@@ -57,6 +57,10 @@ pub struct RunState {
     pub controller_grpc: SocketAddr,
     /// The controller's metrics, readiness and /debug/syncz (port 15014).
     pub controller_metrics: SocketAddr,
+    /// The controller's observation API (port 15016); absent in the state of a run started by
+    /// an `ambit` from before the API.
+    #[serde(default)]
+    pub controller_api: Option<SocketAddr>,
     pub nodes: Vec<NodeState>,
     /// The mesh file's waypoints, each running in a namespace of its own on its node.
     #[serde(default)]

@@ -29,6 +29,7 @@ fn supervised(dir: &Path, script: &str, stable: Duration) -> (Arc<Shared>, Super
         work_dir: dir.into(),
         controller_grpc: "127.0.0.1:9".parse().unwrap(),
         controller_metrics: "127.0.0.1:9".parse().unwrap(),
+        controller_api: None,
         nodes: Vec::new(),
         waypoints: Vec::new(),
         pids: process.pid().into_iter().collect(),

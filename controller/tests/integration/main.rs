@@ -17,4 +17,6 @@ mod kubernetes_traffic;
 mod kubernetes_waypoints;
 mod manifests;
 mod root_configmap;
+mod telemetry;
+mod telemetry_support;
 mod waypoints;

@@ -10,6 +10,7 @@ mod lifecycle;
 mod mtls;
 mod node_agent;
 mod node_failure;
+mod observe;
 mod observer_mode;
 mod outsiders;
 mod ports;
