@@ -69,6 +69,23 @@ pub enum ExplainError {
     Policy { policy: String, reason: String },
 }
 
+impl ExplainError {
+    /// The status an HTTP API answers this with: 404 for a name the mesh does not have, 400
+    /// for input that names nothing, 500 for a policy the proxies could not evaluate either.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            ExplainError::UnknownWorkload { .. }
+            | ExplainError::UnknownDestination { .. }
+            | ExplainError::UnknownAddress { .. }
+            | ExplainError::NoSuchPort { .. } => http::StatusCode::NOT_FOUND,
+            ExplainError::BadSource { .. }
+            | ExplainError::BadPort { .. }
+            | ExplainError::PortRequired { .. } => http::StatusCode::BAD_REQUEST,
+            ExplainError::Policy { .. } => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 fn list_text(prefix: &str, items: &[String]) -> String {
     if items.is_empty() {
         String::new()

@@ -502,6 +502,8 @@ fn unknown_names_are_errors_that_say_what_exists() {
     ];
     for (from, to, parts) in cases {
         let err = explain(&m, from, to).expect_err(&format!("{from} -> {to}"));
+        let client_error = err.status().is_client_error();
+        assert!(client_error, "{from} -> {to}: {}", err.status());
         let text = err.to_string();
         for part in *parts {
             assert!(

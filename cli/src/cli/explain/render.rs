@@ -149,6 +149,13 @@ fn routes(e: &Explanation) -> String {
     out.push_str(
         "\n     The waypoint picks the most specific matching rule (Gateway API precedence: exact path, longest prefix, method, most headers).",
     );
+    let catch_all = e
+        .routes
+        .iter()
+        .any(|r| r.hostnames.is_empty() && r.rules.iter().any(|rule| rule.matches.is_empty()));
+    if !catch_all {
+        out.push_str(" A request no rule matches is answered 404 (flag NR).");
+    }
     out
 }
 

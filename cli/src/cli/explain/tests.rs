@@ -489,3 +489,18 @@ async fn a_controller_that_is_not_there_is_an_error_naming_the_address() {
         ],
     );
 }
+
+#[test]
+fn a_route_without_a_catch_all_says_what_happens_to_the_rest() {
+    assert!(!text(&demo(), "demo/client", "demo/reviews").contains("404"));
+    let yaml = EMBEDDED_MESH.replacen(
+        "      - backendRefs:\n          - {name: reviews-v1, port: 8080, weight: 90}\n          - {name: reviews-v2, port: 8080, weight: 10}\n",
+        "",
+        1,
+    );
+    let m = parse(&yaml, "canary only").expect("parses").model;
+    assert_all(
+        &text(&m, "demo/client", "demo/reviews"),
+        &["A request no rule matches is answered 404 (flag NR)."],
+    );
+}
