@@ -125,7 +125,8 @@ pub fn explain(
         ip,
     };
 
-    let mut policies: BTreeMap<ObjectKey, PolicyInfo> = BTreeMap::new();
+    // By policy and the port it is checked on (backends may listen on different ports).
+    let mut policies: BTreeMap<(ObjectKey, u16), PolicyInfo> = BTreeMap::new();
     let mut endpoint_verdicts: Vec<EndpointVerdict> = Vec::new();
     for backend in &backends {
         for endpoint in &backend.endpoints {
@@ -138,7 +139,7 @@ pub fn explain(
                 .filter(|p| MeshModel::policy_selects(p, workload))
                 .collect();
             for p in &selected {
-                let key = ObjectKey::new(&p.namespace, &p.name);
+                let key = (ObjectKey::new(&p.namespace, &p.name), backend.target_port);
                 if !policies.contains_key(&key) {
                     let (rules, outcome) = policies::check_policy(
                         model,
@@ -150,7 +151,8 @@ pub fn explain(
                     policies.insert(
                         key.clone(),
                         PolicyInfo {
-                            name: key.to_string(),
+                            name: key.0.to_string(),
+                            port: backend.target_port,
                             action: p.action.as_str_name().to_string(),
                             dry_run: p.dry_run,
                             workloads: Vec::new(),

@@ -538,3 +538,32 @@ fn the_explanation_round_trips_as_json() {
     let back: Explanation = serde_json::from_str(&json).expect("deserialise");
     assert_eq!(back, e);
 }
+
+#[test]
+fn a_policy_is_checked_on_each_backends_target_port() {
+    let m = demo_with(&[(
+        "    vips: [10.96.0.12, \"fd00:10:96::12\"]\n    ports:\n      - {name: http, port: 8080, targetPort: 8080, appProtocol: http}\n",
+        "    vips: [10.96.0.12, \"fd00:10:96::12\"]\n    ports:\n      - {name: http, port: 8080, targetPort: 9090, appProtocol: http}\n",
+    )]);
+    let e = ok(&m, "demo/denied-client", "demo/reviews");
+    let checks: Vec<(u16, &PolicyOutcome)> = e
+        .policies
+        .iter()
+        .filter(|p| p.name == DENY)
+        .map(|p| (p.port, &p.outcome))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            (8080, &PolicyOutcome::Matches { rule: 0 }),
+            (9090, &PolicyOutcome::NoRuleMatches)
+        ]
+    );
+    assert_eq!(e.verdict, Verdict::DependsOnEndpoint);
+    let v2 = e
+        .endpoint_verdicts
+        .iter()
+        .find(|v| v.endpoint == "demo/reviews-v2")
+        .expect("reviews-v2");
+    assert!(v2.verdict.may_pass(), "{:?}", v2.verdict);
+}

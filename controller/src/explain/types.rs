@@ -237,6 +237,9 @@ pub struct PolicyInfo {
     pub action: String,
     /// Observer mode (`ambit.io/policy-mode: audit`): evaluated and reported, never enforced.
     pub dry_run: bool,
+    /// The port it is checked on: the endpoints' target port. A policy selecting endpoints of
+    /// backends on different ports is listed once per port.
+    pub port: u16,
     /// The endpoints it selects.
     pub workloads: Vec<String>,
     /// Where it is checked (one entry per distinct place among its workloads).

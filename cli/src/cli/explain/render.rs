@@ -389,7 +389,7 @@ fn policies(e: &Explanation) -> String {
         let at: Vec<String> = p.enforced_at.iter().map(enforcer).collect();
         let _ = write!(
             out,
-            "\n     {} ({}{}) selects {}; checked by {}.",
+            "\n     {} ({}{}) selects {}; checked on port {} by {}.",
             p.name,
             p.action,
             if p.dry_run {
@@ -398,6 +398,7 @@ fn policies(e: &Explanation) -> String {
                 ""
             },
             p.workloads.join(", "),
+            p.port,
             at.join(" and ")
         );
         if p.rules.is_empty() {
