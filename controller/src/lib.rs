@@ -4,6 +4,7 @@ pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod dashboard;
+pub mod explain;
 pub mod grpc;
 pub mod model;
 pub mod push;

@@ -1,0 +1,143 @@
+//! Issue 17's "must show" for `ambit explain`, as a developer runs it against `ambit up`'s
+//! demo: the static walk names the policy that denies demo/denied-client and where it is
+//! enforced (the waypoint), and `--last-failure` names it for the requests the waypoint
+//! actually refused, from the failures the proxies reported to the controller.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ambit_cli::local::Binaries;
+use ambit_e2e::can_run;
+
+const POLICY: &str = "demo/deny-denied-client";
+
+fn ambit() -> Command {
+    Command::new(Binaries::locate().expect("binaries built").ambit)
+}
+
+/// `ambit up` on the default demo, stopped with SIGINT when dropped (even if the test fails).
+struct Up(Option<Child>);
+
+impl Up {
+    /// Starts it and waits until its traffic flows.
+    fn start() -> Self {
+        let mut child = ambit()
+            .args(["up", "--duration", "10m", "--every", "60s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ambit up");
+        let stderr = child.stderr.take().expect("piped");
+        let up = Up(Some(child));
+        let mut seen = Vec::new();
+        let mut lines = BufReader::new(stderr).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            let flowing = line.contains("traffic flowing");
+            seen.push(line);
+            if flowing {
+                // Keep reading, or its next progress line would hit a closed pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return up;
+            }
+        }
+        panic!("ambit up never got its traffic flowing: {seen:#?}");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+fn explain(args: &[&str]) -> Output {
+    ambit()
+        .arg("explain")
+        .args(args)
+        .output()
+        .expect("ambit explain runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn explain_names_the_policy_that_denies_the_demos_denied_client() {
+    if !can_run("explain_names_the_policy_that_denies_the_demos_denied_client") {
+        return;
+    }
+    let up = Up::start();
+
+    let out = explain(&["demo/denied-client", "demo/reviews"]);
+    assert!(out.status.success(), "ambit explain: {}", stderr(&out));
+    let text = stdout(&out);
+    for part in [
+        "Waypoint: service demo/reviews has ambit.io/use-waypoint: waypoint",
+        "rule 0 matches (from principals [spiffe://cluster.local/ns/demo/sa/denied-client]: yes",
+        &format!(
+            "Verdict: DENIED by authorization policy {POLICY}, at waypoint demo/waypoint (L7)"
+        ),
+    ] {
+        assert!(text.contains(part), "{part:?} missing in:\n{text}");
+    }
+
+    // The allowed client, as the API's JSON.
+    let out = explain(&["demo/client", "demo/reviews:9080", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "ambit explain -o json: {}",
+        stderr(&out)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(json["verdict"]["kind"], "allowed", "{json:#}");
+    assert_eq!(json["waypoint"]["name"], "demo/waypoint", "{json:#}");
+    assert_eq!(json["routes"][0]["name"], "demo/reviews", "{json:#}");
+
+    // A name that does not exist: an error that lists what does.
+    let out = explain(&["demo/nobody", "demo/reviews"]);
+    assert!(
+        !out.status.success(),
+        "explained a workload that does not exist"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("demo/nobody") && err.contains("demo/client"),
+        "{err}"
+    );
+
+    // The demo's denied-client keeps calling reviews and the waypoint refuses it: once the
+    // waypoint has reported those failures, --last-failure names the policy and the hop.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let out = explain(&["--last-failure", "demo/denied-client", "--limit", "3"]);
+        assert!(
+            out.status.success(),
+            "ambit explain --last-failure: {}",
+            stderr(&out)
+        );
+        let text = stdout(&out);
+        if text.contains(&format!("the authorization policy {POLICY} denied it")) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure naming {POLICY} within 60s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(text.contains("failed at waypoint demo/waypoint"), "{text}");
+    assert!(text.contains("with status 403"), "{text}");
+    drop(up);
+}
