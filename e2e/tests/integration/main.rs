@@ -12,6 +12,7 @@ mod node_agent;
 mod node_failure;
 mod observer_mode;
 mod outsiders;
+mod policy_suggest;
 mod ports;
 mod prometheus;
 mod traffic;
