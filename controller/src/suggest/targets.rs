@@ -39,9 +39,15 @@ pub fn destination_namespace(model: &MeshModel, flow: &ObservedFlow) -> Option<S
     if !flow.destination_namespace.is_empty() {
         return Some(flow.destination_namespace.clone());
     }
-    model
-        .service_by_hostname(&flow.destination_service)
-        .map(|s| s.service.namespace.clone())
+    match model.service_by_hostname(&flow.destination_service) {
+        Some(s) => Some(s.service.namespace.clone()),
+        // A service gone since: its host name still says where it was.
+        None => flow
+            .destination_service
+            .split('.')
+            .nth(1)
+            .map(str::to_string),
+    }
 }
 
 /// The workloads `flow` reached and their target ports; `Err` says why that is not known.
@@ -81,6 +87,9 @@ fn resolve_through_waypoint(
     port: u16,
 ) -> Result<Resolved, String> {
     let host = &flow.destination_service;
+    if host.is_empty() {
+        return resolve_workload_through_waypoint(model, flow, port);
+    }
     let service = model
         .service_by_hostname(host)
         .ok_or_else(|| format!("the mesh has no service {host:?} (gone since it was seen?)"))?;
@@ -126,6 +135,36 @@ fn resolve_through_waypoint(
     }
     Ok(Resolved {
         targets,
+        waypoint: Some(waypoint),
+    })
+}
+
+/// A request the client addressed to a workload (its address, not a service's): the waypoint
+/// in front of that workload judged it on the port the client dialled.
+fn resolve_workload_through_waypoint(
+    model: &MeshModel,
+    flow: &ObservedFlow,
+    port: u16,
+) -> Result<Resolved, String> {
+    let key = ObjectKey::new(&flow.destination_namespace, &flow.destination_workload);
+    let workload = model
+        .workload(&key)
+        .ok_or_else(|| format!("the mesh has no workload {key} (gone since it was seen?)"))?;
+    let waypoint = workload
+        .waypoint
+        .clone()
+        .or_else(|| {
+            model
+                .services_in(&key.namespace)
+                .find(|s| s.endpoints.contains(&key) && s.waypoint.is_some())
+                .and_then(|s| s.waypoint.clone())
+        })
+        .ok_or_else(|| format!("{key} is no longer behind a waypoint"))?;
+    Ok(Resolved {
+        targets: vec![Target {
+            workload: key,
+            port,
+        }],
         waypoint: Some(waypoint),
     })
 }

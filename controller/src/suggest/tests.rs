@@ -20,12 +20,11 @@ fn demo() -> MeshModel {
     parse(EMBEDDED_MESH, "examples/mesh.yaml").unwrap().model
 }
 
-/// A request shape a waypoint reports.
+/// A request shape a waypoint reports for a request to a service (which names no namespace).
 fn request(source: &str, service: &str, port: u32, method: &str, path: &str) -> ObservedFlow {
     ObservedFlow {
         reporter_kind: WAYPOINT.into(),
         source_identity: source.into(),
-        destination_namespace: "demo".into(),
         destination_service: service.into(),
         destination_port: port,
         method: method.into(),
@@ -234,8 +233,38 @@ fn l4_flows_get_port_rules_and_principals_with_the_same_access_share_one() {
 }
 
 #[test]
+fn a_request_a_waypoint_saw_addressed_to_a_pod_is_judged_on_the_pods_port() {
+    let model = demo();
+    // What a waypoint reports for a workload-addressed request: no service.
+    let mut flow = request(CLIENT, "", 8080, "GET", "/api/");
+    flow.destination_workload = "reviews-v1".into();
+    flow.destination_namespace = "demo".into();
+    let resolved = targets::resolve(&model, &flow).unwrap();
+    assert_eq!(
+        resolved.targets,
+        [targets::Target {
+            workload: ObjectKey::new("demo", "reviews-v1"),
+            port: 8080
+        }]
+    );
+    assert_eq!(resolved.waypoint, Some(ObjectKey::new("demo", "waypoint")));
+    let s = suggest(&model, std::slice::from_ref(&flow), None, NOW);
+    assert!(!s.is_faulty(), "{:?} {:?}", s.would_deny, s.problems);
+    assert_eq!(s.policies[0].rules[0].to[0].paths, ["/api/*"]);
+    assert!(allowed(&applied(&model, &s), &flow));
+}
+
+#[test]
 fn the_namespace_filter_keeps_other_namespaces_out() {
-    let s = suggest(&demo(), &demo_flows(), Some("legacy"), NOW);
+    let mut flows = demo_flows();
+    flows.push(request(
+        CLIENT,
+        "gone.demo.svc.cluster.local",
+        80,
+        "GET",
+        "/",
+    ));
+    let s = suggest(&demo(), &flows, Some("legacy"), NOW);
     assert!(s.policies.is_empty());
     assert!(s.left_out.is_empty(), "{:?}", s.left_out);
     assert_eq!(s.namespace.as_deref(), Some("legacy"));
