@@ -35,13 +35,23 @@ pub enum Judgement {
 pub struct Evaluator {
     snapshot: Snapshot,
     states: HashMap<(i32, String, String), ProxyState>,
+    /// An address of a workload of each identity (policies may name addresses; a shape
+    /// carries none).
+    addresses: HashMap<String, IpAddr>,
 }
 
 impl Evaluator {
     pub fn new(model: MeshModel) -> Self {
+        let mut addresses = HashMap::new();
+        for w in model.workloads() {
+            if let Some(ip) = w.pod.addresses.first() {
+                addresses.entry(w.identity.to_string()).or_insert(*ip);
+            }
+        }
         Evaluator {
             snapshot: Snapshot::build(Arc::new(model), None),
             states: HashMap::new(),
+            addresses,
         }
     }
 
@@ -112,17 +122,10 @@ impl Evaluator {
         Ok(judgement(verdict))
     }
 
-    /// The address of a workload with this identity (policies may name addresses), else
-    /// unspecified: the shape carries no client address.
+    /// The address of a workload with this identity, else unspecified.
     fn source_ip(&self, identity: Option<&SpiffeId>) -> IpAddr {
         identity
-            .and_then(|id| {
-                self.snapshot
-                    .model()
-                    .workloads()
-                    .find(|w| w.identity == *id)
-            })
-            .and_then(|w| w.pod.addresses.first().copied())
+            .and_then(|id| self.addresses.get(id.as_str()).copied())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 

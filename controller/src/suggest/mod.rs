@@ -221,10 +221,12 @@ pub fn suggest(
                 .entry((target.workload.namespace.clone(), selector))
                 .or_default();
             let waypoint = resolved.waypoint.as_ref().map(ObjectKey::to_string);
-            match draft.allow(flow, target.port, waypoint.as_deref()) {
-                Ok(()) => kept.push(target),
-                Err(e) => leave(LeftOutKind::Inexpressible, flow, e),
+            // Judged again either way: a flow no rule can say exactly is one the policy of
+            // its group would deny, which the suggestion must own up to.
+            if let Err(e) = draft.allow(flow, target.port, waypoint.as_deref()) {
+                leave(LeftOutKind::Inexpressible, flow, e);
             }
+            kept.push(target);
         }
         if !kept.is_empty() {
             allowed.push(Allowed {
@@ -292,6 +294,11 @@ fn finish(model: &MeshModel, drafts: &BTreeMap<(String, Labels), Draft>) -> Vec<
     let mut taken: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     let mut out = Vec::new();
     for ((namespace, selector), draft) in drafts {
+        let rules = draft.rules();
+        if rules.is_empty() {
+            // Nothing it could allow: an ALLOW policy without rules would refuse everything.
+            continue;
+        }
         let taken = taken.entry(namespace).or_insert_with(|| {
             model
                 .policies_in(namespace)
@@ -311,7 +318,7 @@ fn finish(model: &MeshModel, drafts: &BTreeMap<(String, Labels), Draft>) -> Vec<
             selector: selector.clone(),
             workloads,
             action: "ALLOW".into(),
-            rules: draft.rules(),
+            rules,
             enforced_by: draft.enforced_by.iter().cloned().collect(),
             evidence: draft.evidence.clone(),
             refuses_plaintext: Vec::new(),

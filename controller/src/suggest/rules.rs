@@ -37,14 +37,17 @@ impl Draft {
         port: u16,
         waypoint: Option<&str>,
     ) -> Result<(), String> {
+        // The path first: a principal must not get an entry (a rule with no `to`, which
+        // matches everything) for a flow it cannot be allowed.
+        let path = match waypoint {
+            Some(_) if !flow.method.is_empty() && !flow.path_prefix.is_empty() => {
+                policy_path(&flow.path_prefix)?
+            }
+            _ => String::new(),
+        };
         let access = self.access.entry(flow.source_identity.clone()).or_default();
         match waypoint {
             Some(w) if !flow.method.is_empty() => {
-                let path = if flow.path_prefix.is_empty() {
-                    String::new()
-                } else {
-                    policy_path(&flow.path_prefix)?
-                };
                 access
                     .l7
                     .entry(port)

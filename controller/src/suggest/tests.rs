@@ -255,6 +255,37 @@ fn a_request_a_waypoint_saw_addressed_to_a_pod_is_judged_on_the_pods_port() {
 }
 
 #[test]
+fn a_flow_no_rule_can_say_exactly_is_owned_up_to_as_would_deny() {
+    // A single-segment path ending in `*` would read as a prefix: it is left out, and the
+    // policy its group gets anyway denies it, which the suggestion says.
+    let flows = [
+        request(CLIENT, REVIEWS, 9080, "GET", "/"),
+        request(CLIENT, REVIEWS, 9080, "GET", "/star*"),
+    ];
+    let s = suggest(&demo(), &flows, None, NOW);
+    assert_eq!(s.left_out.len(), 2, "{:?}", s.left_out);
+    assert!(
+        s.left_out
+            .iter()
+            .all(|l| l.kind == LeftOutKind::Inexpressible)
+    );
+    assert!(s.is_faulty());
+    assert!(
+        s.would_deny
+            .iter()
+            .all(|w| w.flow.path_prefix == "/star*" && w.policy == "demo/allow-observed-reviews"),
+        "{:#?}",
+        s.would_deny
+    );
+    assert_eq!(s.would_deny.len(), 2);
+    // Alone, it gives its principal no rule (an empty `to` would allow everything), and its
+    // group no policy (one without rules would refuse everything).
+    let s = suggest(&demo(), &flows[1..], None, NOW);
+    assert!(s.policies.is_empty(), "{:#?}", s.policies);
+    assert!(!s.is_faulty());
+}
+
+#[test]
 fn the_namespace_filter_keeps_other_namespaces_out() {
     let mut flows = demo_flows();
     flows.push(request(
