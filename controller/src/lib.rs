@@ -9,5 +9,6 @@ pub mod grpc;
 pub mod model;
 pub mod push;
 pub mod source;
+pub mod suggest;
 pub mod telemetry;
 pub mod waypoints;

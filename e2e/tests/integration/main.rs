@@ -14,6 +14,7 @@ mod node_failure;
 mod observe;
 mod observer_mode;
 mod outsiders;
+mod policy_suggest;
 mod ports;
 mod prometheus;
 mod traffic;
