@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod ca;
 pub mod config;
+pub mod dashboard;
 pub mod grpc;
 pub mod model;
 pub mod push;
