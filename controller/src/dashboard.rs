@@ -2,19 +2,40 @@
 //! controller serves the page with nothing to install beside it and nothing fetched from a CDN.
 //! The observation API's server answers `GET /` and `GET /assets/...` with [`asset`].
 
-const INDEX_HTML: &[u8] = include_bytes!("../assets/dashboard/index.html");
-const APP_JS: &[u8] = include_bytes!("../assets/dashboard/app.js");
-const STYLE_CSS: &[u8] = include_bytes!("../assets/dashboard/style.css");
+const HTML: &str = "text/html; charset=utf-8";
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// `/assets/<file>`, served from assets/dashboard/<file>.
+macro_rules! under_assets {
+    ($file:literal, $content_type:expr) => {
+        (
+            concat!("/assets/", $file),
+            $content_type,
+            include_bytes!(concat!("../assets/dashboard/", $file)) as &[u8],
+        )
+    };
+}
+
+/// Request path, content type and body. The scripts are ES modules: app.js imports the others.
+const FILES: &[(&str, &str, &[u8])] = &[
+    ("/", HTML, include_bytes!("../assets/dashboard/index.html")),
+    under_assets!("style.css", CSS),
+    under_assets!("app.js", JAVASCRIPT),
+    under_assets!("common.js", JAVASCRIPT),
+    under_assets!("graph.js", JAVASCRIPT),
+    under_assets!("panel.js", JAVASCRIPT),
+    under_assets!("tap.js", JAVASCRIPT),
+];
 
 /// The dashboard file at request path `path` (without its query string): its content type and
 /// body. `/` is the page; `None` for any other path.
 pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
-    match path {
-        "/" | "/index.html" => Some(("text/html; charset=utf-8", INDEX_HTML)),
-        "/assets/app.js" => Some(("text/javascript; charset=utf-8", APP_JS)),
-        "/assets/style.css" => Some(("text/css; charset=utf-8", STYLE_CSS)),
-        _ => None,
-    }
+    let path = if path == "/index.html" { "/" } else { path };
+    FILES
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|(_, content_type, body)| (*content_type, *body))
 }
 
 #[cfg(test)]

@@ -27,30 +27,63 @@ fn content_type_for(path: &str) -> &'static str {
     }
 }
 
+/// The files `text` (served at `path`) loads: the HTML's src and href, a module's imports
+/// (relative to its own path).
+fn references(path: &str, text: &str) -> Vec<String> {
+    let html = Regex::new(r#"(?:src|href)="([^"]*)""#).unwrap();
+    let import = Regex::new(r#"(?m)^\s*(?:import|export)\b[^'"]*from\s+['"]([^'"]+)['"]"#).unwrap();
+    let pattern = if path.ends_with(".js") {
+        &import
+    } else {
+        &html
+    };
+    let dir = &path[..path.rfind('/').unwrap() + 1];
+    pattern
+        .captures_iter(text)
+        .map(|c| c[1].to_string())
+        .filter(|r| !r.starts_with("data:"))
+        .map(|r| match r.strip_prefix("./") {
+            Some(relative) => format!("{dir}{relative}"),
+            None => r,
+        })
+        .collect()
+}
+
 #[test]
 fn asset_serves_the_page_and_every_file_it_references() {
-    let (content_type, index) = asset("/").expect("no page at /");
+    let (content_type, _) = asset("/").expect("no page at /");
     assert_eq!(content_type, "text/html; charset=utf-8");
-    let index = std::str::from_utf8(index).unwrap();
-    let reference = Regex::new(r#"(?:src|href)="([^"]*)""#).unwrap();
-    let referenced: Vec<&str> = reference
-        .captures_iter(index)
-        .map(|c| c.get(1).unwrap().as_str())
-        .filter(|r| !r.starts_with("data:"))
-        .collect();
-    assert!(
-        referenced.contains(&"/assets/app.js") && referenced.contains(&"/assets/style.css"),
-        "the page references {referenced:?}"
-    );
-    for path in &referenced {
+    // From the page, every file it loads and every file those load.
+    let mut served = vec![];
+    let mut pending = vec!["/".to_string()];
+    while let Some(path) = pending.pop() {
+        if served.contains(&path) {
+            continue;
+        }
+        // No CDN: everything the page loads is its own.
+        assert!(path.starts_with('/') && !path.starts_with("//"), "{path}");
         let (content_type, body) =
-            asset(path).unwrap_or_else(|| panic!("the page references {path}, not served"));
-        assert_eq!(content_type, content_type_for(path), "{path}");
+            asset(&path).unwrap_or_else(|| panic!("the page loads {path}, which is not served"));
+        assert_eq!(content_type, content_type_for(&path), "{path}");
         assert!(!body.is_empty(), "{path} is empty");
+        pending.extend(references(&path, std::str::from_utf8(body).unwrap()));
+        served.push(path);
     }
-    // Every file of the folder is served as it is on disk: a file added there and not to
-    // `asset` (or a stale copy) fails here.
+    for path in [
+        "/assets/app.js",
+        "/assets/style.css",
+        "/assets/graph.js",
+        "/assets/tap.js",
+    ] {
+        assert!(
+            served.iter().any(|s| s == path),
+            "{path} not loaded: {served:?}"
+        );
+    }
+    // Every file of the folder is served as it is on disk, and loaded by the page: a file added
+    // there and not to `asset`, or one the page no longer loads, fails here.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/dashboard");
+    let mut files = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let file = entry.unwrap().file_name().into_string().unwrap();
         let path = match file.as_str() {
@@ -60,14 +93,13 @@ fn asset_serves_the_page_and_every_file_it_references() {
         let (content_type, body) = asset(&path).unwrap_or_else(|| panic!("{file} not served"));
         assert_eq!(content_type, content_type_for(&file), "{file}");
         assert_eq!(body, std::fs::read(dir.join(&file)).unwrap(), "{file}");
-    }
-    // No CDN: everything the page loads is its own.
-    for external in ["http://", "https://", "//"] {
         assert!(
-            !referenced.iter().any(|r| r.starts_with(external)),
-            "{referenced:?}"
+            served.contains(&path),
+            "{file} is not loaded by the page: {served:?}"
         );
+        files += 1;
     }
+    assert_eq!(files, served.len(), "{served:?}");
 }
 
 // ---- the page in Chromium ----
@@ -246,5 +278,23 @@ async fn the_page_says_when_there_is_no_traffic_or_no_api() {
     assert!(
         status.text.contains("the controller's API is unreachable"),
         "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_to_a_node_the_graph_does_not_list_is_drawn_all_the_same() {
+    let mut graph = demo_graph();
+    graph.nodes.retain(|n| n.id != canned::REVIEWS);
+    let addr = serve(Canned::new(Some(graph))).await;
+    let dom = dump_dom(format!("http://{addr}/")).await;
+    let edges = elements(&dom, "g", "edge");
+    assert_eq!(edges.len(), 2, "{edges:#?}\n{dom}");
+    let nodes = elements(&dom, "g", "node");
+    let reviews = nodes.iter().find(|n| n.get("data-node") == canned::REVIEWS);
+    let reviews = reviews.unwrap_or_else(|| panic!("no node {}: {nodes:#?}", canned::REVIEWS));
+    assert!(reviews.get("class").contains("kind-service"), "{reviews:?}");
+    assert!(
+        reviews.words().contains("reviews.demo.svc.cluster.local"),
+        "{reviews:?}"
     );
 }
