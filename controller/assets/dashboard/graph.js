@@ -13,8 +13,10 @@ const NODE_GAP = 14;
 const GROUP_HEADER = 24;
 const GROUP_GAP = 18;
 const TOP = 40;
-const WIDTH = 1200;
-const COLUMN_X = [30, (WIDTH - NODE_W) / 2, WIDTH - NODE_W - 30];
+const WIDTH = 1260;
+// Room right of the last column for the loops of edges between its nodes, and their labels.
+const LOOP = 160;
+const COLUMN_X = [30, (WIDTH - LOOP - NODE_W) / 2, WIDTH - LOOP - NODE_W];
 
 // Every node seen since the page loaded keeps its column, and its place is computed from all of
 // them, so a node whose traffic pauses for a window does not make the others jump.
@@ -128,7 +130,7 @@ function edgePath(from, to, offset) {
   } else {
     // Same column: loop out to the right.
     fx = from.x + NODE_W; tx = to.x + NODE_W;
-    c1 = [fx + 90, fy]; c2 = [tx + 90, ty];
+    c1 = [fx + LOOP / 2, fy]; c2 = [tx + LOOP / 2, ty];
   }
   const d = `M${fx},${fy} C${c1[0]},${c1[1]} ${c2[0]},${c2[1]} ${tx},${ty}`;
   const at = (t) => {
@@ -137,7 +139,7 @@ function edgePath(from, to, offset) {
     return [mix(fx, c1[0], c2[0], tx), mix(fy, c1[1], c2[1], ty)];
   };
   // The horizontal room between the nodes, which a label must not leave.
-  const span = fx === tx ? [fx + 4, fx + 180] : [Math.min(fx, tx) + 4, Math.max(fx, tx) - 4];
+  const span = fx === tx ? [fx + 4, fx + LOOP - 4] : [Math.min(fx, tx) + 4, Math.max(fx, tx) - 4];
   return { d, at, span };
 }
 
@@ -211,7 +213,9 @@ function drawMarkers(svg) {
   for (const state of ['ok', 'warn', 'bad', 'denied', 'idle']) {
     const marker = svgElement('marker', {
       id: 'arrow-' + state, viewBox: '0 0 10 10', refX: '9', refY: '5',
-      markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse',
+      // The same size on a selected (thicker) edge.
+      markerUnits: 'userSpaceOnUse', markerWidth: '12', markerHeight: '12',
+      orient: 'auto-start-reverse',
       class: 'arrow health-' + state,
     });
     marker.append(svgElement('path', { d: 'M0,0 L10,5 L0,10 z' }));

@@ -102,6 +102,6 @@ async function showFailures(edge) {
     }
     return row;
   }));
-  message.textContent = mine.length ? `${mine.length} recent failures on this edge`
-    : 'no recent failures on this edge';
+  message.textContent = mine.length === 0 ? 'no recent failures on this edge'
+    : `${mine.length} recent ${mine.length === 1 ? 'failure' : 'failures'} on this edge`;
 }
