@@ -88,6 +88,14 @@ function nodeSubtitle(node) {
   return parts.join(' · ');
 }
 
+// What fits in a node's box. Long names (identities, hosts) keep their end, the part that tells
+// them apart (`…/ns/demo/sa/waypoint`); the whole id is the node's tooltip.
+const NAME_CHARS = 22;
+
+function fitted(name) {
+  return name.length <= NAME_CHARS ? name : '…' + name.slice(-(NAME_CHARS - 1));
+}
+
 function drawNode(svg, node, at) {
   const g = svgElement('g', {
     class: 'node kind-' + node.kind + (node.meshed ? '' : ' unmeshed'),
@@ -96,7 +104,7 @@ function drawNode(svg, node, at) {
     transform: `translate(${at.x},${at.y})`,
   });
   g.append(svgElement('rect', { width: NODE_W, height: NODE_H, rx: 6 }));
-  g.append(svgElement('text', { x: 10, y: 17, class: 'node-name' }, node.name || node.id));
+  g.append(svgElement('text', { x: 10, y: 17, class: 'node-name' }, fitted(node.name || node.id)));
   g.append(svgElement('text', { x: 10, y: 33, class: 'node-detail' }, nodeSubtitle(node)));
   const title = svgElement('title', {}, node.id);
   g.append(title);
