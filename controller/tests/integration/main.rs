@@ -6,6 +6,7 @@ mod support;
 mod binary;
 mod ca;
 mod ca_kubernetes;
+mod dashboard;
 mod discovery;
 mod discovery_access;
 mod discovery_liveness;

@@ -5,6 +5,7 @@ mod ambit_cli;
 mod cni_chain;
 mod cni_netns;
 mod config_apply;
+mod dashboard;
 mod explain;
 mod kubernetes_node;
 mod lifecycle;
