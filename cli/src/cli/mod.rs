@@ -1,11 +1,13 @@
 //! `ambit`, the command line: run a local mesh (`up`, `down`), look inside it (`config`,
 //! `status`), watch its traffic (`stat`, `top`, `tap`, from the controller's observation API),
-//! measure it (`bench`), and the sample apps its pods run (`app`).
+//! ask why (`explain`), derive policies from it (`policy suggest`), measure it (`bench`), and the sample apps its pods run (`app`).
 
 pub mod api_client;
 mod app;
 mod bench;
+mod explain;
 mod inspect;
+mod policy;
 mod routes;
 mod stat;
 mod summary;
@@ -49,6 +51,21 @@ pub enum Command {
     /// A live line per request or connection of a workload or service: who to whom, status,
     /// flags, latency, mTLS.
     Tap(tap::TapArgs),
+    /// How a request from a workload to a service travels and what each policy, route and
+    /// timeout does to it; or, with --last-failure, a workload's latest failures and why.
+    Explain {
+        #[command(flatten)]
+        args: explain::ExplainArgs,
+        #[command(flatten)]
+        api: api_client::ApiArgs,
+    },
+    /// Authorization policies from the observed traffic (`ambit policy suggest`).
+    Policy {
+        #[command(flatten)]
+        args: policy::PolicyArgs,
+        #[command(flatten)]
+        api: api_client::ApiArgs,
+    },
     /// Load one server pod directly and through the mesh, interleaved, and print the ratios.
     Bench(BenchArgs),
     /// The sample workloads run inside pods.
@@ -196,6 +213,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Stat(args) => stat::run(args).await,
             Command::Top(args) => top::run(args).await,
             Command::Tap(args) => tap::run(args).await,
+            Command::Explain { args, api } => explain::run(api.resolve()?, args).await,
+            Command::Policy { args, api } => policy::run(api.resolve()?, args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::App(cmd) => app::run(cmd).await,
         }

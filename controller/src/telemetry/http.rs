@@ -188,6 +188,8 @@ impl ApiState {
             "/api/flows" => query
                 .only(path, &[])
                 .map(|()| json(&self.telemetry.flows())),
+            "/api/explain" => self.explain(&query),
+            "/api/policy/suggest" => self.suggest(&query),
             _ => Ok(match crate::dashboard::asset(path) {
                 Some((content_type, body)) => Response::builder()
                     .header(header::CONTENT_TYPE, content_type)
@@ -196,7 +198,7 @@ impl ApiState {
                 None => text(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "no {path} here: the API is /api/graph, /api/stat, /api/tap, /api/failures and /api/flows"
+                        "no {path} here: the API is /api/graph, /api/stat, /api/tap, /api/failures, /api/flows, /api/explain and /api/policy/suggest"
                     ),
                 ),
             }),
@@ -226,6 +228,35 @@ impl ApiState {
             .telemetry
             .stats(&self.model(), resource, q.get("namespace"), window);
         Ok(json(&rows))
+    }
+
+    fn explain(&self, q: &Query) -> Result<Response<ApiBody>, ApiError> {
+        q.only("/api/explain", &["from", "to"])?;
+        let required = |name: &str| {
+            q.get(name).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name}= is missing: /api/explain?from=<namespace>/<workload>&to=<service or address>[:port]"
+                ))
+            })
+        };
+        let (from, to) = (required("from")?, required("to")?);
+        Ok(match crate::explain::explain(&self.model(), from, to) {
+            Ok(explanation) => json(&explanation),
+            Err(e) => text(e.status(), e.to_string()),
+        })
+    }
+
+    fn suggest(&self, q: &Query) -> Result<Response<ApiBody>, ApiError> {
+        q.only("/api/policy/suggest", &["namespace"])?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(json(&crate::suggest::suggest(
+            &self.model(),
+            &self.telemetry.flows(),
+            q.get("namespace"),
+            now,
+        )))
     }
 
     fn failures(&self, q: &Query) -> Result<Response<ApiBody>, ApiError> {

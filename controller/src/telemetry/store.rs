@@ -130,7 +130,11 @@ impl Store {
         // The newest report replaces the previous one when that one is closer than the spacing
         // to the one before it: every gap stays at least the spacing but the last.
         let n = r.reports.len();
-        if n >= 2 && r.reports[n - 1].received.duration_since(r.reports[n - 2].received) < REPORT_SPACING
+        if n >= 2
+            && r.reports[n - 1]
+                .received
+                .duration_since(r.reports[n - 2].received)
+                < REPORT_SPACING
         {
             r.reports[n - 1] = report;
         } else {

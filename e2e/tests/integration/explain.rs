@@ -121,14 +121,14 @@ fn explain_names_the_policy_that_denies_the_demos_denied_client() {
     // waypoint has reported those failures, --last-failure names the policy and the hop.
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
-        let out = explain(&["--last-failure", "demo/denied-client", "--limit", "3"]);
+        let out = explain(&["--last-failure", "demo/denied-client", "--limit", "30"]);
         assert!(
             out.status.success(),
             "ambit explain --last-failure: {}",
             stderr(&out)
         );
         let text = stdout(&out);
-        if text.contains(&format!("the authorization policy {POLICY} denied it")) {
+        if text.contains(&format!("authorization policy {POLICY} denied it")) {
             break text;
         }
         assert!(

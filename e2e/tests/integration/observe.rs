@@ -57,9 +57,11 @@ async fn stat_and_tap_show_the_demos_flows() -> anyhow::Result<()> {
         call_reviews(&mesh, 5)?;
         let services = stat(&api, "services")?;
         let workloads = stat(&api, "workloads")?;
+        // Requests through the waypoint count against the backend the route chose (Istio's
+        // destination_service): reviews-v1 and reviews-v2, not reviews itself.
         let reviews_rps = services
             .iter()
-            .any(|r| r.name == "reviews" && r.requests_per_second > 0.0);
+            .any(|r| r.name == "reviews-v1" && r.requests_per_second > 0.0);
         let connections = workloads
             .iter()
             .any(|r| r.name.starts_with("reviews-") && r.tcp_connections_per_second > 0.0);
@@ -68,7 +70,7 @@ async fn stat_and_tap_show_the_demos_flows() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let reviews = services.iter().find(|r| r.name == "reviews");
+    let reviews = services.iter().find(|r| r.name == "reviews-v1");
     assert!(
         reviews.is_some_and(|r| r.requests_per_second > 0.0 && r.success_rate == Some(1.0)),
         "{services:#?}"
@@ -87,7 +89,7 @@ async fn stat_and_tap_show_the_demos_flows() -> anyhow::Result<()> {
             .edges
             .iter()
             .any(|e| e.source == "workload:demo/client"
-                && e.destination == "service:reviews.demo.svc.cluster.local"
+                && e.destination == "service:reviews-v1.demo.svc.cluster.local"
                 && e.requests_per_second > 0.0
                 && e.mutual_tls),
         "{graph:#?}"
