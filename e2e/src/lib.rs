@@ -13,6 +13,7 @@ use ambit_cli::local::{Binaries, LocalMesh, Options};
 pub mod capture;
 pub mod cni;
 pub mod probe;
+pub mod up;
 
 /// The default mesh as it was before its reviews service went behind a waypoint: plain L4
 /// everywhere, for the tests of ztunnel's own behaviour.

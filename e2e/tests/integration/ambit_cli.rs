@@ -4,12 +4,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ambit_cli::local::{Binaries, CURRENT_RUN};
+use ambit_cli::local::CURRENT_RUN;
 use ambit_e2e::can_run;
 
-pub(crate) fn ambit() -> Command {
-    Command::new(Binaries::locate().expect("binaries built").ambit)
-}
+use ambit_e2e::up::RunningUp;
+use ambit_e2e::up::ambit;
 
 /// Namespaces, links and run records of testbeds whose owner is gone or unknown.
 fn stale_leftovers() -> Vec<String> {
@@ -161,59 +160,6 @@ fn ambit_up_cleans_up_after_sigint() {
     );
     check_summary(&stdout);
     assert_nothing_left(pid);
-}
-
-/// An `ambit up` in the background, stopped with SIGINT when dropped, even if the test fails.
-struct RunningUp(Option<std::process::Child>);
-
-impl RunningUp {
-    /// Starts it and waits until its traffic flows (pods captured, certificates issued).
-    fn start() -> Self {
-        let mut child = ambit()
-            .args(["up", "--duration", "10m", "--every", "60s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ambit up");
-        let stderr = child.stderr.take().expect("piped");
-        let up = RunningUp(Some(child));
-        let mut seen = Vec::new();
-        let mut lines = BufReader::new(stderr).lines();
-        for line in lines.by_ref().map_while(Result::ok) {
-            let flowing = line.contains("traffic flowing");
-            seen.push(line);
-            if flowing {
-                // Keep reading, or its next progress line would hit a closed pipe.
-                std::thread::spawn(move || lines.for_each(drop));
-                return up;
-            }
-        }
-        panic!("ambit up never got its traffic flowing: {seen:#?}");
-    }
-
-    /// SIGINT, then wait; true if it exited with success.
-    fn stop(mut self) -> bool {
-        let Some(mut child) = self.0.take() else {
-            return false;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        child.wait().is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for RunningUp {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let _ = child.wait();
-        }
-    }
 }
 
 #[test]

@@ -3,59 +3,13 @@
 //! enforced (the waypoint), and `--last-failure` names it for the requests the waypoint
 //! actually refused, from the failures the proxies reported to the controller.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use ambit_cli::local::Binaries;
 use ambit_e2e::can_run;
+use ambit_e2e::up::{RunningUp, ambit};
 
 const POLICY: &str = "demo/deny-denied-client";
-
-fn ambit() -> Command {
-    Command::new(Binaries::locate().expect("binaries built").ambit)
-}
-
-/// `ambit up` on the default demo, stopped with SIGINT when dropped (even if the test fails).
-struct Up(Option<Child>);
-
-impl Up {
-    /// Starts it and waits until its traffic flows.
-    fn start() -> Self {
-        let mut child = ambit()
-            .args(["up", "--duration", "10m", "--every", "60s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ambit up");
-        let stderr = child.stderr.take().expect("piped");
-        let up = Up(Some(child));
-        let mut seen = Vec::new();
-        let mut lines = BufReader::new(stderr).lines();
-        for line in lines.by_ref().map_while(Result::ok) {
-            let flowing = line.contains("traffic flowing");
-            seen.push(line);
-            if flowing {
-                // Keep reading, or its next progress line would hit a closed pipe.
-                std::thread::spawn(move || lines.for_each(drop));
-                return up;
-            }
-        }
-        panic!("ambit up never got its traffic flowing: {seen:#?}");
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let _ = child.wait();
-        }
-    }
-}
 
 fn explain(args: &[&str]) -> Output {
     ambit()
@@ -78,7 +32,7 @@ fn explain_names_the_policy_that_denies_the_demos_denied_client() {
     if !can_run("explain_names_the_policy_that_denies_the_demos_denied_client") {
         return;
     }
-    let up = Up::start();
+    let up = RunningUp::start();
 
     let out = explain(&["demo/denied-client", "demo/reviews"]);
     assert!(out.status.success(), "ambit explain: {}", stderr(&out));

@@ -12,7 +12,7 @@ use ambit_cli::local::apps::request;
 use ambit_controller::telemetry::api::{FlowRecord, Graph, StatRow};
 use ambit_e2e::{can_run, get, in_pod, start};
 
-use crate::ambit_cli::ambit;
+use ambit_e2e::up::ambit;
 
 const REVIEWS: &str = "http://10.96.0.10:9080/";
 

@@ -16,7 +16,8 @@ use ambit_cli::local::{CURRENT_RUN, RunState};
 use ambit_e2e::can_run;
 use ambit_e2e::probe::zombies_of;
 
-use crate::ambit_cli::{ambit, assert_nothing_left};
+use crate::ambit_cli::assert_nothing_left;
+use ambit_e2e::up::ambit;
 
 /// A line of `ambit up`'s output and when it arrived.
 type Line = (Instant, String);
