@@ -317,10 +317,15 @@ impl Summary {
                 None => format!("refused at {what}"),
             };
         }
-        if let Some(waypoint) = &flow.waypoint
-            && flow.ok > 0
-        {
-            return format!("HBONE via waypoint {waypoint}: {}", self.split(flow));
+        if let Some(waypoint) = &flow.waypoint {
+            if flow.ok > 0 {
+                return format!("HBONE via waypoint {waypoint}: {}", self.split(flow));
+            }
+            // Nothing answered through the waypoint: what the waypoint said is the story
+            // (`HTTP 504 [UT]`: the route's timeout), not the tunnels below it.
+            if let Some(e) = &flow.last_error {
+                return format!("failing at waypoint {waypoint}: {e}");
+            }
         }
         if !carried.refusals.is_empty() && flow.ok == 0 {
             format!(

@@ -1,7 +1,8 @@
 //! Issue 17's "must show" for `ambit explain`, as a developer runs it against `ambit up`'s
 //! demo: the static walk names the policy that denies demo/denied-client and where it is
 //! enforced (the waypoint), and `--last-failure` names it for the requests the waypoint
-//! actually refused, from the failures the proxies reported to the controller.
+//! actually refused, from the failures the proxies reported to the controller; and for the
+//! demo's slow request, the route's timeout that cut it off.
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -28,8 +29,8 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
-fn explain_names_the_policy_that_denies_the_demos_denied_client() {
-    if !can_run("explain_names_the_policy_that_denies_the_demos_denied_client") {
+fn explain_names_the_policy_and_the_timeout_behind_the_demos_failures() {
+    if !can_run("explain_names_the_policy_and_the_timeout_behind_the_demos_failures") {
         return;
     }
     let up = RunningUp::start();
@@ -93,5 +94,31 @@ fn explain_names_the_policy_that_denies_the_demos_denied_client() {
     };
     assert!(text.contains("failed at waypoint demo/waypoint"), "{text}");
     assert!(text.contains("with status 403"), "{text}");
+
+    // The demo's other failure: client's slow request, cut off by its route rule's 100 ms
+    // timeout. --last-failure names the timeout, its route and the hop.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let out = explain(&["--last-failure", "demo/client", "--limit", "30"]);
+        assert!(
+            out.status.success(),
+            "ambit explain --last-failure demo/client: {}",
+            stderr(&out)
+        );
+        let text = stdout(&out);
+        if text.contains("(the timeout of route demo/reviews)") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure naming the route's timeout within 60s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(text.contains("with status 504"), "{text}");
+    assert!(
+        text.contains("within the request timeout of 100ms"),
+        "{text}"
+    );
     drop(up);
 }
