@@ -86,7 +86,16 @@ fn the_demo_client_reaches_reviews_through_the_waypoint_split_90_10() {
     assert_eq!(canary.matches[0].headers, ["x-canary = 1"]);
     assert_eq!(canary.backends[0].service, "demo/reviews-v2");
     assert_eq!(canary.backends[0].percent, 100.0);
-    let split: Vec<(&str, u32, f64)> = route.rules[1]
+    // The demo's slow request: its own rule, with the 100 ms timeout that cuts it off.
+    let slow = &route.rules[1];
+    assert_eq!(slow.matches[0].headers, ["x-echo-delay-ms = 300"]);
+    assert_eq!(slow.request_timeout_ms, Some(100));
+    let catch_all = route
+        .rules
+        .iter()
+        .find(|r| r.matches.is_empty())
+        .expect("the catch-all rule");
+    let split: Vec<(&str, u32, f64)> = catch_all
         .backends
         .iter()
         .map(|b| (b.service.as_str(), b.weight, b.percent))
@@ -95,7 +104,6 @@ fn the_demo_client_reaches_reviews_through_the_waypoint_split_90_10() {
         split,
         [("demo/reviews-v1", 90, 90.0), ("demo/reviews-v2", 10, 10.0)]
     );
-    assert!(route.rules[1].matches.is_empty(), "the catch-all rule");
 
     let endpoints: Vec<(&str, &str, &str)> = e
         .backends
@@ -315,7 +323,11 @@ fn route_timeouts_retries_and_the_backends_circuit_breaker_are_shown() {
         )
     ));
     let e = ok(&m, "demo/client", "demo/reviews");
-    let rule = &e.routes[0].rules[1];
+    let rule = e.routes[0]
+        .rules
+        .iter()
+        .find(|r| r.matches.is_empty())
+        .expect("the catch-all rule");
     assert_eq!(rule.request_timeout_ms, Some(2000));
     assert_eq!(rule.backend_request_timeout_ms, Some(500));
     assert_eq!(
