@@ -1,5 +1,5 @@
 //! `ambit up` on the default demo as a background process, for the tests of the commands
-//! that read a running mesh (config, bench, explain).
+//! that read a running mesh (config, bench, explain) and of `ambit up` itself.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -39,12 +39,19 @@ impl RunningUp {
         panic!("ambit up never got its traffic flowing: {seen:#?}");
     }
 
+    /// An `ambit up` the test started itself (its own arguments, its output piped), interrupted
+    /// and waited for when dropped all the same.
+    pub fn adopt(child: Child) -> Self {
+        RunningUp(Some(child))
+    }
+
     /// SIGINT, then wait; true if it exited with success.
     pub fn stop(mut self) -> bool {
         self.interrupt().is_some_and(|s| s.success())
     }
 
-    fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
+    /// SIGINT (it drains and removes what it made), then wait for its exit; `None` once done.
+    pub fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.0.take()?;
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),

@@ -17,7 +17,7 @@ use ambit_e2e::can_run;
 use ambit_e2e::probe::zombies_of;
 
 use crate::ambit_cli::assert_nothing_left;
-use ambit_e2e::up::ambit;
+use ambit_e2e::up::{RunningUp, ambit};
 
 /// A line of `ambit up`'s output and when it arrived.
 type Line = (Instant, String);
@@ -84,27 +84,6 @@ fn next_pid(old: u32, within: Duration) -> Option<u32> {
     None
 }
 
-/// `ambit up` as a child, interrupted (SIGINT: it drains and removes what it made) and waited
-/// for when dropped, so a failing test leaves nothing running.
-struct Up(Option<std::process::Child>);
-
-impl Up {
-    fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.0.take()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        child.wait().ok()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        self.interrupt();
-    }
-}
-
 fn kill9(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -128,7 +107,7 @@ fn ambit_up_restarts_a_killed_ztunnel_and_its_window_shows_the_outage() {
     let up = child.id();
     let out = lines(child.stdout.take().expect("piped"));
     let err = lines(child.stderr.take().expect("piped"));
-    let mut child = Up(Some(child));
+    let mut child = RunningUp::adopt(child);
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let healthy = |l: &str| client_row(l).is_some_and(|(window, _)| window == Some(100.0));
 
