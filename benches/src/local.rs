@@ -50,6 +50,7 @@ impl BenchMesh {
                 start_apps,
                 record_current: false,
                 ztunnel_workers: Some(ztunnel_workers),
+                ztunnel_flags: Vec::new(),
                 // BenchMesh::down removes the whole scratch directory, this one inside it.
                 observe: false,
                 remove_work_dir: false,

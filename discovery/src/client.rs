@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ca_client::status_detail;
 use crate::link::{ControllerLink, LinkError};
+use crate::lookups::Lookups;
 
 /// Why a subscription ended; the client reconnects after any of them.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,7 @@ pub fn subscriber(kind: ProxyKind, name: &str, namespace: &str) -> Subscriber {
         name: name.into(),
         namespace: namespace.into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        on_demand: false,
     }
 }
 
@@ -97,10 +99,9 @@ pub fn answer<A: Apply + ?Sized>(applier: &A, response: &SubscribeResponse) -> S
         }
     };
     SubscribeRequest {
-        subscriber: None,
-        known_versions: Default::default(),
         response_nonce: response.nonce.clone(),
         error_detail,
+        ..Default::default()
     }
 }
 
@@ -109,6 +110,7 @@ pub struct Client<A> {
     link: ControllerLink,
     subscriber: Subscriber,
     applier: Arc<A>,
+    lookups: Option<Arc<Lookups>>,
 }
 
 impl<A: Apply + 'static> Client<A> {
@@ -118,7 +120,16 @@ impl<A: Apply + 'static> Client<A> {
             link,
             subscriber,
             applier,
+            lookups: None,
         }
+    }
+
+    /// Subscribes on demand: destinations off the node come only as `lookups` asks for them
+    /// (see [`crate::lookups`]).
+    pub fn on_demand(mut self, lookups: Arc<Lookups>) -> Self {
+        self.subscriber.on_demand = true;
+        self.lookups = Some(lookups);
+        self
     }
 
     /// Keeps a subscription up until `drain` fires.
@@ -150,8 +161,8 @@ impl<A: Apply + 'static> Client<A> {
         SubscribeRequest {
             subscriber: Some(self.subscriber.clone()),
             known_versions: self.applier.versions(),
-            response_nonce: String::new(),
-            error_detail: String::new(),
+            lookup: self.lookups.as_ref().map(|l| l.held()).unwrap_or_default(),
+            ..Default::default()
         }
     }
 
@@ -175,7 +186,20 @@ impl<A: Apply + 'static> Client<A> {
         };
         let applier = self.applier.clone();
         let nonce = whole.nonce.clone();
-        let applied = tokio::task::spawn_blocking(move || answer(&*applier, &whole)).await;
+        let lookups = self.lookups.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let reply = answer(&*applier, &whole);
+            // Told only once the config holds what the answers say is there.
+            if let Some(l) = lookups {
+                if reply.error_detail.is_empty() {
+                    l.answered(&whole.answered, &whole.unknown);
+                } else {
+                    l.refused(&whole.answered);
+                }
+            }
+            reply
+        })
+        .await;
         Ok(Some(applied.unwrap_or_else(|e| {
             // A bug in the apply, not in the config: refused, so the controller shows it, and
             // the proxy keeps serving the previous config.
@@ -188,7 +212,22 @@ impl<A: Apply + 'static> Client<A> {
         })))
     }
 
+    /// [`Self::subscribed`], with the lookups told whether the stream is up.
     async fn session(&self) -> Result<(), ClientError> {
+        let Some(lookups) = &self.lookups else {
+            return self.subscribed(None).await;
+        };
+        struct Down<'a>(&'a Lookups);
+        impl Drop for Down<'_> {
+            fn drop(&mut self) {
+                self.0.set_connected(false);
+            }
+        }
+        let _down = Down(lookups);
+        self.subscribed(Some(lookups)).await
+    }
+
+    async fn subscribed(&self, lookups: Option<&Lookups>) -> Result<(), ClientError> {
         let address = || self.link.address().to_string();
         let mut client =
             DiscoveryClient::new(self.link.channel()).max_decoding_message_size(MAX_CONFIG_MESSAGE);
@@ -212,16 +251,42 @@ impl<A: Apply + 'static> Client<A> {
             })?
             .into_inner();
         let s = &self.subscriber;
-        tracing::info!(controller = %self.link.address(), kind = ?ProxyKind::try_from(s.kind), name = %s.name, namespace = %s.namespace, "subscribed for config");
+        tracing::info!(controller = %self.link.address(), kind = ?ProxyKind::try_from(s.kind), name = %s.name, namespace = %s.namespace, on_demand = s.on_demand, "subscribed for config");
+        if let Some(l) = lookups {
+            l.set_connected(true);
+        }
         let mut parts = Reassembly::new(MAX_CONFIG_RESPONSE);
+        let mut sweep = tokio::time::interval(lookups.map_or(MAX_BACKOFF, Lookups::sweep_every));
         loop {
-            let part = stream
-                .message()
-                .await
-                .map_err(|status| ClientError::Stream {
+            let wanted = async {
+                match lookups {
+                    Some(l) => l.wanted().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let part = tokio::select! {
+                part = stream.message() => part.map_err(|status| ClientError::Stream {
                     address: address(),
                     status,
-                })?;
+                })?,
+                () = wanted => {
+                    if let Some(request) = lookups.and_then(lookup_request)
+                        && tx.send(request).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                _ = sweep.tick() => {
+                    if let Some(l) = lookups {
+                        let released = l.release_idle();
+                        if released > 0 {
+                            tracing::debug!(released, "releasing destinations no connection used for the idle time");
+                        }
+                    }
+                    continue;
+                }
+            };
             let Some(part) = part else {
                 return Ok(());
             };
@@ -233,6 +298,16 @@ impl<A: Apply + 'static> Client<A> {
             }
         }
     }
+}
+
+/// The request asking the lookups and releases in `lookups`' outbox, if there are any.
+fn lookup_request(lookups: &Lookups) -> Option<SubscribeRequest> {
+    let (lookup, release) = lookups.take_outbox();
+    (!lookup.is_empty() || !release.is_empty()).then(|| SubscribeRequest {
+        lookup,
+        release,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod client;
 pub mod current;
 pub mod dump;
 pub mod link;
+pub mod lookups;
 pub mod state;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
@@ -20,5 +21,6 @@ pub use ca_client::CaClient;
 pub use client::{Apply, Client, ClientError};
 pub use current::Current;
 pub use link::{ControllerLink, LinkError};
+pub use lookups::{LookupError, Lookups};
 pub use state::{ProxyState, StateError};
 pub use trust::{Trust, TrustError};

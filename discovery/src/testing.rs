@@ -138,8 +138,7 @@ pub fn response(full: bool, resources: Vec<Resource>) -> SubscribeResponse {
         system_version: "v".into(),
         nonce: "n".into(),
         resources,
-        removed: vec![],
         full_state: full,
-        more: false,
+        ..Default::default()
     }
 }

@@ -59,6 +59,16 @@ pub async fn start_with(
     mesh_yaml: Option<&str>,
     observe: bool,
 ) -> anyhow::Result<LocalMesh> {
+    start_with_flags(test, mesh_yaml, observe, Vec::new()).await
+}
+
+/// [`start_with`], every ztunnel started with `ztunnel_flags` too.
+pub async fn start_with_flags(
+    test: &str,
+    mesh_yaml: Option<&str>,
+    observe: bool,
+    ztunnel_flags: Vec<String>,
+) -> anyhow::Result<LocalMesh> {
     let work_dir = std::env::temp_dir().join(format!("ambit-e2e-{test}-{}", std::process::id()));
     let mesh_file = match mesh_yaml {
         Some(text) => {
@@ -77,6 +87,7 @@ pub async fn start_with(
             start_apps: true,
             record_current: false,
             ztunnel_workers: None,
+            ztunnel_flags,
             observe,
             remove_work_dir: true,
         },

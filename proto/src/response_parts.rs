@@ -26,6 +26,9 @@ pub struct EncodedResponse {
     pub removed: Vec<RemovedResource>,
     pub full_state: bool,
     pub more: bool,
+    /// On the last part, as `removed`.
+    pub answered: Vec<String>,
+    pub unknown: Vec<String>,
 }
 
 impl EncodedResponse {
@@ -34,7 +37,12 @@ impl EncodedResponse {
     pub fn into_parts(mut self, part_bytes: usize) -> Parts {
         let resources = std::mem::take(&mut self.resources).into_iter().peekable();
         let removed = Some(std::mem::take(&mut self.removed));
+        let answered = (
+            std::mem::take(&mut self.answered),
+            std::mem::take(&mut self.unknown),
+        );
         Parts {
+            answered,
             header: self,
             resources,
             removed,
@@ -50,6 +58,8 @@ pub struct Parts {
     resources: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
     /// Taken by the last part.
     removed: Option<Vec<RemovedResource>>,
+    /// Taken by the last part too.
+    answered: (Vec<String>, Vec<String>),
     part_bytes: usize,
 }
 
@@ -70,6 +80,7 @@ impl Iterator for Parts {
         part.more = self.resources.peek().is_some();
         if !part.more {
             part.removed = self.removed.take().unwrap_or_default();
+            (part.answered, part.unknown) = std::mem::take(&mut self.answered);
         }
         Some(part)
     }
@@ -82,6 +93,8 @@ const RESOURCES: u32 = 3;
 const REMOVED: u32 = 4;
 const FULL_STATE: u32 = 5;
 const MORE: u32 = 6;
+const ANSWERED: u32 = 7;
+const UNKNOWN: u32 = 8;
 
 impl Message for EncodedResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
@@ -104,6 +117,8 @@ impl Message for EncodedResponse {
         if self.more {
             bool::encode(MORE, &self.more, buf);
         }
+        string::encode_repeated(ANSWERED, &self.answered, buf);
+        string::encode_repeated(UNKNOWN, &self.unknown, buf);
     }
 
     fn merge_field(
@@ -138,6 +153,8 @@ impl Message for EncodedResponse {
             + message::encoded_len_repeated(REMOVED, &self.removed)
             + flag(FULL_STATE, self.full_state)
             + flag(MORE, self.more)
+            + string::encoded_len_repeated(ANSWERED, &self.answered)
+            + string::encoded_len_repeated(UNKNOWN, &self.unknown)
     }
 
     fn clear(&mut self) {
@@ -202,6 +219,8 @@ impl Reassembly {
             Some(pending) => {
                 pending.resources.extend(part.resources);
                 pending.removed.extend(part.removed);
+                pending.answered.extend(part.answered);
+                pending.unknown.extend(part.unknown);
             }
             None => self.pending = Some(part),
         }
@@ -245,6 +264,8 @@ mod tests {
             }],
             full_state: true,
             more: false,
+            answered: vec!["10.244.1.9".into()],
+            unknown: vec!["10.244.1.9".into()],
         }
     }
 
@@ -275,6 +296,8 @@ mod tests {
             removed: part.removed.clone(),
             full_state: true,
             more: false,
+            answered: vec!["10.244.1.9".into()],
+            unknown: vec!["10.244.1.9".into()],
         };
         assert_eq!(part.encode_to_vec(), expected.encode_to_vec());
         assert_eq!(
@@ -305,6 +328,7 @@ mod tests {
                 !last,
                 "removals ride on the last part"
             );
+            assert_eq!(part.answered.is_empty(), !last, "so do lookup answers");
             let bytes: usize = part.resources.iter().map(Message::encoded_len).sum();
             assert!(bytes <= 1000 && !part.resources.is_empty());
             out.extend(reassembly.push(part).unwrap());
@@ -314,6 +338,7 @@ mod tests {
         };
         assert_eq!(whole.resources, resources);
         assert!(whole.full_state && !whole.more && whole.removed.len() == 1);
+        assert_eq!((whole.answered.len(), whole.unknown.len()), (1, 1));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use ambit_discovery::admin::AdminPages;
-use ambit_discovery::{Current, ProxyState};
+use ambit_discovery::{Current, Lookups, ProxyState};
 use ambit_proto::exposition::{Exposition, Kind};
 use ambit_proto::identity::CertManager;
 use tokio::sync::watch;
@@ -16,7 +16,7 @@ use crate::pods::Pods;
 
 // The dump's types are shared (the CLI reads them without depending on ztunnel).
 pub use ambit_discovery::dump::ztunnel::{
-    CertificateView, ConfigDump, PodView, PolicyView, ServiceView, WorkloadView,
+    CertificateView, ConfigDump, LookupView, PodView, PolicyView, ServiceView, WorkloadView,
 };
 
 /// What the admin endpoints read.
@@ -29,6 +29,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Config updates applied so far (0: not ready).
     pub applied: watch::Receiver<u64>,
+    /// On-demand destinations, when ztunnel asks for them.
+    pub lookups: Option<Arc<Lookups>>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -118,6 +120,15 @@ impl AdminState {
                 .map(|(uid, netns)| PodView { uid, netns })
                 .collect(),
             connections: self.connections.snapshot(),
+            lookups: self
+                .lookups
+                .iter()
+                .flat_map(|l| l.snapshot())
+                .map(|(address, answer)| LookupView {
+                    address: address.to_string(),
+                    answer: format!("{answer:?}").to_lowercase(),
+                })
+                .collect(),
         }
     }
 }

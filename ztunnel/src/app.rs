@@ -92,12 +92,14 @@ impl Ztunnel {
                 (reporter, Some(stream))
             }
         };
+        let lookups = config.lookups();
         let ctx = Arc::new(ProxyContext::new(
             state.clone(),
             certs.clone(),
             metrics.clone(),
             connections.clone(),
             reporter,
+            lookups.clone(),
         ));
         // One set of bounds for every pod's HBONE server: a node-wide budget of connections.
         let hbone_limits = Arc::new(ConnectionLimits::new(config.hbone_limits()));
@@ -122,6 +124,7 @@ impl Ztunnel {
             pods: pods.clone(),
             metrics,
             applied: applied_rx,
+            lookups: lookups.clone(),
         });
         for (port, addr) in [
             (AdminPort::Admin, config.admin_addr),
@@ -173,7 +176,7 @@ impl Ztunnel {
                 }
                 control
                     .handle()
-                    .spawn(xds::client(link, &config.node, applier).run(watch));
+                    .spawn(xds::client(link, &config.node, applier, lookups).run(watch));
             }
         }
         tracing::info!(node = %config.node, controller = %config.controller, socket = %socket.display(), "ztunnel started");

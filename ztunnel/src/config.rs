@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_discovery::Lookups;
 use ambit_proto::hbone::{self, ClientSettings, ConnectionLimits, LimitSettings, ServerSettings};
 use ambit_proto::identity::SpiffeId;
 
@@ -90,6 +91,28 @@ pub struct Config {
     /// Worker threads of the data path.
     #[arg(long, default_value_t = 2)]
     pub worker_threads: usize,
+    /// What the controller sends of destinations off this node. `on-demand`: only those this
+    /// node's pods connect to, each asked for at its first connection (which waits for the
+    /// answer); `all`: every service and meshed workload of the mesh, up front. Either way the
+    /// node's own workloads and their policies come up front. Standalone (--config-file) the
+    /// file holds everything and this has no effect.
+    #[arg(long, value_enum, default_value = "on-demand")]
+    pub destinations: Destinations,
+    /// An on-demand destination no connection used for this long is released (and asked for
+    /// again at the next connection).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub destination_idle_timeout: Duration,
+    /// How long a connection to a destination ztunnel does not hold waits for the controller's
+    /// answer; past it the connection is refused.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lookup_timeout: Duration,
+}
+
+/// See [`Config::destinations`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Destinations {
+    OnDemand,
+    All,
 }
 
 impl Config {
@@ -117,6 +140,16 @@ impl Config {
             drain_grace: self.drain_timeout,
             ..ServerSettings::default()
         }
+    }
+
+    /// The on-demand lookups, when ztunnel learns destinations from the controller by asking.
+    pub fn lookups(&self) -> Option<Arc<Lookups>> {
+        (self.config_file.is_none() && self.destinations == Destinations::OnDemand).then(|| {
+            Arc::new(Lookups::new(
+                self.destination_idle_timeout,
+                self.lookup_timeout,
+            ))
+        })
     }
 
     /// Settings for every pod's HBONE client.

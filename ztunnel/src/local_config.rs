@@ -268,11 +268,9 @@ fn parse(text: &str, path: &Path) -> Result<SubscribeResponse, LocalConfigError>
     }
     Ok(SubscribeResponse {
         system_version: format!("file:{}", path.display()),
-        nonce: String::new(),
         resources,
-        removed: Vec::new(),
         full_state: true,
-        more: false,
+        ..Default::default()
     })
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ambit_discovery::client::{self, Apply, Client};
-use ambit_discovery::{ControllerLink, Current, ProxyState, StateError};
+use ambit_discovery::{ControllerLink, Current, Lookups, ProxyState, StateError};
 use ambit_proto::api::discovery::{ProxyKind, SubscribeResponse, Subscriber};
 use tokio::sync::watch;
 
@@ -45,9 +45,19 @@ impl Apply for Applier {
     }
 }
 
-/// The discovery client for ztunnel on `node`: subscribed as that node's ztunnel.
-pub fn client(link: ControllerLink, node: &str, applier: Arc<Applier>) -> Client<Applier> {
-    Client::new(link, subscriber(node), applier)
+/// The discovery client for ztunnel on `node`: subscribed as that node's ztunnel, on demand
+/// when it has `lookups`.
+pub fn client(
+    link: ControllerLink,
+    node: &str,
+    applier: Arc<Applier>,
+    lookups: Option<Arc<Lookups>>,
+) -> Client<Applier> {
+    let client = Client::new(link, subscriber(node), applier);
+    match lookups {
+        Some(l) => client.on_demand(l),
+        None => client,
+    }
 }
 
 /// How ztunnel on `node` names itself to the controller (discovery and telemetry alike).

@@ -39,8 +39,8 @@ pub fn ztunnel(node: usize) -> Subscriber {
     Subscriber {
         kind: ProxyKind::Ztunnel.into(),
         name: node_name(node),
-        namespace: String::new(),
         version: "controller-bench".into(),
+        ..Default::default()
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             start_apps: true,
             record_current: true,
             ztunnel_workers: None,
+            ztunnel_flags: Vec::new(),
             observe: args.observe,
             remove_work_dir: false,
         },

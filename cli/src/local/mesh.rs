@@ -38,6 +38,9 @@ pub struct Options {
     pub record_current: bool,
     /// Each ztunnel's data-path worker threads (its default when `None`).
     pub ztunnel_workers: Option<usize>,
+    /// More flags for every ztunnel (a test's short `--destination-idle-timeout`, a bench's
+    /// `--destinations all`).
+    pub ztunnel_flags: Vec<String>,
     /// Observer mode for the whole mesh (`policyMode: audit`): every authorization policy is
     /// evaluated and what it would deny logged and counted, and nothing is blocked.
     pub observe: bool,

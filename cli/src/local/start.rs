@@ -116,6 +116,7 @@ pub fn ztunnel_spec(
     if let Some(n) = options.ztunnel_workers {
         spec.args(["--worker-threads".to_string(), n.to_string()]);
     }
+    spec.args(options.ztunnel_flags.iter().cloned());
     spec
 }
 

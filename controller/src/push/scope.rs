@@ -1,5 +1,9 @@
 //! Which resources each proxy receives.
 //!
+//! This is what a ztunnel subscribed with `--destinations all` receives; one subscribed on
+//! demand (the default) gets its node's part and what it looks up instead (see
+//! [`super::on_demand`]).
+//!
 //! **ztunnel on node N** receives:
 //! 1. every workload on N, meshed or not (a non-meshed one tells it which pods to leave alone);
 //! 2. if N runs at least one meshed workload (so ztunnel captures traffic there), everything
@@ -86,7 +90,7 @@ pub fn desired_since(snapshot: &Snapshot, subscriber: &Subscriber, previous: &De
     }
 }
 
-fn add_service(model: &MeshModel, scope: &mut Scope, s: &ServiceEntry) {
+pub(super) fn add_service(model: &MeshModel, scope: &mut Scope, s: &ServiceEntry) {
     let key = ObjectKey::new(&s.service.namespace, &s.service.name);
     scope.insert(named_key(ResourceType::Service, &key));
     scope.extend(s.endpoints.iter().filter_map(|e| workload_key(model, e)));
@@ -199,7 +203,7 @@ fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
 /// The keys of the authorization policies that select any of `workloads`. Grouped by namespace
 /// because a policy selects pods of its own namespace only: checking each policy against every
 /// workload made this quadratic on a busy node.
-fn policies_selecting<'a>(
+pub(super) fn policies_selecting<'a>(
     model: &'a MeshModel,
     workloads: impl Iterator<Item = &'a Workload>,
 ) -> Vec<ResourceKey> {

@@ -15,7 +15,9 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{Denied, SubscriberAccess};
+use super::desired::Desired;
 use super::liveness::{DownNodes, NodeLiveness, Subscribed};
+use super::on_demand::{self, AddressIndexes, Lookups};
 use super::session::{Answer, Session};
 use super::sync::SyncEntry;
 use super::{ResourceKey, Snapshot, SyncTable, desired_for, desired_since};
@@ -123,6 +125,8 @@ pub struct DiscoveryService {
     access: Option<Arc<SubscriberAccess>>,
     liveness: Option<NodeLiveness>,
     part_bytes: usize,
+    /// Shared by the on-demand subscriptions: one address index per model.
+    indexes: AddressIndexes,
 }
 
 /// How often an open subscription's credentials are checked again when the mesh is quiet.
@@ -151,6 +155,7 @@ impl DiscoveryService {
             access: None,
             liveness: None,
             part_bytes: PART_BYTES,
+            indexes: AddressIndexes::default(),
         }
     }
 
@@ -201,6 +206,9 @@ fn check_subscriber(s: Option<Subscriber>) -> Result<Subscriber, Status> {
     })?;
     match ProxyKind::try_from(s.kind) {
         Ok(ProxyKind::Ztunnel) if !s.name.is_empty() => Ok(s),
+        Ok(ProxyKind::Waypoint) if s.on_demand => Err(Status::invalid_argument(
+            "subscriber.on_demand is for ztunnels; a waypoint is sent all it serves up front",
+        )),
         Ok(ProxyKind::Waypoint) if !s.name.is_empty() && !s.namespace.is_empty() => Ok(s),
         Ok(ProxyKind::Ztunnel) => Err(Status::invalid_argument(
             "a ztunnel subscriber must give its node name in subscriber.name",
@@ -270,7 +278,17 @@ impl Discovery for DiscoveryService {
                 }
             }
         }
-        tracing::info!(subscriber = %who, known = known.len(), proxy_version = %subscriber.version, "proxy subscribed");
+        let mut lookups = Lookups::default();
+        if subscriber.on_demand {
+            lookups
+                .request(&first.lookup, &[])
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        } else if !first.lookup.is_empty() {
+            return Err(Status::invalid_argument(
+                "lookups need subscriber.on_demand; this subscription is sent everything up front",
+            ));
+        }
+        tracing::info!(subscriber = %who, known = known.len(), lookups = lookups.len(), on_demand = subscriber.on_demand, proxy_version = %subscriber.version, "proxy subscribed");
         let model = self.snapshots.borrow().model().clone();
         let known_to_model = match ProxyKind::try_from(subscriber.kind) {
             Ok(ProxyKind::Waypoint) => model
@@ -294,6 +312,8 @@ impl Discovery for DiscoveryService {
             tx,
             snapshots: self.snapshots.clone(),
             session: Session::new(known),
+            lookups,
+            indexes: self.indexes.clone(),
             part_bytes: self.part_bytes,
             sync: self
                 .sync
@@ -316,6 +336,9 @@ struct Stream {
     tx: mpsc::Sender<Result<EncodedResponse, Status>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     session: Session,
+    /// An on-demand ztunnel's looked-up addresses (empty for the others).
+    lookups: Lookups,
+    indexes: AddressIndexes,
     part_bytes: usize,
     subscriber: Subscriber,
     who: String,
@@ -342,7 +365,7 @@ impl Stream {
 
     async fn serve(&mut self, kind: &'static str) -> String {
         let mut snapshot = self.first_snapshot().await;
-        let mut desired = desired_for(&snapshot, &self.subscriber);
+        let mut desired = self.desired(&snapshot, None);
         // Credentials are re-checked on every new model and, for a quiet mesh, on this tick: a
         // service-account token expires whether or not the mesh changes.
         let mut recheck =
@@ -350,7 +373,15 @@ impl Stream {
         loop {
             let version = desired.system_version();
             self.sync.update(|s| s.desired_version = version);
-            if let Some(response) = self.session.next_response(&desired) {
+            let lookups_due = self.lookups.has_unanswered();
+            if let Some(mut response) = self.session.next_response_or_empty(&desired, lookups_due) {
+                if lookups_due {
+                    let index = self.indexes.of(snapshot.model());
+                    (response.answered, response.unknown) =
+                        self.lookups.answer(|ip| index.knows(ip));
+                    metrics::counter!("ambit_controller_lookups_total")
+                        .increment(response.answered.len() as u64);
+                }
                 if self.session.resumed_current(&response) {
                     // The proxy's known_versions already are the desired state: it holds
                     // this version whether or not it ever answers this empty response.
@@ -385,7 +416,15 @@ impl Stream {
                     return "the controller is shutting down".into();
                 }
                 request = self.inbound.message() => match request {
-                    Ok(Some(request)) => self.answer(kind, &request),
+                    Ok(Some(request)) => {
+                        self.answer(kind, &request);
+                        if !request.lookup.is_empty() || !request.release.is_empty() {
+                            if let Err(ended) = self.look_up(&request) {
+                                return ended;
+                            }
+                            desired = self.desired(&snapshot, Some(&desired));
+                        }
+                    }
                     Ok(None) => return "the proxy closed the stream".into(),
                     Err(status) => return format!("the stream failed: {status}"),
                 },
@@ -402,10 +441,48 @@ impl Stream {
                     if let Err(ended) = self.recheck().await {
                         return ended;
                     }
-                    desired = desired_since(&snapshot, &self.subscriber, &desired);
+                    desired = self.desired(&snapshot, Some(&desired));
                 }
             }
         }
+    }
+
+    /// What the proxy should hold of `snapshot`; `previous`, what it was sent before, lets a
+    /// change that touched nothing of its node's skip resolving that part again.
+    fn desired(&self, snapshot: &Snapshot, previous: Option<&Desired>) -> Desired {
+        if self.subscriber.on_demand {
+            let index = self.indexes.of(snapshot.model());
+            return on_demand::desired(snapshot, &self.subscriber, &index, &self.lookups, previous);
+        }
+        match previous {
+            Some(p) => desired_since(snapshot, &self.subscriber, p),
+            None => desired_for(snapshot, &self.subscriber),
+        }
+    }
+
+    /// Takes a request's lookups and releases; a request that is not on-demand's to make, or
+    /// names no address, ends the subscription with the reason (the proxy is broken).
+    fn look_up(&mut self, request: &SubscribeRequest) -> Result<(), String> {
+        let refused = if self.subscriber.on_demand {
+            self.lookups
+                .request(&request.lookup, &request.release)
+                .err()
+                .map(|e| e.to_string())
+        } else {
+            Some(
+                "lookups need subscriber.on_demand; this subscription is sent everything up front"
+                    .to_string(),
+            )
+        };
+        let Some(reason) = refused else {
+            tracing::debug!(subscriber = %self.who, looked_up = request.lookup.len(), released = request.release.len(), held = self.lookups.len(), "lookups");
+            return Ok(());
+        };
+        tracing::warn!(subscriber = %self.who, %reason, "ending a subscription whose lookup request was refused");
+        let _ = self
+            .tx
+            .try_send(Err(Status::invalid_argument(reason.clone())));
+        Err(format!("its lookup request was refused: {reason}"))
     }
 
     /// The snapshot to start from. A returning ztunnel's node is marked up by its very

@@ -85,7 +85,18 @@ impl Session {
 
     /// The response that brings the proxy to `desired`, if one is due: the first response always
     /// is (so the proxy learns it is current), later ones only when something differs.
+    #[cfg(test)]
     pub fn next_response(&mut self, desired: &Desired) -> Option<EncodedResponse> {
+        self.next_response_or_empty(desired, false)
+    }
+
+    /// [`Self::next_response`], sending a response even when nothing differs if `always` (one
+    /// that answers lookups), unless one is awaiting its answer.
+    pub fn next_response_or_empty(
+        &mut self,
+        desired: &Desired,
+        always: bool,
+    ) -> Option<EncodedResponse> {
         if self.in_flight.is_some() {
             return None;
         }
@@ -144,7 +155,7 @@ impl Session {
         // Whether this response is ACKed or NACKed, afterwards every key of `desired` is held
         // or refused at exactly its version, which is what the next incremental diff relies on.
         self.synced = Some(desired.clone());
-        if !first && changes.is_empty() {
+        if !first && changes.is_empty() && !always {
             return None;
         }
         self.sent += 1;
@@ -162,6 +173,8 @@ impl Session {
             removed,
             full_state,
             more: false,
+            answered: Vec::new(),
+            unknown: Vec::new(),
         })
     }
 

@@ -110,6 +110,7 @@ pub(crate) fn ztunnel(node: &str) -> Subscriber {
         name: node.into(),
         namespace: String::new(),
         version: "test".into(),
+        ..Default::default()
     }
 }
 
@@ -474,6 +475,7 @@ async fn a_waypoint_receives_its_services_their_routes_backends_and_policies() {
         name: "waypoint".into(),
         namespace: "demo".into(),
         version: "test".into(),
+        ..Default::default()
     };
     let mut p = subscribe(&c, subscriber, HashMap::new()).await.unwrap();
     let first = p.next().await;
@@ -515,6 +517,7 @@ trafficPolicies:
         name: "waypoint".into(),
         namespace: "demo".into(),
         version: "test".into(),
+        ..Default::default()
     };
     let mut p = subscribe(&c, subscriber, HashMap::new()).await.unwrap();
     let first = p.next().await;

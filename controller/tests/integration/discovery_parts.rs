@@ -75,7 +75,7 @@ async fn ztunnels_discovery_client_applies_the_parts_as_one_update() {
         metrics: Arc::new(ambit_ztunnel::metrics::Metrics::new()),
         applied,
     });
-    let client = xds::client(link, "node-0", applier);
+    let client = xds::client(link, "node-0", applier, None);
     let (_stop, drain) = drain::channel();
     tokio::spawn(client.run(drain));
     tokio::time::timeout(Duration::from_secs(10), updates.wait_for(|n| *n > 0))

@@ -19,6 +19,17 @@ pub struct ConfigDump {
     pub certificates: Vec<CertificateView>,
     pub pods: Vec<PodView>,
     pub connections: Vec<ConnectionInfo>,
+    /// On-demand destinations: each address asked of the controller and its answer
+    /// (`pending`, `known`, `unknown`); empty when every destination comes up front.
+    #[serde(default)]
+    pub lookups: Vec<LookupView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LookupView {
+    pub address: String,
+    pub answer: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

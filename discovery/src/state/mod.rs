@@ -92,6 +92,12 @@ impl ProxyState {
         self.indexes.by_ip.get(&ip)
     }
 
+    /// Whether a workload or a service VIP has this address: a connection there needs nothing
+    /// more of the controller.
+    pub fn knows_address(&self, ip: IpAddr) -> bool {
+        self.indexes.by_vip.contains_key(&ip) || self.indexes.by_ip.contains_key(&ip)
+    }
+
     /// Every workload, in no order.
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
         self.workloads.values()

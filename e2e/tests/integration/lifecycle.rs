@@ -42,13 +42,30 @@ async fn traffic_outlives_the_config_source_and_bad_config_is_refused() -> anyho
         assert!(r.ok(), "traffic stopped after a bad config change: {r:?}");
     }
 
-    // The controller dies: the ztunnels keep the last good config and their certificates.
+    // The controller dies: the ztunnels keep the last good config and their certificates, and
+    // every destination they learnt (each is asked of the controller at its first connection).
+    let known = [url, "http://10.244.2.2:8080/"];
+    for target in known {
+        assert!(curl(&mesh, "demo", "client", target)?.ok(), "{target}");
+    }
     mesh.kill_controller();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for target in [url, "http://10.244.2.2:8080/", "http://10.96.0.20:8080/"] {
+    for target in known {
         let r = curl(&mesh, "demo", "client", target)?;
         assert!(r.ok(), "{target} failed with the controller gone: {r:?}");
     }
+    // One node-a never held cannot be learnt now: refused, never guessed to be outside the
+    // mesh, and the log says why.
+    let unlearnt = curl(&mesh, "demo", "client", "http://10.96.0.20:8080/")?;
+    assert!(
+        !unlearnt.ok(),
+        "a destination was carried without the controller's word: {unlearnt:?}"
+    );
+    let log = std::fs::read_to_string(work_dir(&mesh).join("ztunnel-node-a.log"))?;
+    assert!(
+        log.contains("no config stream to the controller, so it cannot learn what 10.96.0.20 is"),
+        "ztunnel did not say why it refused:\n{log}"
+    );
     assert!(
         !curl(&mesh, "demo", "denied-client", url)?.ok(),
         "policy lost with the controller"

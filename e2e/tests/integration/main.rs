@@ -14,6 +14,7 @@ mod node_agent;
 mod node_failure;
 mod observe;
 mod observer_mode;
+mod on_demand;
 mod outsiders;
 mod policy_suggest;
 mod ports;

@@ -126,6 +126,7 @@ async fn plaintext_to_ztunnel_ports_from_outside_is_refused_at_no_lasting_cost()
         &format!("http://{TARGET}:8080/"),
         Duration::from_millis(20),
     )?;
+    let steady_since = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (fds_before, rss_before) = (fd_count(pid)?, rss_kib(pid)?);
     // A ztunnel with a few pods holds tens of files; thousands means a loop already ran.
@@ -162,6 +163,9 @@ async fn plaintext_to_ztunnel_ports_from_outside_is_refused_at_no_lasting_cost()
         tokio::time::sleep(Duration::from_millis(500)).await;
         (fds, rss) = (fd_count(pid)?, rss_kib(pid)?);
     }
+    // Long enough for the tally below to mean something however quickly the rest went.
+    let steady_for = Duration::from_secs(3);
+    tokio::time::sleep(steady_for.saturating_sub(steady_since.elapsed())).await;
     let tally = steady.stop();
     assert!(
         fds <= fd_limit,

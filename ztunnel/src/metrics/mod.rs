@@ -47,6 +47,9 @@ pub enum FailureReason {
     OriginalDestination,
     /// The source pod is not (or no longer) in ztunnel's config.
     UnknownSource,
+    /// The destination is not in ztunnel's config and the controller could not be asked
+    /// (on-demand destinations: no stream, no answer in time).
+    DestinationLookup,
 }
 
 impl FailureReason {
@@ -61,6 +64,7 @@ impl FailureReason {
             FailureReason::WaypointUnavailable => "waypoint_unavailable",
             FailureReason::OriginalDestination => "original_destination",
             FailureReason::UnknownSource => "unknown_source",
+            FailureReason::DestinationLookup => "destination_lookup",
         }
     }
 
@@ -74,7 +78,8 @@ impl FailureReason {
             FailureReason::NoHealthyEndpoint | FailureReason::WaypointUnavailable => "UH",
             FailureReason::ProxyPort
             | FailureReason::OriginalDestination
-            | FailureReason::UnknownSource => "NR",
+            | FailureReason::UnknownSource
+            | FailureReason::DestinationLookup => "NR",
         }
     }
 }

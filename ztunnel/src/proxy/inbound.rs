@@ -84,6 +84,18 @@ fn admit(
     };
     // One view of the config for every lookup this connection makes.
     let state = ctx.state.load();
+    if let (Some(lookups), Some(_)) = (&ctx.lookups, identity) {
+        // The source names nothing the decision needs (the certificate and the address do),
+        // only the metrics' source workload: asked for, not waited for, so a first connection
+        // from a peer ztunnel does not hold is counted by its identity alone. Only for mesh
+        // peers, whose address their certificate's ztunnel dialled from: plaintext from
+        // outside could name any number of addresses.
+        if state.knows_address(peer.ip()) {
+            lookups.touch(peer.ip());
+        } else {
+            lookups.ask(peer.ip());
+        }
+    }
     let source = source_side(&state, identity, peer);
     let Some(workload) = state.workload(uid).cloned() else {
         return Admission {
@@ -438,6 +450,7 @@ mod tests {
             Arc::new(Metrics::new()),
             Arc::new(ConnectionTracker::default()),
             reporter,
+            None,
         );
         (ctx, stream)
     }

@@ -17,9 +17,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambit_discovery::Current;
 use ambit_discovery::state::{ProxyState, Service, Workload};
 use ambit_discovery::telemetry;
+use ambit_discovery::{Current, Lookups};
 use ambit_proto::drain::DrainWatch;
 use ambit_proto::hbone::HboneClient;
 use ambit_proto::identity::CertManager;
@@ -49,6 +49,9 @@ pub struct ProxyContext {
     pub failure_log: LogLimiter,
     /// Failed and tapped connections, and inbound flow shapes, for the controller.
     pub reporter: telemetry::Reporter,
+    /// Destinations asked of the controller at their first connection (`--destinations
+    /// on-demand`); `None` when the config holds every destination up front.
+    pub lookups: Option<Arc<Lookups>>,
 }
 
 /// One captured pod.
@@ -70,6 +73,7 @@ impl ProxyContext {
         metrics: Arc<Metrics>,
         connections: Arc<ConnectionTracker>,
         reporter: telemetry::Reporter,
+        lookups: Option<Arc<Lookups>>,
     ) -> Self {
         ProxyContext {
             state,
@@ -80,6 +84,7 @@ impl ProxyContext {
             refusal_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
             failure_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
             reporter,
+            lookups,
         }
     }
 

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use ambit_discovery::lookups::{Answer, LookupError};
 use ambit_discovery::state::{Service, Workload};
 use ambit_discovery::telemetry::baggage::SourceWorkload;
 use ambit_proto::drain::DrainWatch;
@@ -69,6 +70,23 @@ fn refuse(
     reset(stream);
 }
 
+/// Makes sure the config holds what the controller knows of `ip` before the connection's way
+/// is chosen: with on-demand destinations, an address the config does not hold (`held`) is
+/// asked of the controller and the connection waits for the answer. `Ok(true)` when the answer
+/// brought the destination in just now. An address the mesh does not know is passthrough, as
+/// without lookups; no answer is an error: guessing passthrough would carry mesh traffic in
+/// plaintext, around its policy.
+async fn learn(ctx: &ProxyContext, ip: IpAddr, held: bool) -> Result<bool, LookupError> {
+    let Some(lookups) = &ctx.lookups else {
+        return Ok(false);
+    };
+    if held {
+        lookups.touch(ip);
+        return Ok(false);
+    }
+    Ok(lookups.look_up(ip).await? == Answer::Known)
+}
+
 /// A connection to one of ztunnel's own listeners in this pod (made straight to it, not
 /// redirected): carrying it would dial ztunnel again.
 fn aims_at_proxy(dst: SocketAddr, source: &Workload) -> bool {
@@ -84,7 +102,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     let dst = original_destination(&stream);
     // One view of the config for the source and the first choice of upstream; a second
     // attempt looks again (the endpoint it avoids was just marked unreachable).
-    let (source, mut first_choice) = {
+    let (source, mut first_choice, held) = {
         let state = ctx.state.load();
         let source = state.workload(&pod.uid).cloned();
         let first = match (&dst, &source) {
@@ -93,7 +111,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             })),
             _ => None,
         };
-        (source, first)
+        let held = dst.as_ref().is_ok_and(|d| state.knows_address(d.ip()));
+        (source, first, held)
     };
     let unknown_destination = |security| {
         parties(
@@ -159,6 +178,27 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             },
         );
         return;
+    }
+    match learn(ctx, dst.ip(), held).await {
+        // Just learnt: the choice made without it was passthrough.
+        Ok(true) => first_choice = None,
+        Ok(false) => {}
+        Err(e) => {
+            let l = unknown_destination(Security::None);
+            let words = e.to_string();
+            let reported = Some((flow(&l, peer, dst, started), words));
+            refuse(
+                ctx,
+                stream,
+                &l,
+                FailureReason::DestinationLookup,
+                reported,
+                |suppressed| {
+                    tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: {e}");
+                },
+            );
+            return;
+        }
     }
     let src = Side::meshed(&source);
     // What `ambit config connections` shows of this connection, whichever way it goes.

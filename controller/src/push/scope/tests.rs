@@ -128,7 +128,7 @@ fn scope_in(model: MeshModel, kind: ProxyKind, namespace: &str, name: &str) -> V
         kind: kind.into(),
         name: name.into(),
         namespace: namespace.into(),
-        version: String::new(),
+        ..Default::default()
     };
     let mut keys: Vec<String> = scope_of(&snapshot, &subscriber)
         .iter()
@@ -222,8 +222,7 @@ fn ztunnel_of(node: &str) -> Subscriber {
     Subscriber {
         kind: ProxyKind::Ztunnel.into(),
         name: node.into(),
-        namespace: String::new(),
-        version: String::new(),
+        ..Default::default()
     }
 }
 
@@ -292,7 +291,7 @@ fn subscriber(kind: ProxyKind, namespace: &str, name: &str) -> Subscriber {
         kind: kind.into(),
         name: name.into(),
         namespace: namespace.into(),
-        version: String::new(),
+        ..Default::default()
     }
 }
 

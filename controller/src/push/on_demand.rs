@@ -1,0 +1,251 @@
+//! On-demand destinations (Istio's on-demand workload discovery, Linkerd's per-destination
+//! lookups): a ztunnel that subscribes with `on_demand` is sent its node's part up front and
+//! every other destination only once one of its pods connects there and it asks for the
+//! address. The controller keeps each looked-up address in the subscription (sending changes
+//! to what is there, or a workload that later takes an unknown address) until the proxy
+//! releases it.
+//!
+//! A node's part here is more than [`super::scope`]'s: with nothing mesh-wide sent, the
+//! services its pods back and the waypoints in front of them must come with it, since the
+//! destination side names the service a connection was for and lets a waypoint's traffic
+//! through on the waypoint's judgement (see `enforcing_waypoint` in the proxies' state).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use ambit_proto::api::discovery::{ResourceType, Subscriber};
+
+use super::ResourceKey;
+use super::desired::{Desired, NodePart};
+use super::scope::{Scope, add_service, policies_selecting};
+use super::snapshot::{Snapshot, named_key};
+use crate::model::{MeshModel, ObjectKey, Workload};
+
+/// Addresses of a model's workloads and service VIPs, and the services each workload backs.
+#[derive(Debug, Default)]
+pub struct AddressIndex {
+    workloads: HashMap<IpAddr, ObjectKey>,
+    services: HashMap<IpAddr, ObjectKey>,
+    backs: HashMap<ObjectKey, Vec<ObjectKey>>,
+}
+
+impl AddressIndex {
+    pub fn build(model: &MeshModel) -> Self {
+        let mut index = AddressIndex::default();
+        for w in model.workloads() {
+            for ip in &w.pod.addresses {
+                index.workloads.insert(*ip, w.key());
+            }
+        }
+        for s in model.services() {
+            let key = ObjectKey::new(&s.service.namespace, &s.service.name);
+            for vip in &s.service.vips {
+                index.services.insert(*vip, key.clone());
+            }
+            for e in &s.endpoints {
+                index.backs.entry(e.clone()).or_default().push(key.clone());
+            }
+        }
+        index
+    }
+
+    /// Whether the mesh has a workload or a service at `ip`.
+    pub fn knows(&self, ip: IpAddr) -> bool {
+        self.services.contains_key(&ip) || self.workloads.contains_key(&ip)
+    }
+
+    /// The services `workload` is an endpoint of.
+    fn backed_by(&self, workload: &ObjectKey) -> &[ObjectKey] {
+        self.backs.get(workload).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// One [`AddressIndex`] per model, built by the first subscription that needs it after a
+/// change and shared by the rest (a model of 50k workloads takes milliseconds to index; a
+/// hundred subscriptions each doing it would take a second).
+#[derive(Clone, Default)]
+pub struct AddressIndexes(Arc<Mutex<Option<IndexOf>>>);
+
+/// An index and the model it was built from.
+type IndexOf = (Weak<MeshModel>, Arc<AddressIndex>);
+
+impl AddressIndexes {
+    pub fn of(&self, model: &Arc<MeshModel>) -> Arc<AddressIndex> {
+        let mut cached = self.0.lock();
+        if let Some((of, index)) = cached.as_ref()
+            && std::ptr::eq(of.as_ptr(), Arc::as_ptr(model))
+        {
+            return index.clone();
+        }
+        let index = Arc::new(AddressIndex::build(model));
+        *cached = Some((Arc::downgrade(model), index.clone()));
+        index
+    }
+}
+
+/// What one address brings into a scope: the workload there with its waypoint, or the service
+/// with that VIP with its endpoints and waypoint; `None` when the mesh has nothing there.
+pub fn keys_for(model: &MeshModel, index: &AddressIndex, ip: IpAddr) -> Option<Scope> {
+    let mut scope = Scope::new();
+    if let Some(s) = index.services.get(&ip).and_then(|k| model.service(k)) {
+        add_service(model, &mut scope, s);
+        add_waypoint(&mut scope, &s.waypoint);
+        return Some(scope);
+    }
+    let w = index.workloads.get(&ip).and_then(|k| model.workload(k))?;
+    scope.insert(ResourceKey::new(ResourceType::Workload, w.uid.as_str()));
+    add_waypoint(&mut scope, &w.waypoint);
+    Some(scope)
+}
+
+fn add_waypoint(scope: &mut Scope, waypoint: &Option<ObjectKey>) {
+    if let Some(k) = waypoint {
+        scope.insert(named_key(ResourceType::WaypointResource, k));
+    }
+}
+
+/// The addresses an on-demand subscription holds, and the lookups not yet answered.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    held: BTreeSet<IpAddr>,
+    unanswered: BTreeSet<IpAddr>,
+}
+
+/// The most addresses one subscription may hold: a bound on what one proxy can make the
+/// controller track (each a few keys), above ztunnel's own bound (50,000, which it keeps by
+/// releasing its least recently used).
+pub const MAX_ADDRESSES: usize = 100_000;
+
+/// Why a lookup request was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError {
+    #[error("{0:?} is not an IP address; lookups name destinations by address")]
+    NotAnAddress(String),
+    #[error(
+        "the subscription already holds {MAX_ADDRESSES} looked-up addresses; the proxy must release unused ones"
+    )]
+    TooMany,
+}
+
+impl Lookups {
+    /// Takes a request's `release` and `lookup` lists, in that order.
+    pub fn request(&mut self, lookup: &[String], release: &[String]) -> Result<(), LookupError> {
+        let parse = |a: &String| {
+            a.parse::<IpAddr>()
+                .map_err(|_| LookupError::NotAnAddress(a.clone()))
+        };
+        let lookup = lookup.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+        let release = release.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+        // Releases first: a proxy at its own bound releases one address to make room for
+        // the next in the same request.
+        for ip in release {
+            self.held.remove(&ip);
+            self.unanswered.remove(&ip);
+        }
+        for ip in lookup {
+            if self.held.len() >= MAX_ADDRESSES && !self.held.contains(&ip) {
+                return Err(LookupError::TooMany);
+            }
+            self.held.insert(ip);
+            self.unanswered.insert(ip);
+        }
+        Ok(())
+    }
+
+    pub fn held(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.held.iter().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether some lookup waits for a response to answer it.
+    pub fn has_unanswered(&self) -> bool {
+        !self.unanswered.is_empty()
+    }
+
+    /// The lookups a response about to be sent answers, as (answered, unknown), and marks them
+    /// answered. `known` tells whether the mesh has anything at an address.
+    pub fn answer(&mut self, known: impl Fn(IpAddr) -> bool) -> (Vec<String>, Vec<String>) {
+        let answered: Vec<IpAddr> = std::mem::take(&mut self.unanswered).into_iter().collect();
+        let unknown = answered
+            .iter()
+            .filter(|ip| !known(**ip))
+            .map(IpAddr::to_string)
+            .collect();
+        (answered.iter().map(IpAddr::to_string).collect(), unknown)
+    }
+}
+
+/// What an on-demand ztunnel on `subscriber.name` receives from `snapshot`: its node's part
+/// and what each of `lookups` brings. The node part is taken over from `previous` when the
+/// change touched nothing on the node (as [`super::scope::desired_since`] does).
+pub fn desired(
+    snapshot: &Snapshot,
+    subscriber: &Subscriber,
+    index: &AddressIndex,
+    lookups: &Lookups,
+    previous: Option<&Desired>,
+) -> Desired {
+    let untouched = previous.is_some_and(|p| {
+        p.generation == snapshot.generation
+            || p.generation + 1 == snapshot.generation
+                && snapshot
+                    .touched_nodes
+                    .as_ref()
+                    .is_some_and(|touched| !touched.contains(&subscriber.name))
+    });
+    let part = match previous.and_then(|p| p.node_part.clone()) {
+        Some(part) if untouched => part,
+        _ => Arc::new(node_part(snapshot, &subscriber.name, index)),
+    };
+    let model = snapshot.model();
+    let mut wanted = Scope::new();
+    for ip in lookups.held() {
+        wanted.extend(keys_for(model, index, ip).into_iter().flatten());
+    }
+    wanted.retain(|k| !part.own.contains_key(k));
+    let mut own = part.own.clone();
+    own.extend(snapshot.resolve(&wanted));
+    let mut desired = Desired::own(own);
+    desired.node_part = Some(part);
+    desired.generation = snapshot.generation;
+    desired
+}
+
+/// The node's workloads and the policies selecting its meshed ones (as for every ztunnel),
+/// the services its meshed workloads back with their endpoints, and the waypoints of both.
+fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart {
+    let model = snapshot.model();
+    let local: Vec<&Workload> = model.workloads_on_node(node).collect();
+    let meshed: Vec<&Workload> = local.iter().copied().filter(|w| w.meshed).collect();
+    let mut own: Scope = local
+        .iter()
+        .map(|w| ResourceKey::new(ResourceType::Workload, w.uid.as_str()))
+        .collect();
+    own.extend(policies_selecting(model, meshed.iter().copied()));
+    for w in &meshed {
+        add_waypoint(&mut own, &w.waypoint);
+        // With all their endpoints: holding a VIP, ztunnel does not ask about it, and its
+        // pods call the services they back too.
+        for s in index
+            .backed_by(&w.key())
+            .iter()
+            .filter_map(|k| model.service(k))
+        {
+            add_service(model, &mut own, s);
+            add_waypoint(&mut own, &s.waypoint);
+        }
+    }
+    NodePart {
+        own: snapshot.resolve(&own),
+        captures: !meshed.is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

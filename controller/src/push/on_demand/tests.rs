@@ -1,0 +1,166 @@
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::ProxyKind;
+
+use super::*;
+use crate::source::file::parse;
+
+/// Three nodes; `shop` uses a waypoint, `legacy` does not; `lonely` backs no service.
+const MESH: &str = "
+nodes: [{name: a}, {name: b}, {name: c}]
+namespaces:
+  - name: shop
+    labels: {ambit.io/dataplane-mode: ambient, ambit.io/use-waypoint: shop-wp}
+  - name: legacy
+    labels: {ambit.io/dataplane-mode: ambient}
+waypoints:
+  - {name: shop-wp, namespace: shop, node: b, ipv4: 10.244.2.100}
+pods:
+  - {name: cart-1, namespace: shop, node: a, labels: {app: cart}, ipv4: 10.244.1.2}
+  - {name: pay-1, namespace: shop, node: b, labels: {app: pay}, ipv4: 10.244.2.2}
+  - {name: old-1, namespace: legacy, node: a, labels: {app: old}, ipv4: 10.244.1.3}
+  - {name: old-2, namespace: legacy, node: c, labels: {app: old}, ipv4: 10.244.3.2}
+  - {name: lonely, namespace: legacy, node: c, ipv4: 10.244.3.3}
+services:
+  - {name: cart, namespace: shop, vips: [10.96.0.1], ports: [{port: 80}], selector: {app: cart}}
+  - {name: pay, namespace: shop, vips: [10.96.0.2], ports: [{port: 80}], selector: {app: pay}}
+  - {name: old, namespace: legacy, vips: [10.96.0.3], ports: [{port: 80}], selector: {app: old}}
+authorizationPolicies:
+  - {name: pay-policy, namespace: shop, selector: {matchLabels: {app: pay}}, action: ALLOW}
+  - {name: old-policy, namespace: legacy, selector: {matchLabels: {app: old}}, action: DENY}
+";
+
+fn snapshot(text: &str) -> Snapshot {
+    Snapshot::build(Arc::new(parse(text, "on-demand test").unwrap().model), None)
+}
+
+fn on_demand(node: &str) -> Subscriber {
+    Subscriber {
+        kind: ProxyKind::Ztunnel.into(),
+        name: node.into(),
+        on_demand: true,
+        ..Default::default()
+    }
+}
+
+fn keys(snapshot: &Snapshot, node: &str, addresses: &[&str]) -> Vec<String> {
+    let index = AddressIndex::build(snapshot.model());
+    let mut lookups = Lookups::default();
+    let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    lookups.request(&addresses, &[]).unwrap();
+    let d = desired(snapshot, &on_demand(node), &index, &lookups, None);
+    let mut keys: Vec<String> = d.keys().map(ToString::to_string).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_node_gets_its_own_part_with_the_services_and_waypoints_its_pods_are_behind() {
+    let s = snapshot(MESH);
+    assert_eq!(
+        keys(&s, "b", &[]),
+        [
+            "authorization_policy/shop/pay-policy",
+            "service/shop/pay",
+            "waypoint/shop/shop-wp",
+            "workload/local//Pod/shop/pay-1",
+        ]
+    );
+    // Nothing of the mesh beyond: no other service, no other node's workload.
+    // The services with all their endpoints, wherever they are (old-1 is on a).
+    assert_eq!(
+        keys(&s, "c", &[]),
+        [
+            "authorization_policy/legacy/old-policy",
+            "service/legacy/old",
+            "workload/local//Pod/legacy/lonely",
+            "workload/local//Pod/legacy/old-1",
+            "workload/local//Pod/legacy/old-2",
+        ]
+    );
+}
+
+#[test]
+fn a_looked_up_service_brings_its_endpoints_and_waypoint_a_pod_address_its_workload() {
+    let s = snapshot(MESH);
+    let own = keys(&s, "c", &[]);
+    let added = |addresses: &[&str]| -> Vec<String> {
+        keys(&s, "c", addresses)
+            .into_iter()
+            .filter(|k| !own.contains(k))
+            .collect()
+    };
+    assert_eq!(
+        added(&["10.96.0.2"]),
+        [
+            "service/shop/pay",
+            "waypoint/shop/shop-wp",
+            "workload/local//Pod/shop/pay-1"
+        ]
+    );
+    assert_eq!(
+        added(&["10.244.1.2"]),
+        ["workload/local//Pod/shop/cart-1"],
+        "a pod address brings its workload"
+    );
+    assert!(
+        added(&["10.244.1.3"]).is_empty(),
+        "old-1 came with its service"
+    );
+    // (The namespace's waypoint is for its services, Istio's default, not for its pods.)
+    assert!(added(&["192.0.2.1"]).is_empty(), "nothing there");
+}
+
+#[test]
+fn lookups_are_answered_once_known_or_not_and_held_until_released() {
+    let s = snapshot(MESH);
+    let index = AddressIndex::build(s.model());
+    let mut l = Lookups::default();
+    l.request(&["10.96.0.3".into(), "192.0.2.1".into()], &[])
+        .unwrap();
+    assert!(l.has_unanswered());
+    let (answered, unknown) = l.answer(|ip| index.knows(ip));
+    assert_eq!(answered, ["10.96.0.3", "192.0.2.1"]);
+    assert_eq!(unknown, ["192.0.2.1"]);
+    assert!(!l.has_unanswered());
+    assert_eq!(l.len(), 2, "an unknown address stays subscribed");
+    l.request(&[], &["10.96.0.3".into()]).unwrap();
+    assert_eq!(
+        l.held().collect::<Vec<_>>(),
+        ["192.0.2.1".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        l.request(&["not-an-ip".into()], &[]),
+        Err(LookupError::NotAnAddress("not-an-ip".into()))
+    );
+}
+
+#[test]
+fn a_change_reaches_the_subscriptions_that_looked_it_up_only() {
+    let before = snapshot(MESH);
+    let moved = MESH.replace(
+        "{name: pay-1, namespace: shop, node: b, labels: {app: pay}, ipv4: 10.244.2.2}",
+        "{name: pay-1, namespace: shop, node: b, labels: {app: pay}, ipv4: 10.244.2.9}",
+    );
+    let after = Snapshot::build(
+        Arc::new(parse(&moved, "on-demand test").unwrap().model),
+        Some(&before),
+    );
+    let version_of = |s: &Snapshot, addresses: &[&str]| {
+        let index = AddressIndex::build(s.model());
+        let mut l = Lookups::default();
+        let a: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        l.request(&a, &[]).unwrap();
+        desired(s, &on_demand("c"), &index, &l, None).system_version()
+    };
+    assert_ne!(
+        version_of(&before, &["10.96.0.2"]),
+        version_of(&after, &["10.96.0.2"]),
+        "the pay endpoint's new address reaches c, which uses pay"
+    );
+    assert_eq!(
+        version_of(&before, &["10.96.0.3"]),
+        version_of(&after, &["10.96.0.3"]),
+        "c without pay gets nothing"
+    );
+}
