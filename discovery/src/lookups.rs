@@ -109,6 +109,18 @@ impl Lookups {
         }
     }
 
+    /// Whether the controller answered about `address` (known or not), touching it if so:
+    /// a later connection's check, one read lock.
+    pub fn settled(&self, address: IpAddr) -> bool {
+        match self.entries.read().get(&address) {
+            Some(e) if e.answer != Answer::Pending => {
+                e.last_used.store(self.now_ms(), Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// What the controller said of `address`, waiting for its answer (at most the timeout) if
     /// it was not asked before. Call it for an address the config does not hold.
     pub async fn look_up(&self, address: IpAddr) -> Result<Answer, LookupError> {

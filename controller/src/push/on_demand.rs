@@ -218,7 +218,7 @@ pub fn desired(
 }
 
 /// The node's workloads and the policies selecting its meshed ones (as for every ztunnel),
-/// the services its meshed workloads back with their endpoints, and the waypoints of both.
+/// the services its meshed workloads back, and the waypoints of both.
 fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart {
     let model = snapshot.model();
     let local: Vec<&Workload> = model.workloads_on_node(node).collect();
@@ -230,14 +230,18 @@ fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart 
     own.extend(policies_selecting(model, meshed.iter().copied()));
     for w in &meshed {
         add_waypoint(&mut own, &w.waypoint);
-        // With all their endpoints: holding a VIP, ztunnel does not ask about it, and its
-        // pods call the services they back too.
+        // The service only, not its endpoints elsewhere: the destination side names the
+        // service a connection came for. A pod here calling it asks for its VIP like any other
+        // (ztunnel looks every VIP up once: one it holds may lack endpoints).
         for s in index
             .backed_by(&w.key())
             .iter()
             .filter_map(|k| model.service(k))
         {
-            add_service(model, &mut own, s);
+            own.insert(named_key(
+                ResourceType::Service,
+                &ObjectKey::new(&s.service.namespace, &s.service.name),
+            ));
             add_waypoint(&mut own, &s.waypoint);
         }
     }

@@ -71,8 +71,9 @@ fn refuse(
 }
 
 /// Makes sure the config holds what the controller knows of `ip` before the connection's way
-/// is chosen: with on-demand destinations, an address the config does not hold (`held`) is
-/// asked of the controller and the connection waits for the answer. `Ok(true)` when the answer
+/// is chosen: with on-demand destinations, an address the config does not hold (`held`: a
+/// workload's) and the controller was not asked about yet is asked, and the connection waits
+/// for the answer. `Ok(true)` when the answer
 /// brought the destination in just now. An address the mesh does not know is passthrough, as
 /// without lookups; no answer is an error: guessing passthrough would carry mesh traffic in
 /// plaintext, around its policy.
@@ -82,6 +83,9 @@ async fn learn(ctx: &ProxyContext, ip: IpAddr, held: bool) -> Result<bool, Looku
     };
     if held {
         lookups.touch(ip);
+        return Ok(false);
+    }
+    if lookups.settled(ip) {
         return Ok(false);
     }
     Ok(lookups.look_up(ip).await? == Answer::Known)
@@ -111,7 +115,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             })),
             _ => None,
         };
-        let held = dst.as_ref().is_ok_and(|d| state.knows_address(d.ip()));
+        // A workload is held whole; a VIP may be held without its endpoints elsewhere (the
+        // service of a pod on this node, held for the inbound side), so it is asked once.
+        let held = dst
+            .as_ref()
+            .is_ok_and(|d| state.workload_by_ip(d.ip()).is_some());
         (source, first, held)
     };
     let unknown_destination = |security| {
