@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ambit_controller::model::{
-    AppProtocol, AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, Labels,
+    AppProtocol, AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, Edit, Labels,
     MeshBuilder, Namespace, Node, Pod, Service, ServicePort, USE_WAYPOINT_LABEL, Waypoint,
 };
 use ambit_proto::api::security::{Action, Destination, Rule, Source};
@@ -63,7 +63,8 @@ impl Change {
     }
 }
 
-/// The builder's input, kept so a change can be applied and the model rebuilt as a source would.
+/// The builder's input, kept so that a change can be made to it, applied to the model as a
+/// source applies one object's event, and checked against a full build of the changed input.
 pub struct Spec {
     namespaces: Vec<Namespace>,
     pods: Vec<Pod>,
@@ -294,19 +295,22 @@ impl Spec {
         b
     }
 
-    /// Applies `change` in the first namespace of the right kind.
-    pub fn apply(&mut self, change: Change) {
+    /// Makes `change` in the first namespace of the right kind; returns the object it changed,
+    /// as the model edit a source would apply for its event.
+    pub fn apply(&mut self, change: Change) -> Edit {
         let meshed_ns = namespace_name(0);
         match change {
             Change::PodNewIp => {
                 let i = self.pod_index(&meshed_ns, "svc-0");
                 self.move_pod(i);
+                Edit::Pod(self.pods[i].clone())
             }
             Change::ScaleUp => {
                 let i = self.pod_index(&meshed_ns, "svc-1");
                 let node = self.node_of(i);
                 let seed = self.pods.len();
                 self.add_pod(&meshed_ns, "svc-1", (node + 1) % MESHED_NODES, seed);
+                Edit::Pod(self.pods[self.pods.len() - 1].clone())
             }
             Change::PolicyEdit => {
                 let p = self
@@ -317,6 +321,7 @@ impl Spec {
                 p.rules[0].from[0]
                     .principals
                     .push(format!("spiffe://{TRUST_DOMAIN}/ns/{meshed_ns}/sa/batch"));
+                Edit::Policy(p.clone())
             }
             Change::LegacyPodNewIp => {
                 let legacy = (0..self.namespaces.len())
@@ -325,6 +330,7 @@ impl Spec {
                     .expect("sizes of 500 pods or more have a namespace outside the mesh");
                 let i = self.pod_index(&legacy, "client-0");
                 self.move_pod(i);
+                Edit::Pod(self.pods[i].clone())
             }
         }
     }

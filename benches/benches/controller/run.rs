@@ -12,7 +12,7 @@ use ambit_benches::alloc::{self, Class};
 use ambit_benches::cpu::threads_cpu_seconds;
 use ambit_controller::ca::{Authenticator, CaService};
 use ambit_controller::grpc::{self, ServingIdentity};
-use ambit_controller::model::{MeshBuilder, MeshModel};
+use ambit_controller::model::{Edit, MeshBuilder, MeshModel};
 use ambit_controller::push::{
     Desired, DiscoveryService, ResourceKey, Snapshot, SubscriberAccess, desired_for,
     publish_snapshots,
@@ -228,8 +228,9 @@ pub fn size(workloads: usize) -> anyhow::Result<Figures> {
         0,
     )));
     for change in Change::ALL {
-        spec.apply(change);
-        let figures = clients_rt.block_on(one_change(&spec, change, &controller, &mut events))?;
+        let edit = spec.apply(change);
+        let figures =
+            clients_rt.block_on(one_change(&spec, change, edit, &controller, &mut events))?;
         f.changes.push(figures);
     }
     f.vm_hwm = alloc::proc_status_bytes("VmHWM").unwrap_or(0);
@@ -280,15 +281,27 @@ fn initial_push(f: &mut Figures, c: &Controller, clients_rt: &Runtime) -> anyhow
     Ok(rx)
 }
 
+/// The change applied to the model in force, as the Kubernetes source applies one object's
+/// event; checked (untimed) against a full build of the changed input.
 async fn one_change(
     spec: &Spec,
     change: Change,
+    edit: Edit,
     c: &Controller,
     rx: &mut EventRx,
 ) -> anyhow::Result<ChangeFigures> {
+    let current = c.models.borrow().clone();
     let t = Instant::now();
-    let model = Arc::new(build(spec.builder())?);
+    let model = current.apply([edit]).map_err(|errors| {
+        anyhow::anyhow!("{}: the change does not apply: {errors:?}", change.name())
+    })?;
     let rebuild = t.elapsed();
+    anyhow::ensure!(
+        model == build(spec.builder())?,
+        "{}: the model applied in place differs from a full build",
+        change.name()
+    );
+    let model = Arc::new(model);
     // What each node must receive, worked out before the publish so that the harness does not
     // compete with the push for the two cores.
     let old = c.snapshots.borrow().clone();

@@ -2,11 +2,16 @@
 //! (the mesh file, Kubernetes) describe the mesh with the input types here and
 //! [`MeshBuilder`] turns that into a checked [`MeshModel`]; the push and the CA only ever read a
 //! model. A model is immutable: a change is a new model, so readers never see half an update.
+//! A source with one object changed makes that new model with [`MeshModel::apply`], which shares
+//! everything else with the old one (the maps are persistent) and records what it changed
+//! ([`MeshModel::changes_since`]) for the snapshot to re-resolve only that.
 
+mod apply;
 mod build;
 mod convert;
 mod enforcement;
 mod error;
+mod lineage;
 mod mtls;
 mod policy_mode;
 mod rules;
@@ -17,10 +22,15 @@ use std::net::IpAddr;
 
 use ambit_proto::api::{route, security, traffic};
 use ambit_proto::identity::SpiffeId;
+use imbl::{OrdMap, OrdSet};
 
+pub use apply::Edit;
+#[cfg(test)]
+pub(crate) use apply::tests as random_edits;
 pub use build::MeshBuilder;
 pub use enforcement::{UnenforcedL7, l7_fields};
 pub use error::{Kind, ModelError, ResourceRef};
+pub use lineage::Changes;
 pub use mtls::{MTLS_MODE_LABEL, MtlsMode, MtlsModeError};
 pub use policy_mode::{POLICY_MODE_LABEL, PolicyMode, PolicyModeError};
 pub use rules::{
@@ -270,7 +280,7 @@ pub fn selects(selector: &Labels, labels: &Labels) -> bool {
 /// The entries of a map keyed by [`ObjectKey`] in one namespace: keys sort by namespace first, so
 /// this is a range, not a scan of the whole mesh.
 fn in_namespace<'a, T>(
-    map: &'a BTreeMap<ObjectKey, T>,
+    map: &'a OrdMap<ObjectKey, T>,
     namespace: &'a str,
 ) -> impl Iterator<Item = &'a T> + 'a {
     map.range(ObjectKey::new(namespace, "")..)
@@ -278,7 +288,8 @@ fn in_namespace<'a, T>(
         .map(|(_, v)| v)
 }
 
-pub type KeyedIter<'a, T> = std::collections::btree_map::Iter<'a, ObjectKey, T>;
+pub type KeyedIter<'a, T> =
+    imbl::ordmap::Iter<'a, ObjectKey, T, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// See [`MeshModel::keyed`].
 pub struct Keyed<'a> {
@@ -290,22 +301,53 @@ pub struct Keyed<'a> {
     pub traffic_policies: KeyedIter<'a, TrafficPolicy>,
 }
 
-/// A checked, indexed mesh. Built only by [`MeshBuilder`], so every reference in it resolves.
-#[derive(Debug, Clone, PartialEq)]
+/// A checked, indexed mesh. Built only by [`MeshBuilder`] (or from a built one by
+/// [`MeshModel::apply`]), so every reference in it resolves. Equal models hold the same objects,
+/// whichever way they were made (and with whatever [`MeshBuilder`] settings: those are in the
+/// objects already).
+#[derive(Debug, Clone)]
 pub struct MeshModel {
     trust_domain: String,
     cluster_id: String,
-    nodes: BTreeMap<String, Node>,
-    namespaces: BTreeMap<String, Namespace>,
-    workloads: BTreeMap<ObjectKey, Workload>,
-    services: BTreeMap<ObjectKey, ServiceEntry>,
-    waypoints: BTreeMap<ObjectKey, Waypoint>,
-    policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
-    routes: BTreeMap<ObjectKey, Route>,
-    traffic_policies: BTreeMap<ObjectKey, TrafficPolicy>,
+    settings: build::Settings,
+    nodes: OrdMap<String, Node>,
+    namespaces: OrdMap<String, Namespace>,
+    workloads: OrdMap<ObjectKey, Workload>,
+    services: OrdMap<ObjectKey, ServiceEntry>,
+    waypoints: OrdMap<ObjectKey, Waypoint>,
+    policies: OrdMap<ObjectKey, AuthorizationPolicy>,
+    routes: OrdMap<ObjectKey, Route>,
+    traffic_policies: OrdMap<ObjectKey, TrafficPolicy>,
     /// The traffic policy of each service that has one, by the service's hostname (one each).
-    traffic_by_target: BTreeMap<String, ObjectKey>,
-    workloads_by_node: BTreeMap<String, Vec<ObjectKey>>,
+    traffic_by_target: OrdMap<String, ObjectKey>,
+    workloads_by_node: OrdMap<String, OrdSet<ObjectKey>>,
+    /// For each pod a selector-less service lists as an endpoint, those services: a pod's
+    /// change refreshes them without a scan of every service.
+    explicit_users: OrdMap<ObjectKey, OrdSet<ObjectKey>>,
+    /// Which object holds each address (pod IP, service VIP, waypoint address): an address
+    /// is one object's, and a change that claims a taken one is refused.
+    addresses: OrdMap<IpAddr, ResourceRef>,
+    /// Not content: which model this one was applied to, and what that changed.
+    lineage: lineage::Lineage,
+}
+
+impl PartialEq for MeshModel {
+    fn eq(&self, other: &Self) -> bool {
+        self.trust_domain == other.trust_domain
+            && self.cluster_id == other.cluster_id
+            && self.nodes == other.nodes
+            && self.namespaces == other.namespaces
+            && self.workloads == other.workloads
+            && self.services == other.services
+            && self.waypoints == other.waypoints
+            && self.policies == other.policies
+            && self.routes == other.routes
+            && self.traffic_policies == other.traffic_policies
+            && self.traffic_by_target == other.traffic_by_target
+            && self.workloads_by_node == other.workloads_by_node
+            && self.explicit_users == other.explicit_users
+            && self.addresses == other.addresses
+    }
 }
 
 impl MeshModel {
@@ -384,6 +426,31 @@ impl MeshModel {
         namespace: &'a str,
     ) -> impl Iterator<Item = &'a AuthorizationPolicy> + 'a {
         in_namespace(&self.policies, namespace)
+    }
+
+    pub fn policy(&self, key: &ObjectKey) -> Option<&AuthorizationPolicy> {
+        self.policies.get(key)
+    }
+
+    pub fn route(&self, key: &ObjectKey) -> Option<&Route> {
+        self.routes.get(key)
+    }
+
+    pub fn traffic_policy(&self, key: &ObjectKey) -> Option<&TrafficPolicy> {
+        self.traffic_policies.get(key)
+    }
+
+    /// Whether the workload is an endpoint of any service: of a selector's in its own
+    /// namespace, or listed outright by a selector-less one.
+    pub fn is_endpoint(&self, key: &ObjectKey) -> bool {
+        let has = |s: &ServiceEntry| s.endpoints.binary_search(key).is_ok();
+        let listed = self
+            .explicit_users
+            .get(key)
+            .is_some_and(|users| users.iter().any(|s| self.services.get(s).is_some_and(has)));
+        listed
+            || in_namespace(&self.services, &key.namespace)
+                .any(|s| !s.service.selector.is_empty() && has(s))
     }
 
     pub fn routes_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Route> + 'a {

@@ -1,6 +1,6 @@
 //! One model in wire form: every resource built and versioned once, shared by all subscriptions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Deref;
 use std::sync::Arc;
@@ -11,9 +11,15 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::ResourceKey;
-use super::desired::{Resolved, SharedChanges, hash_resolved};
+use super::desired::{Resolved, SharedChanges};
 use super::liveness::DownNodes;
-use crate::model::{KeyedIter, MeshModel, ObjectKey};
+use crate::model::{KeyedIter, MeshModel, ObjectKey, Workload};
+
+mod incremental;
+
+/// The resources of a snapshot: persistent, so that the next snapshot starts from a copy of
+/// this one in constant time and replaces only what changed.
+type ResourceMap = imbl::HashMap<ResourceKey, Arc<WireResource>>;
 
 /// The resources of one model, each versioned by a hash of its content: an unchanged resource
 /// keeps its version across models and across controller restarts, so a reconnecting proxy's
@@ -23,10 +29,12 @@ pub struct Snapshot {
     /// Nodes whose ztunnel is gone (see [`super::liveness`]): their meshed workloads go out
     /// unhealthy whatever the model says.
     down_nodes: DownNodes,
-    resources: HashMap<ResourceKey, Arc<WireResource>>,
+    resources: ResourceMap,
     /// What every node that captures traffic receives (see [`super::scope`]), resolved once per
     /// model rather than once per node.
     pub(super) mesh_wide: Arc<Resolved>,
+    /// A hash of `mesh_wide`'s keys and versions: the sum of each entry's, so that a change
+    /// updates it without a walk of the whole part.
     pub(super) mesh_wide_hash: u64,
     /// How `mesh_wide` differs from the previous snapshot's.
     pub(super) mesh_wide_changes: Option<SharedChanges>,
@@ -70,9 +78,16 @@ impl Snapshot {
             p.model.trust_domain() == model.trust_domain()
                 && p.model.cluster_id() == model.cluster_id()
         });
+        // A model applied to the previous one says what changed: only that is re-resolved.
+        if let Some(p) = reusable
+            && p.down_nodes == down_nodes
+            && let Some(changes) = model.changes_since(&p.model)
+        {
+            return Self::build_incremental(model.clone(), p, changes);
+        }
         let mut b = Resources {
             previous: reusable.map(|p| &p.resources),
-            resources: HashMap::with_capacity(previous.map_or(0, |p| p.resources.len())),
+            resources: ResourceMap::new(),
         };
         let m = &model;
         let old = reusable.map(|p| p.model.keyed());
@@ -95,11 +110,7 @@ impl Snapshot {
                 && (flipped.is_empty() || !flipped.contains(&w.pod.node));
             let key = ResourceKey::new(ResourceType::Workload, w.uid.as_str());
             b.add(key, unchanged, || {
-                let mut proto = m.workload_proto(w);
-                if w.meshed && !down_nodes.is_empty() && down_nodes.contains(&w.pod.node) {
-                    proto.status = WorkloadStatus::Unhealthy.into();
-                }
-                Kind::Workload(proto)
+                Kind::Workload(workload_wire(m, w, &down_nodes))
             });
         }
         if let (Some(previous), Some(old)) = (reusable, &old) {
@@ -151,7 +162,9 @@ impl Snapshot {
             touched_nodes,
         };
         let mesh_wide = snapshot.resolve(&super::scope::mesh_wide(&model));
-        snapshot.mesh_wide_hash = hash_resolved(&mesh_wide);
+        snapshot.mesh_wide_hash = mesh_wide
+            .iter()
+            .fold(0, |sum, (k, r)| sum.wrapping_add(entry_hash(k, r)));
         snapshot.mesh_wide_changes =
             previous.map(|p| SharedChanges::between(p.mesh_wide.clone(), &mesh_wide));
         snapshot.mesh_wide = Arc::new(mesh_wide);
@@ -194,11 +207,32 @@ impl Deref for WireResource {
     }
 }
 
+/// A workload's wire form, unhealthy when it is meshed and its node is down.
+fn workload_wire(
+    m: &MeshModel,
+    w: &Workload,
+    down_nodes: &DownNodes,
+) -> ambit_proto::api::workload::Workload {
+    let mut proto = m.workload_proto(w);
+    if w.meshed && !down_nodes.is_empty() && down_nodes.contains(&w.pod.node) {
+        proto.status = WorkloadStatus::Unhealthy.into();
+    }
+    proto
+}
+
+/// One entry's share of [`Snapshot::mesh_wide_hash`].
+fn entry_hash(key: &ResourceKey, resource: &WireResource) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    resource.version.hash(&mut h);
+    h.finish()
+}
+
 /// The resources of a snapshot being built.
 struct Resources<'p> {
     /// The previous snapshot's, when its model is comparable with this one.
-    previous: Option<&'p HashMap<ResourceKey, Arc<WireResource>>>,
-    resources: HashMap<ResourceKey, Arc<WireResource>>,
+    previous: Option<&'p ResourceMap>,
+    resources: ResourceMap,
 }
 
 impl Resources<'_> {
@@ -219,13 +253,20 @@ impl Resources<'_> {
         self.resources
             .insert(key, Arc::new(WireResource { resource, encoded }));
     }
+
+    fn remove(&mut self, key: &ResourceKey) {
+        self.resources.remove(key);
+    }
 }
 
 /// Whether an object is the same as before: the same reference when the model itself is the
 /// previous one (a rebuild for a node going down), which spares comparing 50k workloads field
 /// by field.
-fn same<T: PartialEq>(was: Option<&T>, now: &T) -> bool {
-    was.is_some_and(|was| std::ptr::eq(was, now) || was == now)
+fn same<'a, T: PartialEq + 'a>(was: Option<&T>, now: impl Into<Option<&'a T>>) -> bool {
+    match (was, now.into()) {
+        (Some(was), Some(now)) => std::ptr::eq(was, now) || was == now,
+        _ => false,
+    }
 }
 
 /// Each object of `new` with the object under the same key in `old`, if any; both iterate in

@@ -1,14 +1,16 @@
 //! The mesh-wide objects the rest is checked against: nodes and namespaces, with what a
 //! namespace's labels decide for everything in it (mesh membership, waypoint, mTLS mode).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
+
+use imbl::OrdMap;
 
 use super::Checker;
 use crate::model::*;
 
 impl Checker {
-    pub(super) fn nodes(&mut self, nodes: Vec<Node>) -> BTreeMap<String, Node> {
-        let mut out = BTreeMap::new();
+    pub(super) fn nodes(&mut self, nodes: Vec<Node>) -> OrdMap<String, Node> {
+        let mut out = OrdMap::new();
         let mut tokens: HashMap<String, ResourceRef> = HashMap::new();
         for node in nodes {
             let subject = ResourceRef::new(Kind::Node, &node.name);
@@ -30,8 +32,8 @@ impl Checker {
         out
     }
 
-    pub(super) fn namespaces(&mut self, namespaces: Vec<Namespace>) -> BTreeMap<String, Namespace> {
-        let mut out = BTreeMap::new();
+    pub(super) fn namespaces(&mut self, namespaces: Vec<Namespace>) -> OrdMap<String, Namespace> {
+        let mut out = OrdMap::new();
         for ns in namespaces {
             let subject = ResourceRef::new(Kind::Namespace, &ns.name);
             if out.contains_key(&ns.name) {
@@ -54,68 +56,60 @@ impl Checker {
         out
     }
 
-    /// The waypoint each namespace's label names, checked once per namespace rather than once
-    /// per service that inherits it.
-    pub(super) fn namespace_waypoints(
-        &mut self,
-        namespaces: &BTreeMap<String, Namespace>,
-        waypoints: &HashSet<ObjectKey>,
-    ) -> HashMap<String, ObjectKey> {
-        let mut out = HashMap::new();
-        for ns in namespaces.values() {
+    /// The waypoint each namespace's label names must exist: checked once per namespace rather
+    /// than once per service that inherits it.
+    pub(super) fn namespace_waypoints(&mut self, m: &MeshModel) {
+        for ns in m.namespaces.values() {
             let subject = ResourceRef::new(Kind::Namespace, &ns.name);
-            if let Some(key) = self.waypoint_label(&subject, &ns.name, &ns.labels, waypoints) {
-                out.insert(ns.name.clone(), key);
-            }
+            self.waypoint_label(m, &subject, &ns.name, &ns.labels);
         }
-        out
     }
 
-    /// Each namespace's policy mode; a label value that is no mode is an error (a mistyped
-    /// `audit` must not pass for enforce, nor the reverse).
+    /// Each namespace's policy mode must be one; a label value that is no mode is an error (a
+    /// mistyped `audit` must not pass for enforce, nor the reverse).
     pub(super) fn policy_modes(
         &mut self,
-        namespaces: &BTreeMap<String, Namespace>,
+        namespaces: &OrdMap<String, Namespace>,
         default: PolicyMode,
-    ) -> HashMap<String, PolicyMode> {
-        let mut out = HashMap::new();
+    ) {
         for ns in namespaces.values() {
-            match PolicyMode::of_namespace(&ns.labels, default) {
-                Ok(mode) => {
-                    out.insert(ns.name.clone(), mode);
-                }
-                Err(value) => self.errors.push(ModelError::InvalidLabelValue {
+            if let Err(value) = PolicyMode::of_namespace(&ns.labels, default) {
+                self.errors.push(ModelError::InvalidLabelValue {
                     subject: ResourceRef::new(Kind::Namespace, &ns.name),
                     label: POLICY_MODE_LABEL,
                     value,
                     allowed: "\"enforce\" or \"audit\" (observer mode: evaluated, logged and counted, never enforced); without the label the mesh-wide mode applies",
-                }),
+                });
             }
         }
-        out
     }
 
-    /// Each namespace's mTLS mode; a label value that is no mode is an error, since guessing
-    /// either way is wrong for someone (strict breaks plaintext clients, permissive lets them in).
-    pub(super) fn mtls_modes(
-        &mut self,
-        namespaces: &BTreeMap<String, Namespace>,
-        default: MtlsMode,
-    ) -> HashMap<String, MtlsMode> {
-        let mut out = HashMap::new();
+    /// Each namespace's mTLS mode must be one; a label value that is no mode is an error, since
+    /// guessing either way is wrong for someone (strict breaks plaintext clients, permissive
+    /// lets them in).
+    pub(super) fn mtls_modes(&mut self, namespaces: &OrdMap<String, Namespace>, default: MtlsMode) {
         for ns in namespaces.values() {
-            match MtlsMode::of_namespace(&ns.labels, default) {
-                Ok(mode) => {
-                    out.insert(ns.name.clone(), mode);
-                }
-                Err(value) => self.errors.push(ModelError::InvalidLabelValue {
+            if let Err(value) = MtlsMode::of_namespace(&ns.labels, default) {
+                self.errors.push(ModelError::InvalidLabelValue {
                     subject: ResourceRef::new(Kind::Namespace, &ns.name),
                     label: MTLS_MODE_LABEL,
                     value,
                     allowed: "\"strict\" (only mTLS) or \"permissive\" (also plaintext); without the label the mesh-wide mode applies",
-                }),
+                });
             }
         }
-        out
+    }
+}
+
+impl MeshModel {
+    /// The waypoint a namespace's label names, if it names one that exists.
+    pub(super) fn namespace_waypoint(&self, namespace: &str) -> Option<ObjectKey> {
+        let name = self
+            .namespaces
+            .get(namespace)?
+            .labels
+            .get(USE_WAYPOINT_LABEL)?;
+        let key = ObjectKey::new(namespace, name);
+        (name != WAYPOINT_NONE && self.waypoints.contains_key(&key)).then_some(key)
     }
 }

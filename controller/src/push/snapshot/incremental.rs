@@ -1,0 +1,228 @@
+//! A snapshot of a model made by [`MeshModel::apply`] from the previous snapshot's model: only
+//! the objects the change recorded (and the workloads whose wire form reads a changed policy)
+//! are re-resolved, and the part every capturing ztunnel shares is patched rather than
+//! resolved again. At 50k workloads that turns a walk of every object of both models into a
+//! handful of lookups.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::{ResourceType, resource::Kind};
+
+use super::super::ResourceKey;
+use super::super::desired::{Resolved, SharedChanges};
+use super::{Resources, Snapshot, WireResource, entry_hash, named_key, same, workload_wire};
+use crate::model::{Changes, MeshModel, ObjectKey};
+
+/// An object whose place in the shared part may have changed.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Candidate {
+    Workload(ObjectKey),
+    Service(ObjectKey),
+    Waypoint(ObjectKey),
+}
+
+impl Snapshot {
+    /// `previous` is comparable (same trust domain and cluster id, same nodes down) and
+    /// `changes` is how `model` was made from its model.
+    pub(super) fn build_incremental(
+        model: Arc<MeshModel>,
+        previous: &Snapshot,
+        changes: &Changes,
+    ) -> Snapshot {
+        let old = previous.model.as_ref();
+        let m = model.as_ref();
+        let mut b = Resources {
+            previous: Some(&previous.resources),
+            resources: previous.resources.clone(),
+        };
+        let mut touched: HashSet<String> = HashSet::new();
+        // A workload's wire form lists the policies that select it.
+        let policy_namespaces: BTreeSet<&str> = changes
+            .policies
+            .iter()
+            .map(|k| k.namespace.as_str())
+            .collect();
+        let mut workloads: BTreeSet<ObjectKey> = changes.workloads.clone();
+        for ns in &policy_namespaces {
+            for w in m.workloads_in(ns).chain(old.workloads_in(ns)) {
+                touched.insert(w.pod.node.clone());
+                workloads.insert(w.key());
+            }
+        }
+        for key in &workloads {
+            let (was, now) = (old.workload(key), m.workload(key));
+            if !same(was, now) {
+                touched.extend([was, now].into_iter().flatten().map(|w| w.pod.node.clone()));
+            }
+            match (was, now) {
+                (_, Some(w)) => {
+                    let unchanged =
+                        same(was, now) && !policy_namespaces.contains(w.pod.namespace.as_str());
+                    let key = ResourceKey::new(ResourceType::Workload, w.uid.as_str());
+                    b.add(key, unchanged, || {
+                        Kind::Workload(workload_wire(m, w, &previous.down_nodes))
+                    });
+                }
+                (Some(w), None) => {
+                    b.remove(&ResourceKey::new(ResourceType::Workload, w.uid.as_str()));
+                }
+                (None, None) => {}
+            }
+        }
+        for key in &changes.services {
+            let (was, now) = (old.service(key), m.service(key));
+            let rk = named_key(ResourceType::Service, key);
+            match now {
+                Some(s) => b.add(rk, same(was, now), || Kind::Service(m.service_proto(s))),
+                None => b.remove(&rk),
+            }
+        }
+        for key in &changes.policies {
+            let (was, now) = (old.policy(key), m.policy(key));
+            let rk = named_key(ResourceType::AuthorizationPolicy, key);
+            match now {
+                Some(p) => b.add(rk, same(was, now), || {
+                    Kind::AuthorizationPolicy(m.policy_proto(p))
+                }),
+                None => b.remove(&rk),
+            }
+        }
+        for key in &changes.routes {
+            let (was, now) = (old.route(key), m.route(key));
+            let rk = named_key(ResourceType::Route, key);
+            match now {
+                Some(r) => b.add(rk, same(was, now), || Kind::Route(r.clone())),
+                None => b.remove(&rk),
+            }
+        }
+        for key in &changes.traffic_policies {
+            let (was, now) = (old.traffic_policy(key), m.traffic_policy(key));
+            let rk = named_key(ResourceType::TrafficPolicy, key);
+            match now {
+                Some(p) => b.add(rk, same(was, now), || Kind::TrafficPolicy(p.clone())),
+                None => b.remove(&rk),
+            }
+        }
+        let mut snapshot = Snapshot {
+            model: model.clone(),
+            down_nodes: previous.down_nodes.clone(),
+            resources: b.resources,
+            mesh_wide: previous.mesh_wide.clone(),
+            mesh_wide_hash: previous.mesh_wide_hash,
+            mesh_wide_changes: None,
+            generation: previous.generation + 1,
+            touched_nodes: Some(touched),
+        };
+        let candidates = mesh_wide_candidates(old, m, workloads, changes);
+        snapshot.patch_mesh_wide(previous, candidates);
+        snapshot
+    }
+
+    /// Brings the shared part up to date for the objects that may have joined, left or changed
+    /// in it, and records how it changed. The map is copied only when something did.
+    fn patch_mesh_wide(&mut self, previous: &Snapshot, candidates: BTreeSet<Candidate>) {
+        let (old, m) = (previous.model.as_ref(), self.model.as_ref());
+        let mut updates: Vec<(ResourceKey, Option<Arc<WireResource>>)> = Vec::new();
+        for candidate in candidates {
+            let Some(key) = resource_key(old, m, &candidate) else {
+                continue;
+            };
+            let now = in_mesh_wide(m, &candidate)
+                .then(|| self.resources.get(&key).cloned())
+                .flatten();
+            let differs = match (previous.mesh_wide.get(&key), &now) {
+                (None, None) => false,
+                (Some(a), Some(b)) => a.version != b.version,
+                _ => true,
+            };
+            if differs {
+                updates.push((key, now));
+            }
+        }
+        let mut keys: Vec<ResourceKey> = updates.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        if !updates.is_empty() {
+            let mut shared: Resolved = (*previous.mesh_wide).clone();
+            for (key, now) in updates {
+                if let Some(was) = shared.remove(&key) {
+                    self.mesh_wide_hash = self.mesh_wide_hash.wrapping_sub(entry_hash(&key, &was));
+                }
+                if let Some(now) = now {
+                    self.mesh_wide_hash = self.mesh_wide_hash.wrapping_add(entry_hash(&key, &now));
+                    shared.insert(key, now);
+                }
+            }
+            self.mesh_wide = Arc::new(shared);
+        }
+        self.mesh_wide_changes = Some(SharedChanges {
+            previous: previous.mesh_wide.clone(),
+            keys: keys.into(),
+        });
+    }
+}
+
+/// What may have joined, left or changed in the shared part: the workloads re-resolved, the
+/// changed services and the endpoints they had or have (an endpoint is in it even when not
+/// meshed), and the waypoints any of those use or used.
+fn mesh_wide_candidates(
+    old: &MeshModel,
+    m: &MeshModel,
+    workloads: BTreeSet<ObjectKey>,
+    changes: &Changes,
+) -> BTreeSet<Candidate> {
+    let mut out = BTreeSet::new();
+    let mut waypoints = BTreeSet::new();
+    let mut workload_keys = workloads;
+    for key in &changes.services {
+        for s in [old.service(key), m.service(key)].into_iter().flatten() {
+            workload_keys.extend(s.endpoints.iter().cloned());
+            waypoints.extend(s.waypoint.clone());
+        }
+        out.insert(Candidate::Service(key.clone()));
+    }
+    for key in workload_keys {
+        for w in [old.workload(&key), m.workload(&key)].into_iter().flatten() {
+            waypoints.extend(w.waypoint.clone());
+        }
+        out.insert(Candidate::Workload(key));
+    }
+    out.extend(waypoints.into_iter().map(Candidate::Waypoint));
+    out
+}
+
+/// The candidate's resource key, from whichever model holds it (a workload's uid follows from
+/// the cluster id and its key, the same in both).
+fn resource_key(old: &MeshModel, m: &MeshModel, candidate: &Candidate) -> Option<ResourceKey> {
+    Some(match candidate {
+        Candidate::Workload(key) => {
+            let w = m.workload(key).or_else(|| old.workload(key))?;
+            ResourceKey::new(ResourceType::Workload, w.uid.as_str())
+        }
+        Candidate::Service(key) => named_key(ResourceType::Service, key),
+        Candidate::Waypoint(key) => named_key(ResourceType::WaypointResource, key),
+    })
+}
+
+/// Whether `candidate` belongs to the shared part of `m`, by the rule of
+/// [`super::super::scope`]'s `mesh_wide`: every service; every workload that is meshed or an
+/// endpoint of a service; every waypoint that one of those uses. A `use-waypoint` label names
+/// a waypoint of its own namespace, so a waypoint's users are all in its namespace. (The
+/// snapshot tests hold this to `mesh_wide` itself.)
+fn in_mesh_wide(m: &MeshModel, candidate: &Candidate) -> bool {
+    match candidate {
+        Candidate::Service(key) => m.service(key).is_some(),
+        Candidate::Workload(key) => m
+            .workload(key)
+            .is_some_and(|w| w.meshed || m.is_endpoint(key)),
+        Candidate::Waypoint(key) => {
+            let uses = |w: &Option<ObjectKey>| w.as_ref() == Some(key);
+            m.services_in(&key.namespace).any(|s| uses(&s.waypoint))
+                || m.workloads_in(&key.namespace)
+                    .any(|w| uses(&w.waypoint) && (w.meshed || m.is_endpoint(&w.key())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
