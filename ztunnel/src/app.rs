@@ -19,6 +19,7 @@ use crate::control::ControlRuntime;
 use crate::metrics::Metrics;
 use crate::pods::{PodSettings, Pods};
 use crate::proxy::ProxyContext;
+use crate::workers::{self, WorkerThreads};
 use crate::xds::{self, Applier};
 use crate::{local_config, node_agent};
 
@@ -27,6 +28,8 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 pub struct Ztunnel {
     pods: Arc<Pods>,
+    /// Stopped once the pods are drained.
+    workers: WorkerThreads,
     trigger: DrainTrigger,
     drain_timeout: Duration,
     socket: std::path::PathBuf,
@@ -36,11 +39,12 @@ pub struct Ztunnel {
 
 impl Ztunnel {
     /// Binds every listener and starts every task; errors name what could not be set up.
-    /// Called on the data path's runtime: pods' listeners and connections run there, the
-    /// rest on the control runtime this starts.
+    /// Pods' listeners and connections run on the data workers this starts
+    /// (`--worker-threads`), the rest on the control runtime it starts.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let control = ControlRuntime::start().context("starting the control runtime")?;
-        let data = tokio::runtime::Handle::current();
+        let (data, workers) =
+            workers::start(config.worker_threads).context("starting the data workers")?;
         let Trust {
             root_pem,
             bundle,
@@ -182,6 +186,7 @@ impl Ztunnel {
         tracing::info!(node = %config.node, controller = %config.controller, socket = %socket.display(), "ztunnel started");
         Ok(Ztunnel {
             pods,
+            workers,
             trigger,
             drain_timeout: config.drain_timeout,
             socket,
@@ -202,6 +207,9 @@ impl Ztunnel {
         let _ = tokio::time::timeout(self.drain_timeout + SHUTDOWN_MARGIN, pods.remove_all()).await;
         let outcome = self.trigger.drain(Duration::from_secs(1)).await;
         let _ = std::fs::remove_file(&self.socket);
+        // Whatever outlived the drain is dropped with its worker.
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         drop(self.control);
         tracing::info!(?outcome, "ztunnel stopped");
     }

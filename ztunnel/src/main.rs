@@ -11,11 +11,9 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads.max(1))
-        // Named so a profiler, `top -H` or the config_apply bench can tell the data path's
-        // threads from the control runtime's.
-        .thread_name("ztunnel-data")
+    // Only starting, signals and shutdown run here: the data path runs on the data workers
+    // and config on the control runtime, each on threads of their own.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::capture::{self, CaptureError, PodDialer, PodNetns, rules};
 use crate::proxy::{InboundHandler, PodContext, ProxyContext, serve_outbound, serve_plaintext};
+use crate::workers::DataWorkers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -100,9 +101,9 @@ struct State {
 pub struct Pods {
     ctx: Arc<ProxyContext>,
     settings: PodSettings,
-    /// The data path's runtime: pods are added from the control runtime, but their listeners
+    /// The data path's workers: pods are added from the control runtime, but their listeners
     /// and connections must live on the data path's workers.
-    data: tokio::runtime::Handle,
+    workers: Arc<DataWorkers>,
     /// Ticks with every config applied: what an add waits on for its pod's workload.
     applied: watch::Receiver<u64>,
     /// Never held across an await.
@@ -134,13 +135,13 @@ impl Pods {
     pub fn new(
         ctx: Arc<ProxyContext>,
         settings: PodSettings,
-        data: tokio::runtime::Handle,
+        workers: Arc<DataWorkers>,
         applied: watch::Receiver<u64>,
     ) -> Self {
         Pods {
             ctx,
             settings,
-            data,
+            workers,
             applied,
             state: Mutex::new(State::default()),
         }
@@ -282,8 +283,10 @@ impl Pods {
             .watch(&workload.identity)
             .await
             .map_err(cert_err)?;
-        // A listener is driven by the runtime it is created in.
-        let _data = self.data.enter();
+        // The pod's accept loops run on one worker (they only hand connections on, each to
+        // the least loaded worker); a listener is driven by the runtime it is created in.
+        let home = self.workers.handle(self.workers.least_loaded()).clone();
+        let _home = home.enter();
         let outbound = capture::listen(&netns, rules::OUTBOUND_PORT).map_err(capture_err)?;
         let plaintext =
             capture::listen(&netns, rules::INBOUND_PLAINTEXT_PORT).map_err(capture_err)?;
@@ -309,15 +312,20 @@ impl Pods {
             uid: uid.into(),
             netns: netns.clone(),
             dialer: dialer.clone(),
-            hbone: HboneClient::with_settings(
-                self.ctx.certs.clone(),
-                Arc::new(dialer),
-                self.settings.client,
-            ),
+            pools: (0..self.workers.len())
+                .map(|_| {
+                    HboneClient::with_settings(
+                        self.ctx.certs.clone(),
+                        Arc::new(dialer.clone()),
+                        self.settings.client,
+                    )
+                })
+                .collect(),
+            workers: self.workers.clone(),
         });
         let (trigger, watch) = drain::channel();
         for l in outbound {
-            self.data.spawn(serve_outbound(
+            home.spawn(serve_outbound(
                 l,
                 pod.clone(),
                 self.ctx.clone(),
@@ -325,7 +333,7 @@ impl Pods {
             ));
         }
         for l in plaintext {
-            self.data.spawn(serve_plaintext(
+            home.spawn(serve_plaintext(
                 l,
                 pod.clone(),
                 self.ctx.clone(),
@@ -337,8 +345,8 @@ impl Pods {
             ctx: self.ctx.clone(),
         });
         for (server, l) in servers {
-            self.data
-                .spawn(server.serve(l, handler.clone(), watch.clone()));
+            let placement = self.workers.clone();
+            home.spawn(server.serve_placed(l, handler.clone(), watch.clone(), placement));
         }
         Ok(CapturedPod {
             netns,

@@ -25,7 +25,7 @@ pub use limits::{
     LimitSettings,
 };
 pub use request::{TunnelHandler, TunnelRequest};
-pub use server::{AuthorityCheck, HboneServer, ServerSettings};
+pub use server::{AuthorityCheck, HboneServer, Placement, ServeConnection, ServerSettings};
 pub use stream::Tunnel;
 pub use target::{Refusal, forwarded_for, tunnel_target};
 pub use watch::{Abuse, FrameStats, FrameWatch, HeaderTimeout, WatchSettings};

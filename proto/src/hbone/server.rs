@@ -3,7 +3,9 @@
 //! bounded: the handshake (TLS and the HTTP/2 preface) by a timeout, connections by the shared
 //! [`ConnectionLimits`], idle connections by the idle timeout.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +88,17 @@ impl Default for ServerSettings {
     }
 }
 
+/// Where a server runs each connection it accepts: [`HboneServer::serve`] runs it on the
+/// accepting runtime, [`HboneServer::serve_placed`] wherever the placement chooses (ztunnel's
+/// data workers: a connection and its tunnels' tasks then share one thread).
+pub trait Placement: Send + Sync + 'static {
+    /// Runs `serve(tcp)` to completion; `tcp` may be moved to another runtime first.
+    fn place(&self, tcp: TcpStream, serve: Box<dyn FnOnce(TcpStream) -> ServeConnection + Send>);
+}
+
+/// One accepted connection's work, as handed to a [`Placement`].
+pub type ServeConnection = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 pub struct HboneServer {
     acceptor: TlsAcceptor,
     settings: ServerSettings,
@@ -118,12 +131,35 @@ impl HboneServer {
     }
 
     /// Accepts connections until `drain` fires, then lets open connections finish their
-    /// tunnels (GOAWAY, then up to `drain_grace`, then closes them).
+    /// tunnels (GOAWAY, then up to `drain_grace`, then closes them). Each connection and its
+    /// tunnels run on the runtime that accepted it.
     pub async fn serve<H: TunnelHandler>(
         self,
         listener: TcpListener,
         handler: Arc<H>,
         drain: DrainWatch,
+    ) {
+        self.accept(listener, handler, drain, None).await
+    }
+
+    /// As [`HboneServer::serve`], but each connection (with its tunnels' tasks, which it
+    /// spawns) runs where `placement` puts it.
+    pub async fn serve_placed<H: TunnelHandler>(
+        self,
+        listener: TcpListener,
+        handler: Arc<H>,
+        drain: DrainWatch,
+        placement: Arc<dyn Placement>,
+    ) {
+        self.accept(listener, handler, drain, Some(placement)).await
+    }
+
+    async fn accept<H: TunnelHandler>(
+        self,
+        listener: TcpListener,
+        handler: Arc<H>,
+        drain: DrainWatch,
+        placement: Option<Arc<dyn Placement>>,
     ) {
         let server = Arc::new(self);
         let limits = server.settings.limits.clone();
@@ -142,11 +178,15 @@ impl HboneServer {
                         let server = server.clone();
                         let handler = handler.clone();
                         let drain = drain.clone();
-                        tokio::spawn(async move {
+                        let serve = move |tcp| async move {
                             server
                                 .serve_connection(tcp, peer_addr, handler, drain, permits)
                                 .await;
-                        });
+                        };
+                        match &placement {
+                            Some(p) => p.place(tcp, Box::new(move |tcp| Box::pin(serve(tcp)))),
+                            None => drop(tokio::spawn(serve(tcp))),
+                        }
                     }
                     // Dropping the socket closes it now: a flood costs the peer its
                     // connections, never the node its file descriptors.

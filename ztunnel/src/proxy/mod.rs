@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::capture::{PodDialer, PodNetns};
 use crate::connections::ConnectionTracker;
 use crate::metrics::{Metrics, Parties, Reporter, Security, Side};
+use crate::workers::{self, DataWorkers};
 
 /// Log lines a peer can cause (each refused connection) are limited to this many a second
 /// per kind; the metrics count every one.
@@ -59,11 +60,22 @@ pub struct PodContext {
     pub uid: Box<str>,
     pub netns: Arc<PodNetns>,
     pub dialer: PodDialer,
-    /// HBONE from this pod: its connections are dialled from the pod's namespace, so they
-    /// are pooled per pod.
-    pub hbone: HboneClient,
+    /// HBONE from this pod, one pool per data worker: its connections are dialled from the
+    /// pod's namespace, so they are pooled per pod, and per worker so that a tunnel's copy
+    /// and the HTTP/2 connection carrying it run on one thread (see [`PodContext::hbone`]).
+    pub pools: Box<[HboneClient]>,
+    /// Where its connections run.
+    pub workers: Arc<DataWorkers>,
     /// How long its connections may go on once the pod is drained (`--drain-timeout`).
     pub drain_grace: std::time::Duration,
+}
+
+impl PodContext {
+    /// The pod's HBONE pool of the data worker running this thread; off the workers (unit
+    /// tests on a plain runtime), the first pool.
+    pub fn hbone(&self) -> &HboneClient {
+        &self.pools[workers::current().unwrap_or(0) % self.pools.len()]
+    }
 }
 
 impl ProxyContext {
@@ -111,8 +123,9 @@ pub(crate) fn parties(
     }
 }
 
-/// Accepts on one of a pod's listeners until the pod is drained, handling each connection on a
-/// task of its own that holds the drain watch until the connection is done.
+/// Accepts on one of a pod's listeners until the pod is drained, handing each connection to
+/// the least loaded data worker, where a task of its own handles it and holds the drain watch
+/// until the connection is done.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     pod: Arc<PodContext>,
@@ -121,9 +134,10 @@ pub(crate) async fn accept_loop<F, Fut>(
     what: &'static str,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Arc<PodContext>, Arc<ProxyContext>) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<PodContext>, Arc<ProxyContext>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let handle = Arc::new(handle);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -137,10 +151,11 @@ pub(crate) async fn accept_loop<F, Fut>(
             },
             () = drain.signaled() => return,
         };
-        let work = handle(stream, peer, pod.clone(), ctx.clone());
-        let drain = drain.clone();
-        let grace = pod.drain_grace;
-        tokio::spawn(async move {
+        let (handle, pod, ctx, drain) = (handle.clone(), pod.clone(), ctx.clone(), drain.clone());
+        let workers = pod.workers.clone();
+        workers.place(stream, move |stream| async move {
+            let grace = pod.drain_grace;
+            let work = handle(stream, peer, pod, ctx);
             tokio::select! {
                 () = work => {}
                 // Dropping `work` closes both sockets: forced at the drain deadline.

@@ -244,7 +244,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 let tracked = track(Some(&workload), service.as_deref(), target, "HBONE");
                 let request =
                     connect_request(&source, peer, target.ip(), &workload.identity, target, None);
-                match pod.hbone.connect(&request).await {
+                match pod.hbone().connect(&request).await {
                     Ok(tunnel) => {
                         ctx.health.succeeded(target.ip());
                         let counters = ctx.metrics.connection_opened(&l);
@@ -362,7 +362,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                 let baggage = Some(source_baggage(&source));
                 let request =
                     connect_request(&source, peer, address, &waypoint.identity, target, baggage);
-                match pod.hbone.connect(&request).await {
+                match pod.hbone().connect(&request).await {
                     Ok(tunnel) => {
                         let counters = ctx.metrics.connection_opened(&l);
                         let flow = flow(&l, peer, target, started);
