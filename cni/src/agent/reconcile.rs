@@ -23,7 +23,9 @@ pub struct PodView {
     /// Its own `ambit.io/dataplane-mode` label.
     pub mode: Option<String>,
     pub host_network: bool,
-    /// Succeeded or Failed: its network namespace is gone or going.
+    /// Succeeded, Failed, or being deleted (it has a deletion timestamp): its network
+    /// namespace is gone or going, and the runtime's DEL takes it out of the mesh. Handing such a
+    /// pod over again could undo that DEL, if the two crossed.
     pub finished: bool,
 }
 
@@ -50,10 +52,11 @@ impl PodView {
                 .as_ref()
                 .and_then(|s| s.host_network)
                 .unwrap_or(false),
-            finished: matches!(
-                status.and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            ),
+            finished: pod.metadata.deletion_timestamp.is_some()
+                || matches!(
+                    status.and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                ),
         })
     }
 }
@@ -287,6 +290,15 @@ mod tests {
                 mode: Some("none".into()),
                 ..super::tests::pod("demo", "a", Some("fd00::5"))
             })
+        );
+        let mut deleting = pod.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-12-02T00:00:00Z".parse().unwrap(),
+            ));
+        assert!(
+            PodView::of(&deleting).unwrap().finished,
+            "a pod being deleted is finished"
         );
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "demo", "labels": {DATAPLANE_MODE_LABEL: "ambient"}},

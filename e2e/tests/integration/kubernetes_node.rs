@@ -313,7 +313,7 @@ fn pods_made_through_cni_are_meshed_from_their_first_packet_and_enrolled_by_labe
             stream.write_all(&buf).unwrap();
         }
     })?;
-    let (client, _) = make_pod(&nodes[0], "demo", "client");
+    let (client, client_ip) = make_pod(&nodes[0], "demo", "client");
     assert!(
         client.nat_rules().contains("AMBIT_"),
         "the meshed client was not captured at ADD"
@@ -372,11 +372,22 @@ fn pods_made_through_cni_are_meshed_from_their_first_packet_and_enrolled_by_labe
         !late.nat_rules().contains("AMBIT_")
     });
 
-    // DEL takes the rules out.
+    // As when a pod is deleted: the API marks it (so its node's agent hands it over no more),
+    // then the runtime's DEL takes the rules out, and nothing puts them back. Without the mark
+    // the agent, reconciling its node's running pods, could hand the pod over again just after
+    // the DEL (CI saw that once).
+    let mut deleting = pod("demo", "client", nodes[0].name, Some(client_ip));
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-12-02T00:00:00Z");
+    api.send(PODS, "MODIFIED", deleting);
     nodes[0].runtime.del(&client, "demo", "client");
     assert!(
         !client.nat_rules().contains("AMBIT_"),
         "DEL left the client's rules"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !client.nat_rules().contains("AMBIT_"),
+        "the client's rules came back after its DEL"
     );
     nodes[1].runtime.del(&server, "demo", "server");
     nodes[1].runtime.del(&late, "later", "worker");
