@@ -50,6 +50,33 @@ pub use ambit::telemetry::v1 as telemetry;
 pub use ambit::traffic::v1 as traffic;
 pub use ambit::workload::v1 as workload;
 
+impl discovery::Resource {
+    /// `<type>/<name>`, as the proxies key what they hold; the type is `unspecified` for a
+    /// resource without content.
+    pub fn key(&self) -> String {
+        let kind = self
+            .kind
+            .as_ref()
+            .map_or(discovery::ResourceType::Unspecified, |k| k.resource_type());
+        format!("{}/{}", kind.key_name(), self.name)
+    }
+}
+
+impl discovery::resource::Kind {
+    pub fn resource_type(&self) -> discovery::ResourceType {
+        use discovery::ResourceType as T;
+        match self {
+            Self::Workload(_) => T::Workload,
+            Self::Service(_) => T::Service,
+            Self::Waypoint(_) => T::WaypointResource,
+            Self::AuthorizationPolicy(_) => T::AuthorizationPolicy,
+            Self::Route(_) => T::Route,
+            Self::TrafficPolicy(_) => T::TrafficPolicy,
+            Self::EgressScope(_) => T::EgressScope,
+        }
+    }
+}
+
 impl discovery::ResourceType {
     /// The type's name in resource keys (`<type>/<name>`), which proxies echo back in
     /// `known_versions`: both ends must spell it alike.
@@ -61,6 +88,7 @@ impl discovery::ResourceType {
             discovery::ResourceType::AuthorizationPolicy => "authorization_policy",
             discovery::ResourceType::Route => "route",
             discovery::ResourceType::TrafficPolicy => "traffic_policy",
+            discovery::ResourceType::EgressScope => "egress_scope",
             discovery::ResourceType::Unspecified => "unspecified",
         }
     }
@@ -74,6 +102,7 @@ impl discovery::ResourceType {
             discovery::ResourceType::AuthorizationPolicy,
             discovery::ResourceType::Route,
             discovery::ResourceType::TrafficPolicy,
+            discovery::ResourceType::EgressScope,
         ]
         .into_iter()
         .find(|t| t.key_name() == name)

@@ -16,7 +16,8 @@ use crate::pods::Pods;
 
 // The dump's types are shared (the CLI reads them without depending on ztunnel).
 pub use ambit_discovery::dump::ztunnel::{
-    CertificateView, ConfigDump, LookupView, PodView, PolicyView, ServiceView, WorkloadView,
+    CertificateView, ConfigDump, EgressScopeView, LookupView, PodView, PolicyView, ServiceView,
+    WorkloadView,
 };
 
 /// What the admin endpoints read.
@@ -41,7 +42,7 @@ fn unix(t: SystemTime) -> f64 {
 
 impl AdminState {
     pub async fn dump(&self) -> ConfigDump {
-        let (workloads, services, policies, config_version) = {
+        let (workloads, services, policies, egress_scopes, config_version) = {
             let s = self.state.get();
             let mut workloads: Vec<WorkloadView> = s
                 .workloads()
@@ -85,10 +86,20 @@ impl AdminState {
                 })
                 .collect();
             policies.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut scopes: Vec<EgressScopeView> = s
+                .egress_scopes()
+                .map(|e| EgressScopeView {
+                    namespace: e.namespace.to_string(),
+                    declared: e.declared.to_string(),
+                    invalid: e.invalid.as_deref().map(str::to_string),
+                })
+                .collect();
+            scopes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
             (
                 workloads,
                 services,
                 policies,
+                scopes,
                 s.system_version().to_string(),
             )
         };
@@ -114,6 +125,7 @@ impl AdminState {
             workloads,
             services,
             policies,
+            egress_scopes,
             certificates,
             pods: pods
                 .into_iter()

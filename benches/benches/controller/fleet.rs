@@ -6,10 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ambit_proto::api::discovery::discovery_client::DiscoveryClient;
-use ambit_proto::api::discovery::resource::Kind;
-use ambit_proto::api::discovery::{
-    ProxyKind, Resource, ResourceType, SubscribeRequest, Subscriber,
-};
+use ambit_proto::api::discovery::{ProxyKind, Resource, SubscribeRequest, Subscriber};
 use ambit_proto::control;
 use ambit_proto::response_parts::Reassembly;
 use anyhow::Context;
@@ -45,16 +42,7 @@ pub fn ztunnel(node: usize) -> Subscriber {
 }
 
 pub fn key_of(r: &Resource) -> String {
-    let kind = match &r.kind {
-        Some(Kind::Workload(_)) => ResourceType::Workload,
-        Some(Kind::Service(_)) => ResourceType::Service,
-        Some(Kind::Waypoint(_)) => ResourceType::WaypointResource,
-        Some(Kind::AuthorizationPolicy(_)) => ResourceType::AuthorizationPolicy,
-        Some(Kind::Route(_)) => ResourceType::Route,
-        Some(Kind::TrafficPolicy(_)) => ResourceType::TrafficPolicy,
-        None => ResourceType::Unspecified,
-    };
-    format!("{}/{}", kind.key_name(), r.name)
+    r.key()
 }
 
 /// Subscribes as `node` and reports every response until the stream ends or fails.

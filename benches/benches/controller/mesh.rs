@@ -139,6 +139,7 @@ impl Spec {
             spec.namespaces.push(Namespace {
                 name: name.clone(),
                 labels: ns_labels,
+                egress_scope: None,
             });
             for i in 0..PODS_PER_NAMESPACE {
                 let node = if meshed(ns) {

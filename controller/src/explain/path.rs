@@ -203,7 +203,10 @@ pub fn explain(
             });
         }
     }
-    let verdict = overall(&waypoint, &backends, &endpoint_verdicts);
+    let verdict = match outside_egress_scope(model, source, &destination) {
+        Some(refused) => refused,
+        None => overall(&waypoint, &backends, &endpoint_verdicts),
+    };
     let endpoints_meshed = backends.iter().flat_map(|b| &b.endpoints).all(|e| e.meshed);
     Ok(Explanation {
         mutual_tls: source.meshed && (through_waypoint.is_some() || endpoints_meshed),
@@ -280,6 +283,38 @@ fn waypoint_info(
         chosen_by,
         protocol: protocol.into(),
         l7,
+    })
+}
+
+/// The source ztunnel's refusal when the destination is outside the egress scope the source's
+/// namespace declares (the same rule as `ProxyState::check_egress`): before any waypoint or
+/// policy is asked.
+fn outside_egress_scope(
+    model: &MeshModel,
+    source: &Workload,
+    destination: &Destination<'_>,
+) -> Option<Verdict> {
+    let scope = model
+        .egress_scope(&source.pod.namespace)
+        .filter(|_| source.meshed)?;
+    let covered = match destination {
+        Destination::Service { entry, .. } => {
+            let svc = &entry.service;
+            scope.covers(&svc.namespace, Some(&svc.name))
+        }
+        Destination::Workload { workload, .. } => {
+            let key = workload.key();
+            let behind_named = model
+                .services_in(&workload.pod.namespace)
+                .filter(|s| s.endpoints.contains(&key))
+                .any(|s| scope.covers(&s.service.namespace, Some(&s.service.name)));
+            key == source.key() || scope.covers(&workload.pod.namespace, None) || behind_named
+        }
+    };
+    (!covered).then(|| Verdict::OutsideEgressScope {
+        namespace: source.pod.namespace.clone(),
+        declared: scope.declared.clone(),
+        invalid: scope.invalid.clone(),
     })
 }
 

@@ -579,3 +579,49 @@ fn a_policy_is_checked_on_each_backends_target_port() {
         .expect("reviews-v2");
     assert!(v2.verdict.may_pass(), "{:?}", v2.verdict);
 }
+
+#[test]
+fn a_destination_outside_the_callers_egress_scope_is_refused_at_its_ztunnel() {
+    let scoped = |scope: &str| {
+        demo_with(&[(
+            DEMO_NAMESPACE,
+            &format!("{DEMO_NAMESPACE}    egressScope: {scope}\n"),
+        )])
+    };
+    let m = scoped("['./reviews']");
+    let e = ok(&m, "demo/client", "legacy/legacy");
+    assert_eq!(
+        e.verdict,
+        Verdict::OutsideEgressScope {
+            namespace: "demo".into(),
+            declared: "./reviews".into(),
+            invalid: None,
+        }
+    );
+    assert!(!e.verdict.may_pass());
+    // Inside it, the rest of the path decides as without a scope; a pod behind the named
+    // service is inside too, one behind another service of the same namespace is not.
+    let within = ok(&m, "demo/client", "demo/reviews");
+    assert_eq!(
+        within.verdict,
+        ok(&demo(), "demo/client", "demo/reviews").verdict
+    );
+    let pod = ok(&m, "demo/client", "10.244.1.4:8080");
+    assert_eq!(pod.destination.kind, DestinationKind::Workload);
+    assert!(
+        !matches!(pod.verdict, Verdict::OutsideEgressScope { .. }),
+        "{:?}",
+        pod.verdict
+    );
+    let other = ok(&m, "demo/client", "demo/reviews-v1");
+    assert!(matches!(other.verdict, Verdict::OutsideEgressScope { .. }));
+    let m = scoped("['legacy/*']");
+    assert!(matches!(
+        ok(&m, "demo/client", "demo/reviews").verdict,
+        Verdict::OutsideEgressScope { .. }
+    ));
+    assert!(!matches!(
+        ok(&m, "demo/client", "legacy/legacy").verdict,
+        Verdict::OutsideEgressScope { .. }
+    ));
+}

@@ -336,6 +336,13 @@ pub enum Verdict {
     /// Plain text to workloads of a namespace that requires mTLS
     /// (`ambit.io/mtls-mode: strict`, or the mesh-wide mode): their ztunnels refuse it.
     PlaintextRefused { namespace: String },
+    /// The source's namespace declares an egress scope the destination is outside of (or one
+    /// that cannot be read, `invalid`): the source's ztunnel refuses the connection.
+    OutsideEgressScope {
+        namespace: String,
+        declared: String,
+        invalid: Option<String>,
+    },
     /// Nothing can answer: no endpoint, none healthy, or a waypoint with no address.
     Unreachable { reason: String },
     /// The endpoints disagree (different policies select them); see `endpoint_verdicts`.
@@ -350,6 +357,7 @@ impl Verdict {
             Verdict::DependsOnRequest { best_case, .. } => best_case.may_pass(),
             Verdict::Denied { .. }
             | Verdict::PlaintextRefused { .. }
+            | Verdict::OutsideEgressScope { .. }
             | Verdict::Unreachable { .. } => false,
             Verdict::DependsOnEndpoint => true,
         }

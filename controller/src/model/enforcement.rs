@@ -184,6 +184,7 @@ mod tests {
         .namespace(Namespace {
             name: "demo".into(),
             labels: labels(&[(DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT)]),
+            egress_scope: None,
         })
         .waypoint(Waypoint {
             name: "wp".into(),

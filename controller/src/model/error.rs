@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use ambit_proto::identity::SpiffeIdError;
 
+use super::EgressScopeError;
+
 /// The kinds of object the mesh model holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -160,6 +162,11 @@ pub enum ModelError {
         service: String,
         first: ResourceRef,
     },
+    #[error("{subject} declares an egress scope that cannot be read: {source}")]
+    InvalidEgressScope {
+        subject: ResourceRef,
+        source: EgressScopeError,
+    },
     #[error(
         "{subject} has the same bootstrap token as {first}: each node needs its own, since the token is what tells the CA which node is asking"
     )]
@@ -190,7 +197,8 @@ impl ModelError {
             | ModelError::InvalidPolicy { subject, .. }
             | ModelError::InvalidTrafficPolicy { subject, .. }
             | ModelError::DuplicateTarget { subject, .. }
-            | ModelError::DuplicateToken { subject, .. } => Some(subject),
+            | ModelError::DuplicateToken { subject, .. }
+            | ModelError::InvalidEgressScope { subject, .. } => Some(subject),
             ModelError::InvalidTrustDomain { .. } => None,
         }
     }

@@ -9,6 +9,7 @@
 mod apply;
 mod build;
 mod convert;
+mod egress_scope;
 mod enforcement;
 mod error;
 mod lineage;
@@ -28,6 +29,7 @@ pub use apply::Edit;
 #[cfg(test)]
 pub(crate) use apply::tests as random_edits;
 pub use build::MeshBuilder;
+pub use egress_scope::{EGRESS_SCOPE_ANNOTATION, EgressHost, EgressScope, EgressScopeError};
 pub use enforcement::{UnenforcedL7, l7_fields};
 pub use error::{Kind, ModelError, ResourceRef};
 pub use lineage::Changes;
@@ -106,6 +108,8 @@ pub struct Node {
 pub struct Namespace {
     pub name: String,
     pub labels: Labels,
+    /// What its meshed pods may connect to, when it declares that.
+    pub egress_scope: Option<EgressScope>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,6 +373,15 @@ impl MeshModel {
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.get(name)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
+    /// The egress scope `namespace` declares, if it declares one.
+    pub fn egress_scope(&self, namespace: &str) -> Option<&EgressScope> {
+        self.namespaces.get(namespace)?.egress_scope.as_ref()
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {

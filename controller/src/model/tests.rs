@@ -54,10 +54,12 @@ fn base() -> MeshBuilder {
     .namespace(Namespace {
         name: "demo".into(),
         labels: labels(&[(DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT)]),
+        egress_scope: None,
     })
     .namespace(Namespace {
         name: "legacy".into(),
         labels: Labels::new(),
+        egress_scope: None,
     });
     b
 }
@@ -96,6 +98,7 @@ fn a_misspelt_dataplane_mode_is_refused_not_ignored() {
     b.namespace(Namespace {
         name: "typo".into(),
         labels: labels(&[(DATAPLANE_MODE_LABEL, "ambeint")]),
+        egress_scope: None,
     })
     .pod(pod(
         "demo",
@@ -236,6 +239,7 @@ fn waypoints_come_from_the_namespace_label_unless_the_service_overrides_it() {
             (DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT),
             (USE_WAYPOINT_LABEL, "shared"),
         ]),
+        egress_scope: None,
     })
     .waypoint(waypoint("shop", "shared", "10.244.0.100"))
     .waypoint(waypoint("shop", "special", "10.244.0.101"))
@@ -334,6 +338,7 @@ fn a_pending_waypoint_has_no_address_or_node_and_still_takes_its_traffic() {
         b.namespace(Namespace {
             name: "shop".into(),
             labels: labels(&[(USE_WAYPOINT_LABEL, "wp")]),
+            egress_scope: None,
         })
         .waypoint(Waypoint {
             node: String::new(),
@@ -379,6 +384,7 @@ fn an_unknown_waypoint_is_reported_against_who_asked_for_it() {
     b.namespace(Namespace {
         name: "shop".into(),
         labels: labels(&[(USE_WAYPOINT_LABEL, "missing")]),
+        egress_scope: None,
     })
     .service(service("shop", "cart", "10.96.0.1", &[]));
     let errors = b.build().unwrap_err();

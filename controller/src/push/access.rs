@@ -126,6 +126,7 @@ mod tests {
         b.namespace(crate::model::Namespace {
             name: "demo".into(),
             labels: Default::default(),
+            egress_scope: None,
         });
         b.waypoint(Waypoint {
             name: "waypoint".into(),

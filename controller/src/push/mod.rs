@@ -4,10 +4,13 @@
 //!
 //! Resource keys, as the proxies echo them in `known_versions`, are `<type>/<name>`: type is
 //! [`ResourceType::key_name`] (`workload`, `service`, `waypoint`, `authorization_policy`,
-//! `route`, `traffic_policy`); name is the workload's uid, or `<namespace>/<name>` for the others.
+//! `route`, `traffic_policy`, `egress_scope`); name is the workload's uid, the namespace for an
+//! egress scope, or `<namespace>/<name>` for the others.
 
 mod access;
 mod desired;
+#[cfg(test)]
+mod egress_scope_tests;
 mod liveness;
 mod on_demand;
 mod scope;

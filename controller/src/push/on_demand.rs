@@ -20,7 +20,7 @@ use ambit_proto::api::discovery::{ResourceType, Subscriber};
 
 use super::ResourceKey;
 use super::desired::{Desired, NodePart};
-use super::scope::{Scope, add_service, policies_selecting};
+use super::scope::{Scope, add_service, egress_scopes, policies_selecting};
 use super::snapshot::{Snapshot, named_key};
 use crate::model::{MeshModel, ObjectKey, Workload};
 
@@ -217,8 +217,9 @@ pub fn desired(
     desired
 }
 
-/// The node's workloads and the policies selecting its meshed ones (as for every ztunnel),
-/// the services its meshed workloads back, and the waypoints of both.
+/// The node's workloads, the policies selecting its meshed ones and the egress scopes of their
+/// namespaces (as for every ztunnel), the services its meshed workloads back or their scopes
+/// name, and the waypoints of the first.
 fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart {
     let model = snapshot.model();
     let local: Vec<&Workload> = model.workloads_on_node(node).collect();
@@ -244,6 +245,18 @@ fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart 
             ));
             add_waypoint(&mut own, &s.waypoint);
         }
+    }
+    // A scope that names a service lets its endpoints' addresses through too: the service is
+    // held (without its endpoints) so that ztunnel can tell a looked-up pod is one of them.
+    for (key, scope) in egress_scopes(model, &meshed) {
+        own.insert(key);
+        own.extend(
+            scope
+                .named_services()
+                .map(|(ns, name)| ObjectKey::new(ns, name))
+                .filter(|k| model.service(k).is_some())
+                .map(|k| named_key(ResourceType::Service, &k)),
+        );
     }
     NodePart {
         own: snapshot.resolve(&own),

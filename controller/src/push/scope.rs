@@ -14,7 +14,8 @@
 //!    out: traffic to them is plain passthrough, which is what an unknown address gets anyway;
 //! 3. the waypoints the services and workloads of 1–2 use;
 //! 4. the authorization policies that select a meshed workload on N: policies are enforced by
-//!    the destination's ztunnel, and a pod ztunnel does not capture cannot be protected.
+//!    the destination's ztunnel, and a pod ztunnel does not capture cannot be protected;
+//! 5. the egress scopes the namespaces of N's meshed workloads declare (checked at the source).
 //!    No routes or traffic policies, in the full state or in any delta: they are L7, for
 //!    waypoints.
 //!
@@ -44,7 +45,7 @@ use ambit_proto::api::discovery::{ProxyKind, ResourceType, Subscriber};
 use super::ResourceKey;
 use super::desired::{Desired, NodePart};
 use super::snapshot::{Snapshot, named_key, workload_key};
-use crate::model::{MeshModel, ObjectKey, ServiceEntry, Workload};
+use crate::model::{EgressScope, MeshModel, ObjectKey, ServiceEntry, Workload};
 
 pub type Scope = BTreeSet<ResourceKey>;
 
@@ -128,6 +129,7 @@ fn node_part(snapshot: &Snapshot, node: &str) -> NodePart {
         .collect();
     let meshed: Vec<&Workload> = local.iter().copied().filter(|w| w.meshed).collect();
     own.extend(policies_selecting(model, meshed.iter().copied()));
+    own.extend(egress_scopes(model, &meshed).map(|(key, _)| key));
     NodePart {
         own: snapshot.resolve(&own),
         captures: !meshed.is_empty(),
@@ -198,6 +200,19 @@ fn waypoint(model: &MeshModel, key: &ObjectKey) -> Scope {
         endpoints.chain(own_workloads.iter().copied()),
     ));
     scope
+}
+
+/// The egress scopes the namespaces of `meshed` (a node's meshed workloads) declare, with their
+/// keys: the node's ztunnel checks those pods' connections against them.
+pub(super) fn egress_scopes<'a>(
+    model: &'a MeshModel,
+    meshed: &[&'a Workload],
+) -> impl Iterator<Item = (ResourceKey, &'a EgressScope)> + 'a {
+    let namespaces: BTreeSet<&str> = meshed.iter().map(|w| w.pod.namespace.as_str()).collect();
+    namespaces.into_iter().filter_map(move |ns| {
+        let scope = model.egress_scope(ns)?;
+        Some((ResourceKey::new(ResourceType::EgressScope, ns), scope))
+    })
 }
 
 /// The keys of the authorization policies that select any of `workloads`. Grouped by namespace

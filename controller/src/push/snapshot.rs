@@ -1,6 +1,6 @@
 //! One model in wire form: every resource built and versioned once, shared by all subscriptions.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Deref;
 use std::sync::Arc;
@@ -42,8 +42,9 @@ pub struct Snapshot {
     /// relative to the snapshot it last saw.
     pub(super) generation: u64,
     /// The nodes whose part of a ztunnel scope (see [`super::scope`]) may differ from the
-    /// previous snapshot's: a workload on them was added, removed or changed, a policy
-    /// changed in a namespace with a workload on them, or the node went down or came back.
+    /// previous snapshot's: a workload on them was added, removed or changed, a policy or an
+    /// egress scope changed in a namespace with a workload on them, a service their part holds
+    /// changed ([`nodes_holding_service`]), or the node went down or came back.
     /// `None`: any may (no previous snapshot, or a new trust domain or cluster id).
     pub(super) touched_nodes: Option<HashSet<String>>,
 }
@@ -121,13 +122,31 @@ impl Snapshot {
                 let nodes = m.workloads_in(ns).chain(previous.model.workloads_in(ns));
                 touched_nodes.extend(nodes.map(|w| &w.pod.node));
             }
+            // A node's part carries the egress scopes of its pods' namespaces.
+            for ns in changed_egress_scopes(&previous.model, m) {
+                let nodes = m.workloads_in(ns).chain(previous.model.workloads_in(ns));
+                touched_nodes.extend(nodes.map(|w| &w.pod.node));
+            }
         }
-        let touched_nodes = reusable.map(|_| touched_nodes.into_iter().cloned().collect());
+        let mut touched_nodes: Option<HashSet<String>> =
+            reusable.map(|_| touched_nodes.into_iter().cloned().collect());
         // A service's wire form names its endpoints by uid, which follows from the cluster id
         // and the endpoint's key, both compared already.
-        for (key, s, was) in paired(old.as_ref().map(|o| &o.services), &new.services) {
-            let key = named_key(ResourceType::Service, key);
-            b.add(key, same(was, s), || Kind::Service(m.service_proto(s)));
+        for (object, s, was) in paired(old.as_ref().map(|o| &o.services), &new.services) {
+            let key = named_key(ResourceType::Service, object);
+            let unchanged = same(was, s);
+            if let (Some(touched), Some(p), false) = (&mut touched_nodes, reusable, unchanged) {
+                touched.extend(nodes_holding_service(&p.model, object));
+                touched.extend(nodes_holding_service(m, object));
+            }
+            b.add(key, unchanged, || Kind::Service(m.service_proto(s)));
+        }
+        if let (Some(touched), Some(p), Some(old)) = (&mut touched_nodes, reusable, &old) {
+            let removed =
+                paired(Some(&new.services), &old.services).filter(|(_, _, n)| n.is_none());
+            for (object, _, _) in removed {
+                touched.extend(nodes_holding_service(&p.model, object));
+            }
         }
         for (key, wp, was) in paired(old.as_ref().map(|o| &o.waypoints), &new.waypoints) {
             let key = named_key(ResourceType::WaypointResource, key);
@@ -150,6 +169,15 @@ impl Snapshot {
         for (key, p, was) in traffic {
             let key = named_key(ResourceType::TrafficPolicy, key);
             b.add(key, same(was, p), || Kind::TrafficPolicy(p.clone()));
+        }
+        for ns in m.namespaces() {
+            if let Some(scope) = &ns.egress_scope {
+                let was = reusable.and_then(|p| p.model.egress_scope(&ns.name));
+                let key = ResourceKey::new(ResourceType::EgressScope, ns.name.as_str());
+                b.add(key, same(was, scope), || {
+                    Kind::EgressScope(scope.to_proto(&ns.name))
+                });
+            }
         }
         let mut snapshot = Snapshot {
             model: model.clone(),
@@ -300,6 +328,43 @@ fn changed_namespaces<'a, T: PartialEq>(
     changed
 }
 
+/// The nodes whose part of an on-demand ztunnel's scope holds service `key` of `m` (see
+/// [`super::on_demand`]): those of its endpoints, and those running meshed pods of a namespace
+/// whose egress scope names it. A change to the service must reach them, as a change to one of
+/// their own workloads does.
+pub(super) fn nodes_holding_service(m: &MeshModel, key: &ObjectKey) -> HashSet<String> {
+    let mut nodes = HashSet::new();
+    if let Some(s) = m.service(key) {
+        let endpoints = s.endpoints.iter().filter_map(|e| m.workload(e));
+        nodes.extend(endpoints.map(|w| w.pod.node.clone()));
+    }
+    let naming = m.namespaces().filter(|ns| {
+        ns.egress_scope.as_ref().is_some_and(|scope| {
+            scope
+                .named_services()
+                .any(|(n, name)| n == key.namespace && name == key.name)
+        })
+    });
+    for ns in naming {
+        let meshed = m.workloads_in(&ns.name).filter(|w| w.meshed);
+        nodes.extend(meshed.map(|w| w.pod.node.clone()));
+    }
+    nodes
+}
+
+/// The namespaces whose egress scope `new` adds, changes or removes.
+fn changed_egress_scopes<'a>(old: &'a MeshModel, new: &'a MeshModel) -> BTreeSet<&'a str> {
+    let declared = |m: &'a MeshModel| {
+        m.namespaces()
+            .filter(|ns| ns.egress_scope.is_some())
+            .map(|ns| ns.name.as_str())
+    };
+    declared(old)
+        .chain(declared(new))
+        .filter(|ns| old.egress_scope(ns) != new.egress_scope(ns))
+        .collect()
+}
+
 /// A version that changes exactly when the resource's content does. Protobuf encoding is
 /// deterministic except for maps, whose order follows the generated `HashMap`; the one map (a
 /// policy's selector) is therefore hashed sorted, apart from the rest of the message.
@@ -318,6 +383,7 @@ fn content_version(kind: &Kind) -> String {
         Kind::Waypoint(w) => w.encode_to_vec().hash(&mut h),
         Kind::Route(r) => r.encode_to_vec().hash(&mut h),
         Kind::TrafficPolicy(p) => p.encode_to_vec().hash(&mut h),
+        Kind::EgressScope(e) => e.encode_to_vec().hash(&mut h),
     }
     format!("{:016x}", h.finish())
 }

@@ -11,7 +11,7 @@ use ambit_controller::source::file::{EMBEDDED_MESH, parse};
 use ambit_proto::api::discovery::discovery_client::DiscoveryClient;
 use ambit_proto::api::discovery::resource::Kind;
 use ambit_proto::api::discovery::{
-    ProxyKind, Resource, ResourceType, SubscribeRequest, SubscribeResponse, Subscriber,
+    ProxyKind, Resource, SubscribeRequest, SubscribeResponse, Subscriber,
 };
 use ambit_proto::identity::CertificateAuthority;
 use ambit_proto::response_parts::PART_BYTES;
@@ -140,15 +140,7 @@ pub(crate) async fn subscribe(
 }
 
 fn key_of(r: &Resource) -> String {
-    let kind = match r.kind.as_ref().unwrap() {
-        Kind::Workload(_) => ResourceType::Workload,
-        Kind::Service(_) => ResourceType::Service,
-        Kind::Waypoint(_) => ResourceType::WaypointResource,
-        Kind::AuthorizationPolicy(_) => ResourceType::AuthorizationPolicy,
-        Kind::Route(_) => ResourceType::Route,
-        Kind::TrafficPolicy(_) => ResourceType::TrafficPolicy,
-    };
-    format!("{}/{}", kind.key_name(), r.name)
+    r.key()
 }
 
 pub(crate) fn keys(r: &SubscribeResponse) -> Vec<String> {

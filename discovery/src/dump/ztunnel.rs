@@ -23,6 +23,19 @@ pub struct ConfigDump {
     /// (`pending`, `known`, `unknown`); empty when every destination comes up front.
     #[serde(default)]
     pub lookups: Vec<LookupView>,
+    /// The egress scopes its pods' namespaces declare.
+    #[serde(default)]
+    pub egress_scopes: Vec<EgressScopeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressScopeView {
+    pub namespace: String,
+    pub declared: String,
+    /// Why the declaration cannot be read (then it lets nothing through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

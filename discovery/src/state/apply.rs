@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ambit_proto::api::discovery::{self as api, resource::Kind};
 
-use super::{Indexes, Policy, ProxyState, Service, StateError, Waypoint, Workload};
+use super::{EgressScope, Indexes, Policy, ProxyState, Service, StateError, Waypoint, Workload};
 
 impl ProxyState {
     /// Applies a discovery response: all of it, or none of it.
@@ -41,6 +41,7 @@ impl ProxyState {
             waypoints: self.waypoints.clone(),
             routes: self.routes.clone(),
             traffic_policies: self.traffic_policies.clone(),
+            egress_scopes: self.egress_scopes.clone(),
             versions: self.versions.clone(),
             system_version: self.system_version.clone(),
             indexes: Indexes::default(),
@@ -68,6 +69,9 @@ impl ProxyState {
                 }
                 Ok(api::ResourceType::TrafficPolicy) => {
                     self.traffic_policies.remove(name);
+                }
+                Ok(api::ResourceType::EgressScope) => {
+                    self.egress_scopes.remove(name);
                 }
                 // A type this proxy does not know: nothing of it is held.
                 Ok(api::ResourceType::Unspecified) | Err(_) => {}
@@ -115,6 +119,11 @@ impl ProxyState {
                     let name: Arc<str> = resource.name.as_str().into();
                     self.traffic_policies.insert(name, Arc::new(p.clone()));
                     api::ResourceType::TrafficPolicy
+                }
+                Kind::EgressScope(s) => {
+                    let s = EgressScope::from_api(s);
+                    self.egress_scopes.insert(s.namespace.clone(), Arc::new(s));
+                    api::ResourceType::EgressScope
                 }
             };
             self.versions.insert(

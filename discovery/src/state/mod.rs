@@ -7,11 +7,13 @@
 //! state on a clone ([`ProxyState::applied`]) and swap it in, readers never waiting on that.
 
 mod apply;
+mod egress_scope;
 mod policy;
 mod service;
 mod waypoint;
 mod workload;
 
+pub use egress_scope::{EgressScope, OutsideEgressScope};
 pub use policy::{
     Action, Decision, Policy, Request as PolicyRequest, Source as PolicySource, Verdict, decide,
     decide_request,
@@ -64,6 +66,8 @@ pub struct ProxyState {
     waypoints: HashMap<Arc<str>, Arc<Waypoint>>,
     routes: HashMap<Arc<str>, Arc<Route>>,
     traffic_policies: HashMap<Arc<str>, Arc<TrafficPolicy>>,
+    /// By declaring namespace.
+    egress_scopes: HashMap<Arc<str>, Arc<EgressScope>>,
     /// Version of each resource (`<type>/<name>`), sent back on reconnect so the controller
     /// resends only what changed.
     versions: HashMap<Arc<str>, Arc<str>>,

@@ -6,6 +6,7 @@ mod cni_chain;
 mod cni_netns;
 mod config_apply;
 mod dashboard;
+mod egress_scope;
 mod explain;
 mod kubernetes_node;
 mod lifecycle;

@@ -50,6 +50,8 @@ pub enum FailureReason {
     /// The destination is not in ztunnel's config and the controller could not be asked
     /// (on-demand destinations: no stream, no answer in time).
     DestinationLookup,
+    /// The destination is outside the egress scope the source's namespace declares.
+    OutsideEgressScope,
 }
 
 impl FailureReason {
@@ -65,6 +67,7 @@ impl FailureReason {
             FailureReason::OriginalDestination => "original_destination",
             FailureReason::UnknownSource => "unknown_source",
             FailureReason::DestinationLookup => "destination_lookup",
+            FailureReason::OutsideEgressScope => "outside_egress_scope",
         }
     }
 
@@ -79,7 +82,8 @@ impl FailureReason {
             FailureReason::ProxyPort
             | FailureReason::OriginalDestination
             | FailureReason::UnknownSource
-            | FailureReason::DestinationLookup => "NR",
+            | FailureReason::DestinationLookup
+            | FailureReason::OutsideEgressScope => "NR",
         }
     }
 }

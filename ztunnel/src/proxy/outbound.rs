@@ -58,9 +58,10 @@ fn refuse(
         flow.ended(&ctx.reporter, None, 0, 0, Some(Failure::new(why, reason)));
     }
     let limiter = match why {
-        FailureReason::PolicyDenied | FailureReason::ProxyPort | FailureReason::StrictMtls => {
-            &ctx.refusal_log
-        }
+        FailureReason::PolicyDenied
+        | FailureReason::ProxyPort
+        | FailureReason::StrictMtls
+        | FailureReason::OutsideEgressScope => &ctx.refusal_log,
         _ => &ctx.failure_log,
     };
     if let Some(suppressed) = limiter.check() {
@@ -148,43 +149,30 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
             return;
         }
     };
+    // A refusal's words are both the flow's reported reason and the log line.
+    let refuse_as = |stream: TcpStream, l: &Parties, why: FailureReason, words: String| {
+        let line = format!("refused outbound connection: {words}");
+        let reported = Some((flow(l, peer, dst, started), words));
+        refuse(ctx, stream, l, why, reported, |suppressed| {
+            tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "{line}");
+        });
+    };
     let Some(source) = source.clone() else {
-        let l = unknown_destination(Security::None);
-        refuse(
-            ctx,
-            stream,
-            &l,
-            FailureReason::UnknownSource,
-            Some((
-                flow(&l, peer, dst, started),
-                format!(
-                    "pod {} is not in ztunnel's config (removed, or its config not received yet)",
-                    pod.uid
-                ),
-            )),
-            |suppressed| {
-                tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: pod {} is not in ztunnel's config (removed, or config not yet received)", pod.uid);
-            },
+        let words = format!(
+            "pod {} is not in ztunnel's config (removed, or its config not received yet)",
+            pod.uid
         );
+        let l = unknown_destination(Security::None);
+        refuse_as(stream, &l, FailureReason::UnknownSource, words);
         return;
     };
     if aims_at_proxy(dst, &source) {
-        let l = unknown_destination(Security::None);
         let words = format!(
             "port {} is ztunnel's own and never a destination",
             dst.port()
         );
-        let reported = Some((flow(&l, peer, dst, started), words));
-        refuse(
-            ctx,
-            stream,
-            &l,
-            FailureReason::ProxyPort,
-            reported,
-            |suppressed| {
-                tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: port {} is ztunnel's own and never a destination", dst.port());
-            },
-        );
+        let l = unknown_destination(Security::None);
+        refuse_as(stream, &l, FailureReason::ProxyPort, words);
         return;
     }
     match learn(ctx, dst.ip(), held).await {
@@ -193,21 +181,25 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         Ok(false) => {}
         Err(e) => {
             let l = unknown_destination(Security::None);
-            let words = e.to_string();
-            let reported = Some((flow(&l, peer, dst, started), words));
-            refuse(
-                ctx,
-                stream,
-                &l,
-                FailureReason::DestinationLookup,
-                reported,
-                |suppressed| {
-                    tracing::warn!(pod = %pod.uid, %peer, %dst, suppressed, "refused outbound connection: {e}");
-                },
-            );
+            refuse_as(stream, &l, FailureReason::DestinationLookup, e.to_string());
             return;
         }
     }
+    let state = ctx.state.load();
+    if let Err(e) = state.check_egress(&source, dst.ip()) {
+        // Named as far as the config can: whoever reads the metrics sees what was refused.
+        let l = parties(
+            Reporter::Source,
+            Side::meshed(&source),
+            Side::new(state.workload_by_ip(dst.ip()).cloned(), None),
+            state.service_by_vip(dst.ip()),
+            Security::None,
+        );
+        drop(state);
+        refuse_as(stream, &l, FailureReason::OutsideEgressScope, e.to_string());
+        return;
+    }
+    drop(state);
     let src = Side::meshed(&source);
     // What `ambit config connections` shows of this connection, whichever way it goes.
     let track = |workload: Option<&Workload>,

@@ -172,6 +172,7 @@ pub fn flag_sentence(flag: &str, r: &FlowRecord) -> String {
             "no healthy upstream: {service} has no ready endpoint, or the waypoint it must go through is unavailable"
         ),
         "UH" => format!("no healthy endpoint: every pod of {service} is down or ejected"),
+        "NR" if at_ztunnel && r.reason.contains("egress scope") => "the caller's namespace declares an egress scope and this destination is outside it: add it to the declaration (egressScope, or the annotation ambit.io/egress-scope) or call something inside it".to_string(),
         "NR" if at_ztunnel => "nowhere to send it: the caller or its destination is unknown to the ztunnel, or it aimed at a port of the proxy itself".to_string(),
         "NR" => "no route matched the request (404): no rule of the service's HTTPRoutes fits its path, method or headers".to_string(),
         "UC" => format!("the connection to {service} broke after the request was sent"),

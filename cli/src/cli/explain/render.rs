@@ -518,6 +518,21 @@ fn verdict(v: &Verdict, at: Option<&Enforcer>, e: &Explanation) -> String {
         Verdict::PlaintextRefused { namespace } => format!(
             "REFUSED: namespace {namespace} requires mutual TLS (ambit.io/mtls-mode: strict) and this caller speaks plain text from outside the mesh: mesh the caller, or make the namespace permissive."
         ),
+        Verdict::OutsideEgressScope {
+            namespace,
+            declared,
+            invalid: None,
+        } => format!(
+            "REFUSED by the caller's ztunnel: namespace {namespace} declares the egress scope {declared:?} and {} is outside it (ambit_connection_failures_total{{reason=\"outside_egress_scope\"}}): add it there, or call something inside it.",
+            e.destination.name
+        ),
+        Verdict::OutsideEgressScope {
+            namespace,
+            declared,
+            invalid: Some(reason),
+        } => format!(
+            "REFUSED by the caller's ztunnel: namespace {namespace}'s egress scope {declared:?} cannot be read ({reason}), so its pods reach no mesh destination until it is fixed."
+        ),
         Verdict::Unreachable { reason } => format!("FAILS: {reason}."),
         Verdict::DependsOnEndpoint => {
             let mut text =

@@ -236,6 +236,14 @@ fn every_flag_the_proxies_emit_reads_as_a_sentence() {
         ),
         ("NR", record("NR"), &["no route matched the request (404)"]),
         ("NR", ztunnel(record("NR")), &["nowhere to send it"]),
+        (
+            "NR",
+            FlowRecord {
+                reason: "service payments/ledger is outside the egress scope namespace shop declares (\"./*\")".into(),
+                ..ztunnel(record("NR"))
+            },
+            &["declares an egress scope", "ambit.io/egress-scope"],
+        ),
         ("UC", record("UC"), &["broke after the request was sent"]),
         ("UR", record("UR"), &["reset the request's stream"]),
         ("UPE", record("UPE"), &["not valid HTTP (502)"]),
@@ -503,5 +511,23 @@ fn a_route_without_a_catch_all_says_what_happens_to_the_rest() {
     assert_all(
         &text(&m, "demo/client", "demo/reviews"),
         &["A request no rule matches is answered 404 (flag NR)."],
+    );
+}
+
+#[test]
+fn a_destination_outside_the_egress_scope_reads_as_refused_at_the_callers_ztunnel() {
+    let yaml = EMBEDDED_MESH.replacen(
+        "      ambit.io/dataplane-mode: ambient\n",
+        "      ambit.io/dataplane-mode: ambient\n    egressScope: ['./*']\n",
+        1,
+    );
+    let m = parse(&yaml, "test").expect("the scoped demo parses").model;
+    let t = text(&m, "demo/client", "legacy/legacy");
+    assert_all(
+        &t,
+        &[
+            "REFUSED by the caller's ztunnel: namespace demo declares the egress scope \"./*\" and legacy/legacy is outside it",
+            "outside_egress_scope",
+        ],
     );
 }

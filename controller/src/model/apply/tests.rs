@@ -65,10 +65,12 @@ impl Objects {
                 (DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT),
                 (MTLS_MODE_LABEL, "strict"),
             ]),
+            egress_scope: None,
         });
         b.namespace(Namespace {
             name: "legacy".into(),
             labels: Labels::new(),
+            egress_scope: None,
         });
         b.namespace(Namespace {
             name: "audit".into(),
@@ -77,6 +79,7 @@ impl Objects {
                 (POLICY_MODE_LABEL, "audit"),
                 (USE_WAYPOINT_LABEL, "wp"),
             ]),
+            egress_scope: None,
         });
         b.waypoint(Waypoint {
             name: "wp".into(),

@@ -11,7 +11,10 @@ use ambit_proto::api::discovery::{ResourceType, resource::Kind};
 
 use super::super::ResourceKey;
 use super::super::desired::{Resolved, SharedChanges};
-use super::{Resources, Snapshot, WireResource, entry_hash, named_key, same, workload_wire};
+use super::{
+    Resources, Snapshot, WireResource, entry_hash, named_key, nodes_holding_service, same,
+    workload_wire,
+};
 use crate::model::{Changes, MeshModel, ObjectKey};
 
 /// An object whose place in the shared part may have changed.
@@ -72,6 +75,10 @@ impl Snapshot {
         }
         for key in &changes.services {
             let (was, now) = (old.service(key), m.service(key));
+            if !same(was, now) {
+                touched.extend(nodes_holding_service(old, key));
+                touched.extend(nodes_holding_service(m, key));
+            }
             let rk = named_key(ResourceType::Service, key);
             match now {
                 Some(s) => b.add(rk, same(was, now), || Kind::Service(m.service_proto(s))),

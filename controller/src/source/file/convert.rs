@@ -9,7 +9,9 @@ use serde_saphyr::Spanned;
 
 use super::schema::*;
 use super::{LocalTopology, TopologyPod, TopologyWaypoint};
-use crate::model::{self, Kind, MeshBuilder, ModelError, ResourceRef};
+use crate::model::{
+    self, EgressScope, EgressScopeError, Kind, MeshBuilder, ModelError, ResourceRef,
+};
 use crate::source::routes::{self, Meta, Note, Outcome, RouteContext, spec as route_spec};
 use crate::source::traffic::TrafficContext;
 
@@ -102,6 +104,7 @@ pub fn convert(
     };
     // Errors on a duplicated object are located here, where its own lines are still known.
     let mut located = Vec::new();
+    let mut scope_errors = Vec::new();
     let mut seen = |lines: &mut LineIndex, subject: ResourceRef, item: ItemLines| {
         let name_line = item.name;
         if !lines.record(subject.clone(), item) {
@@ -159,9 +162,20 @@ pub fn convert(
         ) {
             continue;
         }
+        let egress_scope = ns.egress_scope.as_ref().and_then(|entries| {
+            let words = entries.iter().map(|e| e.value.as_str());
+            EgressScope::parse(&ns.name.value, words)
+                .map_err(|source| {
+                    let at = egress_scope_error_line(&source, entries).unwrap_or(line(&ns.name));
+                    let subject = ResourceRef::new(Kind::Namespace, &ns.name.value);
+                    scope_errors.push((ModelError::InvalidEgressScope { subject, source }, at));
+                })
+                .ok()
+        });
         let namespace = model::Namespace {
             name: ns.name.value,
             labels: ns.labels,
+            egress_scope,
         };
         namespaces.push(namespace.clone());
         b.namespace(namespace);
@@ -301,7 +315,20 @@ pub fn convert(
             b.traffic_policy(policy);
         }
     }
+    located.extend(scope_errors);
     (b, topology, lines, located)
+}
+
+/// The line of the entry an egress scope error is about.
+fn egress_scope_error_line(error: &EgressScopeError, entries: &[Spanned<String>]) -> Option<u64> {
+    let entry = match error {
+        EgressScopeError::Empty => return None,
+        EgressScopeError::Malformed { entry }
+        | EgressScopeError::EveryNamespace { entry }
+        | EgressScopeError::HostName { entry, .. }
+        | EgressScopeError::InvalidName { entry, .. } => entry,
+    };
+    entries.iter().find(|e| e.value == *entry).map(line)
 }
 
 fn service_port(p: ServicePortSpec) -> model::ServicePort {

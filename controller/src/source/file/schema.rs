@@ -78,6 +78,9 @@ pub struct NamespaceSpec {
     pub name: Spanned<String>,
     #[serde(default)]
     pub labels: Labels,
+    /// The mesh destinations its meshed pods may connect to (`<namespace>/<service>`,
+    /// `<namespace>/*`, `.` for this namespace); absent: any.
+    pub egress_scope: Option<Vec<Spanned<String>>>,
 }
 
 fn default_service_account() -> String {

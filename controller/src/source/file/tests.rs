@@ -638,3 +638,39 @@ fn bad_when_keys_and_hosts_with_ports_are_refused() {
     assert!(found[0].1.contains("reviews:9080"), "{found:?}");
     assert!(found[1].1.contains("source.ip"), "{found:?}");
 }
+
+#[test]
+fn a_namespace_declares_its_egress_scope_and_a_bad_entry_is_refused_at_its_line() {
+    let scoped = BASE.replace(
+        "    labels: {ambit.io/dataplane-mode: ambient}\n",
+        "    labels: {ambit.io/dataplane-mode: ambient}\n    egressScope: ['./*', shared/*]\n",
+    );
+    let model = parse(&scoped, "test.yaml").unwrap().model;
+    let scope = model.egress_scope("demo").unwrap();
+    assert_eq!(scope.declared, "./*, shared/*");
+    assert_eq!(
+        scope
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["demo/*", "shared/*"]
+    );
+    let bad = BASE.replace(
+        "    labels: {ambit.io/dataplane-mode: ambient}\n",
+        "    labels: {ambit.io/dataplane-mode: ambient}\n    egressScope:\n      - ./*\n      - shared\n",
+    );
+    let found = problems(&bad);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, Some(8), "{found:?}");
+    assert!(
+        found[0]
+            .1
+            .contains("namespace demo declares an egress scope that cannot be read")
+            && found[0]
+                .1
+                .contains("\"shared\" is not <namespace>/<service>"),
+        "{}",
+        found[0].1
+    );
+}

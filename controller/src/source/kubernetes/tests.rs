@@ -298,3 +298,42 @@ fn the_policy_mode_label_puts_a_namespaces_policies_in_observer_mode_and_a_bad_v
         typo[0].reason
     );
 }
+
+#[test]
+fn the_egress_scope_annotation_declares_a_scope_and_a_bad_one_fails_closed() {
+    let scoped = |name: &str, value: &str| {
+        serde_json::from_value::<core::Namespace>(json!({"metadata": {
+            "name": name,
+            "labels": {"ambit.io/dataplane-mode": "ambient"},
+            "annotations": {"ambit.io/egress-scope": value},
+        }}))
+        .unwrap()
+    };
+    let (model, skips) = build(
+        &[
+            scoped("shop", "./*, payments/api"),
+            scoped("typo", "payments"),
+        ],
+        &[],
+        &[],
+    );
+    let shop = model.egress_scope("shop").unwrap();
+    assert_eq!(shop.declared, "./*, payments/api");
+    assert_eq!(shop.hosts.len(), 2);
+    assert_eq!(shop.invalid, None);
+    let typo = model.egress_scope("typo").unwrap();
+    assert!(typo.hosts.is_empty());
+    assert!(
+        typo.invalid
+            .as_deref()
+            .unwrap()
+            .contains("is not <namespace>/<service>")
+    );
+    assert_eq!(skips.len(), 1, "{skips:?}");
+    assert_eq!(skips[0].subject, ResourceRef::new(Kind::Namespace, "typo"));
+    assert!(
+        skips[0].reason.contains("refused until it is fixed"),
+        "{}",
+        skips[0].reason
+    );
+}

@@ -31,6 +31,7 @@ fn convert(yaml: &str) -> Outcome {
     let namespaces = vec![model::Namespace {
         name: "demo".into(),
         labels: ns_labels,
+        egress_scope: None,
     }];
     let services = vec![
         service("demo", "reviews", None),

@@ -9,8 +9,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::endpoints::Slices;
 use super::{Skip, Waypoints, check_waypoint_label, key, labels};
 use crate::model::{
-    self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, Kind, MTLS_MODE_LABEL,
-    MtlsMode, POLICY_MODE_LABEL, PolicyMode, ResourceRef,
+    self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
+    EGRESS_SCOPE_ANNOTATION, EgressScope, Kind, MTLS_MODE_LABEL, MtlsMode, POLICY_MODE_LABEL,
+    PolicyMode, ResourceRef,
 };
 
 pub(super) fn namespace(
@@ -58,7 +59,38 @@ pub(super) fn namespace(
         );
     }
     check_waypoint_label(&subject, &name, &mut labels, waypoints, skips);
-    Some(model::Namespace { name, labels })
+    let egress_scope = egress_scope(ns, &name, &subject, skips);
+    Some(model::Namespace {
+        name,
+        labels,
+        egress_scope,
+    })
+}
+
+/// The namespace's [`EGRESS_SCOPE_ANNOTATION`]. One that cannot be read fails closed: the
+/// namespace's pods may reach no mesh destination until it is fixed (reported as a skip).
+fn egress_scope(
+    ns: &core::Namespace,
+    name: &str,
+    subject: &ResourceRef,
+    skips: &mut Vec<Skip>,
+) -> Option<EgressScope> {
+    let value = ns
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(EGRESS_SCOPE_ANNOTATION)?;
+    Some(
+        EgressScope::parse_annotation(name, value).unwrap_or_else(|error| {
+            skips.push(Skip {
+                subject: subject.clone(),
+                reason: format!(
+                    "annotation {EGRESS_SCOPE_ANNOTATION}={value:?} cannot be read: {error}; its pods' connections to mesh destinations are refused until it is fixed"
+                ),
+            });
+            EgressScope::refusing_all(value, &error)
+        }),
+    )
 }
 
 fn pod_ips(status: &core::PodStatus) -> Vec<IpAddr> {

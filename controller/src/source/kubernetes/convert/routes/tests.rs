@@ -52,6 +52,7 @@ impl World {
             namespaces: vec![model::Namespace {
                 name: "demo".into(),
                 labels: ns_labels,
+                egress_scope: None,
             }],
             services: vec![
                 service("demo", "reviews", None),
