@@ -165,11 +165,40 @@ pub fn load(path: &Path) -> Result<SubscribeResponse, LocalConfigError> {
     parse(&text, path)
 }
 
+/// The YAML parser's bounds, raised from its defaults (250k nodes, 64 MiB of text: ~15,000
+/// workloads) to a million workloads, at ~16 nodes and ~150 bytes each. The bounds against
+/// expansion attacks (aliases, nesting) stay as they are.
+fn yaml_budget() -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 16_000_000;
+    budget.max_events = 32_000_000;
+    budget.max_total_scalar_bytes = 256 * 1024 * 1024;
+    budget
+}
+
 fn parse(text: &str, path: &Path) -> Result<SubscribeResponse, LocalConfigError> {
-    let file: File = serde_saphyr::from_str(text).map_err(|e| LocalConfigError::Syntax {
-        path: path.into(),
-        line: e.location().map(|l| l.line() as usize),
-        message: e.to_string(),
+    parse_within(text, path, yaml_budget())
+}
+
+fn parse_within(
+    text: &str,
+    path: &Path,
+    budget: serde_saphyr::Budget,
+) -> Result<SubscribeResponse, LocalConfigError> {
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let file: File = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let message = match e.without_snippet() {
+            serde_saphyr::Error::Budget { breach, .. } => format!(
+                "the file is larger than a standalone config may be ({breach:?}; about a million workloads at most): run the controller for a mesh this size"
+            ),
+            _ => e.to_string(),
+        };
+        LocalConfigError::Syntax {
+            path: path.into(),
+            line: e.location().map(|l| l.line() as usize),
+            message,
+        }
     })?;
     let mut resources = Vec::new();
     for w in file.workloads {
@@ -370,6 +399,37 @@ authorizationPolicies:
         );
         assert!(judge("good", 8080).audited.is_empty());
         assert!(judge("bad", 9090).audited.is_empty());
+    }
+
+    /// `n` workloads, each its own service's endpoint.
+    fn workloads(n: usize) -> String {
+        let mut text = String::from("workloads:\n");
+        for i in 0..n {
+            let (a, b) = (i / 250, i % 250 + 1);
+            text.push_str(&format!(
+                "  - {{uid: w{i}, name: w{i}, namespace: demo, serviceAccount: sa, node: node-a, addresses: [10.{}.{a}.{b}], protocol: HBONE}}\n",
+                a / 250
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn a_file_past_the_parsers_default_bound_is_read_and_one_past_ours_says_so() {
+        // 20,000 workloads: over the ~15,000 the parser's defaults allowed.
+        let text = workloads(20_000);
+        let response = parse(&text, Path::new("big.yaml")).unwrap();
+        assert_eq!(response.resources.len(), 20_000);
+        let mut small = serde_saphyr::Budget::default();
+        small.max_nodes = 1_000;
+        let error = parse_within(&text, Path::new("big.yaml"), small).unwrap_err();
+        let words = error.to_string();
+        assert!(
+            words.starts_with("big.yaml")
+                && words.contains("larger than a standalone config may be")
+                && words.contains("run the controller"),
+            "{words}"
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub enum FileError {
 }
 
 /// The YAML parser's bounds, raised from its defaults for the size a mesh file may have: a
-/// 50k-pod mesh is ~600k YAML nodes, over the default of 250k. The bounds against expansion
+/// 50k-pod mesh is ~600k YAML nodes, over the default of 250k; these take ~300k pods. The bounds against expansion
 /// attacks (aliases, nesting) stay as they are.
 fn yaml_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
@@ -119,14 +119,24 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
+/// A parse error as the file's reader should see it: a breached bound says what it means.
+fn syntax_error(origin: &str, e: &serde_saphyr::Error) -> FileError {
+    FileError::Syntax {
+        origin: origin.into(),
+        line: e.location().map(|l| l.line()),
+        message: match e.without_snippet() {
+            serde_saphyr::Error::Budget { breach, .. } => format!(
+                "the file is larger than a mesh file may be ({breach:?}; about 300,000 pods at most): use the Kubernetes source for a mesh this size"
+            ),
+            _ => e.to_string(),
+        },
+    }
+}
+
 /// Parses and checks a mesh file's text. `origin` names the file in errors.
 pub fn parse(text: &str, origin: &str) -> Result<MeshFile, FileError> {
     let file: schema::MeshFile = serde_saphyr::from_str_with_options(text, yaml_options())
-        .map_err(|e| FileError::Syntax {
-            origin: origin.into(),
-            line: e.location().map(|l| l.line()),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| syntax_error(origin, &e))?;
     let (builder, topology, lines, mut located) = convert::convert(file);
     let mut problems: Vec<Problem> = located
         .drain(..)

@@ -674,3 +674,17 @@ fn a_namespace_declares_its_egress_scope_and_a_bad_entry_is_refused_at_its_line(
         found[0].1
     );
 }
+
+#[test]
+fn a_file_past_the_parsers_bounds_is_refused_saying_so() {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 10;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let e = serde_saphyr::from_str_with_options::<schema::MeshFile>(BASE, options).unwrap_err();
+    let words = super::syntax_error("big.yaml", &e).to_string();
+    assert!(
+        words.contains("larger than a mesh file may be") && words.contains("Kubernetes source"),
+        "{words}"
+    );
+}
