@@ -133,13 +133,31 @@ fn builder(
     b
 }
 
-/// The model of everything the model accepts, and what was left out on the way (the input's own
-/// skips plus the objects the model rejected). `Err` only when the model cannot be built at all
-/// (an invalid trust domain).
-pub fn assemble(
-    input: &Input,
-    settings: &MeshSettings,
-) -> Result<(MeshModel, Vec<Skip>), Vec<ModelError>> {
+/// What a model reports of itself: policies kept (ztunnel fails their L7 fields closed) but not
+/// enforceable as written.
+pub(super) fn model_skips(model: &MeshModel) -> impl Iterator<Item = Skip> {
+    model.unenforced_l7_policies().into_iter().map(|u| Skip {
+        subject: namespaced(
+            Kind::AuthorizationPolicy,
+            &u.policy.namespace,
+            &u.policy.name,
+        ),
+        reason: u.reason(),
+    })
+}
+
+/// A model made of a cluster's input.
+pub struct Assembled {
+    pub model: MeshModel,
+    /// The input's own skips, the objects the model rejected and [`model_skips`].
+    pub skips: Vec<Skip>,
+    /// The model rejected some object of the input (so it is not in the model).
+    pub left_out: bool,
+}
+
+/// The model of everything the model accepts, and what was left out on the way. `Err` only
+/// when the model cannot be built at all (an invalid trust domain).
+pub fn assemble(input: &Input, settings: &MeshSettings) -> Result<Assembled, Vec<ModelError>> {
     let mut skips = input.skips.clone();
     let mut out = BTreeSet::new();
     let mut last = Vec::new();
@@ -148,18 +166,14 @@ pub fn assemble(
         match builder(input, settings, &out, &mut round_skips).build() {
             Ok(model) => {
                 skips.extend(round_skips);
-                // Kept (ztunnel fails the L7 fields closed), but not enforceable as written.
-                skips.extend(model.unenforced_l7_policies().into_iter().map(|u| Skip {
-                    subject: namespaced(
-                        Kind::AuthorizationPolicy,
-                        &u.policy.namespace,
-                        &u.policy.name,
-                    ),
-                    reason: u.reason(),
-                }));
+                skips.extend(model_skips(&model));
                 skips.sort();
                 skips.dedup();
-                return Ok((model, skips));
+                return Ok(Assembled {
+                    model,
+                    skips,
+                    left_out: !out.is_empty(),
+                });
             }
             Err(errors) => {
                 let mut progress = false;

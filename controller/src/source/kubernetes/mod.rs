@@ -19,6 +19,7 @@
 mod assemble;
 mod convert;
 pub mod crd;
+mod incremental;
 mod watch;
 
 use std::sync::Arc;

@@ -61,7 +61,8 @@ fn build_with(objects: &Objects, mtls_mode: MtlsMode) -> (MeshModel, Vec<Skip>) 
         mtls_mode,
         ..Options::default()
     };
-    assemble(&input, &options.mesh_settings()).unwrap()
+    let a = assemble(&input, &options.mesh_settings()).unwrap();
+    (a.model, a.skips)
 }
 
 fn meshed(model: &MeshModel, ns: &str, name: &str) -> bool {
@@ -336,4 +337,102 @@ fn the_egress_scope_annotation_declares_a_scope_and_a_bad_one_fails_closed() {
         "{}",
         skips[0].reason
     );
+}
+
+mod incremental_apply {
+    use super::*;
+    use crate::source::kubernetes::incremental::{MadeFrom, apply};
+
+    fn objects(pods: Vec<core::Pod>, services: Vec<core::Service>) -> Objects {
+        Objects {
+            namespaces: vec![Arc::new(ns(
+                "shop",
+                json!({"ambit.io/dataplane-mode": "ambient"}),
+            ))],
+            pods: pods.into_iter().map(Arc::new).collect(),
+            services: services.into_iter().map(Arc::new).collect(),
+            ..Objects::default()
+        }
+    }
+
+    fn made(objects: &Objects) -> (MeshModel, MadeFrom) {
+        let input = convert(objects, DEFAULT_TRUST_DOMAIN);
+        let a = assemble(&input, &Options::default().mesh_settings()).unwrap();
+        let from = MadeFrom {
+            input,
+            left_out: a.left_out,
+        };
+        (a.model, from)
+    }
+
+    fn cart(ip: &str, version: &str) -> core::Pod {
+        pod(
+            "shop",
+            "cart-1",
+            Some(ip),
+            json!({"app": "cart", "version": version}),
+        )
+    }
+
+    fn services() -> Vec<core::Service> {
+        let ports = json!([{"port": 80, "targetPort": 8080}]);
+        vec![
+            service(
+                "shop",
+                "cart",
+                "10.96.0.1",
+                json!({"app": "cart"}),
+                ports.clone(),
+            ),
+            service("shop", "pay", "10.96.0.2", json!({"app": "pay"}), ports),
+        ]
+    }
+
+    #[test]
+    fn pods_services_and_their_removal_are_applied_as_a_full_build_would_make_them() {
+        let before = objects(vec![cart("10.0.0.1", "v1")], services());
+        let (current, from) = made(&before);
+        let mut pods = vec![
+            cart("10.0.0.1", "v2"),
+            pod("shop", "pay-1", Some("10.0.0.2"), json!({"app": "pay"})),
+        ];
+        let after = objects(pods.clone(), services()[..1].to_vec());
+        let input = convert(&after, DEFAULT_TRUST_DOMAIN);
+        let (applied, skips) = apply(&current, &from, &input).expect("applied in place");
+        let (built, _) = made(&after);
+        assert_eq!(applied, built);
+        assert!(
+            applied.changes_since(&current).is_some(),
+            "not made by apply"
+        );
+        assert!(skips.is_empty(), "{skips:?}");
+
+        // A pod that takes another's address is refused by apply: built whole instead.
+        pods.push(pod("shop", "clash", Some("10.0.0.2"), json!({})));
+        let clash = convert(&objects(pods, services()), DEFAULT_TRUST_DOMAIN);
+        let (built, from) = made(&after);
+        assert!(apply(&built, &from, &clash).is_none());
+    }
+
+    #[test]
+    fn namespaces_and_a_model_that_left_something_out_are_built_whole() {
+        let before = objects(vec![cart("10.0.0.1", "v1")], services());
+        let (current, from) = made(&before);
+        let mut relabelled = before.clone();
+        relabelled.namespaces = vec![Arc::new(ns("shop", json!({})))];
+        let input = convert(&relabelled, DEFAULT_TRUST_DOMAIN);
+        assert!(apply(&current, &from, &input).is_none());
+
+        let clashing = objects(
+            vec![
+                cart("10.0.0.1", "v1"),
+                pod("shop", "clash", Some("10.0.0.1"), json!({})),
+            ],
+            services(),
+        );
+        let (current, from) = made(&clashing);
+        assert!(from.left_out);
+        let input = convert(&before, DEFAULT_TRUST_DOMAIN);
+        assert!(apply(&current, &from, &input).is_none());
+    }
 }

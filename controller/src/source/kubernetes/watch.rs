@@ -1,6 +1,7 @@
-//! Keeps a reflector (a local cache fed by list + watch) per kind, and rebuilds the model from
-//! the caches shortly after anything changes: a burst of events (a rollout, a resync after a
-//! reconnect) becomes one new model, not one per event.
+//! Keeps a reflector (a local cache fed by list + watch) per kind, and makes the next model
+//! from the caches shortly after anything changes (applied to the current one where it can be:
+//! [`super::incremental`]): a burst of events (a rollout, a resync after a reconnect) becomes
+//! one new model, not one per event.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -24,6 +25,7 @@ use super::assemble::assemble;
 use super::convert::{Objects, Skip, convert};
 use super::crd::AuthorizationPolicy;
 use super::crd::traffic::TrafficPolicy;
+use super::incremental::{self, MadeFrom};
 use super::{KubernetesError, Options, Watching};
 use crate::model::MeshModel;
 
@@ -268,13 +270,29 @@ struct Rebuilder {
     options: Options,
     /// Skips already logged, so each is logged once when it appears, not on every rebuild.
     logged: BTreeSet<Skip>,
+    /// What the model in force was made from, for the next change to be applied to it.
+    made_from: Option<MadeFrom>,
 }
 
 impl Rebuilder {
-    fn build(&mut self) -> Result<MeshModel, KubernetesError> {
+    /// The model of the caches now: `current` with what changed applied to it when it can
+    /// be (see [`super::incremental`]), else built whole.
+    fn build(&mut self, current: Option<&MeshModel>) -> Result<MeshModel, KubernetesError> {
         let input = convert(&self.caches.objects(), &self.options.trust_domain);
-        let (model, skips) = assemble(&input, &self.options.mesh_settings())
-            .map_err(|errors| KubernetesError::Model { errors })?;
+        let applied = match (current, &self.made_from) {
+            (Some(current), Some(from)) => incremental::apply(current, from, &input),
+            _ => None,
+        };
+        let (model, skips, left_out) = match applied {
+            Some((model, skips)) => (model, skips, false),
+            None => {
+                self.made_from = None;
+                let a = assemble(&input, &self.options.mesh_settings())
+                    .map_err(|errors| KubernetesError::Model { errors })?;
+                (a.model, a.skips, a.left_out)
+            }
+        };
+        self.made_from = Some(MadeFrom { input, left_out });
         let now: BTreeSet<Skip> = skips.into_iter().collect();
         for skip in now.difference(&self.logged) {
             tracing::info!(object = %skip.subject, reason = %skip.reason, "left out of the mesh model, or used in part");
@@ -302,7 +320,8 @@ impl Rebuilder {
                 _ = shutdown.cancelled() => return self,
                 _ = tokio::time::sleep(self.options.debounce) => {}
             }
-            match self.build() {
+            let current = models.borrow().clone();
+            match self.build(Some(&current)) {
                 Ok(model) => {
                     if **models.borrow() == model {
                         continue;
@@ -339,8 +358,9 @@ pub async fn start(
                 caches,
                 options,
                 logged: BTreeSet::new(),
+                made_from: None,
             };
-            rebuilder.build().map(|model| (rebuilder, model))
+            rebuilder.build(None).map(|model| (rebuilder, model))
         }
         Err(_) => Err(KubernetesError::NotSynced {
             timeout: options.sync_timeout,

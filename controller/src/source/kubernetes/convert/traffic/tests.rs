@@ -55,7 +55,8 @@ fn build(policies: Vec<Value>, extra_services: Vec<Value>) -> (MeshModel, Vec<Sk
         ..Objects::default()
     };
     let input = convert(&objects, "cluster.local");
-    assemble(&input, &Options::default().mesh_settings()).unwrap()
+    let a = assemble(&input, &Options::default().mesh_settings()).unwrap();
+    (a.model, a.skips)
 }
 
 fn about<'a>(skips: &'a [Skip], name: &str) -> Vec<&'a str> {
