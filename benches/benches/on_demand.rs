@@ -41,7 +41,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use mesh::{MESHED_NODES, Spec, node_name};
+use mesh::{NODES, Spec, node_name};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -233,8 +233,9 @@ struct Figures {
     heap_per_subscription: f64,
 }
 
-fn run(workloads: usize, sampled: usize) -> anyhow::Result<Figures> {
-    let spec = Spec::generate(workloads);
+fn run(workloads: usize, cluster_nodes: usize, sampled: usize) -> anyhow::Result<Figures> {
+    let spec = Spec::generate_on(workloads, cluster_nodes);
+    let sampled = sampled.min(spec.meshed_nodes());
     let model = Arc::new(
         spec.builder()
             .build()
@@ -248,7 +249,7 @@ fn run(workloads: usize, sampled: usize) -> anyhow::Result<Figures> {
     let snapshot = c.snapshots.borrow().clone();
     let full = size_of(&snapshot, full_set(&model).iter());
     let nodes: Vec<String> = (0..sampled)
-        .map(|i| node_name(i * MESHED_NODES / sampled))
+        .map(|i| node_name(i * spec.meshed_nodes() / sampled))
         .collect();
     let all_mode = nodes
         .iter()
@@ -412,10 +413,11 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--sizes {list}: {e}"))?,
         None => vec![50_000],
     };
-    let sampled: usize = args.value("--nodes", 10).clamp(1, MESHED_NODES);
+    let sampled: usize = args.value("--nodes", 10).max(1);
+    let cluster_nodes: usize = args.value("--cluster-nodes", NODES).max(10);
     let mut results = Vec::new();
     for size in sizes {
-        let mut f = run(size, sampled)?;
+        let mut f = run(size, cluster_nodes, sampled)?;
         f.print();
         results.push(f.json());
     }

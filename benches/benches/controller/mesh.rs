@@ -12,9 +12,8 @@ use ambit_controller::model::{
 };
 use ambit_proto::api::security::{Action, Destination, Rule, Source};
 
+/// The default cluster: 100 nodes, a tenth of them running only namespaces outside the mesh.
 pub const NODES: usize = 100;
-/// Nodes `MESHED_NODES..NODES` run only the namespaces that are not meshed.
-pub const MESHED_NODES: usize = 90;
 pub const PODS_PER_NAMESPACE: usize = 50;
 const SERVICES_PER_NAMESPACE: usize = 8;
 const REPLICAS: usize = 5;
@@ -73,6 +72,9 @@ pub struct Spec {
     policies: Vec<AuthorizationPolicy>,
     /// Next free host number per node, for addresses of new or moved pods.
     next_host: Vec<u32>,
+    nodes: usize,
+    /// Nodes `meshed_nodes..nodes` run only the namespaces that are not meshed.
+    meshed_nodes: usize,
 }
 
 pub fn node_name(i: usize) -> String {
@@ -106,16 +108,29 @@ fn suffix(a: usize, b: usize) -> String {
 }
 
 impl Spec {
-    /// About `workloads` pods (rounded up to whole namespaces).
+    /// About `workloads` pods (rounded up to whole namespaces) on the default cluster.
     pub fn generate(workloads: usize) -> Spec {
+        Self::generate_on(workloads, NODES)
+    }
+
+    /// About `workloads` pods on `nodes` nodes (10 or more), a tenth of them for the namespaces
+    /// outside the mesh.
+    pub fn generate_on(workloads: usize, nodes: usize) -> Spec {
+        assert!(
+            nodes >= 10,
+            "a cluster of {nodes} nodes has no pool outside the mesh"
+        );
         let mut spec = Spec {
             namespaces: Vec::new(),
             pods: Vec::new(),
             services: Vec::new(),
             waypoints: Vec::new(),
             policies: Vec::new(),
-            next_host: vec![2; NODES],
+            next_host: vec![2; nodes],
+            nodes,
+            meshed_nodes: nodes - nodes / 10,
         };
+        let meshed_nodes = spec.meshed_nodes;
         let (mut meshed_pods, mut legacy_pods) = (0usize, 0usize);
         for ns in 0..workloads.div_ceil(PODS_PER_NAMESPACE) {
             let name = namespace_name(ns);
@@ -126,8 +141,9 @@ impl Spec {
             if meshed(ns) && ns % 10 == 0 {
                 let wp = format!("{name}-waypoint");
                 ns_labels.insert(USE_WAYPOINT_LABEL.into(), wp.clone());
-                let node = ns % MESHED_NODES;
-                let addr = IpAddr::V4(Ipv4Addr::from(0x0AC9_0000 + ns as u32));
+                let node = ns % meshed_nodes;
+                // 192.168.0.0/16: apart from pods and services at any size.
+                let addr = IpAddr::V4(Ipv4Addr::from(0xC0A8_0000 + ns as u32));
                 spec.waypoints.push(Waypoint {
                     name: wp.clone(),
                     namespace: name.clone(),
@@ -144,10 +160,10 @@ impl Spec {
             for i in 0..PODS_PER_NAMESPACE {
                 let node = if meshed(ns) {
                     meshed_pods += 1;
-                    meshed_pods % MESHED_NODES
+                    meshed_pods % meshed_nodes
                 } else {
                     legacy_pods += 1;
-                    MESHED_NODES + legacy_pods % (NODES - MESHED_NODES)
+                    meshed_nodes + legacy_pods % (nodes - meshed_nodes)
                 };
                 let app = if i < SERVICES_PER_NAMESPACE * REPLICAS {
                     format!("svc-{}", i / REPLICAS)
@@ -184,12 +200,22 @@ impl Spec {
         });
     }
 
-    /// Each node a /16 of its own, as a CNI's per-node pod CIDR.
+    /// Each node a block of 10.0.0.0/8 of its own, as a CNI's per-node pod CIDR: a /16 each
+    /// on up to 255 nodes, smaller blocks on more.
     fn take_address(&mut self, node: usize) -> IpAddr {
         let host = self.next_host[node];
         self.next_host[node] += 1;
+        let block_bits = 24
+            - (self.nodes as u32 + 1)
+                .next_power_of_two()
+                .trailing_zeros()
+                .max(8);
+        assert!(
+            host < 1 << block_bits,
+            "node {node} ran out of pod addresses"
+        );
         IpAddr::V4(Ipv4Addr::from(
-            0x0A00_0000 + ((node as u32 + 1) << 16) + host,
+            0x0A00_0000 + ((node as u32 + 1) << block_bits) + host,
         ))
     }
 
@@ -212,7 +238,8 @@ impl Spec {
         self.services.push(Service {
             name: app.clone(),
             namespace: ns.into(),
-            vips: vec![IpAddr::V4(Ipv4Addr::from(0x0AC8_0000 + index as u32))],
+            // 172.16.0.0/12: a million services would fit.
+            vips: vec![IpAddr::V4(Ipv4Addr::from(0xAC10_0000 + index as u32))],
             ports,
             selector: labels(&[("app", &app)]),
             explicit_endpoints: Vec::new(),
@@ -250,6 +277,16 @@ impl Spec {
         });
     }
 
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// The nodes that run meshed pods are `0..meshed_nodes()`.
+    #[allow(dead_code, reason = "the controller bench subscribes every node")]
+    pub fn meshed_nodes(&self) -> usize {
+        self.meshed_nodes
+    }
+
     pub fn workloads(&self) -> usize {
         self.pods.len()
     }
@@ -272,7 +309,7 @@ impl Spec {
 
     pub fn builder(&self) -> MeshBuilder {
         let mut b = MeshBuilder::new(TRUST_DOMAIN, "local");
-        for i in 0..NODES {
+        for i in 0..self.nodes {
             b.node(Node {
                 name: node_name(i),
                 bootstrap_token: Some(node_token(i)),
@@ -310,7 +347,7 @@ impl Spec {
                 let i = self.pod_index(&meshed_ns, "svc-1");
                 let node = self.node_of(i);
                 let seed = self.pods.len();
-                self.add_pod(&meshed_ns, "svc-1", (node + 1) % MESHED_NODES, seed);
+                self.add_pod(&meshed_ns, "svc-1", (node + 1) % self.meshed_nodes, seed);
                 Edit::Pod(self.pods[self.pods.len() - 1].clone())
             }
             Change::PolicyEdit => {

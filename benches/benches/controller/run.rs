@@ -176,7 +176,7 @@ pub fn size(workloads: usize) -> anyhow::Result<Figures> {
         services: spec.services(),
         policies: spec.policies(),
         waypoints: spec.waypoints(),
-        nodes: NODES,
+        nodes: spec.nodes(),
         ..Default::default()
     };
     // The builder's input becomes part of the model (pods move into workloads), so the baseline
