@@ -63,7 +63,11 @@ fn the_topology_follows_the_address_plan() -> anyhow::Result<()> {
     assert!(out.status.success());
     assert!(text.contains("10.244.2.2/32"), "{text}");
     assert!(text.contains("fd00:10:244:2::2/128"), "{text}");
-    assert!(!text.contains("tentative"), "{text}");
+    // The pod's own address, that is: the kernel's link-local one can show `tentative` for a
+    // moment after the link comes up even without DAD (the flag is cleared by a deferred work
+    // item, which a loaded machine runs late), and nothing here uses it.
+    let own = text.lines().find(|l| l.contains("fd00:10:244:2::2/128"));
+    assert!(!own.is_some_and(|l| l.contains("tentative")), "{text}");
     Ok(())
 }
 
