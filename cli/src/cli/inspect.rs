@@ -191,6 +191,35 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
                 &["NODE", "IDENTITY", "SERIAL", "EXPIRES"],
             )
         }
+        Section::EgressScopes => {
+            let rows: Vec<ScopeRow> = dumps
+                .into_iter()
+                .flat_map(|d| {
+                    let node = d.node.clone();
+                    d.egress_scopes.into_iter().map(move |s| ScopeRow {
+                        node: node.clone(),
+                        namespace: s.namespace,
+                        declared: s.declared,
+                        state: s.invalid.map_or("in force".into(), |why| {
+                            format!("unreadable, refusing every mesh destination: {why}")
+                        }),
+                    })
+                })
+                .collect();
+            print(
+                output,
+                &rows,
+                |r| {
+                    vec![
+                        r.node.clone(),
+                        r.namespace.clone(),
+                        r.declared.clone(),
+                        r.state.clone(),
+                    ]
+                },
+                &["NODE", "NAMESPACE", "DECLARED", "STATE"],
+            )
+        }
         Section::Connections => {
             let rows: Vec<_> = dumps.into_iter().flat_map(|d| d.connections).collect();
             print(
@@ -225,6 +254,15 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ScopeRow {
+    node: String,
+    namespace: String,
+    declared: String,
+    state: String,
 }
 
 #[derive(Serialize)]

@@ -100,6 +100,8 @@ pub enum Section {
     Policies,
     Certificates,
     Connections,
+    /// The egress scopes each ztunnel holds for its pods' namespaces.
+    EgressScopes,
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]

@@ -50,6 +50,21 @@ async fn a_namespace_reaches_only_what_its_egress_scope_declares() -> anyhow::Re
         "ztunnel did not say why it refused:\n{log}"
     );
 
+    // `ambit config egress-scopes` shows what node-a's ztunnel holds.
+    let admin = mesh.node_state("node-a")?.admin.to_string();
+    let out = ambit_e2e::up::ambit()
+        .args(["config", "egress-scopes", "--admin", &admin])
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        table.lines().any(|l| l.contains("node-a")
+            && l.contains("shop")
+            && l.contains("./*, payments/api")
+            && l.contains("in force")),
+        "{table}"
+    );
+
     // The declaration widens to all of payments: the change reaches node-a's ztunnel.
     let text = std::fs::read_to_string(mesh.mesh_path())?;
     let widened = text.replace(
