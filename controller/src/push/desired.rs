@@ -9,7 +9,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use super::ResourceKey;
-use super::snapshot::WireResource;
+use super::snapshot::{WireResource, entry_hash};
 
 pub type Resolved = BTreeMap<ResourceKey, Arc<WireResource>>;
 
@@ -73,6 +73,9 @@ pub struct Desired {
     shared_hash: u64,
     shared_changes: Option<SharedChanges>,
     own: Resolved,
+    /// [`own_hash`] of `own`, kept as entries come and go so an on-demand lookup that adds
+    /// a few entries to thousands does not hash them all again.
+    own_hash: u64,
     /// The snapshot this was resolved from, and for a ztunnel the node's part as resolved there,
     /// which the next snapshot may reuse (see [`super::scope::desired_since`]).
     pub(super) generation: u64,
@@ -87,14 +90,12 @@ pub struct NodePart {
     pub(super) captures: bool,
 }
 
-/// A hash of keys and versions, in key order.
-pub(super) fn hash_resolved(resolved: &Resolved) -> u64 {
-    let mut h = DefaultHasher::new();
-    for (key, resource) in resolved {
-        key.hash(&mut h);
-        resource.version.hash(&mut h);
-    }
-    h.finish()
+/// A hash of keys and versions that does not depend on their order (a wrapping sum of each
+/// entry's), so adding or removing one entry updates it without visiting the rest.
+fn own_hash(resolved: &Resolved) -> u64 {
+    resolved
+        .iter()
+        .fold(0, |sum, (k, r)| sum.wrapping_add(entry_hash(k, r)))
 }
 
 impl Desired {
@@ -110,6 +111,7 @@ impl Desired {
             shared,
             shared_hash,
             shared_changes,
+            own_hash: own_hash(&own),
             own,
             generation: 0,
             node_part: None,
@@ -141,6 +143,25 @@ impl Desired {
         Some(keys)
     }
 
+    /// Puts `resource` in the own part (what an on-demand lookup brings), unless the shared
+    /// part has the key.
+    pub(super) fn insert_own(&mut self, key: ResourceKey, resource: Arc<WireResource>) {
+        if self.shared.contains_key(&key) {
+            return;
+        }
+        self.own_hash = self.own_hash.wrapping_add(entry_hash(&key, &resource));
+        if let Some(old) = self.own.insert(key.clone(), resource) {
+            self.own_hash = self.own_hash.wrapping_sub(entry_hash(&key, &old));
+        }
+    }
+
+    /// Takes `key` out of the own part (an address released); the shared part is left as is.
+    pub(super) fn remove_own(&mut self, key: &ResourceKey) {
+        if let Some(old) = self.own.remove(key) {
+            self.own_hash = self.own_hash.wrapping_sub(entry_hash(key, &old));
+        }
+    }
+
     pub fn get(&self, key: &ResourceKey) -> Option<&Arc<WireResource>> {
         self.shared.get(key).or_else(|| self.own.get(key))
     }
@@ -169,7 +190,7 @@ impl Desired {
     pub fn system_version(&self) -> String {
         let mut h = DefaultHasher::new();
         self.shared_hash.hash(&mut h);
-        hash_resolved(&self.own).hash(&mut h);
+        self.own_hash.hash(&mut h);
         format!("{:016x}", h.finish())
     }
 }

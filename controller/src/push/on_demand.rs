@@ -114,6 +114,14 @@ pub struct Lookups {
     unanswered: BTreeSet<IpAddr>,
 }
 
+/// What one request changed of the addresses held: the released ones first, as they were
+/// taken first.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    pub released: Vec<IpAddr>,
+    pub added: Vec<IpAddr>,
+}
+
 /// The most addresses one subscription may hold: a bound on what one proxy can make the
 /// controller track (each a few keys), above ztunnel's own bound (50,000, which it keeps by
 /// releasing its least recently used).
@@ -131,8 +139,13 @@ pub enum LookupError {
 }
 
 impl Lookups {
-    /// Takes a request's `release` and `lookup` lists, in that order.
-    pub fn request(&mut self, lookup: &[String], release: &[String]) -> Result<(), LookupError> {
+    /// Takes a request's `release` and `lookup` lists, in that order; returns which addresses
+    /// it released and which it newly holds.
+    pub fn request(
+        &mut self,
+        lookup: &[String],
+        release: &[String],
+    ) -> Result<Change, LookupError> {
         let parse = |a: &String| {
             a.parse::<IpAddr>()
                 .map_err(|_| LookupError::NotAnAddress(a.clone()))
@@ -141,18 +154,23 @@ impl Lookups {
         let release = release.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
         // Releases first: a proxy at its own bound releases one address to make room for
         // the next in the same request.
+        let mut change = Change::default();
         for ip in release {
-            self.held.remove(&ip);
+            if self.held.remove(&ip) {
+                change.released.push(ip);
+            }
             self.unanswered.remove(&ip);
         }
         for ip in lookup {
             if self.held.len() >= MAX_ADDRESSES && !self.held.contains(&ip) {
                 return Err(LookupError::TooMany);
             }
-            self.held.insert(ip);
+            if self.held.insert(ip) {
+                change.added.push(ip);
+            }
             self.unanswered.insert(ip);
         }
-        Ok(())
+        Ok(change)
     }
 
     pub fn held(&self) -> impl Iterator<Item = IpAddr> + '_ {
@@ -182,13 +200,15 @@ impl Lookups {
 }
 
 /// What an on-demand ztunnel on `subscriber.name` receives from `snapshot`: its node's part
-/// and what each of `lookups` brings. The node part is taken over from `previous` when the
+/// and what each of `lookups` brings, counted again in `brought` (for [`apply`], which changes
+/// it in place as lookups come and go). The node part is taken over from `previous` when the
 /// change touched nothing on the node (as [`super::scope::desired_since`] does).
 pub fn desired(
     snapshot: &Snapshot,
     subscriber: &Subscriber,
     index: &AddressIndex,
     lookups: &Lookups,
+    brought: &mut Brought,
     previous: Option<&Desired>,
 ) -> Desired {
     let untouched = previous.is_some_and(|p| {
@@ -203,11 +223,8 @@ pub fn desired(
         Some(part) if untouched => part,
         _ => Arc::new(node_part(snapshot, &subscriber.name, index)),
     };
-    let model = snapshot.model();
-    let mut wanted = Scope::new();
-    for ip in lookups.held() {
-        wanted.extend(keys_for(model, index, ip).into_iter().flatten());
-    }
+    *brought = Brought::count(snapshot.model(), index, lookups.held());
+    let mut wanted: Scope = brought.keys().cloned().collect();
     wanted.retain(|k| !part.own.contains_key(k));
     let mut own = part.own.clone();
     own.extend(snapshot.resolve(&wanted));
@@ -263,6 +280,9 @@ fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart 
         captures: !meshed.is_empty(),
     }
 }
+
+mod incremental;
+pub use incremental::{Brought, apply};
 
 #[cfg(test)]
 mod tests;

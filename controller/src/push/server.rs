@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::access::{Denied, SubscriberAccess};
 use super::desired::Desired;
 use super::liveness::{DownNodes, NodeLiveness, Subscribed};
-use super::on_demand::{self, AddressIndexes, Lookups};
+use super::on_demand::{self, AddressIndexes, Brought, Change, Lookups};
 use super::session::{Answer, Session};
 use super::sync::SyncEntry;
 use super::{ResourceKey, Snapshot, SyncTable, desired_for, desired_since};
@@ -313,6 +313,7 @@ impl Discovery for DiscoveryService {
             snapshots: self.snapshots.clone(),
             session: Session::new(known),
             lookups,
+            brought: Brought::default(),
             indexes: self.indexes.clone(),
             part_bytes: self.part_bytes,
             sync: self
@@ -338,6 +339,8 @@ struct Stream {
     session: Session,
     /// An on-demand ztunnel's looked-up addresses (empty for the others).
     lookups: Lookups,
+    /// What the held addresses bring, counted from the current snapshot.
+    brought: Brought,
     indexes: AddressIndexes,
     part_bytes: usize,
     subscriber: Subscriber,
@@ -419,10 +422,10 @@ impl Stream {
                     Ok(Some(request)) => {
                         self.answer(kind, &request);
                         if !request.lookup.is_empty() || !request.release.is_empty() {
-                            if let Err(ended) = self.look_up(&request) {
-                                return ended;
+                            match self.look_up(&request) {
+                                Ok(change) => self.apply(&snapshot, &change, &mut desired),
+                                Err(ended) => return ended,
                             }
-                            desired = self.desired(&snapshot, Some(&desired));
                         }
                     }
                     Ok(None) => return "the proxy closed the stream".into(),
@@ -449,10 +452,18 @@ impl Stream {
 
     /// What the proxy should hold of `snapshot`; `previous`, what it was sent before, lets a
     /// change that touched nothing of its node's skip resolving that part again.
-    fn desired(&self, snapshot: &Snapshot, previous: Option<&Desired>) -> Desired {
+    fn desired(&mut self, snapshot: &Snapshot, previous: Option<&Desired>) -> Desired {
+        self.session.replaced();
         if self.subscriber.on_demand {
             let index = self.indexes.of(snapshot.model());
-            return on_demand::desired(snapshot, &self.subscriber, &index, &self.lookups, previous);
+            return on_demand::desired(
+                snapshot,
+                &self.subscriber,
+                &index,
+                &self.lookups,
+                &mut self.brought,
+                previous,
+            );
         }
         match previous {
             Some(p) => desired_since(snapshot, &self.subscriber, p),
@@ -460,23 +471,33 @@ impl Stream {
         }
     }
 
+    /// A request's lookups and releases applied to `desired` (resolved from `snapshot`) in
+    /// place: only what their addresses bring is resolved, and the session diffs only that.
+    fn apply(&mut self, snapshot: &Snapshot, change: &Change, desired: &mut Desired) {
+        let index = self.indexes.of(snapshot.model());
+        let changed = on_demand::apply(snapshot, &index, change, &mut self.brought, desired);
+        self.session.changed_in_place(changed);
+    }
+
     /// Takes a request's lookups and releases; a request that is not on-demand's to make, or
     /// names no address, ends the subscription with the reason (the proxy is broken).
-    fn look_up(&mut self, request: &SubscribeRequest) -> Result<(), String> {
+    fn look_up(&mut self, request: &SubscribeRequest) -> Result<Change, String> {
         let refused = if self.subscriber.on_demand {
             self.lookups
                 .request(&request.lookup, &request.release)
-                .err()
-                .map(|e| e.to_string())
+                .map_err(|e| e.to_string())
         } else {
-            Some(
+            Err(
                 "lookups need subscriber.on_demand; this subscription is sent everything up front"
                     .to_string(),
             )
         };
-        let Some(reason) = refused else {
-            tracing::debug!(subscriber = %self.who, looked_up = request.lookup.len(), released = request.release.len(), held = self.lookups.len(), "lookups");
-            return Ok(());
+        let reason = match refused {
+            Ok(change) => {
+                tracing::debug!(subscriber = %self.who, looked_up = request.lookup.len(), released = request.release.len(), held = self.lookups.len(), "lookups");
+                return Ok(change);
+            }
+            Err(reason) => reason,
         };
         tracing::warn!(subscriber = %self.who, %reason, "ending a subscription whose lookup request was refused");
         let _ = self

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use ambit_proto::api::discovery::RemovedResource;
 use ambit_proto::response_parts::EncodedResponse;
 
-use super::ResourceKey;
 use super::desired::Desired;
+use super::{ResourceKey, Scope};
 
 /// A resource's version, or `None` for its removal.
 type Change = (ResourceKey, Option<Version>);
@@ -65,6 +65,12 @@ pub(super) struct Session {
     /// The desired state of the last response (or of the last check that found nothing to send),
     /// so the next check can look at what changed since instead of the whole scope.
     synced: Option<Desired>,
+    /// The keys at which the desired state last diffed was changed in place since (an
+    /// on-demand lookup's or release's, see [`Self::changed_in_place`]): the next diff looks at
+    /// those only. `None` when nobody said so.
+    in_place: Option<Scope>,
+    /// Whether the desired state last diffed is still the one given (not [`Self::replaced`]).
+    diffed_current: bool,
 }
 
 impl Session {
@@ -80,7 +86,26 @@ impl Session {
             in_flight: None,
             sent: 0,
             synced: None,
+            in_place: None,
+            diffed_current: false,
         }
+    }
+
+    /// The desired state given next is the last one given, changed at `keys` only (a lookup's
+    /// entries added, a release's removed): the next diff looks at those, not at everything.
+    pub fn changed_in_place(&mut self, keys: impl IntoIterator<Item = ResourceKey>) {
+        if self.diffed_current {
+            self.in_place.get_or_insert_default().extend(keys);
+        }
+        // What it was diffed against is no longer the desired state.
+        self.synced = None;
+    }
+
+    /// The desired state given next is a new one (from a new snapshot), not the last one
+    /// changed in place: it is diffed as any other.
+    pub fn replaced(&mut self) {
+        self.diffed_current = false;
+        self.in_place = None;
     }
 
     /// The response that brings the proxy to `desired`, if one is due: the first response always
@@ -102,6 +127,7 @@ impl Session {
         }
         let first = self.sent == 0;
         let full_state = first && self.acked.is_empty();
+        let in_place = self.in_place.take();
         self.rejected.retain(|key, version| match version {
             Some(v) => desired
                 .get(key)
@@ -137,11 +163,14 @@ impl Session {
                     }
                 }
             };
-            match self
-                .synced
-                .as_ref()
-                .and_then(|s| desired.candidates_since(s))
-            {
+            let candidates = match &in_place {
+                Some(changed) => Some(changed.iter().collect()),
+                None => self
+                    .synced
+                    .as_ref()
+                    .and_then(|s| desired.candidates_since(s)),
+            };
+            match candidates {
                 Some(candidates) => candidates.into_iter().for_each(&mut check),
                 None => {
                     let mut keys: Vec<&ResourceKey> = self.acked.keys().collect();
@@ -154,7 +183,13 @@ impl Session {
         }
         // Whether this response is ACKed or NACKed, afterwards every key of `desired` is held
         // or refused at exactly its version, which is what the next incremental diff relies on.
-        self.synced = Some(desired.clone());
+        // After a diff of changes in place there is no copy to keep: the next such diff needs
+        // only their keys, and a replaced desired state is compared whole.
+        self.synced = match in_place {
+            Some(_) => None,
+            None => Some(desired.clone()),
+        };
+        self.diffed_current = true;
         if !first && changes.is_empty() && !always {
             return None;
         }
@@ -370,6 +405,61 @@ mod tests {
             assert_eq!(removed, ["x"]);
         }
         assert_eq!(incremental.system_version, full.system_version);
+    }
+
+    fn entry(name: &str, short: &str) -> (ResourceKey, Arc<WireResource>) {
+        desired(&[(name, short)])
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .next()
+            .unwrap()
+    }
+
+    #[test]
+    fn changes_in_place_are_diffed_by_their_keys_with_the_same_result() {
+        let mut d = desired(&[("a", "1"), ("b", "1")]);
+        let mut sessions = [Session::new(HashMap::new()), Session::new(HashMap::new())];
+        for s in &mut sessions {
+            let first = s.next_response(&d).unwrap();
+            s.answer(&first.nonce, "");
+        }
+        let (c, c1) = entry("c", "1");
+        d.insert_own(c.clone(), c1);
+        let a = ResourceKey::new(ResourceType::Service, "a");
+        d.remove_own(&a);
+        // The first is told what changed; the second compares everything.
+        sessions[0].changed_in_place([c, a]);
+        sessions[1].replaced();
+        let [incremental, full] = sessions.each_mut().map(|s| s.next_response(&d).unwrap());
+        for delta in [&incremental, &full] {
+            assert_eq!(names(delta), ["c@1"]);
+            let removed: Vec<_> = delta.removed.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(removed, ["a"]);
+        }
+        assert_eq!(incremental.system_version, full.system_version);
+        assert_eq!(
+            incremental.system_version,
+            desired(&[("b", "1"), ("c", "1")]).system_version(),
+            "the version kept in place is the one a fresh desired state has"
+        );
+        let s = &mut sessions[0];
+        // A lookup while a response awaits its answer is sent after it.
+        let (e, e1) = entry("e", "1");
+        d.insert_own(e.clone(), e1);
+        s.changed_in_place([e]);
+        assert!(s.next_response(&d).is_none(), "one response in flight");
+        s.answer(&incremental.nonce, "");
+        let later = s.next_response(&d).unwrap();
+        assert_eq!(names(&later), ["e@1"]);
+        s.answer(&later.nonce, "");
+        // Only the keys told are looked at: a change in place not told is not seen.
+        let (f, f1) = entry("f", "1");
+        d.insert_own(f, f1);
+        s.changed_in_place([]);
+        assert!(s.next_response(&d).is_none());
+        // A replaced desired state is compared whole again.
+        s.replaced();
+        assert_eq!(names(&s.next_response(&d).unwrap()), ["f@1"]);
     }
 
     #[test]

@@ -249,7 +249,7 @@ fn workload_wire(
 }
 
 /// One entry's share of [`Snapshot::mesh_wide_hash`].
-fn entry_hash(key: &ResourceKey, resource: &WireResource) -> u64 {
+pub(super) fn entry_hash(key: &ResourceKey, resource: &WireResource) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
     resource.version.hash(&mut h);

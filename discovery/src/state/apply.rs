@@ -1,5 +1,6 @@
 //! Applying a discovery response to a [`ProxyState`]: the resources are checked, the indexes
-//! rebuilt, and only when all of that succeeded does the new state replace the old one.
+//! built (for the whole state) or changed where the delta touched them, and only when all of
+//! that succeeded does the new state replace the old one.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use ambit_proto::api::discovery::{self as api, resource::Kind};
 
+use super::reindex::Touched;
 use super::{EgressScope, Indexes, Policy, ProxyState, Service, StateError, Waypoint, Workload};
 
 impl ProxyState {
@@ -20,43 +22,32 @@ impl ProxyState {
     /// The state `response` makes of this one, which is left as it is: for a proxy that swaps
     /// the new state in while readers keep using the old one.
     pub fn applied(&self, response: &api::SubscribeResponse) -> Result<ProxyState, StateError> {
+        let mut touched = Touched::default();
         let mut next = if response.full_state {
             ProxyState::default()
         } else {
-            self.resources()
+            self.clone()
         };
-        next.remove(&response.removed);
-        next.add(&response.resources)?;
-        next.indexes = next.index()?;
+        next.remove(&response.removed, &mut touched);
+        next.add(&response.resources, &mut touched)?;
+        if response.full_state {
+            next.indexes = next.index()?;
+        } else {
+            touched.reindex(&mut next)?;
+        }
         next.system_version = response.system_version.as_str().into();
         Ok(next)
     }
 
-    /// A copy of the resources and versions, without the indexes (they are rebuilt anyway).
-    fn resources(&self) -> ProxyState {
-        ProxyState {
-            workloads: self.workloads.clone(),
-            services: self.services.clone(),
-            policies: self.policies.clone(),
-            waypoints: self.waypoints.clone(),
-            routes: self.routes.clone(),
-            traffic_policies: self.traffic_policies.clone(),
-            egress_scopes: self.egress_scopes.clone(),
-            versions: self.versions.clone(),
-            system_version: self.system_version.clone(),
-            indexes: Indexes::default(),
-        }
-    }
-
-    fn remove(&mut self, removed: &[api::RemovedResource]) {
+    pub(super) fn remove(&mut self, removed: &[api::RemovedResource], touched: &mut Touched) {
         for r in removed {
             let name = r.name.as_str();
             match api::ResourceType::try_from(r.r#type) {
                 Ok(api::ResourceType::Workload) => {
-                    self.workloads.remove(name);
+                    touched.old_workloads.extend(self.workloads.remove(name));
                 }
                 Ok(api::ResourceType::Service) => {
-                    self.services.remove(name);
+                    touched.old_services.extend(self.services.remove(name));
                 }
                 Ok(api::ResourceType::AuthorizationPolicy) => {
                     self.policies.remove(name);
@@ -80,7 +71,11 @@ impl ProxyState {
         }
     }
 
-    fn add(&mut self, resources: &[api::Resource]) -> Result<(), StateError> {
+    pub(super) fn add(
+        &mut self,
+        resources: &[api::Resource],
+        touched: &mut Touched,
+    ) -> Result<(), StateError> {
         for resource in resources {
             let Some(kind) = &resource.kind else {
                 return Err(StateError::EmptyResource {
@@ -89,13 +84,19 @@ impl ProxyState {
             };
             let type_key = match kind {
                 Kind::Workload(w) => {
-                    let w = Workload::from_api(w)?;
-                    self.workloads.insert(w.uid.clone(), Arc::new(w));
+                    let w = Arc::new(Workload::from_api(w)?);
+                    touched.new_workloads.push(w.clone());
+                    touched
+                        .old_workloads
+                        .extend(self.workloads.insert(w.uid.clone(), w));
                     api::ResourceType::Workload
                 }
                 Kind::Service(s) => {
-                    let s = Service::from_api(s)?;
-                    self.services.insert(s.key.clone(), Arc::new(s));
+                    let s = Arc::new(Service::from_api(s)?);
+                    touched.new_services.push(s.clone());
+                    touched
+                        .old_services
+                        .extend(self.services.insert(s.key.clone(), s));
                     api::ResourceType::Service
                 }
                 Kind::AuthorizationPolicy(p) => {
@@ -134,7 +135,8 @@ impl ProxyState {
         Ok(())
     }
 
-    fn index(&self) -> Result<Indexes, StateError> {
+    /// The indexes of the whole state, built afresh.
+    pub(super) fn index(&self) -> Result<Indexes, StateError> {
         let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
         for w in self.workloads.values() {
             for ip in w.addresses.iter() {

@@ -9,6 +9,7 @@
 mod apply;
 mod egress_scope;
 mod policy;
+mod reindex;
 mod service;
 mod waypoint;
 mod workload;
@@ -75,7 +76,8 @@ pub struct ProxyState {
     indexes: Indexes,
 }
 
-/// Lookups derived from the resources, rebuilt with every update.
+/// Lookups derived from the resources: built for a whole state, changed where a delta
+/// touched them (see [`reindex`]).
 #[derive(Debug, Default, Clone)]
 struct Indexes {
     by_ip: HashMap<IpAddr, Arc<Workload>>,

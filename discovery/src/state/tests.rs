@@ -1,8 +1,11 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{self as api, resource::Kind};
 use ambit_proto::api::workload as wl;
 
+use super::reindex::Touched;
 use super::*;
 use crate::testing::{id, response, route, service, uid, using_waypoint, waypoint, workload};
 
@@ -280,4 +283,111 @@ fn a_peer_is_the_enforcing_waypoint_only_of_workloads_that_use_it() {
             "own {own:?}, via service {via_service:?}, peer {peer}"
         );
     }
+}
+
+/// The indexes as plain values, each entry checked to be the very resource the state holds
+/// under its key (an index left pointing at a replaced one would serve stale config).
+type Plain = (
+    BTreeMap<IpAddr, String>,
+    BTreeMap<IpAddr, String>,
+    BTreeMap<String, String>,
+    BTreeMap<String, BTreeSet<String>>,
+);
+
+fn plain(s: &ProxyState) -> Plain {
+    let i = &s.indexes;
+    let current_w = |w: &Arc<Workload>| {
+        assert!(Arc::ptr_eq(w, &s.workloads[&w.uid]), "stale {}", w.uid);
+        w.uid.to_string()
+    };
+    let current_s = |v: &Arc<Service>| {
+        assert!(Arc::ptr_eq(v, &s.services[&v.key]), "stale {}", v.key);
+        v.key.to_string()
+    };
+    (
+        i.by_ip.iter().map(|(ip, w)| (*ip, current_w(w))).collect(),
+        i.by_vip.iter().map(|(ip, v)| (*ip, current_s(v))).collect(),
+        i.by_hostname
+            .iter()
+            .map(|(h, v)| (h.to_string(), current_s(v)))
+            .collect(),
+        i.by_endpoint
+            .iter()
+            .map(|(uid, l)| (uid.to_string(), l.iter().map(current_s).collect()))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_delta_changes_the_indexes_in_place_as_a_full_index_would_build_them() {
+    // A small xorshift: the same deltas every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let mut state = ProxyState::default();
+    let (mut applied, mut refused) = (0, 0);
+    for step in 0..400 {
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        for _ in 0..next(4) {
+            let name = format!("w{}", next(8));
+            match next(3) {
+                0 => removed.push(removal(api::ResourceType::Workload, &uid(&name))),
+                // Addresses from a small pool, so some deltas claim a taken one.
+                _ => resources.push(workload(
+                    &name,
+                    &[&format!("10.244.0.{}", next(24))],
+                    wl::Protocol::Hbone,
+                )),
+            }
+        }
+        for _ in 0..next(3) {
+            let n = next(5);
+            let name = format!("s{n}");
+            match next(3) {
+                0 => removed.push(removal(api::ResourceType::Service, &format!("demo/{name}"))),
+                _ => {
+                    let endpoints: Vec<String> =
+                        (0..next(4)).map(|_| format!("w{}", next(8))).collect();
+                    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+                    resources.push(service(&name, &[&format!("10.96.0.{n}")], &endpoints));
+                }
+            }
+        }
+        let mut delta = response(step % 50 == 0, resources);
+        delta.removed = removed;
+        let incremental = state.applied(&delta);
+        // The same resources, indexed from scratch.
+        let full = {
+            let mut f = if delta.full_state {
+                ProxyState::default()
+            } else {
+                state.clone()
+            };
+            f.remove(&delta.removed, &mut Touched::default());
+            f.add(&delta.resources, &mut Touched::default())
+                .and_then(|()| f.index())
+                .map(|indexes| {
+                    f.indexes = indexes;
+                    f
+                })
+        };
+        match (incremental, full) {
+            (Ok(i), Ok(f)) => {
+                assert_eq!(plain(&i), plain(&f), "step {step}");
+                state = i;
+                applied += 1;
+            }
+            (Err(_), Err(_)) => refused += 1,
+            (i, f) => panic!("step {step}: in place {:?}, full {:?}", i.err(), f.err()),
+        }
+    }
+    assert!(
+        applied > 100 && refused > 10,
+        "{applied} applied, {refused} refused"
+    );
 }

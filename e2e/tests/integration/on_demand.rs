@@ -1,8 +1,9 @@
 //! Issue 18's on-demand destinations, over three netns nodes: a ztunnel holds its own node's
 //! part up front and learns a destination at its pods' first connection there (which goes over
-//! HBONE at once); a change to a destination reaches the ztunnels that hold it and no other;
-//! one no connection used for the idle time is released. (With the controller down, a new
-//! destination is refused and known ones keep working: lifecycle.rs.)
+//! HBONE at once); a change to a destination (an endpoint added, then removed) reaches the
+//! ztunnels that hold it and no other; one no connection used for the idle time is released.
+//! (With the controller down, a new destination is refused and known ones keep working:
+//! lifecycle.rs.)
 
 use std::time::Duration;
 
@@ -113,6 +114,32 @@ async fn ztunnels_learn_destinations_on_demand_and_release_them() -> anyhow::Res
     assert!(
         reached.is_some(),
         "reviews' new endpoint never reached node-a"
+    );
+    assert_eq!(
+        holds(&mesh, "node-c").await,
+        (vec!["bystander".into()], vec!["demo/bystander".into()]),
+        "node-c was sent a change to a destination it never used"
+    );
+
+    // The endpoint gone again: its removal reaches node-a, which keeps reviews (each look
+    // connects to it, so the idle time cannot be what takes reviews-v2 away; a connection that
+    // picks reviews-v2 before its removal arrives finds no pod there, hence no check of it),
+    // and node-c still holds nothing of reviews.
+    std::fs::write(mesh.mesh_path(), &text)?;
+    let removed = eventually(WITHIN, async || {
+        let _ = curl(&mesh, "demo", "client", REVIEWS);
+        let now = holds(&mesh, "node-a").await;
+        let want = (
+            vec!["client".to_string(), "reviews-v1".to_string()],
+            vec!["demo/reviews".to_string()],
+        );
+        (now == want).then_some(())
+    })
+    .await;
+    assert!(
+        removed.is_some(),
+        "reviews' removed endpoint never left node-a, which holds {:?}",
+        holds(&mesh, "node-a").await
     );
     assert_eq!(
         holds(&mesh, "node-c").await,

@@ -48,7 +48,14 @@ fn keys(snapshot: &Snapshot, node: &str, addresses: &[&str]) -> Vec<String> {
     let mut lookups = Lookups::default();
     let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
     lookups.request(&addresses, &[]).unwrap();
-    let d = desired(snapshot, &on_demand(node), &index, &lookups, None);
+    let d = desired(
+        snapshot,
+        &on_demand(node),
+        &index,
+        &lookups,
+        &mut Brought::default(),
+        None,
+    );
     let mut keys: Vec<String> = d.keys().map(ToString::to_string).collect();
     keys.sort();
     keys
@@ -151,7 +158,15 @@ fn a_change_reaches_the_subscriptions_that_looked_it_up_only() {
         let mut l = Lookups::default();
         let a: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         l.request(&a, &[]).unwrap();
-        desired(s, &on_demand("c"), &index, &l, None).system_version()
+        desired(
+            s,
+            &on_demand("c"),
+            &index,
+            &l,
+            &mut Brought::default(),
+            None,
+        )
+        .system_version()
     };
     assert_ne!(
         version_of(&before, &["10.96.0.2"]),
@@ -163,4 +178,119 @@ fn a_change_reaches_the_subscriptions_that_looked_it_up_only() {
         version_of(&after, &["10.96.0.3"]),
         "c without pay gets nothing"
     );
+}
+
+/// Every key and version of `d`, and its system version.
+fn contents(d: &Desired) -> (Vec<(String, String)>, String) {
+    let entries = d
+        .iter()
+        .map(|(k, r)| (k.to_string(), r.version.clone()))
+        .collect();
+    (entries, d.system_version())
+}
+
+#[test]
+fn lookups_and_releases_applied_in_place_equal_a_full_recompute() {
+    // Services with endpoints here and elsewhere, pod addresses (one also a service's
+    // endpoint), the waypoint's, and one the mesh does not have.
+    let pool = [
+        "10.96.0.1",
+        "10.96.0.2",
+        "10.96.0.3",
+        "10.244.1.2",
+        "10.244.2.2",
+        "10.244.3.2",
+        "10.244.3.3",
+        "10.244.2.100",
+        "192.0.2.1",
+    ];
+    let moved = MESH.replace("ipv4: 10.244.2.2}", "ipv4: 10.244.2.9}");
+    let first = snapshot(MESH);
+    let second = Snapshot::build(
+        Arc::new(parse(&moved, "on-demand test").unwrap().model),
+        Some(&first),
+    );
+    // A small xorshift: the same sequence of requests every run.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for node in ["a", "b", "c"] {
+        let sub = on_demand(node);
+        let mut lookups = Lookups::default();
+        let mut brought = Brought::default();
+        let mut s = &first;
+        let mut index = AddressIndex::build(s.model());
+        let mut d = desired(s, &sub, &index, &lookups, &mut brought, None);
+        for step in 0..200 {
+            if step == 100 {
+                // A new snapshot in the middle: counted again, then in place again.
+                s = &second;
+                index = AddressIndex::build(s.model());
+                d = desired(s, &sub, &index, &lookups, &mut brought, Some(&d));
+            }
+            let pick = |bits: u64| -> Vec<String> {
+                (0..pool.len())
+                    .filter(|i| bits & (1 << i) != 0 && bits & (1 << (i + 20)) != 0)
+                    .map(|i| pool[i].to_string())
+                    .collect()
+            };
+            let (lookup, release) = (pick(next()), pick(next()));
+            let change = lookups.request(&lookup, &release).unwrap();
+            let changed = apply(s, &index, &change, &mut brought, &mut d);
+            let mut fresh_brought = Brought::default();
+            let fresh = desired(s, &sub, &index, &lookups, &mut fresh_brought, None);
+            assert_eq!(
+                contents(&d),
+                contents(&fresh),
+                "node {node}, step {step}: looked up {lookup:?}, released {release:?}"
+            );
+            assert_eq!(brought, fresh_brought, "node {node}, step {step}");
+            // Every key reported changed is one the request's addresses bring.
+            let touched: Vec<ResourceKey> = change
+                .released
+                .iter()
+                .chain(&change.added)
+                .flat_map(|ip| keys_for(s.model(), &index, *ip).into_iter().flatten())
+                .collect();
+            assert!(changed.iter().all(|k| touched.contains(k)), "step {step}");
+        }
+    }
+}
+
+#[test]
+fn a_release_keeps_what_the_node_part_or_another_address_still_brings() {
+    let s = snapshot(MESH);
+    let index = AddressIndex::build(s.model());
+    let mut lookups = Lookups::default();
+    let mut brought = Brought::default();
+    let mut d = desired(&s, &on_demand("c"), &index, &lookups, &mut brought, None);
+    let up_front = contents(&d);
+    // old's VIP brings old-1 (on a) and old-2 (c's own); old-1's address brings old-1 again.
+    let change = lookups
+        .request(&["10.96.0.3".into(), "10.244.1.3".into()], &[])
+        .unwrap();
+    let added = apply(&s, &index, &change, &mut brought, &mut d);
+    let old_1 = "workload/local//Pod/legacy/old-1";
+    assert_eq!(
+        added.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [old_1],
+        "the service and old-2 are c's own already"
+    );
+    let change = lookups.request(&[], &["10.96.0.3".into()]).unwrap();
+    assert!(apply(&s, &index, &change, &mut brought, &mut d).is_empty());
+    assert!(
+        d.keys().any(|k| k.to_string() == old_1),
+        "its address still holds old-1"
+    );
+    let change = lookups.request(&[], &["10.244.1.3".into()]).unwrap();
+    let removed = apply(&s, &index, &change, &mut brought, &mut d);
+    assert_eq!(
+        removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [old_1]
+    );
+    assert_eq!(contents(&d), up_front, "back to the node's own part");
 }

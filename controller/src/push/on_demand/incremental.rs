@@ -1,0 +1,103 @@
+//! Lookups and releases applied to an on-demand subscription's desired state in place. A
+//! ztunnel holds thousands of entries at 50k workloads, and a pod's first connection to a new
+//! destination waits for its lookup: resolving, hashing and diffing the whole subscription for
+//! each one made that wait grow with everything the ztunnel had looked up before. Here a lookup
+//! costs what its own addresses bring (a service, its endpoints, a waypoint).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+
+use super::{AddressIndex, Change, keys_for};
+use crate::model::MeshModel;
+use crate::push::ResourceKey;
+use crate::push::desired::Desired;
+use crate::push::snapshot::Snapshot;
+
+/// How many held addresses bring each key: a key two of them bring (their waypoint, a workload
+/// looked up by its own address and as a service's endpoint) stays until both are released.
+/// Counted from the snapshot the desired state was resolved from, so a release takes away
+/// exactly what its lookup brought; a new snapshot counts again (see [`super::desired`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Brought(HashMap<ResourceKey, u32>);
+
+impl Brought {
+    pub(super) fn count(
+        model: &MeshModel,
+        index: &AddressIndex,
+        addresses: impl Iterator<Item = IpAddr>,
+    ) -> Self {
+        let mut brought = Brought::default();
+        for ip in addresses {
+            for key in keys_for(model, index, ip).into_iter().flatten() {
+                brought.add(key);
+            }
+        }
+        brought
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &ResourceKey> {
+        self.0.keys()
+    }
+
+    /// Counts one more address bringing `key`; true if it is the first.
+    fn add(&mut self, key: ResourceKey) -> bool {
+        let count = self.0.entry(key).or_default();
+        *count += 1;
+        *count == 1
+    }
+
+    /// Counts one address fewer bringing `key`; true if it was the last.
+    fn remove(&mut self, key: ResourceKey) -> bool {
+        match self.0.entry(key) {
+            Entry::Occupied(mut o) if *o.get() > 1 => {
+                *o.get_mut() -= 1;
+                false
+            }
+            Entry::Occupied(o) => {
+                o.remove();
+                true
+            }
+            // Not counted: nothing to take away (cannot happen while the counts and the
+            // snapshot agree).
+            Entry::Vacant(_) => false,
+        }
+    }
+}
+
+/// Applies `change` (one request's releases, then its lookups) to `desired`, which
+/// [`super::desired`] resolved from `snapshot` with `brought` counted; returns the keys whose
+/// entry came or went, the only ones the session needs to diff.
+pub fn apply(
+    snapshot: &Snapshot,
+    index: &AddressIndex,
+    change: &Change,
+    brought: &mut Brought,
+    desired: &mut Desired,
+) -> Vec<ResourceKey> {
+    let model = snapshot.model();
+    // The node's own part stays whatever its lookups do.
+    let part = desired.node_part.clone();
+    let in_node_part = |k: &ResourceKey| part.as_ref().is_some_and(|p| p.own.contains_key(k));
+    let mut changed = Vec::new();
+    for ip in &change.released {
+        for key in keys_for(model, index, *ip).into_iter().flatten() {
+            if brought.remove(key.clone()) && !in_node_part(&key) {
+                desired.remove_own(&key);
+                changed.push(key);
+            }
+        }
+    }
+    for ip in &change.added {
+        for key in keys_for(model, index, *ip).into_iter().flatten() {
+            if brought.add(key.clone())
+                && !in_node_part(&key)
+                && let Some(resource) = snapshot.resource(&key)
+            {
+                desired.insert_own(key.clone(), resource.clone());
+                changed.push(key);
+            }
+        }
+    }
+    changed
+}

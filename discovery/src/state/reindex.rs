@@ -1,0 +1,143 @@
+//! A delta's changes to the indexes, made in place on the indexes of the state it applies to
+//! rather than by indexing every resource again. An on-demand ztunnel applies a small response
+//! for each destination its pods first connect to, and the connection waits for it: rebuilding
+//! the indexes of everything held made that wait grow with all the ztunnel had learnt before.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{Indexes, ProxyState, Service, StateError, Workload};
+
+/// The workloads and services a delta replaced or removed (as the indexes hold them) and those
+/// it put in their place.
+#[derive(Default)]
+pub(super) struct Touched {
+    pub(super) old_workloads: Vec<Arc<Workload>>,
+    pub(super) new_workloads: Vec<Arc<Workload>>,
+    pub(super) old_services: Vec<Arc<Service>>,
+    pub(super) new_services: Vec<Arc<Service>>,
+}
+
+impl Touched {
+    /// Takes the old entries out of `state`'s indexes and puts the new ones in, refusing a new
+    /// one that claims another's address or host name (as a full index would).
+    pub(super) fn reindex(self, state: &mut ProxyState) -> Result<(), StateError> {
+        let ProxyState {
+            workloads,
+            services,
+            indexes,
+            ..
+        } = state;
+        let Indexes {
+            by_ip,
+            by_vip,
+            by_hostname,
+            by_endpoint,
+        } = indexes;
+        // A resource sent twice in one response: only the one the state kept is indexed.
+        let current_workloads: Vec<&Arc<Workload>> = self
+            .new_workloads
+            .iter()
+            .filter(|w| workloads.get(&w.uid).is_some_and(|c| Arc::ptr_eq(c, w)))
+            .collect();
+        let current_services: Vec<&Arc<Service>> = self
+            .new_services
+            .iter()
+            .filter(|s| services.get(&s.key).is_some_and(|c| Arc::ptr_eq(c, s)))
+            .collect();
+
+        for old in &self.old_workloads {
+            for ip in old.addresses.iter() {
+                if by_ip.get(ip).is_some_and(|w| w.uid == old.uid) {
+                    by_ip.remove(ip);
+                }
+            }
+        }
+        let mut endpoints: HashSet<Arc<str>> = HashSet::new();
+        for old in &self.old_services {
+            for vip in old.vips.iter() {
+                if by_vip.get(vip).is_some_and(|s| s.key == old.key) {
+                    by_vip.remove(vip);
+                }
+            }
+            if by_hostname
+                .get(&*old.hostname)
+                .is_some_and(|s| s.key == old.key)
+            {
+                by_hostname.remove(&*old.hostname);
+            }
+            endpoints.extend(old.endpoints.iter().cloned());
+        }
+
+        for w in &current_workloads {
+            for ip in w.addresses.iter() {
+                match by_ip.entry(*ip) {
+                    Entry::Occupied(o) if o.get().uid != w.uid => {
+                        return Err(StateError::DuplicateAddress {
+                            address: *ip,
+                            first: o.get().uid.to_string(),
+                            second: w.uid.to_string(),
+                        });
+                    }
+                    Entry::Occupied(mut o) => {
+                        o.insert((*w).clone());
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert((*w).clone());
+                    }
+                }
+            }
+        }
+        // What each endpoint is now in, of the services this delta touched.
+        let mut backs: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
+        for s in &current_services {
+            for vip in s.vips.iter() {
+                by_vip.insert(*vip, (*s).clone());
+            }
+            if !s.hostname.is_empty() {
+                match by_hostname.entry(s.hostname.as_ref().into()) {
+                    Entry::Occupied(o) if o.get().key != s.key => {
+                        return Err(StateError::DuplicateHostname {
+                            hostname: s.hostname.to_string(),
+                            first: o.get().key.to_string(),
+                            second: s.key.to_string(),
+                        });
+                    }
+                    Entry::Occupied(mut o) => {
+                        o.insert((*s).clone());
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert((*s).clone());
+                    }
+                }
+            }
+            for uid in s.endpoints.iter() {
+                backs.entry(uid.clone()).or_default().push((*s).clone());
+            }
+        }
+        let touched: HashSet<&str> = self
+            .old_services
+            .iter()
+            .chain(self.new_services.iter())
+            .map(|s| &*s.key)
+            .collect();
+        endpoints.extend(backs.keys().cloned());
+        for uid in endpoints {
+            let mut list: Vec<Arc<Service>> = by_endpoint
+                .get(&uid)
+                .into_iter()
+                .flat_map(|l| l.iter())
+                .filter(|s| !touched.contains(&*s.key))
+                .cloned()
+                .collect();
+            list.extend(backs.remove(&uid).into_iter().flatten());
+            if list.is_empty() {
+                by_endpoint.remove(&uid);
+            } else {
+                by_endpoint.insert(uid, list.into());
+            }
+        }
+        Ok(())
+    }
+}
