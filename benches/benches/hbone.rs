@@ -4,7 +4,11 @@
 //!
 //! Rounds alternate mesh and direct; the report gives medians and mesh/direct ratios.
 //!
-//! `cargo bench -p ambit-benches --bench hbone [-- --rounds N --seconds S --megabytes M]`
+//! `cargo bench -p ambit-benches --bench hbone [-- --rounds N --seconds S --megabytes M --bulk-only]`
+//!
+//! `--bulk-only` leaves out the request/response part, whose work depends on how fast the
+//! machine is: what is left is a fixed amount of work, so instruction counts (callgrind) of two
+//! runs with different `--megabytes` give the instructions per MiB a tunnel costs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +33,7 @@ struct Options {
     rounds: usize,
     seconds: u64,
     megabytes: usize,
+    bulk_only: bool,
 }
 
 fn options() -> Options {
@@ -36,11 +41,13 @@ fn options() -> Options {
         rounds: 5,
         seconds: 2,
         megabytes: 512,
+        bulk_only: false,
     };
     let args = Args::from_env();
     o.rounds = args.value("--rounds", o.rounds).max(1);
     o.seconds = args.value("--seconds", o.seconds).max(1);
     o.megabytes = args.value("--megabytes", o.megabytes).max(1);
+    o.bulk_only = args.flag("--bulk-only");
     o
 }
 
@@ -206,7 +213,9 @@ fn main() {
         let paths = setup().await;
         // Warm-up: certificates, the pooled connection, page cache.
         paths.bulk(true, 16 << 20).await;
-        paths.requests_per_second(true, 1).await;
+        if !o.bulk_only {
+            paths.requests_per_second(true, 1).await;
+        }
         let bytes = o.megabytes << 20;
         let (mut mesh_gbps, mut direct_gbps, mut mesh_rps, mut direct_rps) =
             (vec![], vec![], vec![], vec![]);
@@ -214,13 +223,18 @@ fn main() {
             // Alternate which path goes first so drift on a shared machine hits both alike.
             for mesh in [round % 2 == 0, round % 2 != 0] {
                 let gbps = paths.bulk(mesh, bytes).await;
-                let rps = paths.requests_per_second(mesh, o.seconds).await;
                 if mesh {
                     mesh_gbps.push(gbps);
-                    mesh_rps.push(rps);
                 } else {
                     direct_gbps.push(gbps);
-                    direct_rps.push(rps);
+                }
+                if !o.bulk_only {
+                    let rps = paths.requests_per_second(mesh, o.seconds).await;
+                    if mesh {
+                        mesh_rps.push(rps);
+                    } else {
+                        direct_rps.push(rps);
+                    }
                 }
             }
         }
@@ -235,6 +249,9 @@ fn main() {
             median(direct_gbps),
             None,
         );
+        if o.bulk_only {
+            return;
+        }
         report(
             "new tunnel per 64 B request/response",
             "req/s",

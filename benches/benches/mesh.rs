@@ -261,8 +261,10 @@ fn throughput(r: &mut Record, b: &Bench) -> anyhow::Result<()> {
         for via in Via::order(round) {
             let (mut cpu_total, mut bytes) = (0.0, 0u64);
             for (test, reverse) in [("iperf3_up", false), ("iperf3_down", true)] {
-                let (t, cpu) = cpu_over(&b.z, || {
-                    iperf3::run(&b.client, via.target(), b.o.iperf3_seconds, reverse)
+                let (t, cpu) = iperf3::retrying(iperf3::ATTEMPTS, iperf3::BACKOFF, || {
+                    cpu_over(&b.z, || {
+                        iperf3::run(&b.client, via.target(), b.o.iperf3_seconds, reverse)
+                    })
                 })?;
                 r.sample_with_cpu(
                     json!({"round": round, "path": via.name(), "test": test, "gbps": t.gbps(),

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use ambit_testbed::{Netns, NetnsChild};
 
@@ -48,7 +49,41 @@ pub fn server(netns: &Netns, addr: SocketAddr) -> io::Result<NetnsChild> {
     Ok(child)
 }
 
+/// Tries of one run before its error is reported: on a loaded machine a run now and then ends
+/// in "the server is busy" (the server still closing the previous test) or "connection reset".
+pub const ATTEMPTS: u32 = 3;
+/// The wait before the second try; doubled before each further one.
+pub const BACKOFF: Duration = Duration::from_secs(1);
+
+/// `attempt` until it succeeds, at most `attempts` times, waiting `backoff` (then twice that,
+/// and so on) between tries; the last error, with how many tries failed, if none succeeded.
+/// Wrap the whole measured step (a run and the CPU counted over it), so a failed try's CPU
+/// is not counted against the one that succeeds.
+pub fn retrying<T>(
+    attempts: u32,
+    backoff: Duration,
+    mut attempt: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut wait = backoff;
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match attempt() {
+            Ok(t) => return Ok(t),
+            Err(e) if tried >= attempts => {
+                return Err(error(format!("{e} (failed {tried} times)")));
+            }
+            Err(e) => {
+                eprintln!("iperf3 run failed, trying again in {wait:?}: {e}");
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+        }
+    }
+}
+
 /// One stream to the server at `target` for `seconds`; `reverse` has the server send (`-R`).
+/// One try: see [`retrying`].
 pub fn run(
     netns: &Netns,
     target: SocketAddr,
@@ -106,5 +141,30 @@ mod tests {
             r#"{"start":{},"intervals":[],"end":{},"error":"unable to connect to server"}"#;
         assert_eq!(parse(failed).unwrap_err(), "unable to connect to server");
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn a_failed_run_is_tried_again_and_the_last_error_reported() {
+        let mut calls = 0;
+        let got = retrying(3, Duration::ZERO, || {
+            calls += 1;
+            if calls < 3 {
+                Err(error("the server is busy"))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(got.unwrap(), 3);
+
+        let mut calls = 0;
+        let got: io::Result<()> = retrying(2, Duration::ZERO, || {
+            calls += 1;
+            Err(error(format!("connection reset {calls}")))
+        });
+        assert_eq!(calls, 2);
+        assert_eq!(
+            got.unwrap_err().to_string(),
+            "connection reset 2 (failed 2 times)"
+        );
     }
 }
