@@ -10,6 +10,7 @@ mod linger;
 mod pool;
 mod request;
 mod server;
+mod socket;
 mod stream;
 mod target;
 mod watch;

@@ -25,6 +25,7 @@ use super::limits::{
 };
 use super::linger::LingeringClose;
 use super::request::{Activity, send_refusal};
+use super::socket::{self, Socket};
 use super::target::tunnel_target;
 use super::watch::{FrameStats, FrameWatch, WatchSettings};
 use super::{
@@ -106,7 +107,7 @@ pub struct HboneServer {
 
 /// An authenticated connection, ready for tunnels.
 struct Established {
-    connection: Connection<FrameWatch<LingeringClose<TlsStream<TcpStream>>>, Bytes>,
+    connection: Connection<FrameWatch<LingeringClose<TlsStream<Socket>>>, Bytes>,
     frames: Arc<FrameStats>,
     peer: SpiffeId,
     peer_serial: Arc<str>,
@@ -255,7 +256,7 @@ impl HboneServer {
         stage: &mut HandshakeStage,
     ) -> Result<Established, HandshakeEnded> {
         let limits = &self.settings.limits;
-        let tls = match self.acceptor.accept(tcp).await {
+        let tls = match self.acceptor.accept(socket::buffered(tcp)).await {
             Ok(tls) => tls,
             Err(e) => {
                 limits.count_handshake_failure();
