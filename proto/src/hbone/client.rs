@@ -21,7 +21,6 @@ use tokio_rustls::TlsConnector;
 use super::error::{Cause, HandshakeStage, Http2Failure, TlsFailure, classify, classify_handshake};
 use super::linger::LingeringClose;
 use super::pool::{Checkout, Dialed, DriveSettings, Pool, PoolKey, StreamSlot};
-use super::socket;
 use super::{
     CONNECTION_WINDOW, ERROR_HEADER, HboneError, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
     MAX_SEND_BUFFER, STREAM_WINDOW, Tunnel,
@@ -245,10 +244,8 @@ impl HboneClient {
             stage,
             timeout: settings.handshake_timeout,
         };
-        let tls = TlsConnector::from(Arc::new(tls_config)).connect(
-            ServerName::IpAddress(addr.ip().into()),
-            socket::buffered(tcp),
-        );
+        let tls = TlsConnector::from(Arc::new(tls_config))
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp);
         let tls = tokio::time::timeout(settings.handshake_timeout, tls)
             .await
             .map_err(|_| timed_out(HandshakeStage::Tls))?

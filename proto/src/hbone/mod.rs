@@ -10,7 +10,6 @@ mod linger;
 mod pool;
 mod request;
 mod server;
-mod socket;
 mod stream;
 mod target;
 mod watch;

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::error::classify;
 use super::linger::LingeringClose;
-use super::socket::Socket;
 use super::{HboneError, Keepalive, MAX_STREAMS_PER_CONNECTION, keepalive};
 use crate::identity::SpiffeId;
 
@@ -31,7 +31,7 @@ pub(super) struct PoolKey {
 /// A new connection, before the pool drives it.
 pub(super) struct Dialed {
     pub send: SendRequest<Bytes>,
-    pub connection: Connection<LingeringClose<TlsStream<Socket>>, Bytes>,
+    pub connection: Connection<LingeringClose<TlsStream<TcpStream>>, Bytes>,
     /// Serial of the certificate the connection was made with: after a rotation, new tunnels
     /// go on new connections with the new certificate while old ones finish on the old.
     pub cert_serial: String,
@@ -282,7 +282,7 @@ impl Shared {
 /// Runs one connection until it fails, stops answering pings, or carries no tunnel for the
 /// idle timeout; then takes it out of the pool.
 async fn drive(
-    mut connection: Connection<LingeringClose<TlsStream<Socket>>, Bytes>,
+    mut connection: Connection<LingeringClose<TlsStream<TcpStream>>, Bytes>,
     state: Arc<ConnState>,
     settings: DriveSettings,
     key: PoolKey,

@@ -25,7 +25,6 @@ use super::limits::{
 };
 use super::linger::LingeringClose;
 use super::request::{Activity, send_refusal};
-use super::socket::{self, Socket};
 use super::target::tunnel_target;
 use super::watch::{FrameStats, FrameWatch, WatchSettings};
 use super::{
@@ -107,7 +106,7 @@ pub struct HboneServer {
 
 /// An authenticated connection, ready for tunnels.
 struct Established {
-    connection: Connection<FrameWatch<LingeringClose<TlsStream<Socket>>>, Bytes>,
+    connection: Connection<FrameWatch<LingeringClose<TlsStream<TcpStream>>>, Bytes>,
     frames: Arc<FrameStats>,
     peer: SpiffeId,
     peer_serial: Arc<str>,
@@ -256,7 +255,7 @@ impl HboneServer {
         stage: &mut HandshakeStage,
     ) -> Result<Established, HandshakeEnded> {
         let limits = &self.settings.limits;
-        let tls = match self.acceptor.accept(socket::buffered(tcp)).await {
+        let tls = match self.acceptor.accept(tcp).await {
             Ok(tls) => tls,
             Err(e) => {
                 limits.count_handshake_failure();
