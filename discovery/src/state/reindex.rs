@@ -72,16 +72,15 @@ impl Touched {
 
         for w in &current_workloads {
             for ip in w.addresses.iter() {
+                // Every old version was taken out above, so an address still held is another
+                // workload's, or this one's listed twice: refused either way, as a full state.
                 match by_ip.entry(*ip) {
-                    Entry::Occupied(o) if o.get().uid != w.uid => {
+                    Entry::Occupied(o) => {
                         return Err(StateError::DuplicateAddress {
                             address: *ip,
                             first: o.get().uid.to_string(),
                             second: w.uid.to_string(),
                         });
-                    }
-                    Entry::Occupied(mut o) => {
-                        o.insert((*w).clone());
                     }
                     Entry::Vacant(v) => {
                         v.insert((*w).clone());

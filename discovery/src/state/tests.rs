@@ -391,3 +391,16 @@ fn a_delta_changes_the_indexes_in_place_as_a_full_index_would_build_them() {
         "{applied} applied, {refused} refused"
     );
 }
+
+#[test]
+fn a_workload_listing_one_address_twice_is_refused_in_a_delta_as_in_a_full_state() {
+    let twice = workload("twice", &["10.244.9.9", "10.244.9.9"], wl::Protocol::Hbone);
+    let full = ProxyState::default().applied(&response(true, vec![twice.clone()]));
+    let delta = base().applied(&response(false, vec![twice]));
+    for refused in [full, delta] {
+        assert!(
+            matches!(refused, Err(StateError::DuplicateAddress { .. })),
+            "{refused:?}"
+        );
+    }
+}
