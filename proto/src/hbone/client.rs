@@ -23,7 +23,7 @@ use super::linger::LingeringClose;
 use super::pool::{Checkout, Dialed, DriveSettings, Pool, PoolKey, StreamSlot};
 use super::{
     CONNECTION_WINDOW, ERROR_HEADER, HboneError, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
-    MAX_SEND_BUFFER, STREAM_WINDOW, Tunnel,
+    MAX_SEND_BUFFER, REMEMBER_RESETS_FOR, REMEMBERED_RESETS, STREAM_WINDOW, Tunnel,
 };
 use crate::identity::{CertManager, SpiffeId, WorkloadCertificate, client_config};
 
@@ -257,6 +257,8 @@ impl HboneClient {
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .enable_push(false)
+            .max_concurrent_reset_streams(REMEMBERED_RESETS)
+            .reset_stream_duration(REMEMBER_RESETS_FOR)
             .handshake::<_, Bytes>(LingeringClose::new(tls));
         let left = deadline.saturating_duration_since(Instant::now());
         let (send, connection) = tokio::time::timeout(left, h2)

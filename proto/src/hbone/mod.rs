@@ -53,6 +53,17 @@ pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// either in bulk: it resets a tunnel only when its client connection breaks.
 pub(crate) const MAX_PENDING_ACCEPT_RESETS: usize = 50;
 pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Streams this end aborted that it still recognises, and for how long (HBONE here; the
+/// waypoint's HTTP/2 upstreams too). The peer's frames
+/// already in flight when an abort (RST_STREAM) is sent arrive after it; h2 drops them quietly
+/// for a stream it remembers, but answers one it has forgotten with a reset of its own that
+/// counts toward the error-reset limit above, for the connection's whole life. With h2's
+/// default of 50, a node whose applications abort more than 50 connections a second to one
+/// peer eventually had its pooled connection closed, with every tunnel on it. A remembered
+/// stream costs a few hundred bytes, so 4,096 bound it to about 1 MiB per connection, and only
+/// while aborts are that frequent; a second outlasts any in-flight frame on a live link.
+pub const REMEMBERED_RESETS: usize = 4096;
+pub const REMEMBER_RESETS_FOR: Duration = Duration::from_secs(1);
 
 /// Keepalive pings: a dead peer is noticed within `interval + timeout`.
 #[derive(Debug, Clone, Copy)]

@@ -29,8 +29,8 @@ use super::target::tunnel_target;
 use super::watch::{FrameStats, FrameWatch, WatchSettings};
 use super::{
     CONNECTION_WINDOW, Keepalive, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_LOCAL_ERROR_RESETS,
-    MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
-    TunnelHandler, TunnelRequest, keepalive,
+    MAX_PENDING_ACCEPT_RESETS, MAX_SEND_BUFFER, MAX_STREAMS_PER_CONNECTION, REMEMBER_RESETS_FOR,
+    REMEMBERED_RESETS, STREAM_WINDOW, TunnelHandler, TunnelRequest, keepalive,
 };
 use crate::drain::DrainWatch;
 use crate::identity::{
@@ -291,6 +291,8 @@ impl HboneServer {
             // bounds CONTINUATION frames by the header list size (CVE-2024-27919).
             .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_concurrent_reset_streams(REMEMBERED_RESETS)
+            .reset_stream_duration(REMEMBER_RESETS_FOR)
             .handshake::<_, Bytes>(tls)
             .await
         {

@@ -4,6 +4,7 @@
 mod support;
 
 mod control_tls;
+mod hbone_aborts;
 mod hbone_abuse;
 mod hbone_client_pool;
 mod hbone_errors;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ambit_proto::hbone::{ConnectRequest, HboneClient};
+use ambit_proto::hbone::{ConnectRequest, HboneClient, REMEMBER_RESETS_FOR, REMEMBERED_RESETS};
 use ambit_proto::identity::SpiffeId;
 use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, Write};
@@ -133,7 +133,12 @@ impl Connector {
         T: Read + Write + Unpin + Send + 'static,
     {
         let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            // A response given up on (a cancelled gRPC call, a timeout) resets its stream with
+            // the pod's frames in flight; forgotten too soon, they close the whole connection.
+            .max_concurrent_reset_streams(REMEMBERED_RESETS)
+            .reset_stream_duration(REMEMBER_RESETS_FOR);
         if let Some(keepalive) = self.settings.http2_keepalive {
             builder
                 .keep_alive_interval(keepalive.interval)

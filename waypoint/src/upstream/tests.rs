@@ -69,6 +69,29 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 }
 
 async fn backend(version: HttpVersion) -> Backend {
+    pod(move |io| async move {
+        let _ = match version {
+            HttpVersion::Http1 => {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service_fn(answer))
+                    .await
+            }
+            HttpVersion::Http2 => {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service_fn(answer))
+                    .await
+            }
+        };
+    })
+    .await
+}
+
+/// A pod on loopback serving each connection it accepts with `serve`, counting them.
+async fn pod<F, Fut>(serve: F) -> Backend
+where
+    F: Fn(TokioIo<TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let counts = Arc::new(Counts::default());
@@ -78,21 +101,9 @@ async fn backend(version: HttpVersion) -> Backend {
             let (tcp, _) = listener.accept().await.unwrap();
             c.accepted.fetch_add(1, Ordering::SeqCst);
             c.open.fetch_add(1, Ordering::SeqCst);
-            let c = c.clone();
+            let (c, served) = (c.clone(), serve(TokioIo::new(tcp)));
             tokio::spawn(async move {
-                let io = TokioIo::new(tcp);
-                let _ = match version {
-                    HttpVersion::Http1 => {
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service_fn(answer))
-                            .await
-                    }
-                    HttpVersion::Http2 => {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, service_fn(answer))
-                            .await
-                    }
-                };
+                served.await;
                 c.open.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -444,6 +455,62 @@ async fn plain_tcp_targets_work_and_reuse_connections() {
         assert_eq!(pod.counts.accepted.load(Ordering::SeqCst), 1, "{version}");
     }
     assert_eq!(hbone.connections_opened(), 0);
+}
+
+/// An HTTP/2 pod whose every response body never ends: its DATA frames are always in flight
+/// when the waypoint gives up on a response.
+async fn endless_backend() -> Backend {
+    pod(|io| async move {
+        let endless = service_fn(|_req: Request<Incoming>| async {
+            let frames = futures::stream::repeat_with(|| {
+                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(&[0x2a; 1024])))
+            });
+            Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(frames)))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, endless)
+            .await;
+    })
+    .await
+}
+
+/// Responses given up on while the pod is still sending: more than h2's budget of error resets
+/// (1,024), so late frames counted as errors would close the connection and show here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_http2_responses_keep_their_connection() {
+    const REQUESTS: usize = 2_000;
+    const CONCURRENCY: usize = 32;
+    let pod = endless_backend().await;
+    let mesh = mesh().await;
+    let (upstream, _) = mesh.upstream(UpstreamSettings::default());
+    let target = plain_target(pod.addr, HttpVersion::Http2);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (upstream, target, next) = (upstream.clone(), target.clone(), next.clone());
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < REQUESTS {
+                let response = upstream.send(&target, None, get("/")).await.unwrap();
+                let mut body = response.into_body();
+                let first = body.frame().await.expect("a first frame").unwrap();
+                assert!(first.is_data());
+                // Dropped with the pod still sending: the stream is reset (CANCEL).
+            }
+        });
+    }
+    let all = async {
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the requests finish");
+    assert_eq!(
+        pod.counts.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection carried every request: late frames of abandoned responses did not close it"
+    );
 }
 
 /// A raw HTTP/1.1 server: reads each request head, then does `then` with the socket.
