@@ -70,19 +70,19 @@ pub async fn start_with_flags(
     ztunnel_flags: Vec<String>,
 ) -> anyhow::Result<LocalMesh> {
     let work_dir = std::env::temp_dir().join(format!("ambit-e2e-{test}-{}", std::process::id()));
-    let mesh_file = match mesh_yaml {
-        Some(text) => {
-            std::fs::create_dir_all(&work_dir)?;
-            let path = work_dir.join("input-mesh.yaml");
-            std::fs::write(&path, text)?;
-            Some(path)
-        }
-        None => None,
-    };
-    let mesh = LocalMesh::up(
-        Options {
+    let up = async {
+        let mesh_file = match mesh_yaml {
+            Some(text) => {
+                std::fs::create_dir_all(&work_dir)?;
+                let path = work_dir.join("input-mesh.yaml");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let options = Options {
             mesh_file,
-            work_dir,
+            work_dir: work_dir.clone(),
             binaries: Binaries::locate()?,
             start_apps: true,
             record_current: false,
@@ -90,10 +90,18 @@ pub async fn start_with_flags(
             ztunnel_flags,
             observe,
             remove_work_dir: true,
-        },
-        &|step| eprintln!("{test}: {step}"),
-    )
-    .await?;
+        };
+        anyhow::Ok(LocalMesh::up(options, &|step| eprintln!("{test}: {step}")).await?)
+    };
+    let mesh = match up.await {
+        Ok(mesh) => mesh,
+        Err(e) => {
+            // A mesh that never came up has no `down` to remove its directory; the error
+            // already carries the failing process's log tail.
+            let _ = std::fs::remove_dir_all(&work_dir);
+            return Err(e);
+        }
+    };
     // The sample servers need a moment to bind.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(mesh)
