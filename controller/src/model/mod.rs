@@ -281,6 +281,12 @@ pub fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// What holds an address: see [`MeshModel::at_address`].
+pub enum Addressed<'a> {
+    Workload(&'a Workload),
+    Service(&'a ServiceEntry),
+}
+
 /// The entries of a map keyed by [`ObjectKey`] in one namespace: keys sort by namespace first, so
 /// this is a range, not a scan of the whole mesh.
 fn in_namespace<'a, T>(
@@ -453,17 +459,41 @@ impl MeshModel {
         self.traffic_policies.get(key)
     }
 
-    /// Whether the workload is an endpoint of any service: of a selector's in its own
-    /// namespace, or listed outright by a selector-less one.
+    /// Whether the workload is an endpoint of any service.
     pub fn is_endpoint(&self, key: &ObjectKey) -> bool {
-        let has = |s: &ServiceEntry| s.endpoints.binary_search(key).is_ok();
+        self.services_backed_by(key).next().is_some()
+    }
+
+    /// The services the workload is an endpoint of: those with a selector in its own
+    /// namespace, and the selector-less ones that list it outright.
+    pub fn services_backed_by<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> impl Iterator<Item = &'a ServiceEntry> + 'a {
+        let has = move |s: &&ServiceEntry| s.endpoints.binary_search(key).is_ok();
         let listed = self
             .explicit_users
             .get(key)
-            .is_some_and(|users| users.iter().any(|s| self.services.get(s).is_some_and(has)));
-        listed
-            || in_namespace(&self.services, &key.namespace)
-                .any(|s| !s.service.selector.is_empty() && has(s))
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.services.get(s));
+        let selecting =
+            in_namespace(&self.services, &key.namespace).filter(|s| !s.service.selector.is_empty());
+        listed.chain(selecting).filter(has)
+    }
+
+    /// The workload or the service (by one of its VIPs) at `ip`; `None` for an address the
+    /// mesh does not know, or a waypoint's. The model keeps who holds each address as it
+    /// changes, so a lookup needs no index of its own per model.
+    pub fn at_address(&self, ip: IpAddr) -> Option<Addressed<'_>> {
+        let holder = self.addresses.get(&ip)?;
+        let (namespace, name) = holder.name.split_once('/')?;
+        let key = ObjectKey::new(namespace, name);
+        match holder.kind {
+            Kind::Pod => self.workloads.get(&key).map(Addressed::Workload),
+            Kind::Service => self.services.get(&key).map(Addressed::Service),
+            _ => None,
+        }
     }
 
     pub fn routes_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Route> + 'a {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ambit_proto::api::discovery::{ProxyKind, ResourceType, Subscriber};
 
-use super::on_demand::{self, AddressIndex, Brought, Lookups};
+use super::on_demand::{self, Brought, Lookups};
 use super::{ResourceKey, Snapshot, desired_for, desired_since};
 use crate::model::{Edit, MeshModel, Pod};
 use crate::source::file::parse;
@@ -45,12 +45,10 @@ fn ztunnel(node: &str, on_demand: bool) -> Subscriber {
 }
 
 fn on_demand_keys(snapshot: &Snapshot, node: &str) -> Vec<String> {
-    let index = AddressIndex::build(snapshot.model());
     let lookups = Lookups::default();
     let d = on_demand::desired(
         snapshot,
         &ztunnel(node, true),
-        &index,
         &lookups,
         &mut Brought::default(),
         None,
@@ -138,11 +136,9 @@ fn a_change_to_a_named_service_reaches_the_nodes_whose_scopes_name_it() {
         assert!(touched.contains(node), "{node}: {touched:?}");
     }
     let sub = ztunnel("c", true);
-    let index = AddressIndex::build(after.model());
     let was = on_demand::desired(
         &before,
         &sub,
-        &index,
         &Lookups::default(),
         &mut Brought::default(),
         None,
@@ -150,7 +146,6 @@ fn a_change_to_a_named_service_reaches_the_nodes_whose_scopes_name_it() {
     let now = on_demand::desired(
         &after,
         &sub,
-        &index,
         &Lookups::default(),
         &mut Brought::default(),
         Some(&was),

@@ -27,7 +27,6 @@ use ambit_proto::api::discovery::ResourceType;
 pub use access::SubscriberAccess;
 pub use desired::Desired;
 pub use liveness::{DownNodes, NodeLiveness};
-pub use on_demand::{AddressIndex, AddressIndexes};
 pub use scope::{Scope, desired_for, desired_since, scope_of};
 pub use server::{DiscoveryService, publish_snapshots, publish_snapshots_with};
 pub use snapshot::{Snapshot, WireResource};

@@ -10,11 +10,9 @@
 //! destination side names the service a connection was for and lets a waypoint's traffic
 //! through on the waypoint's judgement (see `enforcing_waypoint` in the proxies' state).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::{Arc, Weak};
-
-use parking_lot::Mutex;
+use std::sync::Arc;
 
 use ambit_proto::api::discovery::{ResourceType, Subscriber};
 
@@ -22,82 +20,22 @@ use super::ResourceKey;
 use super::desired::{Desired, NodePart};
 use super::scope::{Scope, add_service, egress_scopes, policies_selecting};
 use super::snapshot::{Snapshot, named_key};
-use crate::model::{MeshModel, ObjectKey, Workload};
-
-/// Addresses of a model's workloads and service VIPs, and the services each workload backs.
-#[derive(Debug, Default)]
-pub struct AddressIndex {
-    workloads: HashMap<IpAddr, ObjectKey>,
-    services: HashMap<IpAddr, ObjectKey>,
-    backs: HashMap<ObjectKey, Vec<ObjectKey>>,
-}
-
-impl AddressIndex {
-    pub fn build(model: &MeshModel) -> Self {
-        let mut index = AddressIndex::default();
-        for w in model.workloads() {
-            for ip in &w.pod.addresses {
-                index.workloads.insert(*ip, w.key());
-            }
-        }
-        for s in model.services() {
-            let key = ObjectKey::new(&s.service.namespace, &s.service.name);
-            for vip in &s.service.vips {
-                index.services.insert(*vip, key.clone());
-            }
-            for e in &s.endpoints {
-                index.backs.entry(e.clone()).or_default().push(key.clone());
-            }
-        }
-        index
-    }
-
-    /// Whether the mesh has a workload or a service at `ip`.
-    pub fn knows(&self, ip: IpAddr) -> bool {
-        self.services.contains_key(&ip) || self.workloads.contains_key(&ip)
-    }
-
-    /// The services `workload` is an endpoint of.
-    fn backed_by(&self, workload: &ObjectKey) -> &[ObjectKey] {
-        self.backs.get(workload).map_or(&[], Vec::as_slice)
-    }
-}
-
-/// One [`AddressIndex`] per model, built by the first subscription that needs it after a
-/// change and shared by the rest (a model of 50k workloads takes milliseconds to index; a
-/// hundred subscriptions each doing it would take a second).
-#[derive(Clone, Default)]
-pub struct AddressIndexes(Arc<Mutex<Option<IndexOf>>>);
-
-/// An index and the model it was built from.
-type IndexOf = (Weak<MeshModel>, Arc<AddressIndex>);
-
-impl AddressIndexes {
-    pub fn of(&self, model: &Arc<MeshModel>) -> Arc<AddressIndex> {
-        let mut cached = self.0.lock();
-        if let Some((of, index)) = cached.as_ref()
-            && std::ptr::eq(of.as_ptr(), Arc::as_ptr(model))
-        {
-            return index.clone();
-        }
-        let index = Arc::new(AddressIndex::build(model));
-        *cached = Some((Arc::downgrade(model), index.clone()));
-        index
-    }
-}
+use crate::model::{Addressed, MeshModel, ObjectKey, Workload};
 
 /// What one address brings into a scope: the workload there with its waypoint, or the service
 /// with that VIP with its endpoints and waypoint; `None` when the mesh has nothing there.
-pub fn keys_for(model: &MeshModel, index: &AddressIndex, ip: IpAddr) -> Option<Scope> {
+pub fn keys_for(model: &MeshModel, ip: IpAddr) -> Option<Scope> {
     let mut scope = Scope::new();
-    if let Some(s) = index.services.get(&ip).and_then(|k| model.service(k)) {
-        add_service(model, &mut scope, s);
-        add_waypoint(&mut scope, &s.waypoint);
-        return Some(scope);
+    match model.at_address(ip)? {
+        Addressed::Service(s) => {
+            add_service(model, &mut scope, s);
+            add_waypoint(&mut scope, &s.waypoint);
+        }
+        Addressed::Workload(w) => {
+            scope.insert(ResourceKey::new(ResourceType::Workload, w.uid.as_str()));
+            add_waypoint(&mut scope, &w.waypoint);
+        }
     }
-    let w = index.workloads.get(&ip).and_then(|k| model.workload(k))?;
-    scope.insert(ResourceKey::new(ResourceType::Workload, w.uid.as_str()));
-    add_waypoint(&mut scope, &w.waypoint);
     Some(scope)
 }
 
@@ -206,7 +144,6 @@ impl Lookups {
 pub fn desired(
     snapshot: &Snapshot,
     subscriber: &Subscriber,
-    index: &AddressIndex,
     lookups: &Lookups,
     brought: &mut Brought,
     previous: Option<&Desired>,
@@ -221,9 +158,9 @@ pub fn desired(
     });
     let part = match previous.and_then(|p| p.node_part.clone()) {
         Some(part) if untouched => part,
-        _ => Arc::new(node_part(snapshot, &subscriber.name, index)),
+        _ => Arc::new(node_part(snapshot, &subscriber.name)),
     };
-    *brought = Brought::count(snapshot.model(), index, lookups.held());
+    *brought = Brought::count(snapshot.model(), lookups.held());
     let mut wanted: Scope = brought.keys().cloned().collect();
     wanted.retain(|k| !part.own.contains_key(k));
     let mut own = part.own.clone();
@@ -237,7 +174,7 @@ pub fn desired(
 /// The node's workloads, the policies selecting its meshed ones and the egress scopes of their
 /// namespaces (as for every ztunnel), the services its meshed workloads back or their scopes
 /// name, and the waypoints of the first.
-fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart {
+fn node_part(snapshot: &Snapshot, node: &str) -> NodePart {
     let model = snapshot.model();
     let local: Vec<&Workload> = model.workloads_on_node(node).collect();
     let meshed: Vec<&Workload> = local.iter().copied().filter(|w| w.meshed).collect();
@@ -251,11 +188,8 @@ fn node_part(snapshot: &Snapshot, node: &str, index: &AddressIndex) -> NodePart 
         // The service only, not its endpoints elsewhere: the destination side names the
         // service a connection came for. A pod here calling it asks for its VIP like any other
         // (ztunnel looks every VIP up once: one it holds may lack endpoints).
-        for s in index
-            .backed_by(&w.key())
-            .iter()
-            .filter_map(|k| model.service(k))
-        {
+        let key = w.key();
+        for s in model.services_backed_by(&key) {
             own.insert(named_key(
                 ResourceType::Service,
                 &ObjectKey::new(&s.service.namespace, &s.service.name),

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::access::{Denied, SubscriberAccess};
 use super::desired::Desired;
 use super::liveness::{DownNodes, NodeLiveness, Subscribed};
-use super::on_demand::{self, AddressIndexes, Brought, Change, Lookups};
+use super::on_demand::{self, Brought, Change, Lookups};
 use super::session::{Answer, Session};
 use super::sync::SyncEntry;
 use super::{ResourceKey, Snapshot, SyncTable, desired_for, desired_since};
@@ -125,8 +125,6 @@ pub struct DiscoveryService {
     access: Option<Arc<SubscriberAccess>>,
     liveness: Option<NodeLiveness>,
     part_bytes: usize,
-    /// Shared by the on-demand subscriptions: one address index per model.
-    indexes: AddressIndexes,
 }
 
 /// How often an open subscription's credentials are checked again when the mesh is quiet.
@@ -155,7 +153,6 @@ impl DiscoveryService {
             access: None,
             liveness: None,
             part_bytes: PART_BYTES,
-            indexes: AddressIndexes::default(),
         }
     }
 
@@ -314,7 +311,6 @@ impl Discovery for DiscoveryService {
             session: Session::new(known),
             lookups,
             brought: Brought::default(),
-            indexes: self.indexes.clone(),
             part_bytes: self.part_bytes,
             sync: self
                 .sync
@@ -341,7 +337,6 @@ struct Stream {
     lookups: Lookups,
     /// What the held addresses bring, counted from the current snapshot.
     brought: Brought,
-    indexes: AddressIndexes,
     part_bytes: usize,
     subscriber: Subscriber,
     who: String,
@@ -379,9 +374,9 @@ impl Stream {
             let lookups_due = self.lookups.has_unanswered();
             if let Some(mut response) = self.session.next_response_or_empty(&desired, lookups_due) {
                 if lookups_due {
-                    let index = self.indexes.of(snapshot.model());
+                    let model = snapshot.model();
                     (response.answered, response.unknown) =
-                        self.lookups.answer(|ip| index.knows(ip));
+                        self.lookups.answer(|ip| model.at_address(ip).is_some());
                     metrics::counter!("ambit_controller_lookups_total")
                         .increment(response.answered.len() as u64);
                 }
@@ -455,11 +450,9 @@ impl Stream {
     fn desired(&mut self, snapshot: &Snapshot, previous: Option<&Desired>) -> Desired {
         self.session.replaced();
         if self.subscriber.on_demand {
-            let index = self.indexes.of(snapshot.model());
             return on_demand::desired(
                 snapshot,
                 &self.subscriber,
-                &index,
                 &self.lookups,
                 &mut self.brought,
                 previous,
@@ -474,8 +467,7 @@ impl Stream {
     /// A request's lookups and releases applied to `desired` (resolved from `snapshot`) in
     /// place: only what their addresses bring is resolved, and the session diffs only that.
     fn apply(&mut self, snapshot: &Snapshot, change: &Change, desired: &mut Desired) {
-        let index = self.indexes.of(snapshot.model());
-        let changed = on_demand::apply(snapshot, &index, change, &mut self.brought, desired);
+        let changed = on_demand::apply(snapshot, change, &mut self.brought, desired);
         self.session.changed_in_place(changed);
     }
 

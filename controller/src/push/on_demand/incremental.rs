@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
-use super::{AddressIndex, Change, keys_for};
+use super::{Change, keys_for};
 use crate::model::MeshModel;
 use crate::push::ResourceKey;
 use crate::push::desired::Desired;
@@ -22,14 +22,10 @@ use crate::push::snapshot::Snapshot;
 pub struct Brought(HashMap<ResourceKey, u32>);
 
 impl Brought {
-    pub(super) fn count(
-        model: &MeshModel,
-        index: &AddressIndex,
-        addresses: impl Iterator<Item = IpAddr>,
-    ) -> Self {
+    pub(super) fn count(model: &MeshModel, addresses: impl Iterator<Item = IpAddr>) -> Self {
         let mut brought = Brought::default();
         for ip in addresses {
-            for key in keys_for(model, index, ip).into_iter().flatten() {
+            for key in keys_for(model, ip).into_iter().flatten() {
                 brought.add(key);
             }
         }
@@ -70,7 +66,6 @@ impl Brought {
 /// entry came or went, the only ones the session needs to diff.
 pub fn apply(
     snapshot: &Snapshot,
-    index: &AddressIndex,
     change: &Change,
     brought: &mut Brought,
     desired: &mut Desired,
@@ -81,7 +76,7 @@ pub fn apply(
     let in_node_part = |k: &ResourceKey| part.as_ref().is_some_and(|p| p.own.contains_key(k));
     let mut changed = Vec::new();
     for ip in &change.released {
-        for key in keys_for(model, index, *ip).into_iter().flatten() {
+        for key in keys_for(model, *ip).into_iter().flatten() {
             if brought.remove(key.clone()) && !in_node_part(&key) {
                 desired.remove_own(&key);
                 changed.push(key);
@@ -89,7 +84,7 @@ pub fn apply(
         }
     }
     for ip in &change.added {
-        for key in keys_for(model, index, *ip).into_iter().flatten() {
+        for key in keys_for(model, *ip).into_iter().flatten() {
             if brought.add(key.clone())
                 && !in_node_part(&key)
                 && let Some(resource) = snapshot.resource(&key)

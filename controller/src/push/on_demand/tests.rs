@@ -44,14 +44,12 @@ fn on_demand(node: &str) -> Subscriber {
 }
 
 fn keys(snapshot: &Snapshot, node: &str, addresses: &[&str]) -> Vec<String> {
-    let index = AddressIndex::build(snapshot.model());
     let mut lookups = Lookups::default();
     let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
     lookups.request(&addresses, &[]).unwrap();
     let d = desired(
         snapshot,
         &on_demand(node),
-        &index,
         &lookups,
         &mut Brought::default(),
         None,
@@ -121,12 +119,11 @@ fn a_looked_up_service_brings_its_endpoints_and_waypoint_a_pod_address_its_workl
 #[test]
 fn lookups_are_answered_once_known_or_not_and_held_until_released() {
     let s = snapshot(MESH);
-    let index = AddressIndex::build(s.model());
     let mut l = Lookups::default();
     l.request(&["10.96.0.3".into(), "192.0.2.1".into()], &[])
         .unwrap();
     assert!(l.has_unanswered());
-    let (answered, unknown) = l.answer(|ip| index.knows(ip));
+    let (answered, unknown) = l.answer(|ip| s.model().at_address(ip).is_some());
     assert_eq!(answered, ["10.96.0.3", "192.0.2.1"]);
     assert_eq!(unknown, ["192.0.2.1"]);
     assert!(!l.has_unanswered());
@@ -154,19 +151,10 @@ fn a_change_reaches_the_subscriptions_that_looked_it_up_only() {
         Some(&before),
     );
     let version_of = |s: &Snapshot, addresses: &[&str]| {
-        let index = AddressIndex::build(s.model());
         let mut l = Lookups::default();
         let a: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         l.request(&a, &[]).unwrap();
-        desired(
-            s,
-            &on_demand("c"),
-            &index,
-            &l,
-            &mut Brought::default(),
-            None,
-        )
-        .system_version()
+        desired(s, &on_demand("c"), &l, &mut Brought::default(), None).system_version()
     };
     assert_ne!(
         version_of(&before, &["10.96.0.2"]),
@@ -223,14 +211,12 @@ fn lookups_and_releases_applied_in_place_equal_a_full_recompute() {
         let mut lookups = Lookups::default();
         let mut brought = Brought::default();
         let mut s = &first;
-        let mut index = AddressIndex::build(s.model());
-        let mut d = desired(s, &sub, &index, &lookups, &mut brought, None);
+        let mut d = desired(s, &sub, &lookups, &mut brought, None);
         for step in 0..200 {
             if step == 100 {
                 // A new snapshot in the middle: counted again, then in place again.
                 s = &second;
-                index = AddressIndex::build(s.model());
-                d = desired(s, &sub, &index, &lookups, &mut brought, Some(&d));
+                d = desired(s, &sub, &lookups, &mut brought, Some(&d));
             }
             let pick = |bits: u64| -> Vec<String> {
                 (0..pool.len())
@@ -240,9 +226,9 @@ fn lookups_and_releases_applied_in_place_equal_a_full_recompute() {
             };
             let (lookup, release) = (pick(next()), pick(next()));
             let change = lookups.request(&lookup, &release).unwrap();
-            let changed = apply(s, &index, &change, &mut brought, &mut d);
+            let changed = apply(s, &change, &mut brought, &mut d);
             let mut fresh_brought = Brought::default();
-            let fresh = desired(s, &sub, &index, &lookups, &mut fresh_brought, None);
+            let fresh = desired(s, &sub, &lookups, &mut fresh_brought, None);
             assert_eq!(
                 contents(&d),
                 contents(&fresh),
@@ -254,7 +240,7 @@ fn lookups_and_releases_applied_in_place_equal_a_full_recompute() {
                 .released
                 .iter()
                 .chain(&change.added)
-                .flat_map(|ip| keys_for(s.model(), &index, *ip).into_iter().flatten())
+                .flat_map(|ip| keys_for(s.model(), *ip).into_iter().flatten())
                 .collect();
             assert!(changed.iter().all(|k| touched.contains(k)), "step {step}");
         }
@@ -264,16 +250,15 @@ fn lookups_and_releases_applied_in_place_equal_a_full_recompute() {
 #[test]
 fn a_release_keeps_what_the_node_part_or_another_address_still_brings() {
     let s = snapshot(MESH);
-    let index = AddressIndex::build(s.model());
     let mut lookups = Lookups::default();
     let mut brought = Brought::default();
-    let mut d = desired(&s, &on_demand("c"), &index, &lookups, &mut brought, None);
+    let mut d = desired(&s, &on_demand("c"), &lookups, &mut brought, None);
     let up_front = contents(&d);
     // old's VIP brings old-1 (on a) and old-2 (c's own); old-1's address brings old-1 again.
     let change = lookups
         .request(&["10.96.0.3".into(), "10.244.1.3".into()], &[])
         .unwrap();
-    let added = apply(&s, &index, &change, &mut brought, &mut d);
+    let added = apply(&s, &change, &mut brought, &mut d);
     let old_1 = "workload/local//Pod/legacy/old-1";
     assert_eq!(
         added.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -281,13 +266,13 @@ fn a_release_keeps_what_the_node_part_or_another_address_still_brings() {
         "the service and old-2 are c's own already"
     );
     let change = lookups.request(&[], &["10.96.0.3".into()]).unwrap();
-    assert!(apply(&s, &index, &change, &mut brought, &mut d).is_empty());
+    assert!(apply(&s, &change, &mut brought, &mut d).is_empty());
     assert!(
         d.keys().any(|k| k.to_string() == old_1),
         "its address still holds old-1"
     );
     let change = lookups.request(&[], &["10.244.1.3".into()]).unwrap();
-    let removed = apply(&s, &index, &change, &mut brought, &mut d);
+    let removed = apply(&s, &change, &mut brought, &mut d);
     assert_eq!(
         removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [old_1]
