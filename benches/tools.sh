@@ -2,8 +2,9 @@
 # The Debian tools the benches drive (benches/benches/{waypoint,mesh,config_apply}.rs): wrk
 # (HTTP/1.1 load), h2load from nghttp2-client (HTTP/2 load), nginx (the waypoint's comparator,
 # and the mesh bench's server), iperf3 (one-stream throughput) and bpftrace (how long a
-# proxy's threads wait to run, src/sched.rs). Installs whichever is missing with apt-get;
-# needs root.
+# proxy's threads wait to run, src/sched.rs), and iptables, which the shared testbed's capture
+# rules need (the tests' script installs it too; a bench may run first on a fresh host).
+# Installs whichever is missing with apt-get; needs root.
 #
 # Neither nginx nor iperf3 may run as a system service here: the benches start their own, in a
 # network namespace, in the foreground, and a service on the host would hold their ports and
@@ -19,6 +20,7 @@ command -v h2load >/dev/null 2>&1 || missing="$missing nghttp2-client"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
 command -v iperf3 >/dev/null 2>&1 || missing="$missing iperf3"
 command -v bpftrace >/dev/null 2>&1 || missing="$missing bpftrace"
+command -v iptables-save >/dev/null 2>&1 || missing="$missing iptables"
 
 if [ -z "$missing" ]; then
     exit 0
