@@ -3,14 +3,16 @@
 //! that succeeded does the new state replace the old one.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{self as api, resource::Kind};
+use imbl::hashmap::Entry;
 
 use super::reindex::Touched;
-use super::{EgressScope, Indexes, Policy, ProxyState, Service, StateError, Waypoint, Workload};
+use super::{
+    EgressScope, Indexes, Map, Policy, ProxyState, Service, StateError, Waypoint, Workload,
+};
 
 impl ProxyState {
     /// Applies a discovery response: all of it, or none of it.
@@ -137,7 +139,7 @@ impl ProxyState {
 
     /// The indexes of the whole state, built afresh.
     pub(super) fn index(&self) -> Result<Indexes, StateError> {
-        let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
+        let mut by_ip: Map<IpAddr, Arc<Workload>> = Map::new();
         for w in self.workloads.values() {
             for ip in w.addresses.iter() {
                 if let Some(first) = by_ip.insert(*ip, w.clone()) {
@@ -149,8 +151,8 @@ impl ProxyState {
                 }
             }
         }
-        let mut by_vip = HashMap::new();
-        let mut by_hostname: HashMap<Arc<str>, Arc<Service>> = HashMap::new();
+        let mut by_vip = Map::new();
+        let mut by_hostname: Map<Arc<str>, Arc<Service>> = Map::new();
         let mut by_endpoint: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
         for s in self.services.values() {
             for vip in s.vips.iter() {
@@ -180,7 +182,7 @@ impl ProxyState {
             by_hostname,
             by_endpoint: by_endpoint
                 .into_iter()
-                .map(|(uid, services)| (uid, services.into()))
+                .map(|(uid, services)| (uid, Arc::from(services)))
                 .collect(),
         })
     }

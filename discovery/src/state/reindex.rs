@@ -3,9 +3,10 @@
 //! for each destination its pods first connect to, and the connection waits for it: rebuilding
 //! the indexes of everything held made that wait grow with all the ztunnel had learnt before.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+use imbl::hashmap::Entry;
 
 use super::{Indexes, ProxyState, Service, StateError, Workload};
 
