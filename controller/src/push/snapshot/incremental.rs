@@ -5,6 +5,7 @@
 //! handful of lookups.
 
 use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{ResourceType, resource::Kind};
@@ -12,7 +13,7 @@ use ambit_proto::api::discovery::{ResourceType, resource::Kind};
 use super::super::ResourceKey;
 use super::super::desired::{Resolved, SharedChanges};
 use super::{
-    Resources, Snapshot, WireResource, entry_hash, named_key, nodes_holding_service, same,
+    Changed, Resources, Snapshot, WireResource, entry_hash, named_key, nodes_holding_service, same,
     workload_wire,
 };
 use crate::model::{Changes, MeshModel, ObjectKey};
@@ -38,6 +39,7 @@ impl Snapshot {
         let mut b = Resources {
             previous: Some(&previous.resources),
             resources: previous.resources.clone(),
+            changed: Some(Vec::new()),
         };
         let mut touched: HashSet<String> = HashSet::new();
         // A workload's wire form lists the policies that select it.
@@ -111,6 +113,10 @@ impl Snapshot {
                 None => b.remove(&rk),
             }
         }
+        let changed = Changed {
+            keys: b.changed.unwrap_or_default(),
+            addresses: changed_addresses(old, m, changes),
+        };
         let mut snapshot = Snapshot {
             model: model.clone(),
             down_nodes: previous.down_nodes.clone(),
@@ -120,6 +126,7 @@ impl Snapshot {
             mesh_wide_changes: None,
             generation: previous.generation + 1,
             touched_nodes: Some(touched),
+            changed: Some(changed),
         };
         let candidates = mesh_wide_candidates(old, m, workloads, changes);
         snapshot.patch_mesh_wide(previous, candidates);
@@ -167,6 +174,24 @@ impl Snapshot {
             keys: keys.into(),
         });
     }
+}
+
+/// The addresses of the workloads and services `changes` names, in either model: only there
+/// can what an address brings (the object holding it, a service's endpoints and waypoint, a
+/// workload's waypoint) differ, since a service whose endpoints changed is among the changes.
+fn changed_addresses(old: &MeshModel, m: &MeshModel, changes: &Changes) -> HashSet<IpAddr> {
+    let mut addresses = HashSet::new();
+    for key in &changes.workloads {
+        for w in [old.workload(key), m.workload(key)].into_iter().flatten() {
+            addresses.extend(w.pod.addresses.iter().copied());
+        }
+    }
+    for key in &changes.services {
+        for s in [old.service(key), m.service(key)].into_iter().flatten() {
+            addresses.extend(s.service.vips.iter().copied());
+        }
+    }
+    addresses
 }
 
 /// What may have joined, left or changed in the shared part: the workloads re-resolved, the

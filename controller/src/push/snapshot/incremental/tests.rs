@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::super::Snapshot;
 use crate::model::random_edits::{Rng, random_edit, seed};
 use crate::push::ResourceKey;
+use crate::push::on_demand::keys_for;
 use crate::push::scope::mesh_wide;
 
 fn versions(s: &Snapshot) -> BTreeMap<ResourceKey, String> {
@@ -56,6 +57,29 @@ fn an_incremental_snapshot_is_the_snapshot_built_from_nothing() {
             for key in old_shared.keys().chain(new_shared.keys()) {
                 if old_shared.get(key) != new_shared.get(key) {
                     assert!(changes.keys.contains(key), "{at}: {key} not in the changes");
+                }
+            }
+            // Every resource that came, went or was re-versioned is listed for on-demand
+            // subscriptions, and so is every address at which a lookup brings other keys.
+            let changed = new.changed.as_ref().expect("incremental");
+            let (old_versions, new_versions) = (versions(&snapshot), versions(&new));
+            for key in old_versions.keys().chain(new_versions.keys()) {
+                if old_versions.get(key) != new_versions.get(key) {
+                    assert!(changed.keys.contains(key), "{at}: {key} not in the changes");
+                }
+            }
+            let addresses = snapshot.model().workloads().chain(next.workloads());
+            let addresses = addresses.flat_map(|w| w.pod.addresses.clone()).chain(
+                (snapshot.model().services().chain(next.services()))
+                    .flat_map(|s| s.service.vips.clone()),
+            );
+            for ip in addresses {
+                let brings = |m: &crate::model::MeshModel| keys_for(m, ip);
+                if brings(snapshot.model()) != brings(&next) {
+                    assert!(
+                        changed.addresses.contains(&ip),
+                        "{at}: {ip} not in the changes"
+                    );
                 }
             }
             // Every node whose own workloads changed is touched.
