@@ -18,6 +18,7 @@ use super::access::{Denied, SubscriberAccess};
 use super::liveness::{DownNodes, NodeLiveness, Subscribed};
 use super::on_demand::{self, Brought, Change, Lookups};
 use super::session::{Answer, Session};
+use super::snapshot::MeshWideUser;
 use super::sync::SyncEntry;
 use super::{ResourceKey, Snapshot, SyncTable, desired_for, desired_since};
 use crate::model::{MeshModel, ObjectKey};
@@ -295,6 +296,9 @@ impl Discovery for DiscoveryService {
         if !known_to_model {
             tracing::warn!(subscriber = %who, "the mesh declares no such node or waypoint: it gets an empty scope until the mesh declares it (check the proxy's name against the mesh)");
         }
+        // Only a ztunnel sent everything reads the mesh-wide part.
+        let mesh_wide = (subscriber.kind == ProxyKind::Ztunnel as i32 && !subscriber.on_demand)
+            .then(|| self.snapshots.borrow().use_mesh_wide());
         let (tx, rx) = mpsc::channel(QUEUE);
         // Only an authorized ztunnel speaks for its node, and waypoints are no node.
         let alive = match (&self.liveness, ProxyKind::try_from(subscriber.kind)) {
@@ -303,6 +307,7 @@ impl Discovery for DiscoveryService {
         };
         let stream = Stream {
             _alive: alive,
+            _mesh_wide: mesh_wide,
             access: self.access.clone().map(|a| (a, metadata)),
             inbound,
             tx,
@@ -326,6 +331,8 @@ impl Discovery for DiscoveryService {
 struct Stream {
     /// Keeps the node up (see [`NodeLiveness`]) while the subscription is open.
     _alive: Option<Subscribed>,
+    /// Keeps the snapshots resolving the mesh-wide part while the subscription uses it.
+    _mesh_wide: Option<MeshWideUser>,
     /// Who may subscribe, and this subscription's credentials, re-checked on every new model.
     access: Option<(Arc<SubscriberAccess>, MetadataMap)>,
     inbound: Streaming<SubscribeRequest>,
