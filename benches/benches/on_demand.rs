@@ -259,14 +259,6 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
     // node's, and the changes (made in the first namespace, whose pods are on the first 50
     // nodes) then reach some of them.
     let nodes: Vec<String> = (0..subscribed).map(node_name).collect();
-    let all_mode = nodes
-        .iter()
-        .take(ALL_MODE_SAMPLE)
-        .map(|n| {
-            let d = desired_for(&snapshot, &subscriber(n));
-            size_of(&snapshot, d.keys())
-        })
-        .collect();
     drop(snapshot);
     let heap_before = alloc::live(Class::Measured);
     let cpu_before = threads_cpu_seconds(CONTROLLER_THREADS);
@@ -275,7 +267,6 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
         workloads: model.workloads().count(),
         nodes: model.nodes().count(),
         full,
-        all_mode,
         model_build,
         snapshot_build,
         model_heap,
@@ -348,6 +339,18 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
     }
     f.controller_peak = alloc::peak(Class::Measured) - baseline;
     f.vm_hwm = alloc::proc_status_bytes("VmHWM").unwrap_or(0);
+    // Last: the controller resolves the mesh-wide part only for a subscriber sent everything,
+    // and asking for it here would make the snapshot hold it for the figures above.
+    let snapshot = c.snapshots.borrow().clone();
+    f.all_mode = nodes
+        .iter()
+        .take(ALL_MODE_SAMPLE)
+        .map(|n| {
+            let d = desired_for(&snapshot, &subscriber(n));
+            size_of(&snapshot, d.keys())
+        })
+        .collect();
+    drop(snapshot);
     shutdown.cancel();
     // The proxies' clients end with the drain; their state goes with this runtime.
     drop(proxies);

@@ -115,6 +115,10 @@ impl Lookups {
         self.held.iter().copied()
     }
 
+    fn holds(&self, ip: IpAddr) -> bool {
+        self.held.contains(&ip)
+    }
+
     pub fn len(&self) -> usize {
         self.held.len()
     }
@@ -216,7 +220,7 @@ fn node_part(snapshot: &Snapshot, node: &str) -> NodePart {
 }
 
 mod incremental;
-pub use incremental::{Brought, apply};
+pub use incremental::{Brought, apply, follows, update};
 
 #[cfg(test)]
 mod tests;

@@ -138,10 +138,11 @@ fn node_part(snapshot: &Snapshot, node: &str) -> NodePart {
 
 fn ztunnel(snapshot: &Snapshot, part: Arc<NodePart>) -> Desired {
     let mut desired = if part.captures {
+        let shared = snapshot.mesh_wide();
         Desired::new(
-            snapshot.mesh_wide.clone(),
-            snapshot.mesh_wide_hash,
-            snapshot.mesh_wide_changes.clone(),
+            shared.resolved.clone(),
+            shared.hash,
+            shared.changes.clone(),
             part.own.clone(),
         )
     } else {

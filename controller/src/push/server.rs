@@ -15,10 +15,10 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{Denied, SubscriberAccess};
-use super::desired::Desired;
 use super::liveness::{DownNodes, NodeLiveness, Subscribed};
 use super::on_demand::{self, Brought, Change, Lookups};
 use super::session::{Answer, Session};
+use super::snapshot::MeshWideUser;
 use super::sync::SyncEntry;
 use super::{ResourceKey, Snapshot, SyncTable, desired_for, desired_since};
 use crate::model::{MeshModel, ObjectKey};
@@ -296,6 +296,9 @@ impl Discovery for DiscoveryService {
         if !known_to_model {
             tracing::warn!(subscriber = %who, "the mesh declares no such node or waypoint: it gets an empty scope until the mesh declares it (check the proxy's name against the mesh)");
         }
+        // Only a ztunnel sent everything reads the mesh-wide part.
+        let mesh_wide = (subscriber.kind == ProxyKind::Ztunnel as i32 && !subscriber.on_demand)
+            .then(|| self.snapshots.borrow().use_mesh_wide());
         let (tx, rx) = mpsc::channel(QUEUE);
         // Only an authorized ztunnel speaks for its node, and waypoints are no node.
         let alive = match (&self.liveness, ProxyKind::try_from(subscriber.kind)) {
@@ -304,6 +307,7 @@ impl Discovery for DiscoveryService {
         };
         let stream = Stream {
             _alive: alive,
+            _mesh_wide: mesh_wide,
             access: self.access.clone().map(|a| (a, metadata)),
             inbound,
             tx,
@@ -327,6 +331,8 @@ impl Discovery for DiscoveryService {
 struct Stream {
     /// Keeps the node up (see [`NodeLiveness`]) while the subscription is open.
     _alive: Option<Subscribed>,
+    /// Keeps the snapshots resolving the mesh-wide part while the subscription uses it.
+    _mesh_wide: Option<MeshWideUser>,
     /// Who may subscribe, and this subscription's credentials, re-checked on every new model.
     access: Option<(Arc<SubscriberAccess>, MetadataMap)>,
     inbound: Streaming<SubscribeRequest>,
@@ -363,16 +369,16 @@ impl Stream {
 
     async fn serve(&mut self, kind: &'static str) -> String {
         let mut snapshot = self.first_snapshot().await;
-        let mut desired = self.desired(&snapshot, None);
+        self.desire(None, &snapshot);
         // Credentials are re-checked on every new model and, for a quiet mesh, on this tick: a
         // service-account token expires whether or not the mesh changes.
         let mut recheck =
             tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
         loop {
-            let version = desired.system_version();
+            let version = self.session.desired().system_version();
             self.sync.update(|s| s.desired_version = version);
             let lookups_due = self.lookups.has_unanswered();
-            if let Some(mut response) = self.session.next_response_or_empty(&desired, lookups_due) {
+            if let Some(mut response) = self.session.next_response_or_empty(lookups_due) {
                 if lookups_due {
                     let model = snapshot.model();
                     (response.answered, response.unknown) =
@@ -418,7 +424,7 @@ impl Stream {
                         self.answer(kind, &request);
                         if !request.lookup.is_empty() || !request.release.is_empty() {
                             match self.look_up(&request) {
-                                Ok(change) => self.apply(&snapshot, &change, &mut desired),
+                                Ok(change) => self.apply(&snapshot, &change),
                                 Err(ended) => return ended,
                             }
                         }
@@ -435,40 +441,58 @@ impl Stream {
                     if changed.is_err() {
                         return "the controller stopped publishing config".into();
                     }
-                    snapshot = self.snapshots.borrow_and_update().clone();
+                    let previous =
+                        std::mem::replace(&mut snapshot, self.snapshots.borrow_and_update().clone());
                     if let Err(ended) = self.recheck().await {
                         return ended;
                     }
-                    desired = self.desired(&snapshot, Some(&desired));
+                    self.desire(Some(&previous), &snapshot);
                 }
             }
         }
     }
 
-    /// What the proxy should hold of `snapshot`; `previous`, what it was sent before, lets a
-    /// change that touched nothing of its node's skip resolving that part again.
-    fn desired(&mut self, snapshot: &Snapshot, previous: Option<&Desired>) -> Desired {
-        self.session.replaced();
-        if self.subscriber.on_demand {
-            return on_demand::desired(
+    /// Gives the session what the proxy should hold of `snapshot`. `previous`: the snapshot
+    /// the session's desired state was resolved from, which lets a change that touched nothing
+    /// of the node's skip resolving that part again, and an on-demand subscription follow the
+    /// change in place (looking at what it touched, not at everything held).
+    fn desire(&mut self, previous_snapshot: Option<&Snapshot>, snapshot: &Snapshot) {
+        if self.subscriber.on_demand
+            && let Some(previous) = previous_snapshot
+            && on_demand::follows(self.session.desired(), previous, snapshot)
+        {
+            let (subscriber, lookups) = (&self.subscriber, &self.lookups);
+            let brought = &mut self.brought;
+            self.session.change_in_place(|desired| {
+                on_demand::update(previous, snapshot, subscriber, lookups, brought, desired)
+            });
+            return;
+        }
+        let previous = previous_snapshot.map(|_| self.session.desired());
+        let desired = if self.subscriber.on_demand {
+            on_demand::desired(
                 snapshot,
                 &self.subscriber,
                 &self.lookups,
                 &mut self.brought,
                 previous,
-            );
-        }
-        match previous {
-            Some(p) => desired_since(snapshot, &self.subscriber, p),
-            None => desired_for(snapshot, &self.subscriber),
-        }
+            )
+        } else {
+            match previous {
+                Some(p) => desired_since(snapshot, &self.subscriber, p),
+                None => desired_for(snapshot, &self.subscriber),
+            }
+        };
+        self.session.replace(desired);
     }
 
-    /// A request's lookups and releases applied to `desired` (resolved from `snapshot`) in
-    /// place: only what their addresses bring is resolved, and the session diffs only that.
-    fn apply(&mut self, snapshot: &Snapshot, change: &Change, desired: &mut Desired) {
-        let changed = on_demand::apply(snapshot, change, &mut self.brought, desired);
-        self.session.changed_in_place(changed);
+    /// A request's lookups and releases applied to the desired state (resolved from
+    /// `snapshot`) in place: only what their addresses bring is resolved, and the session
+    /// diffs only that.
+    fn apply(&mut self, snapshot: &Snapshot, change: &Change) {
+        let brought = &mut self.brought;
+        self.session
+            .change_in_place(|desired| on_demand::apply(snapshot, change, brought, desired));
     }
 
     /// Takes a request's lookups and releases; a request that is not on-demand's to make, or

@@ -62,20 +62,36 @@ pub(super) struct Session {
     rejected: HashMap<ResourceKey, Option<Version>>,
     in_flight: Option<InFlight>,
     sent: u64,
-    /// The desired state of the last response (or of the last check that found nothing to send),
-    /// so the next check can look at what changed since instead of the whole scope.
+    /// What the proxy should hold. Kept here, and changed only through [`Self::replace`] and
+    /// [`Self::change_in_place`], so that the session always knows what changed since it last
+    /// diffed it: a desired state handed over without saying so was either diffed whole again
+    /// on every call (an on-demand lookup's ACK cost a diff and a copy of the whole
+    /// subscription) or, once that was skipped, missed.
+    desired: Desired,
+    /// How `desired` differs from what the last diff looked at.
+    pending: Pending,
+    /// A copy of the desired state last diffed whole, so that the next replaced one can be
+    /// diffed by what changed in between (see [`Desired::candidates_since`]); `None` once it
+    /// was changed in place, which that comparison would not see.
     synced: Option<Desired>,
-    /// The keys at which the desired state last diffed was changed in place since (an
-    /// on-demand lookup's or release's, see [`Self::changed_in_place`]): the next diff looks at
-    /// those only. `None` when nobody said so.
-    in_place: Option<Scope>,
-    /// Whether the desired state last diffed is still the one given (not [`Self::replaced`]).
-    diffed_current: bool,
+    /// How many keys the last diff looked at (tests hold the diff's cost to this).
+    #[cfg(test)]
+    compared: usize,
+}
+
+/// What the next diff has to look at.
+enum Pending {
+    /// Nothing: the desired state is the one last diffed.
+    Nothing,
+    /// These keys, where the desired state last diffed was changed in place since.
+    InPlace(Scope),
+    /// Everything (or what [`Desired::candidates_since`] says): a new desired state.
+    Replaced,
 }
 
 impl Session {
     /// A session for a proxy that already holds `known` (from `known_versions`; empty on a first
-    /// connection, which then gets the full state).
+    /// connection, which then gets the full state). It desires nothing until [`Self::replace`].
     pub fn new(known: HashMap<ResourceKey, String>) -> Self {
         Session {
             acked: known
@@ -85,99 +101,124 @@ impl Session {
             rejected: HashMap::new(),
             in_flight: None,
             sent: 0,
+            desired: Desired::default(),
+            pending: Pending::Replaced,
             synced: None,
-            in_place: None,
-            diffed_current: false,
+            #[cfg(test)]
+            compared: 0,
         }
     }
 
-    /// The desired state given next is the last one given, changed at `keys` only (a lookup's
-    /// entries added, a release's removed): the next diff looks at those, not at everything.
-    pub fn changed_in_place(&mut self, keys: impl IntoIterator<Item = ResourceKey>) {
-        if self.diffed_current {
-            self.in_place.get_or_insert_default().extend(keys);
+    /// What the proxy should hold, as last replaced or changed.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// A new desired state (from a new snapshot): diffed as a whole, or by what changed since
+    /// the last one diffed whole.
+    pub fn replace(&mut self, desired: Desired) {
+        self.desired = desired;
+        self.pending = Pending::Replaced;
+    }
+
+    /// Changes the desired state in place (a lookup's entries added, a release's removed);
+    /// `change` returns the keys whose entry it added, removed or replaced, which are all the
+    /// next diff looks at.
+    pub fn change_in_place<I>(&mut self, change: impl FnOnce(&mut Desired) -> I)
+    where
+        I: IntoIterator<Item = ResourceKey>,
+    {
+        let keys = change(&mut self.desired);
+        match &mut self.pending {
+            Pending::Nothing => self.pending = Pending::InPlace(keys.into_iter().collect()),
+            Pending::InPlace(changed) => changed.extend(keys),
+            Pending::Replaced => {}
         }
-        // What it was diffed against is no longer the desired state.
+        // The copy no longer follows from what was diffed: a key added here and gone from the
+        // next replaced state would be in neither's own part.
         self.synced = None;
     }
 
-    /// The desired state given next is a new one (from a new snapshot), not the last one
-    /// changed in place: it is diffed as any other.
-    pub fn replaced(&mut self) {
-        self.diffed_current = false;
-        self.in_place = None;
-    }
-
-    /// The response that brings the proxy to `desired`, if one is due: the first response always
-    /// is (so the proxy learns it is current), later ones only when something differs.
+    /// `desired` replaces the desired state and the response that brings the proxy to it is
+    /// made, if one is due.
     #[cfg(test)]
     pub fn next_response(&mut self, desired: &Desired) -> Option<EncodedResponse> {
-        self.next_response_or_empty(desired, false)
+        self.replace(desired.clone());
+        self.next_response_or_empty(false)
     }
 
-    /// [`Self::next_response`], sending a response even when nothing differs if `always` (one
-    /// that answers lookups), unless one is awaiting its answer.
-    pub fn next_response_or_empty(
-        &mut self,
-        desired: &Desired,
-        always: bool,
-    ) -> Option<EncodedResponse> {
+    /// The response that brings the proxy to the desired state, if one is due: the first
+    /// response always is (so the proxy learns it is current), later ones only when something
+    /// differs, or when `always` (one that answers lookups); none while one awaits its answer.
+    pub fn next_response_or_empty(&mut self, always: bool) -> Option<EncodedResponse> {
         if self.in_flight.is_some() {
             return None;
         }
         let first = self.sent == 0;
         let full_state = first && self.acked.is_empty();
-        let in_place = self.in_place.take();
-        self.rejected.retain(|key, version| match version {
-            Some(v) => desired
-                .get(key)
-                .is_some_and(|r| Version::of(&r.version) == *v),
-            None => !desired.contains_key(key),
-        });
+        let pending = std::mem::replace(&mut self.pending, Pending::Nothing);
+        #[cfg(test)]
+        {
+            self.compared = 0;
+        }
+        let desired = &self.desired;
         let mut resources = Vec::new();
         let mut changes = Vec::new();
         let mut removed = Vec::new();
+        if !matches!(pending, Pending::Nothing) {
+            self.rejected.retain(|key, version| match version {
+                Some(v) => desired
+                    .get(key)
+                    .is_some_and(|r| Version::of(&r.version) == *v),
+                None => !desired.contains_key(key),
+            });
+        }
         if full_state {
             for (key, resource) in desired.iter() {
                 resources.push(resource.encoded.clone());
                 changes.push((key.clone(), Some(Version::of(&resource.version))));
             }
         } else {
-            let mut check = |key: &ResourceKey| match desired.get(key) {
-                Some(resource) => {
-                    let version = Version::of(&resource.version);
-                    let held = self.acked.get(key) == Some(&version);
-                    let refused = matches!(self.rejected.get(key), Some(Some(v)) if *v == version);
-                    if !held && !refused {
-                        resources.push(resource.encoded.clone());
-                        changes.push((key.clone(), Some(version)));
-                    }
-                }
-                None => {
-                    if self.acked.contains_key(key) && self.rejected.get(key) != Some(&None) {
-                        removed.push(RemovedResource {
-                            r#type: key.kind.into(),
-                            name: key.name.to_string(),
-                        });
-                        changes.push((key.clone(), None));
-                    }
-                }
-            };
-            let candidates = match &in_place {
-                Some(changed) => Some(changed.iter().collect()),
-                None => self
+            let candidates = match &pending {
+                Pending::Nothing => Some(Vec::new()),
+                Pending::InPlace(changed) => Some(changed.iter().collect()),
+                Pending::Replaced => self
                     .synced
                     .as_ref()
                     .and_then(|s| desired.candidates_since(s)),
             };
-            match candidates {
-                Some(candidates) => candidates.into_iter().for_each(&mut check),
-                None => {
-                    let mut keys: Vec<&ResourceKey> = self.acked.keys().collect();
-                    keys.extend(desired.keys());
-                    keys.sort_unstable();
-                    keys.dedup();
-                    keys.into_iter().for_each(&mut check);
+            let keys = candidates.unwrap_or_else(|| {
+                let mut keys: Vec<&ResourceKey> = self.acked.keys().collect();
+                keys.extend(desired.keys());
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            });
+            #[cfg(test)]
+            {
+                self.compared = keys.len();
+            }
+            for key in keys {
+                match desired.get(key) {
+                    Some(resource) => {
+                        let version = Version::of(&resource.version);
+                        let held = self.acked.get(key) == Some(&version);
+                        let refused =
+                            matches!(self.rejected.get(key), Some(Some(v)) if *v == version);
+                        if !held && !refused {
+                            resources.push(resource.encoded.clone());
+                            changes.push((key.clone(), Some(version)));
+                        }
+                    }
+                    None => {
+                        if self.acked.contains_key(key) && self.rejected.get(key) != Some(&None) {
+                            removed.push(RemovedResource {
+                                r#type: key.kind.into(),
+                                name: key.name.to_string(),
+                            });
+                            changes.push((key.clone(), None));
+                        }
+                    }
                 }
             }
         }
@@ -185,11 +226,11 @@ impl Session {
         // or refused at exactly its version, which is what the next incremental diff relies on.
         // After a diff of changes in place there is no copy to keep: the next such diff needs
         // only their keys, and a replaced desired state is compared whole.
-        self.synced = match in_place {
-            Some(_) => None,
-            None => Some(desired.clone()),
-        };
-        self.diffed_current = true;
+        match pending {
+            Pending::Replaced => self.synced = Some(desired.clone()),
+            Pending::InPlace(_) => self.synced = None,
+            Pending::Nothing => {}
+        }
         if !first && changes.is_empty() && !always {
             return None;
         }
@@ -417,20 +458,31 @@ mod tests {
 
     #[test]
     fn changes_in_place_are_diffed_by_their_keys_with_the_same_result() {
-        let mut d = desired(&[("a", "1"), ("b", "1")]);
+        let d = desired(&[("a", "1"), ("b", "1")]);
         let mut sessions = [Session::new(HashMap::new()), Session::new(HashMap::new())];
         for s in &mut sessions {
             let first = s.next_response(&d).unwrap();
             s.answer(&first.nonce, "");
         }
         let (c, c1) = entry("c", "1");
-        d.insert_own(c.clone(), c1);
         let a = ResourceKey::new(ResourceType::Service, "a");
-        d.remove_own(&a);
-        // The first is told what changed; the second compares everything.
-        sessions[0].changed_in_place([c, a]);
-        sessions[1].replaced();
-        let [incremental, full] = sessions.each_mut().map(|s| s.next_response(&d).unwrap());
+        let change = |d: &mut Desired| {
+            d.insert_own(c.clone(), c1.clone());
+            d.remove_own(&a);
+        };
+        // The first is told what changed; the second is handed the result as a new state.
+        sessions[0].change_in_place(|d| {
+            change(d);
+            [c.clone(), a.clone()]
+        });
+        let mut whole = sessions[1].desired().clone();
+        change(&mut whole);
+        sessions[1].replace(whole);
+        let [incremental, full] = sessions
+            .each_mut()
+            .map(|s| s.next_response_or_empty(false).unwrap());
+        assert_eq!(sessions[0].compared, 2, "only the keys told");
+        assert_eq!(sessions[1].compared, 3, "everything held or desired");
         for delta in [&incremental, &full] {
             assert_eq!(names(delta), ["c@1"]);
             let removed: Vec<_> = delta.removed.iter().map(|r| r.name.as_str()).collect();
@@ -445,21 +497,77 @@ mod tests {
         let s = &mut sessions[0];
         // A lookup while a response awaits its answer is sent after it.
         let (e, e1) = entry("e", "1");
-        d.insert_own(e.clone(), e1);
-        s.changed_in_place([e]);
-        assert!(s.next_response(&d).is_none(), "one response in flight");
+        s.change_in_place(|d| {
+            d.insert_own(e.clone(), e1);
+            [e]
+        });
+        assert!(
+            s.next_response_or_empty(false).is_none(),
+            "one response in flight"
+        );
         s.answer(&incremental.nonce, "");
-        let later = s.next_response(&d).unwrap();
+        let later = s.next_response_or_empty(false).unwrap();
         assert_eq!(names(&later), ["e@1"]);
         s.answer(&later.nonce, "");
         // Only the keys told are looked at: a change in place not told is not seen.
         let (f, f1) = entry("f", "1");
-        d.insert_own(f, f1);
-        s.changed_in_place([]);
-        assert!(s.next_response(&d).is_none());
+        s.change_in_place(|d| {
+            d.insert_own(f, f1);
+            []
+        });
+        assert!(s.next_response_or_empty(false).is_none());
         // A replaced desired state is compared whole again.
-        s.replaced();
-        assert_eq!(names(&s.next_response(&d).unwrap()), ["f@1"]);
+        let same = s.desired().clone();
+        assert_eq!(names(&s.next_response(&same).unwrap()), ["f@1"]);
+    }
+
+    #[test]
+    fn the_answer_to_a_change_in_place_is_not_diffed_again() {
+        // A ztunnel holding a thousand entries looks one address up: the lookup's response
+        // looks at its key, and the ACK of that response at nothing (it looked at all 1,001,
+        // and copied them, before).
+        let held: Vec<String> = (0..1000).map(|i| format!("held-{i:04}")).collect();
+        let items: Vec<(&str, &str)> = held.iter().map(|n| (n.as_str(), "1")).collect();
+        let mut s = Session::new(HashMap::new());
+        let first = s.next_response(&desired(&items)).unwrap();
+        s.answer(&first.nonce, "");
+        let (looked_up, resource) = entry("looked-up", "1");
+        s.change_in_place(|d| {
+            d.insert_own(looked_up.clone(), resource);
+            [looked_up]
+        });
+        let answer = s.next_response_or_empty(true).unwrap();
+        assert_eq!(names(&answer), ["looked-up@1"]);
+        assert_eq!(s.compared, 1);
+        assert_eq!(s.answer(&answer.nonce, ""), Answer::Ack);
+        assert!(s.next_response_or_empty(false).is_none());
+        assert_eq!(s.compared, 0, "nothing changed since the last diff");
+        assert!(s.synced.is_none(), "and nothing was copied");
+        // Asked to answer anyway (a lookup of an address it already holds): an empty
+        // response at the same version, still without a diff.
+        let again = s.next_response_or_empty(true).unwrap();
+        assert!(again.resources.is_empty() && again.removed.is_empty());
+        assert_eq!(again.system_version, answer.system_version);
+        assert_eq!(s.compared, 0);
+    }
+
+    #[test]
+    fn a_key_added_in_place_and_gone_from_the_next_state_is_removed() {
+        let base = desired(&[("a", "1")]);
+        let mut s = Session::new(HashMap::new());
+        let first = s.next_response(&base).unwrap();
+        s.answer(&first.nonce, "");
+        let (x, x1) = entry("x", "1");
+        s.change_in_place(|d| {
+            d.insert_own(x.clone(), x1);
+            [x]
+        });
+        let added = s.next_response_or_empty(false).unwrap();
+        s.answer(&added.nonce, "");
+        // A new snapshot without it (its address released meanwhile, say).
+        let next = s.next_response(&base).unwrap();
+        let removed: Vec<_> = next.removed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(removed, ["x"]);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use ambit_proto::api::discovery::{Resource, ResourceType, resource::Kind};
 use ambit_proto::api::workload::WorkloadStatus;
@@ -30,14 +32,15 @@ pub struct Snapshot {
     /// unhealthy whatever the model says.
     down_nodes: DownNodes,
     resources: ResourceMap,
-    /// What every node that captures traffic receives (see [`super::scope`]), resolved once per
-    /// model rather than once per node.
-    pub(super) mesh_wide: Arc<Resolved>,
-    /// A hash of `mesh_wide`'s keys and versions: the sum of each entry's, so that a change
-    /// updates it without a walk of the whole part.
-    pub(super) mesh_wide_hash: u64,
-    /// How `mesh_wide` differs from the previous snapshot's.
-    pub(super) mesh_wide_changes: Option<SharedChanges>,
+    /// What every node that captures traffic receives with `--destinations all` (see
+    /// [`super::scope`]), resolved once per model rather than once per node, and only once a
+    /// subscription asks for it: with every ztunnel on demand nobody does, and at 1M workloads
+    /// it is ~1.8 GiB and a copy of a million entries on every change.
+    mesh_wide: OnceLock<MeshWide>,
+    /// How many subscriptions use the mesh-wide part, shared by a snapshot and those built
+    /// from it: while any does, each new snapshot brings the part up to date as it is built
+    /// (by the change, off the subscriptions' workers); while none does, it is not kept.
+    mesh_wide_users: Arc<AtomicUsize>,
     /// One more than the previous snapshot's: tells a subscription whether `touched_nodes` is
     /// relative to the snapshot it last saw.
     pub(super) generation: u64,
@@ -47,6 +50,58 @@ pub struct Snapshot {
     /// changed ([`nodes_holding_service`]), or the node went down or came back.
     /// `None`: any may (no previous snapshot, or a new trust domain or cluster id).
     pub(super) touched_nodes: Option<HashSet<String>>,
+    /// What changed since the previous snapshot, when this one was made from it by a model's
+    /// recorded change (see [`Changed`]); `None`: anything may have.
+    pub(super) changed: Option<Changed>,
+}
+
+/// The part of a snapshot that every ztunnel sent everything shares.
+pub(super) struct MeshWide {
+    pub(super) resolved: Arc<Resolved>,
+    /// A hash of `resolved`'s keys and versions: the sum of each entry's, so that a change
+    /// updates it without a walk of the whole part.
+    pub(super) hash: u64,
+    /// How `resolved` differs from the previous snapshot's; `None` when that one had no
+    /// mesh-wide part to compare with (then a subscription compares whole).
+    pub(super) changes: Option<SharedChanges>,
+}
+
+impl MeshWide {
+    /// Resolved from nothing, compared with `previous` when given.
+    fn resolve(snapshot: &Snapshot, previous: Option<&MeshWide>) -> MeshWide {
+        let resolved = snapshot.resolve(&super::scope::mesh_wide(&snapshot.model));
+        let hash = resolved
+            .iter()
+            .fold(0u64, |sum, (k, r)| sum.wrapping_add(entry_hash(k, r)));
+        let changes = previous.map(|p| SharedChanges::between(p.resolved.clone(), &resolved));
+        MeshWide {
+            resolved: Arc::new(resolved),
+            hash,
+            changes,
+        }
+    }
+}
+
+/// A subscription's use of the mesh-wide part (see [`Snapshot::use_mesh_wide`]), until dropped.
+pub struct MeshWideUser(Arc<AtomicUsize>);
+
+impl Drop for MeshWideUser {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an incremental snapshot changed, for an on-demand subscription to follow in place: a
+/// change touches a handful of resources, while one subscription holds thousands (7,660 at 1M
+/// workloads), so resolving and diffing each subscription whole on every change made a change's
+/// cost grow with the mesh times the subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct Changed {
+    /// The resources added, re-versioned or removed (some may have kept their version).
+    pub(super) keys: Vec<ResourceKey>,
+    /// The addresses what [`super::on_demand::keys_for`] brings may differ at: those the
+    /// changed workloads and services had or have.
+    pub(super) addresses: HashSet<IpAddr>,
 }
 
 pub(super) fn workload_key(model: &MeshModel, key: &ObjectKey) -> Option<ResourceKey> {
@@ -89,6 +144,7 @@ impl Snapshot {
         let mut b = Resources {
             previous: reusable.map(|p| &p.resources),
             resources: ResourceMap::new(),
+            changed: None,
         };
         let m = &model;
         let old = reusable.map(|p| p.model.keyed());
@@ -179,24 +235,38 @@ impl Snapshot {
                 });
             }
         }
-        let mut snapshot = Snapshot {
+        let snapshot = Snapshot {
             model: model.clone(),
             down_nodes,
             resources: b.resources,
-            mesh_wide: Arc::default(),
-            mesh_wide_hash: 0,
-            mesh_wide_changes: None,
+            mesh_wide: OnceLock::new(),
+            mesh_wide_users: previous.map_or_else(Arc::default, |p| p.mesh_wide_users.clone()),
             generation: previous.map_or(0, |p| p.generation + 1),
             touched_nodes,
+            changed: None,
         };
-        let mesh_wide = snapshot.resolve(&super::scope::mesh_wide(&model));
-        snapshot.mesh_wide_hash = mesh_wide
-            .iter()
-            .fold(0, |sum, (k, r)| sum.wrapping_add(entry_hash(k, r)));
-        snapshot.mesh_wide_changes =
-            previous.map(|p| SharedChanges::between(p.mesh_wide.clone(), &mesh_wide));
-        snapshot.mesh_wide = Arc::new(mesh_wide);
+        if snapshot.mesh_wide_used() {
+            let part = MeshWide::resolve(&snapshot, previous.and_then(|p| p.mesh_wide.get()));
+            let _ = snapshot.mesh_wide.set(part);
+        }
         snapshot
+    }
+
+    /// The part every ztunnel sent everything shares, resolved now if no subscription used it
+    /// when this snapshot was built (the first to ask, after none did, waits for that).
+    pub(super) fn mesh_wide(&self) -> &MeshWide {
+        self.mesh_wide.get_or_init(|| MeshWide::resolve(self, None))
+    }
+
+    /// Counts a subscription that uses the mesh-wide part until the guard is dropped: the
+    /// snapshots built meanwhile resolve it as they are built.
+    pub(super) fn use_mesh_wide(&self) -> MeshWideUser {
+        self.mesh_wide_users.fetch_add(1, Ordering::Relaxed);
+        MeshWideUser(self.mesh_wide_users.clone())
+    }
+
+    fn mesh_wide_used(&self) -> bool {
+        self.mesh_wide_users.load(Ordering::Relaxed) > 0
     }
 
     pub fn model(&self) -> &Arc<MeshModel> {
@@ -248,7 +318,7 @@ fn workload_wire(
     proto
 }
 
-/// One entry's share of [`Snapshot::mesh_wide_hash`].
+/// One entry's share of [`MeshWide::hash`].
 pub(super) fn entry_hash(key: &ResourceKey, resource: &WireResource) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
@@ -261,6 +331,9 @@ struct Resources<'p> {
     /// The previous snapshot's, when its model is comparable with this one.
     previous: Option<&'p ResourceMap>,
     resources: ResourceMap,
+    /// The keys built anew or removed, when recorded (an incremental build: a full one would
+    /// list every key).
+    changed: Option<Vec<ResourceKey>>,
 }
 
 impl Resources<'_> {
@@ -270,6 +343,9 @@ impl Resources<'_> {
         if unchanged && let Some(same) = self.previous.and_then(|p| p.get(&key)) {
             self.resources.insert(key, same.clone());
             return;
+        }
+        if let Some(changed) = &mut self.changed {
+            changed.push(key.clone());
         }
         let kind = wire_form();
         let resource = Resource {
@@ -283,7 +359,11 @@ impl Resources<'_> {
     }
 
     fn remove(&mut self, key: &ResourceKey) {
-        self.resources.remove(key);
+        if self.resources.remove(key).is_some()
+            && let Some(changed) = &mut self.changed
+        {
+            changed.push(key.clone());
+        }
     }
 }
 

@@ -8,7 +8,11 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
-use super::{Change, keys_for};
+use std::sync::Arc;
+
+use ambit_proto::api::discovery::Subscriber;
+
+use super::{Change, Lookups, keys_for, node_part};
 use crate::model::MeshModel;
 use crate::push::ResourceKey;
 use crate::push::desired::Desired;
@@ -34,6 +38,10 @@ impl Brought {
 
     pub(super) fn keys(&self) -> impl Iterator<Item = &ResourceKey> {
         self.0.keys()
+    }
+
+    fn contains(&self, key: &ResourceKey) -> bool {
+        self.0.contains_key(key)
     }
 
     /// Counts one more address bringing `key`; true if it is the first.
@@ -95,4 +103,80 @@ pub fn apply(
         }
     }
     changed
+}
+
+/// Whether [`update`] can bring `desired` (resolved from the snapshot before `snapshot`) to
+/// `snapshot`: only when it was resolved from `previous`, which `snapshot` follows directly
+/// saying what changed.
+pub fn follows(desired: &Desired, previous: &Snapshot, snapshot: &Snapshot) -> bool {
+    desired.generation == previous.generation
+        && previous.generation + 1 == snapshot.generation
+        && desired.node_part.is_some()
+        && snapshot.changed.is_some()
+        && snapshot.touched_nodes.is_some()
+}
+
+/// Brings `desired`, resolved from `previous` with `brought` counted there, to what
+/// [`super::desired`] would resolve from `snapshot`, which [`follows`] it; returns the keys
+/// whose entry came, went or may have changed. Looks only at what the change touched: the
+/// held addresses it changed, the resources it re-versioned, and the node's part when the
+/// change reached the node.
+pub fn update(
+    previous: &Snapshot,
+    snapshot: &Snapshot,
+    subscriber: &Subscriber,
+    lookups: &Lookups,
+    brought: &mut Brought,
+    desired: &mut Desired,
+) -> Vec<ResourceKey> {
+    let changed = snapshot.changed.as_ref().expect("checked by follows");
+    let touched = snapshot.touched_nodes.as_ref().expect("checked by follows");
+    let old_part = desired.node_part.clone().expect("checked by follows");
+    let part = if touched.contains(&subscriber.name) {
+        Arc::new(node_part(snapshot, &subscriber.name))
+    } else {
+        old_part.clone()
+    };
+    let mut candidates: Vec<ResourceKey> = Vec::new();
+    if !Arc::ptr_eq(&part, &old_part) {
+        candidates.extend(old_part.own.keys().cloned());
+        candidates.extend(part.own.keys().cloned());
+    }
+    // What a held address brings may differ only where the change had or has an object.
+    let recount = changed.addresses.iter().filter(|ip| lookups.holds(**ip));
+    for ip in recount {
+        for key in keys_for(previous.model(), *ip).into_iter().flatten() {
+            if brought.remove(key.clone()) {
+                candidates.push(key);
+            }
+        }
+        for key in keys_for(snapshot.model(), *ip).into_iter().flatten() {
+            if brought.add(key.clone()) {
+                candidates.push(key);
+            }
+        }
+    }
+    candidates.extend(
+        changed
+            .keys
+            .iter()
+            .filter(|k| desired.contains_key(k) || part.own.contains_key(k))
+            .cloned(),
+    );
+    candidates.sort_unstable();
+    candidates.dedup();
+    for key in &candidates {
+        let now = match part.own.get(key) {
+            Some(r) => Some(r),
+            None if brought.contains(key) => snapshot.resource(key),
+            None => None,
+        };
+        match now {
+            Some(resource) => desired.insert_own(key.clone(), resource.clone()),
+            None => desired.remove_own(key),
+        }
+    }
+    desired.node_part = Some(part);
+    desired.generation = snapshot.generation;
+    candidates
 }

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use ambit_proto::api::discovery::ProxyKind;
 
 use super::*;
+use crate::model::{Edit, MeshModel, ObjectKey};
 use crate::source::file::parse;
 
 /// Three nodes; `shop` uses a waypoint, `legacy` does not; `lonely` backs no service.
@@ -278,4 +279,127 @@ fn a_release_keeps_what_the_node_part_or_another_address_still_brings() {
         [old_1]
     );
     assert_eq!(contents(&d), up_front, "back to the node's own part");
+}
+
+/// Each edit applied to the model before it (so each snapshot is built incrementally).
+fn edits(model: &MeshModel) -> Vec<(&'static str, Edit)> {
+    let pod = |ns: &str, name: &str| {
+        model
+            .workload(&ObjectKey::new(ns, name))
+            .unwrap()
+            .pod
+            .clone()
+    };
+    let service = |ns: &str, name: &str| {
+        model
+            .service(&ObjectKey::new(ns, name))
+            .unwrap()
+            .service
+            .clone()
+    };
+    let mut moved = pod("shop", "pay-1");
+    moved.addresses = vec!["10.244.2.9".parse().unwrap()];
+    let mut replica = pod("shop", "pay-1");
+    replica.name = "pay-2".into();
+    replica.node = "c".into();
+    replica.addresses = vec!["10.244.3.7".parse().unwrap()];
+    let mut lonely = pod("legacy", "lonely");
+    lonely.addresses = vec!["10.244.3.8".parse().unwrap()];
+    let mut vip = service("legacy", "old");
+    vip.vips = vec!["10.96.0.33".parse().unwrap()];
+    let mut policy = model
+        .policy(&ObjectKey::new("shop", "pay-policy"))
+        .unwrap()
+        .clone();
+    policy.selector = [("app".to_string(), "cart".to_string())].into();
+    vec![
+        ("pay-1 moves to a new address", Edit::Pod(moved)),
+        ("a replica of pay on c", Edit::Pod(replica)),
+        ("lonely, which nobody looks up, moves", Edit::Pod(lonely)),
+        ("old gets a new VIP", Edit::Service(vip)),
+        ("the shop policy selects cart instead", Edit::Policy(policy)),
+        (
+            "old-1 goes",
+            Edit::RemovePod(ObjectKey::new("legacy", "old-1")),
+        ),
+        (
+            "pay goes",
+            Edit::RemoveService(ObjectKey::new("shop", "pay")),
+        ),
+    ]
+}
+
+#[test]
+fn a_new_snapshot_followed_in_place_equals_a_full_recompute() {
+    let lookup_sets: [&[&str]; 4] = [
+        &[],
+        &["10.96.0.2"],
+        &["10.96.0.1", "10.96.0.3", "10.244.1.3"],
+        &[
+            "10.96.0.2",
+            "10.244.2.2",
+            "10.244.2.9",
+            "10.96.0.33",
+            "192.0.2.1",
+        ],
+    ];
+    for node in ["a", "b", "c"] {
+        for addresses in lookup_sets {
+            let sub = on_demand(node);
+            let mut lookups = Lookups::default();
+            let a: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+            lookups.request(&a, &[]).unwrap();
+            let mut previous = snapshot(MESH);
+            let mut brought = Brought::default();
+            let mut d = desired(&previous, &sub, &lookups, &mut brought, None);
+            for (what, edit) in edits(previous.model()) {
+                let model = previous.model().apply([edit]).unwrap();
+                let next = Snapshot::build(Arc::new(model), Some(&previous));
+                assert!(follows(&d, &previous, &next), "{what}");
+                let before = contents(&d);
+                let changed = update(&previous, &next, &sub, &lookups, &mut brought, &mut d);
+                let mut fresh_brought = Brought::default();
+                let fresh = desired(&next, &sub, &lookups, &mut fresh_brought, None);
+                let context = format!("node {node}, lookups {addresses:?}: {what}");
+                assert_eq!(contents(&d), contents(&fresh), "{context}");
+                assert_eq!(brought, fresh_brought, "{context}");
+                // Whatever differs is among the keys reported, which the session diffs.
+                let now = contents(&d);
+                let differ = now.0.iter().filter(|e| !before.0.contains(e));
+                let gone = before.0.iter().filter(|e| !now.0.contains(e));
+                for (key, _) in differ.chain(gone) {
+                    assert!(
+                        changed.iter().any(|k| k.to_string() == *key),
+                        "{context}: {key} changed unreported"
+                    );
+                }
+                previous = next;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_change_a_subscription_does_not_hold_costs_it_nothing() {
+    // a holds pay's VIP; lonely (on c, looked up by nobody) moves.
+    let previous = snapshot(MESH);
+    let sub = on_demand("a");
+    let mut lookups = Lookups::default();
+    lookups.request(&["10.96.0.2".into()], &[]).unwrap();
+    let mut brought = Brought::default();
+    let mut d = desired(&previous, &sub, &lookups, &mut brought, None);
+    let (_, edit) = edits(previous.model()).swap_remove(2);
+    let model = previous.model().apply([edit]).unwrap();
+    let next = Snapshot::build(Arc::new(model), Some(&previous));
+    assert!(follows(&d, &previous, &next));
+    let changed = update(&previous, &next, &sub, &lookups, &mut brought, &mut d);
+    assert!(changed.is_empty(), "{changed:?}");
+    assert_eq!(d.generation, next.generation);
+    // One that skipped a snapshot is resolved whole instead.
+    let model = next
+        .model()
+        .apply([edits(next.model()).swap_remove(0).1])
+        .unwrap();
+    let after = Snapshot::build(Arc::new(model), Some(&next));
+    assert!(!follows(&d, &previous, &after));
 }

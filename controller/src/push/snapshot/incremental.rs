@@ -5,15 +5,16 @@
 //! handful of lookups.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use ambit_proto::api::discovery::{ResourceType, resource::Kind};
 
 use super::super::ResourceKey;
 use super::super::desired::{Resolved, SharedChanges};
 use super::{
-    Resources, Snapshot, WireResource, entry_hash, named_key, nodes_holding_service, same,
-    workload_wire,
+    Changed, MeshWide, Resources, Snapshot, WireResource, entry_hash, named_key,
+    nodes_holding_service, same, workload_wire,
 };
 use crate::model::{Changes, MeshModel, ObjectKey};
 
@@ -38,6 +39,7 @@ impl Snapshot {
         let mut b = Resources {
             previous: Some(&previous.resources),
             resources: previous.resources.clone(),
+            changed: Some(Vec::new()),
         };
         let mut touched: HashSet<String> = HashSet::new();
         // A workload's wire form lists the policies that select it.
@@ -111,24 +113,42 @@ impl Snapshot {
                 None => b.remove(&rk),
             }
         }
-        let mut snapshot = Snapshot {
+        let changed = Changed {
+            keys: b.changed.unwrap_or_default(),
+            addresses: changed_addresses(old, m, changes),
+        };
+        let snapshot = Snapshot {
             model: model.clone(),
             down_nodes: previous.down_nodes.clone(),
             resources: b.resources,
-            mesh_wide: previous.mesh_wide.clone(),
-            mesh_wide_hash: previous.mesh_wide_hash,
-            mesh_wide_changes: None,
+            mesh_wide: OnceLock::new(),
+            mesh_wide_users: previous.mesh_wide_users.clone(),
             generation: previous.generation + 1,
             touched_nodes: Some(touched),
+            changed: Some(changed),
         };
-        let candidates = mesh_wide_candidates(old, m, workloads, changes);
-        snapshot.patch_mesh_wide(previous, candidates);
+        if snapshot.mesh_wide_used() {
+            let part = match previous.mesh_wide.get() {
+                Some(was) => {
+                    let candidates = mesh_wide_candidates(old, m, workloads, changes);
+                    snapshot.patched_mesh_wide(previous, was, candidates)
+                }
+                None => MeshWide::resolve(&snapshot, None),
+            };
+            let _ = snapshot.mesh_wide.set(part);
+        }
         snapshot
     }
 
-    /// Brings the shared part up to date for the objects that may have joined, left or changed
-    /// in it, and records how it changed. The map is copied only when something did.
-    fn patch_mesh_wide(&mut self, previous: &Snapshot, candidates: BTreeSet<Candidate>) {
+    /// `was` (the previous snapshot's shared part) brought up to date for the objects that may
+    /// have joined, left or changed in it, with how it changed. The map is copied only when
+    /// something did.
+    fn patched_mesh_wide(
+        &self,
+        previous: &Snapshot,
+        was: &MeshWide,
+        candidates: BTreeSet<Candidate>,
+    ) -> MeshWide {
         let (old, m) = (previous.model.as_ref(), self.model.as_ref());
         let mut updates: Vec<(ResourceKey, Option<Arc<WireResource>>)> = Vec::new();
         for candidate in candidates {
@@ -138,7 +158,7 @@ impl Snapshot {
             let now = in_mesh_wide(m, &candidate)
                 .then(|| self.resources.get(&key).cloned())
                 .flatten();
-            let differs = match (previous.mesh_wide.get(&key), &now) {
+            let differs = match (was.resolved.get(&key), &now) {
                 (None, None) => false,
                 (Some(a), Some(b)) => a.version != b.version,
                 _ => true,
@@ -149,24 +169,48 @@ impl Snapshot {
         }
         let mut keys: Vec<ResourceKey> = updates.iter().map(|(k, _)| k.clone()).collect();
         keys.sort();
+        let mut hash = was.hash;
+        let mut resolved = was.resolved.clone();
         if !updates.is_empty() {
-            let mut shared: Resolved = (*previous.mesh_wide).clone();
+            let mut shared: Resolved = (*was.resolved).clone();
             for (key, now) in updates {
-                if let Some(was) = shared.remove(&key) {
-                    self.mesh_wide_hash = self.mesh_wide_hash.wrapping_sub(entry_hash(&key, &was));
+                if let Some(gone) = shared.remove(&key) {
+                    hash = hash.wrapping_sub(entry_hash(&key, &gone));
                 }
                 if let Some(now) = now {
-                    self.mesh_wide_hash = self.mesh_wide_hash.wrapping_add(entry_hash(&key, &now));
+                    hash = hash.wrapping_add(entry_hash(&key, &now));
                     shared.insert(key, now);
                 }
             }
-            self.mesh_wide = Arc::new(shared);
+            resolved = Arc::new(shared);
         }
-        self.mesh_wide_changes = Some(SharedChanges {
-            previous: previous.mesh_wide.clone(),
-            keys: keys.into(),
-        });
+        MeshWide {
+            resolved,
+            hash,
+            changes: Some(SharedChanges {
+                previous: was.resolved.clone(),
+                keys: keys.into(),
+            }),
+        }
     }
+}
+
+/// The addresses of the workloads and services `changes` names, in either model: only there
+/// can what an address brings (the object holding it, a service's endpoints and waypoint, a
+/// workload's waypoint) differ, since a service whose endpoints changed is among the changes.
+fn changed_addresses(old: &MeshModel, m: &MeshModel, changes: &Changes) -> HashSet<IpAddr> {
+    let mut addresses = HashSet::new();
+    for key in &changes.workloads {
+        for w in [old.workload(key), m.workload(key)].into_iter().flatten() {
+            addresses.extend(w.pod.addresses.iter().copied());
+        }
+    }
+    for key in &changes.services {
+        for s in [old.service(key), m.service(key)].into_iter().flatten() {
+            addresses.extend(s.service.vips.iter().copied());
+        }
+    }
+    addresses
 }
 
 /// What may have joined, left or changed in the shared part: the workloads re-resolved, the

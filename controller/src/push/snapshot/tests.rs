@@ -185,3 +185,50 @@ fn a_node_going_down_rebuilds_only_its_meshed_workloads_and_touches_only_it() {
     );
     assert_eq!(back.touched_nodes, Some(["b".to_string()].into()));
 }
+
+#[test]
+fn the_mesh_wide_part_is_kept_only_while_a_subscription_uses_it() {
+    use crate::push::{desired_for, scope_of};
+    use ambit_proto::api::discovery::{ProxyKind, Subscriber};
+    // pay-1 moves to another address: an incremental snapshot.
+    let moved = |previous: &Snapshot, n: u8| {
+        let key = ObjectKey::new("shop", "pay-1");
+        let mut pod = previous.model().workload(&key).unwrap().pod.clone();
+        pod.addresses = vec![std::net::IpAddr::from([10, 244, 2, 200 + n])];
+        let model = previous.model().apply([crate::model::Edit::Pod(pod)]);
+        Snapshot::build(Arc::new(model.unwrap()), Some(previous))
+    };
+    let first = snapshot(&[], None);
+    assert!(first.mesh_wide.get().is_none(), "nobody asked");
+    let second = moved(&first, 1);
+    assert!(second.mesh_wide.get().is_none(), "nobody asked since");
+    let sub = Subscriber {
+        kind: ProxyKind::Ztunnel.into(),
+        name: "a".into(),
+        ..Default::default()
+    };
+    // The first to ask after none did gets it resolved whole, and right.
+    let user = second.use_mesh_wide();
+    let lazily = scope_of(&second, &sub);
+    let fresh = Snapshot::build(second.model().clone(), None);
+    assert_eq!(lazily, scope_of(&fresh, &sub));
+    assert!(
+        second.mesh_wide().changes.is_none(),
+        "nothing to compare with"
+    );
+    // While it is used, each new snapshot brings it up to date as it is built.
+    let third = moved(&second, 2);
+    let part = third.mesh_wide.get().expect("resolved with the snapshot");
+    assert!(part.changes.is_some());
+    let fresh = Snapshot::build(third.model().clone(), None);
+    assert_eq!(
+        desired_for(&third, &sub).system_version(),
+        desired_for(&fresh, &sub).system_version()
+    );
+    drop(user);
+    let fourth = moved(&third, 3);
+    assert!(
+        fourth.mesh_wide.get().is_none(),
+        "dropped once nobody uses it"
+    );
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::super::Snapshot;
 use crate::model::random_edits::{Rng, random_edit, seed};
 use crate::push::ResourceKey;
+use crate::push::on_demand::keys_for;
 use crate::push::scope::mesh_wide;
 
 fn versions(s: &Snapshot) -> BTreeMap<ResourceKey, String> {
@@ -18,7 +19,8 @@ fn versions(s: &Snapshot) -> BTreeMap<ResourceKey, String> {
 }
 
 fn shared(s: &Snapshot) -> BTreeMap<ResourceKey, String> {
-    s.mesh_wide
+    s.mesh_wide()
+        .resolved
         .iter()
         .map(|(k, r)| (k.clone(), r.version.clone()))
         .collect()
@@ -31,6 +33,9 @@ fn an_incremental_snapshot_is_the_snapshot_built_from_nothing() {
         let mut rng = Rng(seed_value.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let (_, model) = seed(&mut rng);
         let mut snapshot = Snapshot::build(Arc::new(model), None);
+        // As a subscription sent everything would: each snapshot then patches the part.
+        let _user = snapshot.use_mesh_wide();
+        snapshot.mesh_wide();
         for step in 0..60 {
             let edit = random_edit(&mut rng);
             let Ok(next) = snapshot.model().apply([edit.clone()]) else {
@@ -48,14 +53,37 @@ fn an_incremental_snapshot_is_the_snapshot_built_from_nothing() {
                 expected,
                 "{at}"
             );
-            let hash = fresh.mesh_wide_hash;
-            assert_eq!(new.mesh_wide_hash, hash, "{at}: shared hash");
+            let hash = fresh.mesh_wide().hash;
+            assert_eq!(new.mesh_wide().hash, hash, "{at}: shared hash");
             // Every key that changed in the shared part is listed for the subscriptions.
-            let changes = new.mesh_wide_changes.as_ref().expect("has a previous");
+            let changes = new.mesh_wide().changes.as_ref().expect("has a previous");
             let (old_shared, new_shared) = (shared(&snapshot), shared(&new));
             for key in old_shared.keys().chain(new_shared.keys()) {
                 if old_shared.get(key) != new_shared.get(key) {
                     assert!(changes.keys.contains(key), "{at}: {key} not in the changes");
+                }
+            }
+            // Every resource that came, went or was re-versioned is listed for on-demand
+            // subscriptions, and so is every address at which a lookup brings other keys.
+            let changed = new.changed.as_ref().expect("incremental");
+            let (old_versions, new_versions) = (versions(&snapshot), versions(&new));
+            for key in old_versions.keys().chain(new_versions.keys()) {
+                if old_versions.get(key) != new_versions.get(key) {
+                    assert!(changed.keys.contains(key), "{at}: {key} not in the changes");
+                }
+            }
+            let addresses = snapshot.model().workloads().chain(next.workloads());
+            let addresses = addresses.flat_map(|w| w.pod.addresses.clone()).chain(
+                (snapshot.model().services().chain(next.services()))
+                    .flat_map(|s| s.service.vips.clone()),
+            );
+            for ip in addresses {
+                let brings = |m: &crate::model::MeshModel| keys_for(m, ip);
+                if brings(snapshot.model()) != brings(&next) {
+                    assert!(
+                        changed.addresses.contains(&ip),
+                        "{at}: {ip} not in the changes"
+                    );
                 }
             }
             // Every node whose own workloads changed is touched.
