@@ -69,13 +69,11 @@ pub fn resolve(
             };
         }
         let target_port = service.target_port(dst.port()).unwrap_or(dst.port());
-        let endpoints = service
-            .endpoints
-            .iter()
-            .filter_map(|uid| state.workload(uid))
-            .filter(|w| w.healthy)
-            .filter_map(|w| Some((w, w.address_like(dst.ip())?)));
-        let Some((workload, ip)) = pick(endpoints, |(_, ip)| !ejected(*ip)) else {
+        let usable = |uid: &Arc<str>| {
+            let w = state.workload(uid).filter(|w| w.healthy)?;
+            Some((w, w.address_like(dst.ip())?))
+        };
+        let Some((workload, ip)) = pick(&service.endpoints, usable, |(_, ip)| !ejected(*ip)) else {
             return Upstream::NoHealthyEndpoint {
                 service: service.clone(),
             };
@@ -118,14 +116,37 @@ pub fn resolve(
     }
 }
 
-/// One of `candidates` (the healthy endpoints) at random, among those `preferred` (not
-/// recently failed) if any is, in one pass and without collecting them: reservoir sampling
-/// keeps each of the `n` seen so far with probability 1/n. At random, because a shared
-/// round-robin counter lets two clients calling in step each see one endpoint only.
-fn pick<T>(candidates: impl Iterator<Item = T>, preferred: impl Fn(&T) -> bool) -> Option<T> {
+/// How many endpoints [`pick`] tries at random before it walks them all. With most of a
+/// service's endpoints usable, the first try lands: a connection to a service of 1,000
+/// endpoints looks up one of them, not 1,000.
+const RANDOM_TRIES: usize = 2;
+
+/// One of the usable `endpoints` (those `usable` resolves) at random, among those `preferred`
+/// (not recently failed) if any is. At random, because a shared round-robin counter lets two
+/// clients calling in step each see one endpoint only.
+///
+/// First a few tries at random: a try that lands on a usable, preferred endpoint takes it, and
+/// since each try is uniform over all endpoints, what it takes is uniform over the usable,
+/// preferred ones. When the tries miss, one pass over all of them by reservoir sampling (keep
+/// each of the `n` seen so far with probability 1/n), without collecting them; it is uniform
+/// over the same set, so the mix of the two is too.
+fn pick<E, T>(
+    endpoints: &[E],
+    usable: impl Fn(&E) -> Option<T>,
+    preferred: impl Fn(&T) -> bool,
+) -> Option<T> {
+    if endpoints.is_empty() {
+        return None;
+    }
+    for _ in 0..RANDOM_TRIES {
+        let tried = usable(&endpoints[fastrand::usize(..endpoints.len())]);
+        if let Some(c) = tried.filter(&preferred) {
+            return Some(c);
+        }
+    }
     let (mut best, mut best_seen) = (None, 0u32);
     let (mut fallback, mut fallback_seen) = (None, 0u32);
-    for c in candidates {
+    for c in endpoints.iter().filter_map(usable) {
         if preferred(&c) {
             best_seen += 1;
             if fastrand::u32(..best_seen) == 0 {

@@ -192,22 +192,44 @@ fn traffic_to_a_service_or_workload_with_a_waypoint_goes_through_it_or_nowhere()
 
 #[test]
 fn picks_are_uniform_among_the_preferred_else_among_all() {
+    // Endpoints 0 and 6 are not usable (unhealthy, or no address of the family).
+    let usable = |i: &u32| (!i.is_multiple_of(6)).then_some(*i);
     let count = |items: &[u32], preferred: &[u32]| {
         let mut hits = std::collections::BTreeMap::new();
         for _ in 0..3000 {
-            let p = super::pick(items.iter().copied(), |i| preferred.contains(i)).unwrap();
+            let p = super::pick(items, usable, |i| preferred.contains(i)).unwrap();
             *hits.entry(p).or_insert(0u32) += 1;
         }
         hits
     };
-    // Three of five preferred: only they are picked, each about a third of the time (the
-    // bounds are over seven standard deviations out: a fair pick never misses them).
-    let hits = count(&[1, 2, 3, 4, 5], &[2, 4, 5]);
+    // Three of five usable ones preferred: only they are picked, each about a third of the
+    // time (the bounds are over seven standard deviations out: a fair pick never misses them).
+    let hits = count(&[0, 1, 2, 3, 4, 5, 6], &[2, 4, 5, 6]);
     assert_eq!(hits.keys().copied().collect::<Vec<_>>(), [2, 4, 5]);
     assert!(hits.values().all(|&n| (800..1200).contains(&n)), "{hits:?}");
-    // None preferred: any of them.
-    let hits = count(&[1, 2, 3], &[]);
-    assert_eq!(hits.len(), 3, "{hits:?}");
+    // One preferred among many that are not: the random tries mostly miss, the pass finds it.
+    let many: Vec<u32> = (1..100u32).filter(|i| !i.is_multiple_of(6)).collect();
+    assert_eq!(count(&many, &[7]).into_keys().collect::<Vec<_>>(), [7]);
+    // None preferred: any usable one.
+    let hits = count(&[0, 1, 2, 3], &[]);
+    assert_eq!(hits.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
     assert!(hits.values().all(|&n| (800..1200).contains(&n)), "{hits:?}");
-    assert_eq!(super::pick(std::iter::empty::<u32>(), |_| true), None);
+    assert_eq!(super::pick(&[] as &[u32], usable, |_| true), None);
+    assert_eq!(super::pick(&[0, 6], usable, |_| true), None);
+}
+
+/// A connection to a big service whose endpoints are all usable looks up one of them, not
+/// every one (the pick is per connection).
+#[test]
+fn a_pick_among_usable_endpoints_looks_up_one() {
+    let endpoints: Vec<u32> = (0..1000).collect();
+    let lookups = std::cell::Cell::new(0);
+    for _ in 0..100 {
+        let usable = |i: &u32| {
+            lookups.set(lookups.get() + 1);
+            Some(*i)
+        };
+        assert!(super::pick(&endpoints, usable, |_| true).is_some());
+    }
+    assert_eq!(lookups.get(), 100);
 }
