@@ -15,7 +15,7 @@ use ambit_controller::grpc::{self, ServingIdentity};
 use ambit_controller::model::{Edit, MeshBuilder, MeshModel};
 use ambit_controller::push::{
     Desired, DiscoveryService, ResourceKey, Snapshot, SubscriberAccess, desired_for,
-    publish_snapshots,
+    publish_snapshots, version_text,
 };
 use ambit_proto::api::discovery::{Resource, ResourceType, SubscribeRequest, SubscribeResponse};
 use ambit_proto::control;
@@ -84,7 +84,7 @@ fn full_set(snapshot: &Snapshot) -> Vec<Resource> {
             m.routes()
                 .map(|r| named(ResourceType::Route, &r.namespace, &r.name)),
         );
-    keys.filter_map(|k| snapshot.resource(&k).map(|r| r.resource.clone()))
+    keys.filter_map(|k| snapshot.resource(&k).map(|r| r.decode()))
         .collect()
 }
 
@@ -211,7 +211,7 @@ pub fn size(workloads: usize) -> anyhow::Result<Figures> {
         subscriber: Some(ztunnel(0)),
         known_versions: largest
             .iter()
-            .map(|(k, r)| (k.to_string(), r.version.clone()))
+            .map(|(k, r)| (k.to_string(), version_text(r.version)))
             .collect(),
         ..Default::default()
     };

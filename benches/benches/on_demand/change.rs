@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ambit_benches::alloc::{self, Class};
 use ambit_benches::cpu::threads_cpu_seconds;
 use ambit_controller::model::{Edit, MeshModel};
-use ambit_controller::push::{ResourceKey, Snapshot};
+use ambit_controller::push::{ResourceKey, Snapshot, version_text};
 use ambit_proto::api::discovery::ResourceType;
 use anyhow::Context;
 use tokio::sync::watch;
@@ -76,7 +76,7 @@ fn expected(
             }),
         _ => None,
     };
-    let version = |s: &Snapshot, k: &ResourceKey| s.resource(k).map(|r| r.version.clone());
+    let version = |s: &Snapshot, k: &ResourceKey| s.resource(k).map(|r| version_text(r.version));
     let mut out = HashMap::new();
     for (i, p) in proxies.iter().enumerate() {
         let held = p.state.load().known_versions();

@@ -70,7 +70,7 @@ fn the_nodes_running_a_namespaces_pods_get_its_scope() {
         assert!(d.contains_key(&scope_key("legacy")), "node {node}");
     }
     assert!(!desired_for(&s, &ztunnel("b", false)).contains_key(&scope_key("legacy")));
-    let wire = s.resource(&scope_key("legacy")).unwrap();
+    let wire = s.resource(&scope_key("legacy")).unwrap().decode();
     let Some(ambit_proto::api::discovery::resource::Kind::EgressScope(scope)) = &wire.kind else {
         panic!("an egress scope resource");
     };
@@ -111,7 +111,7 @@ fn a_changed_scope_reaches_the_nodes_of_its_namespace_only() {
     let sub = ztunnel("c", false);
     let was = desired_for(&before, &sub);
     let now = desired_since(&after, &sub, &was);
-    let version = |d: &super::Desired| d.get(&scope_key("legacy")).unwrap().version.clone();
+    let version = |d: &super::Desired| d.get(&scope_key("legacy")).unwrap().version;
     assert_ne!(version(&was), version(&now));
     assert!(!desired_for(&after, &ztunnel("b", false)).contains_key(&scope_key("legacy")));
 }

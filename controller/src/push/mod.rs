@@ -29,7 +29,7 @@ pub use desired::Desired;
 pub use liveness::{DownNodes, NodeLiveness};
 pub use scope::{Scope, desired_for, desired_since, scope_of};
 pub use server::{DiscoveryService, publish_snapshots, publish_snapshots_with};
-pub use snapshot::{Snapshot, WireResource};
+pub use snapshot::{Snapshot, WireResource, version_text};
 pub use sync::{SyncEntry, SyncStatus, SyncTable};
 
 /// One resource's identity in a subscription: its type and name.

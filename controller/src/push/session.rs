@@ -8,13 +8,14 @@ use ambit_proto::api::discovery::RemovedResource;
 use ambit_proto::response_parts::EncodedResponse;
 
 use super::desired::Desired;
+use super::snapshot::WireResource;
 use super::{ResourceKey, Scope};
 
 /// A resource's version, or `None` for its removal.
 type Change = (ResourceKey, Option<Version>);
 
 /// A resource version as a session keeps it: the controller's versions are 16 lowercase hex
-/// digits (see `snapshot::content_version`), kept as their number, since a session holds one for
+/// digits on the wire (see `snapshot::content_version`), kept as their number, since a session holds one for
 /// every resource in its scope (45k per ztunnel at 50k workloads; as strings they were a third
 /// of a session's heap). Any other string, which a proxy may claim in `known_versions`, is no
 /// version of ours and equals none.
@@ -25,6 +26,10 @@ impl Version {
     fn of(text: &str) -> Self {
         let ours = text.len() == 16 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         Version(ours.then(|| u64::from_str_radix(text, 16).ok()).flatten())
+    }
+
+    fn ours(resource: &WireResource) -> Self {
+        Version(Some(resource.version))
     }
 }
 
@@ -167,16 +172,14 @@ impl Session {
         let mut removed = Vec::new();
         if !matches!(pending, Pending::Nothing) {
             self.rejected.retain(|key, version| match version {
-                Some(v) => desired
-                    .get(key)
-                    .is_some_and(|r| Version::of(&r.version) == *v),
+                Some(v) => desired.get(key).is_some_and(|r| Version::ours(r) == *v),
                 None => !desired.contains_key(key),
             });
         }
         if full_state {
             for (key, resource) in desired.iter() {
                 resources.push(resource.encoded.clone());
-                changes.push((key.clone(), Some(Version::of(&resource.version))));
+                changes.push((key.clone(), Some(Version::ours(resource))));
             }
         } else {
             let candidates = match &pending {
@@ -201,7 +204,7 @@ impl Session {
             for key in keys {
                 match desired.get(key) {
                     Some(resource) => {
-                        let version = Version::of(&resource.version);
+                        let version = Version::ours(resource);
                         let held = self.acked.get(key) == Some(&version);
                         let refused =
                             matches!(self.rejected.get(key), Some(Some(v)) if *v == version);
@@ -299,7 +302,6 @@ mod tests {
 
     use ambit_proto::api::discovery::{Resource, ResourceType};
 
-    use crate::push::WireResource;
     use crate::push::desired::SharedChanges;
     use prost::Message;
 
@@ -315,13 +317,17 @@ mod tests {
             .iter()
             .map(|(name, short)| {
                 let key = ResourceKey::new(ResourceType::Service, *name);
+                let version = version(short);
                 let resource = Resource {
                     name: name.to_string(),
-                    version: version(short),
+                    version: version.clone(),
                     kind: None,
                 };
-                let encoded = resource.encode_to_vec().into();
-                (key, Arc::new(WireResource { resource, encoded }))
+                let wire = WireResource {
+                    version: u64::from_str_radix(&version, 16).unwrap(),
+                    encoded: resource.encode_to_vec().into(),
+                };
+                (key, Arc::new(wire))
             })
             .collect();
         Desired::own(own)
@@ -521,6 +527,23 @@ mod tests {
         assert_eq!(names(&s.next_response(&same).unwrap()), ["f@1"]);
     }
 
+    /// A session whose proxy holds `desired`.
+    fn synced(desired: &Desired) -> Session {
+        let mut s = Session::new(HashMap::new());
+        let first = s.next_response(desired).unwrap();
+        s.answer(&first.nonce, "");
+        s
+    }
+
+    /// Adds `name` at version 1 to the session's desired state in place, telling its key.
+    fn add_in_place(s: &mut Session, name: &str) {
+        let (key, resource) = entry(name, "1");
+        s.change_in_place(|d| {
+            d.insert_own(key.clone(), resource);
+            [key]
+        });
+    }
+
     #[test]
     fn the_answer_to_a_change_in_place_is_not_diffed_again() {
         // A ztunnel holding a thousand entries looks one address up: the lookup's response
@@ -528,14 +551,8 @@ mod tests {
         // and copied them, before).
         let held: Vec<String> = (0..1000).map(|i| format!("held-{i:04}")).collect();
         let items: Vec<(&str, &str)> = held.iter().map(|n| (n.as_str(), "1")).collect();
-        let mut s = Session::new(HashMap::new());
-        let first = s.next_response(&desired(&items)).unwrap();
-        s.answer(&first.nonce, "");
-        let (looked_up, resource) = entry("looked-up", "1");
-        s.change_in_place(|d| {
-            d.insert_own(looked_up.clone(), resource);
-            [looked_up]
-        });
+        let mut s = synced(&desired(&items));
+        add_in_place(&mut s, "looked-up");
         let answer = s.next_response_or_empty(true).unwrap();
         assert_eq!(names(&answer), ["looked-up@1"]);
         assert_eq!(s.compared, 1);
@@ -554,14 +571,8 @@ mod tests {
     #[test]
     fn a_key_added_in_place_and_gone_from_the_next_state_is_removed() {
         let base = desired(&[("a", "1")]);
-        let mut s = Session::new(HashMap::new());
-        let first = s.next_response(&base).unwrap();
-        s.answer(&first.nonce, "");
-        let (x, x1) = entry("x", "1");
-        s.change_in_place(|d| {
-            d.insert_own(x.clone(), x1);
-            [x]
-        });
+        let mut s = synced(&base);
+        add_in_place(&mut s, "x");
         let added = s.next_response_or_empty(false).unwrap();
         s.answer(&added.nonce, "");
         // A new snapshot without it (its address released meanwhile, say).

@@ -140,7 +140,7 @@ impl Evaluator {
             let desired = desired_for(&self.snapshot, &subscriber);
             let response = SubscribeResponse {
                 system_version: desired.system_version(),
-                resources: desired.iter().map(|(_, r)| r.resource.clone()).collect(),
+                resources: desired.iter().map(|(_, r)| r.decode()).collect(),
                 full_state: true,
                 ..Default::default()
             };

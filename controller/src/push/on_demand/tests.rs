@@ -170,10 +170,10 @@ fn a_change_reaches_the_subscriptions_that_looked_it_up_only() {
 }
 
 /// Every key and version of `d`, and its system version.
-fn contents(d: &Desired) -> (Vec<(String, String)>, String) {
+fn contents(d: &Desired) -> (Vec<(String, u64)>, String) {
     let entries = d
         .iter()
-        .map(|(k, r)| (k.to_string(), r.version.clone()))
+        .map(|(k, r)| (k.to_string(), r.version))
         .collect();
     (entries, d.system_version())
 }

@@ -234,10 +234,8 @@ fn snapshot_with(text: &str, routes: Vec<Route>, previous: Option<&Snapshot>) ->
     Snapshot::build(Arc::new(model_of(text, routes)), previous)
 }
 
-fn versions(d: &Desired) -> Vec<(String, String)> {
-    d.iter()
-        .map(|(k, r)| (k.to_string(), r.version.clone()))
-        .collect()
+fn versions(d: &Desired) -> Vec<(String, u64)> {
+    d.iter().map(|(k, r)| (k.to_string(), r.version)).collect()
 }
 
 #[test]

@@ -69,7 +69,7 @@ fn reused(old: &Snapshot, new: &Snapshot) -> Vec<String> {
 fn contents(s: &Snapshot) -> BTreeMap<String, Resource> {
     s.resources
         .iter()
-        .map(|(k, r)| (k.to_string(), r.resource.clone()))
+        .map(|(k, r)| (k.to_string(), r.decode()))
         .collect()
 }
 

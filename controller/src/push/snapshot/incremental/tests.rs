@@ -11,18 +11,18 @@ use crate::push::ResourceKey;
 use crate::push::on_demand::keys_for;
 use crate::push::scope::mesh_wide;
 
-fn versions(s: &Snapshot) -> BTreeMap<ResourceKey, String> {
+fn versions(s: &Snapshot) -> BTreeMap<ResourceKey, u64> {
     s.resources
         .iter()
-        .map(|(k, r)| (k.clone(), r.version.clone()))
+        .map(|(k, r)| (k.clone(), r.version))
         .collect()
 }
 
-fn shared(s: &Snapshot) -> BTreeMap<ResourceKey, String> {
+fn shared(s: &Snapshot) -> BTreeMap<ResourceKey, u64> {
     s.mesh_wide()
         .resolved
         .iter()
-        .map(|(k, r)| (k.clone(), r.version.clone()))
+        .map(|(k, r)| (k.clone(), r.version))
         .collect()
 }
 
