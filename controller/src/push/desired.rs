@@ -23,46 +23,51 @@ pub struct SharedChanges {
 }
 
 impl SharedChanges {
-    /// Walks both maps in key order once.
     pub(super) fn between(previous: Arc<Resolved>, current: &Resolved) -> Self {
-        let mut keys = Vec::new();
-        let mut old = previous.iter().peekable();
-        let mut new = current.iter().peekable();
-        loop {
-            match (old.peek(), new.peek()) {
-                (None, None) => break,
-                (Some((k, _)), None) => {
-                    keys.push((*k).clone());
-                    old.next();
-                }
-                (None, Some((k, _))) => {
-                    keys.push((*k).clone());
-                    new.next();
-                }
-                (Some((ko, ro)), Some((kn, rn))) => match ko.cmp(kn) {
-                    std::cmp::Ordering::Less => {
-                        keys.push((*ko).clone());
-                        old.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        keys.push((*kn).clone());
-                        new.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if ro.version != rn.version {
-                            keys.push((*kn).clone());
-                        }
-                        old.next();
-                        new.next();
-                    }
-                },
-            }
-        }
         SharedChanges {
+            keys: differing(&previous, current).into(),
             previous,
-            keys: keys.into(),
         }
     }
+}
+
+/// The keys that `old` and `new` do not hold alike: in one only, or at another version. One
+/// walk of both in key order.
+pub(super) fn differing(old: &Resolved, new: &Resolved) -> Vec<ResourceKey> {
+    let mut keys = Vec::new();
+    let mut old = old.iter().peekable();
+    let mut new = new.iter().peekable();
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => {
+                keys.push((*k).clone());
+                old.next();
+            }
+            (None, Some((k, _))) => {
+                keys.push((*k).clone());
+                new.next();
+            }
+            (Some((ko, ro)), Some((kn, rn))) => match ko.cmp(kn) {
+                std::cmp::Ordering::Less => {
+                    keys.push((*ko).clone());
+                    old.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    keys.push((*kn).clone());
+                    new.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if ro.version != rn.version {
+                        keys.push((*kn).clone());
+                    }
+                    old.next();
+                    new.next();
+                }
+            },
+        }
+    }
+    keys
 }
 
 /// A shared part plus a subscriber's own part; the two never hold the same key.

@@ -15,7 +15,7 @@ use ambit_proto::api::discovery::Subscriber;
 use super::{Change, Lookups, keys_for, node_part};
 use crate::model::MeshModel;
 use crate::push::ResourceKey;
-use crate::push::desired::Desired;
+use crate::push::desired::{Desired, NodePart, differing};
 use crate::push::snapshot::Snapshot;
 
 /// How many held addresses bring each key: a key two of them bring (their waypoint, a workload
@@ -105,6 +105,36 @@ pub fn apply(
     changed
 }
 
+/// `part` with the entries among `changed` it holds taken from `snapshot`, for a node whose
+/// part holds the same keys as before; `None` if one of them is gone (then the part must be
+/// resolved again after all).
+fn repatched(
+    part: &Arc<NodePart>,
+    snapshot: &Snapshot,
+    changed: &[ResourceKey],
+) -> Option<Arc<NodePart>> {
+    let mut updates = Vec::new();
+    for key in changed {
+        if let Some(was) = part.own.get(key) {
+            let now = snapshot.resource(key)?;
+            if now.version != was.version {
+                updates.push((key, now));
+            }
+        }
+    }
+    if updates.is_empty() {
+        return Some(part.clone());
+    }
+    let mut own = part.own.clone();
+    for (key, now) in updates {
+        own.insert(key.clone(), now.clone());
+    }
+    Some(Arc::new(NodePart {
+        own,
+        captures: part.captures,
+    }))
+}
+
 /// Whether [`update`] can bring `desired` (resolved from the snapshot before `snapshot`) to
 /// `snapshot`: only when it was resolved from `previous`, which `snapshot` follows directly
 /// saying what changed.
@@ -132,15 +162,20 @@ pub fn update(
     let changed = snapshot.changed.as_ref().expect("checked by follows");
     let touched = snapshot.touched_nodes.as_ref().expect("checked by follows");
     let old_part = desired.node_part.clone().expect("checked by follows");
-    let part = if touched.contains(&subscriber.name) {
-        Arc::new(node_part(snapshot, &subscriber.name))
-    } else {
+    let node = &subscriber.name;
+    let part = if !touched.contains(node) {
         old_part.clone()
+    } else if changed.reshaped_nodes.contains(node) {
+        Arc::new(node_part(snapshot, node))
+    } else {
+        repatched(&old_part, snapshot, &changed.keys)
+            .unwrap_or_else(|| Arc::new(node_part(snapshot, node)))
     };
+    // A node's part again is mostly the same resources (a policy edit in one of its pods'
+    // namespaces, say): only those it gained, lost or holds at a new version are diffed.
     let mut candidates: Vec<ResourceKey> = Vec::new();
     if !Arc::ptr_eq(&part, &old_part) {
-        candidates.extend(old_part.own.keys().cloned());
-        candidates.extend(part.own.keys().cloned());
+        candidates.extend(differing(&old_part.own, &part.own));
     }
     // What a held address brings may differ only where the change had or has an object.
     let recount = changed.addresses.iter().filter(|ip| lookups.holds(**ip));

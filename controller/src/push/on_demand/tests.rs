@@ -171,10 +171,7 @@ fn a_change_reaches_the_subscriptions_that_looked_it_up_only() {
 
 /// Every key and version of `d`, and its system version.
 fn contents(d: &Desired) -> (Vec<(String, u64)>, String) {
-    let entries = d
-        .iter()
-        .map(|(k, r)| (k.to_string(), r.version))
-        .collect();
+    let entries = d.iter().map(|(k, r)| (k.to_string(), r.version)).collect();
     (entries, d.system_version())
 }
 
@@ -283,20 +280,9 @@ fn a_release_keeps_what_the_node_part_or_another_address_still_brings() {
 
 /// Each edit applied to the model before it (so each snapshot is built incrementally).
 fn edits(model: &MeshModel) -> Vec<(&'static str, Edit)> {
-    let pod = |ns: &str, name: &str| {
-        model
-            .workload(&ObjectKey::new(ns, name))
-            .unwrap()
-            .pod
-            .clone()
-    };
-    let service = |ns: &str, name: &str| {
-        model
-            .service(&ObjectKey::new(ns, name))
-            .unwrap()
-            .service
-            .clone()
-    };
+    let key = ObjectKey::new;
+    let pod = |ns, name| model.workload(&key(ns, name)).unwrap().pod.clone();
+    let service = |ns, name| model.service(&key(ns, name)).unwrap().service.clone();
     let mut moved = pod("shop", "pay-1");
     moved.addresses = vec!["10.244.2.9".parse().unwrap()];
     let mut replica = pod("shop", "pay-1");
@@ -311,12 +297,15 @@ fn edits(model: &MeshModel) -> Vec<(&'static str, Edit)> {
         .policy(&ObjectKey::new("shop", "pay-policy"))
         .unwrap()
         .clone();
+    let mut denying = policy.clone();
+    denying.action = ambit_proto::api::security::Action::Deny;
     policy.selector = [("app".to_string(), "cart".to_string())].into();
     vec![
         ("pay-1 moves to a new address", Edit::Pod(moved)),
         ("a replica of pay on c", Edit::Pod(replica)),
         ("lonely, which nobody looks up, moves", Edit::Pod(lonely)),
         ("old gets a new VIP", Edit::Service(vip)),
+        ("the shop policy denies instead", Edit::Policy(denying)),
         ("the shop policy selects cart instead", Edit::Policy(policy)),
         (
             "old-1 goes",
@@ -402,4 +391,41 @@ fn a_change_a_subscription_does_not_hold_costs_it_nothing() {
         .unwrap();
     let after = Snapshot::build(Arc::new(model), Some(&next));
     assert!(!follows(&d, &previous, &after));
+}
+
+#[test]
+fn a_policy_edit_on_the_node_reports_only_what_it_changed_of_the_nodes_part() {
+    // b runs pay-1, which pay-policy selects: the edit reaches b's node part, which keeps its
+    // keys (the policy selects the same pods). Of the whole part (pay-1, pay, the waypoint,
+    // the policy) only what the snapshot rebuilt is handed to the session to diff: the policy,
+    // and pay-1, whose wire form lists it (rebuilt at the same version).
+    let previous = snapshot(MESH);
+    let sub = on_demand("b");
+    let lookups = Lookups::default();
+    let mut brought = Brought::default();
+    let mut d = desired(&previous, &sub, &lookups, &mut brought, None);
+    assert!(d.len() >= 4, "b's part: {:?}", contents(&d).0);
+    let key = ObjectKey::new("shop", "pay-policy");
+    let mut policy = previous.model().policy(&key).unwrap().clone();
+    policy.action = ambit_proto::api::security::Action::Deny;
+    let model = previous.model().apply([Edit::Policy(policy)]).unwrap();
+    let next = Snapshot::build(Arc::new(model), Some(&previous));
+    assert!(next.touched_nodes.as_ref().unwrap().contains("b"));
+    assert!(follows(&d, &previous, &next));
+    let changed = update(&previous, &next, &sub, &lookups, &mut brought, &mut d);
+    let changed: Vec<String> = changed.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        changed,
+        [
+            "workload/local//Pod/shop/pay-1",
+            "authorization_policy/shop/pay-policy"
+        ]
+    );
+    assert!(
+        d.len() >= 4
+            && d.contains_key(&named_key(
+                ResourceType::WaypointResource,
+                &ObjectKey::new("shop", "shop-wp")
+            ))
+    );
 }

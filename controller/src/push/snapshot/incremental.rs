@@ -42,23 +42,32 @@ impl Snapshot {
             changed: Some(Vec::new()),
         };
         let mut touched: HashSet<String> = HashSet::new();
+        // Of those, the nodes whose part may hold other keys (see `Changed::reshaped_nodes`).
+        let mut reshaped: HashSet<String> = HashSet::new();
         // A workload's wire form lists the policies that select it.
         let policy_namespaces: BTreeSet<&str> = changes
             .policies
             .iter()
             .map(|k| k.namespace.as_str())
             .collect();
+        let reselected = reselecting_namespaces(old, m, changes);
         let mut workloads: BTreeSet<ObjectKey> = changes.workloads.clone();
         for ns in &policy_namespaces {
+            let reselects = reselected.contains(ns);
             for w in m.workloads_in(ns).chain(old.workloads_in(ns)) {
                 touched.insert(w.pod.node.clone());
+                if reselects {
+                    reshaped.insert(w.pod.node.clone());
+                }
                 workloads.insert(w.key());
             }
         }
         for key in &workloads {
             let (was, now) = (old.workload(key), m.workload(key));
             if !same(was, now) {
-                touched.extend([was, now].into_iter().flatten().map(|w| w.pod.node.clone()));
+                let nodes = [was, now].into_iter().flatten().map(|w| &w.pod.node);
+                touched.extend(nodes.clone().cloned());
+                reshaped.extend(nodes.cloned());
             }
             match (was, now) {
                 (_, Some(w)) => {
@@ -78,8 +87,12 @@ impl Snapshot {
         for key in &changes.services {
             let (was, now) = (old.service(key), m.service(key));
             if !same(was, now) {
-                touched.extend(nodes_holding_service(old, key));
-                touched.extend(nodes_holding_service(m, key));
+                let nodes = nodes_holding_service(old, key);
+                let nodes = nodes.into_iter().chain(nodes_holding_service(m, key));
+                for node in nodes {
+                    touched.insert(node.clone());
+                    reshaped.insert(node);
+                }
             }
             let rk = named_key(ResourceType::Service, key);
             match now {
@@ -116,6 +129,7 @@ impl Snapshot {
         let changed = Changed {
             keys: b.changed.unwrap_or_default(),
             addresses: changed_addresses(old, m, changes),
+            reshaped_nodes: reshaped,
         };
         let snapshot = Snapshot {
             model: model.clone(),
@@ -193,6 +207,25 @@ impl Snapshot {
             }),
         }
     }
+}
+
+/// The namespaces in which a changed policy may select other pods than before: it came, went or
+/// has another selector. (A policy selects pods of its own namespace by their labels only; an
+/// edit of its rules, action or mode selects the same ones.)
+fn reselecting_namespaces<'a>(
+    old: &MeshModel,
+    m: &MeshModel,
+    changes: &'a Changes,
+) -> BTreeSet<&'a str> {
+    changes
+        .policies
+        .iter()
+        .filter(|key| match (old.policy(key), m.policy(key)) {
+            (Some(was), Some(now)) => was.selector != now.selector,
+            _ => true,
+        })
+        .map(|key| key.namespace.as_str())
+        .collect()
 }
 
 /// The addresses of the workloads and services `changes` names, in either model: only there
