@@ -245,6 +245,7 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
             .map_err(|e| anyhow::anyhow!("invalid mesh: {}", e[0]))?,
     );
     let model_build = t.elapsed();
+    progress(workloads, format_args!("model built in {model_build:.1?}"));
     let model_heap = alloc::live(Class::Measured) - baseline;
     let calls = calls(&model);
     let controller_rt = runtime(CONTROLLER_THREADS, Class::Measured)?;
@@ -253,6 +254,10 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
     let t = Instant::now();
     let c = as_controller(|| start(&controller_rt, model.clone(), &shutdown))?;
     let snapshot_build = t.elapsed();
+    progress(
+        workloads,
+        format_args!("first snapshot in {snapshot_build:.1?}; subscribing"),
+    );
     let snapshot = c.snapshots.borrow().clone();
     let full = size_of(&snapshot, full_set(&model).iter());
     // The first nodes rather than a spread: pods go round-robin, so any node's mix is every
@@ -320,6 +325,10 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
         anyhow::Ok(())
     })?;
     f.subscribe_wall = subscribing.elapsed();
+    progress(
+        workloads,
+        format_args!("subscribed and looked up in {:.1?}", f.subscribe_wall),
+    );
     drop(snapshot);
     // ACKs of the last lookups are in flight; let the sessions take them.
     std::thread::sleep(Duration::from_millis(300));
@@ -328,6 +337,7 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
         (alloc::live(Class::Measured) - heap_before) as f64 / nodes.len() as f64;
     f.controller_heap = alloc::live(Class::Measured) - baseline;
     for change in Change::ALL {
+        progress(workloads, format_args!("change: {}", change.name()));
         let figures = proxies_rt.block_on(change::one(
             &mut spec,
             change,
@@ -357,6 +367,12 @@ fn run(workloads: usize, cluster_nodes: usize, subscribed: usize) -> anyhow::Res
     proxies_rt.shutdown_timeout(Duration::from_secs(5));
     controller_rt.shutdown_timeout(Duration::from_secs(5));
     Ok(f)
+}
+
+/// A line on stderr as each phase starts: a size of a million runs for many minutes, and a
+/// profile of one phase needs to know when it starts.
+fn progress(workloads: usize, what: std::fmt::Arguments) {
+    eprintln!("on_demand {workloads}: {what}");
 }
 
 fn main() -> anyhow::Result<()> {
