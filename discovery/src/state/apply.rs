@@ -10,6 +10,7 @@ use ambit_proto::api::discovery::{self as api, resource::Kind};
 use imbl::hashmap::Entry;
 
 use super::reindex::Touched;
+use super::version::{Version, VersionKey};
 use super::{
     EgressScope, Indexes, Map, Policy, ProxyState, Service, StateError, Waypoint, Workload,
 };
@@ -69,7 +70,8 @@ impl ProxyState {
                 // A type this proxy does not know: nothing of it is held.
                 Ok(api::ResourceType::Unspecified) | Err(_) => {}
             }
-            self.versions.remove(&*version_key(r.r#type, name));
+            self.versions
+                .remove(&VersionKey::new(r.r#type, name.into()));
         }
     }
 
@@ -84,54 +86,68 @@ impl ProxyState {
                     name: resource.name.clone(),
                 });
             };
-            let type_key = match kind {
+            // The name the resource is held under, shared with its version's key.
+            let (type_key, held_as): (_, Arc<str>) = match kind {
                 Kind::Workload(w) => {
                     let w = Arc::new(Workload::from_api(w)?);
+                    let uid = w.uid.clone();
                     touched.new_workloads.push(w.clone());
                     touched
                         .old_workloads
                         .extend(self.workloads.insert(w.uid.clone(), w));
-                    api::ResourceType::Workload
+                    (api::ResourceType::Workload, uid)
                 }
                 Kind::Service(s) => {
                     let s = Arc::new(Service::from_api(s)?);
+                    let key = s.key.clone();
                     touched.new_services.push(s.clone());
                     touched
                         .old_services
                         .extend(self.services.insert(s.key.clone(), s));
-                    api::ResourceType::Service
+                    (api::ResourceType::Service, key)
                 }
                 Kind::AuthorizationPolicy(p) => {
                     let p = Policy::from_api(p)?;
+                    let key = p.key.clone();
                     self.policies.insert(p.key.clone(), Arc::new(p));
-                    api::ResourceType::AuthorizationPolicy
+                    (api::ResourceType::AuthorizationPolicy, key)
                 }
                 Kind::Waypoint(w) => {
                     let w = Waypoint::from_api(w)?;
+                    let key = w.key.clone();
                     self.waypoints.insert(w.key.clone(), Arc::new(w));
-                    api::ResourceType::WaypointResource
+                    (api::ResourceType::WaypointResource, key)
                 }
                 Kind::Route(r) => {
                     // Checked by the waypoint that compiles it; held as sent.
                     let name: Arc<str> = resource.name.as_str().into();
-                    self.routes.insert(name, Arc::new(r.clone()));
-                    api::ResourceType::Route
+                    self.routes.insert(name.clone(), Arc::new(r.clone()));
+                    (api::ResourceType::Route, name)
                 }
                 Kind::TrafficPolicy(p) => {
                     // Checked by the waypoint that compiles it; held as sent.
                     let name: Arc<str> = resource.name.as_str().into();
-                    self.traffic_policies.insert(name, Arc::new(p.clone()));
-                    api::ResourceType::TrafficPolicy
+                    self.traffic_policies
+                        .insert(name.clone(), Arc::new(p.clone()));
+                    (api::ResourceType::TrafficPolicy, name)
                 }
                 Kind::EgressScope(s) => {
                     let s = EgressScope::from_api(s);
+                    let namespace = s.namespace.clone();
                     self.egress_scopes.insert(s.namespace.clone(), Arc::new(s));
-                    api::ResourceType::EgressScope
+                    (api::ResourceType::EgressScope, namespace)
                 }
             };
+            // A resource is held under its name; should one ever be held otherwise, its
+            // version keeps the name it was sent with.
+            let name = if *held_as == *resource.name {
+                held_as
+            } else {
+                resource.name.as_str().into()
+            };
             self.versions.insert(
-                version_key(type_key as i32, &resource.name),
-                resource.version.as_str().into(),
+                VersionKey::new(type_key as i32, name),
+                Version::of(&resource.version),
             );
         }
         Ok(())
@@ -186,10 +202,4 @@ impl ProxyState {
                 .collect(),
         })
     }
-}
-
-/// A resource's key in `versions` and `known_versions`: `<type>/<name>`.
-fn version_key(t: i32, name: &str) -> Arc<str> {
-    let type_name = api::ResourceType::try_from(t).map_or("unknown", api::ResourceType::key_name);
-    format!("{type_name}/{name}").into()
 }

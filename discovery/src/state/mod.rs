@@ -11,6 +11,7 @@ mod egress_scope;
 mod policy;
 mod reindex;
 mod service;
+mod version;
 mod waypoint;
 mod workload;
 
@@ -30,6 +31,8 @@ use std::sync::Arc;
 use ambit_proto::api::route::Route;
 use ambit_proto::api::traffic::TrafficPolicy;
 use ambit_proto::identity::SpiffeId;
+
+use version::{Version, VersionKey};
 
 /// The state's maps are persistent: a clone shares every node with the original, and a delta
 /// copies only the paths it changes. A proxy builds its next state on a clone for every
@@ -81,7 +84,7 @@ pub struct ProxyState {
     /// resends only what changed.
     /// Sorted rather than hashed: it has an entry per resource and no connection reads it, and
     /// a B-tree's nodes hold more entries per byte than a hash trie's.
-    versions: imbl::OrdMap<Arc<str>, Arc<str>>,
+    versions: imbl::OrdMap<VersionKey, Version>,
     system_version: Arc<str>,
     indexes: Indexes,
 }
@@ -195,8 +198,9 @@ impl ProxyState {
     }
 
     /// The version held of a resource, by its key (`<type>/<name>`, e.g. `service/demo/reviews`).
-    pub fn version(&self, key: &str) -> Option<&str> {
-        self.versions.get(key).map(|v| &**v)
+    pub fn version(&self, key: &str) -> Option<String> {
+        let v = self.versions.get(&VersionKey::parse(key)?)?;
+        Some(v.to_string())
     }
 
     /// Every resource held, `<type>/<name>` to version: what a reconnecting proxy tells the

@@ -137,7 +137,10 @@ fn deltas_add_and_remove_and_versions_follow() {
     s.apply(&delta).unwrap();
     assert!(s.workload(&uid("reviews-v2")).is_some());
     assert!(s.workload(&uid("legacy")).is_none());
-    assert_eq!(s.version("workload/local//Pod/demo/reviews-v2"), Some("1"));
+    assert_eq!(
+        s.version("workload/local//Pod/demo/reviews-v2"),
+        Some("1".into())
+    );
     assert_eq!(s.version("workload/local//Pod/demo/legacy"), None);
     let known = s.known_versions();
     assert!(known.contains_key("service/demo/reviews"));
@@ -155,7 +158,7 @@ fn routes_are_held_by_name_until_removed() {
     s.apply(&response(false, vec![r])).unwrap();
     let routes: Vec<_> = s.routes().map(|(name, r)| (name, &*r.name)).collect();
     assert_eq!(routes, [("demo/reviews-split", "reviews-split")]);
-    assert_eq!(s.version("route/demo/reviews-split"), Some("1"));
+    assert_eq!(s.version("route/demo/reviews-split"), Some("1".into()));
     let mut delta = response(false, vec![]);
     delta
         .removed
