@@ -52,7 +52,7 @@ fn full_state(snapshot: &Snapshot, who: &Subscriber) -> SubscribeResponse {
         nonce: "1".into(),
         resources: desired_for(snapshot, who)
             .iter()
-            .map(|(_, r)| r.resource.clone())
+            .map(|(_, r)| r.decode())
             .collect(),
         removed: Vec::new(),
         full_state: true,
