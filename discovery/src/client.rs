@@ -197,6 +197,9 @@ impl<A: Apply + 'static> Client<A> {
                     l.refused(&whole.answered);
                 }
             }
+            let changes = whole.resources.len() + whole.removed.len();
+            drop(whole);
+            crate::memory::trim_after_update(changes);
             reply
         })
         .await;

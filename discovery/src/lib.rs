@@ -2,7 +2,7 @@
 //! to the controller and the credentials sent on it ([`link`]), certificates from the
 //! controller's CA ([`ca_client`]), the discovery subscription that keeps a proxy's config
 //! current ([`client`]), and the mesh state that config is applied to, indexed for the data
-//! path's lookups ([`state`]) and held as one version swapped whole ([`current`]), the root and controller identity it starts from ([`trust`]); the proxy's own endpoints that tools read ([`admin`]), and what it reports of the traffic it carries ([`telemetry`]).
+//! path's lookups ([`state`]) and held as one version swapped whole ([`current`]) with the memory a large update freed given back ([`memory`]), the root and controller identity it starts from ([`trust`]); the proxy's own endpoints that tools read ([`admin`]), and what it reports of the traffic it carries ([`telemetry`]).
 
 pub mod admin;
 pub mod ca_client;
@@ -11,6 +11,7 @@ pub mod current;
 pub mod dump;
 pub mod link;
 pub mod lookups;
+pub mod memory;
 pub mod state;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]

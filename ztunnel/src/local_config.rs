@@ -313,14 +313,17 @@ pub async fn watch(path: PathBuf, applier: Arc<Applier>, drain: DrainWatch) {
             // Parsing and building a large mesh's state takes long: a blocking thread does it.
             let (file, applier_ref) = (path.clone(), applier.clone());
             let result = tokio::task::spawn_blocking(move || {
-                load(&file).and_then(|response| {
-                    applier_ref
-                        .apply(&response)
-                        .map_err(|e| LocalConfigError::Invalid {
-                            path: file.clone(),
-                            reason: e.to_string(),
-                        })
-                })
+                let response = load(&file)?;
+                let applied = applier_ref
+                    .apply(&response)
+                    .map_err(|e| LocalConfigError::Invalid {
+                        path: file.clone(),
+                        reason: e.to_string(),
+                    });
+                let changes = response.resources.len();
+                drop(response);
+                ambit_discovery::memory::trim_after_update(changes);
+                applied
             })
             .await
             .unwrap_or_else(|e| {
