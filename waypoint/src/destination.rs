@@ -57,7 +57,7 @@ impl Destination {
         authority: SocketAddr,
         waypoint: &str,
     ) -> Result<Destination, DestinationError> {
-        let not_ours = |what: String, uses: &Option<Box<str>>| DestinationError::NotOurs {
+        let not_ours = |what: String, uses: &Option<Arc<str>>| DestinationError::NotOurs {
             what,
             waypoint: waypoint.to_string(),
             uses: uses.as_deref().unwrap_or("none").to_string(),

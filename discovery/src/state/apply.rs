@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{self as api, resource::Kind};
-use imbl::hashmap::Entry;
+use imbl::ordmap::Entry;
 
 use super::reindex::Touched;
 use super::version::{Version, VersionKey};
@@ -89,7 +89,7 @@ impl ProxyState {
             // The name the resource is held under, shared with its version's key.
             let (type_key, held_as): (_, Arc<str>) = match kind {
                 Kind::Workload(w) => {
-                    let w = Arc::new(Workload::from_api(w)?);
+                    let w = Arc::new(Workload::from_api_in(w, &mut self.interned)?);
                     let uid = w.uid.clone();
                     touched.new_workloads.push(w.clone());
                     touched

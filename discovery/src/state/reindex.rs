@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use imbl::hashmap::Entry;
+use imbl::ordmap::Entry;
 
 use super::{Indexes, ProxyState, Service, StateError, Workload};
 

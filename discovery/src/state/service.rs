@@ -77,7 +77,7 @@ pub struct Service {
     /// The uids of its endpoint workloads.
     pub endpoints: Box<[Arc<str>]>,
     /// `<namespace>/<name>` of the waypoint this service's traffic goes through.
-    pub waypoint: Option<Box<str>>,
+    pub waypoint: Option<Arc<str>>,
 }
 
 impl Service {

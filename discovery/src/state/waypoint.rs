@@ -48,7 +48,7 @@ impl Waypoint {
 }
 
 /// The key of the waypoint a reference names, if it names one.
-pub(super) fn waypoint_key(r: Option<&api::WaypointRef>) -> Option<Box<str>> {
+pub(super) fn waypoint_key(r: Option<&api::WaypointRef>) -> Option<Arc<str>> {
     r.filter(|r| !r.name.is_empty())
         .map(|r| format!("{}/{}", r.namespace, r.name).into())
 }

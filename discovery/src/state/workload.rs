@@ -8,7 +8,7 @@ use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
 
 use super::StateError;
-use super::waypoint::waypoint_key;
+use super::interned::Interned;
 
 /// How a workload is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,31 +29,41 @@ impl Protocol {
     }
 }
 
-/// A pod (or other workload) of the mesh, checked.
+/// A pod (or other workload) of the mesh, checked. Its text fields are shared: with the
+/// other workloads that hold the same value (see [`Interned`]), and the canonical name with
+/// the pod's name when they are equal.
 #[derive(Debug)]
 pub struct Workload {
     /// Its stable id, `<cluster>//Pod/<namespace>/<name>`; also its key in the state.
     pub uid: Arc<str>,
-    pub name: Box<str>,
-    pub namespace: Box<str>,
-    pub node: Box<str>,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub node: Arc<str>,
     pub addresses: Box<[IpAddr]>,
     pub protocol: Protocol,
     pub identity: SpiffeId,
     pub healthy: bool,
     /// `<namespace>/<name>` of the authorization policies that select this workload.
-    pub authorization_policies: Box<[Box<str>]>,
-    pub canonical_name: Box<str>,
-    pub canonical_revision: Box<str>,
+    pub authorization_policies: Arc<[Arc<str>]>,
+    pub canonical_name: Arc<str>,
+    pub canonical_revision: Arc<str>,
     /// Plaintext from outside the mesh is refused (`ambit.io/mtls-mode: strict`).
     pub strict_mtls: bool,
     /// `<namespace>/<name>` of the waypoint traffic addressed to this workload goes through.
-    pub waypoint: Option<Box<str>>,
+    pub waypoint: Option<Arc<str>>,
 }
 
 impl Workload {
     /// Checks a workload from the wire: uid, addresses, protocol and identity must be valid.
     pub fn from_api(w: &api::Workload) -> Result<Self, StateError> {
+        Self::from_api_in(w, &mut Interned::default())
+    }
+
+    /// [`Self::from_api`], sharing the text other workloads of the state hold.
+    pub(super) fn from_api_in(
+        w: &api::Workload,
+        interned: &mut Interned,
+    ) -> Result<Self, StateError> {
         let invalid = |reason: String| StateError::InvalidWorkload {
             uid: w.uid.clone(),
             reason,
@@ -72,31 +82,44 @@ impl Workload {
                 )));
             }
         };
-        let identity =
-            identity(&w.trust_domain, &w.namespace, &w.service_account).map_err(invalid)?;
+        let identity = interned
+            .identity(
+                trust_domain(&w.trust_domain),
+                &w.namespace,
+                &w.service_account,
+            )
+            .map_err(invalid)?;
+        // A pod's name is its own; its canonical name is usually its app's, which its
+        // replicas share, and otherwise the pod's name, which is then not kept twice.
+        let name: Arc<str> = w.name.as_str().into();
+        let canonical_name = if w.canonical_name == w.name {
+            name.clone()
+        } else {
+            interned.str(&w.canonical_name)
+        };
         Ok(Workload {
             uid: w.uid.as_str().into(),
-            name: w.name.as_str().into(),
-            namespace: w.namespace.as_str().into(),
-            node: w.node.as_str().into(),
+            name,
+            namespace: interned.str(&w.namespace),
+            node: interned.str(&w.node),
             addresses,
             protocol,
             identity,
             healthy: w.status != api::WorkloadStatus::Unhealthy as i32,
-            authorization_policies: w
-                .authorization_policies
-                .iter()
-                .map(|p| p.as_str().into())
-                .collect(),
-            canonical_name: w.canonical_name.as_str().into(),
-            canonical_revision: w.canonical_revision.as_str().into(),
+            authorization_policies: interned.list(&w.authorization_policies),
+            canonical_name,
+            canonical_revision: interned.str(&w.canonical_revision),
             strict_mtls: match api::MtlsMode::try_from(w.mtls_mode) {
                 Ok(api::MtlsMode::Permissive) => false,
                 Ok(api::MtlsMode::Strict) => true,
                 // A mode this proxy does not know is stricter than it can tell: fail closed.
                 Err(_) => true,
             },
-            waypoint: waypoint_key(w.waypoint.as_ref()),
+            waypoint: w
+                .waypoint
+                .as_ref()
+                .filter(|r| !r.name.is_empty())
+                .map(|r| interned.str(&format!("{}/{}", r.namespace, r.name))),
         })
     }
 
@@ -129,17 +152,21 @@ pub(super) fn parse_ips(addresses: &[String], what: &str) -> Result<Box<[IpAddr]
         .collect()
 }
 
-/// The SPIFFE identity of a service account (trust domain `cluster.local` when unset).
+/// The trust domain a resource names (`cluster.local` when unset).
+pub(super) fn trust_domain(named: &str) -> &str {
+    if named.is_empty() {
+        "cluster.local"
+    } else {
+        named
+    }
+}
+
+/// The SPIFFE identity of a service account.
 pub(super) fn identity(
-    trust_domain: &str,
+    trust_domain_named: &str,
     namespace: &str,
     service_account: &str,
 ) -> Result<SpiffeId, String> {
-    let trust_domain = if trust_domain.is_empty() {
-        "cluster.local"
-    } else {
-        trust_domain
-    };
-    SpiffeId::new(trust_domain, namespace, service_account)
+    SpiffeId::new(trust_domain(trust_domain_named), namespace, service_account)
         .map_err(|e| format!("its identity is invalid: {e}"))
 }

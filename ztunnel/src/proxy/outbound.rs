@@ -477,13 +477,13 @@ fn connect_request(
 /// The source workload, as the waypoint reads it (`ambit_discovery::telemetry::baggage`).
 fn source_baggage(source: &Workload) -> String {
     SourceWorkload {
-        namespace: source.namespace.clone(),
-        workload: source.name.clone(),
+        namespace: (*source.namespace).into(),
+        workload: (*source.name).into(),
         app: source.canonical_or_name().into(),
         version: if source.canonical_revision.is_empty() {
             "latest".into()
         } else {
-            source.canonical_revision.clone()
+            (*source.canonical_revision).into()
         },
     }
     .encode()

@@ -31,7 +31,7 @@ pub enum Upstream {
     /// `None` when it is not in the config: the connection must be refused, never sent
     /// around it.
     Waypoint {
-        key: Box<str>,
+        key: Arc<str>,
         waypoint: Option<Arc<Waypoint>>,
         target: SocketAddr,
         service: Option<Arc<Service>>,
@@ -50,7 +50,7 @@ pub fn resolve(
     from: &SpiffeId,
     ejected: impl Fn(IpAddr) -> bool,
 ) -> Upstream {
-    let through = |key: &Option<Box<str>>| -> Option<(Box<str>, Option<Arc<Waypoint>>)> {
+    let through = |key: &Option<Arc<str>>| -> Option<(Arc<str>, Option<Arc<Waypoint>>)> {
         let key = key.as_ref()?;
         let waypoint = state.waypoint(key).cloned();
         if waypoint.as_ref().is_some_and(|w| &w.identity == from) {
