@@ -4,7 +4,7 @@
 # and the mesh bench's server), iperf3 (one-stream throughput) and bpftrace (how long a
 # proxy's threads wait to run, src/sched.rs), and iptables, which the shared testbed's capture
 # rules need (the tests' script installs it too; a bench may run first on a fresh host).
-# Installs whichever is missing with apt-get; needs root.
+# Installs whichever is missing with apt-get, and mounts tracefs for bpftrace; needs root.
 #
 # Neither nginx nor iperf3 may run as a system service here: the benches start their own, in a
 # network namespace, in the foreground, and a service on the host would hold their ports and
@@ -21,6 +21,13 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing 
 command -v iperf3 >/dev/null 2>&1 || missing="$missing iperf3"
 command -v bpftrace >/dev/null 2>&1 || missing="$missing bpftrace"
 command -v iptables-save >/dev/null 2>&1 || missing="$missing iptables"
+
+# bpftrace finds the scheduler's tracepoints in tracefs, which a fresh host may not have
+# mounted ("tracepoint not found: sched:sched_switch").
+if [ "$(id -u)" = 0 ] && [ ! -d /sys/kernel/tracing/events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing ||
+        echo "benches/tools.sh: could not mount tracefs at /sys/kernel/tracing; config_apply's bpftrace needs it" >&2
+fi
 
 if [ -z "$missing" ]; then
     exit 0
