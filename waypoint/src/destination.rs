@@ -84,10 +84,10 @@ impl Destination {
             });
         }
         if let Some(workload) = state.workload_by_ip(authority.ip()) {
-            if workload.waypoint.as_deref() != Some(waypoint) {
+            if workload.shared.waypoint.as_deref() != Some(waypoint) {
                 return Err(not_ours(
-                    format!("workload {}/{}", workload.namespace, workload.name),
-                    &workload.waypoint,
+                    format!("workload {}/{}", workload.shared.namespace, workload.name),
+                    &workload.shared.waypoint,
                 ));
             }
             return Ok(Destination::Workload {
@@ -111,7 +111,7 @@ impl Destination {
         match self {
             Destination::Service { service, port } => format!("{}:{}", service.hostname, port.port),
             Destination::Workload { workload, port } => {
-                format!("{}/{}:{port}", workload.namespace, workload.name)
+                format!("{}/{}:{port}", workload.shared.namespace, workload.name)
             }
         }
     }

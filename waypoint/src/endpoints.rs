@@ -75,7 +75,7 @@ impl std::fmt::Display for Backend {
                 write!(
                     f,
                     "workload {}/{}:{port}",
-                    workload.namespace, workload.name
+                    workload.shared.namespace, workload.name
                 )
             }
         }

@@ -327,7 +327,7 @@ impl Forwarder {
                 endpoint: endpoint.target,
                 transport: match endpoint.workload.protocol {
                     WorkloadProtocol::Hbone => Transport::Hbone {
-                        identity: endpoint.workload.identity.clone(),
+                        identity: endpoint.workload.shared.identity.clone(),
                     },
                     WorkloadProtocol::Tcp => Transport::Plain,
                 },

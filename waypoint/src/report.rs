@@ -256,13 +256,13 @@ impl Telemetry {
 fn peer(w: &Workload) -> t::Peer {
     t::Peer {
         workload: w.name.as_ref().into(),
-        namespace: w.namespace.as_ref().into(),
-        principal: w.identity.as_str().into(),
+        namespace: w.shared.namespace.as_ref().into(),
+        principal: w.shared.identity.as_str().into(),
         app: w.canonical_or_name().into(),
-        version: if w.canonical_revision.is_empty() {
+        version: if w.shared.canonical_revision.is_empty() {
             "latest".into()
         } else {
-            w.canonical_revision.as_ref().into()
+            w.shared.canonical_revision.as_ref().into()
         },
         cluster: "Kubernetes".into(),
     }

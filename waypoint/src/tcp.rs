@@ -122,7 +122,7 @@ impl TcpForwarder {
                 let request = ConnectRequest {
                     source: self.identity.clone(),
                     endpoint: std::net::SocketAddr::new(endpoint.target.ip(), self.hbone_port),
-                    destination_identity: endpoint.workload.identity.clone(),
+                    destination_identity: endpoint.workload.shared.identity.clone(),
                     authority: endpoint.target,
                     forwarded_for: Some(down.client_addr),
                     baggage: None,

@@ -49,13 +49,14 @@ impl AdminState {
                 .map(|w| WorkloadView {
                     uid: w.uid.to_string(),
                     name: w.name.to_string(),
-                    namespace: w.namespace.to_string(),
-                    node: w.node.to_string(),
+                    namespace: w.shared.namespace.to_string(),
+                    node: w.shared.node.to_string(),
                     addresses: w.addresses.iter().map(|a| a.to_string()).collect(),
                     protocol: w.protocol.as_str().into(),
-                    identity: w.identity.to_string(),
+                    identity: w.shared.identity.to_string(),
                     healthy: w.healthy,
                     authorization_policies: w
+                        .shared
                         .authorization_policies
                         .iter()
                         .map(|p| p.to_string())

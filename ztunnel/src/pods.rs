@@ -203,7 +203,7 @@ impl Pods {
             // identity does not forget the certificate this pod is about to use.
             *state
                 .identities
-                .entry(workload.identity.clone())
+                .entry(workload.shared.identity.clone())
                 .or_insert(0) += 1;
             replaced
         };
@@ -217,11 +217,11 @@ impl Pods {
         }) {
             Ok(pod) => pod,
             Err(e) => {
-                self.unreserve(&workload.identity);
+                self.unreserve(&workload.shared.identity);
                 return Err(e);
             }
         };
-        tracing::info!(pod = uid, netns = %netns_path.display(), identity = %workload.identity, "captured pod");
+        tracing::info!(pod = uid, netns = %netns_path.display(), identity = %workload.shared.identity, "captured pod");
         let refused = {
             let mut state = self.state.lock();
             if state.closed {
@@ -280,7 +280,7 @@ impl Pods {
         let certs = self
             .ctx
             .certs
-            .watch(&workload.identity)
+            .watch(&workload.shared.identity)
             .await
             .map_err(cert_err)?;
         // The pod's accept loops run on one worker (they only hand connections on, each to
@@ -350,7 +350,7 @@ impl Pods {
         }
         Ok(CapturedPod {
             netns,
-            identity: workload.identity.clone(),
+            identity: workload.shared.identity.clone(),
             trigger,
             pod_uid: None,
         })

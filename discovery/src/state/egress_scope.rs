@@ -93,7 +93,7 @@ impl ProxyState {
         if self.egress_scopes.is_empty() {
             return Ok(());
         }
-        let Some(scope) = self.egress_scopes.get(&*source.namespace) else {
+        let Some(scope) = self.egress_scopes.get(&*source.shared.namespace) else {
             return Ok(());
         };
         let named = if let Some(s) = self.service_by_vip(destination) {
@@ -107,10 +107,10 @@ impl ProxyState {
                     .iter()
                     .any(|s| scope.has_service(&s.key))
             };
-            if w.uid == source.uid || scope.has_namespace(&w.namespace) || backs_one() {
+            if w.uid == source.uid || scope.has_namespace(&w.shared.namespace) || backs_one() {
                 return Ok(());
             }
-            format!("workload {}/{} ({destination})", w.namespace, w.name)
+            format!("workload {}/{} ({destination})", w.shared.namespace, w.name)
         } else {
             return Ok(());
         };

@@ -3,7 +3,8 @@
 //! of a workload's ~530 (50k bulk pods, counted by allocation).
 //!
 //! Only values a cluster has a bounded number of are interned (namespaces, nodes, identities,
-//! revisions, canonical names that differ from the pod's, policy and waypoint keys), so a state
+//! revisions, canonical names that differ from the pod's, policy and waypoint keys, and what
+//! replicas on a node have in common), so a state
 //! that lives through deltas never gathers one entry per pod that came and went; a full state
 //! starts afresh. The maps are persistent like the state's, so a clone for the next state costs
 //! nothing.
@@ -12,12 +13,15 @@ use std::sync::Arc;
 
 use ambit_proto::identity::SpiffeId;
 
+use super::workload::Shared;
+
 #[derive(Debug, Default, Clone)]
 pub(super) struct Interned {
     strings: imbl::HashMap<Arc<str>, ()>,
     /// By the identity's URI.
     identities: imbl::HashMap<Arc<str>, SpiffeId>,
     lists: imbl::HashMap<Arc<[Arc<str>]>, ()>,
+    shared: imbl::HashMap<Arc<Shared>, ()>,
 }
 
 impl Interned {
@@ -57,6 +61,16 @@ impl Interned {
         }
         self.lists.insert(list.clone(), ());
         list
+    }
+
+    /// What replicas have in common (built of interned parts), shared.
+    pub(super) fn shared(&mut self, shared: Shared) -> Arc<Shared> {
+        if let Some((held, ())) = self.shared.get_key_value(&shared) {
+            return held.clone();
+        }
+        let held = Arc::new(shared);
+        self.shared.insert(held.clone(), ());
+        held
     }
 }
 

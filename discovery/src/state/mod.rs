@@ -23,7 +23,7 @@ pub use policy::{
 };
 pub use service::{AppProtocol, Service, ServicePort};
 pub use waypoint::Waypoint;
-pub use workload::{Protocol, Workload};
+pub use workload::{Protocol, Shared, Workload};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -248,6 +248,7 @@ impl ProxyState {
         workload: &'a Workload,
     ) -> impl Iterator<Item = &'a Arc<Policy>> + Clone + 'a {
         workload
+            .shared
             .authorization_policies
             .iter()
             .filter_map(|key| self.policies.get(&**key))
@@ -263,7 +264,7 @@ impl ProxyState {
         peer: &SpiffeId,
     ) -> Option<&Arc<Waypoint>> {
         let services = self.services_of(&workload.uid);
-        std::iter::once(&workload.waypoint)
+        std::iter::once(&workload.shared.waypoint)
             .chain(services.iter().map(|s| &s.waypoint))
             .filter_map(|key| self.waypoints.get(&**key.as_ref()?))
             .find(|w| w.identity == *peer)

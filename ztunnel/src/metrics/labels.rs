@@ -62,7 +62,10 @@ impl Side {
 
     /// A meshed workload, named by its own identity.
     pub fn meshed(workload: &Arc<Workload>) -> Self {
-        Side::new(Some(workload.clone()), Some(workload.identity.clone()))
+        Side::new(
+            Some(workload.clone()),
+            Some(workload.shared.identity.clone()),
+        )
     }
 
     pub fn unknown() -> Self {
@@ -82,15 +85,15 @@ impl Side {
         };
         PeerLabels {
             workload: w.name.to_string(),
-            namespace: w.namespace.to_string(),
+            namespace: w.shared.namespace.to_string(),
             principal: self
                 .principal
                 .as_ref()
                 .map_or_else(|| UNKNOWN.into(), SpiffeId::to_string),
-            canonical_revision: if w.canonical_revision.is_empty() {
+            canonical_revision: if w.shared.canonical_revision.is_empty() {
                 "latest".into()
             } else {
-                w.canonical_revision.to_string()
+                w.shared.canonical_revision.to_string()
             },
             canonical_service: w.canonical_or_name(),
             cluster: cluster_of(w).to_string(),

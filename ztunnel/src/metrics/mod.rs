@@ -312,7 +312,7 @@ impl Metrics {
             .workload
             .as_ref()
             .map_or((UNKNOWN.to_string(), UNKNOWN.to_string()), |w| {
-                (w.name.to_string(), w.namespace.to_string())
+                (w.name.to_string(), w.shared.namespace.to_string())
             });
         let l = vec![
             Label::new("waypoint", waypoint.to_string()),
@@ -360,7 +360,10 @@ pub(crate) mod tests {
         let w = ambit_discovery::testing::meshed_workload(name, &[ip]);
         Arc::new(ambit_discovery::state::Workload {
             uid: format!("Kubernetes//Pod/demo/{name}").into(),
-            canonical_revision: "v1".into(),
+            shared: Arc::new(ambit_discovery::state::Shared {
+                canonical_revision: "v1".into(),
+                ..(*w.shared).clone()
+            }),
             ..w
         })
     }

@@ -93,7 +93,7 @@ impl Flow<'_> {
                 .as_ref()
                 .map_or("", SpiffeId::as_str),
             destination_workload: &workload.name,
-            destination_namespace: &workload.namespace,
+            destination_namespace: &workload.shared.namespace,
             destination_port: self.target.port().into(),
             ..Default::default()
         };
@@ -168,9 +168,9 @@ fn party(side: &Side, address: SocketAddr) -> Party {
     };
     if let Some(w) = &side.workload {
         party.workload = w.name.to_string();
-        party.namespace = w.namespace.to_string();
+        party.namespace = w.shared.namespace.to_string();
         party.app = w.canonical_or_name();
-        party.version = w.canonical_revision.to_string();
+        party.version = w.shared.canonical_revision.to_string();
     }
     party
 }

@@ -63,7 +63,7 @@ fn source_side(state: &ProxyState, identity: Option<&SpiffeId>, peer: SocketAddr
     let at_address = state.workload_by_ip(peer.ip()).cloned();
     match identity {
         Some(id) => {
-            let proven = at_address.filter(|w| &w.identity == id);
+            let proven = at_address.filter(|w| &w.shared.identity == id);
             Side::new(proven, Some(id.clone()))
         }
         None => Side::new(at_address, None),
@@ -146,7 +146,7 @@ fn admit(
             status: StatusCode::UNAUTHORIZED,
             reason: format!(
                 "{}/{} requires mTLS (ambit.io/mtls-mode: strict) and this connection is plaintext from outside the mesh: mesh the client, or set the namespace's mode to permissive",
-                workload.namespace, workload.name
+                workload.shared.namespace, workload.name
             ),
             why: FailureReason::StrictMtls,
             policy: None,

@@ -111,7 +111,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
         let state = ctx.state.load();
         let source = state.workload(&pod.uid).cloned();
         let first = match (&dst, &source) {
-            (Ok(dst), Some(s)) => Some(resolve(&state, *dst, &s.identity, |ip| {
+            (Ok(dst), Some(s)) => Some(resolve(&state, *dst, &s.shared.identity, |ip| {
                 ctx.health.is_ejected(ip)
             })),
             _ => None,
@@ -207,7 +207,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                  target: SocketAddr,
                  protocol: &str| {
         ctx.connections.track(ConnectionInfo {
-            source_identity: Some(source.identity.to_string()),
+            source_identity: Some(source.shared.identity.to_string()),
             destination_workload: workload.map(|w| w.uid.to_string()),
             destination_service: service.map(|s| s.key.to_string()),
             ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, protocol)
@@ -215,7 +215,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
     };
     for attempt in 1..=ATTEMPTS {
         let upstream = first_choice.take().unwrap_or_else(|| {
-            resolve(&ctx.state.load(), dst, &source.identity, |ip| {
+            resolve(&ctx.state.load(), dst, &source.shared.identity, |ip| {
                 ctx.health.is_ejected(ip)
             })
         });
@@ -234,8 +234,14 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     Security::MutualTls,
                 );
                 let tracked = track(Some(&workload), service.as_deref(), target, "HBONE");
-                let request =
-                    connect_request(&source, peer, target.ip(), &workload.identity, target, None);
+                let request = connect_request(
+                    &source,
+                    peer,
+                    target.ip(),
+                    &workload.shared.identity,
+                    target,
+                    None,
+                );
                 match pod.hbone().connect(&request).await {
                     Ok(tunnel) => {
                         ctx.health.succeeded(target.ip());
@@ -464,7 +470,7 @@ fn connect_request(
     baggage: Option<String>,
 ) -> ConnectRequest {
     ConnectRequest {
-        source: source.identity.clone(),
+        source: source.shared.identity.clone(),
         endpoint: SocketAddr::new(via, HBONE_PORT),
         destination_identity: via_identity.clone(),
         authority: target,
@@ -477,13 +483,13 @@ fn connect_request(
 /// The source workload, as the waypoint reads it (`ambit_discovery::telemetry::baggage`).
 fn source_baggage(source: &Workload) -> String {
     SourceWorkload {
-        namespace: (*source.namespace).into(),
+        namespace: (*source.shared.namespace).into(),
         workload: (*source.name).into(),
         app: source.canonical_or_name().into(),
-        version: if source.canonical_revision.is_empty() {
+        version: if source.shared.canonical_revision.is_empty() {
             "latest".into()
         } else {
-            (*source.canonical_revision).into()
+            (*source.shared.canonical_revision).into()
         },
     }
     .encode()
@@ -570,7 +576,7 @@ mod tests {
                 "the hop dialled must prove its identity"
             );
             assert_eq!(
-                r.source, client.identity,
+                r.source, client.shared.identity,
                 "the pod's own certificate is presented"
             );
             assert_eq!(r.forwarded_for, Some(peer));
@@ -580,7 +586,8 @@ mod tests {
     #[test]
     fn the_waypoint_learns_the_client_workload_from_the_baggage() {
         let client = meshed_workload("client", &["10.244.1.2"]);
-        let got = SourceWorkload::decode(&source_baggage(&client), &client.identity).unwrap();
+        let got =
+            SourceWorkload::decode(&source_baggage(&client), &client.shared.identity).unwrap();
         assert_eq!(
             (&*got.workload, &*got.namespace, &*got.app, &*got.version),
             ("client", "demo", "client", "latest")

@@ -93,7 +93,7 @@ pub fn resolve(
         };
     }
     let workload = state.workload_by_ip(dst.ip());
-    if let Some((key, waypoint)) = workload.and_then(|w| through(&w.waypoint)) {
+    if let Some((key, waypoint)) = workload.and_then(|w| through(&w.shared.waypoint)) {
         return Upstream::Waypoint {
             key,
             waypoint,
