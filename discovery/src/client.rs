@@ -186,6 +186,7 @@ impl<A: Apply + 'static> Client<A> {
         };
         let applier = self.applier.clone();
         let nonce = whole.nonce.clone();
+        let changes = whole.resources.len() + whole.removed.len();
         let lookups = self.lookups.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let reply = answer(&*applier, &whole);
@@ -197,12 +198,14 @@ impl<A: Apply + 'static> Client<A> {
                     l.refused(&whole.answered);
                 }
             }
-            let changes = whole.resources.len() + whole.removed.len();
-            drop(whole);
-            crate::memory::trim_after_update(changes);
             reply
         })
         .await;
+        // The decoded response is gone with the apply's closure; the memory it freed is
+        // given back after the answer, which need not wait for that.
+        if changes >= crate::memory::LARGE_UPDATE {
+            tokio::task::spawn_blocking(move || crate::memory::trim_after_update(changes));
+        }
         Ok(Some(applied.unwrap_or_else(|e| {
             // A bug in the apply, not in the config: refused, so the controller shows it, and
             // the proxy keeps serving the previous config.
