@@ -343,6 +343,10 @@ pub async fn status(args: OutputArgs) -> anyhow::Result<()> {
                         "in sync with the controller ({} pods captured)",
                         d.pods.len()
                     ),
+                    Some(w) if w.desired_version == d.config_version => format!(
+                        "applied {}; its acknowledgement has not reached the controller yet",
+                        d.config_version
+                    ),
                     Some(w) => format!(
                         "behind: holds {}, the controller has {}",
                         d.config_version, w.desired_version

@@ -249,11 +249,18 @@ fn ambit_config_and_bench_on_a_running_mesh() {
         "{certs}"
     );
 
-    let status = run(&["status"]);
-    assert!(
-        status.contains("controller") && status.matches("in sync with the controller").count() == 2,
-        "{status}"
-    );
+    // A push may be on its way (the waypoint's own readiness changes the ztunnels' config
+    // after `ambit up` is ready): in sync once the ztunnels' acknowledgements are in.
+    let in_sync = |status: &str| {
+        status.contains("controller") && status.matches("in sync with the controller").count() == 2
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut status = run(&["status"]);
+    while !in_sync(&status) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        status = run(&["status"]);
+    }
+    assert!(in_sync(&status), "{status}");
 
     let bench: serde_json::Value = serde_json::from_str(&run(&[
         "bench",
