@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ambit_proto::api::discovery::{self as api, resource::Kind};
 use imbl::ordmap::Entry;
 
+use super::interned::Interned;
 use super::reindex::Touched;
 use super::version::{Version, VersionKey};
 use super::{
@@ -33,6 +34,11 @@ impl ProxyState {
         };
         next.remove(&response.removed, &mut touched);
         next.add(&response.resources, &mut touched)?;
+        if response.full_state {
+            next.interned.settle();
+        } else if next.interned.outgrown() {
+            next.interned = Interned::of(next.workloads.values());
+        }
         if response.full_state {
             next.indexes = next.index()?;
         } else {

@@ -4,16 +4,20 @@
 //!
 //! Only values a cluster has a bounded number of are interned (namespaces, nodes, identities,
 //! revisions, canonical names that differ from the pod's, policy and waypoint keys, and what
-//! replicas on a node have in common), so a state
-//! that lives through deltas never gathers one entry per pod that came and went; a full state
-//! starts afresh. The maps are persistent like the state's, so a clone for the next state costs
+//! replicas have in common), never one per pod. Still, values go out of use (a revision
+//! rolled out, a namespace deleted): a full state starts afresh, and a state fed only deltas
+//! rebuilds its interned values from the workloads it holds once they have doubled since the
+//! last time. The maps are persistent like the state's, so a clone for the next state costs
 //! nothing.
 
 use std::sync::Arc;
 
 use ambit_proto::identity::SpiffeId;
 
-use super::workload::Shared;
+use super::workload::{Shared, Workload};
+
+/// Below this many values the interned set is never rebuilt.
+const REBUILD_FLOOR: usize = 1_024;
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct Interned {
@@ -22,9 +26,61 @@ pub(super) struct Interned {
     identities: imbl::HashMap<Arc<str>, SpiffeId>,
     lists: imbl::HashMap<Arc<[Arc<str>]>, ()>,
     shared: imbl::HashMap<Arc<Shared>, ()>,
+    /// How many values it held when last built from the workloads held.
+    settled: usize,
 }
 
 impl Interned {
+    /// What `workloads` hold, and nothing else.
+    pub(super) fn of<'a>(workloads: impl Iterator<Item = &'a Arc<Workload>>) -> Self {
+        let mut interned = Interned::default();
+        for w in workloads {
+            interned.keep(&w.node);
+            if !Arc::ptr_eq(&w.canonical_name, &w.name) {
+                interned.keep(&w.canonical_name);
+            }
+            let shared = &w.shared;
+            interned.keep(&shared.namespace);
+            interned.keep(&shared.canonical_revision);
+            shared
+                .authorization_policies
+                .iter()
+                .for_each(|p| interned.keep(p));
+            if let Some(waypoint) = &shared.waypoint {
+                interned.keep(waypoint);
+            }
+            if !interned.identities.contains_key(shared.identity.as_str()) {
+                let uri: Arc<str> = shared.identity.as_str().into();
+                interned.identities.insert(uri, shared.identity.clone());
+            }
+            interned
+                .lists
+                .insert(shared.authorization_policies.clone(), ());
+            interned.shared.insert(shared.clone(), ());
+        }
+        interned.settle();
+        interned
+    }
+
+    /// Takes the values held now as the measure of growth.
+    pub(super) fn settle(&mut self) {
+        self.settled = self.len();
+    }
+
+    /// Whether it has grown enough since it was settled that values no workload holds may
+    /// make up much of it.
+    pub(super) fn outgrown(&self) -> bool {
+        self.len() > 2 * self.settled + REBUILD_FLOOR
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.strings.len() + self.identities.len() + self.lists.len() + self.shared.len()
+    }
+
+    fn keep(&mut self, s: &Arc<str>) {
+        self.strings.insert(s.clone(), ());
+    }
+
     /// `s`, shared with every other holder of the same text.
     pub(super) fn str(&mut self, s: &str) -> Arc<str> {
         if let Some((held, ())) = self.strings.get_key_value(s) {

@@ -407,3 +407,39 @@ fn a_workload_listing_one_address_twice_is_refused_in_a_delta_as_in_a_full_state
         );
     }
 }
+
+#[test]
+fn values_no_workload_holds_any_more_are_let_go_of_on_deltas_alone() {
+    let mut state = base();
+    let held = state.interned.len();
+    // A pod that comes and goes again and again, each time in a namespace of its own and at a
+    // new revision: 6,000 values interned in all, with only the base's workloads left.
+    for round in 0..2_000 {
+        let mut pod = workload("churn", &["10.244.9.9"], wl::Protocol::Hbone);
+        if let Some(Kind::Workload(w)) = &mut pod.kind {
+            w.namespace = format!("ns-{round}");
+            w.canonical_revision = format!("rev-{round}");
+        }
+        state.apply(&response(false, vec![pod])).unwrap();
+        let mut gone = response(false, vec![]);
+        gone.removed = vec![removal(api::ResourceType::Workload, &uid("churn"))];
+        state.apply(&gone).unwrap();
+        // Twice what the held workloads use (the churning pod's four values counted in,
+        // as it may be held at a rebuild) plus the floor, and one pod's values over that.
+        assert!(
+            state.interned.len() <= 2 * (held + 4) + 1_024 + 4,
+            "round {round}: {} values interned",
+            state.interned.len()
+        );
+    }
+    // What the base's workloads use is still shared, not copied again.
+    let before = state.workload(&uid("reviews-v1")).unwrap().shared.clone();
+    state
+        .apply(&response(
+            false,
+            vec![workload("reviews-v1", &["10.244.1.4"], wl::Protocol::Hbone)],
+        ))
+        .unwrap();
+    let after = &state.workload(&uid("reviews-v1")).unwrap().shared;
+    assert!(Arc::ptr_eq(&before, after), "{before:?} was copied");
+}

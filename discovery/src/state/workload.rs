@@ -30,13 +30,15 @@ impl Protocol {
 }
 
 /// A pod (or other workload) of the mesh, checked. What it has in common with its replicas
-/// on the same node is one [`Shared`] value they all point to (see [`Interned`]); a canonical
-/// name equal to the pod's name shares the name's allocation.
+/// is one [`Shared`] value they all point to (see [`Interned`]); its node is interned on its
+/// own, as replicas mostly run on different nodes; a canonical name equal to the pod's name
+/// shares the name's allocation.
 #[derive(Debug)]
 pub struct Workload {
     /// Its stable id, `<cluster>//Pod/<namespace>/<name>`; also its key in the state.
     pub uid: Arc<str>,
     pub name: Arc<str>,
+    pub node: Arc<str>,
     pub addresses: Box<[IpAddr]>,
     pub canonical_name: Arc<str>,
     pub shared: Arc<Shared>,
@@ -46,13 +48,11 @@ pub struct Workload {
     pub strict_mtls: bool,
 }
 
-/// The part of a workload its replicas on a node have in common, held once for all of them:
-/// a workload's own fields beside these are a fifth of what they were (208 B with its `Arc`
-/// against 112 B, per workload).
+/// The part of a workload its replicas have in common, held once for all of them: a workload
+/// with its `Arc` takes 128 B where it took 208 B with these fields inline.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shared {
     pub namespace: Arc<str>,
-    pub node: Arc<str>,
     pub identity: SpiffeId,
     pub canonical_revision: Arc<str>,
     /// `<namespace>/<name>` of the authorization policies that select this workload.
@@ -107,7 +107,6 @@ impl Workload {
         };
         let shared = Shared {
             namespace: interned.str(&w.namespace),
-            node: interned.str(&w.node),
             identity,
             canonical_revision: interned.str(&w.canonical_revision),
             authorization_policies: interned.list(&w.authorization_policies),
@@ -120,6 +119,7 @@ impl Workload {
         Ok(Workload {
             uid: w.uid.as_str().into(),
             name,
+            node: interned.str(&w.node),
             addresses,
             canonical_name,
             shared: interned.shared(shared),
