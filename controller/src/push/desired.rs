@@ -9,7 +9,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use super::ResourceKey;
-use super::snapshot::{WireResource, entry_hash};
+use super::snapshot::{WireResource, entry_hash, version_text};
 
 pub type Resolved = BTreeMap<ResourceKey, Arc<WireResource>>;
 
@@ -196,6 +196,6 @@ impl Desired {
         let mut h = DefaultHasher::new();
         self.shared_hash.hash(&mut h);
         self.own_hash.hash(&mut h);
-        format!("{:016x}", h.finish())
+        version_text(h.finish())
     }
 }

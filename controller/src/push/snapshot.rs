@@ -318,7 +318,7 @@ impl WireResource {
         }
     }
 
-    /// The resource as sent, decoded again (for a config dump, a what-if evaluation or a test).
+    /// The resource as sent, decoded again (for a what-if evaluation, a bench or a test).
     pub fn decode(&self) -> Resource {
         Resource::decode(self.encoded.clone()).expect("encoded by this process")
     }
