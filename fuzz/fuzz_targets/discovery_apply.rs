@@ -70,7 +70,7 @@ fn check_indexes(store: &Store) {
             .workload(&w.uid)
             .expect("a workload is found by its uid");
         assert!(Arc::ptr_eq(found, w));
-        for ip in w.addresses.iter() {
+        for ip in w.addresses() {
             assert!(
                 mesh.workload_by_ip(*ip).is_some(),
                 "{} is not found by its address {ip}",

@@ -86,7 +86,7 @@ impl Destination {
         if let Some(workload) = state.workload_by_ip(authority.ip()) {
             if workload.shared.waypoint.as_deref() != Some(waypoint) {
                 return Err(not_ours(
-                    format!("workload {}/{}", workload.shared.namespace, workload.name),
+                    format!("workload {}/{}", workload.shared.namespace, workload.name()),
                     &workload.shared.waypoint,
                 ));
             }
@@ -111,7 +111,7 @@ impl Destination {
         match self {
             Destination::Service { service, port } => format!("{}:{}", service.hostname, port.port),
             Destination::Workload { workload, port } => {
-                format!("{}/{}:{port}", workload.shared.namespace, workload.name)
+                format!("{}/{}:{port}", workload.shared.namespace, workload.name())
             }
         }
     }
@@ -161,7 +161,7 @@ mod tests {
         }
         match resolve("10.244.1.5:8080").unwrap() {
             Destination::Workload { workload, port } => {
-                assert_eq!(&*workload.name, "ratings");
+                assert_eq!(workload.name(), "ratings");
                 assert_eq!(port, 8080);
             }
             other => panic!("expected the workload, got {other:?}"),

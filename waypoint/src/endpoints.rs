@@ -64,7 +64,7 @@ impl Backend {
 fn address(workload: &Workload, family: IpAddr) -> Option<IpAddr> {
     workload
         .address_like(family)
-        .or_else(|| workload.addresses.first().copied())
+        .or_else(|| workload.addresses().first().copied())
 }
 
 impl std::fmt::Display for Backend {
@@ -75,7 +75,8 @@ impl std::fmt::Display for Backend {
                 write!(
                     f,
                     "workload {}/{}:{port}",
-                    workload.shared.namespace, workload.name
+                    workload.shared.namespace,
+                    workload.name()
                 )
             }
         }

@@ -60,7 +60,7 @@ fn addressed(destination: &Destination) -> (&str, &str, &str, u16) {
     match destination {
         Destination::Service { service, port } => (&service.hostname, "", "", port.port),
         Destination::Workload { workload, port } => {
-            ("", &workload.name, &workload.shared.namespace, *port)
+            ("", workload.name(), &workload.shared.namespace, *port)
         }
     }
 }
@@ -137,7 +137,7 @@ fn event(down: &Downstream, r: &Report, end: &Ending<'_>, failed: bool) -> FlowE
 
 fn party(w: &Workload) -> Party {
     Party {
-        workload: w.name.to_string(),
+        workload: w.name().to_string(),
         namespace: w.shared.namespace.to_string(),
         identity: w.shared.identity.to_string(),
         address: String::new(),

@@ -122,7 +122,7 @@ impl Forwarder {
         let live: HashSet<IpAddr> = snapshot
             .mesh
             .workloads()
-            .flat_map(|w| w.addresses.iter().copied())
+            .flat_map(|w| w.addresses().iter().copied())
             .collect();
         self.balancer.retain(|e| live.contains(&e.ip()));
         self.upstream.retain(|t| live.contains(&t.endpoint.ip()));

@@ -255,7 +255,7 @@ impl Telemetry {
 
 fn peer(w: &Workload) -> t::Peer {
     t::Peer {
-        workload: w.name.as_ref().into(),
+        workload: w.name().into(),
         namespace: w.shared.namespace.as_ref().into(),
         principal: w.shared.identity.as_str().into(),
         app: w.canonical_or_name().into(),

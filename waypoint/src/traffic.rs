@@ -252,7 +252,7 @@ impl Traffic {
             let mut health = HashMap::new();
             if settings.outlier.is_some() {
                 for w in &workloads {
-                    for ip in w.addresses.iter() {
+                    for ip in w.addresses().iter() {
                         for port in service.ports.iter() {
                             let addr = SocketAddr::new(*ip, port.target_port);
                             let record = old

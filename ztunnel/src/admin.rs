@@ -48,10 +48,10 @@ impl AdminState {
                 .workloads()
                 .map(|w| WorkloadView {
                     uid: w.uid.to_string(),
-                    name: w.name.to_string(),
+                    name: w.name().to_string(),
                     namespace: w.shared.namespace.to_string(),
                     node: w.node.to_string(),
-                    addresses: w.addresses.iter().map(|a| a.to_string()).collect(),
+                    addresses: w.addresses().iter().map(|a| a.to_string()).collect(),
                     protocol: w.protocol.as_str().into(),
                     identity: w.shared.identity.to_string(),
                     healthy: w.healthy,

@@ -83,7 +83,7 @@ fn acks_what_it_applies_and_nacks_the_rest_keeping_the_last_good() {
         assert_eq!(applier.applied.load(Ordering::Relaxed), count);
         let state = applier.state.read();
         let w = state.workload(&uid("client")).expect("kept");
-        assert_eq!(w.addresses[0].to_string(), held);
+        assert_eq!(w.addresses()[0].to_string(), held);
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ambit_proto::api::discovery::{self as api, resource::Kind};
 use imbl::ordmap::Entry;
 
+use super::dense;
 use super::interned::Interned;
 use super::reindex::Touched;
 use super::version::{Version, VersionKey};
@@ -35,8 +36,8 @@ impl ProxyState {
         next.remove(&response.removed, &mut touched);
         next.add(&response.resources, &mut touched)?;
         if response.full_state {
-            next.interned.settle();
-        } else if next.interned.outgrown() {
+            next.interned.values().settle();
+        } else if next.interned.values().outgrown() {
             next.interned = Interned::of(next.workloads.values());
         }
         if response.full_state {
@@ -76,8 +77,10 @@ impl ProxyState {
                 // A type this proxy does not know: nothing of it is held.
                 Ok(api::ResourceType::Unspecified) | Err(_) => {}
             }
-            self.versions
-                .remove(&VersionKey::new(r.r#type, name.into()));
+            if r.r#type != api::ResourceType::Workload as i32 {
+                self.versions
+                    .remove(&VersionKey::new(r.r#type, name.into()));
+            }
         }
     }
 
@@ -86,6 +89,10 @@ impl ProxyState {
         resources: &[api::Resource],
         touched: &mut Touched,
     ) -> Result<(), StateError> {
+        let interned = self.interned.clone();
+        let mut interned = interned.values();
+        // Put in all at once, after the loop: in an order that fills the map's nodes.
+        let mut workloads = Vec::new();
         for resource in resources {
             let Some(kind) = &resource.kind else {
                 return Err(StateError::EmptyResource {
@@ -95,13 +102,12 @@ impl ProxyState {
             // The name the resource is held under, shared with its version's key.
             let (type_key, held_as): (_, Arc<str>) = match kind {
                 Kind::Workload(w) => {
-                    let w = Arc::new(Workload::from_api_in(w, &mut self.interned)?);
-                    let uid = w.uid.clone();
+                    let w = Workload::from_api_in(w, &resource.version, &mut interned)?;
+                    let w = Arc::new(w);
                     touched.new_workloads.push(w.clone());
-                    touched
-                        .old_workloads
-                        .extend(self.workloads.insert(w.uid.clone(), w));
-                    (api::ResourceType::Workload, uid)
+                    workloads.push((w.uid.clone(), w));
+                    // It holds its version itself.
+                    continue;
                 }
                 Kind::Service(s) => {
                     let s = Arc::new(Service::from_api(s)?);
@@ -156,23 +162,21 @@ impl ProxyState {
                 Version::of(&resource.version),
             );
         }
+        dense::insert_all(&mut self.workloads, workloads, |old| {
+            touched.old_workloads.push(old)
+        });
         Ok(())
     }
 
     /// The indexes of the whole state, built afresh.
     pub(super) fn index(&self) -> Result<Indexes, StateError> {
+        let addresses: Vec<(IpAddr, Arc<Workload>)> = self
+            .workloads
+            .values()
+            .flat_map(|w| w.addresses().iter().map(|ip| (*ip, w.clone())))
+            .collect();
         let mut by_ip: Map<IpAddr, Arc<Workload>> = Map::new();
-        for w in self.workloads.values() {
-            for ip in w.addresses.iter() {
-                if let Some(first) = by_ip.insert(*ip, w.clone()) {
-                    return Err(StateError::DuplicateAddress {
-                        address: *ip,
-                        first: first.uid.to_string(),
-                        second: w.uid.to_string(),
-                    });
-                }
-            }
-        }
+        dense::insert_all(&mut by_ip, unique_addresses(addresses)?, |_| {});
         let mut by_vip = Map::new();
         let mut by_hostname: Map<Arc<str>, Arc<Service>> = Map::new();
         let mut by_endpoint: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
@@ -198,14 +202,34 @@ impl ProxyState {
                 by_endpoint.entry(uid.clone()).or_default().push(s.clone());
             }
         }
+        let mut endpoints = Map::new();
+        let services_of = by_endpoint
+            .into_iter()
+            .map(|(uid, services)| (uid, Arc::from(services)))
+            .collect();
+        dense::insert_all(&mut endpoints, services_of, |_| {});
         Ok(Indexes {
             by_ip,
             by_vip,
             by_hostname,
-            by_endpoint: by_endpoint
-                .into_iter()
-                .map(|(uid, services)| (uid, Arc::from(services)))
-                .collect(),
+            by_endpoint: endpoints,
         })
     }
+}
+
+/// `addresses` sorted, or the first address two workloads claim (the one earlier in the list
+/// named first).
+pub(super) fn unique_addresses(
+    mut addresses: Vec<(IpAddr, Arc<Workload>)>,
+) -> Result<Vec<(IpAddr, Arc<Workload>)>, StateError> {
+    // Stable: of two claims to one address, the earlier stays first.
+    addresses.sort_by_key(|(ip, _)| *ip);
+    if let Some(pair) = addresses.windows(2).find(|p| p[0].0 == p[1].0) {
+        return Err(StateError::DuplicateAddress {
+            address: pair[0].0,
+            first: pair[0].1.uid.to_string(),
+            second: pair[1].1.uid.to_string(),
+        });
+    }
+    Ok(addresses)
 }

@@ -110,7 +110,11 @@ impl ProxyState {
             if w.uid == source.uid || scope.has_namespace(&w.shared.namespace) || backs_one() {
                 return Ok(());
             }
-            format!("workload {}/{} ({destination})", w.shared.namespace, w.name)
+            format!(
+                "workload {}/{} ({destination})",
+                w.shared.namespace,
+                w.name()
+            )
         } else {
             return Ok(());
         };

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use imbl::ordmap::Entry;
 
-use super::{Indexes, ProxyState, Service, StateError, Workload};
+use super::apply::unique_addresses;
+use super::{Indexes, ProxyState, Service, StateError, Workload, dense};
 
 /// The workloads and services a delta replaced or removed (as the indexes hold them) and those
 /// it put in their place.
@@ -49,7 +50,7 @@ impl Touched {
             .collect();
 
         for old in &self.old_workloads {
-            for ip in old.addresses.iter() {
+            for ip in old.addresses() {
                 if by_ip.get(ip).is_some_and(|w| w.uid == old.uid) {
                     by_ip.remove(ip);
                 }
@@ -71,24 +72,21 @@ impl Touched {
             endpoints.extend(old.endpoints.iter().cloned());
         }
 
-        for w in &current_workloads {
-            for ip in w.addresses.iter() {
-                // Every old version was taken out above, so an address still held is another
-                // workload's, or this one's listed twice: refused either way, as a full state.
-                match by_ip.entry(*ip) {
-                    Entry::Occupied(o) => {
-                        return Err(StateError::DuplicateAddress {
-                            address: *ip,
-                            first: o.get().uid.to_string(),
-                            second: w.uid.to_string(),
-                        });
-                    }
-                    Entry::Vacant(v) => {
-                        v.insert((*w).clone());
-                    }
-                }
-            }
+        let addresses: Vec<_> = current_workloads
+            .iter()
+            .flat_map(|w| w.addresses().iter().map(|ip| (*ip, (*w).clone())))
+            .collect();
+        // Listed twice among them, or (as every old version was taken out above) still held
+        // by another workload: refused either way, as a full state.
+        let addresses = unique_addresses(addresses)?;
+        if let Some((ip, w)) = addresses.iter().find(|(ip, _)| by_ip.contains_key(ip)) {
+            return Err(StateError::DuplicateAddress {
+                address: *ip,
+                first: by_ip[ip].uid.to_string(),
+                second: w.uid.to_string(),
+            });
         }
+        dense::insert_all(by_ip, addresses, |_| {});
         // What each endpoint is now in, of the services this delta touched.
         let mut backs: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
         for s in &current_services {

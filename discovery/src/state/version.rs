@@ -19,6 +19,14 @@ impl VersionKey {
         VersionKey { kind, name }
     }
 
+    pub(super) fn is_workload(&self) -> bool {
+        self.kind == api::ResourceType::Workload as i32
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Reads `<type>/<name>`, as `known_versions` writes it; `None` for a type not known here.
     pub(super) fn parse(key: &str) -> Option<Self> {
         let (kind, name) = key.split_once('/')?;
@@ -40,7 +48,8 @@ impl std::fmt::Display for VersionKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Version {
     Hash(u64),
-    Text(Arc<str>),
+    /// Behind one pointer, so a version is 16 B wherever it is held.
+    Text(Arc<String>),
 }
 
 impl Version {
@@ -48,7 +57,7 @@ impl Version {
         let hash = text.len() == 16 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         match u64::from_str_radix(text, 16) {
             Ok(n) if hash => Version::Hash(n),
-            _ => Version::Text(text.into()),
+            _ => Version::Text(Arc::new(text.to_string())),
         }
     }
 }

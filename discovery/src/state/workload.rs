@@ -8,7 +8,8 @@ use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
 
 use super::StateError;
-use super::interned::Interned;
+use super::interned::{Interned, Values};
+use super::version::Version;
 
 /// How a workload is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,30 +31,60 @@ impl Protocol {
 }
 
 /// A pod (or other workload) of the mesh, checked. What it has in common with its replicas
-/// is one [`Shared`] value they all point to (see [`Interned`]); its node is interned on its
-/// own, as replicas mostly run on different nodes; a canonical name equal to the pod's name
-/// shares the name's allocation.
+/// is one [`Shared`] value they all point to (see [`super::interned`]); its node is interned on
+/// its own, as replicas mostly run on different nodes. Held per workload of the mesh (50k and
+/// more on a ztunnel sent everything), so it keeps nothing twice: its name is the end of its
+/// uid, its one address inline.
 #[derive(Debug)]
 pub struct Workload {
     /// Its stable id, `<cluster>//Pod/<namespace>/<name>`; also its key in the state.
     pub uid: Arc<str>,
-    pub name: Arc<str>,
+    /// Its name, when that is not the uid's last segment (the controller's uids end with it).
+    own_name: Option<Arc<str>>,
     pub node: Arc<str>,
-    pub addresses: Box<[IpAddr]>,
-    pub canonical_name: Arc<str>,
+    addresses: Addresses,
     pub shared: Arc<Shared>,
+    /// The version of the resource it was built from, which a reconnecting proxy reports.
+    pub(super) version: Version,
     pub protocol: Protocol,
     pub healthy: bool,
     /// Plaintext from outside the mesh is refused (`ambit.io/mtls-mode: strict`).
     pub strict_mtls: bool,
 }
 
+/// A workload's addresses: nearly always one (two when dual-stack), the one held inline
+/// rather than in an allocation of its own.
+#[derive(Debug)]
+enum Addresses {
+    One(IpAddr),
+    Many(Box<[IpAddr]>),
+}
+
+impl Addresses {
+    fn of(mut ips: Vec<IpAddr>) -> Self {
+        match ips.len() {
+            1 => Addresses::One(ips.pop().expect("one address")),
+            _ => Addresses::Many(ips.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[IpAddr] {
+        match self {
+            Addresses::One(ip) => std::slice::from_ref(ip),
+            Addresses::Many(ips) => ips,
+        }
+    }
+}
+
 /// The part of a workload its replicas have in common, held once for all of them: a workload
-/// with its `Arc` takes 128 B where it took 208 B with these fields inline.
+/// with its `Arc` takes 120 B where it took 208 B with these fields inline.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shared {
     pub namespace: Arc<str>,
     pub identity: SpiffeId,
+    /// The app its replicas make up, unless that is the pod's own name (then `None`, so pods
+    /// without an app label can still share the rest).
+    pub canonical_name: Option<Arc<str>>,
     pub canonical_revision: Arc<str>,
     /// `<namespace>/<name>` of the authorization policies that select this workload.
     pub authorization_policies: Arc<[Arc<str>]>,
@@ -64,13 +95,15 @@ pub struct Shared {
 impl Workload {
     /// Checks a workload from the wire: uid, addresses, protocol and identity must be valid.
     pub fn from_api(w: &api::Workload) -> Result<Self, StateError> {
-        Self::from_api_in(w, &mut Interned::default())
+        Self::from_api_in(w, "", &mut Interned::default().values())
     }
 
-    /// [`Self::from_api`], sharing the text other workloads of the state hold.
+    /// [`Self::from_api`] for a resource at `version`, sharing the values other workloads of
+    /// the state hold.
     pub(super) fn from_api_in(
         w: &api::Workload,
-        interned: &mut Interned,
+        version: &str,
+        interned: &mut Values,
     ) -> Result<Self, StateError> {
         let invalid = |reason: String| StateError::InvalidWorkload {
             uid: w.uid.clone(),
@@ -97,17 +130,11 @@ impl Workload {
                 &w.service_account,
             )
             .map_err(invalid)?;
-        // A pod's name is its own; its canonical name is usually its app's, which its
-        // replicas share, and otherwise the pod's name, which is then not kept twice.
-        let name: Arc<str> = w.name.as_str().into();
-        let canonical_name = if w.canonical_name == w.name {
-            name.clone()
-        } else {
-            interned.str(&w.canonical_name)
-        };
+        let own_name = (last_segment(&w.uid) != w.name).then(|| w.name.as_str().into());
         let shared = Shared {
             namespace: interned.str(&w.namespace),
             identity,
+            canonical_name: (w.canonical_name != w.name).then(|| interned.str(&w.canonical_name)),
             canonical_revision: interned.str(&w.canonical_revision),
             authorization_policies: interned.list(&w.authorization_policies),
             waypoint: w
@@ -118,11 +145,11 @@ impl Workload {
         };
         Ok(Workload {
             uid: w.uid.as_str().into(),
-            name,
+            own_name,
             node: interned.str(&w.node),
-            addresses,
-            canonical_name,
+            addresses: Addresses::of(addresses.into_vec()),
             shared: interned.shared(shared),
+            version: Version::of(version),
             protocol,
             healthy: w.status != api::WorkloadStatus::Unhealthy as i32,
             strict_mtls: match api::MtlsMode::try_from(w.mtls_mode) {
@@ -134,22 +161,47 @@ impl Workload {
         })
     }
 
+    /// The pod's name.
+    pub fn name(&self) -> &str {
+        self.own_name
+            .as_deref()
+            .unwrap_or_else(|| last_segment(&self.uid))
+    }
+
+    /// Its canonical name (the app it is a replica of; its own name without one).
+    pub fn canonical_name(&self) -> &str {
+        self.shared
+            .canonical_name
+            .as_deref()
+            .unwrap_or_else(|| self.name())
+    }
+
+    pub fn addresses(&self) -> &[IpAddr] {
+        self.addresses.as_slice()
+    }
+
     /// The name dashboards group by: the canonical service name, else the pod name.
     pub fn canonical_or_name(&self) -> String {
-        if self.canonical_name.is_empty() {
-            self.name.to_string()
+        let canonical = self.canonical_name();
+        if canonical.is_empty() {
+            self.name().to_string()
         } else {
-            self.canonical_name.to_string()
+            canonical.to_string()
         }
     }
 
     /// The workload's address in the same family as `like`, so a v6 client reaches a v6 pod.
     pub fn address_like(&self, like: IpAddr) -> Option<IpAddr> {
-        self.addresses
+        self.addresses()
             .iter()
             .copied()
             .find(|a| a.is_ipv4() == like.is_ipv4())
     }
+}
+
+/// What follows a uid's last `/`: the pod's name, in the uids the controller gives.
+fn last_segment(uid: &str) -> &str {
+    uid.rsplit('/').next().unwrap_or(uid)
 }
 
 /// Addresses as text, each parsed; an error names the first bad one as a `what`.
@@ -180,4 +232,46 @@ pub(super) fn identity(
 ) -> Result<SpiffeId, String> {
     SpiffeId::new(trust_domain(trust_domain_named), namespace, service_account)
         .map_err(|e| format!("its identity is invalid: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_stays_small() {
+        // 50k and more are held: every field here is paid that many times.
+        assert!(
+            std::mem::size_of::<Workload>() <= 104,
+            "{}",
+            std::mem::size_of::<Workload>()
+        );
+    }
+
+    #[test]
+    fn its_name_is_read_off_its_uid_unless_it_differs() {
+        let mut w = api::Workload {
+            uid: "Kubernetes//Pod/demo/reviews-v1-abc".into(),
+            name: "reviews-v1-abc".into(),
+            namespace: "demo".into(),
+            service_account: "reviews".into(),
+            addresses: vec!["10.0.0.1".into(), "fd00::1".into()],
+            canonical_name: "reviews".into(),
+            protocol: api::Protocol::Hbone as i32,
+            ..Default::default()
+        };
+        let held = Workload::from_api(&w).unwrap();
+        assert!(held.own_name.is_none());
+        assert_eq!(held.name(), "reviews-v1-abc");
+        assert_eq!(held.canonical_name(), "reviews");
+        assert_eq!(held.addresses().len(), 2);
+        w.name = "other".into();
+        w.canonical_name = "other".into();
+        w.addresses.pop();
+        let held = Workload::from_api(&w).unwrap();
+        assert_eq!(held.name(), "other");
+        assert_eq!(held.canonical_name(), "other");
+        assert!(held.shared.canonical_name.is_none());
+        assert_eq!(held.addresses(), ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
 }

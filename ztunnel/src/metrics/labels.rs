@@ -84,7 +84,7 @@ impl Side {
             return labels;
         };
         PeerLabels {
-            workload: w.name.to_string(),
+            workload: w.name().to_string(),
             namespace: w.shared.namespace.to_string(),
             principal: self
                 .principal

@@ -312,7 +312,7 @@ impl Metrics {
             .workload
             .as_ref()
             .map_or((UNKNOWN.to_string(), UNKNOWN.to_string()), |w| {
-                (w.name.to_string(), w.shared.namespace.to_string())
+                (w.name().to_string(), w.shared.namespace.to_string())
             });
         let l = vec![
             Label::new("waypoint", waypoint.to_string()),
@@ -357,15 +357,18 @@ pub(crate) mod tests {
     use super::*;
 
     fn workload(name: &str, ip: &str) -> Arc<ambit_discovery::state::Workload> {
-        let w = ambit_discovery::testing::meshed_workload(name, &[ip]);
-        Arc::new(ambit_discovery::state::Workload {
-            uid: format!("Kubernetes//Pod/demo/{name}").into(),
-            shared: Arc::new(ambit_discovery::state::Shared {
-                canonical_revision: "v1".into(),
-                ..(*w.shared).clone()
-            }),
-            ..w
-        })
+        use ambit_proto::api::discovery::resource::Kind;
+        let resource = ambit_discovery::testing::workload(
+            name,
+            &[ip],
+            ambit_proto::api::workload::Protocol::Hbone,
+        );
+        let Some(Kind::Workload(mut w)) = resource.kind else {
+            unreachable!("testing::workload builds a workload")
+        };
+        w.uid = format!("Kubernetes//Pod/demo/{name}");
+        w.canonical_revision = "v1".into();
+        Arc::new(ambit_discovery::state::Workload::from_api(&w).expect("a valid workload"))
     }
 
     /// A tunnel from client to reviews-v1, addressed to the reviews service.

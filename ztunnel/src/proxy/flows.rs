@@ -92,7 +92,7 @@ impl Flow<'_> {
                 .principal
                 .as_ref()
                 .map_or("", SpiffeId::as_str),
-            destination_workload: &workload.name,
+            destination_workload: workload.name(),
             destination_namespace: &workload.shared.namespace,
             destination_port: self.target.port().into(),
             ..Default::default()
@@ -167,7 +167,7 @@ fn party(side: &Side, address: SocketAddr) -> Party {
         ..Default::default()
     };
     if let Some(w) = &side.workload {
-        party.workload = w.name.to_string();
+        party.workload = w.name().to_string();
         party.namespace = w.shared.namespace.to_string();
         party.app = w.canonical_or_name();
         party.version = w.shared.canonical_revision.to_string();

@@ -146,7 +146,8 @@ fn admit(
             status: StatusCode::UNAUTHORIZED,
             reason: format!(
                 "{}/{} requires mTLS (ambit.io/mtls-mode: strict) and this connection is plaintext from outside the mesh: mesh the client, or set the namespace's mode to permissive",
-                workload.shared.namespace, workload.name
+                workload.shared.namespace,
+                workload.name()
             ),
             why: FailureReason::StrictMtls,
             policy: None,

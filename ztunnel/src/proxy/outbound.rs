@@ -98,7 +98,7 @@ fn aims_at_proxy(dst: SocketAddr, source: &Workload) -> bool {
     PROXY_PORTS.contains(&dst.port())
         && (dst.ip().is_loopback()
             || dst.ip().is_unspecified()
-            || source.addresses.contains(&dst.ip()))
+            || source.addresses().contains(&dst.ip()))
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &ProxyContext) {
@@ -484,7 +484,7 @@ fn connect_request(
 fn source_baggage(source: &Workload) -> String {
     SourceWorkload {
         namespace: (*source.shared.namespace).into(),
-        workload: (*source.name).into(),
+        workload: source.name().into(),
         app: source.canonical_or_name().into(),
         version: if source.shared.canonical_revision.is_empty() {
             "latest".into()

@@ -39,7 +39,7 @@ fn resolves_vips_workloads_and_the_outside() {
             target,
             service,
         } => {
-            assert_eq!(&*workload.name, "reviews-v1");
+            assert_eq!(workload.name(), "reviews-v1");
             assert_eq!(target, "10.244.1.4:8080".parse().unwrap());
             assert_eq!(&*service.unwrap().key, "demo/reviews");
         }
