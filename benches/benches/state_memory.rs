@@ -201,12 +201,22 @@ fn main() {
     );
     let mut json = serde_json::Map::new();
     let one_thread = args.flag("--decode-where-applied");
+    // The proxies fix the allocator's thresholds at start; `--allocator-defaults` shows what
+    // that saves.
+    let defaults = args.flag("--allocator-defaults");
+    if !defaults {
+        ambit_discovery::memory::bound_arena_blocks();
+    }
     let rss = rss_as_a_proxy(Shape::Bulk, n, one_thread);
     let how = match one_thread {
         true => "decoded and applied on one thread",
         false => "decoded on one thread, applied on another",
     };
-    println!("bulk     as a proxy  RSS grown {rss:>6.0} B ({how}, trimmed)");
+    let thresholds = match defaults {
+        true => "glibc's own thresholds",
+        false => "thresholds fixed as the proxies fix them",
+    };
+    println!("bulk     as a proxy  RSS grown {rss:>6.0} B ({how}, {thresholds}, trimmed)");
     json.insert(
         "bulk_proxy_rss_bytes_per_workload".into(),
         rss.round().into(),

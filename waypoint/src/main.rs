@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    ambit_discovery::memory::bound_arena_blocks();
     let config = Config::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.max(1))

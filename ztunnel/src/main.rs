@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    ambit_discovery::memory::bound_arena_blocks();
     // Only starting, signals and shutdown run here: the data path runs on the data workers
     // and config on the control runtime, each on threads of their own.
     tokio::runtime::Builder::new_current_thread()
