@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use ambit_discovery::state::Workload;
 use ambit_discovery::testing::{response, route, service, using_waypoint, waypoint, workload};
 use ambit_proto::api::discovery::SubscribeResponse;
 use ambit_proto::api::workload::Protocol;
@@ -67,14 +68,14 @@ fn check_indexes(store: &Store) {
     let mesh = &snapshot.mesh;
     for w in mesh.workloads() {
         let found = mesh
-            .workload(&w.uid)
+            .workload(w.uid())
             .expect("a workload is found by its uid");
-        assert!(Arc::ptr_eq(found, w));
+        assert!(Workload::ptr_eq(found, w));
         for ip in w.addresses() {
             assert!(
                 mesh.workload_by_ip(*ip).is_some(),
                 "{} is not found by its address {ip}",
-                w.uid
+                w.uid()
             );
         }
     }

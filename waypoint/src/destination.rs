@@ -17,7 +17,7 @@ pub enum Destination {
         port: ServicePort,
     },
     /// A workload addressed directly (its own `ambit.io/use-waypoint`).
-    Workload { workload: Arc<Workload>, port: u16 },
+    Workload { workload: Workload, port: u16 },
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -11,13 +11,13 @@ use ambit_discovery::state::{ProxyState, Service, Workload};
 #[derive(Debug, Clone)]
 pub enum Backend {
     Service { service: Arc<Service>, port: u16 },
-    Workload { workload: Arc<Workload>, port: u16 },
+    Workload { workload: Workload, port: u16 },
 }
 
 /// One endpoint a request may go to.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    pub workload: Arc<Workload>,
+    pub workload: Workload,
     /// Pod address and target port.
     pub target: SocketAddr,
 }

@@ -141,7 +141,7 @@ fn party(w: &Workload) -> Party {
         namespace: w.shared.namespace.to_string(),
         identity: w.shared.identity.to_string(),
         address: String::new(),
-        app: w.canonical_or_name(),
+        app: w.canonical_or_name().to_string(),
         version: w.shared.canonical_revision.to_string(),
     }
 }

@@ -41,7 +41,7 @@ pub struct Downstream {
     /// The client's address (from `forwarded`, else the tunnel's peer address).
     pub client_addr: SocketAddr,
     /// The client's workload, when the config knows it (telemetry).
-    pub source: Option<Arc<Workload>>,
+    pub source: Option<Workload>,
     /// The client's workload as its ztunnel named it (`baggage`), when the config does not
     /// know it: a waypoint's config holds the workloads it sends to, not its clients.
     pub claimed: Option<SourceWorkload>,

@@ -200,14 +200,14 @@ impl Telemetry {
     }
 
     fn labels(&self, down: &Downstream, report: &Report) -> Arc<Labelled> {
-        let source = down.source.as_deref();
+        let source = down.source.as_ref();
         let claimed = down.claimed.as_ref();
-        let destination = report.endpoint.as_ref().map(|e| &*e.workload);
+        let destination = report.endpoint.as_ref().map(|e| &e.workload);
         let service = report.backend.as_deref();
         let key = (
-            source.map_or(down.peer.as_str(), |w| &w.uid),
+            source.map_or(down.peer.as_str(), |w| w.uid()),
             claimed.map_or("", |c| &c.workload),
-            destination.map_or("", |w| &w.uid),
+            destination.map_or("", |w| w.uid()),
             service.map_or("", |s| &s.key),
         );
         let hash = self.labels_hasher().hash_one(key);

@@ -47,7 +47,7 @@ impl AdminState {
             let mut workloads: Vec<WorkloadView> = s
                 .workloads()
                 .map(|w| WorkloadView {
-                    uid: w.uid.to_string(),
+                    uid: w.uid().to_string(),
                     name: w.name().to_string(),
                     namespace: w.shared.namespace.to_string(),
                     node: w.node.to_string(),

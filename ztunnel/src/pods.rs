@@ -241,7 +241,7 @@ impl Pods {
     }
 
     /// The pod's workload, once a config holding it has been applied (up to [`CONFIG_WAIT`]).
-    async fn await_workload(&self, uid: &str) -> Result<Arc<Workload>, PodError> {
+    async fn await_workload(&self, uid: &str) -> Result<Workload, PodError> {
         let mut applied = self.applied.clone();
         let arrived = async {
             loop {

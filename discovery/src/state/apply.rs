@@ -13,6 +13,7 @@ use super::dense;
 use super::interned::Interned;
 use super::reindex::Touched;
 use super::version::{Version, VersionKey};
+use super::workload::ByUid;
 use super::{
     EgressScope, Indexes, Map, Policy, ProxyState, Service, StateError, Waypoint, Workload,
 };
@@ -38,7 +39,7 @@ impl ProxyState {
         if response.full_state {
             next.interned.values().settle();
         } else if next.interned.values().outgrown() {
-            next.interned = Interned::of(next.workloads.values());
+            next.interned = Interned::of(next.workloads());
         }
         if response.full_state {
             next.indexes = next.index()?;
@@ -54,7 +55,9 @@ impl ProxyState {
             let name = r.name.as_str();
             match api::ResourceType::try_from(r.r#type) {
                 Ok(api::ResourceType::Workload) => {
-                    touched.old_workloads.extend(self.workloads.remove(name));
+                    touched
+                        .old_workloads
+                        .extend(self.workloads.remove(name).map(|w| w.0));
                 }
                 Ok(api::ResourceType::Service) => {
                     touched.old_services.extend(self.services.remove(name));
@@ -103,9 +106,8 @@ impl ProxyState {
             let (type_key, held_as): (_, Arc<str>) = match kind {
                 Kind::Workload(w) => {
                     let w = Workload::from_api_in(w, &resource.version, &mut interned)?;
-                    let w = Arc::new(w);
                     touched.new_workloads.push(w.clone());
-                    workloads.push((w.uid.clone(), w));
+                    workloads.push(ByUid(w));
                     // It holds its version itself.
                     continue;
                 }
@@ -162,20 +164,21 @@ impl ProxyState {
                 Version::of(&resource.version),
             );
         }
-        dense::insert_all(&mut self.workloads, workloads, |old| {
-            touched.old_workloads.push(old)
-        });
+        for w in dense::in_fill_order(workloads, |w| w.0.uid()) {
+            touched
+                .old_workloads
+                .extend(self.workloads.insert(w).map(|old| old.0));
+        }
         Ok(())
     }
 
     /// The indexes of the whole state, built afresh.
     pub(super) fn index(&self) -> Result<Indexes, StateError> {
-        let addresses: Vec<(IpAddr, Arc<Workload>)> = self
-            .workloads
-            .values()
+        let addresses: Vec<(IpAddr, Workload)> = self
+            .workloads()
             .flat_map(|w| w.addresses().iter().map(|ip| (*ip, w.clone())))
             .collect();
-        let mut by_ip: Map<IpAddr, Arc<Workload>> = Map::new();
+        let mut by_ip: Map<IpAddr, Workload> = Map::new();
         dense::insert_all(&mut by_ip, unique_addresses(addresses)?, |_| {});
         let mut by_vip = Map::new();
         let mut by_hostname: Map<Arc<str>, Arc<Service>> = Map::new();
@@ -220,15 +223,15 @@ impl ProxyState {
 /// `addresses` sorted, or the first address two workloads claim (the one earlier in the list
 /// named first).
 pub(super) fn unique_addresses(
-    mut addresses: Vec<(IpAddr, Arc<Workload>)>,
-) -> Result<Vec<(IpAddr, Arc<Workload>)>, StateError> {
+    mut addresses: Vec<(IpAddr, Workload)>,
+) -> Result<Vec<(IpAddr, Workload)>, StateError> {
     // Stable: of two claims to one address, the earlier stays first.
     addresses.sort_by_key(|(ip, _)| *ip);
     if let Some(pair) = addresses.windows(2).find(|p| p[0].0 == p[1].0) {
         return Err(StateError::DuplicateAddress {
             address: pair[0].0,
-            first: pair[0].1.uid.to_string(),
-            second: pair[1].1.uid.to_string(),
+            first: pair[0].1.uid().to_string(),
+            second: pair[1].1.uid().to_string(),
         });
     }
     Ok(addresses)

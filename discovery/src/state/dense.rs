@@ -15,25 +15,34 @@ use super::Map;
 /// never went in).
 pub(super) fn insert_all<K: Ord + Clone, V: Clone>(
     map: &mut Map<K, V>,
-    mut entries: Vec<(K, V)>,
+    entries: Vec<(K, V)>,
     mut replaced: impl FnMut(V),
 ) {
+    for (k, v) in in_fill_order(entries, |(k, _)| k) {
+        if let Some(old) = map.insert(k, v) {
+            replaced(old);
+        }
+    }
+}
+
+/// `entries` in the order that fills a B-tree's leaves, each key (`key` of an entry) once: the
+/// last entry listed under it.
+pub(super) fn in_fill_order<T, K: Ord + ?Sized>(
+    mut entries: Vec<T>,
+    key: impl Fn(&T) -> &K,
+) -> impl Iterator<Item = T> {
     // Stable, so of a key listed twice the later stays last; then only it is kept.
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut kept: Vec<(K, V)> = Vec::with_capacity(entries.len());
+    entries.sort_by(|a, b| key(a).cmp(key(b)));
+    let mut kept: Vec<T> = Vec::with_capacity(entries.len());
     for e in entries {
         match kept.last_mut() {
-            Some(last) if last.0 == e.0 => *last = e,
+            Some(last) if key(last) == key(&e) => *last = e,
             _ => kept.push(e),
         }
     }
     let (evens, odds): (Vec<_>, Vec<_>) =
         kept.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
-    for (_, (k, v)) in evens.into_iter().chain(odds) {
-        if let Some(old) = map.insert(k, v) {
-            replaced(old);
-        }
-    }
+    evens.into_iter().chain(odds).map(|(_, e)| e)
 }
 
 #[cfg(test)]

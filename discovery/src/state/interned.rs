@@ -68,7 +68,7 @@ impl Borrow<str> for ByUri {
 
 impl Interned {
     /// What `workloads` hold, and nothing else, in a set of its own.
-    pub(super) fn of<'a>(workloads: impl Iterator<Item = &'a Arc<Workload>>) -> Self {
+    pub(super) fn of<'a>(workloads: impl Iterator<Item = &'a Workload>) -> Self {
         let mut values = Values::default();
         for w in workloads {
             values.keep(&w.node);

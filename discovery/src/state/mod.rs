@@ -24,7 +24,7 @@ pub use policy::{
 };
 pub use service::{AppProtocol, Service, ServicePort};
 pub use waypoint::Waypoint;
-pub use workload::{Protocol, Shared, Workload};
+pub use workload::{Protocol, Shared, Workload, WorkloadFields};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,6 +36,7 @@ use ambit_proto::api::traffic::TrafficPolicy;
 use ambit_proto::identity::SpiffeId;
 
 use version::{Version, VersionKey};
+use workload::ByUid;
 
 /// The state's maps are persistent: a clone shares every node with the original, and a delta
 /// copies only the paths it changes. A proxy builds its next state on a clone for every
@@ -49,6 +50,7 @@ use version::{Version, VersionKey};
 /// size. A lookup costs more comparisons (at 50k, cold caches: 0.3–0.5 µs against 0.15–0.3 µs),
 /// which a connection pays once or twice; in the memory a node holds per workload, everyone pays.
 type Map<K, V> = imbl::OrdMap<K, V>;
+type Set<T> = imbl::OrdSet<T>;
 
 /// Why an update was refused (it is NACKed with this text, and the old state kept).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -80,7 +82,8 @@ pub enum StateError {
 /// The mesh as one proxy sees it; see the module docs.
 #[derive(Debug, Default, Clone)]
 pub struct ProxyState {
-    workloads: Map<Arc<str>, Arc<Workload>>,
+    /// A workload holds its uid, so this is a set found by it rather than a map keyed by it.
+    workloads: Set<ByUid>,
     services: Map<Arc<str>, Arc<Service>>,
     policies: Map<Arc<str>, Arc<Policy>>,
     waypoints: Map<Arc<str>, Arc<Waypoint>>,
@@ -104,7 +107,7 @@ pub struct ProxyState {
 /// touched them (see [`reindex`]).
 #[derive(Debug, Default, Clone)]
 struct Indexes {
-    by_ip: Map<IpAddr, Arc<Workload>>,
+    by_ip: Map<IpAddr, Workload>,
     by_vip: Map<IpAddr, Arc<Service>>,
     by_hostname: Map<Arc<str>, Arc<Service>>,
     /// The services each workload (by uid) is an endpoint of.
@@ -113,12 +116,12 @@ struct Indexes {
 
 impl ProxyState {
     /// The workload with this uid.
-    pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {
-        self.workloads.get(uid)
+    pub fn workload(&self, uid: &str) -> Option<&Workload> {
+        self.workloads.get(uid).map(|w| &w.0)
     }
 
     /// The workload that has this address.
-    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Workload> {
         self.indexes.by_ip.get(&ip)
     }
 
@@ -129,8 +132,8 @@ impl ProxyState {
     }
 
     /// Every workload, in no order.
-    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        self.workloads.values()
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads.iter().map(|w| &w.0)
     }
 
     pub fn workload_count(&self) -> usize {
@@ -212,7 +215,7 @@ impl ProxyState {
     pub fn version(&self, key: &str) -> Option<String> {
         let key = VersionKey::parse(key)?;
         let v = match key.is_workload() {
-            true => &self.workloads.get(key.name())?.version,
+            true => &self.workload(key.name())?.version,
             false => self.versions.get(&key)?,
         };
         Some(v.to_string())
@@ -221,9 +224,9 @@ impl ProxyState {
     /// Every resource held, `<type>/<name>` to version: what a reconnecting proxy tells the
     /// controller it has (`known_versions`).
     pub fn known_versions(&self) -> HashMap<String, String> {
-        let workloads = self.workloads.iter().map(|(uid, w)| {
-            let key = VersionKey::new(api::ResourceType::Workload as i32, uid.clone());
-            (key.to_string(), w.version.to_string())
+        let workloads = self.workloads().map(|w| {
+            let kind = api::ResourceType::Workload.key_name();
+            (format!("{kind}/{}", w.uid()), w.version.to_string())
         });
         self.versions
             .iter()
@@ -275,7 +278,7 @@ impl ProxyState {
         workload: &Workload,
         peer: &SpiffeId,
     ) -> Option<&Arc<Waypoint>> {
-        let services = self.services_of(&workload.uid);
+        let services = self.services_of(workload.uid());
         std::iter::once(&workload.shared.waypoint)
             .chain(services.iter().map(|s| &s.waypoint))
             .filter_map(|key| self.waypoints.get(&**key.as_ref()?))

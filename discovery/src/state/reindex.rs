@@ -15,8 +15,8 @@ use super::{Indexes, ProxyState, Service, StateError, Workload, dense};
 /// it put in their place.
 #[derive(Default)]
 pub(super) struct Touched {
-    pub(super) old_workloads: Vec<Arc<Workload>>,
-    pub(super) new_workloads: Vec<Arc<Workload>>,
+    pub(super) old_workloads: Vec<Workload>,
+    pub(super) new_workloads: Vec<Workload>,
     pub(super) old_services: Vec<Arc<Service>>,
     pub(super) new_services: Vec<Arc<Service>>,
 }
@@ -38,10 +38,14 @@ impl Touched {
             by_endpoint,
         } = indexes;
         // A resource sent twice in one response: only the one the state kept is indexed.
-        let current_workloads: Vec<&Arc<Workload>> = self
+        let current_workloads: Vec<&Workload> = self
             .new_workloads
             .iter()
-            .filter(|w| workloads.get(&w.uid).is_some_and(|c| Arc::ptr_eq(c, w)))
+            .filter(|w| {
+                workloads
+                    .get(w.uid())
+                    .is_some_and(|c| Workload::ptr_eq(&c.0, w))
+            })
             .collect();
         let current_services: Vec<&Arc<Service>> = self
             .new_services
@@ -51,7 +55,7 @@ impl Touched {
 
         for old in &self.old_workloads {
             for ip in old.addresses() {
-                if by_ip.get(ip).is_some_and(|w| w.uid == old.uid) {
+                if by_ip.get(ip).is_some_and(|w| w.uid() == old.uid()) {
                     by_ip.remove(ip);
                 }
             }
@@ -82,8 +86,8 @@ impl Touched {
         if let Some((ip, w)) = addresses.iter().find(|(ip, _)| by_ip.contains_key(ip)) {
             return Err(StateError::DuplicateAddress {
                 address: *ip,
-                first: by_ip[ip].uid.to_string(),
-                second: w.uid.to_string(),
+                first: by_ip[ip].uid().to_string(),
+                second: w.uid().to_string(),
             });
         }
         dense::insert_all(by_ip, addresses, |_| {});

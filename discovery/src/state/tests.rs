@@ -217,7 +217,10 @@ fn a_clone_shares_entries_and_the_next_state_leaves_the_old_one_alone() {
         s.workload(&uid("reviews-v1")),
         copy.workload(&uid("reviews-v1")),
     );
-    assert!(Arc::ptr_eq(a.unwrap(), b.unwrap()), "entries are shared");
+    assert!(
+        Workload::ptr_eq(a.unwrap(), b.unwrap()),
+        "entries are shared"
+    );
     let mut delta = response(false, vec![]);
     delta
         .removed
@@ -299,9 +302,10 @@ type Plain = (
 
 fn plain(s: &ProxyState) -> Plain {
     let i = &s.indexes;
-    let current_w = |w: &Arc<Workload>| {
-        assert!(Arc::ptr_eq(w, &s.workloads[&w.uid]), "stale {}", w.uid);
-        w.uid.to_string()
+    let current_w = |w: &Workload| {
+        let held = s.workload(w.uid()).expect("held");
+        assert!(Workload::ptr_eq(w, held), "stale {}", w.uid());
+        w.uid().to_string()
     };
     let current_s = |v: &Arc<Service>| {
         assert!(Arc::ptr_eq(v, &s.services[&v.key]), "stale {}", v.key);

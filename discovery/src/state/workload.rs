@@ -1,11 +1,13 @@
 //! Workloads as the proxies hold them: validated once when config arrives, so the data path
 //! never parses an address or an identity.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::workload as api;
 use ambit_proto::identity::SpiffeId;
+use triomphe::HeaderSlice;
 
 use super::StateError;
 use super::interned::{Interned, Values};
@@ -30,26 +32,51 @@ impl Protocol {
     }
 }
 
-/// A pod (or other workload) of the mesh, checked. What it has in common with its replicas
+/// A pod (or other workload) of the mesh, checked: a handle, cheap to clone, on one allocation
+/// that holds its [`WorkloadFields`] and, after them, its uid (and its name, when that is not
+/// the uid's last segment). Held per workload of the mesh (50k and more on a ztunnel sent
+/// everything), so it keeps nothing twice and takes one block of the allocator: the uid in a
+/// block of its own cost that block's rounding and header, a second reference count and a
+/// 16 B pointer (`state_memory`: see benches/README). What it has in common with its replicas
 /// is one [`Shared`] value they all point to (see [`super::interned`]); its node is interned on
-/// its own, as replicas mostly run on different nodes. Held per workload of the mesh (50k and
-/// more on a ztunnel sent everything), so it keeps nothing twice: its name is the end of its
-/// uid, its one address inline.
+/// its own, as replicas mostly run on different nodes.
+#[derive(Clone)]
+pub struct Workload(triomphe::Arc<HeaderSlice<WorkloadFields, str>>);
+
+/// A workload's fields but its uid and name (read them with [`Workload::uid`] and
+/// [`Workload::name`]).
 #[derive(Debug)]
-pub struct Workload {
-    /// Its stable id, `<cluster>//Pod/<namespace>/<name>`; also its key in the state.
-    pub uid: Arc<str>,
-    /// Its name, when that is not the uid's last segment (the controller's uids end with it).
-    own_name: Option<Arc<str>>,
+pub struct WorkloadFields {
     pub node: Arc<str>,
     addresses: Addresses,
     pub shared: Arc<Shared>,
     /// The version of the resource it was built from, which a reconnecting proxy reports.
     pub(super) version: Version,
+    /// Where the uid ends in the text after the fields; a name that is not the uid's last
+    /// segment follows it.
+    uid_len: u32,
     pub protocol: Protocol,
     pub healthy: bool,
     /// Plaintext from outside the mesh is refused (`ambit.io/mtls-mode: strict`).
     pub strict_mtls: bool,
+}
+
+impl std::ops::Deref for Workload {
+    type Target = WorkloadFields;
+
+    fn deref(&self) -> &WorkloadFields {
+        &self.0.header
+    }
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("uid", &self.uid())
+            .field("name", &self.name())
+            .field("fields", &**self)
+            .finish()
+    }
 }
 
 /// A workload's addresses: nearly always one (two when dual-stack), the one held inline
@@ -77,7 +104,7 @@ impl Addresses {
 }
 
 /// The part of a workload its replicas have in common, held once for all of them: a workload
-/// with its `Arc` takes 120 B where it took 208 B with these fields inline.
+/// took 208 B with these fields inline.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shared {
     pub namespace: Arc<str>,
@@ -112,6 +139,8 @@ impl Workload {
         if w.uid.is_empty() {
             return Err(invalid("it has no uid".into()));
         }
+        let uid_len = u32::try_from(w.uid.len())
+            .map_err(|_| invalid(format!("its uid is {} B long", w.uid.len())))?;
         let addresses = parse_ips(&w.addresses, "address").map_err(invalid)?;
         let protocol = match api::Protocol::try_from(w.protocol) {
             Ok(api::Protocol::Hbone) => Protocol::Hbone,
@@ -130,7 +159,6 @@ impl Workload {
                 &w.service_account,
             )
             .map_err(invalid)?;
-        let own_name = (last_segment(&w.uid) != w.name).then(|| w.name.as_str().into());
         let shared = Shared {
             namespace: interned.str(&w.namespace),
             identity,
@@ -143,13 +171,12 @@ impl Workload {
                 .filter(|r| !r.name.is_empty())
                 .map(|r| interned.str(&format!("{}/{}", r.namespace, r.name))),
         };
-        Ok(Workload {
-            uid: w.uid.as_str().into(),
-            own_name,
+        let fields = WorkloadFields {
             node: interned.str(&w.node),
             addresses: Addresses::of(addresses.into_vec()),
             shared: interned.shared(shared),
             version: Version::of(version),
+            uid_len,
             protocol,
             healthy: w.status != api::WorkloadStatus::Unhealthy as i32,
             strict_mtls: match api::MtlsMode::try_from(w.mtls_mode) {
@@ -158,14 +185,35 @@ impl Workload {
                 // A mode this proxy does not know is stricter than it can tell: fail closed.
                 Err(_) => true,
             },
-        })
+        };
+        let text = match last_segment(&w.uid) == w.name {
+            true => Cow::Borrowed(w.uid.as_str()),
+            false => Cow::Owned(format!("{}{}", w.uid, w.name)),
+        };
+        Ok(Workload(triomphe::Arc::from_header_and_str(fields, &text)))
+    }
+
+    /// Its stable id, `<cluster>//Pod/<namespace>/<name>`; also its key in the state.
+    pub fn uid(&self) -> &str {
+        &self.0.slice[..self.uid_len as usize]
     }
 
     /// The pod's name.
     pub fn name(&self) -> &str {
-        self.own_name
-            .as_deref()
-            .unwrap_or_else(|| last_segment(&self.uid))
+        match &self.0.slice[self.uid_len as usize..] {
+            "" => last_segment(self.uid()),
+            own => own,
+        }
+    }
+
+    /// Whether `a` and `b` are the same workload as held, not two with equal fields.
+    pub fn ptr_eq(a: &Workload, b: &Workload) -> bool {
+        triomphe::Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// Where it is held, the same for every handle on it: for hashing by identity.
+    pub fn as_ptr(&self) -> *const () {
+        triomphe::Arc::as_ptr(&self.0) as *const ()
     }
 
     /// Its canonical name (the app it is a replica of; its own name without one).
@@ -181,12 +229,10 @@ impl Workload {
     }
 
     /// The name dashboards group by: the canonical service name, else the pod name.
-    pub fn canonical_or_name(&self) -> String {
-        let canonical = self.canonical_name();
-        if canonical.is_empty() {
-            self.name().to_string()
-        } else {
-            canonical.to_string()
+    pub fn canonical_or_name(&self) -> &str {
+        match self.canonical_name() {
+            "" => self.name(),
+            canonical => canonical,
         }
     }
 
@@ -196,6 +242,37 @@ impl Workload {
             .iter()
             .copied()
             .find(|a| a.is_ipv4() == like.is_ipv4())
+    }
+}
+
+/// A workload as the state holds it by uid: found by its uid, which it holds itself, so the
+/// state keeps no key beside it.
+#[derive(Debug, Clone)]
+pub(super) struct ByUid(pub(super) Workload);
+
+impl PartialEq for ByUid {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.uid() == other.0.uid()
+    }
+}
+
+impl Eq for ByUid {}
+
+impl PartialOrd for ByUid {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByUid {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.uid().cmp(other.0.uid())
+    }
+}
+
+impl std::borrow::Borrow<str> for ByUid {
+    fn borrow(&self) -> &str {
+        self.0.uid()
     }
 }
 
@@ -241,11 +318,9 @@ mod tests {
     #[test]
     fn a_workload_stays_small() {
         // 50k and more are held: every field here is paid that many times.
-        assert!(
-            std::mem::size_of::<Workload>() <= 104,
-            "{}",
-            std::mem::size_of::<Workload>()
-        );
+        let fields = std::mem::size_of::<WorkloadFields>();
+        assert!(fields <= 72, "{fields}");
+        assert_eq!(std::mem::size_of::<Workload>(), 16);
     }
 
     #[test]
@@ -261,7 +336,8 @@ mod tests {
             ..Default::default()
         };
         let held = Workload::from_api(&w).unwrap();
-        assert!(held.own_name.is_none());
+        assert_eq!(held.uid(), "Kubernetes//Pod/demo/reviews-v1-abc");
+        assert_eq!(&held.0.slice, held.uid(), "the name is not held twice");
         assert_eq!(held.name(), "reviews-v1-abc");
         assert_eq!(held.canonical_name(), "reviews");
         assert_eq!(held.addresses().len(), 2);
@@ -269,6 +345,7 @@ mod tests {
         w.canonical_name = "other".into();
         w.addresses.pop();
         let held = Workload::from_api(&w).unwrap();
+        assert_eq!(held.uid(), "Kubernetes//Pod/demo/reviews-v1-abc");
         assert_eq!(held.name(), "other");
         assert_eq!(held.canonical_name(), "other");
         assert!(held.shared.canonical_name.is_none());

@@ -48,12 +48,12 @@ impl Security {
 /// proved (or, for the destination of a tunnel, was required to prove); none on plaintext.
 #[derive(Debug, Clone, Default)]
 pub struct Side {
-    pub workload: Option<Arc<Workload>>,
+    pub workload: Option<Workload>,
     pub principal: Option<SpiffeId>,
 }
 
 impl Side {
-    pub fn new(workload: Option<Arc<Workload>>, principal: Option<SpiffeId>) -> Self {
+    pub fn new(workload: Option<Workload>, principal: Option<SpiffeId>) -> Self {
         Side {
             workload,
             principal,
@@ -61,7 +61,7 @@ impl Side {
     }
 
     /// A meshed workload, named by its own identity.
-    pub fn meshed(workload: &Arc<Workload>) -> Self {
+    pub fn meshed(workload: &Workload) -> Self {
         Side::new(
             Some(workload.clone()),
             Some(workload.shared.identity.clone()),
@@ -95,7 +95,7 @@ impl Side {
             } else {
                 w.shared.canonical_revision.to_string()
             },
-            canonical_service: w.canonical_or_name(),
+            canonical_service: w.canonical_or_name().to_string(),
             cluster: cluster_of(w).to_string(),
         }
     }
@@ -141,7 +141,11 @@ fn address<T>(a: &Option<Arc<T>>) -> usize {
 
 impl PartialEq for Side {
     fn eq(&self, other: &Self) -> bool {
-        same(&self.workload, &other.workload) && self.principal == other.principal
+        let same_workload = match (&self.workload, &other.workload) {
+            (Some(a), Some(b)) => Workload::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        same_workload && self.principal == other.principal
     }
 }
 
@@ -149,7 +153,10 @@ impl Eq for Side {}
 
 impl Hash for Side {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        address(&self.workload).hash(state);
+        self.workload
+            .as_ref()
+            .map_or(std::ptr::null(), Workload::as_ptr)
+            .hash(state);
         self.principal.hash(state);
     }
 }
@@ -233,7 +240,7 @@ fn service_labels(service: Option<&Service>) -> ServiceLabels {
 
 /// The cluster a workload runs in: its uid is `<cluster>//<kind>/<namespace>/<name>`.
 fn cluster_of(w: &Workload) -> &str {
-    w.uid
+    w.uid()
         .split_once("//")
         .map_or(UNKNOWN, |(cluster, _)| cluster)
 }
@@ -256,7 +263,7 @@ mod tests {
 
     use super::*;
 
-    fn parties(source: &Arc<Workload>, destination: &Arc<Workload>) -> Parties {
+    fn parties(source: &Workload, destination: &Workload) -> Parties {
         Parties {
             reporter: Reporter::Source,
             source: Side::meshed(source),

@@ -356,7 +356,7 @@ impl Metrics {
 pub(crate) mod tests {
     use super::*;
 
-    fn workload(name: &str, ip: &str) -> Arc<ambit_discovery::state::Workload> {
+    fn workload(name: &str, ip: &str) -> ambit_discovery::state::Workload {
         use ambit_proto::api::discovery::resource::Kind;
         let resource = ambit_discovery::testing::workload(
             name,
@@ -368,7 +368,7 @@ pub(crate) mod tests {
         };
         w.uid = format!("Kubernetes//Pod/demo/{name}");
         w.canonical_revision = "v1".into();
-        Arc::new(ambit_discovery::state::Workload::from_api(&w).expect("a valid workload"))
+        ambit_discovery::state::Workload::from_api(&w).expect("a valid workload")
     }
 
     /// A tunnel from client to reviews-v1, addressed to the reviews service.

@@ -169,7 +169,7 @@ fn party(side: &Side, address: SocketAddr) -> Party {
     if let Some(w) = &side.workload {
         party.workload = w.name().to_string();
         party.namespace = w.shared.namespace.to_string();
-        party.app = w.canonical_or_name();
+        party.app = w.canonical_or_name().to_string();
         party.version = w.shared.canonical_revision.to_string();
     }
     party

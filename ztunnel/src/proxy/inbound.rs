@@ -31,7 +31,7 @@ pub struct InboundHandler {
 /// What the checks both inbound paths make decided, and the connection's metric labels.
 struct Admission {
     labels: Parties,
-    outcome: Result<Arc<Workload>, Refusal>,
+    outcome: Result<Workload, Refusal>,
     /// The waypoint the tunnel came from, when that waypoint serves the destination and so
     /// already enforced its authorization policies on the original client's identity.
     enforced_by: Option<Arc<str>>,
@@ -120,7 +120,7 @@ fn admit(
         Reporter::Destination,
         source,
         Side::meshed(&workload),
-        state.service_of(&workload.uid, target.port()),
+        state.service_of(workload.uid(), target.port()),
         security,
     );
     // Behind a waypoint, the peer is the waypoint, not the client: the waypoint judged the
@@ -237,7 +237,7 @@ impl TunnelHandler for InboundHandler {
         }
         let tracked = ctx.connections.track(ConnectionInfo {
             source_identity: Some(request.peer.to_string()),
-            destination_workload: Some(workload.uid.to_string()),
+            destination_workload: Some(workload.uid().to_string()),
             ..ConnectionInfo::starting(
                 Direction::Inbound,
                 &pod.uid,
@@ -360,7 +360,7 @@ async fn handle_plaintext(
         }
     };
     let tracked = ctx.connections.track(ConnectionInfo {
-        destination_workload: Some(workload.uid.to_string()),
+        destination_workload: Some(workload.uid().to_string()),
         ..ConnectionInfo::starting(Direction::Inbound, &pod.uid, peer, target, "TCP")
     });
     let app = match pod.dialer.connect(target).await {

@@ -101,7 +101,7 @@ impl ProxyContext {
     }
 
     /// This pod's workload as the config says now.
-    pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
+    pub fn workload(&self, uid: &str) -> Option<Workload> {
         self.state.load().workload(uid).cloned()
     }
 }

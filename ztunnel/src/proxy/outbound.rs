@@ -208,7 +208,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                  protocol: &str| {
         ctx.connections.track(ConnectionInfo {
             source_identity: Some(source.shared.identity.to_string()),
-            destination_workload: workload.map(|w| w.uid.to_string()),
+            destination_workload: workload.map(|w| w.uid().to_string()),
             destination_service: service.map(|s| s.key.to_string()),
             ..ConnectionInfo::starting(Direction::Outbound, &pod.uid, peer, target, protocol)
         })
@@ -283,7 +283,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     service.as_ref(),
                     Security::None,
                 );
-                let tracked = track(workload.as_deref(), service.as_deref(), target, "TCP");
+                let tracked = track(workload.as_ref(), service.as_deref(), target, "TCP");
                 match pod.dialer.connect(target).await {
                     Ok(upstream) => {
                         ctx.health.succeeded(target.ip());
@@ -354,7 +354,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, pod: &PodContext, ctx: &Pro
                     );
                     return;
                 };
-                let tracked = track(workload.as_deref(), service.as_deref(), target, "HBONE");
+                let tracked = track(workload.as_ref(), service.as_deref(), target, "HBONE");
                 // The waypoint's config holds its destinations, not its clients: it learns
                 // who the client is from this.
                 let baggage = Some(source_baggage(&source));

@@ -14,14 +14,14 @@ use ambit_proto::identity::SpiffeId;
 pub enum Upstream {
     /// A meshed workload: HBONE to `workload`, tunnel target `target`.
     Hbone {
-        workload: Arc<Workload>,
+        workload: Workload,
         target: SocketAddr,
         service: Option<Arc<Service>>,
     },
     /// Outside the mesh (or an unmeshed workload): plain TCP to `target`.
     Passthrough {
         target: SocketAddr,
-        workload: Option<Arc<Workload>>,
+        workload: Option<Workload>,
         service: Option<Arc<Service>>,
     },
     /// A service VIP with no healthy endpoint.
@@ -35,7 +35,7 @@ pub enum Upstream {
         waypoint: Option<Arc<Waypoint>>,
         target: SocketAddr,
         service: Option<Arc<Service>>,
-        workload: Option<Arc<Workload>>,
+        workload: Option<Workload>,
     },
 }
 
