@@ -9,7 +9,9 @@
 //!   its canonical name its own (no app label): the most a ztunnel's interning can share;
 //! - `spread`, closer to a cluster: 100 namespaces, pods on 1,000 nodes, apps of three
 //!   replicas (each app its own service account and canonical name), two policies per
-//!   namespace selecting every pod in it.
+//!   namespace selecting every pod in it;
+//! - `served`, as a cluster is: `spread` with each app behind a service of its own (a VIP, one
+//!   port, its three replicas its endpoints), the services counted in the workloads' share.
 //!
 //! Each shape is applied as a full state, and as a delta onto a state that already holds 100
 //! other workloads (how config_apply's update reaches a running ztunnel).
@@ -35,6 +37,7 @@ const ALREADY_HELD: usize = 100;
 enum Shape {
     Bulk,
     Spread,
+    Served,
 }
 
 impl Shape {
@@ -42,6 +45,7 @@ impl Shape {
         match self {
             Shape::Bulk => "bulk",
             Shape::Spread => "spread",
+            Shape::Served => "served",
         }
     }
 }
@@ -56,7 +60,7 @@ fn workload(shape: Shape, i: usize) -> Resource {
             format!("bulk-{i}"),
             vec![],
         ),
-        Shape::Spread => {
+        Shape::Spread | Shape::Served => {
             // An app's three replicas share its namespace; they run on different nodes.
             let ns = format!("ns-{}", i / 3 % 100);
             let app = format!("app-{}", i / 3);
@@ -67,9 +71,9 @@ fn workload(shape: Shape, i: usize) -> Resource {
     let name = format!("{canonical}-{i:x}");
     let name = match shape {
         Shape::Bulk => canonical.clone(),
-        Shape::Spread => name,
+        Shape::Spread | Shape::Served => name,
     };
-    let uid = format!("Kubernetes//Pod/{namespace}/{name}");
+    let uid = uid(&namespace, &name);
     Resource {
         name: uid.clone(),
         version: format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -96,9 +100,50 @@ fn workload(shape: Shape, i: usize) -> Resource {
     }
 }
 
+fn uid(namespace: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{namespace}/{name}")
+}
+
+/// The service in front of app `app` of the `served` shape (workloads `3 * app` to `3 * app + 2`).
+fn service(app: usize) -> Resource {
+    let namespace = format!("ns-{}", app % 100);
+    let name = format!("app-{app}");
+    let endpoints = (3 * app..3 * app + 3)
+        .map(|i| wl::Endpoint {
+            workload_uid: uid(&namespace, &format!("{name}-{i:x}")),
+        })
+        .collect();
+    Resource {
+        name: format!("{namespace}/{name}"),
+        version: format!("{:016x}", (app as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)),
+        kind: Some(Kind::Service(wl::Service {
+            hostname: format!("{name}.{namespace}.svc.cluster.local"),
+            addresses: vec![format!("10.96.{}.{}", app / 250 % 250, app % 250 + 1)],
+            ports: vec![wl::Port {
+                service_port: 80,
+                target_port: 8080,
+                ..Default::default()
+            }],
+            endpoints,
+            name,
+            namespace,
+            waypoint: None,
+        })),
+    }
+}
+
 fn response(shape: Shape, range: std::ops::Range<usize>, full_state: bool) -> SubscribeResponse {
+    let services = match shape {
+        // Each app whose first replica is in range.
+        Shape::Served => range
+            .clone()
+            .filter(|i| i % 3 == 0)
+            .map(|i| service(i / 3))
+            .collect(),
+        Shape::Bulk | Shape::Spread => vec![],
+    };
     SubscribeResponse {
-        resources: range.map(|i| workload(shape, i)).collect(),
+        resources: range.map(|i| workload(shape, i)).chain(services).collect(),
         full_state,
         system_version: "0123456789abcdef".into(),
         ..Default::default()
@@ -222,7 +267,7 @@ fn main() {
         rss.round().into(),
     );
     json.insert("workloads".into(), n.into());
-    for shape in [Shape::Bulk, Shape::Spread] {
+    for shape in [Shape::Bulk, Shape::Spread, Shape::Served] {
         for full_state in [true, false] {
             let how = if full_state { "full state" } else { "delta" };
             let f = measure(shape, n, full_state);
