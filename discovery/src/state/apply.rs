@@ -2,20 +2,20 @@
 //! built (for the whole state) or changed where the delta touched them, and only when all of
 //! that succeeded does the new state replace the old one.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_proto::api::discovery::{self as api, resource::Kind};
 use imbl::ordmap::Entry;
 
+use super::backing::Backing;
 use super::dense;
 use super::interned::Interned;
 use super::reindex::Touched;
 use super::version::{Version, VersionKey};
 use super::workload::ByUid;
 use super::{
-    EgressScope, Indexes, Map, Policy, ProxyState, Service, StateError, Waypoint, Workload,
+    EgressScope, Indexes, Map, Policy, ProxyState, Service, Set, StateError, Waypoint, Workload,
 };
 
 impl ProxyState {
@@ -182,13 +182,13 @@ impl ProxyState {
         dense::insert_all(&mut by_ip, unique_addresses(addresses)?, |_| {});
         let mut by_vip = Map::new();
         let mut by_hostname: Map<Arc<str>, Arc<Service>> = Map::new();
-        let mut by_endpoint: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
+        let mut backings = Vec::new();
         for s in self.services.values() {
             for vip in s.vips.iter() {
                 by_vip.insert(*vip, s.clone());
             }
             if !s.hostname.is_empty() {
-                match by_hostname.entry(s.hostname.as_ref().into()) {
+                match by_hostname.entry(s.hostname.clone()) {
                     Entry::Vacant(v) => {
                         v.insert(s.clone());
                     }
@@ -201,21 +201,17 @@ impl ProxyState {
                     }
                 }
             }
-            for uid in s.endpoints.iter() {
-                by_endpoint.entry(uid.clone()).or_default().push(s.clone());
-            }
+            backings.extend(Backing::of(s));
         }
-        let mut endpoints = Map::new();
-        let services_of = by_endpoint
-            .into_iter()
-            .map(|(uid, services)| (uid, Arc::from(services)))
-            .collect();
-        dense::insert_all(&mut endpoints, services_of, |_| {});
+        let mut by_endpoint = Set::new();
+        for b in dense::in_fill_order(backings, |b| b) {
+            by_endpoint.insert(b);
+        }
         Ok(Indexes {
             by_ip,
             by_vip,
             by_hostname,
-            by_endpoint: endpoints,
+            by_endpoint,
         })
     }
 }

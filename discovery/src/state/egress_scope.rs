@@ -102,11 +102,7 @@ impl ProxyState {
             }
             format!("service {}", s.key)
         } else if let Some(w) = self.workload_by_ip(destination) {
-            let backs_one = || {
-                self.services_of(w.uid())
-                    .iter()
-                    .any(|s| scope.has_service(&s.key))
-            };
+            let backs_one = || self.services_of(w.uid()).any(|s| scope.has_service(&s.key));
             if w.uid() == source.uid() || scope.has_namespace(&w.shared.namespace) || backs_one() {
                 return Ok(());
             }

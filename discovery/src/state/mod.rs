@@ -7,6 +7,7 @@
 //! state on a clone ([`ProxyState::applied`]) and swap it in, readers never waiting on that.
 
 mod apply;
+mod backing;
 mod dense;
 mod egress_scope;
 mod interned;
@@ -110,8 +111,8 @@ struct Indexes {
     by_ip: Map<IpAddr, Workload>,
     by_vip: Map<IpAddr, Arc<Service>>,
     by_hostname: Map<Arc<str>, Arc<Service>>,
-    /// The services each workload (by uid) is an endpoint of.
-    by_endpoint: Map<Arc<str>, Arc<[Arc<Service>]>>,
+    /// The services each workload (by uid) is an endpoint of (see [`backing`]).
+    by_endpoint: Set<backing::Backing>,
 }
 
 impl ProxyState {
@@ -165,23 +166,18 @@ impl ProxyState {
         self.services.values()
     }
 
-    /// The services `workload` (a uid) is an endpoint of.
-    pub fn services_of(&self, workload: &str) -> &[Arc<Service>] {
-        self.indexes
-            .by_endpoint
-            .get(workload)
-            .map_or(&[], |s| &s[..])
+    /// The services `workload` (a uid) is an endpoint of, in the order of their keys.
+    pub fn services_of(&self, workload: &str) -> impl Iterator<Item = &Arc<Service>> + use<'_> {
+        backing::services_of(&self.indexes.by_endpoint, workload)
     }
 
     /// The service a connection to `workload`'s `port` most likely came through, for the
     /// destination side's telemetry (the tunnel names the pod, not the service): one of the
     /// services `workload` backs with that target port, else any of them.
     pub fn service_of(&self, workload: &str, port: u16) -> Option<&Arc<Service>> {
-        let services = self.services_of(workload);
-        services
-            .iter()
+        self.services_of(workload)
             .find(|s| s.ports.iter().any(|p| p.target_port == port))
-            .or_else(|| services.first())
+            .or_else(|| self.services_of(workload).next())
     }
 
     /// The waypoint with this key (`<namespace>/<name>`).
@@ -280,7 +276,7 @@ impl ProxyState {
     ) -> Option<&Arc<Waypoint>> {
         let services = self.services_of(workload.uid());
         std::iter::once(&workload.shared.waypoint)
-            .chain(services.iter().map(|s| &s.waypoint))
+            .chain(services.map(|s| &s.waypoint))
             .filter_map(|key| self.waypoints.get(&**key.as_ref()?))
             .find(|w| w.identity == *peer)
     }

@@ -3,12 +3,12 @@
 //! for each destination its pods first connect to, and the connection waits for it: rebuilding
 //! the indexes of everything held made that wait grow with all the ztunnel had learnt before.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use imbl::ordmap::Entry;
 
 use super::apply::unique_addresses;
+use super::backing::{self, Backing};
 use super::{Indexes, ProxyState, Service, StateError, Workload, dense};
 
 /// The workloads and services a delta replaced or removed (as the indexes hold them) and those
@@ -60,7 +60,6 @@ impl Touched {
                 }
             }
         }
-        let mut endpoints: HashSet<Arc<str>> = HashSet::new();
         for old in &self.old_services {
             for vip in old.vips.iter() {
                 if by_vip.get(vip).is_some_and(|s| s.key == old.key) {
@@ -73,7 +72,7 @@ impl Touched {
             {
                 by_hostname.remove(&*old.hostname);
             }
-            endpoints.extend(old.endpoints.iter().cloned());
+            backing::remove(by_endpoint, old);
         }
 
         let addresses: Vec<_> = current_workloads
@@ -91,14 +90,12 @@ impl Touched {
             });
         }
         dense::insert_all(by_ip, addresses, |_| {});
-        // What each endpoint is now in, of the services this delta touched.
-        let mut backs: HashMap<Arc<str>, Vec<Arc<Service>>> = HashMap::new();
         for s in &current_services {
             for vip in s.vips.iter() {
                 by_vip.insert(*vip, (*s).clone());
             }
             if !s.hostname.is_empty() {
-                match by_hostname.entry(s.hostname.as_ref().into()) {
+                match by_hostname.entry(s.hostname.clone()) {
                     Entry::Occupied(o) if o.get().key != s.key => {
                         return Err(StateError::DuplicateHostname {
                             hostname: s.hostname.to_string(),
@@ -114,30 +111,8 @@ impl Touched {
                     }
                 }
             }
-            for uid in s.endpoints.iter() {
-                backs.entry(uid.clone()).or_default().push((*s).clone());
-            }
-        }
-        let touched: HashSet<&str> = self
-            .old_services
-            .iter()
-            .chain(self.new_services.iter())
-            .map(|s| &*s.key)
-            .collect();
-        endpoints.extend(backs.keys().cloned());
-        for uid in endpoints {
-            let mut list: Vec<Arc<Service>> = by_endpoint
-                .get(&uid)
-                .into_iter()
-                .flat_map(|l| l.iter())
-                .filter(|s| !touched.contains(&*s.key))
-                .cloned()
-                .collect();
-            list.extend(backs.remove(&uid).into_iter().flatten());
-            if list.is_empty() {
-                by_endpoint.remove(&uid);
-            } else {
-                by_endpoint.insert(uid, list.into());
+            for b in Backing::of(s) {
+                by_endpoint.insert(b);
             }
         }
         Ok(())

@@ -71,7 +71,8 @@ pub struct Service {
     pub name: Box<str>,
     pub namespace: Box<str>,
     /// `<name>.<namespace>.svc.<trust domain>`, as routes name their backends.
-    pub hostname: Box<str>,
+    /// Shared with the index by host name.
+    pub hostname: Arc<str>,
     pub vips: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
     /// The uids of its endpoint workloads.
@@ -89,6 +90,10 @@ impl Service {
             reason,
         };
         let vips = parse_ips(&s.addresses, "VIP").map_err(invalid)?;
+        // The index of which services a workload backs counts them in a u32.
+        if u32::try_from(s.endpoints.len()).is_err() {
+            return Err(invalid(format!("it has {} endpoints", s.endpoints.len())));
+        }
         let ports = s
             .ports
             .iter()

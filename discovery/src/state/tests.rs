@@ -62,22 +62,56 @@ fn services_are_found_by_key_vip_and_host_name() {
     assert_eq!(key(s.service("reviews")), None);
 }
 
+/// The base with reviews-v2 added behind the reviews service, and `more`.
+fn with_reviews_v2(more: Vec<api::Resource>) -> ProxyState {
+    let mut s = base();
+    let mut resources = vec![
+        workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone),
+        service("reviews", &["10.96.0.10"], &["reviews-v1", "reviews-v2"]),
+    ];
+    resources.extend(more);
+    s.apply(&response(false, resources)).unwrap();
+    s
+}
+
 #[test]
 fn the_destination_side_finds_the_service_of_a_workload() {
-    let mut s = base();
-    s.apply(&response(
-        false,
-        vec![
-            workload("reviews-v2", &["10.244.2.2"], wl::Protocol::Hbone),
-            service("reviews", &["10.96.0.10"], &["reviews-v1", "reviews-v2"]),
-        ],
-    ))
-    .unwrap();
+    let s = with_reviews_v2(vec![]);
     let found = |name: &str, port| s.service_of(&uid(name), port).map(|s| s.key.to_string());
     assert_eq!(found("reviews-v2", 8080).as_deref(), Some("demo/reviews"));
     // Another port of a workload that backs one service: still that service.
     assert_eq!(found("reviews-v2", 9999).as_deref(), Some("demo/reviews"));
     assert_eq!(found("legacy", 8080), None);
+}
+
+#[test]
+fn a_workload_backs_every_service_that_lists_it_until_one_lets_it_go() {
+    let mut s = with_reviews_v2(vec![service(
+        "all-reviews",
+        &["10.96.0.12"],
+        &["reviews-v2", "reviews-v2"],
+    )]);
+    let backs = |s: &ProxyState, name: &str| -> Vec<String> {
+        s.services_of(&uid(name))
+            .map(|s| s.key.to_string())
+            .collect()
+    };
+    // Listed twice by one service, it backs it once.
+    assert_eq!(
+        backs(&s, "reviews-v2"),
+        ["demo/all-reviews", "demo/reviews"]
+    );
+    assert_eq!(backs(&s, "reviews-v1"), ["demo/reviews"]);
+    let mut delta = response(
+        false,
+        vec![service("all-reviews", &["10.96.0.12"], &["reviews-v1"])],
+    );
+    delta
+        .removed
+        .push(removal(api::ResourceType::Service, "demo/reviews"));
+    s.apply(&delta).unwrap();
+    assert!(backs(&s, "reviews-v2").is_empty());
+    assert_eq!(backs(&s, "reviews-v1"), ["demo/all-reviews"]);
 }
 
 #[test]
@@ -318,10 +352,18 @@ fn plain(s: &ProxyState) -> Plain {
             .iter()
             .map(|(h, v)| (h.to_string(), current_s(v)))
             .collect(),
-        i.by_endpoint
-            .iter()
-            .map(|(uid, l)| (uid.to_string(), l.iter().map(current_s).collect()))
-            .collect(),
+        i.by_endpoint.iter().fold(BTreeMap::new(), |mut by_uid, b| {
+            let services: &mut BTreeSet<String> = by_uid.entry(b.uid().to_string()).or_default();
+            services.insert(current_s(&b.service));
+            assert!(
+                s.services_of(b.uid())
+                    .any(|found| Arc::ptr_eq(found, &b.service)),
+                "{} is not found among the services of {}",
+                b.service.key,
+                b.uid()
+            );
+            by_uid
+        }),
     )
 }
 
