@@ -24,13 +24,14 @@ impl Backing {
     pub(super) fn of(service: &Arc<Service>) -> impl Iterator<Item = Backing> + '_ {
         (0..service.endpoints.len()).map(|i| Backing {
             service: service.clone(),
-            // Service::from_api refuses more endpoints than a u32 counts.
+            // A service's endpoints end within a u32 of text (`Endpoints::of`), so there are
+            // fewer of them than a u32 counts.
             index: i as u32,
         })
     }
 
     pub(super) fn uid(&self) -> &str {
-        &self.service.endpoints[self.index as usize]
+        self.service.endpoints.get(self.index as usize)
     }
 
     fn pair(&self) -> (&str, &str) {

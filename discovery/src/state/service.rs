@@ -76,7 +76,7 @@ pub struct Service {
     pub vips: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
     /// The uids of its endpoint workloads.
-    pub endpoints: Box<[Arc<str>]>,
+    pub endpoints: Endpoints,
     /// `<namespace>/<name>` of the waypoint this service's traffic goes through.
     pub waypoint: Option<Arc<str>>,
 }
@@ -90,10 +90,8 @@ impl Service {
             reason,
         };
         let vips = parse_ips(&s.addresses, "VIP").map_err(invalid)?;
-        // The index of which services a workload backs counts them in a u32.
-        if u32::try_from(s.endpoints.len()).is_err() {
-            return Err(invalid(format!("it has {} endpoints", s.endpoints.len())));
-        }
+        let endpoints =
+            Endpoints::of(s.endpoints.iter().map(|e| e.workload_uid.as_str())).map_err(invalid)?;
         let ports = s
             .ports
             .iter()
@@ -105,11 +103,7 @@ impl Service {
             hostname: s.hostname.as_str().into(),
             vips,
             ports,
-            endpoints: s
-                .endpoints
-                .iter()
-                .map(|e| e.workload_uid.as_str().into())
-                .collect(),
+            endpoints,
             waypoint: waypoint_key(s.waypoint.as_ref()),
             key: key.as_str().into(),
         })
@@ -123,6 +117,55 @@ impl Service {
     /// The service port clients address as `port`.
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+/// A service's endpoints, by uid, held as one text and where each uid ends in it: a uid in an
+/// allocation of its own was ~80 B per endpoint with its pointer, for every endpoint of every
+/// service a proxy holds.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    text: Box<str>,
+    ends: Box<[u32]>,
+}
+
+impl Endpoints {
+    /// Refuses more text than a u32 counts (more than a discovery message carries).
+    fn of<'a>(uids: impl Iterator<Item = &'a str>) -> Result<Self, String> {
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for uid in uids {
+            text.push_str(uid);
+            let end = u32::try_from(text.len())
+                .map_err(|_| format!("its endpoints' uids add up to {} B", text.len()))?;
+            ends.push(end);
+        }
+        Ok(Endpoints {
+            text: text.into(),
+            ends: ends.into(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The uid of endpoint `i`; panics past the end, as a slice's index does.
+    pub fn get(&self, i: usize) -> &str {
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    /// Every endpoint's uid, in the order the service lists them.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + Clone + '_ {
+        (0..self.len()).map(|i| self.get(i))
     }
 }
 
@@ -150,4 +193,20 @@ fn port(p: &api::Port) -> Result<ServicePort, String> {
         app_protocol,
         name: p.name.as_str().into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_read_back_as_listed() {
+        let uids = ["Kubernetes//Pod/demo/a", "", "Kubernetes//Pod/démo/b", "x"];
+        let held = Endpoints::of(uids.into_iter()).unwrap();
+        assert_eq!(held.len(), 4);
+        assert!(held.iter().eq(uids));
+        assert_eq!(held.get(2), "Kubernetes//Pod/démo/b");
+        let none = Endpoints::of(std::iter::empty()).unwrap();
+        assert!(none.is_empty() && none.iter().next().is_none());
+    }
 }

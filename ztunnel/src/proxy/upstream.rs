@@ -69,11 +69,12 @@ pub fn resolve(
             };
         }
         let target_port = service.target_port(dst.port()).unwrap_or(dst.port());
-        let usable = |uid: &Arc<str>| {
-            let w = state.workload(uid).filter(|w| w.healthy)?;
+        let endpoints = &service.endpoints;
+        let usable = |i: usize| {
+            let w = state.workload(endpoints.get(i)).filter(|w| w.healthy)?;
             Some((w, w.address_like(dst.ip())?))
         };
-        let Some((workload, ip)) = pick(&service.endpoints, usable, |(_, ip)| !ejected(*ip)) else {
+        let Some((workload, ip)) = pick(endpoints.len(), usable, |(_, ip)| !ejected(*ip)) else {
             return Upstream::NoHealthyEndpoint {
                 service: service.clone(),
             };
@@ -121,7 +122,7 @@ pub fn resolve(
 /// endpoints looks up one of them, not 1,000.
 const RANDOM_TRIES: usize = 2;
 
-/// One of the usable `endpoints` (those `usable` resolves) at random, among those `preferred`
+/// One of `endpoints` endpoints, by index, that `usable` resolves, at random, among those `preferred`
 /// (not recently failed) if any is. At random, because a shared round-robin counter lets two
 /// clients calling in step each see one endpoint only.
 ///
@@ -130,23 +131,23 @@ const RANDOM_TRIES: usize = 2;
 /// preferred ones. When the tries miss, one pass over all of them by reservoir sampling (keep
 /// each of the `n` seen so far with probability 1/n), without collecting them; it is uniform
 /// over the same set, so the mix of the two is too.
-fn pick<E, T>(
-    endpoints: &[E],
-    usable: impl Fn(&E) -> Option<T>,
+fn pick<T>(
+    endpoints: usize,
+    usable: impl Fn(usize) -> Option<T>,
     preferred: impl Fn(&T) -> bool,
 ) -> Option<T> {
-    if endpoints.is_empty() {
+    if endpoints == 0 {
         return None;
     }
     for _ in 0..RANDOM_TRIES {
-        let tried = usable(&endpoints[fastrand::usize(..endpoints.len())]);
+        let tried = usable(fastrand::usize(..endpoints));
         if let Some(c) = tried.filter(&preferred) {
             return Some(c);
         }
     }
     let (mut best, mut best_seen) = (None, 0u32);
     let (mut fallback, mut fallback_seen) = (None, 0u32);
-    for c in endpoints.iter().filter_map(usable) {
+    for c in (0..endpoints).filter_map(usable) {
         if preferred(&c) {
             best_seen += 1;
             if fastrand::u32(..best_seen) == 0 {

@@ -197,7 +197,12 @@ fn picks_are_uniform_among_the_preferred_else_among_all() {
     let count = |items: &[u32], preferred: &[u32]| {
         let mut hits = std::collections::BTreeMap::new();
         for _ in 0..3000 {
-            let p = super::pick(items, usable, |i| preferred.contains(i)).unwrap();
+            let p = super::pick(
+                items.len(),
+                |i| usable(&items[i]),
+                |i| preferred.contains(i),
+            );
+            let p = p.unwrap();
             *hits.entry(p).or_insert(0u32) += 1;
         }
         hits
@@ -214,8 +219,9 @@ fn picks_are_uniform_among_the_preferred_else_among_all() {
     let hits = count(&[0, 1, 2, 3], &[]);
     assert_eq!(hits.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
     assert!(hits.values().all(|&n| (800..1200).contains(&n)), "{hits:?}");
-    assert_eq!(super::pick(&[] as &[u32], usable, |_| true), None);
-    assert_eq!(super::pick(&[0, 6], usable, |_| true), None);
+    assert_eq!(super::pick(0, |_| usable(&1), |_| true), None);
+    let items = [0, 6];
+    assert_eq!(super::pick(2, |i| usable(&items[i]), |_| true), None);
 }
 
 /// A connection to a big service whose endpoints are all usable looks up one of them, not
@@ -225,11 +231,11 @@ fn a_pick_among_usable_endpoints_looks_up_one() {
     let endpoints: Vec<u32> = (0..1000).collect();
     let lookups = std::cell::Cell::new(0);
     for _ in 0..100 {
-        let usable = |i: &u32| {
+        let usable = |i: usize| {
             lookups.set(lookups.get() + 1);
-            Some(*i)
+            Some(endpoints[i])
         };
-        assert!(super::pick(&endpoints, usable, |_| true).is_some());
+        assert!(super::pick(endpoints.len(), usable, |_| true).is_some());
     }
     assert_eq!(lookups.get(), 100);
 }
