@@ -13,7 +13,10 @@ use super::lineage::Lineage;
 use super::rules;
 use super::*;
 
+mod diff;
 mod namespaces;
+
+pub(crate) use diff::keyed_edits;
 
 /// Collects a mesh description; [`MeshBuilder::build`] checks it as a whole and reports every
 /// problem at once, so a human fixing a file sees them all in one go.

@@ -86,26 +86,49 @@ impl MeshModel {
         }
         let mut out = Vec::new();
         for (key, policy) in &self.policies {
-            let fields = l7_fields(&policy.rules);
-            if fields.is_empty() {
-                continue;
-            }
-            let workloads: Vec<ObjectKey> = self
-                .workloads_in(&policy.namespace)
-                .filter(|w| w.meshed && MeshModel::policy_selects(policy, w))
-                .map(|w| w.key())
-                .filter(|k| !fronted.contains(k))
-                .collect();
-            if !workloads.is_empty() {
-                out.push(UnenforcedL7 {
-                    policy: key.clone(),
-                    fields,
-                    workloads,
-                    action: policy.action,
-                });
-            }
+            out.extend(self.unenforced(key, policy, |k| fronted.contains(k)));
         }
         out
+    }
+
+    /// As [`Self::unenforced_l7_policies`], for the policies of one namespace: what a change
+    /// there can have altered, found without looking at the rest of the mesh.
+    pub fn unenforced_l7_policies_in(&self, namespace: &str) -> Vec<UnenforcedL7> {
+        let fronted = |key: &ObjectKey| {
+            self.workload(key).is_some_and(|w| w.waypoint.is_some())
+                || self.services_backed_by(key).any(|s| s.waypoint.is_some())
+        };
+        let policies = self
+            .policies
+            .range(ObjectKey::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace);
+        policies
+            .filter_map(|(key, policy)| self.unenforced(key, policy, fronted))
+            .collect()
+    }
+
+    fn unenforced(
+        &self,
+        key: &ObjectKey,
+        policy: &super::AuthorizationPolicy,
+        fronted: impl Fn(&ObjectKey) -> bool,
+    ) -> Option<UnenforcedL7> {
+        let fields = l7_fields(&policy.rules);
+        if fields.is_empty() {
+            return None;
+        }
+        let workloads: Vec<ObjectKey> = self
+            .workloads_in(&policy.namespace)
+            .filter(|w| w.meshed && MeshModel::policy_selects(policy, w))
+            .map(|w| w.key())
+            .filter(|k| !fronted(k))
+            .collect();
+        (!workloads.is_empty()).then(|| UnenforcedL7 {
+            policy: key.clone(),
+            fields,
+            workloads,
+            action: policy.action,
+        })
     }
 }
 
@@ -251,6 +274,13 @@ mod tests {
             ["demo/ratings-admin", "demo/ratings-header"],
             "the waypoint-fronted and the L4-only policies are fine"
         );
+        let model = model();
+        assert_eq!(
+            model.unenforced_l7_policies_in("demo"),
+            model.unenforced_l7_policies(),
+            "the namespace's own check finds the same"
+        );
+        assert!(model.unenforced_l7_policies_in("other").is_empty());
         let admin = &found["demo/ratings-admin"];
         assert_eq!(admin.fields, ["paths"]);
         assert_eq!(

@@ -29,6 +29,7 @@ pub use apply::Edit;
 #[cfg(test)]
 pub(crate) use apply::tests as random_edits;
 pub use build::MeshBuilder;
+pub(crate) use build::keyed_edits;
 pub use egress_scope::{EGRESS_SCOPE_ANNOTATION, EgressHost, EgressScope, EgressScopeError};
 pub use enforcement::{UnenforcedL7, l7_fields};
 pub use error::{Kind, ModelError, ResourceRef};
@@ -55,7 +56,7 @@ pub type Labels = BTreeMap<String, String>;
 /// (Whether that waypoint exists is the model builder's check.)
 pub fn requested_waypoints<'a>(
     namespaces: &'a [Namespace],
-    services: &'a [Service],
+    services: impl IntoIterator<Item = &'a Service, IntoIter: 'a>,
 ) -> impl Iterator<Item = (&'a Service, Option<&'a str>)> {
     let by_namespace: BTreeMap<&str, &str> = namespaces
         .iter()
@@ -66,7 +67,7 @@ pub fn requested_waypoints<'a>(
             ))
         })
         .collect();
-    services.iter().map(move |s| {
+    services.into_iter().map(move |s| {
         let waypoint = match s.labels.get(USE_WAYPOINT_LABEL) {
             Some(own) => Some(own.as_str()),
             None => by_namespace.get(s.namespace.as_str()).copied(),
@@ -360,7 +361,30 @@ impl PartialEq for MeshModel {
     }
 }
 
+/// How many objects of each kind a model holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub workloads: usize,
+    pub services: usize,
+    pub waypoints: usize,
+    pub policies: usize,
+    pub routes: usize,
+    pub traffic_policies: usize,
+}
+
 impl MeshModel {
+    /// Without a walk of the model: a source logs them on every change.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            workloads: self.workloads.len(),
+            services: self.services.len(),
+            waypoints: self.waypoints.len(),
+            policies: self.policies.len(),
+            routes: self.routes.len(),
+            traffic_policies: self.traffic_policies.len(),
+        }
+    }
+
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }

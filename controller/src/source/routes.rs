@@ -77,7 +77,7 @@ impl<'a> RouteContext<'a> {
     /// to one can be told how to attach it instead.
     pub fn new(
         namespaces: &'a [model::Namespace],
-        services: &'a [model::Service],
+        services: impl IntoIterator<Item = &'a model::Service, IntoIter: 'a>,
         waypoint_gateways: &'a BTreeSet<ObjectKey>,
         trust_domain: &'a str,
     ) -> Self {

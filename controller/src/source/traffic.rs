@@ -93,9 +93,9 @@ pub struct TrafficContext<'a> {
 }
 
 impl<'a> TrafficContext<'a> {
-    pub fn new(
-        namespaces: &[model::Namespace],
-        services: &[model::Service],
+    pub fn new<'s>(
+        namespaces: &'s [model::Namespace],
+        services: impl IntoIterator<Item = &'s model::Service, IntoIter: 's>,
         trust_domain: &'a str,
     ) -> Self {
         let services = model::requested_waypoints(namespaces, services)

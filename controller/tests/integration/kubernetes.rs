@@ -143,10 +143,15 @@ async fn the_cluster_becomes_the_model_and_watch_events_update_it() {
             json!({"app": "reviews"}),
         ),
     );
+    let first = model;
     let model = model_where(&mut watching.models, |m| {
         meshed(m, "demo", "reviews-2").is_some()
     })
     .await;
+    assert!(
+        model.changes_since(&first).is_some(),
+        "the pod's event is applied to the model in force, not built whole"
+    );
     assert_eq!(meshed(&model, "demo", "reviews-2"), Some(true));
     let reviews = model.service(&ObjectKey::new("demo", "reviews")).unwrap();
     assert!(

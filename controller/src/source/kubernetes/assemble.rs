@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::convert::{Input, Skip};
 use crate::model::{
     self, Kind, Labels, MeshBuilder, MeshModel, ModelError, MtlsMode, PolicyMode, ResourceRef,
-    USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_LABEL, UnenforcedL7,
 };
 
 /// Rounds of leaving rejected objects out before giving up. Leaving an object out can make
@@ -136,7 +136,14 @@ fn builder(
 /// What a model reports of itself: policies kept (ztunnel fails their L7 fields closed) but not
 /// enforceable as written.
 pub(super) fn model_skips(model: &MeshModel) -> impl Iterator<Item = Skip> {
-    model.unenforced_l7_policies().into_iter().map(|u| Skip {
+    unenforced_skips(model.unenforced_l7_policies())
+}
+
+/// What is said of policies not enforceable as written.
+pub(super) fn unenforced_skips(
+    policies: impl IntoIterator<Item = UnenforcedL7>,
+) -> impl Iterator<Item = Skip> {
+    policies.into_iter().map(|u| Skip {
         subject: namespaced(
             Kind::AuthorizationPolicy,
             &u.policy.namespace,

@@ -9,7 +9,8 @@
 //!   reason (a pod without IP, a named target port that does not resolve, a policy port that is
 //!   not a number…), never fatal.
 //! - `assemble`: the model from that input, leaving out whatever the model rejects.
-//! - `watch`: the reflectors (list + watch caches) and the debounced rebuild. Gateway API and
+//! - `update`: the next model after a change, made from what the change touches.
+//! - `watch`: the reflectors (list + watch caches) and the debounced update. Gateway API and
 //!   Ambit CRDs that are not installed are run without, as Istio does.
 //!
 //! Not watched: Nodes (a node is known through its pods and gets no bootstrap token, so no
@@ -19,7 +20,7 @@
 mod assemble;
 mod convert;
 pub mod crd;
-mod incremental;
+mod update;
 mod watch;
 
 use std::sync::Arc;
@@ -29,7 +30,8 @@ use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
 pub use assemble::{MeshSettings, assemble};
-pub use convert::{Input, Objects, Skip, convert};
+pub use convert::{Changed, Converted, Input, Lookup, Objects, Skip, Update, convert};
+pub use update::Updater;
 
 use crate::model::{MeshModel, ModelError, MtlsMode, PolicyMode};
 

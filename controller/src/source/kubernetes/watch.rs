@@ -1,7 +1,7 @@
-//! Keeps a reflector (a local cache fed by list + watch) per kind, and makes the next model
-//! from the caches shortly after anything changes (applied to the current one where it can be:
-//! [`super::incremental`]): a burst of events (a rollout, a resync after a reconnect) becomes
-//! one new model, not one per event.
+//! Keeps a reflector (a local cache fed by list + watch) per kind, notes which objects each
+//! event names, and makes the next model shortly after anything changes, from what changed
+//! ([`super::update`]): a burst of events (a rollout, a resync after a reconnect) becomes one
+//! new model, not one per event.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -13,21 +13,21 @@ use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch as channel};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::assemble::assemble;
-use super::convert::{Objects, Skip, convert};
+use super::convert::{Changed, Lookup, Objects};
 use super::crd::AuthorizationPolicy;
 use super::crd::traffic::TrafficPolicy;
-use super::incremental::{self, MadeFrom};
+use super::update::Updater;
 use super::{KubernetesError, Options, Watching};
-use crate::model::MeshModel;
+use crate::model::{MeshModel, ObjectKey};
 
 /// How far a kind's first list got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,8 @@ fn not_installed(error: &watcher::Error) -> bool {
 fn reflect<K>(
     client: Client,
     need: Need,
-    changed: Arc<Notify>,
+    changes: &Changes,
+    mark: fn(&mut Changed, &K),
     shutdown: CancellationToken,
 ) -> Reflector<K>
 where
@@ -107,6 +108,7 @@ where
         .default_backoff()
         .reflect(writer);
     let task_kind = kind.clone();
+    let changes = changes.clone();
     let task = tokio::spawn(async move {
         let kind = task_kind;
         let mut stream = std::pin::pin!(stream);
@@ -123,13 +125,21 @@ where
                         }
                         listed_tx.send_replace(Listed::Complete);
                     }
-                    changed.notify_one();
+                    changes.mark(|changed| match &event {
+                        watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                            mark(changed, object)
+                        }
+                        // A list (again) does not say what it no longer holds.
+                        watcher::Event::Init
+                        | watcher::Event::InitApply(_)
+                        | watcher::Event::InitDone => changed.everything = true,
+                    });
                 }
                 Some(Err(error)) if need == Need::UnlessNotInstalled && not_installed(&error) => {
                     // Logged once, not on every retry: running without it is a supported state.
                     if listed_tx.send_replace(Listed::NotInstalled) != Listed::NotInstalled {
                         tracing::warn!(%kind, "not served by the API server (CRD not installed); running without it until it is installed");
-                        changed.notify_one();
+                        changes.mark(|changed| changed.everything = true);
                     }
                 }
                 Some(Err(error)) => {
@@ -160,44 +170,89 @@ struct Caches {
     traffic_policies: Reflector<TrafficPolicy>,
 }
 
+/// What the watches saw change since the model was last made, and the wake-up for it.
+#[derive(Clone, Default)]
+struct Changes {
+    changed: Arc<Mutex<Changed>>,
+    notify: Arc<Notify>,
+}
+
+impl Changes {
+    fn mark(&self, f: impl FnOnce(&mut Changed)) {
+        self.remember(f);
+        self.notify.notify_one();
+    }
+
+    /// Notes a change without waking the source for it.
+    fn remember(&self, f: impl FnOnce(&mut Changed)) {
+        f(&mut self.changed.lock());
+    }
+
+    fn take(&self) -> Changed {
+        std::mem::take(&mut self.changed.lock())
+    }
+}
+
+/// Notes the object an event names.
+fn mark<K: Resource>(keys: &mut BTreeSet<ObjectKey>, object: &K) {
+    let meta = object.meta();
+    keys.insert(ObjectKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    ));
+}
+
+fn get<K>(reflector: &Reflector<K>, key: &ObjectKey) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    reflector
+        .store
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+}
+
+/// What every watch shares.
+struct Watches<'a> {
+    client: &'a Client,
+    changes: &'a Changes,
+    stop: &'a CancellationToken,
+}
+
+impl Watches<'_> {
+    fn reflect<K>(&self, need: Need, mark: fn(&mut Changed, &K)) -> Reflector<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        reflect(
+            self.client.clone(),
+            need,
+            self.changes,
+            mark,
+            self.stop.clone(),
+        )
+    }
+}
+
 impl Caches {
-    fn start(client: &Client, changed: &Arc<Notify>, stop: &CancellationToken) -> Caches {
+    fn start(client: &Client, changes: &Changes, stop: &CancellationToken) -> Caches {
         use Need::*;
+        let w = Watches {
+            client,
+            changes,
+            stop,
+        };
+        // What each kind's event names: the objects converted one by one, a flag for those
+        // converted together, everything for those whose labels reach a whole namespace.
         Caches {
-            namespaces: reflect(client.clone(), Required, changed.clone(), stop.clone()),
-            pods: reflect(client.clone(), Required, changed.clone(), stop.clone()),
-            services: reflect(client.clone(), Required, changed.clone(), stop.clone()),
-            endpoint_slices: reflect(client.clone(), Required, changed.clone(), stop.clone()),
-            gateways: reflect(
-                client.clone(),
-                UnlessNotInstalled,
-                changed.clone(),
-                stop.clone(),
-            ),
-            http_routes: reflect(
-                client.clone(),
-                UnlessNotInstalled,
-                changed.clone(),
-                stop.clone(),
-            ),
-            grpc_routes: reflect(
-                client.clone(),
-                UnlessNotInstalled,
-                changed.clone(),
-                stop.clone(),
-            ),
-            policies: reflect(
-                client.clone(),
-                UnlessNotInstalled,
-                changed.clone(),
-                stop.clone(),
-            ),
-            traffic_policies: reflect(
-                client.clone(),
-                UnlessNotInstalled,
-                changed.clone(),
-                stop.clone(),
-            ),
+            namespaces: w.reflect(Required, |c, _| c.everything = true),
+            pods: w.reflect(Required, |c, o| mark(&mut c.pods, o)),
+            services: w.reflect(Required, |c, o| mark(&mut c.services, o)),
+            endpoint_slices: w.reflect(Required, |c, o| mark(&mut c.endpoint_slices, o)),
+            gateways: w.reflect(UnlessNotInstalled, |c, _| c.everything = true),
+            http_routes: w.reflect(UnlessNotInstalled, |c, _| c.routes = true),
+            grpc_routes: w.reflect(UnlessNotInstalled, |c, _| c.routes = true),
+            policies: w.reflect(UnlessNotInstalled, |c, o| mark(&mut c.policies, o)),
+            traffic_policies: w.reflect(UnlessNotInstalled, |c, _| c.traffic_policies = true),
         }
     }
 
@@ -264,68 +319,69 @@ impl Caches {
     }
 }
 
+impl Lookup for Caches {
+    fn pod(&self, key: &ObjectKey) -> Option<Arc<core::Pod>> {
+        get(&self.pods, key)
+    }
+
+    fn service(&self, key: &ObjectKey) -> Option<Arc<core::Service>> {
+        get(&self.services, key)
+    }
+
+    fn endpoint_slice(&self, key: &ObjectKey) -> Option<Arc<EndpointSlice>> {
+        get(&self.endpoint_slices, key)
+    }
+
+    fn policy(&self, key: &ObjectKey) -> Option<Arc<AuthorizationPolicy>> {
+        get(&self.policies, key)
+    }
+
+    fn routes_and_traffic_policies(&self) -> Objects {
+        Objects {
+            http_routes: self.http_routes.store.state(),
+            grpc_routes: self.grpc_routes.store.state(),
+            traffic_policies: self.traffic_policies.store.state(),
+            ..Objects::default()
+        }
+    }
+
+    fn objects(&self) -> Objects {
+        Caches::objects(self)
+    }
+}
+
 /// The source's state between rebuilds.
 struct Rebuilder {
     caches: Caches,
+    changes: Changes,
     options: Options,
-    /// Skips already logged, so each is logged once when it appears, not on every rebuild.
-    logged: BTreeSet<Skip>,
-    /// What the model in force was made from, for the next change to be applied to it.
-    made_from: Option<MadeFrom>,
+    updater: Updater,
 }
 
 impl Rebuilder {
-    /// The model of the caches now: `current` with what changed applied to it when it can
-    /// be (see [`super::incremental`]), else built whole.
-    fn build(&mut self, current: Option<&MeshModel>) -> Result<MeshModel, KubernetesError> {
-        let input = convert(&self.caches.objects(), &self.options.trust_domain);
-        let applied = match (current, &self.made_from) {
-            (Some(current), Some(from)) => incremental::apply(current, from, &input),
-            _ => None,
-        };
-        let (model, skips, left_out) = match applied {
-            Some((model, skips)) => (model, skips, false),
-            None => {
-                self.made_from = None;
-                let a = assemble(&input, &self.options.mesh_settings())
-                    .map_err(|errors| KubernetesError::Model { errors })?;
-                (a.model, a.skips, a.left_out)
-            }
-        };
-        self.made_from = Some(MadeFrom { input, left_out });
-        let now: BTreeSet<Skip> = skips.into_iter().collect();
-        for skip in now.difference(&self.logged) {
-            tracing::info!(object = %skip.subject, reason = %skip.reason, "left out of the mesh model, or used in part");
-        }
-        self.logged = now;
-        Ok(model)
-    }
-
     /// Rebuilds on every change until `shutdown`; gives itself back so the caller can wait for
     /// the watch tasks.
     async fn run(
         mut self,
         models: channel::Sender<Arc<MeshModel>>,
-        changed: Arc<Notify>,
         shutdown: CancellationToken,
     ) -> Self {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return self,
-                _ = changed.notified() => {}
+                _ = self.changes.notify.notified() => {}
             }
             // Debounce: let the rest of a burst arrive; events meanwhile leave a permit in
-            // `changed`, which at worst costs one more (unchanged) rebuild.
+            // `notify`, which at worst costs one more (empty) round.
             tokio::select! {
                 _ = shutdown.cancelled() => return self,
                 _ = tokio::time::sleep(self.options.debounce) => {}
             }
+            let changed = self.changes.take();
             let current = models.borrow().clone();
-            match self.build(Some(&current)) {
-                Ok(model) => {
-                    if **models.borrow() == model {
-                        continue;
-                    }
+            match self.updater.next(&changed, &self.caches, &current) {
+                Ok(None) => {}
+                Ok(Some(model)) => {
                     log_model(&model, "Kubernetes state changed; new model in force");
                     metrics::counter!("ambit_controller_config_reloads_total", "result" => "ok")
                         .increment(1);
@@ -335,6 +391,9 @@ impl Rebuilder {
                     metrics::counter!("ambit_controller_config_reloads_total", "result" => "error")
                         .increment(1);
                     tracing::error!(%error, "could not build a model from the cluster; the last good model stays in force");
+                    // Whatever changed is still to be taken in, at the next change: a
+                    // retry now would only fail again.
+                    self.changes.remember(|c| c.everything = true);
                 }
             }
         }
@@ -348,19 +407,24 @@ pub async fn start(
     options: Options,
     shutdown: CancellationToken,
 ) -> Result<Watching, KubernetesError> {
-    let changed = Arc::new(Notify::new());
+    let changes = Changes::default();
     // The watch tasks end with `stop`: on shutdown, or when the start fails.
     let stop = shutdown.child_token();
-    let caches = Caches::start(&client, &changed, &stop);
+    let caches = Caches::start(&client, &changes, &stop);
     let first = match tokio::time::timeout(options.sync_timeout, caches.wait()).await {
         Ok(()) => {
+            // What the first model is made from needs no second look.
+            changes.take();
             let mut rebuilder = Rebuilder {
+                updater: Updater::new(&options),
                 caches,
+                changes,
                 options,
-                logged: BTreeSet::new(),
-                made_from: None,
             };
-            rebuilder.build(None).map(|model| (rebuilder, model))
+            rebuilder
+                .updater
+                .first(&rebuilder.caches)
+                .map(|model| (rebuilder, model))
         }
         Err(_) => Err(KubernetesError::NotSynced {
             timeout: options.sync_timeout,
@@ -377,7 +441,7 @@ pub async fn start(
     log_model(&model, "first model built from the Kubernetes API");
     let (tx, models) = channel::channel(Arc::new(model));
     let task = tokio::spawn(async move {
-        let Rebuilder { caches, .. } = rebuilder.run(tx, changed, stop.clone()).await;
+        let Rebuilder { caches, .. } = rebuilder.run(tx, stop.clone()).await;
         stop.cancel();
         for task in caches.tasks() {
             let _ = task.await;
@@ -388,13 +452,14 @@ pub async fn start(
 
 /// One line saying what a model holds.
 fn log_model(model: &MeshModel, what: &str) {
+    let c = model.counts();
     tracing::info!(
-        workloads = model.workloads().count(),
-        services = model.services().count(),
-        waypoints = model.waypoints().count(),
-        policies = model.policies().count(),
-        routes = model.routes().count(),
-        traffic_policies = model.traffic_policies().count(),
+        workloads = c.workloads,
+        services = c.services,
+        waypoints = c.waypoints,
+        policies = c.policies,
+        routes = c.routes,
+        traffic_policies = c.traffic_policies,
         "{what}"
     );
 }

@@ -10,10 +10,28 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::Skip;
-use crate::model::{self, ObjectKey, ResourceRef};
+use crate::model::{ObjectKey, ResourceRef};
 
 /// The label that ties a slice to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Every address `slice` lists for an endpoint that names no pod: the pod at it is found by
+/// its address (see [`Slices::new`]).
+pub(super) fn unreferenced_addresses(slice: &EndpointSlice) -> impl Iterator<Item = IpAddr> + '_ {
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| !names_pod(e))
+        .flat_map(|e| &e.addresses)
+        .filter_map(|a| a.parse().ok())
+}
+
+fn names_pod(endpoint: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
+    endpoint
+        .target_ref
+        .as_ref()
+        .is_some_and(|r| r.kind.as_deref() == Some("Pod") && r.name.is_some())
+}
 
 #[derive(Debug, Default)]
 struct ServiceSlices {
@@ -34,15 +52,11 @@ pub(super) struct Slices {
 }
 
 impl Slices {
-    pub(super) fn new(slices: &[Arc<EndpointSlice>], pods: &[model::Pod]) -> Slices {
-        let by_ip: BTreeMap<IpAddr, ObjectKey> = pods
-            .iter()
-            .flat_map(|p| {
-                p.addresses
-                    .iter()
-                    .map(|ip| (*ip, ObjectKey::new(&p.namespace, &p.name)))
-            })
-            .collect();
+    /// `pod_at`: the pod at an address a slice lists without naming its pod.
+    pub(super) fn new<'a>(
+        slices: impl IntoIterator<Item = &'a Arc<EndpointSlice>>,
+        pod_at: impl Fn(IpAddr) -> Option<ObjectKey>,
+    ) -> Slices {
         let mut out = Slices::default();
         for slice in slices {
             let meta = &slice.metadata;
@@ -90,8 +104,8 @@ impl Slices {
                     let Ok(ip) = address.parse::<IpAddr>() else {
                         continue; // FQDN slices: nothing the mesh can reach by address
                     };
-                    match by_ip.get(&ip) {
-                        Some(pod) => entry.pods.push(pod.clone()),
+                    match pod_at(ip) {
+                        Some(pod) => entry.pods.push(pod),
                         None => entry
                             .unknown
                             .push((meta.name.clone().unwrap_or_default(), ip)),
@@ -178,18 +192,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{Kind, Labels};
+    use crate::model::Kind;
 
-    fn pod(name: &str, ip: &str) -> model::Pod {
-        model::Pod {
-            name: name.into(),
-            namespace: "demo".into(),
-            service_account: "default".into(),
-            node: "node-a".into(),
-            addresses: vec![ip.parse().unwrap()],
-            labels: Labels::new(),
-            healthy: true,
-        }
+    /// Pods a, b and c at 10.0.0.1 to .3.
+    fn pod_at(ip: IpAddr) -> Option<ObjectKey> {
+        let name = match ip.to_string().as_str() {
+            "10.0.0.1" => "a",
+            "10.0.0.2" => "b",
+            "10.0.0.3" => "c",
+            _ => return None,
+        };
+        Some(ObjectKey::new("demo", name))
     }
 
     #[test]
@@ -208,13 +221,15 @@ mod tests {
             ]
         }))
         .unwrap();
-        let slices = Slices::new(
-            &[Arc::new(slice)],
-            &[
-                pod("a", "10.0.0.1"),
-                pod("b", "10.0.0.2"),
-                pod("c", "10.0.0.3"),
-            ],
+        let slice = Arc::new(slice);
+        let slices = Slices::new([&slice], pod_at);
+        let unreferenced: Vec<IpAddr> = unreferenced_addresses(&slice).collect();
+        let ips =
+            |ips: &[&str]| -> Vec<IpAddr> { ips.iter().map(|ip| ip.parse().unwrap()).collect() };
+        assert_eq!(
+            unreferenced,
+            ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "192.168.1.1"]),
+            "every address but the one of an endpoint naming its pod"
         );
         let subject = ResourceRef::new(Kind::Service, "demo/db");
         let mut skips = Vec::new();
@@ -248,17 +263,12 @@ mod tests {
 
     #[test]
     fn slices_that_disagree_on_a_port_are_reported_and_the_most_endpoints_win() {
-        let pods = [
-            pod("a", "10.0.0.1"),
-            pod("b", "10.0.0.2"),
-            pod("c", "10.0.0.3"),
-        ];
         let subject = ResourceRef::new(Kind::Service, "demo/db");
         let old = slice("db-old", 5432, &["10.0.0.1"]);
         let new = slice("db-new", 6432, &["10.0.0.2", "10.0.0.3"]);
         // Either listing order gives the same answer.
         for listed in [[old.clone(), new.clone()], [new.clone(), old.clone()]] {
-            let slices = Slices::new(&listed, &pods);
+            let slices = Slices::new(&listed, pod_at);
             assert_eq!(slices.port("demo", "db", Some("sql")), Some(6432));
             let mut skips = Vec::new();
             assert_eq!(
@@ -276,7 +286,7 @@ mod tests {
         // A tie goes to the lower number.
         let tie = Slices::new(
             &[new, slice("db-odd", 5432, &["10.0.0.1", "10.9.9.9"])],
-            &pods,
+            pod_at,
         );
         assert_eq!(tie.port("demo", "db", Some("sql")), Some(5432));
     }

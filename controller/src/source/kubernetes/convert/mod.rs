@@ -3,6 +3,8 @@
 //! number…) is left out, or used in part, and reported as a [`Skip`] naming the object, the
 //! cause and the fix; nothing here fails as a whole.
 //!
+//! - `converted`: the conversion kept object by object, and a change converted by what it
+//!   touches;
 //! - `workloads`: namespaces, pods, services (and their ports);
 //! - `endpoints`: the EndpointSlices of services without selector;
 //! - `waypoints`: Gateways of class `ambit-waypoint` and their pods;
@@ -10,6 +12,7 @@
 //! - `routes`: HTTPRoutes and GRPCRoutes attached to services (through `source::routes`);
 //! - `traffic`: Ambit's TrafficPolicy (through `source::traffic`).
 
+mod converted;
 mod endpoints;
 mod policies;
 mod routes;
@@ -17,7 +20,7 @@ mod traffic;
 mod waypoints;
 mod workloads;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -27,6 +30,8 @@ use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use converted::{Changed, Converted, Lookup, Update};
 
 use super::crd;
 use crate::model::{self, Labels, ObjectKey, ResourceRef, USE_WAYPOINT_LABEL, WAYPOINT_NONE};
@@ -91,82 +96,7 @@ fn key(meta: &ObjectMeta) -> (String, String) {
 /// against the pods, and routes against the services that are known. `trust_domain` makes the
 /// service hostnames routes are keyed by.
 pub fn convert(objects: &Objects, trust_domain: &str) -> Input {
-    let mut input = Input::default();
-    let skips = &mut input.skips;
-    let gateways = waypoints::waypoint_gateways(&objects.gateways);
-    // Waypoint pods are the waypoint, not workloads: their addresses are the waypoint's, and a
-    // workload with the same address would be refused by the model as a duplicate.
-    let mut members = Vec::new();
-    let mut pods = Vec::new();
-    for p in &objects.pods {
-        match waypoints::gateway_of(p, &gateways, skips) {
-            Some(gateway) => members.push((gateway, p)),
-            None => pods.push(p),
-        }
-    }
-    for wp in waypoints::waypoints(&gateways, &members, skips) {
-        if !wp.node.is_empty() {
-            input.nodes.insert(wp.node.clone());
-        }
-        input.waypoints.push(wp);
-    }
-    for ns in &objects.namespaces {
-        if let Some(ns) = workloads::namespace(ns, &gateways, skips) {
-            input.namespaces.push(ns);
-        }
-    }
-    let mut containers: BTreeMap<(String, String), &core::Pod> = BTreeMap::new();
-    for p in pods {
-        if let Some(pod) = workloads::pod(p, &gateways, skips) {
-            input.nodes.insert(pod.node.clone());
-            containers.insert((pod.namespace.clone(), pod.name.clone()), p);
-            input.pods.push(pod);
-        }
-    }
-    let slices = endpoints::Slices::new(&objects.endpoint_slices, &input.pods);
-    for s in &objects.services {
-        let context = workloads::ServiceContext {
-            pods: &input.pods,
-            containers: &containers,
-            waypoints: &gateways,
-            slices: &slices,
-        };
-        if let Some(svc) = workloads::service(s, &context, skips) {
-            input.services.push(svc);
-        }
-    }
-    for p in &objects.policies {
-        if let Some(policy) = policies::policy(p, skips) {
-            input.policies.push(policy);
-        }
-    }
-    let context = crate::source::routes::RouteContext::new(
-        &input.namespaces,
-        &input.services,
-        &gateways,
-        trust_domain,
-    );
-    let mut http_names = BTreeSet::new();
-    for r in &objects.http_routes {
-        if let Some(route) = routes::http_route(r, &context, skips) {
-            http_names.insert((route.namespace.clone(), route.name.clone()));
-            input.routes.push(route);
-        }
-    }
-    for r in &objects.grpc_routes {
-        if let Some(route) = routes::grpc_route(r, &context, &http_names, skips) {
-            input.routes.push(route);
-        }
-    }
-    let context = crate::source::traffic::TrafficContext::new(
-        &input.namespaces,
-        &input.services,
-        trust_domain,
-    );
-    input.traffic_policies =
-        traffic::traffic_policies(&objects.traffic_policies, &context, &mut input.skips);
-    input.skips.sort();
-    input
+    Converted::full(objects, trust_domain).input()
 }
 
 /// The waypoints a `use-waypoint` label may name: every `ambit-waypoint` Gateway.

@@ -1,17 +1,18 @@
 //! Namespaces, pods and services: who is meshed, what runs where, what a service's ports are.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::converted::Pods;
 use super::endpoints::Slices;
 use super::{Skip, Waypoints, check_waypoint_label, key, labels};
 use crate::model::{
     self, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
-    EGRESS_SCOPE_ANNOTATION, EgressScope, Kind, MTLS_MODE_LABEL, MtlsMode, POLICY_MODE_LABEL,
-    PolicyMode, ResourceRef,
+    EGRESS_SCOPE_ANNOTATION, EgressScope, Kind, MTLS_MODE_LABEL, MtlsMode, ObjectKey,
+    POLICY_MODE_LABEL, PolicyMode, ResourceRef,
 };
 
 pub(super) fn namespace(
@@ -93,7 +94,7 @@ fn egress_scope(
     )
 }
 
-fn pod_ips(status: &core::PodStatus) -> Vec<IpAddr> {
+pub(super) fn pod_ips(status: &core::PodStatus) -> Vec<IpAddr> {
     let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
     let mut ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
     if ips.is_empty()
@@ -191,22 +192,17 @@ fn app_protocol(port: &core::ServicePort) -> model::AppProtocol {
 
 /// A named target port is the container port of that name on the service's pods; it resolves
 /// when the selected pods that declare it all agree on one number.
-fn resolve_named(
-    port_name: &str,
-    service: &model::Service,
-    pods: &[model::Pod],
-    containers: &BTreeMap<(String, String), &core::Pod>,
-) -> Result<u16, String> {
+fn resolve_named(port_name: &str, service: &model::Service, pods: &Pods) -> Result<u16, String> {
     let mut found = BTreeSet::new();
-    let selected = pods.iter().filter(|p| {
-        p.namespace == service.namespace
-            && !service.selector.is_empty()
-            && model::selects(&service.selector, &p.labels)
-    });
-    for pod in selected {
-        let Some(k8s) = containers.get(&(pod.namespace.clone(), pod.name.clone())) else {
-            continue;
-        };
+    let namespace = pods
+        .range(ObjectKey::new(&service.namespace, "")..)
+        .take_while(|(k, _)| k.namespace == service.namespace);
+    let selected = namespace
+        .filter_map(|(_, e)| Some((e.value.as_ref()?, &e.source)))
+        .filter(|(p, _)| {
+            !service.selector.is_empty() && model::selects(&service.selector, &p.labels)
+        });
+    for (_, k8s) in selected {
         let declared = k8s
             .spec
             .iter()
@@ -229,8 +225,7 @@ fn resolve_named(
 
 /// What a service's conversion looks up.
 pub(super) struct ServiceContext<'a> {
-    pub pods: &'a [model::Pod],
-    pub containers: &'a BTreeMap<(String, String), &'a core::Pod>,
+    pub pods: &'a Pods,
     pub waypoints: &'a Waypoints,
     pub slices: &'a Slices,
 }
@@ -319,7 +314,7 @@ pub(super) fn service(
             },
             (None, Some(IntOrString::String(named))) => match named.parse::<u16>() {
                 Ok(n) if n != 0 => n,
-                _ => match resolve_named(named, &svc, context.pods, context.containers) {
+                _ => match resolve_named(named, &svc, context.pods) {
                     Ok(n) => n,
                     Err(reason) => {
                         skip(reason);
