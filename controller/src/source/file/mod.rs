@@ -14,7 +14,7 @@ pub use convert::DEFAULT_TRUST_DOMAIN;
 pub use schema::PodApp;
 pub use watch::{FileWatcher, Watching, watch};
 
-use crate::model::{Kind, MeshModel, ModelError, ResourceRef};
+use crate::model::{Kind, MeshBuilder, MeshModel, ModelError, ResourceRef};
 
 /// The mesh `controller` serves when no `--source` is given, and the default topology of
 /// `ambit up`.
@@ -53,6 +53,9 @@ pub struct TopologyWaypoint {
 pub struct MeshFile {
     pub model: MeshModel,
     pub topology: LocalTopology,
+    /// The objects the model was built of, for the next version of the file to be applied to
+    /// it as edits.
+    pub objects: MeshBuilder,
 }
 
 /// One problem in a mesh file, at a line when the problem is about something written there.
@@ -160,11 +163,16 @@ pub fn parse(text: &str, origin: &str) -> Result<MeshFile, FileError> {
             })
             .collect()
     };
+    let objects = builder.clone();
     match builder.build() {
         Ok(model) => {
             problems.extend(unenforced(&model));
             if problems.is_empty() {
-                return Ok(MeshFile { model, topology });
+                return Ok(MeshFile {
+                    model,
+                    topology,
+                    objects,
+                });
             }
             problems.sort_by_key(|p| p.line);
             Err(FileError::Invalid {

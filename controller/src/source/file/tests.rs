@@ -297,7 +297,13 @@ async fn the_watcher_reloads_good_edits_and_keeps_the_model_on_bad_ones() {
     let two =
         format!("{BASE}  - name: b\n    namespace: demo\n    node: node-a\n    ipv4: 10.244.1.3\n");
     write(&path, &two);
-    assert_eq!(next_model(&mut rx).await.workloads().count(), 2);
+    let added = next_model(&mut rx).await;
+    assert_eq!(added.workloads().count(), 2);
+    assert!(
+        added.changes_since(&file.model).is_some(),
+        "applied to the model in force, so the push re-resolves only the new pod"
+    );
+    assert_eq!(*added, parse(&two, "mesh.yaml").unwrap().model);
 
     // A bad edit (duplicate address), then a good one: only the good one is published.
     write(&path, &two.replace("10.244.1.3", "10.244.1.2"));

@@ -10,7 +10,7 @@ use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
 use super::{FileError, MeshFile, load};
-use crate::model::MeshModel;
+use crate::model::{MeshBuilder, MeshModel};
 
 /// Identifies one version of a file cheaply. Size is included because some filesystems keep
 /// mtimes to the second, and two quick edits within one second usually change it.
@@ -33,6 +33,8 @@ pub struct FileWatcher {
     path: PathBuf,
     interval: Duration,
     seen: Option<Fingerprint>,
+    /// What the model in force was built of.
+    objects: MeshBuilder,
 }
 
 impl FileWatcher {
@@ -46,6 +48,7 @@ impl FileWatcher {
                 path,
                 interval,
                 seen,
+                objects: file.objects.clone(),
             },
             file,
         ))
@@ -70,8 +73,9 @@ impl FileWatcher {
                 continue;
             }
             self.seen = now;
-            // Bound first: the borrow holds the channel's read lock, which send_replace needs.
-            let reloaded = self.reload(&models.borrow());
+            // Cloned first: the borrow holds the channel's read lock, which send_replace needs.
+            let current = models.borrow().clone();
+            let reloaded = self.reload(&current);
             match reloaded {
                 Ok(Some(model)) => {
                     tracing::info!(path = %self.path.display(), "mesh file changed; new model in force");
@@ -91,17 +95,29 @@ impl FileWatcher {
         }
     }
 
-    /// The new model, `None` when the file's content means the same mesh.
-    fn reload(&self, current: &MeshModel) -> Result<Option<MeshModel>, FileError> {
-        let new = load(&self.path)?.model;
-        if new.trust_domain() != current.trust_domain() {
+    /// The new model, `None` when the file's content means the same mesh. The file is checked
+    /// whole (its problems are reported by line), and what differs from the objects of the
+    /// model in force is then applied to it, so that the model records what changed and the
+    /// push re-resolves only that; settings, namespaces or waypoints that differ take the
+    /// full build.
+    fn reload(&mut self, current: &MeshModel) -> Result<Option<MeshModel>, FileError> {
+        let file = load(&self.path)?;
+        if file.model.trust_domain() != current.trust_domain() {
             return Err(FileError::TrustDomainChanged {
                 origin: self.path.display().to_string(),
                 from: current.trust_domain().into(),
-                to: new.trust_domain().into(),
+                to: file.model.trust_domain().into(),
             });
         }
-        Ok((new != *current).then_some(new))
+        let edits = self.objects.edits_to(&file.objects);
+        self.objects = file.objects;
+        match edits {
+            Some(edits) if edits.is_empty() => Ok(None),
+            // `apply` makes what the full build made (its tests hold it to that); it may
+            // refuse a batch the build takes (two traffic policies swapping targets, say).
+            Some(edits) => Ok(Some(current.apply(edits).unwrap_or(file.model))),
+            None => Ok((file.model != *current).then_some(file.model)),
+        }
     }
 }
 
