@@ -35,17 +35,7 @@ struct Options {
 
 fn options() -> anyhow::Result<Options> {
     let args = Args::from_env();
-    let sizes = if args.flag("--sizes") {
-        let list = args
-            .text("--sizes")
-            .ok_or_else(|| anyhow::anyhow!("--sizes needs a list, e.g. --sizes 1000,10000"))?;
-        list.split(',')
-            .map(|s| s.trim().parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("--sizes {list}: {e}"))?
-    } else {
-        vec![1_000, 10_000, 50_000]
-    };
+    let sizes = args.sizes(&[1_000, 10_000, 50_000])?;
     if let Some(small) = sizes.iter().find(|&&s| s < 500) {
         anyhow::bail!("--sizes: {small} is too small; the mesh needs 500 workloads or more");
     }

@@ -380,14 +380,7 @@ fn main() -> anyhow::Result<()> {
     // the expected deltas) are not the controller's; what is, is counted with `as_controller`.
     alloc::set_thread_class(Class::Harness);
     let args = Args::from_env();
-    let sizes: Vec<usize> = match args.text("--sizes") {
-        Some(list) => list
-            .split(',')
-            .map(|s| s.trim().parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("--sizes {list}: {e}"))?,
-        None => vec![50_000],
-    };
+    let sizes = args.sizes(&[50_000])?;
     let subscribed: usize = args.value("--nodes", 10).max(1);
     let cluster_nodes: usize = args.value("--cluster-nodes", NODES).max(10);
     let mut results = Vec::new();

@@ -36,6 +36,21 @@ impl Args {
     pub fn flag(&self, name: &str) -> bool {
         self.0.iter().any(|a| a == name)
     }
+
+    /// `--sizes 1000,10000`: mesh sizes, `default` when not given; a list that does not
+    /// parse is an error, not the default.
+    pub fn sizes(&self, default: &[usize]) -> anyhow::Result<Vec<usize>> {
+        if !self.flag("--sizes") {
+            return Ok(default.to_vec());
+        }
+        let list = self
+            .text("--sizes")
+            .ok_or_else(|| anyhow::anyhow!("--sizes needs a list, e.g. --sizes 1000,10000"))?;
+        list.split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--sizes {list}: {e}"))
+    }
 }
 
 /// Latency samples of one run.

@@ -77,6 +77,19 @@ pub struct Spec {
     meshed_nodes: usize,
 }
 
+/// See [`Spec::objects`].
+#[allow(
+    dead_code,
+    reason = "only the kubernetes_source bench reads the objects"
+)]
+pub struct Objects<'a> {
+    pub namespaces: &'a [Namespace],
+    pub pods: &'a [Pod],
+    pub services: &'a [Service],
+    pub waypoints: &'a [Waypoint],
+    pub policies: &'a [AuthorizationPolicy],
+}
+
 pub fn node_name(i: usize) -> String {
     format!("node-{i:03}")
 }
@@ -279,6 +292,21 @@ impl Spec {
 
     pub fn nodes(&self) -> usize {
         self.nodes
+    }
+
+    /// The builder's input as it stands, for a bench that feeds it in another shape.
+    #[allow(
+        dead_code,
+        reason = "only the kubernetes_source bench reads the objects"
+    )]
+    pub fn objects(&self) -> Objects<'_> {
+        Objects {
+            namespaces: &self.namespaces,
+            pods: &self.pods,
+            services: &self.services,
+            waypoints: &self.waypoints,
+            policies: &self.policies,
+        }
     }
 
     /// The nodes that run meshed pods are `0..meshed_nodes()`.
