@@ -352,7 +352,8 @@ impl Lookup for Caches {
 
 /// The source's state between rebuilds.
 struct Rebuilder {
-    caches: Caches,
+    /// Shared with the blocking thread each update runs on.
+    caches: Arc<Caches>,
     changes: Changes,
     options: Options,
     updater: Updater,
@@ -379,7 +380,32 @@ impl Rebuilder {
             }
             let changed = self.changes.take();
             let current = models.borrow().clone();
-            match self.updater.next(&changed, &self.caches, &current) {
+            // On a blocking thread: a change is a fraction of a millisecond, but one that
+            // converts everything (a relist) takes seconds at a million pods, which must not
+            // hold a runtime worker.
+            let caches = self.caches.clone();
+            let mut updater = std::mem::replace(&mut self.updater, Updater::new(&self.options));
+            let job = tokio::task::spawn_blocking(move || {
+                let next = updater.next(&changed, &*caches, &current);
+                (updater, next)
+            });
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return self,
+                job = job => job,
+            };
+            let next = match next {
+                Ok((updater, next)) => {
+                    self.updater = updater;
+                    next
+                }
+                Err(error) => {
+                    // The fresh updater in its place builds the next model whole.
+                    tracing::error!(%error, "updating the model failed; the last good model stays in force until the next change");
+                    self.changes.remember(|c| c.everything = true);
+                    continue;
+                }
+            };
+            match next {
                 Ok(None) => {}
                 Ok(Some(model)) => {
                     log_model(&model, "Kubernetes state changed; new model in force");
@@ -415,16 +441,26 @@ pub async fn start(
         Ok(()) => {
             // What the first model is made from needs no second look.
             changes.take();
-            let mut rebuilder = Rebuilder {
-                updater: Updater::new(&options),
-                caches,
-                changes,
-                options,
-            };
-            rebuilder
-                .updater
-                .first(&rebuilder.caches)
-                .map(|model| (rebuilder, model))
+            let caches = Arc::new(caches);
+            let mut updater = Updater::new(&options);
+            let from = caches.clone();
+            // On a blocking thread, as every update (see `Rebuilder::run`).
+            let job = tokio::task::spawn_blocking(move || {
+                let first = updater.first(&*from);
+                (updater, first)
+            });
+            let (updater, first) = job
+                .await
+                .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+            first.map(|model| {
+                let rebuilder = Rebuilder {
+                    updater,
+                    caches,
+                    changes,
+                    options,
+                };
+                (rebuilder, model)
+            })
         }
         Err(_) => Err(KubernetesError::NotSynced {
             timeout: options.sync_timeout,
@@ -443,8 +479,12 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let Rebuilder { caches, .. } = rebuilder.run(tx, stop.clone()).await;
         stop.cancel();
-        for task in caches.tasks() {
-            let _ = task.await;
+        // Still shared only when shut down during an update, which ends on its own; the
+        // watch tasks end on `stop` either way.
+        if let Ok(caches) = Arc::try_unwrap(caches) {
+            for task in caches.tasks() {
+                let _ = task.await;
+            }
         }
     });
     Ok(Watching { models, task })
