@@ -24,8 +24,7 @@ impl Backing {
     pub(super) fn of(service: &Arc<Service>) -> impl Iterator<Item = Backing> + '_ {
         (0..service.endpoints.len()).map(|i| Backing {
             service: service.clone(),
-            // A service's endpoints end within a u32 of text (`Endpoints::of`), so there are
-            // fewer of them than a u32 counts.
+            // `Endpoints::of` refuses more endpoints than a u32 counts.
             index: i as u32,
         })
     }

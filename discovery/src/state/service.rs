@@ -130,7 +130,8 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Refuses more text than a u32 counts (more than a discovery message carries).
+    /// Refuses more text, or more endpoints, than a u32 counts (more than a discovery
+    /// message carries).
     fn of<'a>(uids: impl Iterator<Item = &'a str>) -> Result<Self, String> {
         let mut text = String::new();
         let mut ends = Vec::new();
@@ -138,6 +139,9 @@ impl Endpoints {
             text.push_str(uid);
             let end = u32::try_from(text.len())
                 .map_err(|_| format!("its endpoints' uids add up to {} B", text.len()))?;
+            if u32::try_from(ends.len()).is_err() {
+                return Err(format!("it lists more than {} endpoints", u32::MAX));
+            }
             ends.push(end);
         }
         Ok(Endpoints {
