@@ -7,11 +7,15 @@
 //!
 //! Needs root, the tools (`benches/tools.sh` installs them) and release binaries:
 //! `cargo build --release --bins && cargo bench -p ambit-benches --bench mesh [-- --rounds 5
-//! --seconds 15 --pods 100 --workers 2 --json]`. `--seconds` sets every run's length (default:
-//! 15 s for wrk, 10 s for iperf3).
+//! --seconds 15 --pods 100 --workers 2 --istio <binary> --json]`. `--seconds` sets every run's
+//! length (default: 15 s for wrk, 10 s for iperf3). `--istio` measures Istio's ztunnel on the
+//! same pods afterwards ([`istio`]) and sets each figure beside Ambit's.
+
+#[path = "mesh/istio.rs"]
+mod istio;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_benches::iperf3;
@@ -24,6 +28,7 @@ use ambit_cli::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, LocalMesh};
 use ambit_testbed::Netns;
 use serde_json::{Value, json};
 
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 /// The paced runs: 10 connections, each waiting 10 ms after every answer: ~1k req/s.
 const PACED_CONNECTIONS: usize = 10;
@@ -67,6 +72,7 @@ struct Opts {
     iperf3_seconds: u64,
     pods: usize,
     workers: usize,
+    istio: Option<PathBuf>,
     json: bool,
 }
 
@@ -79,18 +85,25 @@ fn opts() -> Opts {
         iperf3_seconds: seconds.unwrap_or(10).max(1),
         pods: args.value("--pods", 100).max(2),
         workers: args.value("--workers", 2).max(1),
+        istio: args.text("--istio").map(PathBuf::from),
         json: args.flag("--json"),
     }
 }
 
-/// Two nodes; client on node-a, server on node-b, the rest idle pods spread over both.
-fn mesh_file(pods: usize) -> String {
+/// Two nodes; client on node-a, server on node-b, the rest idle pods spread over both. In
+/// Ambit's mesh (`ambient`), or left out of it for Istio's ztunnels to carry.
+fn mesh_file(pods: usize, ambient: bool) -> String {
+    let labels = if ambient {
+        "{ambit.io/dataplane-mode: ambient}"
+    } else {
+        "{}"
+    };
     let mut y = format!(
         "trustDomain: cluster.local\n\
          nodes:\n  - {{name: node-a, bootstrapToken: bench-a}}\n  - {{name: node-b, bootstrapToken: bench-b}}\n\
-         namespaces:\n  - name: bench\n    labels: {{ambit.io/dataplane-mode: ambient}}\n\
+         namespaces:\n  - name: bench\n    labels: {labels}\n\
          pods:\n\
-         \x20 - {{name: client, namespace: bench, node: node-a, serviceAccount: client, ipv4: 10.244.1.2, ipv6: \"fd00:10:244:1::2\"}}\n\
+         \x20 - {{name: client, namespace: bench, node: node-a, serviceAccount: client, ipv4: {CLIENT_IP}, ipv6: \"fd00:10:244:1::2\"}}\n\
          \x20 - {{name: server, namespace: bench, node: node-b, serviceAccount: server, ipv4: {SERVER_IP}, ipv6: \"fd00:10:244:2::2\", ports: [{BENCH_MESH_PORT}]}}\n",
     );
     for i in 0..pods.saturating_sub(2) {
@@ -110,12 +123,22 @@ fn main() -> anyhow::Result<()> {
     }
     let o = opts();
     tools::ensure_installed()?;
-    let bench = BenchMesh::up("mesh", &mesh_file(o.pods), false, o.workers)?;
+    let bench = BenchMesh::up("mesh", &mesh_file(o.pods, true), false, o.workers)?;
     let result = measure(&bench.mesh, &bench.dir, &o);
     let down = bench.down();
-    let r = result?;
+    let mut r = result?;
     down?;
-    print_summary(&r, &o);
+    print_summary(&r, &o, "Ambit's ztunnels");
+    if let Some(binary) = &o.istio {
+        let bench = BenchMesh::up("mesh-istio", &mesh_file(o.pods, false), false, o.workers)?;
+        let result = measure_istio(binary, &bench.mesh, &bench.dir, &o);
+        let down = bench.down();
+        let istio = result?;
+        down?;
+        print_summary(&istio, &o, "Istio's ztunnels (dedicated mode, one per pod)");
+        print_against_istio(&r, &istio);
+        r.set("istio", istio.to_json());
+    }
     if o.json {
         println!("{}", r.to_json());
     }
@@ -143,6 +166,44 @@ fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Record> {
         dir,
         o,
     };
+    let mut r = run(&b)?;
+    let now: Vec<Option<u32>> = mesh.state().nodes.iter().map(|n| n.pid).collect();
+    let restarted = b.z.iter().zip(&now).any(|((_, pid), n)| *n != Some(*pid));
+    r.set("ztunnel_restarted", restarted);
+    Ok(r)
+}
+
+/// The same measures with Istio's ztunnels carrying the pods of a mesh that leaves them out.
+fn measure_istio(binary: &Path, mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Record> {
+    let (client, server) = (
+        mesh.pod("bench", "client")?.netns().clone(),
+        mesh.pod("bench", "server")?.netns().clone(),
+    );
+    let pod = |netns, name, ip, node| istio::Pod {
+        netns,
+        name,
+        service_account: name,
+        ip,
+        node,
+    };
+    let c = pod(&client, "client", CLIENT_IP, "node_a");
+    let s = pod(&server, "server", SERVER_IP, "node_b");
+    let mut proxies = istio::IstioZtunnels::start(binary, dir, o.workers, &c, &s)?;
+    let b = Bench {
+        z: proxies.pids(&c, &s),
+        client: client.clone(),
+        server: server.clone(),
+        dir,
+        o,
+    };
+    let mut r = run(&b)?;
+    r.set("ztunnel_restarted", proxies.exited());
+    Ok(r)
+}
+
+/// Every measure, with `b.z`'s proxies on the mesh path.
+fn run(b: &Bench) -> anyhow::Result<Record> {
+    let o = b.o;
     let mut r = Record::default();
     r.set("rounds", o.rounds);
     r.set("wrk_seconds", o.wrk_seconds);
@@ -154,8 +215,8 @@ fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Record> {
     for (node, pid) in &b.z {
         r.set(&format!("rss_idle_mb_{node}"), memory_mb(*pid).0);
     }
-    http(&mut r, &b)?;
-    throughput(&mut r, &b)?;
+    http(&mut r, b)?;
+    throughput(&mut r, b)?;
     // What the proxies keep once the load is over (buffers, pools), and their high-water mark.
     std::thread::sleep(Duration::from_secs(3));
     for (node, pid) in &b.z {
@@ -163,9 +224,6 @@ fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Record> {
         r.set(&format!("rss_after_load_mb_{node}"), rss);
         r.set(&format!("rss_peak_mb_{node}"), hwm);
     }
-    let now: Vec<Option<u32>> = mesh.state().nodes.iter().map(|n| n.pid).collect();
-    let restarted = b.z.iter().zip(&now).any(|((_, pid), n)| *n != Some(*pid));
-    r.set("ztunnel_restarted", restarted);
     for (test, figure) in RATIOS {
         let median = |path: &str| r.median(&format!("{test}_{figure}_{path}"));
         r.set(&format!("{test}_ratio"), median("mesh") / median("direct"));
@@ -283,10 +341,10 @@ fn throughput(r: &mut Record, b: &Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(r: &Record, o: &Opts) {
+fn print_summary(r: &Record, o: &Opts, proxies: &str) {
     println!(
-        "mesh bench: client@node-a -> server@node-b (nginx 1 worker, small 200; iperf3) through two \
-         ztunnels ({} worker threads each) vs direct (port {BENCH_DIRECT_PORT}, not captured); {} pods; \
+        "mesh bench: client@node-a -> server@node-b (nginx 1 worker, small 200; iperf3) through \
+         {proxies} ({} worker threads each) vs direct (port {BENCH_DIRECT_PORT}, not captured); {} pods; \
          {} rounds interleaved, wrk {} s, iperf3 {} s; medians",
         o.workers, o.pods, o.rounds, o.wrk_seconds, o.iperf3_seconds
     );
@@ -360,4 +418,85 @@ fn print_summary(r: &Record, o: &Opts) {
             ""
         }
     );
+}
+
+/// Each figure of Ambit's run beside Istio's from the same run, and the multiple DESIGN.md and
+/// issue 15 set as the target.
+fn print_against_istio(ambit: &Record, istio: &Record) {
+    let field = |r: &Record, k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let median = |r: &Record, k: &str| r.median(k);
+    let rows: [(&str, f64, f64, &str); 10] = [
+        (
+            "wrk 1 connection, mesh / direct",
+            field(ambit, "wrk_c1_ratio"),
+            field(istio, "wrk_c1_ratio"),
+            ">= 1.3",
+        ),
+        (
+            "wrk 64 connections, mesh / direct",
+            field(ambit, "wrk_c64_ratio"),
+            field(istio, "wrk_c64_ratio"),
+            ">= 1.3",
+        ),
+        (
+            "iperf3 one stream up, mesh / direct",
+            field(ambit, "iperf3_up_ratio"),
+            field(istio, "iperf3_up_ratio"),
+            ">= 1.4",
+        ),
+        (
+            "iperf3 one stream down, mesh / direct",
+            field(ambit, "iperf3_down_ratio"),
+            field(istio, "iperf3_down_ratio"),
+            ">= 1.4",
+        ),
+        (
+            "added p50 at ~1k req/s, ms",
+            field(ambit, "paced_p50_added_ms"),
+            field(istio, "paced_p50_added_ms"),
+            "<= 0.7",
+        ),
+        (
+            "added p99 at ~1k req/s, ms",
+            field(ambit, "paced_p99_added_ms"),
+            field(istio, "paced_p99_added_ms"),
+            "<= 0.7",
+        ),
+        (
+            "CPU us per request per proxy, 64 conns",
+            median(ambit, "cpu_us_per_request_per_proxy"),
+            median(istio, "cpu_us_per_request_per_proxy"),
+            "<= 0.7",
+        ),
+        (
+            "CPU core-s per GB, both proxies",
+            median(ambit, "cpu_core_s_per_gb"),
+            median(istio, "cpu_core_s_per_gb"),
+            "<= 0.7",
+        ),
+        (
+            "RSS idle, node-a, MB",
+            field(ambit, "rss_idle_mb_node_a"),
+            field(istio, "rss_idle_mb_node_a"),
+            "",
+        ),
+        (
+            "RSS peak, node-a, MB",
+            field(ambit, "rss_peak_mb_node_a"),
+            field(istio, "rss_peak_mb_node_a"),
+            "",
+        ),
+    ];
+    println!("same run, Ambit against Istio's ztunnel:");
+    for (label, a, i, target) in rows {
+        let target = if target.is_empty() {
+            String::new()
+        } else {
+            format!("  (target {target})")
+        };
+        println!(
+            "{label:<44} Ambit {a:>9.2}   Istio {i:>9.2}   Ambit / Istio {:.2}{target}",
+            a / i
+        );
+    }
 }
