@@ -34,6 +34,57 @@ pub enum Edit {
     RemoveTrafficPolicy(ObjectKey),
 }
 
+/// An object the model knows by namespace and name.
+pub(crate) trait Named {
+    fn key(&self) -> ObjectKey;
+}
+
+/// A kind of object the model takes as [`Edit`]s: put whole, removed by key.
+pub(crate) trait Edited: Named + Clone + PartialEq {
+    fn put(self) -> Edit;
+    fn remove(key: ObjectKey) -> Edit;
+}
+
+macro_rules! named {
+    ($($t:ty),*) => {$(
+        impl Named for $t {
+            fn key(&self) -> ObjectKey {
+                ObjectKey::new(&self.namespace, &self.name)
+            }
+        }
+    )*};
+}
+
+named!(
+    Pod,
+    Service,
+    Waypoint,
+    AuthorizationPolicy,
+    Route,
+    TrafficPolicy
+);
+
+macro_rules! edited {
+    ($($t:ty => $put:ident, $remove:ident);* $(;)?) => {$(
+        impl Edited for $t {
+            fn put(self) -> Edit {
+                Edit::$put(self)
+            }
+            fn remove(key: ObjectKey) -> Edit {
+                Edit::$remove(key)
+            }
+        }
+    )*};
+}
+
+edited! {
+    Pod => Pod, RemovePod;
+    Service => Service, RemoveService;
+    AuthorizationPolicy => Policy, RemovePolicy;
+    Route => Route, RemoveRoute;
+    TrafficPolicy => TrafficPolicy, RemoveTrafficPolicy;
+}
+
 impl Edit {
     /// The order edits are applied in: what others refer to is added first and removed last,
     /// so a batch does not depend on the order its edits came in.

@@ -28,6 +28,7 @@ use imbl::{OrdMap, OrdSet};
 pub use apply::Edit;
 #[cfg(test)]
 pub(crate) use apply::tests as random_edits;
+pub(crate) use apply::{Edited, Named};
 pub use build::MeshBuilder;
 pub(crate) use build::keyed_edits;
 pub use egress_scope::{EGRESS_SCOPE_ANNOTATION, EgressHost, EgressScope, EgressScopeError};

@@ -6,7 +6,7 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::model::Edit;
+use crate::model::{Edit, Edited, Named};
 
 impl MeshBuilder {
     /// The edits that make `new`'s model of this builder's; `None` when what `apply` does not
@@ -17,77 +17,26 @@ impl MeshBuilder {
             || self.settings != new.settings
             || sorted_by(&self.namespaces, |n| n.name.clone())
                 != sorted_by(&new.namespaces, |n| n.name.clone())
-            || sorted_by(&self.waypoints, named) != sorted_by(&new.waypoints, named)
+            || sorted_by(&self.waypoints, Named::key) != sorted_by(&new.waypoints, Named::key)
         {
             return None;
         }
         let mut edits = Vec::new();
         let e = &mut edits;
         let (old, new) = (self, new);
+        fn by_name(nodes: &[Node]) -> BTreeMap<String, &Node> {
+            nodes.iter().map(|n| (n.name.clone(), n)).collect()
+        }
         let node = |n: &Node| Edit::Node(n.clone());
-        kind_edits(
-            &old.nodes,
-            &new.nodes,
-            |n| n.name.clone(),
-            node,
-            Edit::RemoveNode,
-            e,
-        );
-        let pod = |p: &Pod| Edit::Pod(p.clone());
-        kind_edits(&old.pods, &new.pods, named, pod, Edit::RemovePod, e);
-        let service = |s: &Service| Edit::Service(s.clone());
-        kind_edits(
-            &old.services,
-            &new.services,
-            named,
-            service,
-            Edit::RemoveService,
-            e,
-        );
-        let policy = |p: &AuthorizationPolicy| Edit::Policy(p.clone());
-        kind_edits(
-            &old.policies,
-            &new.policies,
-            named,
-            policy,
-            Edit::RemovePolicy,
-            e,
-        );
-        let route = |r: &Route| Edit::Route(r.clone());
-        kind_edits(&old.routes, &new.routes, named, route, Edit::RemoveRoute, e);
-        let traffic = |p: &TrafficPolicy| Edit::TrafficPolicy(p.clone());
-        let (o, n) = (&old.traffic_policies, &new.traffic_policies);
-        kind_edits(o, n, named, traffic, Edit::RemoveTrafficPolicy, e);
+        let (o, n) = (by_name(&old.nodes), by_name(&new.nodes));
+        keyed_edits(&o, &n, node, Edit::RemoveNode, e);
+        kind_edits(&old.pods, &new.pods, e);
+        kind_edits(&old.services, &new.services, e);
+        kind_edits(&old.policies, &new.policies, e);
+        kind_edits(&old.routes, &new.routes, e);
+        kind_edits(&old.traffic_policies, &new.traffic_policies, e);
         Some(edits)
     }
-}
-
-/// What has a namespace and a name.
-trait Named {
-    fn key(&self) -> ObjectKey;
-}
-
-macro_rules! named {
-    ($($t:ty),*) => {$(
-        impl Named for $t {
-            fn key(&self) -> ObjectKey {
-                ObjectKey::new(&self.namespace, &self.name)
-            }
-        }
-    )*};
-}
-
-named!(
-    Pod,
-    Service,
-    Waypoint,
-    AuthorizationPolicy,
-    Route,
-    TrafficPolicy
-);
-
-fn named<T: Named>(object: &T) -> ObjectKey {
-    object.key()
 }
 
 fn sorted_by<T, K: Ord>(objects: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
@@ -97,17 +46,10 @@ fn sorted_by<T, K: Ord>(objects: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
 }
 
 /// [`keyed_edits`] of two lists of one kind.
-fn kind_edits<K: Ord + Clone, T: PartialEq>(
-    old: &[T],
-    new: &[T],
-    key: impl Fn(&T) -> K,
-    put: impl Fn(&T) -> Edit,
-    remove: impl Fn(K) -> Edit,
-    edits: &mut Vec<Edit>,
-) {
-    let old: BTreeMap<K, &T> = old.iter().map(|o| (key(o), o)).collect();
-    let new: BTreeMap<K, &T> = new.iter().map(|o| (key(o), o)).collect();
-    keyed_edits(&old, &new, put, remove, edits);
+fn kind_edits<T: Edited>(old: &[T], new: &[T], edits: &mut Vec<Edit>) {
+    let old: BTreeMap<ObjectKey, &T> = old.iter().map(|o| (o.key(), o)).collect();
+    let new: BTreeMap<ObjectKey, &T> = new.iter().map(|o| (o.key(), o)).collect();
+    keyed_edits(&old, &new, |o| o.clone().put(), T::remove, edits);
 }
 
 /// An edit for each object of one kind that `new` adds, changes or drops against `old`.

@@ -17,7 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::endpoints::{Slices, unreferenced_addresses};
 use super::{Input, Objects, Skip, Waypoints, policies, routes, traffic, waypoints, workloads};
-use crate::model::{self, Edit, MeshModel, Node, ObjectKey, keyed_edits};
+use crate::model::{self, Edit, Edited, MeshModel, Node, ObjectKey, keyed_edits};
 use crate::source::kubernetes::crd;
 
 /// One object as converted: the object (a service's named target port is looked up in its
@@ -615,35 +615,4 @@ fn whole_edits<T: Edited>(old: &Whole<T>, new: &Whole<T>, edits: &mut Vec<Edit>)
         T::remove,
         edits,
     );
-}
-
-/// A kind of object the model takes as [`Edit`]s.
-trait Edited: Clone + PartialEq {
-    fn key(&self) -> ObjectKey;
-    fn put(self) -> Edit;
-    fn remove(key: ObjectKey) -> Edit;
-}
-
-macro_rules! edited {
-    ($($t:ty => $put:ident, $remove:ident);* $(;)?) => {$(
-        impl Edited for $t {
-            fn key(&self) -> ObjectKey {
-                ObjectKey::new(&self.namespace, &self.name)
-            }
-            fn put(self) -> Edit {
-                Edit::$put(self)
-            }
-            fn remove(key: ObjectKey) -> Edit {
-                Edit::$remove(key)
-            }
-        }
-    )*};
-}
-
-edited! {
-    model::Pod => Pod, RemovePod;
-    model::Service => Service, RemoveService;
-    model::AuthorizationPolicy => Policy, RemovePolicy;
-    model::Route => Route, RemoveRoute;
-    model::TrafficPolicy => TrafficPolicy, RemoveTrafficPolicy;
 }
