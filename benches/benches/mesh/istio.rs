@@ -52,7 +52,8 @@ impl IstioZtunnels {
         std::fs::write(&xds, workloads(&[client, server]))?;
         let mut children = Vec::new();
         for pod in [client, server] {
-            let log = File::create(dir.join(format!("istio-ztunnel-{}.log", pod.name)))?;
+            let log_path = dir.join(format!("istio-ztunnel-{}.log", pod.name));
+            let log = File::create(&log_path)?;
             let child = pod.netns.spawn(
                 Command::new(binary)
                     .env_clear()
@@ -75,7 +76,17 @@ impl IstioZtunnels {
             )?;
             children.push(child);
             for port in [HBONE_PORT, OUTBOUND_PORT] {
-                wait_port(pod.netns, SocketAddr::from((pod.ip, port)))?;
+                // The scratch directory goes with the mesh: say what the proxy said.
+                wait_port(pod.netns, SocketAddr::from((pod.ip, port))).map_err(|e| {
+                    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    let tail: Vec<&str> = said.lines().rev().take(20).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    anyhow::anyhow!(
+                        "Istio's ztunnel for {} did not come up ({e}); it said:\n{}",
+                        pod.name,
+                        tail.join("\n")
+                    )
+                })?;
             }
         }
         let redirect = client.netns.output(Command::new("iptables").args([
