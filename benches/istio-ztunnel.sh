@@ -18,11 +18,11 @@ set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work="$root/target/istio-ztunnel"
-mkdir -p "$work"
 
 src=${1:-}
 if [ -z "$src" ]; then
     src="$work/src"
+    mkdir -p "$work"
     if [ ! -d "$src/.git" ]; then
         git clone --depth 1 https://github.com/istio/ztunnel "$src" || {
             echo "istio-ztunnel.sh: cannot clone istio/ztunnel; pass a checkout's path instead" >&2
@@ -47,6 +47,9 @@ mkdir -p "$build"
 # The tree without its git history and vendored FIPS libraries (large, and unused here).
 (cd "$src" && tar --exclude=./.git --exclude=./vendor --exclude=./target -cf - .) | (cd "$build" && tar -xf -)
 sed -i '/^boring-rustls-provider = /d; s/^tls-boring = .*/tls-boring = []/' "$build/Cargo.toml"
+# The copy sits under our workspace's target directory; a workspace table of its own keeps
+# cargo from taking it for a member of ours.
+grep -q '^\[workspace\]' "$build/Cargo.toml" || printf '\n[workspace]\n' >> "$build/Cargo.toml"
 
 (cd "$build" && CARGO_TARGET_DIR="$work/target" cargo build --release --features testing --bin ztunnel >&2)
 echo "$work/target/release/ztunnel"
