@@ -8,61 +8,84 @@
 //! Needs root, the tools (`benches/tools.sh` installs them) and release binaries:
 //! `cargo build --release --bins && cargo bench -p ambit-benches --bench mesh [-- --rounds 5
 //! --seconds 15 --pods 100 --workers 2 --istio <binary> --json]`. `--seconds` sets every run's
-//! length (default: 15 s for wrk, 10 s for iperf3). `--istio` measures Istio's ztunnel on the
-//! same pods afterwards ([`istio`]) and sets each figure beside Ambit's.
+//! length (default: 15 s for wrk, 10 s for iperf3). `--istio` adds a third path carried by
+//! Istio's ztunnel ([`istio`]), interleaved with the other two in every round, and sets each
+//! figure beside Ambit's.
 
 #[path = "mesh/istio.rs"]
 mod istio;
+#[path = "mesh/summary.rs"]
+mod summary;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ambit_benches::Args;
 use ambit_benches::iperf3;
 use ambit_benches::local::{BenchMesh, running_as_root};
 use ambit_benches::procfs::memory_mb;
 use ambit_benches::record::{Record, cpu_over};
 use ambit_benches::tools::{self, wrk, wrk_script};
-use ambit_benches::{Args, report};
 use ambit_cli::local::{BENCH_DIRECT_PORT, BENCH_MESH_PORT, LocalMesh};
 use ambit_testbed::Netns;
-use serde_json::{Value, json};
+use serde_json::json;
 
+const NAMESPACE: &str = "bench";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+/// The pods Istio's ztunnels carry (`--istio`): on the same nodes, left out of Ambit's mesh.
+const ISTIO_NAMESPACE: &str = "bench-istio";
+const ISTIO_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const ISTIO_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 3);
 /// The paced runs: 10 connections, each waiting 10 ms after every answer: ~1k req/s.
 const PACED_CONNECTIONS: usize = 10;
 const PACED_DELAY_MS: u32 = 10;
 
+/// How a run's connections reach the server.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Via {
-    Mesh,
+    /// Ambit's pods on the port that bypasses capture: every ratio's baseline.
     Direct,
+    /// Ambit's pods through Ambit's ztunnels.
+    Mesh,
+    /// Istio's pods through Istio's ztunnels.
+    Istio,
 }
 
 impl Via {
     fn name(self) -> &'static str {
         match self {
-            Via::Mesh => "mesh",
             Via::Direct => "direct",
+            Via::Mesh => "mesh",
+            Via::Istio => "istio",
+        }
+    }
+
+    /// The name a proxied path's figures take in its own record, so that Ambit's and Istio's
+    /// records read alike: `mesh` beside `direct`.
+    fn key(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Mesh | Via::Istio => "mesh",
         }
     }
 
     fn target(self) -> SocketAddr {
-        let port = match self {
-            Via::Mesh => BENCH_MESH_PORT,
-            Via::Direct => BENCH_DIRECT_PORT,
-        };
-        SocketAddr::from((SERVER_IP, port))
+        match self {
+            Via::Direct => SocketAddr::from((SERVER_IP, BENCH_DIRECT_PORT)),
+            Via::Mesh => SocketAddr::from((SERVER_IP, BENCH_MESH_PORT)),
+            Via::Istio => SocketAddr::from((ISTIO_SERVER_IP, BENCH_MESH_PORT)),
+        }
     }
 
-    /// Direct first in even rounds, so neither path always runs on a warmer machine.
-    fn order(round: usize) -> [Via; 2] {
-        if round.is_multiple_of(2) {
-            [Via::Direct, Via::Mesh]
-        } else {
-            [Via::Mesh, Via::Direct]
-        }
+    /// `paths` turned by one each round, so that no path always runs first, on a warmer or a
+    /// colder machine (with two paths: direct first in even rounds).
+    fn order(round: usize, paths: &[Via]) -> Vec<Via> {
+        let mut order = paths.to_vec();
+        order.rotate_left(round % paths.len().max(1));
+        order
     }
 }
 
@@ -76,41 +99,60 @@ struct Opts {
     json: bool,
 }
 
-fn opts() -> Opts {
+fn opts() -> anyhow::Result<Opts> {
     let args = Args::from_env();
     let seconds: Option<u64> = args.text("--seconds").and_then(|s| s.parse().ok());
-    Opts {
+    let istio = args.text("--istio").map(PathBuf::from);
+    if let Some(binary) = &istio {
+        // Refused now, not after the mesh is up and other runs have taken minutes.
+        let executable = std::fs::metadata(binary)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        anyhow::ensure!(
+            executable,
+            "--istio {}: not an executable file; build Istio's ztunnel with \
+             `bash benches/istio-ztunnel.sh` and pass the path it prints",
+            binary.display()
+        );
+    }
+    Ok(Opts {
         rounds: args.value("--rounds", 5).max(1),
         wrk_seconds: seconds.unwrap_or(15).max(1),
         iperf3_seconds: seconds.unwrap_or(10).max(1),
         pods: args.value("--pods", 100).max(2),
         workers: args.value("--workers", 2).max(1),
-        istio: args.text("--istio").map(PathBuf::from),
+        istio,
         json: args.flag("--json"),
-    }
+    })
 }
 
-/// Two nodes; client on node-a, server on node-b, the rest idle pods spread over both. In
-/// Ambit's mesh (`ambient`), or left out of it for Istio's ztunnels to carry.
-fn mesh_file(pods: usize, ambient: bool) -> String {
-    let labels = if ambient {
-        "{ambit.io/dataplane-mode: ambient}"
-    } else {
-        "{}"
-    };
+/// Two nodes; client on node-a, server on node-b, the rest idle pods spread over both, all in
+/// Ambit's mesh. With `istio`, a second client and server in a namespace the mesh leaves out,
+/// for Istio's ztunnels to carry.
+fn mesh_file(pods: usize, istio: bool) -> String {
     let mut y = format!(
         "trustDomain: cluster.local\n\
          nodes:\n  - {{name: node-a, bootstrapToken: bench-a}}\n  - {{name: node-b, bootstrapToken: bench-b}}\n\
-         namespaces:\n  - name: bench\n    labels: {labels}\n\
-         pods:\n\
-         \x20 - {{name: client, namespace: bench, node: node-a, serviceAccount: client, ipv4: {CLIENT_IP}, ipv6: \"fd00:10:244:1::2\"}}\n\
-         \x20 - {{name: server, namespace: bench, node: node-b, serviceAccount: server, ipv4: {SERVER_IP}, ipv6: \"fd00:10:244:2::2\", ports: [{BENCH_MESH_PORT}]}}\n",
+         namespaces:\n  - name: {NAMESPACE}\n    labels: {{ambit.io/dataplane-mode: ambient}}\n"
     );
+    if istio {
+        y.push_str(&format!("  - name: {ISTIO_NAMESPACE}\n    labels: {{}}\n"));
+    }
+    y.push_str(&format!(
+        "pods:\n\
+         \x20 - {{name: client, namespace: {NAMESPACE}, node: node-a, serviceAccount: client, ipv4: {CLIENT_IP}, ipv6: \"fd00:10:244:1::2\"}}\n\
+         \x20 - {{name: server, namespace: {NAMESPACE}, node: node-b, serviceAccount: server, ipv4: {SERVER_IP}, ipv6: \"fd00:10:244:2::2\", ports: [{BENCH_MESH_PORT}]}}\n",
+    ));
+    if istio {
+        y.push_str(&format!(
+            "\x20 - {{name: client, namespace: {ISTIO_NAMESPACE}, node: node-a, serviceAccount: client, ipv4: {ISTIO_CLIENT_IP}, ipv6: \"fd00:10:244:1::3\"}}\n\
+             \x20 - {{name: server, namespace: {ISTIO_NAMESPACE}, node: node-b, serviceAccount: server, ipv4: {ISTIO_SERVER_IP}, ipv6: \"fd00:10:244:2::3\"}}\n",
+        ));
+    }
     for i in 0..pods.saturating_sub(2) {
         let node = 1 + i % 2;
         let host = 10 + i / 2;
         y.push_str(&format!(
-            "  - {{name: idle-{i}, namespace: bench, node: node-{}, serviceAccount: idle, ipv4: 10.244.{node}.{host}, ipv6: \"fd00:10:244:{node}::{host:x}\"}}\n",
+            "  - {{name: idle-{i}, namespace: {NAMESPACE}, node: node-{}, serviceAccount: idle, ipv4: 10.244.{node}.{host}, ipv6: \"fd00:10:244:{node}::{host:x}\"}}\n",
             if node == 1 { "a" } else { "b" }
         ));
     }
@@ -121,121 +163,191 @@ fn main() -> anyhow::Result<()> {
     if !running_as_root("mesh") {
         return Ok(());
     }
-    let o = opts();
+    let o = opts()?;
     tools::ensure_installed()?;
-    let bench = BenchMesh::up("mesh", &mesh_file(o.pods, true), false, o.workers)?;
+    let bench = BenchMesh::up(
+        "mesh",
+        &mesh_file(o.pods, o.istio.is_some()),
+        false,
+        o.workers,
+    )?;
     let result = measure(&bench.mesh, &bench.dir, &o);
     let down = bench.down();
-    let mut r = result?;
+    let (mut ambit, istio) = result?;
     down?;
-    print_summary(&r, &o, "Ambit's ztunnels");
-    if let Some(binary) = &o.istio {
-        let bench = BenchMesh::up("mesh-istio", &mesh_file(o.pods, false), false, o.workers)?;
-        let result = measure_istio(binary, &bench.mesh, &bench.dir, &o);
-        let down = bench.down();
-        let istio = result?;
-        down?;
-        print_summary(&istio, &o, "Istio's ztunnels (dedicated mode, one per pod)");
-        print_against_istio(&r, &istio);
-        r.set("istio", istio.to_json());
+    summary::print(&ambit, &o, "Ambit's ztunnels", true);
+    if let Some(istio) = istio {
+        summary::print(
+            &istio,
+            &o,
+            "Istio's ztunnels (dedicated mode, one per pod, told of the two bench pods only)",
+            false,
+        );
+        summary::against_istio(&ambit, &istio);
+        ambit.set("istio", istio.to_json());
     }
     if o.json {
-        println!("{}", r.to_json());
+        println!("{}", ambit.to_json());
     }
     Ok(())
 }
 
-/// What every part of the run uses: the pods' namespaces, the ztunnels, the options.
-struct Bench<'a> {
-    z: Vec<(String, u32)>,
+/// A proxied path: the pods it runs between, the proxies that carry it, and its figures (each
+/// beside the direct path's, which every record shares).
+struct Proxied {
+    via: Via,
     client: Netns,
     server: Netns,
+    z: Vec<(String, u32)>,
+    record: Record,
+}
+
+/// What every part of the run uses: Ambit's path first, then Istio's when measured.
+struct Bench<'a> {
+    paths: Vec<Proxied>,
     dir: &'a Path,
     o: &'a Opts,
 }
 
-fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Record> {
+impl Bench<'_> {
+    /// Every path, in the order of the first round.
+    fn vias(&self) -> Vec<Via> {
+        let mut vias = vec![Via::Direct];
+        vias.extend(self.paths.iter().map(|p| p.via));
+        vias
+    }
+
+    /// The pod a run of `via` starts from, and the proxies whose CPU it counts (Ambit's for
+    /// direct, which crosses none).
+    fn leg(&self, via: Via) -> (&Netns, &[(String, u32)]) {
+        let path = match via {
+            Via::Direct => &self.paths[0],
+            _ => self.proxied(via),
+        };
+        (&path.client, &path.z)
+    }
+
+    fn proxied(&self, via: Via) -> &Proxied {
+        self.paths
+            .iter()
+            .find(|p| p.via == via)
+            .expect("a path is run only when measured")
+    }
+
+    /// The records a run of `via` goes to: its own, or every one for direct.
+    fn records(&mut self, via: Via) -> impl Iterator<Item = &mut Record> {
+        self.paths
+            .iter_mut()
+            .filter(move |p| via == Via::Direct || p.via == via)
+            .map(|p| &mut p.record)
+    }
+}
+
+/// Every measure, on Ambit's path and, with `--istio`, Istio's: one record each.
+fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<(Record, Option<Record>)> {
     let z = mesh.state().nodes.into_iter().map(|n| match n.pid {
         Some(pid) => Ok((n.name.replace('-', "_"), pid)),
         None => Err(anyhow::anyhow!("the ztunnel of {} is not running", n.name)),
     });
-    let b = Bench {
+    let pod_netns = |namespace, name| -> anyhow::Result<Netns> {
+        Ok(mesh.pod(namespace, name)?.netns().clone())
+    };
+    let mut paths = vec![Proxied {
+        via: Via::Mesh,
+        client: pod_netns(NAMESPACE, "client")?,
+        server: pod_netns(NAMESPACE, "server")?,
         z: z.collect::<anyhow::Result<_>>()?,
-        client: mesh.pod("bench", "client")?.netns().clone(),
-        server: mesh.pod("bench", "server")?.netns().clone(),
-        dir,
-        o,
-    };
-    let mut r = run(&b)?;
+        record: Record::default(),
+    }];
+    let mut istio = None;
+    if let Some(binary) = &o.istio {
+        let (client, server) = (
+            pod_netns(ISTIO_NAMESPACE, "client")?,
+            pod_netns(ISTIO_NAMESPACE, "server")?,
+        );
+        let pod = |netns, name, ip, node| istio::Pod {
+            netns,
+            namespace: ISTIO_NAMESPACE,
+            name,
+            service_account: name,
+            ip,
+            node,
+        };
+        let c = pod(&client, "client", ISTIO_CLIENT_IP, "node_a");
+        let s = pod(&server, "server", ISTIO_SERVER_IP, "node_b");
+        let proxies = istio::IstioZtunnels::start(binary, dir, o.workers, &c, &s)?;
+        paths.push(Proxied {
+            via: Via::Istio,
+            z: proxies.pids(&c, &s),
+            client: client.clone(),
+            server: server.clone(),
+            record: Record::default(),
+        });
+        istio = Some(proxies);
+    }
+    let mut b = Bench { paths, dir, o };
+    run(&mut b)?;
     let now: Vec<Option<u32>> = mesh.state().nodes.iter().map(|n| n.pid).collect();
-    let restarted = b.z.iter().zip(&now).any(|((_, pid), n)| *n != Some(*pid));
-    r.set("ztunnel_restarted", restarted);
-    Ok(r)
+    let mut paths = b.paths.into_iter();
+    let mut ambit = paths.next().expect("Ambit's path is always measured");
+    let restarted = ambit
+        .z
+        .iter()
+        .zip(&now)
+        .any(|((_, pid), n)| *n != Some(*pid));
+    ambit.record.set("ztunnel_restarted", restarted);
+    let istio = match (paths.next(), istio.as_mut()) {
+        (Some(mut path), Some(proxies)) => {
+            path.record.set("ztunnel_restarted", proxies.exited());
+            Some(path.record)
+        }
+        _ => None,
+    };
+    Ok((ambit.record, istio))
 }
 
-/// The same measures with Istio's ztunnels carrying the pods of a mesh that leaves them out.
-fn measure_istio(binary: &Path, mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Record> {
-    let (client, server) = (
-        mesh.pod("bench", "client")?.netns().clone(),
-        mesh.pod("bench", "server")?.netns().clone(),
-    );
-    let pod = |netns, name, ip, node| istio::Pod {
-        netns,
-        name,
-        service_account: name,
-        ip,
-        node,
-    };
-    let c = pod(&client, "client", CLIENT_IP, "node_a");
-    let s = pod(&server, "server", SERVER_IP, "node_b");
-    let mut proxies = istio::IstioZtunnels::start(binary, dir, o.workers, &c, &s)?;
-    let b = Bench {
-        z: proxies.pids(&c, &s),
-        client: client.clone(),
-        server: server.clone(),
-        dir,
-        o,
-    };
-    let mut r = run(&b)?;
-    r.set("ztunnel_restarted", proxies.exited());
-    Ok(r)
-}
-
-/// Every measure, with `b.z`'s proxies on the mesh path.
-fn run(b: &Bench) -> anyhow::Result<Record> {
+/// Every measure, each round running every path in turn.
+fn run(b: &mut Bench) -> anyhow::Result<()> {
     let o = b.o;
-    let mut r = Record::default();
-    r.set("rounds", o.rounds);
-    r.set("wrk_seconds", o.wrk_seconds);
-    r.set("iperf3_seconds", o.iperf3_seconds);
-    r.set("pods", o.pods);
-    r.set("workers", o.workers);
+    for p in &mut b.paths {
+        let r = &mut p.record;
+        r.set("rounds", o.rounds);
+        r.set("wrk_seconds", o.wrk_seconds);
+        r.set("iperf3_seconds", o.iperf3_seconds);
+        r.set("pods", o.pods);
+        r.set("workers", o.workers);
+    }
     // Let the ztunnels settle after taking their config and capturing the pods.
     std::thread::sleep(Duration::from_secs(3));
-    for (node, pid) in &b.z {
-        r.set(&format!("rss_idle_mb_{node}"), memory_mb(*pid).0);
+    for p in &mut b.paths {
+        for (node, pid) in &p.z {
+            p.record
+                .set(&format!("rss_idle_mb_{node}"), memory_mb(*pid).0);
+        }
     }
-    http(&mut r, b)?;
-    throughput(&mut r, b)?;
+    http(b)?;
+    throughput(b)?;
     // What the proxies keep once the load is over (buffers, pools), and their high-water mark.
     std::thread::sleep(Duration::from_secs(3));
-    for (node, pid) in &b.z {
-        let (rss, hwm) = memory_mb(*pid);
-        r.set(&format!("rss_after_load_mb_{node}"), rss);
-        r.set(&format!("rss_peak_mb_{node}"), hwm);
+    for p in &mut b.paths {
+        let r = &mut p.record;
+        for (node, pid) in &p.z {
+            let (rss, hwm) = memory_mb(*pid);
+            r.set(&format!("rss_after_load_mb_{node}"), rss);
+            r.set(&format!("rss_peak_mb_{node}"), hwm);
+        }
+        for (test, figure) in RATIOS {
+            let median = |path: &str| r.median(&format!("{test}_{figure}_{path}"));
+            let ratio = median("mesh") / median("direct");
+            r.set(&format!("{test}_ratio"), ratio);
+        }
+        for q in ["p50", "p99"] {
+            let median = |path: &str| r.median(&format!("paced_{q}_ms_{path}"));
+            let added = median("mesh") - median("direct");
+            r.set(&format!("paced_{q}_added_ms"), added);
+        }
     }
-    for (test, figure) in RATIOS {
-        let median = |path: &str| r.median(&format!("{test}_{figure}_{path}"));
-        r.set(&format!("{test}_ratio"), median("mesh") / median("direct"));
-    }
-    for q in ["p50", "p99"] {
-        let median = |path: &str| r.median(&format!("paced_{q}_ms_{path}"));
-        r.set(
-            &format!("paced_{q}_added_ms"),
-            median("mesh") - median("direct"),
-        );
-    }
-    Ok(r)
+    Ok(())
 }
 
 /// The figures reported as mesh / direct: test and figure, as in the JSON keys.
@@ -247,30 +359,38 @@ const RATIOS: [(&str, &str); 4] = [
 ];
 
 /// wrk against nginx: 1 and 64 connections at full speed, then paced at ~1k req/s.
-fn http(r: &mut Record, b: &Bench) -> anyhow::Result<()> {
-    let _nginx = tools::nginx_ok(
-        &b.server,
-        b.dir,
-        &[Via::Mesh.target(), Via::Direct.target()],
-    )?;
+fn http(b: &mut Bench) -> anyhow::Result<()> {
+    // One nginx per server pod, each in a directory of its own (its pid and temporary files).
+    let mut nginx = Vec::new();
+    for p in &b.paths {
+        let dir = b.dir.join(format!("nginx-{}", p.via.name()));
+        std::fs::create_dir_all(&dir)?;
+        let mut listen = vec![p.via.target()];
+        if p.via == Via::Mesh {
+            listen.push(Via::Direct.target());
+        }
+        nginx.push(tools::nginx_ok(&p.server, &dir, &listen)?);
+    }
     let full = wrk_script(b.dir, None)?;
     let paced = wrk_script(b.dir, Some(PACED_DELAY_MS))?;
     let url = |via: Via| format!("http://{}/", via.target());
-    // The mesh path's first connections also set up the HBONE pool; keep that out of round 0.
-    for via in [Via::Direct, Via::Mesh] {
-        wrk(&b.client, &full, &url(via), 64, 1, &mut || {})?;
+    let vias = b.vias();
+    // A proxied path's first connections also set up its HBONE pool; keep that out of round 0.
+    for &via in &vias {
+        wrk(b.leg(via).0, &full, &url(via), 64, 1, &mut || {})?;
     }
-    let mut errors = [0u64; 2];
+    let mut errors = [0u64; 3];
     for round in 0..b.o.rounds {
-        for via in Via::order(round) {
+        for via in Via::order(round, &vias) {
             for (test, connections, script) in [
                 ("wrk_c1", 1, &full),
                 ("wrk_c64", 64, &full),
                 ("wrk_paced", PACED_CONNECTIONS, &paced),
             ] {
-                let (load, cpu) = cpu_over(&b.z, || {
+                let (client, z) = b.leg(via);
+                let (load, cpu) = cpu_over(z, || {
                     wrk(
-                        &b.client,
+                        client,
                         script,
                         &url(via),
                         connections,
@@ -278,225 +398,77 @@ fn http(r: &mut Record, b: &Bench) -> anyhow::Result<()> {
                         &mut || {},
                     )
                 })?;
-                r.sample_with_cpu(
-                    json!({"round": round, "path": via.name(), "test": test,
-                        "connections": connections, "rps": load.rps(), "requests": load.ok,
-                        "seconds": load.seconds, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
-                        "max_ms": load.max_ms, "errors": load.errors, "non_2xx": load.non_2xx}),
-                    &cpu,
-                );
                 errors[via as usize] += load.errors + load.non_2xx;
-                let path = via.name();
-                r.add(&format!("{test}_rps_{path}"), load.rps());
-                if test == "wrk_paced" {
-                    r.add(&format!("paced_p50_ms_{path}"), load.p50_ms);
-                    r.add(&format!("paced_p99_ms_{path}"), load.p99_ms);
-                }
-                if test == "wrk_c64" && via == Via::Mesh {
-                    let per_request = |cpu: f64| cpu / load.ok.max(1) as f64 * 1e6;
-                    for (node, seconds) in &cpu {
-                        r.add(&format!("cpu_us_per_request_{node}"), per_request(*seconds));
+                let sample = json!({"round": round, "path": via.name(), "test": test,
+                    "connections": connections, "rps": load.rps(), "requests": load.ok,
+                    "seconds": load.seconds, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
+                    "max_ms": load.max_ms, "errors": load.errors, "non_2xx": load.non_2xx});
+                let path = via.key();
+                for r in b.records(via) {
+                    r.sample_with_cpu(sample.clone(), &cpu);
+                    r.add(&format!("{test}_rps_{path}"), load.rps());
+                    if test == "wrk_paced" {
+                        r.add(&format!("paced_p50_ms_{path}"), load.p50_ms);
+                        r.add(&format!("paced_p99_ms_{path}"), load.p99_ms);
                     }
-                    let total: f64 = cpu.iter().map(|(_, s)| s).sum();
-                    let per_proxy = per_request(total) / cpu.len() as f64;
-                    r.add("cpu_us_per_request_per_proxy", per_proxy);
+                    if test == "wrk_c64" && via != Via::Direct {
+                        let per_request = |cpu: f64| cpu / load.ok.max(1) as f64 * 1e6;
+                        for (node, seconds) in &cpu {
+                            r.add(&format!("cpu_us_per_request_{node}"), per_request(*seconds));
+                        }
+                        let total: f64 = cpu.iter().map(|(_, s)| s).sum();
+                        let per_proxy = per_request(total) / cpu.len() as f64;
+                        r.add("cpu_us_per_request_per_proxy", per_proxy);
+                    }
                 }
             }
         }
     }
-    r.set("errors_mesh", errors[Via::Mesh as usize]);
-    r.set("errors_direct", errors[Via::Direct as usize]);
+    for p in &mut b.paths {
+        p.record.set("errors_mesh", errors[p.via as usize]);
+        p.record.set("errors_direct", errors[Via::Direct as usize]);
+    }
+    drop(nginx);
     Ok(())
 }
 
 /// iperf3, one stream up then one down, per path; nginx is gone by now.
-fn throughput(r: &mut Record, b: &Bench) -> anyhow::Result<()> {
-    let _servers = [
-        iperf3::server(&b.server, Via::Mesh.target())?,
-        iperf3::server(&b.server, Via::Direct.target())?,
-    ];
+fn throughput(b: &mut Bench) -> anyhow::Result<()> {
+    let mut servers = Vec::new();
+    for p in &b.paths {
+        servers.push(iperf3::server(&p.server, p.via.target())?);
+        if p.via == Via::Mesh {
+            servers.push(iperf3::server(&p.server, Via::Direct.target())?);
+        }
+    }
+    let vias = b.vias();
     for round in 0..b.o.rounds {
-        for via in Via::order(round) {
+        for via in Via::order(round, &vias) {
             let (mut cpu_total, mut bytes) = (0.0, 0u64);
             for (test, reverse) in [("iperf3_up", false), ("iperf3_down", true)] {
+                let (client, z) = b.leg(via);
                 let (t, cpu) = iperf3::retrying(iperf3::ATTEMPTS, iperf3::BACKOFF, || {
-                    cpu_over(&b.z, || {
-                        iperf3::run(&b.client, via.target(), b.o.iperf3_seconds, reverse)
+                    cpu_over(z, || {
+                        iperf3::run(client, via.target(), b.o.iperf3_seconds, reverse)
                     })
                 })?;
-                r.sample_with_cpu(
-                    json!({"round": round, "path": via.name(), "test": test, "gbps": t.gbps(),
-                        "bytes": t.bytes, "seconds": t.seconds, "retransmits": t.retransmits}),
-                    &cpu,
-                );
-                r.add(&format!("{test}_gbps_{}", via.name()), t.gbps());
+                let sample = json!({"round": round, "path": via.name(), "test": test,
+                    "gbps": t.gbps(), "bytes": t.bytes, "seconds": t.seconds,
+                    "retransmits": t.retransmits});
+                for r in b.records(via) {
+                    r.sample_with_cpu(sample.clone(), &cpu);
+                    r.add(&format!("{test}_gbps_{}", via.key()), t.gbps());
+                }
                 cpu_total += cpu.iter().map(|(_, s)| s).sum::<f64>();
                 bytes += t.bytes;
             }
-            if via == Via::Mesh {
-                r.add("cpu_core_s_per_gb", cpu_total / (bytes.max(1) as f64 / 1e9));
+            if via != Via::Direct {
+                for r in b.records(via) {
+                    r.add("cpu_core_s_per_gb", cpu_total / (bytes.max(1) as f64 / 1e9));
+                }
             }
         }
     }
+    drop(servers);
     Ok(())
-}
-
-fn print_summary(r: &Record, o: &Opts, proxies: &str) {
-    println!(
-        "mesh bench: client@node-a -> server@node-b (nginx 1 worker, small 200; iperf3) through \
-         {proxies} ({} worker threads each) vs direct (port {BENCH_DIRECT_PORT}, not captured); {} pods; \
-         {} rounds interleaved, wrk {} s, iperf3 {} s; medians",
-        o.workers, o.pods, o.rounds, o.wrk_seconds, o.iperf3_seconds
-    );
-    let labels = [
-        ("wrk max rate, 1 connection (-t1 -c1)", "req/s", ">= 0.65"),
-        (
-            "wrk max rate, 64 connections (-t2 -c64)",
-            "req/s",
-            ">= 0.55",
-        ),
-        (
-            "iperf3 one stream up (client -> server)",
-            "Gbit/s",
-            ">= 0.50",
-        ),
-        ("iperf3 one stream down (-R)", "Gbit/s", ">= 0.50"),
-    ];
-    for ((test, figure), (label, unit, target)) in RATIOS.iter().zip(labels) {
-        let median = |path: &str| r.median(&format!("{test}_{figure}_{path}"));
-        report(label, unit, median("mesh"), median("direct"), Some(target));
-    }
-    let rate = r.median("wrk_paced_rps_direct");
-    for (q, target) in [
-        ("p50", "<= +0.25 ms"),
-        ("p99", "<= 0.7x Istio's +0.65 / +0.96 ms"),
-    ] {
-        let (m, d) = (
-            r.median(&format!("paced_{q}_ms_mesh")),
-            r.median(&format!("paced_{q}_ms_direct")),
-        );
-        println!(
-            "{:<44} mesh {m:>12.3} ms       direct {d:>12.3} ms       added {:+.3} ms  (target {target})",
-            format!("{q} at ~{rate:.0} req/s (paced, {PACED_CONNECTIONS} conns)"),
-            m - d
-        );
-    }
-    println!(
-        "{:<44} {:.1} us per request per proxy (node-a {:.1}, node-b {:.1})  (target <= 0.7x Istio's: ~10 / 19.4 us)",
-        "CPU, wrk 64 connections",
-        r.median("cpu_us_per_request_per_proxy"),
-        r.median("cpu_us_per_request_node_a"),
-        r.median("cpu_us_per_request_node_b"),
-    );
-    println!(
-        "{:<44} {:.2} core-s per GB, both proxies  (target <= 0.7x Istio's: ~1.25 / 1.6 core-s)",
-        "CPU, iperf3 up and down",
-        r.median("cpu_core_s_per_gb")
-    );
-    let field = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    for node in ["node_a", "node_b"] {
-        println!(
-            "{:<44} idle {:.1} MB, after load {:.1} MB, peak {:.1} MB  (targets <= 8 / <= 12 / <= 20 MB)",
-            format!(
-                "ztunnel {} RSS ({} pods in mesh)",
-                node.replace('_', "-"),
-                o.pods
-            ),
-            field(&format!("rss_idle_mb_{node}")),
-            field(&format!("rss_after_load_mb_{node}")),
-            field(&format!("rss_peak_mb_{node}")),
-        );
-    }
-    let restarted = r.get("ztunnel_restarted") == Some(&Value::Bool(true));
-    println!(
-        "wrk errors and non-2xx answers: mesh {}, direct {}{}",
-        field("errors_mesh"),
-        field("errors_direct"),
-        if restarted {
-            "; A ZTUNNEL RESTARTED DURING THE RUN"
-        } else {
-            ""
-        }
-    );
-}
-
-/// Each figure of Ambit's run beside Istio's from the same run, and the multiple DESIGN.md and
-/// issue 15 set as the target.
-fn print_against_istio(ambit: &Record, istio: &Record) {
-    let field = |r: &Record, k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    let median = |r: &Record, k: &str| r.median(k);
-    let rows: [(&str, f64, f64, &str); 10] = [
-        (
-            "wrk 1 connection, mesh / direct",
-            field(ambit, "wrk_c1_ratio"),
-            field(istio, "wrk_c1_ratio"),
-            ">= 1.3",
-        ),
-        (
-            "wrk 64 connections, mesh / direct",
-            field(ambit, "wrk_c64_ratio"),
-            field(istio, "wrk_c64_ratio"),
-            ">= 1.3",
-        ),
-        (
-            "iperf3 one stream up, mesh / direct",
-            field(ambit, "iperf3_up_ratio"),
-            field(istio, "iperf3_up_ratio"),
-            ">= 1.4",
-        ),
-        (
-            "iperf3 one stream down, mesh / direct",
-            field(ambit, "iperf3_down_ratio"),
-            field(istio, "iperf3_down_ratio"),
-            ">= 1.4",
-        ),
-        (
-            "added p50 at ~1k req/s, ms",
-            field(ambit, "paced_p50_added_ms"),
-            field(istio, "paced_p50_added_ms"),
-            "<= 0.7",
-        ),
-        (
-            "added p99 at ~1k req/s, ms",
-            field(ambit, "paced_p99_added_ms"),
-            field(istio, "paced_p99_added_ms"),
-            "<= 0.7",
-        ),
-        (
-            "CPU us per request per proxy, 64 conns",
-            median(ambit, "cpu_us_per_request_per_proxy"),
-            median(istio, "cpu_us_per_request_per_proxy"),
-            "<= 0.7",
-        ),
-        (
-            "CPU core-s per GB, both proxies",
-            median(ambit, "cpu_core_s_per_gb"),
-            median(istio, "cpu_core_s_per_gb"),
-            "<= 0.7",
-        ),
-        (
-            "RSS idle, node-a, MB",
-            field(ambit, "rss_idle_mb_node_a"),
-            field(istio, "rss_idle_mb_node_a"),
-            "",
-        ),
-        (
-            "RSS peak, node-a, MB",
-            field(ambit, "rss_peak_mb_node_a"),
-            field(istio, "rss_peak_mb_node_a"),
-            "",
-        ),
-    ];
-    println!("same run, Ambit against Istio's ztunnel:");
-    for (label, a, i, target) in rows {
-        let target = if target.is_empty() {
-            String::new()
-        } else {
-            format!("  (target {target})")
-        };
-        println!(
-            "{label:<44} Ambit {a:>9.2}   Istio {i:>9.2}   Ambit / Istio {:.2}{target}",
-            a / i
-        );
-    }
 }

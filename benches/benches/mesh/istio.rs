@@ -2,12 +2,13 @@
 //! target of DESIGN.md and issue 15 is a multiple of, measured beside Ambit's instead of taken
 //! from another day's run (the machine moves the absolute ratios by tens of percent).
 //!
-//! The pods are the same, but left out of Ambit's mesh; an Istio ztunnel runs in each pod's
+//! Its pods are a second client and server on the same nodes, left out of Ambit's mesh, and its
+//! runs are interleaved with the other paths' in every round. An Istio ztunnel runs in each pod's
 //! network namespace in its dedicated mode (one proxy per workload, as DESIGN.md's reference
 //! measured it), with Istio's built-in test CA (`FAKE_CA`, so both trust one root) and its
 //! workloads from a local file. The client pod's connections to the bench port are redirected
-//! to the proxy's outbound port (15001), which carries them as HBONE to the server pod's 15008;
-//! the direct port stays uncaptured. Istio's binary needs its `testing` feature for the test
+//! to the proxy's outbound port (15001), which carries them as HBONE to the server pod's 15008.
+//! Both meshes' ratios share one baseline: the direct runs between Ambit's pods. Istio's binary needs its `testing` feature for the test
 //! CA: `cargo build --release --features testing --bin ztunnel` in Istio's ztunnel repository.
 
 use std::fs::File;
@@ -26,6 +27,7 @@ const OUTBOUND_PORT: u16 = 15001;
 /// One side of the path: the pod the proxy serves.
 pub struct Pod<'a> {
     pub netns: &'a Netns,
+    pub namespace: &'a str,
     pub name: &'a str,
     pub service_account: &'a str,
     pub ip: Ipv4Addr,
@@ -63,7 +65,7 @@ impl IstioZtunnels {
                     .env("PROXY_MODE", "dedicated")
                     .env(
                         "PROXY_WORKLOAD_INFO",
-                        format!("bench/{}/{}", pod.name, pod.service_account),
+                        format!("{}/{}/{}", pod.namespace, pod.name, pod.service_account),
                     )
                     .env("ZTUNNEL_WORKER_THREADS", workers.to_string())
                     // Otherwise the server's proxy connects to the app from the client's
@@ -136,10 +138,11 @@ fn workloads(pods: &[&Pod]) -> String {
     let mut y = String::from("workloads:\n");
     for p in pods {
         y.push_str(&format!(
-            "- uid: bench//v1/Pod/bench/{name}\n  name: {name}\n  namespace: bench\n  \
+            "- uid: bench//v1/Pod/{namespace}/{name}\n  name: {name}\n  namespace: {namespace}\n  \
              serviceAccount: {sa}\n  workloadIps: [\"{ip}\"]\n  protocol: HBONE\n  \
              node: {node}\n  network: \"\"\n  services: {{}}\n",
             name = p.name,
+            namespace = p.namespace,
             sa = p.service_account,
             ip = p.ip,
             node = p.node.replace('_', "-"),
