@@ -11,8 +11,12 @@
 //! top of every arena but the main one, which gives it back only past the trim threshold: after
 //! a large update, megabytes stayed at the top of the applying thread's arena (state_memory,
 //! 50k workloads: 330 B of RSS per workload with glibc's thresholds, 284 B with these).
+//!
+//! A burst of connections leaves the same behind: the data workers' arenas grow to carry it,
+//! and the freed buffers stay there when it is over ([`trim_when_quiet`]).
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 /// Responses with at least this many resources and removals are large enough to trim after:
 /// the trim walks every arena, which small deltas do not pay for.
@@ -52,6 +56,72 @@ pub fn trim_after_update(changes: usize) {
     );
 }
 
+/// How often a proxy looks whether its connections went quiet.
+pub const QUIET_CHECK: Duration = Duration::from_secs(1);
+
+/// A proxy's connections so far: how many it opened and how many it closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub opened: u64,
+    pub closed: u64,
+}
+
+/// Tells, from [`Activity`] sampled every [`QUIET_CHECK`], when a burst of connections is
+/// over: none open, none opened or closed since the last sample, and some since the last
+/// trim. A steady trickle never looks quiet, so it never pays for a trim; a proxy that stays
+/// idle trims once, not every check.
+#[derive(Debug, Default)]
+pub struct QuietWatch {
+    last: Activity,
+    trimmed: Activity,
+}
+
+impl QuietWatch {
+    /// Whether the burst that `now` ends is over; counts it as trimmed when it is.
+    pub fn burst_over(&mut self, now: Activity) -> bool {
+        let still = now == self.last;
+        self.last = now;
+        let over = still && now.opened == now.closed && now != self.trimmed;
+        if over {
+            self.trimmed = now;
+        }
+        over
+    }
+}
+
+/// Gives the memory a burst of connections left behind back to the system once the burst is
+/// over ([`QuietWatch`]), until `stop` resolves. After 64 connections' worth of requests a
+/// ztunnel's arenas held 4.2 MB more than idle, under 1 MB of it in use; the trim gave back
+/// about half (whole free pages; pages still partly in use stay). The trim runs on a blocking
+/// thread and takes each arena's lock in turn, which is why it waits for quiet.
+pub async fn trim_when_quiet(activity: impl Fn() -> Activity, stop: impl Future<Output = ()>) {
+    let mut watch = QuietWatch::default();
+    let mut every = tokio::time::interval(QUIET_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            _ = every.tick() => {}
+        }
+        let now = activity();
+        if watch.burst_over(now) {
+            let _ = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let released = trim();
+                tracing::debug!(
+                    opened = now.opened,
+                    released,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "returned the memory of a burst of connections to the system"
+                );
+            })
+            .await;
+        }
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() -> bool {
     // SAFETY: malloc_trim takes no pointers and only touches the allocator's own state, under
@@ -83,6 +153,62 @@ fn set_thresholds() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn set_thresholds() {}
+
+#[cfg(test)]
+mod quiet_tests {
+    use super::*;
+
+    fn at(opened: u64, closed: u64) -> Activity {
+        Activity { opened, closed }
+    }
+
+    #[test]
+    fn a_burst_is_over_once_nothing_is_open_and_nothing_moved_for_a_whole_check() {
+        // (sample, over?) in order, one QuietWatch throughout.
+        let steps = [
+            (at(0, 0), false), // idle since start: nothing to give back
+            (at(0, 0), false),
+            (at(64, 0), false), // a burst opens
+            (at(64, 0), false), // still open
+            (at(64, 60), false),
+            (at(64, 64), false), // all closed this very check: wait one more
+            (at(64, 64), true),  // quiet for a whole check
+            (at(64, 64), false), // still idle: once, not every check
+            (at(65, 64), false), // a trickle: one open
+            (at(66, 66), false), // moved since the last check
+            (at(67, 67), false),
+            (at(67, 67), true), // the trickle stopped
+            (at(70, 69), false),
+            (at(70, 69), false), // one connection stays open: not quiet
+            (at(70, 70), false),
+            (at(70, 70), true),
+        ];
+        let mut watch = QuietWatch::default();
+        for (i, (now, over)) in steps.into_iter().enumerate() {
+            assert_eq!(watch.burst_over(now), over, "step {i}: {now:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_stops_when_told() {
+        let checks = std::sync::atomic::AtomicU64::new(0);
+        let count = || {
+            checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Activity::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            trim_when_quiet(count, std::future::ready(())),
+        )
+        .await
+        .expect("trim_when_quiet returns once stop resolves");
+        assert_eq!(
+            checks.into_inner(),
+            0,
+            "it checked after being told to stop"
+        );
+    }
+}
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {

@@ -119,6 +119,10 @@ impl Ztunnel {
             applied_rx.clone(),
         ));
         let (trigger, watch) = drain::channel();
+        let (quiet, stop) = (connections.clone(), watch.clone());
+        control.handle().spawn(async move {
+            ambit_discovery::memory::trim_when_quiet(|| quiet.activity(), stop.signaled()).await
+        });
 
         let admin_state = Arc::new(AdminState {
             node: config.node.clone(),

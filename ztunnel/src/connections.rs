@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ambit_discovery::memory::Activity;
 use parking_lot::Mutex;
 
 const RECENT: usize = 256;
@@ -16,7 +17,9 @@ pub use ambit_discovery::dump::ztunnel::{ConnectionInfo, Direction};
 const SHARDS: usize = 16;
 
 pub struct ConnectionTracker {
+    /// Connections opened so far; also the next one's id.
     next: AtomicU64,
+    closed: AtomicU64,
     shards: [Mutex<Tracked>; SHARDS],
 }
 
@@ -24,6 +27,7 @@ impl Default for ConnectionTracker {
     fn default() -> Self {
         ConnectionTracker {
             next: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
             shards: std::array::from_fn(|_| Mutex::default()),
         }
     }
@@ -65,6 +69,8 @@ impl Drop for TrackedConnection {
             }
             t.recent.push_back(info);
         }
+        drop(t);
+        self.tracker.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -77,6 +83,15 @@ impl ConnectionTracker {
             tracker: self.clone(),
             outcome: None,
         }
+    }
+
+    /// How many connections were opened and closed so far: when a burst is over, for
+    /// [`ambit_discovery::memory::trim_when_quiet`]. Closed is read last, so a connection that
+    /// opens and closes between the two reads shows as more closed than opened, not as quiet.
+    pub fn activity(&self) -> Activity {
+        let opened = self.next.load(Ordering::Relaxed);
+        let closed = self.closed.load(Ordering::Relaxed);
+        Activity { opened, closed }
     }
 
     fn shard(&self, id: u64) -> &Mutex<Tracked> {

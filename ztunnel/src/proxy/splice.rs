@@ -241,6 +241,8 @@ mod tests {
         }
         assert_eq!(series(&metrics, "istio_tcp_sent_bytes_total"), 1000);
         assert_eq!(series(&metrics, "istio_tcp_connections_closed_total"), 0);
+        let activity = tracker.activity();
+        assert_eq!((activity.opened, activity.closed), (1, 0), "one open");
 
         // The upstream resets: the connection ends in an error, and its bytes stay counted.
         server.write_all(b"more").await.unwrap();
@@ -252,5 +254,7 @@ mod tests {
         assert_eq!(ended.sent, Some(1000));
         assert_eq!(ended.received, Some(304), "{ended:?}");
         assert!(ended.error.is_some(), "{ended:?}");
+        let activity = tracker.activity();
+        assert_eq!((activity.opened, activity.closed), (1, 1), "quiet again");
     }
 }
