@@ -86,8 +86,8 @@ impl ConnectionTracker {
     }
 
     /// How many connections were opened and closed so far: when a burst is over, for
-    /// [`ambit_discovery::memory::trim_when_quiet`]. Closed is read last, so a connection that
-    /// opens and closes between the two reads shows as more closed than opened, not as quiet.
+    /// [`ambit_discovery::memory::trim_when_quiet`]. The two reads are not taken together; a
+    /// connection that opens or closes between them shows in the next sample, as movement.
     pub fn activity(&self) -> Activity {
         let opened = self.next.load(Ordering::Relaxed);
         let closed = self.closed.load(Ordering::Relaxed);
