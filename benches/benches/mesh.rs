@@ -7,19 +7,23 @@
 //!
 //! Needs root, the tools (`benches/tools.sh` installs them) and release binaries:
 //! `cargo build --release --bins && cargo bench -p ambit-benches --bench mesh [-- --rounds 5
-//! --seconds 15 --pods 100 --workers 2 --istio <binary> --json]`. `--seconds` sets every run's
-//! length (default: 15 s for wrk, 10 s for iperf3). `--istio` adds a third path carried by
-//! Istio's ztunnel ([`istio`]), interleaved with the other two in every round, and sets each
-//! figure beside Ambit's.
+//! --seconds 15 --pods 100 --workers 2 --istio <binary> --relay --json]`. `--seconds` sets every run's
+//! length (default: 15 s for wrk, 10 s for iperf3). `--istio` adds a path carried by Istio's
+//! ztunnel ([`istio`]), and `--relay` one carried by a pair of plain TCP relays, the floor a
+//! user-space proxy cannot go below ([`relay`]); each is interleaved with the others in every
+//! round, and its figures set beside Ambit's.
 
 #[path = "mesh/istio.rs"]
 mod istio;
+#[path = "mesh/relay.rs"]
+mod relay;
 #[path = "mesh/summary.rs"]
 mod summary;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use ambit_benches::Args;
@@ -39,6 +43,10 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const ISTIO_NAMESPACE: &str = "bench-istio";
 const ISTIO_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
 const ISTIO_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 3);
+/// The pods the plain relays carry (`--relay`), also left out of Ambit's mesh.
+const RELAY_NAMESPACE: &str = "bench-relay";
+const RELAY_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
+const RELAY_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 4);
 /// The paced runs: 10 connections, each waiting 10 ms after every answer: ~1k req/s.
 const PACED_CONNECTIONS: usize = 10;
 const PACED_DELAY_MS: u32 = 10;
@@ -52,7 +60,12 @@ enum Via {
     Mesh,
     /// Istio's pods through Istio's ztunnels.
     Istio,
+    /// The relay pods through two plain TCP relays.
+    Relay,
 }
+
+/// The paths there are, for arrays indexed by `Via as usize`.
+const PATHS: usize = 4;
 
 impl Via {
     fn name(self) -> &'static str {
@@ -60,6 +73,7 @@ impl Via {
             Via::Direct => "direct",
             Via::Mesh => "mesh",
             Via::Istio => "istio",
+            Via::Relay => "relay",
         }
     }
 
@@ -68,7 +82,7 @@ impl Via {
     fn key(self) -> &'static str {
         match self {
             Via::Direct => "direct",
-            Via::Mesh | Via::Istio => "mesh",
+            Via::Mesh | Via::Istio | Via::Relay => "mesh",
         }
     }
 
@@ -77,6 +91,7 @@ impl Via {
             Via::Direct => SocketAddr::from((SERVER_IP, BENCH_DIRECT_PORT)),
             Via::Mesh => SocketAddr::from((SERVER_IP, BENCH_MESH_PORT)),
             Via::Istio => SocketAddr::from((ISTIO_SERVER_IP, BENCH_MESH_PORT)),
+            Via::Relay => SocketAddr::from((RELAY_SERVER_IP, BENCH_MESH_PORT)),
         }
     }
 
@@ -96,6 +111,7 @@ struct Opts {
     pods: usize,
     workers: usize,
     istio: Option<PathBuf>,
+    relay: bool,
     json: bool,
 }
 
@@ -107,10 +123,16 @@ fn opts() -> anyhow::Result<Opts> {
         // Refused now, not after the mesh is up and other runs have taken minutes.
         let executable = std::fs::metadata(binary)
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        // cargo runs a bench in its package's directory, not where cargo was started.
+        let relative = if binary.is_relative() {
+            " (a relative path is taken from benches/, where cargo runs the bench)"
+        } else {
+            ""
+        };
         anyhow::ensure!(
             executable,
-            "--istio {}: not an executable file; build Istio's ztunnel with \
-             `bash benches/istio-ztunnel.sh` and pass the path it prints",
+            "--istio {}: not an executable file{relative}; build Istio's ztunnel with \
+             `bash benches/istio-ztunnel.sh` and pass the absolute path it prints",
             binary.display()
         );
     }
@@ -121,31 +143,39 @@ fn opts() -> anyhow::Result<Opts> {
         pods: args.value("--pods", 100).max(2),
         workers: args.value("--workers", 2).max(1),
         istio,
+        relay: args.flag("--relay"),
         json: args.flag("--json"),
     })
 }
 
 /// Two nodes; client on node-a, server on node-b, the rest idle pods spread over both, all in
-/// Ambit's mesh. With `istio`, a second client and server in a namespace the mesh leaves out,
-/// for Istio's ztunnels to carry.
-fn mesh_file(pods: usize, istio: bool) -> String {
+/// Ambit's mesh. With `istio` and `relay`, a second (third) client and server in a namespace
+/// the mesh leaves out, for Istio's ztunnels (the relays) to carry.
+fn mesh_file(pods: usize, istio: bool, relay: bool) -> String {
+    let outside = [
+        (istio, ISTIO_NAMESPACE, ISTIO_CLIENT_IP, ISTIO_SERVER_IP),
+        (relay, RELAY_NAMESPACE, RELAY_CLIENT_IP, RELAY_SERVER_IP),
+    ];
     let mut y = format!(
         "trustDomain: cluster.local\n\
          nodes:\n  - {{name: node-a, bootstrapToken: bench-a}}\n  - {{name: node-b, bootstrapToken: bench-b}}\n\
          namespaces:\n  - name: {NAMESPACE}\n    labels: {{ambit.io/dataplane-mode: ambient}}\n"
     );
-    if istio {
-        y.push_str(&format!("  - name: {ISTIO_NAMESPACE}\n    labels: {{}}\n"));
+    for (_, namespace, ..) in outside.iter().filter(|o| o.0) {
+        y.push_str(&format!("  - name: {namespace}\n    labels: {{}}\n"));
     }
     y.push_str(&format!(
         "pods:\n\
          \x20 - {{name: client, namespace: {NAMESPACE}, node: node-a, serviceAccount: client, ipv4: {CLIENT_IP}, ipv6: \"fd00:10:244:1::2\"}}\n\
          \x20 - {{name: server, namespace: {NAMESPACE}, node: node-b, serviceAccount: server, ipv4: {SERVER_IP}, ipv6: \"fd00:10:244:2::2\", ports: [{BENCH_MESH_PORT}]}}\n",
     ));
-    if istio {
+    for (_, namespace, client, server) in outside.iter().filter(|o| o.0) {
+        let host = |ip: &Ipv4Addr| ip.octets()[3];
         y.push_str(&format!(
-            "\x20 - {{name: client, namespace: {ISTIO_NAMESPACE}, node: node-a, serviceAccount: client, ipv4: {ISTIO_CLIENT_IP}, ipv6: \"fd00:10:244:1::3\"}}\n\
-             \x20 - {{name: server, namespace: {ISTIO_NAMESPACE}, node: node-b, serviceAccount: server, ipv4: {ISTIO_SERVER_IP}, ipv6: \"fd00:10:244:2::3\"}}\n",
+            "\x20 - {{name: client, namespace: {namespace}, node: node-a, serviceAccount: client, ipv4: {client}, ipv6: \"fd00:10:244:1::{:x}\"}}\n\
+             \x20 - {{name: server, namespace: {namespace}, node: node-b, serviceAccount: server, ipv4: {server}, ipv6: \"fd00:10:244:2::{:x}\"}}\n",
+            host(client),
+            host(server),
         ));
     }
     for i in 0..pods.saturating_sub(2) {
@@ -159,6 +189,36 @@ fn mesh_file(pods: usize, istio: bool) -> String {
     y
 }
 
+/// Sends the connections `client` makes to `server`'s bench port to `port` on `client` itself
+/// (the client-side proxy), as the capture of a mesh does.
+fn redirect(client: &Netns, server: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    let server = server.to_string();
+    let (bench_port, port) = (BENCH_MESH_PORT.to_string(), port.to_string());
+    let out = client.output(Command::new("iptables").args([
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &server,
+        "--dport",
+        &bench_port,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port,
+    ]))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables in {}: {}",
+        client.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     if !running_as_root("mesh") {
         return Ok(());
@@ -167,24 +227,30 @@ fn main() -> anyhow::Result<()> {
     tools::ensure_installed()?;
     let bench = BenchMesh::up(
         "mesh",
-        &mesh_file(o.pods, o.istio.is_some()),
+        &mesh_file(o.pods, o.istio.is_some(), o.relay),
         false,
         o.workers,
     )?;
     let result = measure(&bench.mesh, &bench.dir, &o);
     let down = bench.down();
-    let (mut ambit, istio) = result?;
+    let Records {
+        mut ambit,
+        istio,
+        relay,
+    } = result?;
     down?;
-    summary::print(&ambit, &o, "Ambit's ztunnels", true);
-    if let Some(istio) = istio {
-        summary::print(
-            &istio,
-            &o,
-            "Istio's ztunnels (dedicated mode, one per pod, told of the two bench pods only)",
-            false,
-        );
-        summary::against_istio(&ambit, &istio);
-        ambit.set("istio", istio.to_json());
+    summary::print(&ambit, &o, summary::Proxies::Ambit);
+    if let Some(istio) = &istio {
+        summary::print(istio, &o, summary::Proxies::Istio);
+    }
+    if let Some(relay) = &relay {
+        summary::print(relay, &o, summary::Proxies::Relay);
+    }
+    summary::compare(&ambit, istio.as_ref(), relay.as_ref());
+    for (key, record) in [("istio", istio), ("relay", relay)] {
+        if let Some(record) = record {
+            ambit.set(key, record.to_json());
+        }
     }
     if o.json {
         println!("{}", ambit.to_json());
@@ -243,8 +309,15 @@ impl Bench<'_> {
     }
 }
 
-/// Every measure, on Ambit's path and, with `--istio`, Istio's: one record each.
-fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<(Record, Option<Record>)> {
+/// One record per path measured: Ambit's, and Istio's and the relays' when asked for.
+struct Records {
+    ambit: Record,
+    istio: Option<Record>,
+    relay: Option<Record>,
+}
+
+/// Every measure, on Ambit's path and on the others asked for: one record each.
+fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<Records> {
     let z = mesh.state().nodes.into_iter().map(|n| match n.pid {
         Some(pid) => Ok((n.name.replace('-', "_"), pid)),
         None => Err(anyhow::anyhow!("the ztunnel of {} is not running", n.name)),
@@ -285,25 +358,56 @@ fn measure(mesh: &LocalMesh, dir: &Path, o: &Opts) -> anyhow::Result<(Record, Op
         });
         istio = Some(proxies);
     }
+    let mut relays = None;
+    if o.relay {
+        let (client, server) = (
+            pod_netns(RELAY_NAMESPACE, "client")?,
+            pod_netns(RELAY_NAMESPACE, "server")?,
+        );
+        let started =
+            relay::Relays::start(dir, (&client, RELAY_CLIENT_IP), (&server, RELAY_SERVER_IP))?;
+        paths.push(Proxied {
+            via: Via::Relay,
+            z: started.pids(),
+            client,
+            server,
+            record: Record::default(),
+        });
+        relays = Some(started);
+    }
     let mut b = Bench { paths, dir, o };
     run(&mut b)?;
     let now: Vec<Option<u32>> = mesh.state().nodes.iter().map(|n| n.pid).collect();
-    let mut paths = b.paths.into_iter();
-    let mut ambit = paths.next().expect("Ambit's path is always measured");
-    let restarted = ambit
-        .z
-        .iter()
-        .zip(&now)
-        .any(|((_, pid), n)| *n != Some(*pid));
-    ambit.record.set("ztunnel_restarted", restarted);
-    let istio = match (paths.next(), istio.as_mut()) {
-        (Some(mut path), Some(proxies)) => {
-            path.record.set("ztunnel_restarted", proxies.exited());
-            Some(path.record)
-        }
-        _ => None,
+    let mut records = Records {
+        ambit: Record::default(),
+        istio: None,
+        relay: None,
     };
-    Ok((ambit.record, istio))
+    for mut path in b.paths {
+        match path.via {
+            Via::Mesh => {
+                let restarted = path
+                    .z
+                    .iter()
+                    .zip(&now)
+                    .any(|((_, pid), n)| *n != Some(*pid));
+                path.record.set("ztunnel_restarted", restarted);
+                records.ambit = path.record;
+            }
+            Via::Istio => {
+                let exited = istio.as_mut().is_some_and(|p| p.exited());
+                path.record.set("ztunnel_restarted", exited);
+                records.istio = Some(path.record);
+            }
+            Via::Relay => {
+                let exited = relays.as_mut().is_some_and(|r| r.exited());
+                path.record.set("ztunnel_restarted", exited);
+                records.relay = Some(path.record);
+            }
+            Via::Direct => unreachable!("direct is no proxied path"),
+        }
+    }
+    Ok(records)
 }
 
 /// Every measure, each round running every path in turn.
@@ -379,7 +483,7 @@ fn http(b: &mut Bench) -> anyhow::Result<()> {
     for &via in &vias {
         wrk(b.leg(via).0, &full, &url(via), 64, 1, &mut || {})?;
     }
-    let mut errors = [0u64; 3];
+    let mut errors = [0u64; PATHS];
     for round in 0..b.o.rounds {
         for via in Via::order(round, &vias) {
             for (test, connections, script) in [

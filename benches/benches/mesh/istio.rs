@@ -17,7 +17,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use ambit_benches::tools::wait_port;
-use ambit_cli::local::BENCH_MESH_PORT;
 use ambit_testbed::{Netns, NetnsChild};
 
 /// Istio's HBONE and outbound ports, bound by each proxy inside its pod.
@@ -91,28 +90,7 @@ impl IstioZtunnels {
                 })?;
             }
         }
-        let redirect = client.netns.output(Command::new("iptables").args([
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &server.ip.to_string(),
-            "--dport",
-            &BENCH_MESH_PORT.to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &OUTBOUND_PORT.to_string(),
-        ]))?;
-        anyhow::ensure!(
-            redirect.status.success(),
-            "iptables in {}: {}",
-            client.netns.name(),
-            String::from_utf8_lossy(&redirect.stderr)
-        );
+        super::redirect(client.netns, server.ip, OUTBOUND_PORT)?;
         Ok(IstioZtunnels { children })
     }
 

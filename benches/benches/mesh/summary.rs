@@ -1,5 +1,5 @@
 //! The mesh bench's one-screen summaries: each proxied path's figures against direct, and
-//! Ambit's beside Istio's when both ran.
+//! Ambit's beside Istio's and the relays' when they ran.
 
 use ambit_benches::record::Record;
 use ambit_benches::report;
@@ -8,9 +8,41 @@ use serde_json::Value;
 
 use super::{Opts, PACED_CONNECTIONS, RATIOS};
 
-/// One path's figures against direct; with `targets`, the target of each beside it (DESIGN.md's
+/// What carried a path's traffic.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Proxies {
+    Ambit,
+    Istio,
+    Relay,
+}
+
+impl Proxies {
+    fn describe(self) -> &'static str {
+        match self {
+            Proxies::Ambit => "Ambit's ztunnels",
+            Proxies::Istio => {
+                "Istio's ztunnels (dedicated mode, one per pod, told of the two bench pods only)"
+            }
+            Proxies::Relay => {
+                "two plain TCP relays (bench-relay: read and write, 256 KiB, no TLS or HTTP/2)"
+            }
+        }
+    }
+
+    /// What the proxies know of the mesh, which their RSS follows.
+    fn known(self, o: &Opts) -> String {
+        match self {
+            Proxies::Ambit => format!("{} pods in mesh", o.pods),
+            Proxies::Istio => "told of the 2 bench pods".to_string(),
+            Proxies::Relay => "no mesh state".to_string(),
+        }
+    }
+}
+
+/// One path's figures against direct; for Ambit's, the target of each beside it (DESIGN.md's
 /// targets are Ambit's; Istio's figures are the reference they are set against).
-pub fn print(r: &Record, o: &Opts, proxies: &str, targets: bool) {
+pub fn print(r: &Record, o: &Opts, proxies: Proxies) {
+    let targets = proxies == Proxies::Ambit;
     let target = |t: &str| {
         if targets {
             format!("  (target {t})")
@@ -20,9 +52,14 @@ pub fn print(r: &Record, o: &Opts, proxies: &str, targets: bool) {
     };
     println!(
         "mesh bench: client@node-a -> server@node-b (nginx 1 worker, small 200; iperf3) through \
-         {proxies} ({} worker threads each) vs direct (port {BENCH_DIRECT_PORT}, not captured); {} pods; \
+         {} ({} worker threads each) vs direct (port {BENCH_DIRECT_PORT}, not captured); {} pods; \
          {} rounds interleaved, wrk {} s, iperf3 {} s; medians",
-        o.workers, o.pods, o.rounds, o.wrk_seconds, o.iperf3_seconds
+        proxies.describe(),
+        o.workers,
+        o.pods,
+        o.rounds,
+        o.wrk_seconds,
+        o.iperf3_seconds
     );
     let labels = [
         ("wrk max rate, 1 connection (-t1 -c1)", "req/s", ">= 0.65"),
@@ -79,14 +116,11 @@ pub fn print(r: &Record, o: &Opts, proxies: &str, targets: bool) {
         target("<= 0.7x Istio's: ~1.25 / 1.6 core-s"),
     );
     let field = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let known = proxies.known(o);
     for node in ["node_a", "node_b"] {
         println!(
             "{:<44} idle {:.1} MB, after load {:.1} MB, peak {:.1} MB{}",
-            format!(
-                "ztunnel {} RSS ({} pods in mesh)",
-                node.replace('_', "-"),
-                o.pods
-            ),
+            format!("ztunnel {} RSS ({known})", node.replace('_', "-")),
             field(&format!("rss_idle_mb_{node}")),
             field(&format!("rss_after_load_mb_{node}")),
             field(&format!("rss_peak_mb_{node}")),
@@ -106,83 +140,99 @@ pub fn print(r: &Record, o: &Opts, proxies: &str, targets: bool) {
     );
 }
 
-/// Each figure of Ambit's run beside Istio's from the same run, and the multiple DESIGN.md and
-/// issue 15 set as the target.
-pub fn against_istio(ambit: &Record, istio: &Record) {
-    let field = |r: &Record, k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    let median = |r: &Record, k: &str| r.median(k);
-    let rows: [(&str, f64, f64, &str); 10] = [
+/// A figure every path's record holds: a field set once, or the median of its samples.
+enum Figure {
+    Field(&'static str),
+    Median(&'static str),
+}
+
+impl Figure {
+    fn of(&self, r: &Record) -> f64 {
+        match self {
+            Figure::Field(k) => r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN),
+            Figure::Median(k) => r.median(k),
+        }
+    }
+}
+
+/// Each figure of Ambit's run beside Istio's and the relays' from the same run, as they ran.
+/// With Istio's: Ambit / Istio against the multiple DESIGN.md and issue 15 set as the target,
+/// and relay / Istio, the best any user-space proxy could have reached. Without: Ambit / relay,
+/// how far Ambit is above that floor.
+pub fn compare(ambit: &Record, istio: Option<&Record>, relay: Option<&Record>) {
+    use Figure::{Field, Median};
+    if istio.is_none() && relay.is_none() {
+        return;
+    }
+    let rows: [(&str, Figure, &str); 10] = [
         (
             "wrk 1 connection, mesh / direct",
-            field(ambit, "wrk_c1_ratio"),
-            field(istio, "wrk_c1_ratio"),
+            Field("wrk_c1_ratio"),
             ">= 1.3",
         ),
         (
             "wrk 64 connections, mesh / direct",
-            field(ambit, "wrk_c64_ratio"),
-            field(istio, "wrk_c64_ratio"),
+            Field("wrk_c64_ratio"),
             ">= 1.3",
         ),
         (
             "iperf3 one stream up, mesh / direct",
-            field(ambit, "iperf3_up_ratio"),
-            field(istio, "iperf3_up_ratio"),
+            Field("iperf3_up_ratio"),
             ">= 1.4",
         ),
         (
             "iperf3 one stream down, mesh / direct",
-            field(ambit, "iperf3_down_ratio"),
-            field(istio, "iperf3_down_ratio"),
+            Field("iperf3_down_ratio"),
             ">= 1.4",
         ),
         (
             "added p50 at ~1k req/s, ms",
-            field(ambit, "paced_p50_added_ms"),
-            field(istio, "paced_p50_added_ms"),
+            Field("paced_p50_added_ms"),
             "<= 0.7",
         ),
         (
             "added p99 at ~1k req/s, ms",
-            field(ambit, "paced_p99_added_ms"),
-            field(istio, "paced_p99_added_ms"),
+            Field("paced_p99_added_ms"),
             "<= 0.7",
         ),
         (
             "CPU us per request per proxy, 64 conns",
-            median(ambit, "cpu_us_per_request_per_proxy"),
-            median(istio, "cpu_us_per_request_per_proxy"),
+            Median("cpu_us_per_request_per_proxy"),
             "<= 0.7",
         ),
         (
             "CPU core-s per GB, both proxies",
-            median(ambit, "cpu_core_s_per_gb"),
-            median(istio, "cpu_core_s_per_gb"),
+            Median("cpu_core_s_per_gb"),
             "<= 0.7",
         ),
-        (
-            "RSS idle, node-a, MB",
-            field(ambit, "rss_idle_mb_node_a"),
-            field(istio, "rss_idle_mb_node_a"),
-            "",
-        ),
-        (
-            "RSS peak, node-a, MB",
-            field(ambit, "rss_peak_mb_node_a"),
-            field(istio, "rss_peak_mb_node_a"),
-            "",
-        ),
+        ("RSS idle, node-a, MB", Field("rss_idle_mb_node_a"), ""),
+        ("RSS peak, node-a, MB", Field("rss_peak_mb_node_a"), ""),
     ];
-    println!("same run, Ambit against Istio's ztunnel:");
-    for (label, a, i, target) in rows {
-        let target = if target.is_empty() {
-            String::new()
-        } else {
-            format!("  (target {target})")
-        };
-        println!(
-            "{label:<44} Ambit {a:>9.2}   Istio {i:>9.2}   Ambit / Istio {:.2}{target}",
-            a / i
-        );
+    println!("same run, side by side:");
+    for (label, figure, target) in rows {
+        let a = figure.of(ambit);
+        let mut line = format!("{label:<44} Ambit {a:>9.2}");
+        let i = istio.map(|r| figure.of(r));
+        let r = relay.map(|r| figure.of(r));
+        if let Some(i) = i {
+            line.push_str(&format!("   Istio {i:>9.2}"));
+        }
+        if let Some(r) = r {
+            line.push_str(&format!("   relay {r:>9.2}"));
+        }
+        match (i, r) {
+            (Some(i), r) => {
+                line.push_str(&format!("   Ambit / Istio {:.2}", a / i));
+                if let Some(r) = r {
+                    line.push_str(&format!("   relay / Istio {:.2}", r / i));
+                }
+                if !target.is_empty() {
+                    line.push_str(&format!("  (target {target})"));
+                }
+            }
+            (None, Some(r)) => line.push_str(&format!("   Ambit / relay {:.2}", a / r)),
+            (None, None) => {}
+        }
+        println!("{line}");
     }
 }
