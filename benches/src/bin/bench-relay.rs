@@ -6,12 +6,14 @@
 //! figures bound what a user-space proxy could reach on this machine.
 //!
 //! Prints `listening on ADDR` once it listens (LISTEN may give port 0). Exits with a message
-//! when its arguments or its listener are wrong; a connection that fails is reported on stderr
-//! and closed, and the relay goes on.
+//! when its arguments or its listener are wrong; a connection that fails, or that comes past
+//! [`MAX_CONNECTIONS`] open, is reported on stderr and closed, and the relay goes on.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -22,6 +24,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that sends or takes nothing for this long fails the connection. Well past the
 /// bench's pauses: iperf3's control connection is quiet for a whole run (10 s by default).
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connections carried at once; past it one is refused (closed, with a line on stderr) rather
+/// than given two more threads. Far above the bench's 64 connections plus iperf3's control one.
+const MAX_CONNECTIONS: usize = 1024;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,20 +52,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let open = Arc::new(AtomicUsize::new(0));
     for accepted in listener.incoming() {
         match accepted {
-            Ok(client) => {
-                thread::spawn(move || {
-                    if let Err(e) = relay(client, target) {
-                        eprintln!("bench-relay: a connection to {target} failed: {e}");
-                    }
-                });
-            }
+            Ok(client) => carry(client, target, &open),
             // Out of descriptors or the like: this connection is lost, the next may not be.
             Err(e) => eprintln!("bench-relay: accept on {listen}: {e}"),
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Relays `client` on a thread of its own, unless [`MAX_CONNECTIONS`] are open already or no
+/// thread can be started; then it is closed, and said so.
+fn carry(client: TcpStream, target: SocketAddr, open: &Arc<AtomicUsize>) {
+    if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+        open.fetch_sub(1, Ordering::Relaxed);
+        eprintln!("bench-relay: refused a connection: {MAX_CONNECTIONS} are open already");
+        return;
+    }
+    let done = Arc::clone(open);
+    let started = thread::Builder::new().spawn(move || {
+        if let Err(e) = relay(client, target) {
+            eprintln!("bench-relay: a connection to {target} failed: {e}");
+        }
+        done.fetch_sub(1, Ordering::Relaxed);
+    });
+    if let Err(e) = started {
+        open.fetch_sub(1, Ordering::Relaxed);
+        eprintln!("bench-relay: refused a connection: no thread for it: {e}");
+    }
 }
 
 fn usage(why: &str) -> ExitCode {
@@ -79,7 +100,7 @@ fn relay(client: TcpStream, target: SocketAddr) -> io::Result<()> {
         socket.set_write_timeout(Some(STALL_TIMEOUT))?;
     }
     let (client_in, server_out) = (client.try_clone()?, server.try_clone()?);
-    let up = thread::spawn(move || copy(client_in, server_out));
+    let up = thread::Builder::new().spawn(move || copy(client_in, server_out))?;
     let down = copy(server, client);
     let up = up
         .join()
