@@ -29,6 +29,14 @@ impl Proxies {
         }
     }
 
+    /// What one of them is called in the figures.
+    fn proxy(self) -> &'static str {
+        match self {
+            Proxies::Ambit | Proxies::Istio => "ztunnel",
+            Proxies::Relay => "relay",
+        }
+    }
+
     /// What the proxies know of the mesh, which their RSS follows.
     fn known(self, o: &Opts) -> String {
         match self {
@@ -120,7 +128,11 @@ pub fn print(r: &Record, o: &Opts, proxies: Proxies) {
     for node in ["node_a", "node_b"] {
         println!(
             "{:<44} idle {:.1} MB, after load {:.1} MB, peak {:.1} MB{}",
-            format!("ztunnel {} RSS ({known})", node.replace('_', "-")),
+            format!(
+                "{} {} RSS ({known})",
+                proxies.proxy(),
+                node.replace('_', "-")
+            ),
             field(&format!("rss_idle_mb_{node}")),
             field(&format!("rss_after_load_mb_{node}")),
             field(&format!("rss_peak_mb_{node}")),
@@ -128,15 +140,18 @@ pub fn print(r: &Record, o: &Opts, proxies: Proxies) {
         );
     }
     let restarted = r.get("ztunnel_restarted") == Some(&Value::Bool(true));
+    let restarted = if restarted {
+        format!(
+            "; A {} RESTARTED DURING THE RUN",
+            proxies.proxy().to_uppercase()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "wrk errors and non-2xx answers: mesh {}, direct {}{}",
+        "wrk errors and non-2xx answers: mesh {}, direct {}{restarted}",
         field("errors_mesh"),
         field("errors_direct"),
-        if restarted {
-            "; A ZTUNNEL RESTARTED DURING THE RUN"
-        } else {
-            ""
-        }
     );
 }
 
